@@ -1,0 +1,40 @@
+// flashstar: one binary, many subcommands.
+#include <cstdio>
+#include <exception>
+
+#include "commands.h"
+#include "common/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Flashstar: DeepSeek V4 Flash inference engine (CPU reference, CUDA)"};
+  app.set_version_flag("--version", std::string("flashstar ") + FLASHSTAR_VERSION);
+  app.require_subcommand(1);
+  using namespace flashstar::tools;
+  add_inspect_command(app);
+  add_convert_command(app);
+  add_synth_command(app);
+  add_logits_command(app);
+  add_compare_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "flashstar: %s (see --help)\n", e.what());
+    return 2;
+  } catch (const flashstar::Error& e) {
+    std::fprintf(stderr, "flashstar: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "flashstar: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "flashstar: internal error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
