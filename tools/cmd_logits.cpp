@@ -1,11 +1,60 @@
+// flashstar logits: float32 rows [T][vocab], row t = logits after tokens[0..t].
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+
 #include "commands.h"
 #include "common/error.h"
+#include "common/file_util.h"
+#include "common/parallel.h"
+#include "engine/session.h"
+#include "tool_util.h"
 
 namespace flashstar::tools {
 
 void add_logits_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("logits", "(not yet implemented)");
-  cmd->callback([] { fail("logits: not implemented yet"); });
+  struct Opts {
+    std::string model, tokens, out, backend = "cpu", numerics = "official";
+    uint32_t chunk = 4096, ctx = 0;
+    int64_t decode_from = -1;
+    int threads = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("logits", "Write next-token logits for every position of a token list");
+  cmd->add_option("-m,--model", o->model, "GGUF model file")->required();
+  cmd->add_option("--tokens", o->tokens, "JSON file: {\"tokens\": [...]} or a plain array")->required();
+  cmd->add_option("-o,--output", o->out, "output: float32 little-endian [T][vocab]")->required();
+  cmd->add_option("--backend", o->backend, "cpu")->check(CLI::IsMember({"cpu"}));
+  cmd->add_option("--chunk", o->chunk, "prefill chunk size (results do not depend on it)")->check(CLI::PositiveNumber);
+  cmd->add_option("--decode-from", o->decode_from, "prefill this many tokens, then decode one token at a time")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--numerics", o->numerics, "official (FP8 KV, FP4 indexer, f16 cache rows) or clean")
+      ->check(CLI::IsMember({"official", "clean"}));
+  cmd->add_option("--ctx", o->ctx, "context size (default: enough for the tokens)");
+  cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
+  cmd->callback([o] {
+    if (o->threads > 0) set_num_threads(o->threads);
+    const std::vector<int32_t> toks = read_tokens_json(o->tokens);
+    if (toks.empty()) fail("%s: no tokens", o->tokens.c_str());
+    auto model = Model::load(o->model);
+    SessionOptions so;
+    so.chunk = o->chunk;
+    so.ctx = o->ctx ? o->ctx : static_cast<uint32_t>(toks.size() + 1);
+    so.numerics = o->numerics == "clean" ? Numerics::Clean : Numerics::Official;
+    auto session = make_cpu_session(*model, so);
+    const size_t V = model->config().n_vocab, T = toks.size();
+    std::vector<float> rows(T * V);
+    const size_t P = o->decode_from < 0 ? T : std::min<size_t>(T, static_cast<size_t>(o->decode_from));
+    Stopwatch sw;
+    if (P > 0) session->eval(std::span<const int32_t>(toks.data(), P), rows.data());
+    for (size_t t = P; t < T; ++t) {
+      session->eval(std::span<const int32_t>(toks.data() + t, 1), rows.data() + t * V);
+    }
+    const double secs = sw.seconds();
+    write_file_atomic(o->out, std::string_view(reinterpret_cast<const char*>(rows.data()), rows.size() * sizeof(float)));
+    std::fprintf(stderr, "logits: %zu tokens (%zu prefilled, %zu decoded) in %.2f s, %.1f tok/s, backend %s -> %s\n", T, P,
+                 T - P, secs, T / std::max(secs, 1e-9), session->backend_name(), o->out.c_str());
+  });
 }
 
 }  // namespace flashstar::tools

@@ -1,0 +1,40 @@
+# Thin wrapper over CMake for the README's two commands.
+BUILD ?= build
+SAN_BUILD ?= build-asan
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build demo test test-asan fuzz clean
+
+all: build
+
+deps:
+	@scripts/setup-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS) >/dev/null
+	@ninja -C $(BUILD) -j $(JOBS)
+
+demo: build
+	@scripts/demo.sh $(BUILD)
+
+test: build
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	@$(MAKE) --no-print-directory test-asan
+
+# The whole suite once more under AddressSanitizer + UndefinedBehaviorSanitizer (CPU code only).
+test-asan: deps
+	@cmake -S . -B $(SAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLASHSTAR_SANITIZE=ON \
+	  -DFLASHSTAR_ENABLE_CUDA=OFF >/dev/null
+	@ninja -C $(SAN_BUILD) -j $(JOBS)
+	@cd $(SAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure -j $(JOBS)
+
+fuzz: deps
+	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DFLASHSTAR_FUZZ=ON -DFLASHSTAR_ENABLE_CUDA=OFF \
+	  -DFLASHSTAR_TESTS=OFF >/dev/null
+	@ninja -C build-fuzz fuzz_gguf
+	@mkdir -p build-fuzz/corpus && build-fuzz/fuzz_gguf build-fuzz/corpus -max_total_time=$${FUZZ_SECONDS:-60}
+
+clean:
+	rm -rf $(BUILD) $(SAN_BUILD) build-fuzz

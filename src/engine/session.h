@@ -1,0 +1,49 @@
+// The engine's session contract, the same for every backend: feed tokens (prefill in chunks or one at
+// a time), get next-token logits, save and restore the state.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/kv_state.h"
+#include "model/weights.h"
+
+namespace flashstar {
+
+// Official numerics simulate what the released model does (FP8 KV, FP4 indexer, f16 cache rows);
+// clean numerics is the plain math of the transformers reference.
+enum class Numerics { Official, Clean };
+
+struct SessionOptions {
+  uint32_t ctx = 32768;   // maximum tokens the session may hold
+  uint32_t chunk = 4096;  // prefill chunk size (results do not depend on it)
+  Numerics numerics = Numerics::Official;
+};
+
+class Session {
+ public:
+  virtual ~Session() = default;
+  virtual const char* backend_name() const = 0;
+
+  // Appends tokens. When all_logits is non-null it receives [tokens.size()][vocab] rows: row i is the
+  // logits after tokens[0..i] of this call. The last row is always kept (last_logits()).
+  virtual void eval(std::span<const int32_t> tokens, float* all_logits) = 0;
+  void decode(int32_t token) { eval(std::span<const int32_t>(&token, 1), nullptr); }
+
+  virtual void reset() = 0;
+  virtual std::string save() const = 0;
+  virtual void load(const std::string& snapshot) = 0;
+
+  virtual const std::vector<int32_t>& tokens() const = 0;
+  virtual const std::vector<float>& last_logits() const = 0;
+  const SessionOptions& options() const { return opts_; }
+
+ protected:
+  SessionOptions opts_;
+};
+
+std::unique_ptr<Session> make_cpu_session(const Model& model, const SessionOptions& opts);
+
+}  // namespace flashstar

@@ -1,0 +1,44 @@
+#include "tool_util.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+
+#include "common/error.h"
+#include "common/file_util.h"
+
+namespace flashstar::tools {
+
+std::vector<int32_t> read_tokens_json(const std::string& path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("%s: invalid JSON: %s", path.c_str(), e.what());
+  }
+  const nlohmann::json* arr = &j;
+  if (j.is_object()) {
+    if (!j.contains("tokens")) fail("%s: JSON object has no \"tokens\" array", path.c_str());
+    arr = &j["tokens"];
+  }
+  if (!arr->is_array()) fail("%s: expected an array of token ids", path.c_str());
+  std::vector<int32_t> out;
+  out.reserve(arr->size());
+  for (const auto& v : *arr) {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+      fail("%s: token list holds a non-integer or negative entry", path.c_str());
+    out.push_back(static_cast<int32_t>(v.get<int64_t>()));
+  }
+  return out;
+}
+
+std::vector<float> read_f32_rows(const std::string& path, size_t row) {
+  const std::string bytes = read_file(path);
+  if (row == 0 || bytes.size() % (row * sizeof(float)) != 0)
+    fail("%s: size %zu is not a whole number of rows of %zu float32 values", path.c_str(), bytes.size(), row);
+  std::vector<float> v(bytes.size() / sizeof(float));
+  std::memcpy(v.data(), bytes.data(), bytes.size());
+  return v;
+}
+
+}  // namespace flashstar::tools
