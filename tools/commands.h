@@ -11,5 +11,6 @@ void add_convert_command(CLI::App& app);
 void add_synth_command(CLI::App& app);
 void add_logits_command(CLI::App& app);
 void add_compare_command(CLI::App& app);
+void add_run_command(CLI::App& app);
 
 }  // namespace flashstar::tools
