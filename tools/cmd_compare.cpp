@@ -26,7 +26,7 @@ void add_compare_command(CLI::App& app) {
     std::string ref, cand;
     size_t vocab = 0;
     double tol = 1e-3, tol_frac = 0.995, tol_all = 0.05, argmax_frac = 0.995;
-    bool verbose = false, json = false;
+    bool verbose = false, json = false, per_position = false;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("compare", "Compare two logits files position by position; exit 1 when out of bounds");
@@ -39,6 +39,7 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--argmax-frac", o->argmax_frac, "fraction of positions whose argmax must agree");
   cmd->add_flag("-v,--verbose", o->verbose, "print every position");
   cmd->add_flag("--json", o->json, "print the summary as JSON");
+  cmd->add_flag("--per-position", o->per_position, "with --json: include every position's max-abs difference");
   cmd->callback([o] {
     const auto a = read_f32_rows(o->ref, o->vocab), b = read_f32_rows(o->cand, o->vocab);
     if (a.size() != b.size())
@@ -78,6 +79,7 @@ void add_compare_command(CLI::App& app) {
                           {"within_tol", within}, {"tol", o->tol}, {"frac_within_tol", frac_within},
                           {"argmax_agree", agree}, {"frac_argmax_agree", frac_agree}, {"first_over_tol", first_bad},
                           {"nonfinite", nonfinite}, {"pass", pass}};
+      if (o->per_position) j["per_position"] = per;
       std::printf("%s\n", j.dump(1).c_str());
     } else {
       std::printf("positions %zu, max_abs %.6g (pos %ld), <= %.3g at %.2f%% (first over: %ld), argmax agree %.2f%%, "

@@ -14,7 +14,7 @@ namespace flashstar::tools {
 
 void add_logits_command(CLI::App& app) {
   struct Opts {
-    std::string model, tokens, out, backend = "cpu", numerics = "official";
+    std::string model, tokens, out, ties, backend = "cpu", numerics = "official";
     uint32_t chunk = 4096, ctx = 0;
     int64_t decode_from = -1;
     int threads = 0;
@@ -32,6 +32,8 @@ void add_logits_command(CLI::App& app) {
       ->check(CLI::IsMember({"official", "clean"}));
   cmd->add_option("--ctx", o->ctx, "context size (default: enough for the tokens)");
   cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--ties", o->ties,
+                  "write a JSON list of near-ties (indexer top-k and MoE routing boundaries within 1e-4 relative)");
   cmd->callback([o] {
     if (o->threads > 0) set_num_threads(o->threads);
     const std::vector<int32_t> toks = read_tokens_json(o->tokens);
@@ -41,6 +43,8 @@ void add_logits_command(CLI::App& app) {
     so.chunk = o->chunk;
     so.ctx = o->ctx ? o->ctx : static_cast<uint32_t>(toks.size() + 1);
     so.numerics = o->numerics == "clean" ? Numerics::Clean : Numerics::Official;
+    TieLog ties;
+    if (!o->ties.empty()) so.ties = &ties;
     auto session = make_cpu_session(*model, so);
     const size_t V = model->config().n_vocab, T = toks.size();
     std::vector<float> rows(T * V);
@@ -51,6 +55,12 @@ void add_logits_command(CLI::App& app) {
       session->eval(std::span<const int32_t>(toks.data() + t, 1), rows.data() + t * V);
     }
     const double secs = sw.seconds();
+    if (!o->ties.empty()) {
+      nlohmann::json j = nlohmann::json::array();
+      for (const NearTie& t : ties.sorted())
+        j.push_back({{"pos", t.pos}, {"layer", t.layer}, {"kind", t.kind}, {"last_in", t.last_in}, {"first_out", t.first_out}});
+      write_file_atomic(o->ties, j.dump(1) + "\n");
+    }
     write_file_atomic(o->out, std::string_view(reinterpret_cast<const char*>(rows.data()), rows.size() * sizeof(float)));
     std::fprintf(stderr, "logits: %zu tokens (%zu prefilled, %zu decoded) in %.2f s, %.1f tok/s, backend %s -> %s\n", T, P,
                  T - P, secs, T / std::max(secs, 1e-9), session->backend_name(), o->out.c_str());

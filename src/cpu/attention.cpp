@@ -75,7 +75,7 @@ void compressor_push(CompressorState& st, const float* kv_cur, const float* sc_c
 }
 
 // Rows a query may read from the compressed cache: all visible ones, or the indexer's top-k of them.
-void select_compressed(const LayerContext& L, int64_t n_vis, const float* iq, const float* iw,
+void select_compressed(const LayerContext& L, int64_t pos, int64_t n_vis, const float* iq, const float* iw,
                        std::vector<int64_t>& sel, std::vector<std::pair<float, int64_t>>& scored) {
   const ModelConfig& c = L.cfg;
   sel.clear();
@@ -97,6 +97,10 @@ void select_compressed(const LayerContext& L, int64_t n_vis, const float* iq, co
   };
   std::partial_sort(scored.begin(), scored.begin() + c.idx_top_k, scored.end(), better);
   for (uint32_t i = 0; i < c.idx_top_k; ++i) sel.push_back(scored[i].second);
+  if (L.ties) {
+    auto out = std::min_element(scored.begin() + c.idx_top_k, scored.end(), better);
+    L.ties->consider(pos, L.il, "indexer", scored[c.idx_top_k - 1].first, out->first);
+  }
   std::sort(sel.begin(), sel.end());
 }
 
@@ -222,7 +226,7 @@ void attention_half(const LayerContext& L, const Chunk& ch, float* X) {
         rows.push_back(hist.data() + (p - hist_pos0) * HD);
       if (ratio) {
         const int64_t n_vis = (pos + 1) / ratio;
-        select_compressed(L, n_vis, iq.empty() ? nullptr : iq.data() + t * NIH * IHD,
+        select_compressed(L, pos, n_vis, iq.empty() ? nullptr : iq.data() + t * NIH * IHD,
                           iw.empty() ? nullptr : iw.data() + t * NIH, sel, scored);
         for (int64_t r : sel) rows.push_back(st.comp.data() + r * HD);
       }

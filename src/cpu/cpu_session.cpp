@@ -59,7 +59,7 @@ class CpuSession final : public Session {
     });
 
     for (uint32_t il = 0; il < c_.n_layer; ++il) {
-      cpu::LayerContext L{c_, m_.layers[il], st_.layers[il], c_.ratio(il) ? rope_comp_ : rope_plain_, opts_.numerics, il};
+      cpu::LayerContext L{c_, m_.layers[il], st_.layers[il], c_.ratio(il) ? rope_comp_ : rope_plain_, opts_.numerics, il, opts_.ties};
       cpu::attention_half(L, ch, X.data());
       cpu::ffn_half(L, ch, X.data());
     }

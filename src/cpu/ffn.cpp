@@ -56,10 +56,15 @@ void ffn_half(const LayerContext& L, const Chunk& ch, float* X) {
     } else {
       for (int64_t e = 0; e < E; ++e)
         order[e] = {p[e] + (w.exp_probs_b.empty() ? 0.0f : w.exp_probs_b[e]), static_cast<int32_t>(e)};
-      std::partial_sort(order.begin(), order.begin() + K, order.end(), [](const auto& a, const auto& b) {
+      auto better = [](const auto& a, const auto& b) {
         return a.first > b.first || (a.first == b.first && a.second < b.second);
-      });
+      };
+      std::partial_sort(order.begin(), order.begin() + K, order.end(), better);
       for (int64_t i = 0; i < K; ++i) s[i] = order[i].second;
+      if (L.ties && K < E) {
+        auto out = std::min_element(order.begin() + K, order.end(), better);
+        L.ties->consider(ch.pos0 + t, L.il, "router", order[K - 1].first, out->first);
+      }
     }
     float sum = 0;
     for (int64_t i = 0; i < K; ++i) sum += p[s[i]];

@@ -23,6 +23,7 @@ struct LayerContext {
   const Rope& rope;
   Numerics numerics;
   uint32_t il;
+  TieLog* ties;
 };
 
 void attention_half(const LayerContext& L, const Chunk& ch, float* X);

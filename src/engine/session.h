@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -16,10 +17,34 @@ namespace flashstar {
 // clean numerics is the plain math of the transformers reference.
 enum class Numerics { Official, Clean };
 
+// Discrete choices whose runner-up was (nearly) as good as the last pick: an indexer top-k boundary or
+// an MoE routing boundary. A rounding-level change can flip such a choice and move that token's logits a
+// lot, so comparisons between implementations trace every large difference to one of these.
+struct NearTie {
+  int64_t pos;
+  uint32_t layer;
+  const char* kind;  // "indexer" or "router"
+  float last_in, first_out;  // score of the last selected and of the best rejected candidate
+};
+
+class TieLog {
+ public:
+  explicit TieLog(double rel_gap = 1e-4) : rel_gap_(rel_gap) {}
+  // Records the boundary if the relative gap is within the threshold. Thread-safe.
+  void consider(int64_t pos, uint32_t layer, const char* kind, float last_in, float first_out);
+  std::vector<NearTie> sorted() const;  // by position, then layer
+
+ private:
+  double rel_gap_;
+  mutable std::mutex mu_;
+  std::vector<NearTie> ties_;
+};
+
 struct SessionOptions {
   uint32_t ctx = 32768;   // maximum tokens the session may hold
   uint32_t chunk = 4096;  // prefill chunk size (results do not depend on it)
   Numerics numerics = Numerics::Official;
+  TieLog* ties = nullptr;  // optional: collect near-ties (slower)
 };
 
 class Session {
