@@ -161,13 +161,15 @@ GenResult generate(const Opts& o, Session& s, const text::Tokenizer& tok, Sample
   bool in_think = thinking;
   if (in_think && color) std::fputs("\x1b[90m", stdout);
   size_t printed = 0;  // bytes of `generated` already written (stop-string hold-back)
-  size_t dsml_from = 0;
+  size_t dsml_from = 0;                   // DSML counts only after the reasoning
+  size_t block_at = std::string::npos;    // where a tool_calls block starts, once seen
   InterruptScope scope;
   for (int i = 0; i < o.n_predict && !g_interrupted.load(); ++i) {
     if (s.tokens().size() >= s.options().ctx) break;
     const std::vector<float>& logits = s.last_logits();
     // Inside DSML, tags and JSON punctuation are sampled greedily; string payloads keep the settings.
-    const bool greedy = !in_think && text::dsml_greedy(text::dsml_state(std::string_view(generated).substr(dsml_from)));
+    const bool greedy = !in_think && block_at != std::string::npos &&
+                        text::dsml_greedy(text::dsml_state(std::string_view(generated).substr(block_at)));
     const int32_t id = sampler.sample(logits, greedy);
     if (id == tok.special().eos) {
       r.eos = true;
@@ -185,6 +187,7 @@ GenResult generate(const Opts& o, Session& s, const text::Tokenizer& tok, Sample
       generated += tok.token_bytes(id);
       printed = generated.size();
     } else {
+      const size_t bytes_before = generated.size();
       generated += tok.token_bytes(id);
       const size_t stop_at = stops.find(generated);
       const size_t limit = stop_at != std::string::npos ? stop_at : generated.size() - stops.partial_suffix(generated);
@@ -194,7 +197,13 @@ GenResult generate(const Opts& o, Session& s, const text::Tokenizer& tok, Sample
         printed = limit;
       }
       if (stop_at != std::string::npos) break;
-      if (!in_think && text::dsml_block_closed(std::string_view(generated).substr(dsml_from))) break;
+      if (!in_think && block_at == std::string::npos) {
+        // Only the newly added bytes (plus a marker's length) need scanning, which keeps long replies linear.
+        const size_t from = std::max(dsml_from, bytes_before >= 32 ? bytes_before - 32 : size_t{0});
+        const size_t hit = generated.find("tool_calls>", from);
+        if (hit != std::string::npos) block_at = std::max(dsml_from, hit >= 16 ? hit - 16 : 0);
+      }
+      if (block_at != std::string::npos && text::dsml_block_closed(std::string_view(generated).substr(block_at))) break;
     }
     std::fflush(stdout);
     if (s.tokens().size() + 1 > s.options().ctx) break;
