@@ -14,17 +14,18 @@ namespace flashstar::tools {
 
 void add_logits_command(CLI::App& app) {
   struct Opts {
-    std::string model, tokens, out, ties, backend = "cpu", numerics = "official";
+    std::string model, tokens, out, ties, backend = "auto", numerics = "official";
     uint32_t chunk = 4096, ctx = 0;
     int64_t decode_from = -1;
     int threads = 0;
+    bool verbose = false;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("logits", "Write next-token logits for every position of a token list");
   cmd->add_option("-m,--model", o->model, "GGUF model file")->required();
   cmd->add_option("--tokens", o->tokens, "JSON file: {\"tokens\": [...]} or a plain array")->required();
   cmd->add_option("-o,--output", o->out, "output: float32 little-endian [T][vocab]")->required();
-  cmd->add_option("--backend", o->backend, "cpu")->check(CLI::IsMember({"cpu"}));
+  cmd->add_option("--backend", o->backend, kBackendHelp)->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->add_option("--chunk", o->chunk, "prefill chunk size (results do not depend on it)")->check(CLI::PositiveNumber);
   cmd->add_option("--decode-from", o->decode_from, "prefill this many tokens, then decode one token at a time")
       ->check(CLI::NonNegativeNumber);
@@ -32,6 +33,7 @@ void add_logits_command(CLI::App& app) {
       ->check(CLI::IsMember({"official", "clean"}));
   cmd->add_option("--ctx", o->ctx, "context size (default: enough for the tokens)");
   cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
+  cmd->add_flag("-v,--verbose", o->verbose, "print the memory plan and load progress");
   cmd->add_option("--ties", o->ties,
                   "write a JSON list of near-ties (indexer top-k and MoE routing boundaries within 1e-4 relative)");
   cmd->callback([o] {
@@ -45,7 +47,8 @@ void add_logits_command(CLI::App& app) {
     so.numerics = o->numerics == "clean" ? Numerics::Clean : Numerics::Official;
     TieLog ties;
     if (!o->ties.empty()) so.ties = &ties;
-    auto session = make_cpu_session(*model, so);
+    so.verbose = o->verbose;
+    auto session = make_session(*model, so, o->backend);
     const size_t V = model->config().n_vocab, T = toks.size();
     std::vector<float> rows(T * V);
     const size_t P = o->decode_from < 0 ? T : std::min<size_t>(T, static_cast<size_t>(o->decode_from));

@@ -6,6 +6,9 @@
 
 #include "common/error.h"
 #include "common/file_util.h"
+#ifdef FLASHSTAR_HAVE_CUDA
+#include "cuda/cuda_session.h"
+#endif
 
 namespace flashstar::tools {
 
@@ -30,6 +33,25 @@ std::vector<int32_t> read_tokens_json(const std::string& path) {
     out.push_back(static_cast<int32_t>(v.get<int64_t>()));
   }
   return out;
+}
+
+std::string resolve_backend(const std::string& requested) {
+  if (requested == "cpu") return requested;
+#ifdef FLASHSTAR_HAVE_CUDA
+  if (requested == "cuda" || (requested == "auto" && cuda::device_available())) return "cuda";
+#else
+  if (requested == "cuda") fail("this build has no CUDA backend (nvcc was not found at configure time)");
+#endif
+  if (requested == "auto") return "cpu";
+  fail("unknown backend '%s' (expected auto, cpu or cuda)", requested.c_str());
+}
+
+std::unique_ptr<Session> make_session(const Model& model, const SessionOptions& opts, const std::string& backend) {
+  const std::string b = resolve_backend(backend);
+#ifdef FLASHSTAR_HAVE_CUDA
+  if (b == "cuda") return cuda::make_cuda_session(model, opts);
+#endif
+  return make_cpu_session(model, opts);
 }
 
 std::vector<float> read_f32_rows(const std::string& path, size_t row) {

@@ -3,9 +3,18 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <memory>
 #include <vector>
 
+#include "engine/session.h"
+
 namespace flashstar::tools {
+
+// "auto" picks cuda when this build has it and a GPU is present, else cpu.
+std::string resolve_backend(const std::string& requested);
+std::unique_ptr<Session> make_session(const Model& model, const SessionOptions& opts, const std::string& backend);
+// Help text for --backend.
+constexpr const char* kBackendHelp = "auto (cuda when a GPU is present), cpu or cuda";
 
 // Reads {"tokens": [...]} or a bare JSON array of non-negative integers.
 std::vector<int32_t> read_tokens_json(const std::string& path);

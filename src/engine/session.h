@@ -44,7 +44,8 @@ struct SessionOptions {
   uint32_t ctx = 32768;   // maximum tokens the session may hold
   uint32_t chunk = 4096;  // prefill chunk size (results do not depend on it)
   Numerics numerics = Numerics::Official;
-  TieLog* ties = nullptr;  // optional: collect near-ties (slower)
+  TieLog* ties = nullptr;  // optional: collect near-ties (slower; CPU backend)
+  bool verbose = false;    // print the memory plan and load progress
 };
 
 class Session {

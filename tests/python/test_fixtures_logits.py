@@ -68,7 +68,7 @@ def main():
                 out = os.path.join(args.workdir, f"{name}-{outtype}-{mode}.f32")
                 ties_file = out + ".ties.json"
                 r, dt = run([args.flashstar, "logits", "-m", gguf, "--tokens", os.path.join(fx, "tokens.json"),
-                             "-o", out, "--numerics", "clean", "--ties", ties_file] + extra)
+                             "-o", out, "--numerics", "clean", "--backend", "cpu", "--ties", ties_file] + extra)
                 if r.returncode != 0:
                     failures += 1
                     continue

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# GPU checks in one go (run on the GPU machine from the repository root): the CUDA kernel tests, the
+# tiny-a fixture on the GPU, CUDA vs CPU on a synthetic model with official numerics, chunk invariance
+# and run-to-run determinism; with FULL=1 also a full-dimension synthetic model. A short table last.
+# The build is carried from the dev machine (build-cuda) or made here with cmake + ninja.
+set -uo pipefail
+BUILD=${BUILD:-build-cuda}
+FS=$BUILD/flashstar
+FIXTURE=${FIXTURE:-.gpudata/tiny-a}
+WORK=${WORK:-/dev/shm/flashstar-check}
+LOG=${OUT:-$WORK}/gpu-check.log
+export LD_LIBRARY_PATH="$PWD/.gpulib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+mkdir -p "$WORK" "$(dirname "$LOG")"
+: > "$LOG"
+rows=()
+row() { rows+=("$(printf '%-44s %-6s %s' "$1" "$2" "$3")"); }
+run() { echo "+ $*" >> "$LOG"; "$@" >> "$LOG" 2>&1; }
+
+if [ ! -x "$FS" ]; then
+  cmake -S . -B "$BUILD" -G Ninja >> "$LOG" 2>&1 && ninja -C "$BUILD" >> "$LOG" 2>&1 || { echo "build failed"; tail -20 "$LOG"; exit 1; }
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
+
+# 1. kernel tests
+if run "$BUILD/flashstar_cuda_tests"; then row "cuda kernel tests" PASS "$(grep -c '\[       OK \]' "$LOG") ok"; else row "cuda kernel tests" FAIL "see log"; fi
+
+# 2. tiny-a on the GPU against the CPU engine and the transformers reference
+if [ -d "$FIXTURE" ]; then
+  run "$FS" convert "$FIXTURE" -o "$WORK/a.gguf" --outtype f32
+  run "$FS" logits -m "$WORK/a.gguf" --tokens "$FIXTURE/tokens.json" -o "$WORK/a-cpu.f32" --numerics clean --backend cpu
+  for mode in whole chunk64 decode200; do
+    case $mode in whole) extra=();; chunk64) extra=(--chunk 64);; decode200) extra=(--decode-from 200);; esac
+    run "$FS" logits -m "$WORK/a.gguf" --tokens "$FIXTURE/tokens.json" -o "$WORK/a-cuda-$mode.f32" --numerics clean \
+      --backend cuda "${extra[@]}"
+    if run "$FS" compare "$WORK/a-cpu.f32" "$WORK/a-cuda-$mode.f32" --vocab 1024 --tol 1e-4 --tol-frac 0.995 --tol-all 1e-3; then
+      row "tiny-a cuda($mode) vs cpu" PASS "$(tail -2 "$LOG" | head -1 | cut -c1-90)"
+    else row "tiny-a cuda($mode) vs cpu" FAIL "$(grep positions "$LOG" | tail -1 | cut -c1-90)"; fi
+    if run "$FS" compare "$FIXTURE/logits.f32" "$WORK/a-cuda-$mode.f32" --vocab 1024 --tol-all 0.06; then
+      row "tiny-a cuda($mode) vs transformers" PASS "$(grep positions "$LOG" | tail -1 | cut -c1-90)"
+    else row "tiny-a cuda($mode) vs transformers" FAIL "$(grep positions "$LOG" | tail -1 | cut -c1-90)"; fi
+  done
+fi
+
+# 3. synthetic tiny model, official numerics: CUDA vs CPU, chunk invariance, determinism
+run "$FS" synth --preset tiny --seed 5 -o "$WORK/tiny.gguf"
+python3 -c "
+import json, random; random.seed(9)
+json.dump({'tokens': [random.randrange(1024) for _ in range(301)]}, open('$WORK/r301.json', 'w'))"
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cpu.f32" --backend cpu
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda.f32" --backend cuda
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda2.f32" --backend cuda
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda-c7.f32" --backend cuda --chunk 7
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda-d150.f32" --backend cuda --decode-from 150
+d=$(python3 scripts/drift.py "$WORK/t-cpu.f32" "$WORK/t-cuda.f32" --vocab 1024 | tee -a "$LOG")
+row "tiny synth official: cuda vs cpu" INFO "$(echo "$d" | cut -c1-110)"
+if cmp -s "$WORK/t-cuda.f32" "$WORK/t-cuda2.f32"; then row "cuda run-to-run bit-identical" PASS ""; else row "cuda run-to-run bit-identical" FAIL ""; fi
+if cmp -s "$WORK/t-cuda.f32" "$WORK/t-cuda-c7.f32"; then row "cuda chunk 7 == whole (bitwise)" PASS ""; else row "cuda chunk 7 == whole (bitwise)" FAIL ""; fi
+if cmp -s "$WORK/t-cuda.f32" "$WORK/t-cuda-d150.f32"; then row "cuda decode == prefill (bitwise)" PASS ""; else row "cuda decode == prefill (bitwise)" FAIL ""; fi
+
+# 4. full-dimension synthetic model (slow: the CPU reference runs the same prompt)
+if [ "${FULL:-0}" = 1 ]; then
+  NTOK=${NTOK:-3000}
+  run "$FS" synth --preset flash --layers "${LAYERS:-6}" --recipe q2 --seed 1 -o "$WORK/flash.gguf"
+  python3 -c "
+import json, random; random.seed(4)
+json.dump({'tokens': [random.randrange(129280) for _ in range($NTOK)]}, open('$WORK/rf.json', 'w'))"
+  s=$(date +%s); run "$FS" logits -m "$WORK/flash.gguf" --tokens "$WORK/rf.json" -o "$WORK/f-cuda.f32" --backend cuda -v
+  row "flash-${LAYERS:-6}L cuda logits ($NTOK tok)" INFO "$(( $(date +%s) - s )) s"
+  s=$(date +%s); run "$FS" logits -m "$WORK/flash.gguf" --tokens "$WORK/rf.json" -o "$WORK/f-cpu.f32" --backend cpu --ties "$WORK/f-ties.json"
+  row "flash-${LAYERS:-6}L cpu logits ($NTOK tok)" INFO "$(( $(date +%s) - s )) s"
+  d=$(python3 scripts/drift.py "$WORK/f-cpu.f32" "$WORK/f-cuda.f32" --vocab 129280 | tee -a "$LOG")
+  row "flash cuda vs cpu" INFO "$(echo "$d" | cut -c1-150)"
+fi
+
+echo
+echo "== gpu-check summary (log: $LOG)"
+printf '%s\n' "${rows[@]}"

@@ -1,0 +1,513 @@
+// CUDA session on the reference kernels: weights uploaded once, KV state resident on the device, the
+// forward pass layer-major over prefill chunks exactly as the CPU engine computes it.
+#include "cuda/cuda_session.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "common/error.h"
+#include "cpu/ops.h"
+#include "cuda/cuda_util.h"
+#include "cuda/ref_kernels.h"
+
+namespace flashstar::cuda {
+namespace {
+
+constexpr int64_t kHeadRows = 128;  // logits rows computed per output-head pass
+
+size_t f32b(int64_t n) { return static_cast<size_t>(n) * sizeof(float); }
+
+struct Dims {
+  int64_t C, SWA, D, HC, MIX, SPLIT, QL, QD, HD, H, OL, E, K, FF, NIH, IHD, IDXCAP, MAXROWS, V, NHC;
+  Dims(const ModelConfig& c, const SessionOptions& o) {
+    C = std::min<int64_t>(o.chunk, o.ctx);
+    SWA = c.n_swa, D = c.n_embd, HC = c.hc_dim(), MIX = c.hc_mix(), NHC = c.n_hc;
+    SPLIT = 2 * NHC + NHC * NHC;
+    QL = c.q_lora, QD = c.q_dim(), HD = c.head_dim, H = c.n_head, OL = c.out_low_dim();
+    E = c.n_expert, K = c.n_expert_used, FF = c.n_ff_exp, NIH = c.n_idx_head, IHD = c.idx_head_dim;
+    IDXCAP = o.ctx / 4 + 2;
+    int64_t max_comp = 0;
+    for (uint32_t il = 0; il < c.n_layer; ++il) {
+      const uint32_t r = c.ratio(il);
+      if (r == 4) max_comp = std::max<int64_t>(max_comp, std::min<int64_t>(c.idx_top_k, o.ctx / 4 + 1));
+      else if (r) max_comp = std::max<int64_t>(max_comp, o.ctx / r + 1);
+    }
+    MAXROWS = c.n_swa + max_comp;
+    V = c.n_vocab;
+  }
+  size_t scratch_floats() const {
+    return static_cast<size_t>(C * HC * 2 + C * MIX + C * SPLIT + C * D * 5 + C * QL + C * QD * 2 + C * 2 * 2 * HD +
+                               C * 2 * 2 * IHD + C * NIH * IHD + C * NIH + C * OL + C * E + C * K + C * K * FF * 2 +
+                               C * K * D + C * FF * 2 + C * IDXCAP + C * H * MAXROWS + kHeadRows * V + C * NHC +
+                               SWA * HD);
+  }
+};
+
+size_t layer_state_floats(const ModelConfig& c, const SessionOptions& o, uint32_t il, int64_t C) {
+  const uint32_t r = c.ratio(il);
+  size_t n = static_cast<size_t>((c.n_swa + C) * c.head_dim);
+  if (r) {
+    const size_t w = c.compressor_width(r, c.head_dim), rows = (r == 4 ? 2 : 1) * r;
+    n += static_cast<size_t>(o.ctx / r + 2) * c.head_dim + 2 * rows * w;
+  }
+  if (r == 4) n += static_cast<size_t>(o.ctx / 4 + 2) * c.idx_head_dim + 2 * 8 * c.compressor_width(4, c.idx_head_dim);
+  return n;
+}
+
+}  // namespace
+
+std::string MemoryPlan::describe(size_t free_bytes, size_t total_bytes) const {
+  auto gib = [](size_t b) { return static_cast<double>(b) / (1ull << 30); };
+  return strfmt("GPU memory plan: weights %.2f GiB, vectors %.3f GiB, KV %.3f GiB (%zu B/token), scratch %.2f GiB; "
+                "total %.2f GiB of %.2f GiB free (%.2f GiB card)",
+                gib(weights), gib(vectors), gib(kv_total), kv_per_token, gib(scratch), gib(total()), gib(free_bytes),
+                gib(total_bytes));
+}
+
+MemoryPlan plan_memory(const Model& m, const SessionOptions& o) {
+  const ModelConfig& c = m.config();
+  MemoryPlan p;
+  p.weights = m.file().size() - m.file().data_offset();
+  for (const auto& L : m.layers)
+    p.vectors += f32b(L.hc_attn_scale.size() + L.hc_attn_base.size() + L.attn_norm.size() + L.q_a_norm.size() +
+                      L.kv_a_norm.size() + L.sinks.size() + L.comp_ape.size() + L.comp_norm.size() +
+                      L.idx_comp_ape.size() + L.idx_comp_norm.size() + L.hc_ffn_scale.size() + L.hc_ffn_base.size() +
+                      L.ffn_norm.size() + L.exp_probs_b.size()) +
+                 L.tid2eid.size() * sizeof(int32_t);
+  const Dims d(c, o);
+  for (uint32_t il = 0; il < c.n_layer; ++il) {
+    const uint32_t r = c.ratio(il);
+    if (r) p.kv_per_token += f32b(c.head_dim) / r;
+    if (r == 4) p.kv_per_token += f32b(c.idx_head_dim) / 4;
+    p.kv_total += f32b(static_cast<int64_t>(layer_state_floats(c, o, il, d.C)));
+  }
+  p.scratch = f32b(static_cast<int64_t>(d.scratch_floats())) + static_cast<size_t>(d.C) * (d.K * 4 + 4 + d.K * 4) +
+              static_cast<size_t>(d.C) * c.idx_top_k * 4;
+  return p;
+}
+
+bool device_available() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+namespace {
+
+class CudaSession final : public Session {
+ public:
+  CudaSession(const Model& m, const SessionOptions& o) : m_(m), c_(m.config()), d_(m.config(), o) {
+    opts_ = o;
+    if (opts_.chunk == 0) fail("prefill chunk size must be positive");
+    if (opts_.ctx < 2) fail("context size must be at least 2");
+    if (!device_available()) fail("no CUDA device is available (use --backend cpu)");
+    const MemoryPlan plan = plan_memory(m, o);
+    size_t free_b = 0, total_b = 0;
+    FS_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    if (o.verbose) std::fprintf(stderr, "%s\n", plan.describe(free_b, total_b).c_str());
+    if (plan.total() + (256ull << 20) > free_b)
+      fail("the model does not fit this GPU: %s (try a smaller --ctx or --chunk)", plan.describe(free_b, total_b).c_str());
+    FS_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
+    init_quant_tables();
+    upload_weights();
+    upload_vectors();
+    alloc_state_and_scratch();
+    reset();
+  }
+  ~CudaSession() override {
+    if (s_) cudaStreamDestroy(s_);
+  }
+
+  const char* backend_name() const override { return "cuda"; }
+
+  void reset() override {
+    tokens_.clear();
+    logits_.clear();
+    KvState empty;
+    empty.init(c_);
+    upload_state(empty);
+  }
+
+  void eval(std::span<const int32_t> tokens, float* all_logits) override {
+    for (int32_t t : tokens)
+      if (t < 0 || static_cast<uint32_t>(t) >= c_.n_vocab) fail("token id %d is outside the vocabulary (%u)", t, c_.n_vocab);
+    if (tokens_.size() + tokens.size() >= opts_.ctx)
+      fail("%zu tokens do not fit the context of %u", tokens_.size() + tokens.size(), opts_.ctx);
+    for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(d_.C)) {
+      const size_t n = std::min<size_t>(d_.C, tokens.size() - i);
+      run_chunk(tokens.subspan(i, n), all_logits ? all_logits + i * c_.n_vocab : nullptr);
+    }
+  }
+
+  std::string save() const override {
+    KvState st = download_state();
+    return save_snapshot(c_, st, SnapshotInfo{opts_.ctx, opts_.chunk, static_cast<uint32_t>(std::min<int64_t>(c_.n_swa, opts_.ctx))});
+  }
+  void load(const std::string& snapshot) override {
+    KvState st;
+    load_snapshot(c_, snapshot, opts_.ctx, st);
+    upload_state(st);
+    tokens_ = st.tokens;
+    logits_ = st.logits;
+  }
+  const std::vector<int32_t>& tokens() const override { return tokens_; }
+  const std::vector<float>& last_logits() const override { return logits_; }
+
+ private:
+  struct DLayer {
+    DMat hc_attn_fn, q_a, q_b, kv, out_a, out_b, comp_kv, comp_gate, idx_q_b, idx_proj, idx_comp_kv, idx_comp_gate;
+    DMat hc_ffn_fn, gate_inp, gate_exps, up_exps, down_exps, gate_sh, up_sh, down_sh;
+    const float *hc_attn_scale = nullptr, *hc_attn_base = nullptr, *attn_norm = nullptr, *q_a_norm = nullptr,
+                *kv_a_norm = nullptr, *sinks = nullptr, *comp_ape = nullptr, *comp_norm = nullptr,
+                *idx_comp_ape = nullptr, *idx_comp_norm = nullptr, *hc_ffn_scale = nullptr, *hc_ffn_base = nullptr,
+                *ffn_norm = nullptr, *exp_probs_b = nullptr;
+    const int32_t* tid2eid = nullptr;
+    // state
+    float *hist = nullptr, *comp = nullptr, *comp_kv_st = nullptr, *comp_sc_st = nullptr;
+    float *idx = nullptr, *idx_kv_st = nullptr, *idx_sc_st = nullptr;
+    int64_t n_raw = 0;
+    size_t comp_state_floats = 0, idx_state_floats = 0;
+  };
+
+  DMat dev(const Matrix& mat) const {
+    DMat d;
+    if (!mat.present()) return d;
+    d.type = mat.type;
+    d.data = weights_.get() + (mat.data - m_.file().base() - m_.file().data_offset());
+    d.cols = mat.cols;
+    d.rows = mat.rows;
+    d.row_bytes = mat.row_bytes;
+    return d;
+  }
+
+  void upload_weights() {
+    const gguf::File& f = m_.file();
+    const size_t total = f.size() - f.data_offset();
+    weights_.resize(total);
+    constexpr size_t kStage = 256ull << 20;
+    void* stage[2];
+    cudaEvent_t done[2];
+    for (int i = 0; i < 2; ++i) {
+      FS_CUDA_CHECK(cudaHostAlloc(&stage[i], kStage, cudaHostAllocDefault));
+      FS_CUDA_CHECK(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming));
+    }
+    const bool progress = opts_.verbose || total > (2ull << 30);
+    size_t off = 0;
+    for (int k = 0; off < total; ++k) {
+      const int b = k & 1;
+      const size_t n = std::min(kStage, total - off);
+      FS_CUDA_CHECK(cudaEventSynchronize(done[b]));  // the copy that last used this stage has finished
+      std::memcpy(stage[b], f.base() + f.data_offset() + off, n);
+      FS_CUDA_CHECK(cudaMemcpyAsync(weights_.get() + off, stage[b], n, cudaMemcpyHostToDevice, s_));
+      FS_CUDA_CHECK(cudaEventRecord(done[b], s_));
+      off += n;
+      if (progress)
+        std::fprintf(stderr, "\rloading weights to the GPU: %5.1f%% (%.1f / %.1f GiB)", 100.0 * off / total,
+                     off / double(1ull << 30), total / double(1ull << 30));
+    }
+    FS_CUDA_CHECK(cudaStreamSynchronize(s_));
+    if (progress) std::fprintf(stderr, "\n");
+    for (int i = 0; i < 2; ++i) {
+      cudaFreeHost(stage[i]);
+      cudaEventDestroy(done[i]);
+    }
+  }
+
+  void upload_vectors() {
+    // All small vectors in one device array; offsets are resolved after the copy.
+    std::vector<uint8_t> blob;
+    std::vector<std::pair<size_t, const void**>> fix;
+    auto add = [&](const void* p, size_t bytes, const void** dst) {
+      if (!bytes) return;
+      const size_t off = (blob.size() + 255) & ~size_t(255);
+      blob.resize(off + bytes);
+      std::memcpy(blob.data() + off, p, bytes);
+      fix.push_back({off, dst});
+    };
+    auto addf = [&](const std::vector<float>& v, const float** dst) {
+      add(v.data(), v.size() * 4, reinterpret_cast<const void**>(dst));
+    };
+    layers_.resize(c_.n_layer);
+    for (uint32_t il = 0; il < c_.n_layer; ++il) {
+      const LayerWeights& w = m_.layers[il];
+      DLayer& L = layers_[il];
+      L.hc_attn_fn = dev(w.hc_attn_fn), L.q_a = dev(w.q_a), L.q_b = dev(w.q_b), L.kv = dev(w.kv);
+      L.out_a = dev(w.out_a), L.out_b = dev(w.out_b), L.comp_kv = dev(w.comp_kv), L.comp_gate = dev(w.comp_gate);
+      L.idx_q_b = dev(w.idx_q_b), L.idx_proj = dev(w.idx_proj), L.idx_comp_kv = dev(w.idx_comp_kv);
+      L.idx_comp_gate = dev(w.idx_comp_gate), L.hc_ffn_fn = dev(w.hc_ffn_fn), L.gate_inp = dev(w.gate_inp);
+      L.gate_exps = dev(w.gate_exps.all), L.up_exps = dev(w.up_exps.all), L.down_exps = dev(w.down_exps.all);
+      L.gate_sh = dev(w.gate_shexp), L.up_sh = dev(w.up_shexp), L.down_sh = dev(w.down_shexp);
+      addf(w.hc_attn_scale, &L.hc_attn_scale), addf(w.hc_attn_base, &L.hc_attn_base), addf(w.attn_norm, &L.attn_norm);
+      addf(w.q_a_norm, &L.q_a_norm), addf(w.kv_a_norm, &L.kv_a_norm), addf(w.sinks, &L.sinks);
+      addf(w.comp_ape, &L.comp_ape), addf(w.comp_norm, &L.comp_norm), addf(w.idx_comp_ape, &L.idx_comp_ape);
+      addf(w.idx_comp_norm, &L.idx_comp_norm), addf(w.hc_ffn_scale, &L.hc_ffn_scale);
+      addf(w.hc_ffn_base, &L.hc_ffn_base), addf(w.ffn_norm, &L.ffn_norm), addf(w.exp_probs_b, &L.exp_probs_b);
+      add(w.tid2eid.data(), w.tid2eid.size() * 4, reinterpret_cast<const void**>(&L.tid2eid));
+    }
+    addf(m_.output_hc_scale, &out_hc_scale_), addf(m_.output_hc_base, &out_hc_base_), addf(m_.output_norm, &out_norm_);
+    const cpu::Rope rp = cpu::Rope::make(c_, false), rc = cpu::Rope::make(c_, true);
+    add(rp.freq.data(), rp.freq.size() * 8, reinterpret_cast<const void**>(&freq_plain_));
+    add(rc.freq.data(), rc.freq.size() * 8, reinterpret_cast<const void**>(&freq_comp_));
+    vectors_.resize(blob.size());
+    FS_CUDA_CHECK(cudaMemcpy(vectors_.get(), blob.data(), blob.size(), cudaMemcpyHostToDevice));
+    for (auto& [off, dst] : fix) *dst = vectors_.get() + off;
+    out_hc_fn_ = dev(m_.output_hc_fn);
+    output_ = dev(m_.output);
+    embd_ = dev(m_.token_embd);
+  }
+
+  void alloc_state_and_scratch() {
+    size_t total = 0;
+    for (uint32_t il = 0; il < c_.n_layer; ++il) total += layer_state_floats(c_, opts_, il, d_.C);
+    state_.resize(total);
+    float* p = state_.get();
+    for (uint32_t il = 0; il < c_.n_layer; ++il) {
+      DLayer& L = layers_[il];
+      const uint32_t r = c_.ratio(il);
+      L.hist = p, p += (c_.n_swa + d_.C) * d_.HD;
+      if (r) {
+        const size_t w = c_.compressor_width(r, c_.head_dim), rows = (r == 4 ? 2 : 1) * r;
+        L.comp = p, p += static_cast<size_t>(opts_.ctx / r + 2) * d_.HD;
+        L.comp_state_floats = rows * w;
+        L.comp_kv_st = p, p += rows * w;
+        L.comp_sc_st = p, p += rows * w;
+      }
+      if (r == 4) {
+        const size_t w = c_.compressor_width(4, c_.idx_head_dim);
+        L.idx = p, p += static_cast<size_t>(opts_.ctx / 4 + 2) * d_.IHD;
+        L.idx_state_floats = 8 * w;
+        L.idx_kv_st = p, p += 8 * w;
+        L.idx_sc_st = p, p += 8 * w;
+      }
+    }
+    scratch_.resize(d_.scratch_floats());
+    float* q = scratch_.get();
+    auto take = [&](int64_t n) {
+      float* r = q;
+      q += n;
+      return r;
+    };
+    const int64_t C = d_.C;
+    X_ = take(C * d_.HC), flat_ = take(C * d_.HC), mix_ = take(C * d_.MIX), split_ = take(C * d_.SPLIT);
+    xin_ = take(C * d_.D), an_ = take(C * d_.D), out_ = take(C * d_.D), fn_ = take(C * d_.D), shared_ = take(C * d_.D);
+    qr_ = take(C * d_.QL), q_ = take(C * d_.QD), heads_ = take(C * d_.QD);
+    ckv_ = take(C * 2 * d_.HD), cg_ = take(C * 2 * d_.HD), ikv_ = take(C * 2 * d_.IHD), ig_ = take(C * 2 * d_.IHD);
+    iq_ = take(C * d_.NIH * d_.IHD), iw_ = take(C * d_.NIH), low_ = take(C * d_.OL), rl_ = take(C * d_.E);
+    wsel_ = take(C * d_.K), G_ = take(C * d_.K * d_.FF), U_ = take(C * d_.K * d_.FF), slot_ = take(C * d_.K * d_.D);
+    SG_ = take(C * d_.FF), SU_ = take(C * d_.FF), idx_scratch_ = take(C * d_.IDXCAP);
+    att_scratch_ = take(C * d_.H * d_.MAXROWS), head_logits_ = take(kHeadRows * d_.V), head_mix_ = take(C * d_.NHC);
+    hist_tmp_ = take(d_.SWA * d_.HD);
+    ints_.resize(static_cast<size_t>(C * (2 * d_.K + 1 + c_.idx_top_k)));
+    sel_ = ints_.get(), tok_ = sel_ + C * d_.K, idx_sel_ = tok_ + C;
+  }
+
+  void upload_state(const KvState& st) {
+    for (uint32_t il = 0; il < c_.n_layer; ++il) {
+      DLayer& L = layers_[il];
+      const LayerState& S = st.layers[il];
+      L.n_raw = static_cast<int64_t>(S.raw.size()) / d_.HD;
+      FS_CUDA_CHECK(cudaMemcpy(L.hist, S.raw.data(), S.raw.size() * 4, cudaMemcpyHostToDevice));
+      if (L.comp) {
+        FS_CUDA_CHECK(cudaMemcpy(L.comp, S.comp.data(), S.comp.size() * 4, cudaMemcpyHostToDevice));
+        FS_CUDA_CHECK(cudaMemcpy(L.comp_kv_st, S.comp_state.kv.data(), L.comp_state_floats * 4, cudaMemcpyHostToDevice));
+        FS_CUDA_CHECK(cudaMemcpy(L.comp_sc_st, S.comp_state.score.data(), L.comp_state_floats * 4, cudaMemcpyHostToDevice));
+      }
+      if (L.idx) {
+        FS_CUDA_CHECK(cudaMemcpy(L.idx, S.idx.data(), S.idx.size() * 4, cudaMemcpyHostToDevice));
+        FS_CUDA_CHECK(cudaMemcpy(L.idx_kv_st, S.idx_state.kv.data(), L.idx_state_floats * 4, cudaMemcpyHostToDevice));
+        FS_CUDA_CHECK(cudaMemcpy(L.idx_sc_st, S.idx_state.score.data(), L.idx_state_floats * 4, cudaMemcpyHostToDevice));
+      }
+    }
+  }
+
+  KvState download_state() const {
+    FS_CUDA_CHECK(cudaStreamSynchronize(s_));
+    KvState st;
+    st.init(c_);
+    st.tokens = tokens_;
+    st.logits = logits_;
+    const int64_t N = static_cast<int64_t>(tokens_.size());
+    for (uint32_t il = 0; il < c_.n_layer; ++il) {
+      const DLayer& L = layers_[il];
+      LayerState& S = st.layers[il];
+      S.raw.resize(static_cast<size_t>(L.n_raw * d_.HD));
+      FS_CUDA_CHECK(cudaMemcpy(S.raw.data(), L.hist, S.raw.size() * 4, cudaMemcpyDeviceToHost));
+      if (L.comp) {
+        S.comp.resize(static_cast<size_t>(N / S.ratio * d_.HD));
+        FS_CUDA_CHECK(cudaMemcpy(S.comp.data(), L.comp, S.comp.size() * 4, cudaMemcpyDeviceToHost));
+        FS_CUDA_CHECK(cudaMemcpy(S.comp_state.kv.data(), L.comp_kv_st, L.comp_state_floats * 4, cudaMemcpyDeviceToHost));
+        FS_CUDA_CHECK(cudaMemcpy(S.comp_state.score.data(), L.comp_sc_st, L.comp_state_floats * 4, cudaMemcpyDeviceToHost));
+      }
+      if (L.idx) {
+        S.idx.resize(static_cast<size_t>(N / 4 * d_.IHD));
+        FS_CUDA_CHECK(cudaMemcpy(S.idx.data(), L.idx, S.idx.size() * 4, cudaMemcpyDeviceToHost));
+        FS_CUDA_CHECK(cudaMemcpy(S.idx_state.kv.data(), L.idx_kv_st, L.idx_state_floats * 4, cudaMemcpyDeviceToHost));
+        FS_CUDA_CHECK(cudaMemcpy(S.idx_state.score.data(), L.idx_sc_st, L.idx_state_floats * 4, cudaMemcpyDeviceToHost));
+      }
+    }
+    return st;
+  }
+
+  void hc_pre(const DMat& fn, const float* scale, const float* base, int64_t n, float* out) {
+    rms_norm_rows(X_, d_.HC, nullptr, flat_, d_.HC, n, d_.HC, float(c_.rms_eps), s_);
+    matmul(fn, 0, d_.MIX, flat_, n, d_.HC, mix_, d_.MIX, s_);
+    hc_split(mix_, d_.MIX, scale, base, int(c_.n_hc), int(c_.hc_sinkhorn_iter), float(c_.hc_eps), split_, n, s_);
+    hc_weighted_sum(X_, split_, int(c_.n_hc), d_.D, out, n, s_);
+  }
+
+  void attention_half(uint32_t il, int64_t pos0, int64_t n) {
+    DLayer& L = layers_[il];
+    const uint32_t r = c_.ratio(il);
+    const double* freq = r ? freq_comp_ : freq_plain_;
+    const float eps = float(c_.rms_eps);
+    const bool official = opts_.numerics == Numerics::Official;
+    const int n_rot = int(c_.n_rot);
+    hc_pre(L.hc_attn_fn, L.hc_attn_scale, L.hc_attn_base, n, xin_);
+    rms_norm_rows(xin_, d_.D, L.attn_norm, an_, d_.D, n, d_.D, eps, s_);
+    matmul(L.q_a, 0, d_.QL, an_, n, d_.D, qr_, d_.QL, s_);
+    rms_norm_rows(qr_, d_.QL, L.q_a_norm, qr_, d_.QL, n, d_.QL, eps, s_);
+    matmul(L.q_b, 0, d_.QD, qr_, n, d_.QL, q_, d_.QD, s_);
+    rms_norm_rows(q_, d_.HD, nullptr, q_, d_.HD, n * d_.H, d_.HD, eps, s_);
+    rope(q_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, false, s_);
+    float* kv = L.hist + L.n_raw * d_.HD;  // the chunk's raw rows follow the saved window
+    matmul(L.kv, 0, d_.HD, an_, n, d_.D, kv, d_.HD, s_);
+    rms_norm_rows(kv, d_.HD, L.kv_a_norm, kv, d_.HD, n, d_.HD, eps, s_);
+    rope(kv, n, d_.HD, 1, d_.HD, n_rot, freq, pos0, 1, false, s_);
+    finish_rows(kv, n, d_.HD, d_.HD, n_rot, RowKind::Attention, official, s_);
+
+    bool use_indexer = false;
+    if (r) {
+      const int64_t W = c_.compressor_width(r, c_.head_dim);
+      matmul(L.comp_kv, 0, W, an_, n, d_.D, ckv_, W, s_);
+      matmul(L.comp_gate, 0, W, an_, n, d_.D, cg_, W, s_);
+      compressor_chunk({L.comp_kv_st, L.comp_sc_st, ckv_, cg_, L.comp_ape, L.comp_norm, freq_comp_, L.comp, pos0, n,
+                        int(r), int(d_.HD), int(W), n_rot, eps, RowKind::Attention, official},
+                       s_);
+      if (r == 4) {
+        const int64_t IW = c_.compressor_width(4, c_.idx_head_dim);
+        matmul(L.idx_comp_kv, 0, IW, an_, n, d_.D, ikv_, IW, s_);
+        matmul(L.idx_comp_gate, 0, IW, an_, n, d_.D, ig_, IW, s_);
+        compressor_chunk({L.idx_kv_st, L.idx_sc_st, ikv_, ig_, L.idx_comp_ape, L.idx_comp_norm, freq_comp_, L.idx, pos0,
+                          n, 4, int(d_.IHD), int(IW), n_rot, eps, RowKind::Indexer, official},
+                         s_);
+        use_indexer = (pos0 + n) / 4 > static_cast<int64_t>(c_.idx_top_k);
+      }
+    }
+    if (use_indexer) {
+      matmul(L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD, s_);
+      rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_);
+      if (official) indexer_qat(iq_, n * d_.NIH, d_.IHD, s_);
+      matmul(L.idx_proj, 0, d_.NIH, an_, n, d_.D, iw_, d_.NIH, s_);
+      const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.IHD * d_.NIH)));
+      indexer_select(iq_, iw_, wscale, L.idx, int(d_.NIH), int(d_.IHD), pos0, n, 4, int(c_.idx_top_k), idx_scratch_,
+                     d_.IDXCAP, idx_sel_, s_);
+    }
+    AttentionArgs a;
+    a.q = q_, a.hist = L.hist, a.hist_pos0 = pos0 - L.n_raw, a.comp = L.comp, a.sel = use_indexer ? idx_sel_ : nullptr;
+    a.top_k = int(c_.idx_top_k), a.sinks = L.sinks, a.out = heads_, a.pos0 = pos0, a.n = n, a.n_head = int(d_.H);
+    a.head_dim = int(d_.HD), a.n_swa = int(c_.n_swa), a.ratio = int(r);
+    sink_attention(a, att_scratch_, d_.MAXROWS, s_);
+    rope(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, true, s_);
+    const int64_t GD = c_.group_dim();
+    for (uint32_t g = 0; g < c_.n_out_group; ++g)
+      matmul(L.out_a, int64_t(g) * c_.o_lora, c_.o_lora, heads_ + g * GD, n, d_.QD, low_ + g * c_.o_lora, d_.OL, s_);
+    matmul(L.out_b, 0, d_.D, low_, n, d_.OL, out_, d_.D, s_);
+    hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
+
+    // Keep the newest n_swa raw rows at the front of the window buffer.
+    const int64_t total = L.n_raw + n, keep = std::min<int64_t>(c_.n_swa, total);
+    if (keep < total) {
+      FS_CUDA_CHECK(cudaMemcpyAsync(hist_tmp_, L.hist + (total - keep) * d_.HD, f32b(keep * d_.HD),
+                                    cudaMemcpyDeviceToDevice, s_));
+      FS_CUDA_CHECK(cudaMemcpyAsync(L.hist, hist_tmp_, f32b(keep * d_.HD), cudaMemcpyDeviceToDevice, s_));
+    }
+    L.n_raw = keep;
+  }
+
+  void ffn_half(uint32_t il, int64_t n) {
+    DLayer& L = layers_[il];
+    const float lim = c_.swiglu_clamp[il];
+    hc_pre(L.hc_ffn_fn, L.hc_ffn_scale, L.hc_ffn_base, n, xin_);
+    rms_norm_rows(xin_, d_.D, L.ffn_norm, fn_, d_.D, n, d_.D, float(c_.rms_eps), s_);
+    matmul(L.gate_inp, 0, d_.E, fn_, n, d_.D, rl_, d_.E, s_);
+    route(rl_, L.exp_probs_b, c_.is_hash_layer(il) ? L.tid2eid : nullptr, tok_, n, int(d_.E), int(d_.K),
+          c_.expert_weights_norm, float(c_.expert_weights_scale), sel_, wsel_, s_);
+    const int64_t items = n * d_.K;
+    matmul_items(L.gate_exps, d_.FF, sel_, int32_t(d_.K), fn_, d_.D, items, G_, d_.FF, s_);
+    matmul_items(L.up_exps, d_.FF, sel_, int32_t(d_.K), fn_, d_.D, items, U_, d_.FF, s_);
+    swiglu(G_, U_, items, d_.FF, lim, wsel_, s_);
+    matmul_items(L.down_exps, d_.D, sel_, 1, G_, d_.FF, items, slot_, d_.D, s_);
+    const float* shared = nullptr;
+    if (c_.n_expert_shared) {
+      matmul(L.gate_sh, 0, d_.FF, fn_, n, d_.D, SG_, d_.FF, s_);
+      matmul(L.up_sh, 0, d_.FF, fn_, n, d_.D, SU_, d_.FF, s_);
+      swiglu(SG_, SU_, n, d_.FF, lim, nullptr, s_);
+      matmul(L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D, s_);
+      shared = shared_;
+    }
+    sum_slots(slot_, shared, n, int(d_.K), d_.D, out_, s_);
+    hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
+  }
+
+  void run_chunk(std::span<const int32_t> toks, float* all_logits) {
+    const int64_t n = static_cast<int64_t>(toks.size());
+    const int64_t pos0 = static_cast<int64_t>(tokens_.size());
+    FS_CUDA_CHECK(cudaMemcpyAsync(tok_, toks.data(), toks.size() * 4, cudaMemcpyHostToDevice, s_));
+    embed(embd_, tok_, n, int(c_.n_hc), X_, s_);
+    for (uint32_t il = 0; il < c_.n_layer; ++il) {
+      attention_half(il, pos0, n);
+      ffn_half(il, n);
+    }
+    // Output head over the requested rows, kHeadRows at a time.
+    const int64_t first = all_logits ? 0 : n - 1;
+    std::vector<float> last(c_.n_vocab);
+    for (int64_t r0 = first; r0 < n; r0 += kHeadRows) {
+      const int64_t m = std::min<int64_t>(kHeadRows, n - r0);
+      const float* Xr = X_ + r0 * d_.HC;
+      rms_norm_rows(Xr, d_.HC, nullptr, flat_, d_.HC, m, d_.HC, float(c_.rms_eps), s_);
+      matmul(out_hc_fn_, 0, d_.NHC, flat_, m, d_.HC, head_mix_, d_.NHC, s_);
+      hc_head(Xr, head_mix_, out_hc_scale_, out_hc_base_, int(c_.n_hc), d_.D, float(c_.hc_eps), out_, m, s_);
+      rms_norm_rows(out_, d_.D, out_norm_, fn_, d_.D, m, d_.D, float(c_.rms_eps), s_);
+      matmul(output_, 0, d_.V, fn_, m, d_.D, head_logits_, d_.V, s_);
+      if (all_logits)
+        FS_CUDA_CHECK(cudaMemcpyAsync(all_logits + r0 * d_.V, head_logits_, f32b(m * d_.V), cudaMemcpyDeviceToHost, s_));
+      if (r0 + m == n)
+        FS_CUDA_CHECK(cudaMemcpyAsync(last.data(), head_logits_ + (m - 1) * d_.V, f32b(d_.V), cudaMemcpyDeviceToHost, s_));
+      FS_CUDA_CHECK(cudaStreamSynchronize(s_));  // the head buffer is reused by the next pass
+    }
+    logits_ = std::move(last);
+    tokens_.insert(tokens_.end(), toks.begin(), toks.end());
+  }
+
+  const Model& m_;
+  const ModelConfig& c_;
+  Dims d_;
+  cudaStream_t s_ = nullptr;
+  DeviceArray<uint8_t> weights_, vectors_;
+  DeviceArray<float> state_, scratch_;
+  DeviceArray<int32_t> ints_;
+  std::vector<DLayer> layers_;
+  DMat out_hc_fn_, output_, embd_;
+  const float *out_hc_scale_ = nullptr, *out_hc_base_ = nullptr, *out_norm_ = nullptr;
+  const double *freq_plain_ = nullptr, *freq_comp_ = nullptr;
+  float *X_, *flat_, *mix_, *split_, *xin_, *an_, *out_, *fn_, *shared_, *qr_, *q_, *heads_, *ckv_, *cg_, *ikv_, *ig_;
+  float *iq_, *iw_, *low_, *rl_, *wsel_, *G_, *U_, *slot_, *SG_, *SU_, *idx_scratch_, *att_scratch_, *head_logits_;
+  float *head_mix_, *hist_tmp_;
+  int32_t *sel_, *tok_, *idx_sel_;
+  std::vector<int32_t> tokens_;
+  std::vector<float> logits_;
+};
+
+}  // namespace
+
+std::unique_ptr<Session> make_cuda_session(const Model& model, const SessionOptions& opts) {
+  return std::make_unique<CudaSession>(model, opts);
+}
+
+}  // namespace flashstar::cuda

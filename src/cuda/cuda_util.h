@@ -1,0 +1,61 @@
+// CUDA error handling and device memory ownership for the backend.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <utility>
+
+#include "common/error.h"
+
+#define FS_CUDA_CHECK(expr)                                                                          \
+  do {                                                                                               \
+    cudaError_t fs_err_ = (expr);                                                                    \
+    if (fs_err_ != cudaSuccess)                                                                      \
+      ::flashstar::fail("CUDA error %s at %s:%d: %s", cudaGetErrorName(fs_err_), __FILE__, __LINE__, \
+                        cudaGetErrorString(fs_err_));                                                \
+  } while (0)
+
+// Checks the launch itself; execution errors surface at the next synchronising call.
+#define FS_CUDA_LAUNCH_CHECK() FS_CUDA_CHECK(cudaGetLastError())
+
+namespace flashstar::cuda {
+
+// A plain cudaMalloc'd array (never managed memory). Moves, never copies.
+template <typename T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  explicit DeviceArray(size_t n) { resize(n); }
+  ~DeviceArray() { release(); }
+  DeviceArray(DeviceArray&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceArray& operator=(DeviceArray&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+
+  void resize(size_t n) {
+    release();
+    if (n) FS_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+    n_ = n;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  size_t bytes() const { return n_ * sizeof(T); }
+
+ private:
+  void release() {
+    if (p_) cudaFree(p_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+}  // namespace flashstar::cuda
