@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "common/error.h"
+#include "common/file_util.h"
 #include "text/tokenizer.h"
 #include "text/utf8.h"
 #include "text/vocab_builder.h"
@@ -118,7 +119,6 @@ TEST(Tokenizer, RoundTripsArbitraryBytes) {
 }
 
 TEST(Tokenizer, LinearTimeOnHugeInputs) {
-  const Tokenizer& t = demo();
   std::string big;
   while (big.size() < 400000) {
     big += "int main(void) {\n    return fibonacci(10) + 42;\n}\n";
@@ -143,4 +143,22 @@ TEST(VocabBuilder, DeterministicAndComplete) {
   EXPECT_EQ(a.tokens[0], kBos);
   EXPECT_EQ(a.tokens[6], kDsml);
   EXPECT_THROW(build_demo_vocab(100), flashstar::Error);
+}
+
+TEST(VocabBuilder, ReadsHfTokenizerJson) {
+  const std::string path = ::testing::TempDir() + "/fs_tokenizer_test.json";
+  std::string j = R"({"model":{"type":"BPE","vocab":{"a":7,"b":8,"ab":9},"merges":[["a","b"]]},"added_tokens":[)";
+  const char* sp[7] = {kBos, kEos, kUser, kAssistant, kThinkOpen, kThinkClose, kDsml};
+  for (int i = 0; i < 7; ++i)
+    j += std::string(i ? "," : "") + "{\"id\":" + std::to_string(i) + ",\"content\":\"" + sp[i] + "\",\"special\":true}";
+  j += "]}";
+  flashstar::write_file_atomic(path, j);
+  const BpeVocab v = vocab_from_tokenizer_json(path);
+  ASSERT_EQ(v.tokens.size(), 10u);
+  EXPECT_EQ(v.tokens[9], "ab");
+  EXPECT_EQ(v.merges, std::vector<std::string>{"a b"});
+  EXPECT_EQ(v.token_types[0], 3);
+  EXPECT_EQ(v.token_types[8], 1);
+  const Tokenizer t(v.tokens, v.merges);
+  EXPECT_EQ(t.encode("ab"), std::vector<int32_t>{9});
 }

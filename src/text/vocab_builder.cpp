@@ -1,9 +1,12 @@
 #include "text/vocab_builder.h"
 
+#include <nlohmann/json.hpp>
+
 #include <map>
 #include <unordered_map>
 
 #include "common/error.h"
+#include "common/file_util.h"
 #include "text/pretokenize.h"
 #include "text/tokenizer.h"
 #include "text/utf8.h"
@@ -113,6 +116,56 @@ BpeVocab build_demo_vocab(uint32_t n_vocab) {
     const std::string t = v.tokens[std::min(la, learned_end - 1)] + v.tokens[lb];
     if (!index.count(t)) add(t, 1);
     if (a > 64ull * n_vocab) fail("demo vocabulary: cannot fill %u tokens", n_vocab);
+  }
+  return v;
+}
+
+BpeVocab vocab_from_tokenizer_json(const std::string& path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("%s: not valid JSON (%s)", path.c_str(), e.what());
+  }
+  const auto& model = j.contains("model") ? j["model"] : nlohmann::json();
+  if (!model.is_object() || model.value("type", "BPE") != "BPE" || !model.contains("vocab") || !model["vocab"].is_object())
+    fail("%s: not a BPE tokenizer.json (model.vocab missing)", path.c_str());
+  std::map<int64_t, std::pair<std::string, int32_t>> by_id;
+  for (const auto& [tok, id] : model["vocab"].items()) {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 24))
+      fail("%s: bad id for token %s", path.c_str(), tok.c_str());
+    by_id[id.get<int64_t>()] = {tok, 1};
+  }
+  if (j.contains("added_tokens") && j["added_tokens"].is_array())
+    for (const auto& t : j["added_tokens"]) {
+      const int64_t id = t.value("id", int64_t{-1});
+      if (id < 0 || id > (1 << 24)) fail("%s: bad added token id", path.c_str());
+      by_id[id] = {t.value("content", std::string()), t.value("special", false) ? 3 : 1};
+    }
+  BpeVocab v;
+  const int64_t n = by_id.empty() ? 0 : by_id.rbegin()->first + 1;
+  v.tokens.resize(static_cast<size_t>(n));
+  v.token_types.assign(static_cast<size_t>(n), 1);
+  for (int64_t i = 0; i < n; ++i) {
+    auto it = by_id.find(i);
+    if (it == by_id.end()) {
+      v.tokens[i] = strfmt("<｜unused_%lld｜>", static_cast<long long>(i));
+      v.token_types[i] = 5;  // unused
+    } else {
+      v.tokens[i] = it->second.first;
+      v.token_types[i] = it->second.second;
+    }
+  }
+  if (model.contains("merges") && model["merges"].is_array())
+    for (const auto& m : model["merges"]) {
+      if (m.is_string()) v.merges.push_back(m.get<std::string>());
+      else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string())
+        v.merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
+      else fail("%s: a merge is neither \"a b\" nor [a, b]", path.c_str());
+    }
+  for (size_t i = 0; i < v.tokens.size(); ++i) {
+    if (v.tokens[i] == kBos) v.bos = static_cast<uint32_t>(i);
+    if (v.tokens[i] == kEos) v.eos = static_cast<uint32_t>(i);
   }
   return v;
 }

@@ -20,4 +20,9 @@ struct BpeVocab {
 // encoding). Same n_vocab, same result, on every machine.
 BpeVocab build_demo_vocab(uint32_t n_vocab);
 
+// Reads an HF tokenizer.json (BPE model: vocab, merges as "a b" strings or [a, b] pairs, added_tokens) into
+// GGUF form: tokens by id (holes become "<｜unused_N｜>"), merges in rank order, added special tokens typed
+// control. For `flashstar convert` to embed a checkpoint's real tokenizer. Throws Error on a malformed file.
+BpeVocab vocab_from_tokenizer_json(const std::string& path);
+
 }  // namespace flashstar::text
