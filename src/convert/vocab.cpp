@@ -1,7 +1,11 @@
 #include "convert/vocab.h"
 
+#include <algorithm>
+#include <unordered_set>
+
 #include "common/error.h"
 #include "gguf/writer.h"
+#include "text/vocab_builder.h"
 
 namespace flashstar {
 namespace {
@@ -52,33 +56,40 @@ Vocab placeholder_vocab(uint32_t n_vocab) {
   if (n_vocab < specials.size() + 256)
     fail("vocabulary of %u tokens is too small for the placeholder tokenizer (needs at least %zu)", n_vocab,
          specials.size() + 256);
+  // Start from the tokenizer's demo vocabulary (src/text): the same 7 specials + 256 byte tokens, then a
+  // few hundred BPE merges trained on a built-in corpus, so synthetic models detokenize to words. It is
+  // capped because it cannot fill a Flash-sized vocabulary; the rest is filled below.
+  text::BpeVocab b = text::build_demo_vocab(std::min<uint32_t>(n_vocab, 2048));
   Vocab v;
-  v.tokens.reserve(n_vocab);
-  v.token_types.reserve(n_vocab);
-  for (const auto& s : specials) {
-    v.tokens.push_back(s);
-    v.token_types.push_back(3);
-  }
+  v.tokens = std::move(b.tokens);
+  v.merges = std::move(b.merges);
+  v.token_types = std::move(b.token_types);
+  v.bos = b.bos;
+  v.eos = b.eos;
+  for (size_t i = 0; i < specials.size(); ++i)
+    if (i >= v.tokens.size() || v.tokens[i] != specials[i])
+      fail("placeholder vocabulary: token %zu is not ds4's special string", i);
+  std::unordered_set<std::string> have(v.tokens.begin(), v.tokens.end());
   std::vector<std::string> bytes;
-  for (int b = 0; b < 256; ++b) {
-    bytes.push_back(gpt2_byte_token(static_cast<uint8_t>(b)));
-    v.tokens.push_back(bytes.back());
-    v.token_types.push_back(1);
-  }
-  // Fillers grow breadth-first: each token of the previous level extended by every byte symbol. They
-  // are distinct by construction; the shortest that could spell "<think>" would be 7 symbols long,
-  // far beyond any real vocabulary, and the other specials hold U+FF5C, which no byte maps to.
-  size_t level_begin = specials.size(), level_end = v.tokens.size();
+  for (int x = 0; x < 256; ++x) bytes.push_back(gpt2_byte_token(static_cast<uint8_t>(x)));
+  // Fillers grow breadth-first: every string of the previous level extended by every byte symbol, each
+  // new one added with its merge ("left byte"), so every merge is valid and every token reachable.
+  // Strings already present are skipped but still extended.
+  std::vector<std::string> level = bytes, next;
   while (v.tokens.size() < n_vocab) {
-    for (size_t left = level_begin; left < level_end && v.tokens.size() < n_vocab; ++left) {
-      for (int b = 0; b < 256 && v.tokens.size() < n_vocab; ++b) {
-        v.tokens.push_back(v.tokens[left] + bytes[b]);
-        v.token_types.push_back(1);
-        v.merges.push_back(v.tokens[left] + " " + bytes[b]);
+    next.clear();
+    for (size_t l = 0; l < level.size() && v.tokens.size() < n_vocab; ++l) {
+      for (int x = 0; x < 256 && v.tokens.size() < n_vocab; ++x) {
+        std::string t = level[l] + bytes[x];
+        if (have.insert(t).second) {
+          v.tokens.push_back(t);
+          v.token_types.push_back(1);
+          v.merges.push_back(level[l] + " " + bytes[x]);
+        }
+        next.push_back(std::move(t));
       }
     }
-    level_begin = level_end;
-    level_end = v.tokens.size();
+    level.swap(next);
   }
   return v;
 }

@@ -24,9 +24,8 @@ const std::vector<std::string>& ds4_special_tokens();
 // GPT-2 byte → unicode mapping: the token string of byte b.
 std::string gpt2_byte_token(uint8_t b);
 
-// ids 0..6: the special strings; then the 256 byte tokens; then unique filler tokens, each the merge of
-// an earlier token and a byte token (so every merge is valid and every token reachable). Requires
-// n_vocab >= 7 + 256.
+// ids 0..6: the special strings; then the 256 byte tokens; then the demo BPE merges of
+// text::build_demo_vocab and unique byte-level fillers, each with its merge. Requires n_vocab >= 263.
 Vocab placeholder_vocab(uint32_t n_vocab);
 
 // tokenizer.ggml.{model,tokens,token_type,merges,bos_token_id,eos_token_id}.
