@@ -19,6 +19,10 @@ constexpr uint32_t kMagic = 0x46554747;  // "GGUF"
 constexpr uint32_t kDefaultAlignment = 32;
 constexpr int kMaxDims = 8;
 constexpr int kMaxArrayNesting = 8;
+// Upper bound on decoded metadata values (array items included). Real models hold well under a million
+// (tokenizer tokens, merges, types); the cap bounds the memory a hostile file can make us spend, since a
+// decoded Value is much larger than the 1..12 bytes it occupies in the file.
+constexpr uint64_t kMaxMetadataValues = uint64_t{1} << 23;
 
 enum class ValueType : uint32_t {
   U8 = 0,
@@ -54,7 +58,25 @@ struct Value {
   std::optional<uint64_t> as_u64() const;  // any non-negative integer type
   std::optional<int64_t> as_i64() const;   // any integer type that fits
   std::optional<double> as_f64() const;    // float types and integers
+
+  // Builders. of_uint/of_int/of_float take the concrete type (e.g. U16, I32, F32).
+  static Value of_uint(ValueType t, uint64_t v);
+  static Value of_int(ValueType t, int64_t v);
+  static Value of_float(ValueType t, double v);
+  static Value of_bool(bool v);
+  static Value of_string(std::string_view v);
+  static Value of_array(ValueType item_type, std::vector<Value> items);
 };
+
+// True for the 13 type numbers GGUF defines.
+bool valid_value_type(uint32_t raw);
+// Bytes a value of this type occupies at the least (arrays: item type + count).
+uint64_t min_value_bytes(ValueType t);
+
+// `s` quoted and escaped for a one-line message or listing: control bytes and invalid UTF-8 become \xNN
+// escapes; input beyond `max_bytes` is cut at a character boundary and the full length noted, as in
+// "abc"...(5000 bytes). Names from a hostile file go through this before reaching a terminal.
+std::string display_string(std::string_view s, size_t max_bytes = 96, char quote = '"');
 
 struct KeyValue {
   std::string key;

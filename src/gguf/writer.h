@@ -3,10 +3,12 @@
 // pieces, in any order and from any thread, straight to their final place in the file. Nothing holds
 // a whole model in memory. The file appears under its name only after finish() (temp, fsync, rename).
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "common/file_util.h"
@@ -46,8 +48,13 @@ class Writer {
   void begin_data();
   // Writes `n` bytes of tensor `index` at byte `offset_in_tensor`. Thread-safe after begin_data().
   void write_tensor(size_t index, const void* data, size_t n, uint64_t offset_in_tensor = 0);
-  // Checks every tensor was fully declared, pads, fsyncs and renames into place.
+  // Checks every tensor received at least its size in bytes (a tensor never written is an error; write
+  // zeros explicitly), then fsyncs and renames into place. Without finish() the temp file is removed.
   void finish();
+
+  // Bytes of the file as finish() will leave it, and where tensor data starts; valid after begin_data().
+  uint64_t file_size() const { return data_start_ + data_padded_; }
+  uint64_t data_offset() const { return data_start_; }
 
  private:
   struct Pending {
@@ -61,10 +68,14 @@ class Writer {
   uint32_t alignment_;
   std::vector<std::pair<std::string, Value>> kv_;
   std::vector<Pending> tensors_;
+  std::unordered_set<std::string> tensor_names_;
   uint64_t data_start_ = 0;
   uint64_t data_size_ = 0;
+  uint64_t data_padded_ = 0;
   bool begun_ = false;
+  bool finished_ = false;
   std::unique_ptr<AtomicFileWriter> out_;
+  std::unique_ptr<std::atomic<uint64_t>[]> written_;  // bytes handed to write_tensor, per tensor
 };
 
 }  // namespace flashstar::gguf
