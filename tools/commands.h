@@ -11,6 +11,7 @@ void add_convert_command(CLI::App& app);
 void add_synth_command(CLI::App& app);
 void add_logits_command(CLI::App& app);
 void add_compare_command(CLI::App& app);
+void add_dump_tensor_command(CLI::App& app);
 void add_run_command(CLI::App& app);
 
 }  // namespace flashstar::tools

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   add_synth_command(app);
   add_logits_command(app);
   add_compare_command(app);
+  add_dump_tensor_command(app);
   add_run_command(app);
   try {
     app.parse(argc, argv);
