@@ -241,12 +241,16 @@ def main():
     with open(path, "wb") as f:
         f.write(big.encode("utf-8"))
     want = tok.encode(big, add_special_tokens=False).ids
+    # Sanitizer builds run ~10x slower; the 1 s bound is for real builds.
+    ldd = subprocess.run(["ldd", args.flashstar], capture_output=True, text=True).stdout
+    limit = 10.0 if "libasan" in ldd else 1.0
     for pre in ("deepseek-v3", None):
         got, dt = dump_tokens(args.flashstar, gguf_path, path, pre)
-        print(f"100k test [{pre or 'ds4'}]: {len(big)} bytes -> {len(got)} tokens in {dt:.3f}s (process total)")
-        if dt > 1.0:
+        print(f"100k test [{pre or 'ds4'}]: {len(big)} bytes -> {len(got)} tokens in {dt:.3f}s (process total, "
+              f"limit {limit:g}s)")
+        if dt > limit:
             failures += 1
-            print("FAIL: tokenizing ~100k tokens took longer than 1 s")
+            print(f"FAIL: tokenizing ~100k tokens took longer than {limit:g} s")
         if pre and got != want:
             failures += 1
             print("MISMATCH on the 100k-token prompt")
