@@ -21,6 +21,11 @@ if [ ! -x "$FS" ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$LOG"
 
+export FLASHSTAR_BIN="$PWD/$FS"
+# 0. the card's ceilings (once per card; PyTorch is on the GPU machine)
+c=$(python3 scripts/ceilings.py 2>>"$LOG" | tee -a "$LOG")
+row "ceilings (d2d copy, bf16 gemm)" INFO "${c:-unavailable}"
+
 # 1. kernel tests
 if run "$BUILD/flashstar_cuda_tests"; then row "cuda kernel tests" PASS "$(grep -c '\[       OK \]' "$LOG") ok"; else row "cuda kernel tests" FAIL "see log"; fi
 
@@ -64,12 +69,15 @@ if [ "${FULL:-0}" = 1 ]; then
   python3 -c "
 import json, random; random.seed(4)
 json.dump({'tokens': [random.randrange(129280) for _ in range($NTOK)]}, open('$WORK/rf.json', 'w'))"
-  s=$(date +%s); run "$FS" logits -m "$WORK/flash.gguf" --tokens "$WORK/rf.json" -o "$WORK/f-cuda.f32" --backend cuda -v
-  row "flash-${LAYERS:-6}L cuda logits ($NTOK tok)" INFO "$(( $(date +%s) - s )) s"
-  s=$(date +%s); run "$FS" logits -m "$WORK/flash.gguf" --tokens "$WORK/rf.json" -o "$WORK/f-cpu.f32" --backend cpu --ties "$WORK/f-ties.json"
-  row "flash-${LAYERS:-6}L cpu logits ($NTOK tok)" INFO "$(( $(date +%s) - s )) s"
-  d=$(python3 scripts/drift.py "$WORK/f-cpu.f32" "$WORK/f-cuda.f32" --vocab 129280 | tee -a "$LOG")
-  row "flash cuda vs cpu" INFO "$(echo "$d" | cut -c1-150)"
+  for num in ${FULL_NUMERICS:-official clean}; do
+    s=$(date +%s); run "$FS" logits -m "$WORK/flash.gguf" --tokens "$WORK/rf.json" -o "$WORK/f-cuda-$num.f32" --backend cuda -v --numerics $num
+    row "flash-${LAYERS:-6}L $num cuda ($NTOK tok)" INFO "$(( $(date +%s) - s )) s"
+    s=$(date +%s); run "$FS" logits -m "$WORK/flash.gguf" --tokens "$WORK/rf.json" -o "$WORK/f-cpu-$num.f32" --backend cpu \
+      --numerics $num --ties "$WORK/f-ties-$num.json"
+    row "flash-${LAYERS:-6}L $num cpu ($NTOK tok)" INFO "$(( $(date +%s) - s )) s"
+    d=$(python3 scripts/drift.py "$WORK/f-cpu-$num.f32" "$WORK/f-cuda-$num.f32" --vocab 129280 --ties "$WORK/f-ties-$num.json" | tee -a "$LOG")
+    row "flash $num cuda vs cpu" INFO "$(echo "$d" | python3 -c 'import json,sys; d=json.load(sys.stdin); print({k: d[k] for k in ("rel_rms","max_abs","argmax_agree","top20_same_frac","beyond_bounds","traced_to_near_tie","untraced_count")})')"
+  done
 fi
 
 echo

@@ -44,3 +44,17 @@ TEST(Parallel, CoversRangeExactlyOnce) {
     for (int h : hits) ASSERT_EQ(h, 1);
   }
 }
+
+TEST(Parallel, ResizingAfterUseIsSafe) {
+  std::vector<int> hits(1000, 0);
+  parallel_for(1000, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
+  });
+  const int before = num_threads();
+  set_num_threads(3);
+  parallel_for(1000, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
+  });
+  set_num_threads(before);
+  for (int h : hits) ASSERT_EQ(h, 2);
+}

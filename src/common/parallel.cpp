@@ -64,7 +64,12 @@ class Pool {
   }
 
   void worker(int index) {
-    uint64_t seen = 0;
+    uint64_t seen;
+    {
+      // A worker started by resize() must not replay the job that ran before it existed.
+      std::lock_guard<std::mutex> lk(mu_);
+      seen = generation_;
+    }
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
