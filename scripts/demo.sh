@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's main job: make a small synthetic DeepSeek V4 model, show what is in it, and run the
-# reference engine over a prompt of token ids.
+# The README's main job: make a small synthetic DeepSeek V4 model (random weights, a real byte-level BPE
+# tokenizer), show what is in it, and generate text with `flashstar run` (GPU when present, else CPU).
 set -euo pipefail
 BUILD=${1:-build}
 FS=$BUILD/flashstar
@@ -10,20 +10,12 @@ if [ ! -f "$MODEL" ]; then
   echo "== making a tiny synthetic model: $MODEL"
   "$FS" synth --preset tiny --seed 1 -o "$MODEL"
 fi
-echo "== flashstar inspect $MODEL"
-"$FS" inspect "$MODEL" | head -n 40
-echo "== next-token logits over 256 token ids (CPU reference engine)"
-python3 - "$BUILD/demo-tokens.json" <<'PY'
-import json, random, sys
-random.seed(1)
-json.dump({"tokens": [0] + [random.randrange(2, 1024) for _ in range(255)]}, open(sys.argv[1], "w"))
-PY
-"$FS" logits -m "$MODEL" --tokens "$BUILD/demo-tokens.json" -o "$BUILD/demo-logits.f32"
-python3 - "$BUILD/demo-logits.f32" <<'PY'
-import struct, sys
-data = open(sys.argv[1], "rb").read()
-V = 1024
-row = struct.unpack(f"<{V}f", data[-4 * V:])
-top = sorted(range(V), key=lambda i: -row[i])[:5]
-print("top-5 next tokens after the last position:", ", ".join(f"{i} ({row[i]:.3f})" for i in top))
-PY
+echo "== flashstar inspect $MODEL (first lines)"
+"$FS" inspect "$MODEL" | head -n 12
+echo
+echo "== flashstar run -m $MODEL -p 'Write a haiku about fast GPUs.' -n 48 --nothink"
+echo "   (random weights: the words are noise; the pipeline is the real one)"
+"$FS" run -m "$MODEL" -p "Write a haiku about fast GPUs." -n 48 --nothink --temp 0.8 --seed 1
+echo
+echo "== the real model: scripts/download-model.sh q2   (or q4, q2-imatrix, q4-imatrix; resumable)"
+echo "   then: $FS run -m <the downloaded .gguf> -p 'Hello'"

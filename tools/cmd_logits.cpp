@@ -18,7 +18,7 @@ void add_logits_command(CLI::App& app) {
     uint32_t chunk = 4096, ctx = 0;
     int64_t decode_from = -1;
     int threads = 0;
-    bool verbose = false;
+    bool verbose = false, last_only = false;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("logits", "Write next-token logits for every position of a token list");
@@ -34,6 +34,7 @@ void add_logits_command(CLI::App& app) {
   cmd->add_option("--ctx", o->ctx, "context size (default: enough for the tokens)");
   cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
   cmd->add_flag("-v,--verbose", o->verbose, "print the memory plan and load progress");
+  cmd->add_flag("--last-only", o->last_only, "write only the final row (long prompts: no [T][vocab] buffer)");
   cmd->add_option("--ties", o->ties,
                   "write a JSON list of near-ties (indexer top-k and MoE routing boundaries within 1e-4 relative)");
   cmd->callback([o] {
@@ -50,13 +51,15 @@ void add_logits_command(CLI::App& app) {
     so.verbose = o->verbose;
     auto session = make_session(*model, so, o->backend);
     const size_t V = model->config().n_vocab, T = toks.size();
-    std::vector<float> rows(T * V);
+    std::vector<float> rows(o->last_only ? 0 : T * V);
+    float* out = o->last_only ? nullptr : rows.data();
     const size_t P = o->decode_from < 0 ? T : std::min<size_t>(T, static_cast<size_t>(o->decode_from));
     Stopwatch sw;
-    if (P > 0) session->eval(std::span<const int32_t>(toks.data(), P), rows.data());
-    for (size_t t = P; t < T; ++t) {
-      session->eval(std::span<const int32_t>(toks.data() + t, 1), rows.data() + t * V);
-    }
+    if (P > 0) session->eval(std::span<const int32_t>(toks.data(), P), out);
+    const double prefill_secs = sw.seconds();
+    for (size_t t = P; t < T; ++t)
+      session->eval(std::span<const int32_t>(toks.data() + t, 1), out ? out + t * V : nullptr);
+    if (o->last_only) rows = session->last_logits();
     const double secs = sw.seconds();
     if (!o->ties.empty()) {
       nlohmann::json j = nlohmann::json::array();
@@ -65,8 +68,10 @@ void add_logits_command(CLI::App& app) {
       write_file_atomic(o->ties, j.dump(1) + "\n");
     }
     write_file_atomic(o->out, std::string_view(reinterpret_cast<const char*>(rows.data()), rows.size() * sizeof(float)));
-    std::fprintf(stderr, "logits: %zu tokens (%zu prefilled, %zu decoded) in %.2f s, %.1f tok/s, backend %s -> %s\n", T, P,
-                 T - P, secs, T / std::max(secs, 1e-9), session->backend_name(), o->out.c_str());
+    std::fprintf(stderr,
+                 "logits: %zu tokens in %.2f s: prefill %zu at %.1f tok/s, decode %zu at %.2f tok/s; backend %s -> %s\n",
+                 T, secs, P, P / std::max(prefill_secs, 1e-9), T - P, (T - P) / std::max(secs - prefill_secs, 1e-9),
+                 session->backend_name(), o->out.c_str());
   });
 }
 

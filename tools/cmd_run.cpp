@@ -44,7 +44,7 @@ class InterruptScope {
 };
 
 struct Opts {
-  std::string model, prompt, prompt_file, system = text::kDefaultSystem, backend = "cpu", pretok = "ds4";
+  std::string model, prompt, prompt_file, system = text::kDefaultSystem, backend = "auto", pretok = "ds4";
   std::string dump_logprobs, dump_logits;
   std::vector<std::string> stops;
   bool have_prompt = false, have_system = false, chat = false, dump_tokens = false, raw = false;
@@ -339,7 +339,7 @@ void run(const Opts& o) {
     dump_tokens(o);
     return;
   }
-  if (o.backend != "cpu") fail("backend '%s' is not available in this build (use --backend cpu)", o.backend.c_str());
+  resolve_backend(o.backend);  // an unusable backend fails before the model is read
   if (!o.chat && !o.have_prompt && o.prompt_file.empty()) fail("give a prompt with -p or --prompt-file, or use --chat");
   if (o.chat && (o.have_prompt || !o.prompt_file.empty())) fail("--chat takes no -p or --prompt-file");
   if (o.n_predict < 0) fail("-n must be >= 0");
@@ -360,7 +360,7 @@ void run(const Opts& o) {
          model->config().n_vocab);
   SessionOptions so;
   so.ctx = o.ctx;
-  auto session = make_cpu_session(*model, so);
+  auto session = make_session(*model, so, o.backend);
   SamplingParams sp;
   sp.temperature = o.temp;
   sp.top_k = o.top_k;
@@ -408,7 +408,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_flag("--think-max", o->think_max, "Think Max (needs --ctx >= 393216)");
   cmd->add_flag("--raw", o->raw, "no chat template: tokenize the prompt as plain text");
   cmd->add_option("-c,--ctx", o->ctx, "context size in tokens (default 32768)");
-  cmd->add_option("--backend", o->backend, "cpu (cuda where built)");
+  cmd->add_option("--backend", o->backend, kBackendHelp)->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
   cmd->add_flag("--dump-tokens", o->dump_tokens,
                 "print the prompt's ids (special strings recognised) as a JSON array, then exit");

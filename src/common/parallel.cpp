@@ -22,7 +22,10 @@ class Pool {
     stop();
     n_ = std::max(1, n);
     quit_ = false;
-    for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i] { worker(i); });
+    // Workers start at the current job count, read here rather than in the new thread: a job
+    // posted before a worker is scheduled must still reach it, and an old job must not.
+    const uint64_t start = generation_;
+    for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i, start] { worker(i, start); });
   }
 
   void run(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk) {
@@ -63,13 +66,7 @@ class Pool {
     in_pool_ = false;
   }
 
-  void worker(int index) {
-    uint64_t seen;
-    {
-      // A worker started by resize() must not replay the job that ran before it existed.
-      std::lock_guard<std::mutex> lk(mu_);
-      seen = generation_;
-    }
+  void worker(int index, uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
