@@ -8,21 +8,13 @@
 
 #include "common/error.h"
 #include "engine/session.h"
+#include "test_models.h"
 
 using namespace flashstar;
 
 namespace {
 
-// A small synthetic model (tiny preset), made once per test binary run.
-const std::string& tiny_model_path() {
-  static std::string path = [] {
-    std::string p = (std::filesystem::temp_directory_path() / ("fs_engine_tiny_" + std::to_string(::getpid()) + ".gguf")).string();
-    std::string cmd = std::string(FLASHSTAR_BINARY) + " synth --preset tiny --seed 7 -o " + p + " >/dev/null 2>&1";
-    if (std::system(cmd.c_str()) != 0) return std::string();
-    return p;
-  }();
-  return path;
-}
+const std::string& tiny_model_path() { return test_models::synth_tiny_model(FLASHSTAR_BINARY, 7); }
 
 std::vector<int32_t> random_tokens(size_t n, uint32_t vocab, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -11,19 +11,13 @@
 #include "gguf/gguf.h"
 #include "gguf/writer.h"
 #include "model/weights.h"
+#include "test_models.h"
 
 using namespace flashstar;
 
 namespace {
 
-const std::string& tiny() {
-  static std::string path = [] {
-    std::string p = (std::filesystem::temp_directory_path() / ("fs_load_tiny_" + std::to_string(::getpid()) + ".gguf")).string();
-    std::string cmd = std::string(FLASHSTAR_BINARY) + " synth --preset tiny --seed 2 -o " + p + " >/dev/null 2>&1";
-    return std::system(cmd.c_str()) == 0 ? p : std::string();
-  }();
-  return path;
-}
+const std::string& tiny() { return test_models::synth_tiny_model(FLASHSTAR_BINARY, 2); }
 
 // Copies the tiny model, letting `edit` drop (return false) or change a tensor's declaration, and
 // `edit_kv` change metadata.

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/quant_sim.h"
 #include "model/config.h"
 #include "model/weights.h"
 
@@ -37,12 +38,9 @@ struct Rope {
   void apply(float* tail, int64_t pos, bool inverse) const;
 };
 
-// Official numerics (spec/model.md §4.0).
-void fp8_e4m3_roundtrip_blocks(float* x, int64_t n, int64_t block);  // power-of-two scale per block
-float e4m3_round(float v);                                          // nearest E4M3FN value, ties to even
-float e2m1_round(float v);                                          // nearest FP4 E2M1 value, ties to even
-void hadamard_inplace(float* x, int64_t n);                         // orthonormal (scaled by 1/sqrt(n))
-void indexer_qat_row(float* x, int64_t n);                          // Hadamard then FP4 blocks of 32
+// Official numerics (spec/model.md §4.0): FP8 / FP4 simulations shared with the CUDA kernels.
+using flashstar::fp8_e4m3_roundtrip_blocks;
+using flashstar::indexer_qat_row;
 void f16_round_inplace(float* x, int64_t n);
 
 // Hyper-connections (spec/model.md §4.2-4.3, math.md §2.2).

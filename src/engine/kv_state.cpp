@@ -15,7 +15,9 @@ class Out {
  public:
   void u32(uint32_t v) { put(&v, 4); }
   void f32s(const std::vector<float>& v) { put(v.data(), v.size() * 4); }
-  void put(const void* p, size_t n) { s.append(static_cast<const char*>(p), n); }
+  void put(const void* p, size_t n) {
+    if (n) s.append(static_cast<const char*>(p), n);
+  }
   std::string s;
 };
 
@@ -32,6 +34,7 @@ class In {
     get(v.data(), n * 4);
   }
   void get(void* p, size_t n) {
+    if (n == 0) return;  // p may be the null data() of an empty vector
     if (n > s_.size() - off_) fail("snapshot is truncated (need %zu bytes at offset %zu of %zu)", n, off_, s_.size());
     std::memcpy(p, s_.data() + off_, n);
     off_ += n;

@@ -10,19 +10,15 @@
 #include "common/error.h"
 #include "cuda/cuda_session.h"
 #include "engine/session.h"
+#include "../test_models.h"
 
 using namespace flashstar;
 
 namespace {
 
 const std::string& tiny_model() {
-  static std::string path = [] {
-    std::string p = (std::filesystem::temp_directory_path() / ("fs_cuda_tiny_" + std::to_string(::getpid()) + ".gguf")).string();
-    const char* bin = std::getenv("FLASHSTAR_BIN");
-    std::string cmd = std::string(bin ? bin : "./flashstar") + " synth --preset tiny --seed 3 -o " + p + " >/dev/null 2>&1";
-    return std::system(cmd.c_str()) == 0 ? p : std::string();
-  }();
-  return path;
+  const char* bin = std::getenv("FLASHSTAR_BIN");
+  return test_models::synth_tiny_model(bin ? bin : "./flashstar", 3);
 }
 
 std::vector<int32_t> tokens(size_t n, uint32_t vocab) {

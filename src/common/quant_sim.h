@@ -1,0 +1,90 @@
+// The official numerics the released model applies to cached rows (spec/model.md §4.0): FP8 E4M3 round
+// trips with power-of-two block scales, Hadamard + FP4 E2M1 for indexer rows. One definition for the CPU
+// reference and the CUDA kernels, so both round identically.
+#pragma once
+#include <math.h>
+
+#include <cstdint>
+
+#include "common/half.h"
+
+namespace flashstar {
+
+// 2^ceil(log2(y)) for y > 0, exactly.
+FS_HD float pow2_ceil(float y) {
+  int e;
+  const float m = frexpf(y, &e);  // y = m * 2^e, m in [0.5, 1)
+  return ldexpf(1.0f, m == 0.5f ? e - 1 : e);
+}
+
+// Nearest E4M3FN value (max 448), ties to the even code.
+FS_HD float e4m3_round(float v) {
+  const float a = fminf(fabsf(v), 448.0f);
+  float q;
+  if (a < 0.015625f) {  // below the smallest normal 2^-6: uniform steps of 2^-9
+    q = rintf(a * 512.0f) / 512.0f;
+  } else {
+    int e;
+    frexpf(a, &e);                            // a in [2^(e-1), 2^e)
+    const float quantum = ldexpf(1.0f, e - 4);  // 3 mantissa bits
+    q = rintf(a / quantum) * quantum;
+  }
+  q = fminf(q, 448.0f);
+  return signbit(v) ? -q : q;
+}
+
+// Nearest FP4 E2M1 magnitude {0, .5, 1, 1.5, 2, 3, 4, 6}, ties to the even code.
+FS_HD float e2m1_round(float v) {
+  const float mags[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  const float a = fminf(fabsf(v), 6.0f);
+  int best = 0;
+  float best_d = a;
+  for (int i = 1; i < 8; ++i) {
+    const float d = fabsf(a - mags[i]);
+    if (d < best_d || (d == best_d && (i % 2 == 0) && (best % 2 != 0))) {
+      best = i;
+      best_d = d;
+    }
+  }
+  return signbit(v) ? -mags[best] : mags[best];
+}
+
+// FP8 round trip in blocks: scale = 2^ceil(log2(max(amax, 1e-4) / 448)).
+FS_HD void fp8_e4m3_roundtrip_blocks(float* x, int64_t n, int64_t block) {
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const int64_t b1 = b0 + block < n ? b0 + block : n;
+    float amax = 0;
+    for (int64_t i = b0; i < b1; ++i) amax = fmaxf(amax, fabsf(x[i]));
+    amax = fmaxf(amax, 1e-4f);
+    const float scale = pow2_ceil(amax / 448.0f);
+    for (int64_t i = b0; i < b1; ++i) x[i] = e4m3_round(fminf(fmaxf(x[i] / scale, -448.0f), 448.0f)) * scale;
+  }
+}
+
+// Unnormalised Walsh-Hadamard butterflies (natural order), then the 1/sqrt(n) scale; n a power of two.
+FS_HD void hadamard_inplace(float* x, int64_t n) {
+  for (int64_t h = 1; h < n; h *= 2)
+    for (int64_t i = 0; i < n; i += 2 * h)
+      for (int64_t j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+  const float s = static_cast<float>(1.0 / sqrt(static_cast<double>(n)));
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+// Indexer quantisation-aware rounding: Hadamard, then FP4 in blocks of 32 (scale from amax / 6).
+FS_HD void indexer_qat_row(float* x, int64_t n) {
+  hadamard_inplace(x, n);
+  for (int64_t b0 = 0; b0 < n; b0 += 32) {
+    const int64_t b1 = b0 + 32 < n ? b0 + 32 : n;
+    float amax = 0;
+    for (int64_t i = b0; i < b1; ++i) amax = fmaxf(amax, fabsf(x[i]));
+    amax = fmaxf(amax, 7.052966104933725e-38f);
+    const float scale = pow2_ceil(amax / 6.0f);
+    for (int64_t i = b0; i < b1; ++i) x[i] = e2m1_round(fminf(fmaxf(x[i] / scale, -6.0f), 6.0f)) * scale;
+  }
+}
+
+}  // namespace flashstar
