@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "convert/vocab.h"
 #include "gguf/writer.h"
 #include "quant/quant.h"
+#include "text/vocab_builder.h"
 
 namespace flashstar::convert {
 namespace {
@@ -203,6 +205,27 @@ void write_index_tensor(const Planned& p, const Checkpoint& ck, const ModelConfi
 
 }  // namespace
 
+namespace {
+
+// The checkpoint's own tokenizer (tokenizer.json) when it has one, else the placeholder vocabulary.
+Vocab checkpoint_vocab(const std::string& dir, uint32_t n_vocab, bool progress) {
+  const std::string path = dir + "/tokenizer.json";
+  if (!std::filesystem::exists(path)) return placeholder_vocab(n_vocab);
+  text::BpeVocab b = text::vocab_from_tokenizer_json(path);
+  if (b.tokens.size() > n_vocab)
+    fail("%s: %zu tokens, more than the model's vocabulary of %u", path.c_str(), b.tokens.size(), n_vocab);
+  if (progress) std::fprintf(stderr, "convert: tokenizer from %s (%zu tokens, %zu merges)\n", path.c_str(), b.tokens.size(), b.merges.size());
+  Vocab v;
+  v.tokens = std::move(b.tokens);
+  v.merges = std::move(b.merges);
+  v.token_types = std::move(b.token_types);
+  v.bos = b.bos;
+  v.eos = b.eos;
+  return v;
+}
+
+}  // namespace
+
 ConvertResult convert_checkpoint(const ConvertOptions& o) {
   ConvertResult res;
   std::string dir = o.input;
@@ -274,7 +297,7 @@ ConvertResult convert_checkpoint(const ConvertOptions& o) {
 
   gguf::Writer w(o.output);
   write_config(w, cfg);
-  write_vocab(w, placeholder_vocab(cfg.n_vocab));
+  write_vocab(w, checkpoint_vocab(std::filesystem::is_directory(dir) ? dir : dir_of(dir), cfg.n_vocab, o.progress));
   uint64_t total = 0;
   for (Planned& p : plan) {
     p.index = w.add_tensor(p.spec->name, p.type, p.spec->ne);
