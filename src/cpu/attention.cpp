@@ -10,8 +10,6 @@
 namespace flashstar::cpu {
 namespace {
 
-enum class RowKind { Attention, Indexer };
-
 // The official numerics a cached row goes through before it is stored (FP8 on the non-rope dims of
 // attention rows, Hadamard + FP4 on indexer rows, then f16 storage).
 void finish_cached_row(float* row, int64_t dim, int64_t n_rot, RowKind kind, Numerics num) {
@@ -23,6 +21,8 @@ void finish_cached_row(float* row, int64_t dim, int64_t n_rot, RowKind kind, Num
   }
   f16_round_inplace(row, dim);
 }
+
+}  // namespace
 
 // Feeds one token's projections into a compressor; when the token closes a window, pools it into a
 // new compressed row appended to `rows` (spec/model.md §4.5).
@@ -125,8 +125,6 @@ void sink_attention_head(const float* q, const std::vector<const float*>& rows, 
     for (int64_t i = 0; i < hd; ++i) out[i] += p * rows[r][i];
   }
 }
-
-}  // namespace
 
 void attention_half(const LayerContext& L, const Chunk& ch, float* X) {
   const ModelConfig& c = L.cfg;

@@ -27,6 +27,17 @@ struct LayerContext {
 };
 
 void attention_half(const LayerContext& L, const Chunk& ch, float* X);
+
+// The pieces of attention_half, exposed so that the GPU kernels can be tested against them.
+enum class RowKind { Attention, Indexer };
+void compressor_push(CompressorState& st, const float* kv_cur, const float* sc_cur, const std::vector<float>& ape,
+                     int64_t pos, int64_t dim, const std::vector<float>& norm, const LayerContext& L, RowKind kind,
+                     std::vector<float>& rows);
+// Ascending ids of the compressed rows a query at `pos` reads (all visible rows, or the indexer's top-k).
+void select_compressed(const LayerContext& L, int64_t pos, int64_t n_vis, const float* iq, const float* iw,
+                       std::vector<int64_t>& sel, std::vector<std::pair<float, int64_t>>& scored);
+void sink_attention_head(const float* q, const std::vector<const float*>& rows, float sink, int64_t hd,
+                         std::vector<float>& s, float* out);
 void ffn_half(const LayerContext& L, const Chunk& ch, float* X);
 
 // HC pre for every token of the chunk: returns the splits and writes the sublayer inputs [n][n_embd].
