@@ -68,7 +68,7 @@ class CpuSession final : public Session {
     const int64_t first = all_logits ? 0 : n - 1;
     const int64_t m = n - first;
     std::vector<float> zn(static_cast<size_t>(m * D));
-    for (int64_t t = first; t < n; ++t) head_input(X.data() + t * HC, zn.data() + (t - first) * D);
+    head_inputs(X.data() + first * HC, m, zn.data());
     std::vector<float> logits(static_cast<size_t>(m) * c_.n_vocab);
     cpu::matmul(m_.output, zn.data(), m, D, logits.data(), c_.n_vocab);
     if (all_logits) std::copy(logits.begin(), logits.end(), all_logits);
@@ -76,23 +76,25 @@ class CpuSession final : public Session {
     st_.tokens.insert(st_.tokens.end(), toks.begin(), toks.end());
   }
 
-  // Collapses the streams with the output HC weights (no Sinkhorn), then the final norm.
-  void head_input(const float* X, float* zn) const {
-    const int64_t D = c_.n_embd, HC = c_.hc_dim();
-    std::vector<float> flat(static_cast<size_t>(HC)), pre(c_.n_hc), z(static_cast<size_t>(D), 0.0f);
-    cpu::rms_norm(X, nullptr, flat.data(), HC, float(c_.rms_eps));
-    for (uint32_t h = 0; h < c_.n_hc; ++h) {
-      std::vector<float> row(static_cast<size_t>(HC));
-      quant::dequantize_row(m_.output_hc_fn.type, m_.output_hc_fn.row(h), row.data(), HC);
-      pre[h] = cpu::sigmoid(cpu::dot_f32(row.data(), flat.data(), HC) * m_.output_hc_scale[0] + m_.output_hc_base[h]) +
-               float(c_.hc_eps);
+  // Collapses the streams of m tokens with the output HC weights (no Sinkhorn), then the final norm.
+  // The HC projection goes through matmul so its rows are dequantized once per chunk, not per token.
+  void head_inputs(const float* X, int64_t m, float* zn) const {
+    const int64_t D = c_.n_embd, HC = c_.hc_dim(), NH = c_.n_hc;
+    std::vector<float> flat(static_cast<size_t>(m * HC)), mix(static_cast<size_t>(m * NH));
+    for (int64_t t = 0; t < m; ++t) cpu::rms_norm(X + t * HC, nullptr, flat.data() + t * HC, HC, float(c_.rms_eps));
+    cpu::matmul(m_.output_hc_fn, flat.data(), m, HC, mix.data(), NH);
+    std::vector<float> pre(static_cast<size_t>(NH)), z(static_cast<size_t>(D));
+    for (int64_t t = 0; t < m; ++t) {
+      const float* x = X + t * HC;
+      for (int64_t h = 0; h < NH; ++h)
+        pre[h] = cpu::sigmoid(mix[t * NH + h] * m_.output_hc_scale[0] + m_.output_hc_base[h]) + float(c_.hc_eps);
+      for (int64_t i = 0; i < D; ++i) {
+        float acc = 0;
+        for (int64_t h = 0; h < NH; ++h) acc += pre[h] * x[h * D + i];
+        z[i] = acc;
+      }
+      cpu::rms_norm(z.data(), m_.output_norm.data(), zn + t * D, D, float(c_.rms_eps));
     }
-    for (int64_t i = 0; i < D; ++i) {
-      float acc = 0;
-      for (uint32_t h = 0; h < c_.n_hc; ++h) acc += pre[h] * X[h * D + i];
-      z[i] = acc;
-    }
-    cpu::rms_norm(z.data(), m_.output_norm.data(), zn, D, float(c_.rms_eps));
   }
 
   const Model& m_;

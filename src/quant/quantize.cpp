@@ -182,18 +182,8 @@ void quantize_kblock(const float* x, const float* w, int nsub, int sub_len, int 
 
 }  // namespace
 
-bool can_quantize(GgmlType t) {
-  switch (t) {
-    case GgmlType::F32:
-    case GgmlType::F16:
-    case GgmlType::BF16:
-    case GgmlType::Q8_0:
-    case GgmlType::Q2_K:
-    case GgmlType::Q4_K:
-    case GgmlType::IQ2_XXS: return true;
-    default: return false;
-  }
-}
+// Every type this engine reads it can also write.
+bool can_quantize(GgmlType t) { return can_dequantize(t); }
 
 // gguf-py / GGML reference: d = amax/127 in f32, q = round-half-away(x * (1/d)), d stored as f16.
 void quantize_row_q8_0(const float* x, BlockQ8_0* dst, int64_t n) {
