@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU checks in one go (run on the GPU machine from the repository root): the CUDA kernel tests, the
-# tiny-a fixture on the GPU, CUDA vs CPU on a synthetic model with official numerics, chunk invariance
-# and run-to-run determinism; with FULL=1 also a full-dimension synthetic model. A short table last.
+# tiny-a fixture on the GPU, the reference path (--quality) vs CPU on a synthetic model with official
+# numerics, chunk invariance and run-to-run determinism of both paths, the fast routes' drift gate
+# (scripts/drift-gate.sh) and a short `flashstar bench`; with FULL=1 also the reference path on a
+# full-dimension synthetic model against the CPU. A short table last.
 # The build is carried from the dev machine (build-cuda) or made here with cmake + ninja.
 set -uo pipefail
 BUILD=${BUILD:-build-cuda}
@@ -36,7 +38,7 @@ if [ -d "$FIXTURE" ]; then
   for mode in whole chunk64 decode200; do
     case $mode in whole) extra=();; chunk64) extra=(--chunk 64);; decode200) extra=(--decode-from 200);; esac
     run "$FS" logits -m "$WORK/a.gguf" --tokens "$FIXTURE/tokens.json" -o "$WORK/a-cuda-$mode.f32" --numerics clean \
-      --backend cuda "${extra[@]}"
+      --backend cuda --quality "${extra[@]}"
     if run "$FS" compare "$WORK/a-cpu.f32" "$WORK/a-cuda-$mode.f32" --vocab 1024 --tol 1e-4 --tol-frac 0.995 --tol-all 1e-3; then
       row "tiny-a cuda($mode) vs cpu" PASS "$(tail -2 "$LOG" | head -1 | cut -c1-90)"
     else row "tiny-a cuda($mode) vs cpu" FAIL "$(grep positions "$LOG" | tail -1 | cut -c1-90)"; fi
@@ -52,15 +54,21 @@ python3 -c "
 import json, random; random.seed(9)
 json.dump({'tokens': [random.randrange(1024) for _ in range(301)]}, open('$WORK/r301.json', 'w'))"
 run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cpu.f32" --backend cpu
-run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda.f32" --backend cuda
-run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda2.f32" --backend cuda
-run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda-c7.f32" --backend cuda --chunk 7
-run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda-d150.f32" --backend cuda --decode-from 150
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda.f32" --backend cuda --quality
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda2.f32" --backend cuda --quality
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda-c7.f32" --backend cuda --quality --chunk 7
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-cuda-d150.f32" --backend cuda --quality --decode-from 150
 d=$(python3 scripts/drift.py "$WORK/t-cpu.f32" "$WORK/t-cuda.f32" --vocab 1024 | tee -a "$LOG")
 row "tiny synth official: cuda vs cpu" INFO "$(echo "$d" | cut -c1-110)"
 if cmp -s "$WORK/t-cuda.f32" "$WORK/t-cuda2.f32"; then row "cuda run-to-run bit-identical" PASS ""; else row "cuda run-to-run bit-identical" FAIL ""; fi
 if cmp -s "$WORK/t-cuda.f32" "$WORK/t-cuda-c7.f32"; then row "cuda chunk 7 == whole (bitwise)" PASS ""; else row "cuda chunk 7 == whole (bitwise)" FAIL ""; fi
 if cmp -s "$WORK/t-cuda.f32" "$WORK/t-cuda-d150.f32"; then row "cuda decode == prefill (bitwise)" PASS ""; else row "cuda decode == prefill (bitwise)" FAIL ""; fi
+# the fast routes: run-to-run bitwise; chunk sizes above the matrix-vector cutoff (8 tokens) bitwise
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-fast.f32" --backend cuda
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-fast2.f32" --backend cuda
+run "$FS" logits -m "$WORK/tiny.gguf" --tokens "$WORK/r301.json" -o "$WORK/t-fast-c50.f32" --backend cuda --chunk 50
+if cmp -s "$WORK/t-fast.f32" "$WORK/t-fast2.f32"; then row "fast routes run-to-run bit-identical" PASS ""; else row "fast routes run-to-run bit-identical" FAIL ""; fi
+if cmp -s "$WORK/t-fast.f32" "$WORK/t-fast-c50.f32"; then row "fast routes chunk 50 == whole (bitwise)" PASS ""; else row "fast routes chunk 50 == whole (bitwise)" FAIL ""; fi
 
 # 4. full-dimension synthetic model (slow: the CPU reference runs the same prompt)
 if [ "${FULL:-0}" = 1 ]; then
@@ -78,6 +86,15 @@ json.dump({'tokens': [random.randrange(129280) for _ in range($NTOK)]}, open('$W
     d=$(python3 scripts/drift.py "$WORK/f-cpu-$num.f32" "$WORK/f-cuda-$num.f32" --vocab 129280 --ties "$WORK/f-ties-$num.json" | tee -a "$LOG")
     row "flash $num cuda vs cpu" INFO "$(echo "$d" | python3 -c 'import json,sys; d=json.load(sys.stdin); print({k: d[k] for k in ("rel_rms","max_abs","argmax_agree","top20_same_frac","beyond_bounds","traced_to_near_tie","untraced_count")})')"
   done
+fi
+
+# 5. the fast routes' drift gate (three levels) and a short bench on a 4-layer full-dimension model
+if [ "${GATE:-1}" = 1 ]; then
+  BIN=$(dirname "$FS") WORK="$WORK/gatework" OUT="$WORK/gate" bash scripts/drift-gate.sh >> "$LOG" 2>&1
+  while IFS= read -r l; do rows+=("$l"); done < "$WORK/gate/gate-rows.txt"
+  run "$FS" bench -m "$WORK/gate-model.gguf" --backend cuda --random-tokens 1 --ctx-start 2048 --ctx-max 8192 \
+    --step-incr 2048 -n 16 --csv "$WORK/bench.csv" 2>/dev/null || true
+  [ -f "$WORK/bench.csv" ] && row "bench 4L (ctx,prefill_tps,gen_tps)" INFO "$(tail -n +2 "$WORK/bench.csv" | cut -d, -f1,3,5 | tr '\n' ' ')"
 fi
 
 echo

@@ -19,6 +19,7 @@ void add_logits_command(CLI::App& app) {
     int64_t decode_from = -1;
     int threads = 0;
     bool verbose = false, last_only = false;
+    RouteOptions routes;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("logits", "Write next-token logits for every position of a token list");
@@ -35,6 +36,7 @@ void add_logits_command(CLI::App& app) {
   cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
   cmd->add_flag("-v,--verbose", o->verbose, "print the memory plan and load progress");
   cmd->add_flag("--last-only", o->last_only, "write only the final row (long prompts: no [T][vocab] buffer)");
+  add_route_options(cmd, o->routes);
   cmd->add_option("--ties", o->ties,
                   "write a JSON list of near-ties (indexer top-k and MoE routing boundaries within 1e-4 relative)");
   cmd->callback([o] {
@@ -49,6 +51,7 @@ void add_logits_command(CLI::App& app) {
     TieLog ties;
     if (!o->ties.empty()) so.ties = &ties;
     so.verbose = o->verbose;
+    so.routes = o->routes.resolve();
     auto session = make_session(*model, so, o->backend);
     const size_t V = model->config().n_vocab, T = toks.size();
     std::vector<float> rows(o->last_only ? 0 : T * V);

@@ -52,7 +52,9 @@ struct Opts {
   int n_predict = 512, top_k = 0, logprobs_top_k = 20, threads = 0;
   float temp = 1.0f, top_p = 1.0f, min_p = 0.05f;
   uint64_t seed = 0;
-  uint32_t ctx = 32768;
+  uint32_t ctx = 32768, chunk = 4096;
+  bool verbose = false;
+  RouteOptions routes;
 };
 
 // JSON string for token text: valid UTF-8 raw, invalid bytes as \u00XX (the "bytes" array is authoritative).
@@ -360,6 +362,9 @@ void run(const Opts& o) {
          model->config().n_vocab);
   SessionOptions so;
   so.ctx = o.ctx;
+  so.chunk = o.chunk;
+  so.verbose = o.verbose;
+  so.routes = o.routes.resolve();
   auto session = make_session(*model, so, o.backend);
   SamplingParams sp;
   sp.temperature = o.temp;
@@ -410,6 +415,9 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("-c,--ctx", o->ctx, "context size in tokens (default 32768)");
   cmd->add_option("--backend", o->backend, kBackendHelp)->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--chunk", o->chunk, "prefill chunk size in tokens (default 4096)")->check(CLI::PositiveNumber);
+  cmd->add_flag("-v,--verbose", o->verbose, "print the memory plan, load progress and the GPU route set");
+  add_route_options(cmd, o->routes);
   cmd->add_flag("--dump-tokens", o->dump_tokens,
                 "print the prompt's ids (special strings recognised) as a JSON array, then exit");
   cmd->add_option("--pretokenizer", o->pretok, "ds4 (default, matches ds4) or deepseek-v3 (the HF regexes)");

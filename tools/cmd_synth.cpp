@@ -1,4 +1,5 @@
-// `flashstar synth --preset tiny|flash [--layers N] [--recipe q2|q4] [--seed S] [--threads N] -o OUT.gguf`.
+// `flashstar synth --preset tiny|flash [--layers N] [--recipe q2|q4] [--seed S] [--threads N]
+//  [--well-conditioned] [--residual-scale F] -o OUT.gguf`.
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -19,13 +20,26 @@ const char* kFooter =
     "(optionally fewer layers, same schedule); tiny = tiny-a's dimensions (hidden 256, 8 experts, ...),\n"
     "where a block type that cannot tile a row falls back to q8_0. Quantized blocks are generated\n"
     "directly (random codes and scales), not quantized. The same seed gives the same file whatever\n"
-    "--threads is.";
+    "--threads is.\n"
+    "\n"
+    "--well-conditioned makes a model whose logits are insensitive to rounding, for drift gates between\n"
+    "implementations (GPU routes vs reference, GPU vs CPU). On a plain random model a rounding-level change\n"
+    "now and then flips an MoE routing or indexer top-k pick and that position's logits jump far beyond\n"
+    "rounding, so its drift floor is large and noisy. This option (1) scales the residual branches down:\n"
+    "the output projections that write into the residual stream (attn_output_b, routed ffn_down_exps and\n"
+    "shared ffn_down_shexp) get --residual-scale (default 0.1) times their usual std, so the embedding\n"
+    "dominates and any flipped pick changes the logits by little; (2) spreads the router biases\n"
+    "(exp_probs_b) 4.0 apart in a seeded random order per layer, far more than the router scores' range,\n"
+    "so each biased layer routes every token to the same top-6 experts by a wide margin and rounding\n"
+    "cannot flip a pick (hash layers keep their token-id tables). The model name gets a -conditioned\n"
+    "suffix. Like the plain file it depends only on --seed. --residual-scale alone does (1) only.";
 
 struct Opts {
   std::string preset = "tiny", recipe = "q2", output;
   int layers = 0, threads = 0;
   uint64_t seed = 1;
-  bool dry_run = false;
+  bool dry_run = false, well_conditioned = false;
+  float residual_scale = 0;  // 0: 1, or 0.1 with --well-conditioned
 };
 
 void run(const Opts& o) {
@@ -39,6 +53,9 @@ void run(const Opts& o) {
   s.layers = o.layers;
   s.seed = o.seed;
   s.output = o.output;
+  if (o.residual_scale != 0) s.residual_scale = o.residual_scale;
+  else if (o.well_conditioned) s.residual_scale = 0.1f;
+  if (o.well_conditioned) s.router_bias_step = 4.0f;
   if (o.threads < 0) fail("synth: --threads must be positive");
   if (o.threads > 0) set_num_threads(o.threads);
 
@@ -79,6 +96,11 @@ void add_synth_command(CLI::App& app) {
   cmd->add_option("--seed", opts->seed, "Random seed (default 1)");
   cmd->add_option("--threads", opts->threads, "Worker threads (default: all cores)");
   cmd->add_option("-o,--output", opts->output, "Output .gguf path");
+  cmd->add_flag("--well-conditioned", opts->well_conditioned,
+                "small residual branches and wide router-bias margins: rounding cannot flip discrete picks (below)");
+  cmd->add_option("--residual-scale", opts->residual_scale,
+                  "std multiplier for attn_output_b, ffn_down_exps, ffn_down_shexp\n(default 1; 0.1 with --well-conditioned)")
+      ->check(CLI::PositiveNumber);
   cmd->add_flag("--dry-run", opts->dry_run, "Print the planned tensor count and file size; write nothing");
   cmd->footer(kFooter);
   cmd->callback([opts] { run(*opts); });

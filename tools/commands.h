@@ -13,5 +13,8 @@ void add_logits_command(CLI::App& app);
 void add_compare_command(CLI::App& app);
 void add_dump_tensor_command(CLI::App& app);
 void add_run_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
+void add_drift_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 
 }  // namespace flashstar::tools

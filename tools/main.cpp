@@ -1,5 +1,6 @@
 // flashstar: one binary, many subcommands.
 #include <cstdio>
+#include <cstring>
 #include <exception>
 
 #include "commands.h"
@@ -17,6 +18,12 @@ int main(int argc, char** argv) {
   add_compare_command(app);
   add_dump_tensor_command(app);
   add_run_command(app);
+  add_serve_command(app);
+  add_drift_command(app);
+  add_bench_command(app);
+  // ds4's multi-letter short flag, which CLI11 cannot declare: -sys is --system.
+  for (int i = 1; i < argc; ++i)
+    if (std::strcmp(argv[i], "-sys") == 0) argv[i] = const_cast<char*>("--system");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,5 +1,6 @@
 #include "tool_util.h"
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstring>
@@ -52,6 +53,21 @@ std::unique_ptr<Session> make_session(const Model& model, const SessionOptions& 
   if (b == "cuda") return cuda::make_cuda_session(model, opts);
 #endif
   return make_cpu_session(model, opts);
+}
+
+RouteSet RouteOptions::resolve() const {
+  RouteSet s;
+  apply_route_env(s);
+  if (quality) s = RouteSet::quality();
+  for (const std::string& r : routes) apply_route_arg(s, r);
+  return s;
+}
+
+void add_route_options(CLI::App* cmd, RouteOptions& o) {
+  cmd->add_option("--route", o.routes, "NAME=on|off: switch one GPU fast route (repeatable; see the list below)")
+      ->allow_extra_args(false);
+  cmd->add_flag("--quality", o.quality, "GPU reference kernels only (every fast route off)");
+  cmd->footer(routes_help());
 }
 
 std::vector<float> read_f32_rows(const std::string& path, size_t row) {

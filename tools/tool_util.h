@@ -8,6 +8,10 @@
 
 #include "engine/session.h"
 
+namespace CLI {
+class App;
+}
+
 namespace flashstar::tools {
 
 // "auto" picks cuda when this build has it and a GPU is present, else cpu.
@@ -15,6 +19,14 @@ std::string resolve_backend(const std::string& requested);
 std::unique_ptr<Session> make_session(const Model& model, const SessionOptions& opts, const std::string& backend);
 // Help text for --backend.
 constexpr const char* kBackendHelp = "auto (cuda when a GPU is present), cpu or cuda";
+
+// --route NAME=on|off (repeatable) and --quality; resolve() applies FLASHSTAR_ROUTE_* first, then these.
+struct RouteOptions {
+  std::vector<std::string> routes;
+  bool quality = false;
+  RouteSet resolve() const;
+};
+void add_route_options(CLI::App* cmd, RouteOptions& o);
 
 // Reads {"tokens": [...]} or a bare JSON array of non-negative integers.
 std::vector<int32_t> read_tokens_json(const std::string& path);

@@ -5,23 +5,29 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "common/error.h"
 #include "cpu/ops.h"
 #include "cuda/cuda_util.h"
+#include "cuda/fast_kernels.h"
 #include "cuda/ref_kernels.h"
+#include "cuda/stage_profiler.h"
 
 namespace flashstar::cuda {
 namespace {
 
 constexpr int64_t kHeadRows = 128;  // logits rows computed per output-head pass
+// Up to this many tokens (or for matrices this short) the fast routes stream weights through the
+// matrix-vector kernels; above it they run tensor-core products.
+constexpr int64_t kSmallN = 8, kMinGemmRows = 64;
 
 size_t f32b(int64_t n) { return static_cast<size_t>(n) * sizeof(float); }
 
 struct Dims {
-  int64_t C, SWA, D, HC, MIX, SPLIT, QL, QD, HD, H, OL, E, K, FF, NIH, IHD, IDXCAP, MAXROWS, V, NHC;
+  int64_t C, SWA, D, HC, MIX, SPLIT, QL, QD, HD, H, OL, E, K, FF, NIH, IHD, IDXCAP, MAXROWS, V, NHC, XB, MOE_INTS, STATE;
   Dims(const ModelConfig& c, const SessionOptions& o) {
     C = std::min<int64_t>(o.chunk, o.ctx);
     SWA = c.n_swa, D = c.n_embd, HC = c.hc_dim(), MIX = c.hc_mix(), NHC = c.n_hc;
@@ -37,12 +43,22 @@ struct Dims {
     }
     MAXROWS = c.n_swa + max_comp;
     V = c.n_vocab;
+    auto r8 = [](int64_t k) { return (k + 7) / 8 * 8; };
+    // FP16 activations of the widest tensor-core product input: the routed down projection's input.
+    XB = C * std::max({K * r8(FF), r8(OL), r8(D), r8(QL), r8(c.group_dim()), r8(FF), r8(QD)});
+    STATE = 0;  // the largest compressor slot state (rows x width)
+    for (uint32_t il = 0; il < c.n_layer; ++il) {
+      const uint32_t r = c.ratio(il);
+      if (r) STATE = std::max<int64_t>(STATE, int64_t(r == 4 ? 8 : r) * c.compressor_width(r, c.head_dim));
+      if (r == 4) STATE = std::max<int64_t>(STATE, 8 * int64_t(c.compressor_width(4, c.idx_head_dim)));
+    }
+    MOE_INTS = E + (E + 1) + C * K + fast::moe_max_tiles(C * K, static_cast<int>(E)) + 1;
   }
   size_t scratch_floats() const {
     return static_cast<size_t>(C * HC * 2 + C * MIX + C * SPLIT + C * D * 5 + C * QL + C * QD * 2 + C * 2 * 2 * HD +
                                C * 2 * 2 * IHD + C * NIH * IHD + C * NIH + C * OL + C * E + C * K + C * K * FF * 2 +
                                C * K * D + C * FF * 2 + C * IDXCAP + C * H * MAXROWS + kHeadRows * V + C * NHC +
-                               SWA * HD);
+                               SWA * HD + C * K + 2 * STATE);
   }
 };
 
@@ -85,7 +101,8 @@ MemoryPlan plan_memory(const Model& m, const SessionOptions& o) {
     p.kv_total += f32b(static_cast<int64_t>(layer_state_floats(c, o, il, d.C)));
   }
   p.scratch = f32b(static_cast<int64_t>(d.scratch_floats())) + static_cast<size_t>(d.C) * (d.K * 4 + 4 + d.K * 4) +
-              static_cast<size_t>(d.C) * c.idx_top_k * 4;
+              static_cast<size_t>(d.C) * c.idx_top_k * 4 + static_cast<size_t>(d.XB) * 2 +
+              static_cast<size_t>(d.MOE_INTS) * 4;
   return p;
 }
 
@@ -102,7 +119,8 @@ namespace {
 
 class CudaSession final : public Session {
  public:
-  CudaSession(const Model& m, const SessionOptions& o) : m_(m), c_(m.config()), d_(m.config(), o) {
+  CudaSession(const Model& m, const SessionOptions& o)
+      : m_(m), c_(m.config()), d_(m.config(), o), routes_(o.routes), prof_(profile_requested()) {
     opts_ = o;
     if (opts_.chunk == 0) fail("prefill chunk size must be positive");
     if (opts_.ctx < 2) fail("context size must be at least 2");
@@ -110,11 +128,15 @@ class CudaSession final : public Session {
     const MemoryPlan plan = plan_memory(m, o);
     size_t free_b = 0, total_b = 0;
     FS_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    if (o.verbose) std::fprintf(stderr, "%s\n", plan.describe(free_b, total_b).c_str());
+    if (o.verbose) {
+      std::fprintf(stderr, "%s\n", plan.describe(free_b, total_b).c_str());
+      std::fprintf(stderr, "GPU routes: %s\n", describe_routes(routes_).c_str());
+    }
     if (plan.total() + (256ull << 20) > free_b)
       fail("the model does not fit this GPU: %s (try a smaller --ctx or --chunk)", plan.describe(free_b, total_b).c_str());
     FS_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
     init_quant_tables();
+    fast::init_tables();
     upload_weights();
     upload_vectors();
     alloc_state_and_scratch();
@@ -122,6 +144,10 @@ class CudaSession final : public Session {
   }
   ~CudaSession() override {
     if (s_) cudaStreamDestroy(s_);
+  }
+  static bool profile_requested() {
+    const char* v = std::getenv("FLASHSTAR_PROFILE");
+    return v && *v && *v != '0';
   }
 
   const char* backend_name() const override { return "cuda"; }
@@ -303,8 +329,19 @@ class CudaSession final : public Session {
     SG_ = take(C * d_.FF), SU_ = take(C * d_.FF), idx_scratch_ = take(C * d_.IDXCAP);
     att_scratch_ = take(C * d_.H * d_.MAXROWS), head_logits_ = take(kHeadRows * d_.V), head_mix_ = take(C * d_.NHC);
     hist_tmp_ = take(d_.SWA * d_.HD);
-    ints_.resize(static_cast<size_t>(C * (2 * d_.K + 1 + c_.idx_top_k)));
+    wplan_ = take(C * d_.K);
+    comp_tmp_ = take(2 * d_.STATE);
+    ints_.resize(static_cast<size_t>(C * (2 * d_.K + 1 + c_.idx_top_k) + d_.MOE_INTS));
     sel_ = ints_.get(), tok_ = sel_ + C * d_.K, idx_sel_ = tok_ + C;
+    int32_t* pi = idx_sel_ + C * c_.idx_top_k;
+    plan_.count = pi, pi += d_.E;
+    plan_.offset = pi, pi += d_.E + 1;
+    plan_.items = pi, pi += C * d_.K;
+    plan_.max_tiles = fast::moe_max_tiles(C * d_.K, static_cast<int>(d_.E));
+    plan_.tiles = pi, pi += plan_.max_tiles;
+    plan_.n_tiles = pi;
+    xb_buf_.resize(static_cast<size_t>(d_.XB));
+    xb_ = xb_buf_.get();
   }
 
   void upload_state(const KvState& st) {
@@ -354,9 +391,43 @@ class CudaSession final : public Session {
     return st;
   }
 
+  // FP16 copy of X for the tensor-core products that follow, when one of `rs` will take that path.
+  const uint16_t* prep(const float* X, int64_t n, int64_t k, int64_t xs, std::initializer_list<Route> rs) {
+    if (n <= kSmallN) return nullptr;
+    for (Route r : rs)
+      if (routes_[r]) {
+        fast::to_f16(X, n, k, xs, xb_, s_);
+        return xb_;
+      }
+    return nullptr;
+  }
+
+  // One matrix product through route r's fast kernel when the route is on and takes the shape, else the
+  // reference kernel. xb: FP16 copy of X made by prep() (null: made here if needed).
+  void mm(Route r, const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n, int64_t xs, float* Y,
+          int64_t ys, const uint16_t* xb = nullptr) {
+    if (routes_[r]) {
+      if (n <= kSmallN || n_rows < kMinGemmRows) {
+        if (fast::matvec(W, row0, n_rows, X, n, xs, Y, ys, s_)) return;
+      } else if (fast::gemm_supports(W)) {
+        if (!xb) {
+          fast::to_f16(X, n, W.cols, xs, xb_, s_);
+          xb = xb_;
+        }
+        if (fast::gemm(W, row0, n_rows, xb, n, Y, ys, s_)) return;
+      }
+    }
+    matmul(W, row0, n_rows, X, n, xs, Y, ys, s_);
+  }
+
+  void compress(const CompressorArgs& a) {
+    if (routes_[Route::FusedOps] && a.n > 1 && fast::compressor_supported(a)) fast::compressor_chunk(a, comp_tmp_, s_);
+    else compressor_chunk(a, s_);
+  }
+
   void hc_pre(const DMat& fn, const float* scale, const float* base, int64_t n, float* out) {
     rms_norm_rows(X_, d_.HC, nullptr, flat_, d_.HC, n, d_.HC, float(c_.rms_eps), s_);
-    matmul(fn, 0, d_.MIX, flat_, n, d_.HC, mix_, d_.MIX, s_);
+    mm(Route::F16Proj, fn, 0, d_.MIX, flat_, n, d_.HC, mix_, d_.MIX);
     hc_split(mix_, d_.MIX, scale, base, int(c_.n_hc), int(c_.hc_sinkhorn_iter), float(c_.hc_eps), split_, n, s_);
     hc_weighted_sum(X_, split_, int(c_.n_hc), d_.D, out, n, s_);
   }
@@ -368,56 +439,70 @@ class CudaSession final : public Session {
     const float eps = float(c_.rms_eps);
     const bool official = opts_.numerics == Numerics::Official;
     const int n_rot = int(c_.n_rot);
+    prof_.stage("hc", s_);
     hc_pre(L.hc_attn_fn, L.hc_attn_scale, L.hc_attn_base, n, xin_);
+    prof_.stage("attn.proj", s_);
     rms_norm_rows(xin_, d_.D, L.attn_norm, an_, d_.D, n, d_.D, eps, s_);
-    matmul(L.q_a, 0, d_.QL, an_, n, d_.D, qr_, d_.QL, s_);
+    const uint16_t* an_b = prep(an_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj});
+    mm(Route::DenseQ8, L.q_a, 0, d_.QL, an_, n, d_.D, qr_, d_.QL, an_b);
+    float* kv = L.hist + L.n_raw * d_.HD;  // the chunk's raw rows follow the saved window
+    mm(Route::DenseQ8, L.kv, 0, d_.HD, an_, n, d_.D, kv, d_.HD, an_b);
+    const int64_t W_ = r ? c_.compressor_width(r, c_.head_dim) : 0;
+    const int64_t IW = r == 4 ? c_.compressor_width(4, c_.idx_head_dim) : 0;
+    if (r) {
+      mm(Route::F16Proj, L.comp_kv, 0, W_, an_, n, d_.D, ckv_, W_, an_b);
+      mm(Route::F16Proj, L.comp_gate, 0, W_, an_, n, d_.D, cg_, W_, an_b);
+    }
+    if (r == 4) {
+      mm(Route::F16Proj, L.idx_comp_kv, 0, IW, an_, n, d_.D, ikv_, IW, an_b);
+      mm(Route::F16Proj, L.idx_comp_gate, 0, IW, an_, n, d_.D, ig_, IW, an_b);
+      mm(Route::F16Proj, L.idx_proj, 0, d_.NIH, an_, n, d_.D, iw_, d_.NIH, an_b);
+    }
     rms_norm_rows(qr_, d_.QL, L.q_a_norm, qr_, d_.QL, n, d_.QL, eps, s_);
-    matmul(L.q_b, 0, d_.QD, qr_, n, d_.QL, q_, d_.QD, s_);
+    mm(Route::DenseQ8, L.q_b, 0, d_.QD, qr_, n, d_.QL, q_, d_.QD);
     rms_norm_rows(q_, d_.HD, nullptr, q_, d_.HD, n * d_.H, d_.HD, eps, s_);
     rope(q_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, false, s_);
-    float* kv = L.hist + L.n_raw * d_.HD;  // the chunk's raw rows follow the saved window
-    matmul(L.kv, 0, d_.HD, an_, n, d_.D, kv, d_.HD, s_);
     rms_norm_rows(kv, d_.HD, L.kv_a_norm, kv, d_.HD, n, d_.HD, eps, s_);
     rope(kv, n, d_.HD, 1, d_.HD, n_rot, freq, pos0, 1, false, s_);
     finish_rows(kv, n, d_.HD, d_.HD, n_rot, RowKind::Attention, official, s_);
 
     bool use_indexer = false;
+    prof_.stage("attn.compress", s_);
     if (r) {
-      const int64_t W = c_.compressor_width(r, c_.head_dim);
-      matmul(L.comp_kv, 0, W, an_, n, d_.D, ckv_, W, s_);
-      matmul(L.comp_gate, 0, W, an_, n, d_.D, cg_, W, s_);
-      compressor_chunk({L.comp_kv_st, L.comp_sc_st, ckv_, cg_, L.comp_ape, L.comp_norm, freq_comp_, L.comp, pos0, n,
-                        int(r), int(d_.HD), int(W), n_rot, eps, RowKind::Attention, official},
-                       s_);
+      compress({L.comp_kv_st, L.comp_sc_st, ckv_, cg_, L.comp_ape, L.comp_norm, freq_comp_, L.comp, pos0, n, int(r),
+                int(d_.HD), int(W_), n_rot, eps, RowKind::Attention, official});
       if (r == 4) {
-        const int64_t IW = c_.compressor_width(4, c_.idx_head_dim);
-        matmul(L.idx_comp_kv, 0, IW, an_, n, d_.D, ikv_, IW, s_);
-        matmul(L.idx_comp_gate, 0, IW, an_, n, d_.D, ig_, IW, s_);
-        compressor_chunk({L.idx_kv_st, L.idx_sc_st, ikv_, ig_, L.idx_comp_ape, L.idx_comp_norm, freq_comp_, L.idx, pos0,
-                          n, 4, int(d_.IHD), int(IW), n_rot, eps, RowKind::Indexer, official},
-                         s_);
+        compress({L.idx_kv_st, L.idx_sc_st, ikv_, ig_, L.idx_comp_ape, L.idx_comp_norm, freq_comp_, L.idx, pos0,
+                          n, 4, int(d_.IHD), int(IW), n_rot, eps, RowKind::Indexer, official});
         use_indexer = (pos0 + n) / 4 > static_cast<int64_t>(c_.idx_top_k);
       }
     }
+    prof_.stage("attn.indexer", s_);
     if (use_indexer) {
-      matmul(L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD, s_);
+      mm(Route::F16Proj, L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD);
       rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_);
       if (official) indexer_qat(iq_, n * d_.NIH, d_.IHD, s_);
-      matmul(L.idx_proj, 0, d_.NIH, an_, n, d_.D, iw_, d_.NIH, s_);
       const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.IHD * d_.NIH)));
-      indexer_select(iq_, iw_, wscale, L.idx, int(d_.NIH), int(d_.IHD), pos0, n, 4, int(c_.idx_top_k), idx_scratch_,
-                     d_.IDXCAP, idx_sel_, s_);
+      if (routes_[Route::Attention] && fast::indexer_supported(int(d_.NIH), int(d_.IHD), n))
+        fast::indexer_select(iq_, iw_, wscale, L.idx, int(d_.NIH), int(d_.IHD), pos0, n, 4, int(c_.idx_top_k),
+                             idx_scratch_, d_.IDXCAP, idx_sel_, s_);
+      else
+        indexer_select(iq_, iw_, wscale, L.idx, int(d_.NIH), int(d_.IHD), pos0, n, 4, int(c_.idx_top_k), idx_scratch_,
+                       d_.IDXCAP, idx_sel_, s_);
     }
+    prof_.stage("attn.core", s_);
     AttentionArgs a;
     a.q = q_, a.hist = L.hist, a.hist_pos0 = pos0 - L.n_raw, a.comp = L.comp, a.sel = use_indexer ? idx_sel_ : nullptr;
     a.top_k = int(c_.idx_top_k), a.sinks = L.sinks, a.out = heads_, a.pos0 = pos0, a.n = n, a.n_head = int(d_.H);
     a.head_dim = int(d_.HD), a.n_swa = int(c_.n_swa), a.ratio = int(r);
-    sink_attention(a, att_scratch_, d_.MAXROWS, s_);
+    if (routes_[Route::Attention] && fast::attention_supported(a)) fast::sink_attention(a, att_scratch_, d_.MAXROWS, s_);
+    else sink_attention(a, att_scratch_, d_.MAXROWS, s_);
     rope(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, true, s_);
+    prof_.stage("attn.out", s_);
     const int64_t GD = c_.group_dim();
     for (uint32_t g = 0; g < c_.n_out_group; ++g)
-      matmul(L.out_a, int64_t(g) * c_.o_lora, c_.o_lora, heads_ + g * GD, n, d_.QD, low_ + g * c_.o_lora, d_.OL, s_);
-    matmul(L.out_b, 0, d_.D, low_, n, d_.OL, out_, d_.D, s_);
+      mm(Route::OutA, L.out_a, int64_t(g) * c_.o_lora, c_.o_lora, heads_ + g * GD, n, d_.QD, low_ + g * c_.o_lora, d_.OL);
+    mm(Route::DenseQ8, L.out_b, 0, d_.D, low_, n, d_.OL, out_, d_.D);
     hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
 
     // Keep the newest n_swa raw rows at the front of the window buffer.
@@ -433,32 +518,67 @@ class CudaSession final : public Session {
   void ffn_half(uint32_t il, int64_t n) {
     DLayer& L = layers_[il];
     const float lim = c_.swiglu_clamp[il];
+    prof_.stage("hc", s_);
     hc_pre(L.hc_ffn_fn, L.hc_ffn_scale, L.hc_ffn_base, n, xin_);
+    prof_.stage("ffn.router", s_);
     rms_norm_rows(xin_, d_.D, L.ffn_norm, fn_, d_.D, n, d_.D, float(c_.rms_eps), s_);
-    matmul(L.gate_inp, 0, d_.E, fn_, n, d_.D, rl_, d_.E, s_);
+    const uint16_t* fn_b = prep(fn_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj, Route::Moe});
+    mm(Route::F16Proj, L.gate_inp, 0, d_.E, fn_, n, d_.D, rl_, d_.E, fn_b);
     route(rl_, L.exp_probs_b, c_.is_hash_layer(il) ? L.tid2eid : nullptr, tok_, n, int(d_.E), int(d_.K),
           c_.expert_weights_norm, float(c_.expert_weights_scale), sel_, wsel_, s_);
     const int64_t items = n * d_.K;
-    matmul_items(L.gate_exps, d_.FF, sel_, int32_t(d_.K), fn_, d_.D, items, G_, d_.FF, s_);
-    matmul_items(L.up_exps, d_.FF, sel_, int32_t(d_.K), fn_, d_.D, items, U_, d_.FF, s_);
-    swiglu(G_, U_, items, d_.FF, lim, wsel_, s_);
-    matmul_items(L.down_exps, d_.D, sel_, 1, G_, d_.FF, items, slot_, d_.D, s_);
+    // The shared expert first: its gate/up read the same FP16 copy of fn_ as the routed gate/up.
+    // (the down projections overwrite that copy, so they come after every gate/up).
+    prof_.stage("ffn.shared", s_);
     const float* shared = nullptr;
     if (c_.n_expert_shared) {
-      matmul(L.gate_sh, 0, d_.FF, fn_, n, d_.D, SG_, d_.FF, s_);
-      matmul(L.up_sh, 0, d_.FF, fn_, n, d_.D, SU_, d_.FF, s_);
+      mm(Route::DenseQ8, L.gate_sh, 0, d_.FF, fn_, n, d_.D, SG_, d_.FF, fn_b);
+      mm(Route::DenseQ8, L.up_sh, 0, d_.FF, fn_, n, d_.D, SU_, d_.FF, fn_b);
+    }
+    prof_.stage("ffn.moe", s_);
+    routed_experts(L, n, items, lim, fn_b);
+    prof_.stage("ffn.shared", s_);
+    if (c_.n_expert_shared) {
       swiglu(SG_, SU_, n, d_.FF, lim, nullptr, s_);
-      matmul(L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D, s_);
+      mm(Route::DenseQ8, L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D);
       shared = shared_;
     }
+    prof_.stage("ffn.sum", s_);
     sum_slots(slot_, shared, n, int(d_.K), d_.D, out_, s_);
     hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
+  }
+
+  void routed_experts(const DLayer& L, int64_t n, int64_t items, float lim, const uint16_t* fn_b) {
+    const bool grouped = routes_[Route::Moe] && n > kSmallN && fn_b && fast::gemm_supports(L.gate_exps) &&
+                         fast::gemm_supports(L.up_exps) && fast::gemm_supports(L.down_exps) &&
+                         plan_.max_tiles <= 65535;
+    if (grouped) {
+      const int64_t D8 = (d_.D + 7) / 8 * 8, F8 = (d_.FF + 7) / 8 * 8;
+      fast::moe_plan(sel_, items, static_cast<int>(d_.E), plan_, s_);
+      fast::gemm_grouped(L.gate_exps, d_.FF, plan_, fn_b, D8, true, int32_t(d_.K), false, G_, d_.FF, s_);
+      fast::gemm_grouped(L.up_exps, d_.FF, plan_, fn_b, D8, true, int32_t(d_.K), false, U_, d_.FF, s_);
+      fast::moe_gather(wsel_, plan_, items, wplan_, s_);
+      swiglu(G_, U_, items, d_.FF, lim, wplan_, s_);
+      fast::to_f16(G_, items, d_.FF, d_.FF, xb_, s_);
+      fast::gemm_grouped(L.down_exps, d_.D, plan_, xb_, F8, false, 1, true, slot_, d_.D, s_);
+      return;
+    }
+    auto items_mm = [&](const DMat& W, int64_t rows, int32_t div, const float* X, int64_t xs, float* Y, int64_t ys) {
+      if (routes_[Route::Moe] && fast::matvec_items(W, rows, sel_, div, X, xs, items, Y, ys, s_)) return;
+      matmul_items(W, rows, sel_, div, X, xs, items, Y, ys, s_);
+    };
+    items_mm(L.gate_exps, d_.FF, int32_t(d_.K), fn_, d_.D, G_, d_.FF);
+    items_mm(L.up_exps, d_.FF, int32_t(d_.K), fn_, d_.D, U_, d_.FF);
+    swiglu(G_, U_, items, d_.FF, lim, wsel_, s_);
+    items_mm(L.down_exps, d_.D, 1, G_, d_.FF, slot_, d_.D);
   }
 
   void run_chunk(std::span<const int32_t> toks, float* all_logits) {
     const int64_t n = static_cast<int64_t>(toks.size());
     const int64_t pos0 = static_cast<int64_t>(tokens_.size());
     FS_CUDA_CHECK(cudaMemcpyAsync(tok_, toks.data(), toks.size() * 4, cudaMemcpyHostToDevice, s_));
+    prof_.set_prefix(n == 1 ? "dec " : "pre ");
+    prof_.stage("embed", s_);
     embed(embd_, tok_, n, int(c_.n_hc), X_, s_);
     for (uint32_t il = 0; il < c_.n_layer; ++il) {
       attention_half(il, pos0, n);
@@ -467,20 +587,23 @@ class CudaSession final : public Session {
     // Output head over the requested rows, kHeadRows at a time.
     const int64_t first = all_logits ? 0 : n - 1;
     std::vector<float> last(c_.n_vocab);
+    prof_.stage("head", s_);
     for (int64_t r0 = first; r0 < n; r0 += kHeadRows) {
       const int64_t m = std::min<int64_t>(kHeadRows, n - r0);
       const float* Xr = X_ + r0 * d_.HC;
       rms_norm_rows(Xr, d_.HC, nullptr, flat_, d_.HC, m, d_.HC, float(c_.rms_eps), s_);
-      matmul(out_hc_fn_, 0, d_.NHC, flat_, m, d_.HC, head_mix_, d_.NHC, s_);
+      mm(Route::F16Proj, out_hc_fn_, 0, d_.NHC, flat_, m, d_.HC, head_mix_, d_.NHC);
       hc_head(Xr, head_mix_, out_hc_scale_, out_hc_base_, int(c_.n_hc), d_.D, float(c_.hc_eps), out_, m, s_);
       rms_norm_rows(out_, d_.D, out_norm_, fn_, d_.D, m, d_.D, float(c_.rms_eps), s_);
-      matmul(output_, 0, d_.V, fn_, m, d_.D, head_logits_, d_.V, s_);
+      mm(Route::DenseQ8, output_, 0, d_.V, fn_, m, d_.D, head_logits_, d_.V);
       if (all_logits)
         FS_CUDA_CHECK(cudaMemcpyAsync(all_logits + r0 * d_.V, head_logits_, f32b(m * d_.V), cudaMemcpyDeviceToHost, s_));
       if (r0 + m == n)
         FS_CUDA_CHECK(cudaMemcpyAsync(last.data(), head_logits_ + (m - 1) * d_.V, f32b(d_.V), cudaMemcpyDeviceToHost, s_));
       FS_CUDA_CHECK(cudaStreamSynchronize(s_));  // the head buffer is reused by the next pass
     }
+    prof_.stop(s_);
+    prof_.collect();
     logits_ = std::move(last);
     tokens_.insert(tokens_.end(), toks.begin(), toks.end());
   }
@@ -488,7 +611,14 @@ class CudaSession final : public Session {
   const Model& m_;
   const ModelConfig& c_;
   Dims d_;
+  RouteSet routes_;
+  StageProfiler prof_;
   cudaStream_t s_ = nullptr;
+  DeviceArray<uint16_t> xb_buf_;
+  uint16_t* xb_ = nullptr;
+  fast::MoePlan plan_{};
+  float* wplan_ = nullptr;
+  float* comp_tmp_ = nullptr;
   DeviceArray<uint8_t> weights_, vectors_;
   DeviceArray<float> state_, scratch_;
   DeviceArray<int32_t> ints_;

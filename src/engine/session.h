@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/kv_state.h"
+#include "engine/routes.h"
 #include "model/weights.h"
 
 namespace flashstar {
@@ -46,6 +47,7 @@ struct SessionOptions {
   Numerics numerics = Numerics::Official;
   TieLog* ties = nullptr;  // optional: collect near-ties (slower; CPU backend)
   bool verbose = false;    // print the memory plan and load progress
+  RouteSet routes;         // GPU fast routes (ignored by the CPU backend)
 };
 
 class Session {

@@ -21,8 +21,10 @@ uint64_t align32(uint64_t n) { return (n + 31) & ~uint64_t(31); }
 // Value distributions chosen so a forward pass stays O(1) through all layers: matrices ~ N(0, 1/fan_in)
 // (std 1/sqrt(ne0), ne0 being the input width), norm weights near 1, the small hyper-connection,
 // sink, APE and bias parameters small, and the router wide enough that top-6 is not a tie.
-Dist dist_for(const TensorSpec& s) {
+Dist dist_for(const TensorSpec& s, float residual_scale) {
   const std::string& n = s.name;
+  if (has(n, "attn_output_b.") || has(n, "ffn_down_exps.") || has(n, "ffn_down_shexp."))
+    return Dist::normal(residual_scale / std::sqrt(static_cast<float>(s.ne[0])));
   if (has(n, "norm.weight")) return Dist::uniform(0.9f, 1.1f);
   if (has(n, "hc_") && has(n, "_base.weight")) return Dist::uniform(-0.1f, 0.1f);
   if (has(n, "hc_") && has(n, "_scale.weight")) return Dist::uniform(0.05f, 0.2f);
@@ -48,16 +50,37 @@ uint64_t chunk_seed(uint64_t seed, const std::string& name, int64_t chunk) {
 // Chunk geometry depends only on the tensor (never on threads), so the bytes do not either.
 constexpr uint64_t kChunkBytes = 4u << 20;
 
-void generate_tensor(const PlannedTensor& p, size_t index, const ModelConfig& c, uint64_t seed, gguf::Writer& w,
-                     Progress& prog) {
+// Biases step apart in a seeded random order: the biased top-k is decided by a margin of at least
+// step - (score range), far above any rounding difference. (Router scores sqrt(softplus(x)) stay below
+// ~3 for this model's O(1) activations.)
+void ranked_router_bias(const PlannedTensor& p, size_t index, uint64_t seed, float step, gguf::Writer& w) {
+  if (p.type != GgmlType::F32) fail("synth: %s must be f32 for ranked router biases", p.spec.name.c_str());
+  const int64_t n = p.spec.ne[0];
+  std::vector<int32_t> rank(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) rank[i] = static_cast<int32_t>(i);
+  Rng rng(chunk_seed(seed, p.spec.name, 0));
+  for (int64_t i = n - 1; i > 0; --i) std::swap(rank[i], rank[rng.below(static_cast<uint32_t>(i + 1))]);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = step * (static_cast<float>(rank[i]) - 0.5f * static_cast<float>(n - 1));
+  w.write_tensor(index, v.data(), v.size() * sizeof(float), 0);
+}
+
+void generate_tensor(const PlannedTensor& p, size_t index, const ModelConfig& c, const SynthOptions& o,
+                     gguf::Writer& w, Progress& prog) {
+  const uint64_t seed = o.seed;
   const TensorSpec& s = p.spec;
+  if (o.router_bias_step > 0 && has(s.name, "exp_probs_b")) {
+    ranked_router_bias(p, index, seed, o.router_bias_step, w);
+    prog.add(p.nbytes);
+    return;
+  }
   const int64_t n0 = s.ne[0];
   int64_t rows = 1;
   for (size_t i = 1; i < s.ne.size(); ++i) rows *= s.ne[i];
   const size_t rb = row_bytes(p.type, n0);
   const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes / rb));
   const int64_t n_chunks = (rows + chunk - 1) / chunk;
-  const Dist dist = dist_for(s);
+  const Dist dist = dist_for(s, o.residual_scale);
   parallel_for(n_chunks, [&](int64_t cb, int64_t ce) {
     std::vector<uint8_t> buf;
     for (int64_t ci = cb; ci < ce; ++ci) {
@@ -117,6 +140,11 @@ ModelConfig preset_config(Preset p, int layers) {
 SynthPlan plan_synth(const SynthOptions& o) {
   SynthPlan plan;
   plan.cfg = preset_config(o.preset, o.layers);
+  if (!(o.residual_scale > 0) || !std::isfinite(o.residual_scale)) fail("synth: the residual scale must be positive");
+  if (!(o.router_bias_step >= 0) || !std::isfinite(o.router_bias_step))
+    fail("synth: the router bias step must be >= 0");
+  // The name tells a conditioned file from a plain one in `inspect` output.
+  if (o.residual_scale != 1.0f || o.router_bias_step > 0) plan.cfg.name += "-conditioned";
   const auto recipe = o.recipe == Recipe::Q2 ? convert::ExpertRecipe::IQ2_XXS_Q2_K : convert::ExpertRecipe::Q4_K;
   const Vocab vocab = placeholder_vocab(plan.cfg.n_vocab);
   // Header: magic, version, counts; metadata: the tokenizer exactly plus ~1 KB of model keys (two
@@ -153,7 +181,7 @@ SynthResult synthesize(const SynthOptions& o) {
   Progress prog("synth", plan.data_bytes, o.progress);
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     prog.set_label(strfmt("[%zu/%zu] %s", i + 1, plan.tensors.size(), plan.tensors[i].spec.name.c_str()));
-    generate_tensor(plan.tensors[i], idx[i], plan.cfg, o.seed, w, prog);
+    generate_tensor(plan.tensors[i], idx[i], plan.cfg, o, w, prog);
   }
   w.finish();
   prog.finish();

@@ -21,6 +21,14 @@ struct SynthOptions {
   int layers = 0;  // 0: the preset's own (tiny 6, flash 43)
   Recipe recipe = Recipe::Q2;
   uint64_t seed = 1;
+  // Well-conditioned models (`synth --well-conditioned`), for drift gates between implementations. On a
+  // plain random model rounding-level differences now and then flip routing and indexer picks and the
+  // logits then jump far beyond rounding, so drift measures luck, not kernels. residual_scale multiplies the std of every
+  // residual-branch output projection (attn_output_b, ffn_down_exps, ffn_down_shexp), which bounds what
+  // any flip can change; router_bias_step > 0 ranks each layer's experts with biases this far apart (in
+  // a seeded random order), so the biased top-k never sits near a tie.
+  float residual_scale = 1.0f;
+  float router_bias_step = 0.0f;
   std::string output;
   bool progress = true;
 };

@@ -1,0 +1,336 @@
+// The attention route: sink attention and indexer scoring on the tensor cores, indexer top-k by radix
+// select. All 64 heads of a query share its rows (one KV head), so a query's heads form the M side of
+// small products: scores = Q K^T, then out = P V with V = K. Operands FP16, accumulation fp32; every
+// reduction has a fixed order, so results are deterministic.
+#include <cuda_fp16.h>
+
+#include "cuda/cuda_util.h"
+#include "cuda/fast_kernels.h"
+
+namespace flashstar::cuda::fast {
+namespace {
+
+constexpr int kHeads = 64;  // queries' heads handled by one block (4 warps x 16)
+constexpr int kRowsTile = 64, kKc = 32, kLdh = kKc + 8;
+
+__device__ __forceinline__ uint32_t h2(float a, float b) {
+  const __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// S[h][j] (h < 64, j < 64 rows of the tile) = q_h . row_j over `dim` values, into acc (warp w: heads
+// 16w..16w+15, all 64 rows: 8 n-tiles of 8). rows[j] null = a row past the end (zeros).
+__device__ void scores_tile(const float* q, int64_t q_stride, const float* const* rows, int dim, float (&acc)[8][4],
+                            uint16_t* qs, uint16_t* ks) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  for (int k0 = 0; k0 < dim; k0 += kKc) {
+    // stage 64 x 32 of Q and of the rows (128 threads: 16 values each)
+    {
+      const int r = tid >> 1, c = (tid & 1) * 16;
+      const float* src = q + r * q_stride + k0 + c;
+      uint32_t* d = reinterpret_cast<uint32_t*>(qs + r * kLdh + c);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) d[i] = h2(src[2 * i], src[2 * i + 1]);
+      const float* ksrc = rows[r];
+      uint32_t* kd = reinterpret_cast<uint32_t*>(ks + r * kLdh + c);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) kd[i] = ksrc ? h2(ksrc[k0 + c + 2 * i], ksrc[k0 + c + 2 * i + 1]) : 0u;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kKc; kk += 16) {
+      uint32_t a[4];
+      ldsm_x4(a, qs + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
+#pragma unroll
+      for (int nj = 0; nj < 4; ++nj) {
+        uint32_t b[4];
+        ldsm_x4(b, ks + (nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * kLdh + kk + ((lane >> 3) & 1) * 8);
+        mma16816(acc[2 * nj], a, b[0], b[1]);
+        mma16816(acc[2 * nj + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Row j of query t's attention rows: the raw window first, then the compressed rows (selected or all).
+struct RowMap {
+  const AttentionArgs* a;
+  int64_t t, raw_lo, n_raw, n_rows;
+  __device__ RowMap(const AttentionArgs& args, int64_t t_) : a(&args), t(t_) {
+    const int64_t pos = a->pos0 + t;
+    raw_lo = pos - a->n_swa + 1 > 0 ? pos - a->n_swa + 1 : 0;
+    n_raw = pos - raw_lo + 1;
+    int64_t n_comp = 0;
+    if (a->ratio) {
+      n_comp = (pos + 1) / a->ratio;
+      if (a->sel) {
+        int64_t c = 0;
+        while (c < a->top_k && a->sel[t * a->top_k + c] >= 0) ++c;
+        n_comp = c;
+      }
+    }
+    n_rows = n_raw + n_comp;
+  }
+  __device__ const float* row(int64_t r) const {
+    if (r >= n_rows) return nullptr;
+    const int hd = a->head_dim;
+    if (r < n_raw) return a->hist + (raw_lo + r - a->hist_pos0) * hd;
+    const int64_t c = r - n_raw;
+    return a->comp + (a->sel ? a->sel[t * a->top_k + c] : c) * hd;
+  }
+};
+
+// grid (n queries, row tiles): scaled scores into scratch[t][h][r].
+__global__ void __launch_bounds__(128) attn_scores_kernel(AttentionArgs a, float* scratch, int64_t max_rows) {
+  __shared__ __align__(16) uint16_t qs[kHeads * kLdh];
+  __shared__ __align__(16) uint16_t ks[kRowsTile * kLdh];
+  __shared__ const float* rows[kRowsTile];
+  const int64_t t = blockIdx.x;
+  const RowMap rm(a, t);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kRowsTile;
+  if (r0 >= rm.n_rows) return;
+  if (threadIdx.x < kRowsTile) rows[threadIdx.x] = rm.row(r0 + threadIdx.x);
+  __syncthreads();
+  float acc[8][4] = {};
+  const int hd = a.head_dim;
+  scores_tile(a.q + t * a.n_head * hd, hd, rows, hd, acc, qs, ks);
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(hd)));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* s = scratch + t * a.n_head * max_rows;
+#pragma unroll
+  for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int h = warp * 16 + (lane >> 2) + (c >> 1) * 8;
+      const int64_t r = r0 + ni * 8 + (lane & 3) * 2 + (c & 1);
+      if (r < rm.n_rows) s[h * max_rows + r] = acc[ni][c] * scale;
+    }
+}
+
+// One warp per (query, head): softmax with the sink, probabilities written back in place.
+__global__ void attn_softmax_kernel(AttentionArgs a, float* scratch, int64_t max_rows) {
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (w >= a.n * a.n_head) return;
+  const int64_t t = w / a.n_head;
+  const int h = static_cast<int>(w % a.n_head);
+  const RowMap rm(a, t);
+  float* s = scratch + (t * a.n_head + h) * max_rows;
+  const float sink = a.sinks[h];
+  float mx = sink;
+  for (int64_t r = lane; r < rm.n_rows; r += 32) mx = fmaxf(mx, s[r]);
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  float sum = 0;
+  for (int64_t r = lane; r < rm.n_rows; r += 32) sum += __expf(s[r] - mx);
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  const float inv = 1.0f / (sum + __expf(sink - mx));
+  for (int64_t r = lane; r < rm.n_rows; r += 32) s[r] = __expf(s[r] - mx) * inv;
+}
+
+// grid (n queries, head_dim / 64): out[t][h][d] = sum_r p[h][r] row_r[d] for 64 dims.
+__global__ void __launch_bounds__(128) attn_pv_kernel(AttentionArgs a, const float* scratch, int64_t max_rows) {
+  __shared__ __align__(16) uint16_t ps[kHeads * kLdh];        // [head][row chunk]
+  __shared__ __align__(16) uint16_t vs[kKc * (64 + 8)];       // [row][dim chunk]
+  const int64_t t = blockIdx.x;
+  const int d0 = blockIdx.y * 64;
+  const RowMap rm(a, t);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const float* p = scratch + t * a.n_head * max_rows;
+  float acc[8][4] = {};
+  for (int64_t k0 = 0; k0 < rm.n_rows; k0 += kKc) {
+    {
+      const int h = tid >> 1, c = (tid & 1) * 16;
+      uint32_t* d = reinterpret_cast<uint32_t*>(ps + h * kLdh + c);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int64_t r = k0 + c + 2 * i;
+        d[i] = h2(r < rm.n_rows ? p[h * max_rows + r] : 0.0f, r + 1 < rm.n_rows ? p[h * max_rows + r + 1] : 0.0f);
+      }
+      const int rr = tid >> 2, dc = (tid & 3) * 16;  // 32 rows x 64 dims
+      const float* src = rm.row(k0 + rr);
+      uint32_t* vd = reinterpret_cast<uint32_t*>(vs + rr * 72 + dc);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) vd[i] = src ? h2(src[d0 + dc + 2 * i], src[d0 + dc + 2 * i + 1]) : 0u;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kKc; kk += 16) {
+      uint32_t af[4];
+      ldsm_x4(af, ps + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
+#pragma unroll
+      for (int nj = 0; nj < 4; ++nj) {
+        uint32_t b[4];
+        ldsm_x4_t(b, vs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * 72 + nj * 16 + (lane >> 4) * 8);
+        mma16816(acc[2 * nj], af, b[0], b[1]);
+        mma16816(acc[2 * nj + 1], af, b[2], b[3]);
+      }
+    }
+    __syncthreads();
+  }
+  float* out = a.out + t * a.n_head * a.head_dim;
+#pragma unroll
+  for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int h = warp * 16 + (lane >> 2) + (c >> 1) * 8;
+      const int d = d0 + ni * 8 + (lane & 3) * 2 + (c & 1);
+      out[h * a.head_dim + d] = acc[ni][c];
+    }
+}
+
+// grid (n queries, row tiles): indexer score of every visible row, sum over heads of
+// relu(q_h . k) * w_h * wscale, in head order.
+__global__ void __launch_bounds__(128) indexer_scores_kernel(const float* iq, const float* iw, float wscale,
+                                                             const float* idx_rows, int head_dim, int64_t pos0,
+                                                             int ratio, float* scores, int64_t stride) {
+  __shared__ __align__(16) uint16_t qs[kHeads * kLdh];
+  __shared__ __align__(16) uint16_t ks[kRowsTile * kLdh];
+  __shared__ const float* rows[kRowsTile];
+  __shared__ float st[kHeads][kRowsTile + 1];
+  const int64_t t = blockIdx.x;
+  const int64_t n_vis = (pos0 + t + 1) / ratio;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kRowsTile;
+  if (r0 >= n_vis) return;
+  if (threadIdx.x < kRowsTile)
+    rows[threadIdx.x] = r0 + threadIdx.x < n_vis ? idx_rows + (r0 + threadIdx.x) * head_dim : nullptr;
+  __syncthreads();
+  float acc[8][4] = {};
+  scores_tile(iq + t * kHeads * head_dim, head_dim, rows, head_dim, acc, qs, ks);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) st[warp * 16 + (lane >> 2) + (c >> 1) * 8][ni * 8 + (lane & 3) * 2 + (c & 1)] = acc[ni][c];
+  __syncthreads();
+  if (threadIdx.x < kRowsTile && r0 + threadIdx.x < n_vis) {
+    const float* w = iw + t * kHeads;
+    float s = 0.0f;
+    for (int h = 0; h < kHeads; ++h) s += fmaxf(0.0f, st[h][threadIdx.x]) * (w[h] * wscale);
+    scores[t * stride + r0 + threadIdx.x] = s == 0.0f ? 0.0f : s;  // one zero: -0 ranks as +0
+  }
+}
+
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// One block per query: the top_k rows by (score desc, row asc), written as ascending row ids.
+__global__ void __launch_bounds__(256) indexer_topk_kernel(const float* scores, int64_t stride, int64_t pos0, int ratio,
+                                                           int top_k, int32_t* sel) {
+  __shared__ int hist[256];
+  __shared__ uint32_t s_prefix;
+  __shared__ int s_remaining;
+  __shared__ int warp_cnt[8][2];
+  const int64_t t = blockIdx.x;
+  const int64_t n_vis = (pos0 + t + 1) / ratio;
+  int32_t* out = sel + t * top_k;
+  if (n_vis <= top_k) {
+    for (int i = threadIdx.x; i < top_k; i += blockDim.x) out[i] = i < n_vis ? i : -1;
+    return;
+  }
+  const float* sc = scores + t * stride;
+  uint32_t prefix = 0, mask = 0;
+  if (threadIdx.x == 0) s_remaining = top_k;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < n_vis; i += blockDim.x) {
+      const uint32_t k = order_key(sc[i]);
+      if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1);  // integer counts: order-free
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int rem = s_remaining, cum = 0, b = 255;
+      for (; b > 0; --b) {
+        if (cum + hist[b] >= rem) break;
+        cum += hist[b];
+      }
+      s_remaining = rem - cum;
+      s_prefix = prefix | (static_cast<uint32_t>(b) << shift);
+    }
+    __syncthreads();
+    prefix = s_prefix;
+    mask |= 255u << shift;
+  }
+  const uint32_t thr = prefix;
+  const int take_eq = s_remaining;  // rows equal to the threshold to keep, lowest ids first
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int eq_before = 0, out_before = 0;
+  for (int64_t i0 = 0; i0 < n_vis; i0 += blockDim.x) {
+    const int64_t i = i0 + threadIdx.x;
+    const uint32_t k = i < n_vis ? order_key(sc[i]) : 0u;
+    const bool gt = i < n_vis && k > thr, eq = i < n_vis && k == thr;
+    const unsigned eq_m = __ballot_sync(0xffffffffu, eq);
+    if (lane == 0) warp_cnt[warp][0] = __popc(eq_m);
+    __syncthreads();
+    int eq_rank = eq_before + __popc(eq_m & ((1u << lane) - 1));
+    for (int w = 0; w < warp; ++w) eq_rank += warp_cnt[w][0];
+    const bool keep = gt || (eq && eq_rank < take_eq);
+    const unsigned keep_m = __ballot_sync(0xffffffffu, keep);
+    if (lane == 0) warp_cnt[warp][1] = __popc(keep_m);
+    __syncthreads();
+    int pos = out_before + __popc(keep_m & ((1u << lane) - 1));
+    for (int w = 0; w < warp; ++w) pos += warp_cnt[w][1];
+    if (keep && pos < top_k) out[pos] = static_cast<int32_t>(i);
+    for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w) eq_before += warp_cnt[w][0], out_before += warp_cnt[w][1];
+    __syncthreads();
+  }
+}
+
+}  // namespace
+
+bool attention_supported(const AttentionArgs& a) {
+  return a.n_head == kHeads && a.head_dim % 64 == 0 && a.n <= 65535;
+}
+
+void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s) {
+  if (a.n <= 0) return;
+  const dim3 g1(static_cast<unsigned>(a.n), static_cast<unsigned>((max_rows + kRowsTile - 1) / kRowsTile));
+  attn_scores_kernel<<<g1, 128, 0, s>>>(a, scratch, max_rows);
+  FS_CUDA_LAUNCH_CHECK();
+  const int64_t warps = a.n * a.n_head;
+  attn_softmax_kernel<<<static_cast<unsigned>((warps * 32 + 255) / 256), 256, 0, s>>>(a, scratch, max_rows);
+  FS_CUDA_LAUNCH_CHECK();
+  attn_pv_kernel<<<dim3(static_cast<unsigned>(a.n), static_cast<unsigned>(a.head_dim / 64)), 128, 0, s>>>(a, scratch,
+                                                                                                           max_rows);
+  FS_CUDA_LAUNCH_CHECK();
+}
+
+bool indexer_supported(int n_heads, int head_dim, int64_t n) {
+  return n_heads == kHeads && head_dim % kKc == 0 && n <= 65535;
+}
+
+void indexer_select(const float* iq, const float* iw, float wscale, const float* idx_rows, int n_heads, int head_dim,
+                    int64_t pos0, int64_t n, int ratio, int top_k, float* scratch, int64_t scratch_stride,
+                    int32_t* sel, cudaStream_t s) {
+  (void)n_heads;
+  if (n <= 0) return;
+  const int64_t max_vis = (pos0 + n) / ratio;
+  const dim3 g(static_cast<unsigned>(n), static_cast<unsigned>((max_vis + kRowsTile - 1) / kRowsTile));
+  if (g.y > 0) {
+    indexer_scores_kernel<<<g, 128, 0, s>>>(iq, iw, wscale, idx_rows, head_dim, pos0, ratio, scratch, scratch_stride);
+    FS_CUDA_LAUNCH_CHECK();
+  }
+  indexer_topk_kernel<<<static_cast<unsigned>(n), 256, 0, s>>>(scratch, scratch_stride, pos0, ratio, top_k, sel);
+  FS_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace flashstar::cuda::fast

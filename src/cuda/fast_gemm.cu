@@ -1,0 +1,348 @@
+// Prefill matrix products on the tensor cores (mma.sync m16n8k16, FP16 operands, fp32 accumulation).
+// A block computes 128 weight rows x BN tokens. Weight tiles are dequantized from the quantized bytes
+// straight into shared memory as FP16 (never written dequantized to device memory); activations come
+// from a FP16 copy made once per product. Each output element is one thread's fixed sequence of mma
+// steps over k: deterministic, no split-k, no atomics.
+#include <algorithm>
+
+#include "cuda/cuda_util.h"
+#include "cuda/fast_kernels.h"
+#include "cuda/fast_quant.cuh"
+#include "quant/quant.h"
+
+namespace flashstar::cuda::fast {
+
+// Defined in fast_matvec.cu's unit would need relocatable device code; each unit keeps its own copy.
+namespace {
+__device__ uint64_t g_gemm_iq2_grid[256];
+__device__ uint8_t g_gemm_iq2_signs[128];
+
+constexpr int kBM = 128, kBK = 32, kPad = 8, kLd = kBK + kPad, kThreads = 256;
+
+// FP16 operands: 10 mantissa bits where BF16 has 7, so 8x less rounding; the range is ample for
+// normalised activations and dequantized weights (tiny weights go subnormal, an absolute error of 2^-24).
+__device__ __forceinline__ uint32_t pack_f16(float a, float b) {
+  const __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+template <GgmlType T>
+__device__ __forceinline__ void weight4(const uint8_t* row, int e, float (&w)[4], const Iq2Tables* tab) {
+  if constexpr (T == GgmlType::F32) {
+    const float4 v = *reinterpret_cast<const float4*>(row + 4 * e);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else if constexpr (T == GgmlType::F16 || T == GgmlType::BF16) {
+    const uint2 v = *reinterpret_cast<const uint2*>(row + 2 * e);
+    const uint32_t h[4] = {v.x & 0xffff, v.x >> 16, v.y & 0xffff, v.y >> 16};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = T == GgmlType::F16 ? h2f(h[i]) : __uint_as_float(h[i] << 16);
+  } else {
+    using Q = QuantTraits<T>;
+    dq4<T>(row + (e / Q::kBlock) * Q::kBytes, e % Q::kBlock, w, tab);
+  }
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Token rows of a tile: dense products take consecutive tokens; grouped products take the items the
+// plan lists for one expert.
+struct TileRows {
+  const int32_t* items;  // null: dense
+  int64_t first, count;  // positions [first, first + count)
+  bool gather, scatter;
+  int32_t src_div;
+  __device__ int64_t x_row(int64_t j) const { return items && gather ? items[first + j] / src_div : first + j; }
+  __device__ int64_t y_row(int64_t j) const { return items && scatter ? items[first + j] : first + j; }
+};
+
+template <GgmlType T, int BN>
+__device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t wrow0,
+                                          int64_t n_rows, int64_t m0, const uint16_t* __restrict__ Xb, int64_t k8,
+                                          const TileRows& tr, float* Y, int64_t ys, const Iq2Tables* tab,
+                                          uint16_t* As, uint16_t* Bs) {
+  constexpr int kWarpsN = BN / 32, kWarpsM = 8 / kWarpsN, kWM = kBM / kWarpsM, kMI = kWM / 16;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / kWarpsN, wn = warp % kWarpsN;
+
+  // A loader: thread -> (row, 16 k values); B loader: BN rows x 32 k, 8 bf16 (16 B) per thread-step.
+  const int a_row = tid >> 1, a_k = (tid & 1) * 16;
+  const int64_t a_grow = m0 + a_row < n_rows ? m0 + a_row : n_rows - 1;
+  const uint8_t* a_ptr = W + static_cast<size_t>(wrow0 + a_grow) * row_bytes;
+  constexpr int kBVec = BN * kBK / 8 / kThreads;  // uint4 per thread per tile
+  const uint16_t* b_src[kBVec];
+  int b_dst[kBVec];
+#pragma unroll
+  for (int v = 0; v < kBVec; ++v) {
+    const int idx = tid + v * kThreads, row = idx >> 2, col = (idx & 3) * 8;
+    b_src[v] = row < tr.count ? Xb + tr.x_row(row) * k8 + col : nullptr;
+    b_dst[v] = row * kLd + col;
+  }
+
+  uint32_t a_reg[8];
+  uint4 b_reg[kBVec];
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float w[4];
+      weight4<T>(a_ptr, k0 + a_k + 4 * i, w, tab);
+      a_reg[2 * i] = pack_f16(w[0], w[1]);
+      a_reg[2 * i + 1] = pack_f16(w[2], w[3]);
+    }
+#pragma unroll
+    for (int v = 0; v < kBVec; ++v)
+      b_reg[v] = b_src[v] ? *reinterpret_cast<const uint4*>(b_src[v] + k0) : make_uint4(0, 0, 0, 0);
+  };
+  auto store = [&](int buf) {
+    uint16_t* a = As + buf * kBM * kLd + a_row * kLd + a_k;
+    *reinterpret_cast<uint4*>(a) = make_uint4(a_reg[0], a_reg[1], a_reg[2], a_reg[3]);
+    *reinterpret_cast<uint4*>(a + 8) = make_uint4(a_reg[4], a_reg[5], a_reg[6], a_reg[7]);
+#pragma unroll
+    for (int v = 0; v < kBVec; ++v) *reinterpret_cast<uint4*>(Bs + buf * BN * kLd + b_dst[v]) = b_reg[v];
+  };
+
+  float acc[kMI][4][4] = {};
+  const int nk = K / kBK;
+  load(0);
+  store(0);
+  __syncthreads();
+  for (int kt = 0; kt < nk; ++kt) {
+    const int cur = kt & 1;
+    if (kt + 1 < nk) load((kt + 1) * kBK);
+    const uint16_t* a_s = As + cur * kBM * kLd;
+    const uint16_t* b_s = Bs + cur * BN * kLd;
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 16) {
+      uint32_t af[kMI][4], bf[2][4];
+#pragma unroll
+      for (int mi = 0; mi < kMI; ++mi)
+        ldmatrix_x4(af[mi], a_s + (wm * kWM + mi * 16 + (lane & 15)) * kLd + kk + (lane >> 4) * 8);
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj)
+        ldmatrix_x4(bf[nj], b_s + (wn * 32 + nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * kLd + kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+      for (int mi = 0; mi < kMI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) mma_f16(acc[mi][ni], af[mi], bf[ni >> 1][(ni & 1) * 2], bf[ni >> 1][(ni & 1) * 2 + 1]);
+    }
+    if (kt + 1 < nk) store(cur ^ 1);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int mi = 0; mi < kMI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t r = m0 + wm * kWM + mi * 16 + (lane >> 2) + (c >> 1) * 8;
+        const int j = wn * 32 + ni * 8 + (lane & 3) * 2 + (c & 1);
+        if (r < n_rows && j < tr.count) Y[tr.y_row(j) * ys + r] = acc[mi][ni][c];
+      }
+}
+
+template <GgmlType T>
+__device__ __forceinline__ const Iq2Tables* load_tables(Iq2Tables* tab) {
+  if constexpr (T == GgmlType::IQ2_XXS) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) tab->grid[i] = g_gemm_iq2_grid[i];
+    for (int i = threadIdx.x; i < 128; i += kThreads) tab->signs[i] = g_gemm_iq2_signs[i];
+    __syncthreads();
+  }
+  return tab;
+}
+
+template <GgmlType T>
+__global__ void __launch_bounds__(kThreads) gemm_dense(const uint8_t* W, size_t row_bytes, int K, int64_t row0,
+                                                        int64_t n_rows, const uint16_t* Xb, int64_t k8, int64_t n_tok,
+                                                        float* Y, int64_t ys) {
+  __shared__ __align__(16) uint16_t As[2 * kBM * kLd];
+  __shared__ __align__(16) uint16_t Bs[2 * 128 * kLd];
+  __shared__ Iq2Tables tab;
+  load_tables<T>(&tab);
+  TileRows tr{nullptr, static_cast<int64_t>(blockIdx.y) * 128, 0, false, false, 1};
+  tr.count = n_tok - tr.first < 128 ? n_tok - tr.first : 128;
+  gemm_tile<T, 128>(W, row_bytes, K, row0, n_rows, static_cast<int64_t>(blockIdx.x) * kBM, Xb, k8, tr, Y, ys, &tab,
+                    As, Bs);
+}
+
+template <GgmlType T>
+__global__ void __launch_bounds__(kThreads) gemm_group(const uint8_t* W, size_t row_bytes, int K, int64_t rows_per_mat,
+                                                        const int32_t* offset, const int32_t* items, const int32_t* tiles,
+                                                        const int32_t* n_tiles, const uint16_t* Xb, int64_t k8,
+                                                        bool gather, int32_t src_div, bool scatter, float* Y,
+                                                        int64_t ys) {
+  if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
+  __shared__ __align__(16) uint16_t As[2 * kBM * kLd];
+  __shared__ __align__(16) uint16_t Bs[2 * kMoeTileTokens * kLd];
+  __shared__ Iq2Tables tab;
+  load_tables<T>(&tab);
+  const int32_t tile = tiles[blockIdx.y], e = tile >> 16, i = tile & 0xffff;
+  TileRows tr{items, offset[e] + static_cast<int64_t>(i) * kMoeTileTokens, 0, gather, scatter, src_div};
+  tr.count = offset[e + 1] - tr.first < kMoeTileTokens ? offset[e + 1] - tr.first : kMoeTileTokens;
+  gemm_tile<T, kMoeTileTokens>(W, row_bytes, K, static_cast<int64_t>(e) * rows_per_mat, rows_per_mat,
+                               static_cast<int64_t>(blockIdx.x) * kBM, Xb, k8, tr, Y, ys, &tab, As, Bs);
+}
+
+bool shape_ok(const DMat& W) {
+  switch (W.type) {
+    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0: case GgmlType::Q2_K:
+    case GgmlType::Q4_K: case GgmlType::IQ2_XXS: break;
+    default: return false;
+  }
+  return W.cols % 256 == 0 && reinterpret_cast<uintptr_t>(W.data) % 16 == 0 && W.row_bytes % 4 == 0;
+}
+
+template <template <GgmlType> class Launch, typename... Args>
+void by_type(GgmlType t, Args&&... args) {
+  switch (t) {
+    case GgmlType::F32: Launch<GgmlType::F32>::run(args...); break;
+    case GgmlType::F16: Launch<GgmlType::F16>::run(args...); break;
+    case GgmlType::BF16: Launch<GgmlType::BF16>::run(args...); break;
+    case GgmlType::Q8_0: Launch<GgmlType::Q8_0>::run(args...); break;
+    case GgmlType::Q2_K: Launch<GgmlType::Q2_K>::run(args...); break;
+    case GgmlType::Q4_K: Launch<GgmlType::Q4_K>::run(args...); break;
+    default: Launch<GgmlType::IQ2_XXS>::run(args...); break;
+  }
+}
+
+template <GgmlType T>
+struct DenseLaunch {
+  static void run(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y, int64_t ys,
+                  cudaStream_t s) {
+    const int64_t k8 = (W.cols + 7) / 8 * 8;
+    for (int64_t t0 = 0; t0 < n_tok; t0 += 65535ll * 128) {
+      const int64_t nt = std::min<int64_t>(65535ll * 128, n_tok - t0);
+      const dim3 grid(static_cast<unsigned>((n_rows + kBM - 1) / kBM), static_cast<unsigned>((nt + 127) / 128));
+      gemm_dense<T><<<grid, kThreads, 0, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), row0, n_rows, Xb + t0 * k8,
+                                              k8, nt, Y + t0 * ys, ys);
+      FS_CUDA_LAUNCH_CHECK();
+    }
+  }
+};
+
+template <GgmlType T>
+struct GroupLaunch {
+  static void run(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, bool gather,
+                  int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+    const dim3 grid(static_cast<unsigned>((rows_per_mat + kBM - 1) / kBM), static_cast<unsigned>(p.max_tiles));
+    gemm_group<T><<<grid, kThreads, 0, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat, p.offset,
+                                            p.items, p.tiles, p.n_tiles, Xb, k8, gather, src_div, scatter, Y, ys);
+    FS_CUDA_LAUNCH_CHECK();
+  }
+};
+
+__global__ void to_f16_kernel(const float* X, int64_t k, int64_t xs, int64_t k8, uint16_t* out) {
+  const int64_t row = blockIdx.y;
+  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 2; i < k8; i += 2ll * gridDim.x * blockDim.x) {
+    const float a = i < k ? X[row * xs + i] : 0.0f, b = i + 1 < k ? X[row * xs + i + 1] : 0.0f;
+    *reinterpret_cast<uint32_t*>(out + row * k8 + i) = pack_f16(a, b);
+  }
+}
+
+// Per expert, in one block each: count, then (after the scan) write its items in item order.
+__global__ void moe_count_kernel(const int32_t* sel, int64_t n_items, int32_t* count) {
+  __shared__ int32_t warp_sum[32];
+  const int e = blockIdx.x;
+  int c = 0;
+  for (int64_t i = threadIdx.x; i < n_items; i += blockDim.x) c += sel[i] == e;
+  for (int off = 16; off > 0; off >>= 1) c += __shfl_xor_sync(0xffffffffu, c, off);
+  if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x >> 5] = c;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int t = 0;
+    for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w) t += warp_sum[w];
+    count[e] = t;
+  }
+}
+__global__ void moe_scan_kernel(const int32_t* count, int n_expert, int32_t* offset, int32_t* tiles, int32_t* n_tiles) {
+  if (threadIdx.x != 0) return;
+  int32_t o = 0, nt = 0;
+  for (int e = 0; e < n_expert; ++e) {
+    offset[e] = o;
+    o += count[e];
+    for (int i = 0; i * kMoeTileTokens < count[e]; ++i) tiles[nt++] = (e << 16) | i;
+  }
+  offset[n_expert] = o;
+  *n_tiles = nt;
+}
+__global__ void moe_place_kernel(const int32_t* sel, int64_t n_items, const int32_t* offset, int32_t* items) {
+  const int e = blockIdx.x, lane = threadIdx.x;  // one warp per expert, items scanned in order
+  int32_t base = offset[e];
+  for (int64_t i0 = 0; i0 < n_items; i0 += 32) {
+    const bool hit = i0 + lane < n_items && sel[i0 + lane] == e;
+    const unsigned mask = __ballot_sync(0xffffffffu, hit);
+    if (hit) items[base + __popc(mask & ((1u << lane) - 1))] = static_cast<int32_t>(i0 + lane);
+    base += __popc(mask);
+  }
+}
+
+__global__ void gather_kernel(const float* w, const int32_t* items, int64_t n, float* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = w[items[i]];
+}
+
+}  // namespace
+
+void moe_gather(const float* w, const MoePlan& p, int64_t n_items, float* out, cudaStream_t s) {
+  if (n_items <= 0) return;
+  gather_kernel<<<static_cast<unsigned>((n_items + 255) / 256), 256, 0, s>>>(w, p.items, n_items, out);
+  FS_CUDA_LAUNCH_CHECK();
+}
+
+void init_gemm_tables() {
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(g_gemm_iq2_grid, quant::kIq2xxsGrid, sizeof(g_gemm_iq2_grid)));
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(g_gemm_iq2_signs, quant::kIq2xsSigns, sizeof(g_gemm_iq2_signs)));
+}
+
+int moe_max_tiles(int64_t n_items, int n_expert) {
+  return static_cast<int>(n_items / kMoeTileTokens + n_expert);
+}
+
+void moe_plan(const int32_t* sel, int64_t n_items, int n_expert, const MoePlan& p, cudaStream_t s) {
+  moe_count_kernel<<<n_expert, 256, 0, s>>>(sel, n_items, p.count);
+  FS_CUDA_LAUNCH_CHECK();
+  moe_scan_kernel<<<1, 32, 0, s>>>(p.count, n_expert, p.offset, p.tiles, p.n_tiles);
+  FS_CUDA_LAUNCH_CHECK();
+  moe_place_kernel<<<n_expert, 32, 0, s>>>(sel, n_items, p.offset, p.items);
+  FS_CUDA_LAUNCH_CHECK();
+}
+
+void to_f16(const float* X, int64_t n, int64_t k, int64_t xs, uint16_t* out, cudaStream_t s) {
+  if (n <= 0) return;
+  const int64_t k8 = (k + 7) / 8 * 8;
+  for (int64_t r0 = 0; r0 < n; r0 += 65535) {
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((k8 / 2 + 255) / 256, 64)),
+                    static_cast<unsigned>(std::min<int64_t>(65535, n - r0)));
+    to_f16_kernel<<<grid, 256, 0, s>>>(X + r0 * xs, k, xs, k8, out + r0 * k8);
+    FS_CUDA_LAUNCH_CHECK();
+  }
+}
+
+bool gemm_supports(const DMat& W) { return shape_ok(W); }
+
+bool gemm(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y, int64_t ys,
+          cudaStream_t s) {
+  if (!shape_ok(W)) return false;
+  if (n_rows <= 0 || n_tok <= 0) return true;
+  by_type<DenseLaunch>(W.type, W, row0, n_rows, Xb, n_tok, Y, ys, s);
+  return true;
+}
+
+bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, bool gather,
+                  int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+  if (!shape_ok(W) || p.max_tiles > 65535) return false;
+  by_type<GroupLaunch>(W.type, W, rows_per_mat, p, Xb, k8, gather, src_div, scatter, Y, ys, s);
+  return true;
+}
+
+}  // namespace flashstar::cuda::fast

@@ -1,0 +1,278 @@
+// Decode-time matrix-vector products at memory speed. A warp owns four weight rows: it streams them
+// chunk by chunk into shared memory with 16-byte cp.async copies (double-buffered, so the next chunk is
+// in flight while this one is used), and every activation float4 it loads serves the four rows. The
+// lane order and the final shuffle tree are fixed: results are deterministic.
+#include <algorithm>
+
+#include "cuda/cuda_util.h"
+#include "cuda/fast_kernels.h"
+#include "cuda/fast_quant.cuh"
+#include "quant/quant.h"
+
+namespace flashstar::cuda::fast {
+namespace {
+
+constexpr int kWarps = 4, kRowsPerWarp = 4, kThreads = kWarps * 32, kMaxTok = 8;
+
+__device__ uint64_t g_iq2_grid[256];
+__device__ uint8_t g_iq2_signs[128];
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Which weight rows, activation rows and output rows a block's y index stands for.
+struct Work {
+  int64_t wbase, x0, y0;
+  int nt;
+};
+__device__ __forceinline__ Work work_of(const int32_t* mat_of_item, int64_t rows_per_mat, int32_t src_div, int64_t row0,
+                                        int64_t n_tok) {
+  Work w;
+  const int64_t y = blockIdx.y;
+  if (mat_of_item) {
+    w.wbase = static_cast<int64_t>(mat_of_item[y]) * rows_per_mat;
+    w.x0 = y / src_div, w.y0 = y, w.nt = 1;
+  } else {
+    w.wbase = row0, w.x0 = y * kMaxTok, w.y0 = y * kMaxTok;
+    w.nt = static_cast<int>(n_tok - w.x0 < kMaxTok ? n_tok - w.x0 : kMaxTok);
+  }
+  return w;
+}
+
+template <int NT>
+__device__ __forceinline__ void finish(float (&acc)[kRowsPerWarp][NT], int64_t r0, int64_t n_rows, const Work& wk,
+                                       float* Y, int64_t ys) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      float v = acc[r][t];
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+      if (lane == 0 && r0 + r < n_rows && t < wk.nt) Y[(wk.y0 + t) * ys + r0 + r] = v;
+    }
+}
+
+template <GgmlType T, int NT>
+__global__ void __launch_bounds__(kThreads) mv_quant(const uint8_t* __restrict__ W, size_t row_bytes, int cols,
+                                                      int64_t n_rows, int64_t row0, const int32_t* mat_of_item,
+                                                      int64_t rows_per_mat, int32_t src_div,
+                                                      const float* __restrict__ X, int64_t xs, float* Y, int64_t ys,
+                                                      int64_t n_tok) {
+  using Q = QuantTraits<T>;
+  constexpr int kChunkBytes = Q::kChunk / Q::kBlock * Q::kBytes;
+  constexpr int kVec = kChunkBytes / 16;
+  extern __shared__ __align__(16) uint8_t smem[];
+  Iq2Tables* tab = reinterpret_cast<Iq2Tables*>(smem);
+  uint8_t* bufs = smem + (T == GgmlType::IQ2_XXS ? sizeof(Iq2Tables) : 0);
+  if constexpr (T == GgmlType::IQ2_XXS) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) tab->grid[i] = g_iq2_grid[i];
+    for (int i = threadIdx.x; i < 128; i += kThreads) tab->signs[i] = g_iq2_signs[i];
+    __syncthreads();
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const Work wk = work_of(mat_of_item, rows_per_mat, src_div, row0, n_tok);
+  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
+  uint8_t* buf = bufs + static_cast<size_t>(warp) * 2 * kRowsPerWarp * kChunkBytes;
+  const uint8_t* rows[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+    rows[r] = W + static_cast<size_t>(wk.wbase + (r0 + r < n_rows ? r0 + r : n_rows - 1)) * row_bytes;
+
+  auto stage = [&](int c, int b) {
+    for (int v = lane; v < kRowsPerWarp * kVec; v += 32) {
+      const int r = v / kVec, o = (v % kVec) * 16;
+      cp_async16(buf + (b * kRowsPerWarp + r) * kChunkBytes + o, rows[r] + static_cast<size_t>(c) * kChunkBytes + o);
+    }
+    cp_async_commit();
+  };
+  float acc[kRowsPerWarp][NT] = {};
+  const int n_chunks = cols / Q::kChunk;
+  stage(0, 0);
+  for (int c = 0; c < n_chunks; ++c) {
+    if (c + 1 < n_chunks) {
+      stage(c + 1, (c + 1) & 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncwarp();
+    const uint8_t* cb = buf + (c & 1) * kRowsPerWarp * kChunkBytes;
+#pragma unroll 2
+    for (int e = 4 * lane; e < Q::kChunk; e += 128) {
+      float4 x[NT];
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+        x[t] = t < wk.nt ? __ldg(reinterpret_cast<const float4*>(X + (wk.x0 + t) * xs + c * Q::kChunk + e))
+                         : make_float4(0, 0, 0, 0);
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        float w[4];
+        dq4<T>(cb + r * kChunkBytes, e, w, tab);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[r][t] += w[0] * x[t].x + w[1] * x[t].y + w[2] * x[t].z + w[3] * x[t].w;
+      }
+    }
+    __syncwarp();  // this buffer is refilled two chunks later
+  }
+  finish<NT>(acc, r0, n_rows, wk, Y, ys);
+}
+
+// Plain float types: nothing to stage, rows are read straight from global memory, 4 elements a lane.
+template <GgmlType T>
+__device__ __forceinline__ void load4(const uint8_t* row, int e, float (&w)[4]) {
+  if constexpr (T == GgmlType::F32) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(row) + e / 4);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + 2 * e));
+    const uint32_t h[4] = {v.x & 0xffff, v.x >> 16, v.y & 0xffff, v.y >> 16};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = T == GgmlType::F16 ? h2f(h[i]) : __uint_as_float(h[i] << 16);
+  }
+}
+
+template <GgmlType T, int NT>
+__global__ void __launch_bounds__(kThreads) mv_float(const uint8_t* __restrict__ W, size_t row_bytes, int cols,
+                                                      int64_t n_rows, int64_t row0, const int32_t* mat_of_item,
+                                                      int64_t rows_per_mat, int32_t src_div,
+                                                      const float* __restrict__ X, int64_t xs, float* Y, int64_t ys,
+                                                      int64_t n_tok) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const Work wk = work_of(mat_of_item, rows_per_mat, src_div, row0, n_tok);
+  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
+  const uint8_t* rows[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+    rows[r] = W + static_cast<size_t>(wk.wbase + (r0 + r < n_rows ? r0 + r : n_rows - 1)) * row_bytes;
+  float acc[kRowsPerWarp][NT] = {};
+  for (int e = 4 * lane; e < cols; e += 128) {
+    float4 x[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+      x[t] = t < wk.nt ? __ldg(reinterpret_cast<const float4*>(X + (wk.x0 + t) * xs + e)) : make_float4(0, 0, 0, 0);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      float w[4];
+      load4<T>(rows[r], e, w);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) acc[r][t] += w[0] * x[t].x + w[1] * x[t].y + w[2] * x[t].z + w[3] * x[t].w;
+    }
+  }
+  finish<NT>(acc, r0, n_rows, wk, Y, ys);
+}
+
+template <GgmlType T>
+constexpr size_t smem_bytes() {
+  if constexpr (T == GgmlType::F32 || T == GgmlType::F16 || T == GgmlType::BF16) {
+    return 0;
+  } else {
+    using Q = QuantTraits<T>;
+    return (T == GgmlType::IQ2_XXS ? sizeof(Iq2Tables) : 0) +
+           static_cast<size_t>(kWarps) * 2 * kRowsPerWarp * (Q::kChunk / Q::kBlock * Q::kBytes);
+  }
+}
+
+template <GgmlType T, int NT>
+void launch(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_t rpm, int32_t src_div,
+            const float* X, int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((n_rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp)),
+                  static_cast<unsigned>(grid_y));
+  constexpr size_t sm = smem_bytes<T>();
+  if constexpr (sm == 0) {
+    mv_float<T, NT><<<grid, kThreads, 0, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), n_rows, row0, mat, rpm,
+                                              src_div, X, xs, Y, ys, n_tok);
+  } else {
+    static bool attr = false;
+    if (!attr) {
+      FS_CUDA_CHECK(cudaFuncSetAttribute(mv_quant<T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sm)));
+      attr = true;
+    }
+    mv_quant<T, NT><<<grid, kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), n_rows, row0, mat, rpm,
+                                               src_div, X, xs, Y, ys, n_tok);
+  }
+  FS_CUDA_LAUNCH_CHECK();
+}
+
+template <GgmlType T>
+void launch_nt(int nt, const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_t rpm, int32_t src_div,
+               const float* X, int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, cudaStream_t s) {
+  if (nt == 1) launch<T, 1>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s);
+  else if (nt == 2) launch<T, 2>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s);
+  else if (nt <= 4) launch<T, 4>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s);
+  else launch<T, 8>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s);
+}
+
+int64_t chunk_of(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q8_0: return QuantTraits<GgmlType::Q8_0>::kChunk;
+    case GgmlType::Q2_K: return QuantTraits<GgmlType::Q2_K>::kChunk;
+    case GgmlType::Q4_K: return QuantTraits<GgmlType::Q4_K>::kChunk;
+    case GgmlType::IQ2_XXS: return QuantTraits<GgmlType::IQ2_XXS>::kChunk;
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::BF16: return 128;
+    default: return 0;
+  }
+}
+
+bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+
+// Shapes and alignments these kernels assume; anything else goes to the reference kernel.
+bool supported(const DMat& W, const float* X, int64_t xs) {
+  const int64_t ch = chunk_of(W.type);
+  return ch && W.cols % ch == 0 && W.row_bytes % 16 == 0 && aligned(W.data, 16) && aligned(X, 16) && xs % 4 == 0 &&
+         W.cols < (1ll << 30);
+}
+
+bool run(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_t rpm, int32_t src_div, const float* X,
+         int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, int nt, cudaStream_t s) {
+  if (!supported(W, X, xs)) return false;
+  switch (W.type) {
+    case GgmlType::Q8_0: launch_nt<GgmlType::Q8_0>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
+    case GgmlType::Q2_K: launch_nt<GgmlType::Q2_K>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
+    case GgmlType::Q4_K: launch_nt<GgmlType::Q4_K>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
+    case GgmlType::IQ2_XXS: launch_nt<GgmlType::IQ2_XXS>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
+    case GgmlType::F32: launch_nt<GgmlType::F32>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
+    case GgmlType::F16: launch_nt<GgmlType::F16>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
+    case GgmlType::BF16: launch_nt<GgmlType::BF16>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
+    default: return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void init_tables() {
+  static bool done = false;
+  if (done) return;
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(g_iq2_grid, quant::kIq2xxsGrid, sizeof(g_iq2_grid)));
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(g_iq2_signs, quant::kIq2xsSigns, sizeof(g_iq2_signs)));
+  init_gemm_tables();
+  done = true;
+}
+
+bool matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
+            int64_t ys, cudaStream_t s) {
+  if (n_rows <= 0 || n_tok <= 0) return true;
+  const int64_t groups = (n_tok + kMaxTok - 1) / kMaxTok;
+  if (groups > 65535) return false;
+  return run(W, row0, n_rows, nullptr, 0, 1, X, xs, Y, ys, n_tok, groups, static_cast<int>(std::min<int64_t>(n_tok, kMaxTok)), s);
+}
+
+bool matvec_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
+                  int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s) {
+  if (n_items <= 0) return true;
+  if (n_items > 65535) return false;
+  return run(W, 0, rows_per_mat, mat_of_item, rows_per_mat, src_div, X, xs, Y, ys, n_items, n_items, 1, s);
+}
+
+}  // namespace flashstar::cuda::fast
