@@ -12,7 +12,7 @@ $BIN/flashstar bench -m $M --backend cuda --random-tokens 1 --ctx-start 2048 --c
 echo "bench rc=$?"; cat $O/bench-h200-43L.csv | cut -d, -f1-6
 python3 -c "
 import json, random; random.seed(4)
-json.dump({'tokens': [random.randrange(129280) for _ in range(8224)]}, open('/dev/shm/t8k.json', 'w'))"
-FLASHSTAR_PROFILE=1 $BIN/flashstar logits -m $M --tokens /dev/shm/t8k.json -o /dev/shm/l.f32 --last-only --decode-from 8192 \
+json.dump({'tokens': [random.randrange(129280) for _ in range(${NPROF:-8192} + 32)]}, open('/dev/shm/t8k.json', 'w'))"
+FLASHSTAR_PROFILE=1 $BIN/flashstar logits -m $M --tokens /dev/shm/t8k.json -o /dev/shm/l.f32 --last-only --decode-from ${NPROF:-8192} \
   --backend cuda -v > $O/prof43.log 2>&1
 grep -E "plan|logits:|^  " $O/prof43.log

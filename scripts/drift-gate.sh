@@ -45,7 +45,7 @@ print('max_abs<=0.05 at %.2f%%, argmax %.2f%% (bounds 99%%, 99%%)' % (100*ok, 10
 fi
 
 # 3. full-dimension synthetic models
-for kind in plain conditioned; do
+for kind in ${KINDS:-plain conditioned}; do
   m="$W/$kind.gguf"; extra=(); [ $kind = conditioned ] && extra=(--well-conditioned)
   [ -f "$m" ] || $FS synth --preset flash --layers $LAYERS --recipe q2 --seed 1 "${extra[@]}" -o "$m" > /dev/null 2>&1
   [ $kind = plain ] && ln -sf "$m" "$(dirname "$W")/gate-model.gguf" 2>/dev/null
@@ -56,14 +56,14 @@ for kind in plain conditioned; do
   row "3 $kind FLOOR: gpu reference vs cpu (512)" "$(summ "$O/$kind-floor.json")"
   gate=(--floor "$O/$kind-floor.json" --floor-factor 1.5 --max-nonfinite 0)
   [ $kind = conditioned ] && gate=(--max-rel-rms 0.02 --min-top5-full-frac 0.95 --max-nonfinite 0)
-  for r in all dense_q8 out_a f16_proj moe attention fused_ops; do
+  for r in ${ROUTES:-all dense_q8 out_a f16_proj moe attention fused_ops}; do
     sel=(); [ $r != all ] && sel=(--quality --route $r=on)
     [ $kind = conditioned ] && [ $r != all ] && continue
     $FS logits -m "$m" --tokens "$W/t512.json" -o "$W/$kind-$r.f32" --backend cuda "${sel[@]}" > /dev/null 2>&1
     $FS drift "$W/$kind-q512.f32" "$W/$kind-$r.f32" --vocab 129280 --json "$O/$kind-$r.json" "${gate[@]}" > /dev/null 2>&1
     row "3 $kind $r vs reference (512)" "$(summ "$O/$kind-$r.json")"
   done
-  for n in 2048 8192; do
+  for n in ${SIZES:-2048 8192}; do
     [ $kind = conditioned ] && [ $n = 8192 ] && continue
     tok $n 7 "$W/t$n.json"
     $FS logits -m "$m" --tokens "$W/t$n.json" -o "$W/$kind-q$n.f32" --backend cuda --quality --chunk 4096 > /dev/null 2>&1

@@ -23,6 +23,7 @@ constexpr int64_t kHeadRows = 128;  // logits rows computed per output-head pass
 // Up to this many tokens (or for matrices this short) the fast routes stream weights through the
 // matrix-vector kernels; above it they run tensor-core products.
 constexpr int64_t kSmallN = 8, kMinGemmRows = 64;
+constexpr int64_t kMvWork = 1 << 20;  // floats of partial sums for split matrix-vector products
 
 size_t f32b(int64_t n) { return static_cast<size_t>(n) * sizeof(float); }
 
@@ -58,7 +59,7 @@ struct Dims {
     return static_cast<size_t>(C * HC * 2 + C * MIX + C * SPLIT + C * D * 5 + C * QL + C * QD * 2 + C * 2 * 2 * HD +
                                C * 2 * 2 * IHD + C * NIH * IHD + C * NIH + C * OL + C * E + C * K + C * K * FF * 2 +
                                C * K * D + C * FF * 2 + C * IDXCAP + C * H * MAXROWS + kHeadRows * V + C * NHC +
-                               SWA * HD + C * K + 2 * STATE);
+                               SWA * HD + C * K + 2 * STATE + kMvWork);
   }
 };
 
@@ -101,7 +102,7 @@ MemoryPlan plan_memory(const Model& m, const SessionOptions& o) {
     p.kv_total += f32b(static_cast<int64_t>(layer_state_floats(c, o, il, d.C)));
   }
   p.scratch = f32b(static_cast<int64_t>(d.scratch_floats())) + static_cast<size_t>(d.C) * (d.K * 4 + 4 + d.K * 4) +
-              static_cast<size_t>(d.C) * c.idx_top_k * 4 + static_cast<size_t>(d.XB) * 2 +
+              static_cast<size_t>(d.C) * c.idx_top_k * 4 + static_cast<size_t>(d.XB) * 4 +
               static_cast<size_t>(d.MOE_INTS) * 4;
   return p;
 }
@@ -331,6 +332,7 @@ class CudaSession final : public Session {
     hist_tmp_ = take(d_.SWA * d_.HD);
     wplan_ = take(C * d_.K);
     comp_tmp_ = take(2 * d_.STATE);
+    mv_work_ = take(kMvWork);
     ints_.resize(static_cast<size_t>(C * (2 * d_.K + 1 + c_.idx_top_k) + d_.MOE_INTS));
     sel_ = ints_.get(), tok_ = sel_ + C * d_.K, idx_sel_ = tok_ + C;
     int32_t* pi = idx_sel_ + C * c_.idx_top_k;
@@ -340,7 +342,7 @@ class CudaSession final : public Session {
     plan_.max_tiles = fast::moe_max_tiles(C * d_.K, static_cast<int>(d_.E));
     plan_.tiles = pi, pi += plan_.max_tiles;
     plan_.n_tiles = pi;
-    xb_buf_.resize(static_cast<size_t>(d_.XB));
+    xb_buf_.resize(static_cast<size_t>(d_.XB) * 2);  // hi and lo terms
     xb_ = xb_buf_.get();
   }
 
@@ -408,7 +410,7 @@ class CudaSession final : public Session {
           int64_t ys, const uint16_t* xb = nullptr) {
     if (routes_[r]) {
       if (n <= kSmallN || n_rows < kMinGemmRows) {
-        if (fast::matvec(W, row0, n_rows, X, n, xs, Y, ys, s_)) return;
+        if (fast::matvec(W, row0, n_rows, X, n, xs, Y, ys, s_, mv_work_, kMvWork)) return;
       } else if (fast::gemm_supports(W)) {
         if (!xb) {
           fast::to_f16(X, n, W.cols, xs, xb_, s_);
@@ -524,8 +526,13 @@ class CudaSession final : public Session {
     rms_norm_rows(xin_, d_.D, L.ffn_norm, fn_, d_.D, n, d_.D, float(c_.rms_eps), s_);
     const uint16_t* fn_b = prep(fn_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj, Route::Moe});
     mm(Route::F16Proj, L.gate_inp, 0, d_.E, fn_, n, d_.D, rl_, d_.E, fn_b);
-    route(rl_, L.exp_probs_b, c_.is_hash_layer(il) ? L.tid2eid : nullptr, tok_, n, int(d_.E), int(d_.K),
-          c_.expert_weights_norm, float(c_.expert_weights_scale), sel_, wsel_, s_);
+    const int32_t* hash = c_.is_hash_layer(il) ? L.tid2eid : nullptr;
+    if (routes_[Route::FusedOps] && fast::route_supported(int(d_.E), int(d_.K)))
+      fast::route(rl_, L.exp_probs_b, hash, tok_, n, int(d_.E), int(d_.K), c_.expert_weights_norm,
+                  float(c_.expert_weights_scale), sel_, wsel_, s_);
+    else
+      route(rl_, L.exp_probs_b, hash, tok_, n, int(d_.E), int(d_.K), c_.expert_weights_norm,
+            float(c_.expert_weights_scale), sel_, wsel_, s_);
     const int64_t items = n * d_.K;
     // The shared expert first: its gate/up read the same FP16 copy of fn_ as the routed gate/up.
     // (the down projections overwrite that copy, so they come after every gate/up).
@@ -555,16 +562,16 @@ class CudaSession final : public Session {
     if (grouped) {
       const int64_t D8 = (d_.D + 7) / 8 * 8, F8 = (d_.FF + 7) / 8 * 8;
       fast::moe_plan(sel_, items, static_cast<int>(d_.E), plan_, s_);
-      fast::gemm_grouped(L.gate_exps, d_.FF, plan_, fn_b, D8, true, int32_t(d_.K), false, G_, d_.FF, s_);
-      fast::gemm_grouped(L.up_exps, d_.FF, plan_, fn_b, D8, true, int32_t(d_.K), false, U_, d_.FF, s_);
+      fast::gemm_grouped(L.gate_exps, d_.FF, plan_, fn_b, D8, n, true, int32_t(d_.K), false, G_, d_.FF, s_);
+      fast::gemm_grouped(L.up_exps, d_.FF, plan_, fn_b, D8, n, true, int32_t(d_.K), false, U_, d_.FF, s_);
       fast::moe_gather(wsel_, plan_, items, wplan_, s_);
       swiglu(G_, U_, items, d_.FF, lim, wplan_, s_);
       fast::to_f16(G_, items, d_.FF, d_.FF, xb_, s_);
-      fast::gemm_grouped(L.down_exps, d_.D, plan_, xb_, F8, false, 1, true, slot_, d_.D, s_);
+      fast::gemm_grouped(L.down_exps, d_.D, plan_, xb_, F8, items, false, 1, true, slot_, d_.D, s_);
       return;
     }
     auto items_mm = [&](const DMat& W, int64_t rows, int32_t div, const float* X, int64_t xs, float* Y, int64_t ys) {
-      if (routes_[Route::Moe] && fast::matvec_items(W, rows, sel_, div, X, xs, items, Y, ys, s_)) return;
+      if (routes_[Route::Moe] && fast::matvec_items(W, rows, sel_, div, X, xs, items, Y, ys, s_, mv_work_, kMvWork)) return;
       matmul_items(W, rows, sel_, div, X, xs, items, Y, ys, s_);
     };
     items_mm(L.gate_exps, d_.FF, int32_t(d_.K), fn_, d_.D, G_, d_.FF);
@@ -619,6 +626,7 @@ class CudaSession final : public Session {
   fast::MoePlan plan_{};
   float* wplan_ = nullptr;
   float* comp_tmp_ = nullptr;
+  float* mv_work_ = nullptr;
   DeviceArray<uint8_t> weights_, vectors_;
   DeviceArray<float> state_, scratch_;
   DeviceArray<int32_t> ints_;

@@ -1,7 +1,8 @@
 // The attention route: sink attention and indexer scoring on the tensor cores, indexer top-k by radix
 // select. All 64 heads of a query share its rows (one KV head), so a query's heads form the M side of
-// small products: scores = Q K^T, then out = P V with V = K. Operands FP16, accumulation fp32; every
-// reduction has a fixed order, so results are deterministic.
+// small products: scores = Q K^T, then out = P V with V = K. Operands in two FP16 terms (x = hi + lo,
+// three mma per step: about fp32 accuracy), accumulation fp32; every reduction has a fixed order, so
+// results are deterministic.
 #include <cuda_fp16.h>
 
 #include "cuda/cuda_util.h"
@@ -17,6 +18,15 @@ __device__ __forceinline__ uint32_t h2(float a, float b) {
   const __half2 h = __floats2half2_rn(a, b);
   return *reinterpret_cast<const uint32_t*>(&h);
 }
+// hi and lo FP16 terms of (a, b)
+__device__ __forceinline__ void h2split(float a, float b, uint32_t& hi, uint32_t& lo) {
+  hi = h2(a, b);
+  const __half2 h = *reinterpret_cast<const __half2*>(&hi);
+  lo = h2(a - __low2float(h), b - __high2float(h));
+}
+// acc += a.b with both in two terms (small products first)
+__device__ __forceinline__ void mma3(float (&d)[4], const uint32_t (&ah)[4], const uint32_t (&al)[4], uint32_t bh0,
+                                     uint32_t bh1, uint32_t bl0, uint32_t bl1);
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
   const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -34,8 +44,16 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ void mma3(float (&d)[4], const uint32_t (&ah)[4], const uint32_t (&al)[4], uint32_t bh0,
+                                     uint32_t bh1, uint32_t bl0, uint32_t bl1) {
+  mma16816(d, al, bh0, bh1);
+  mma16816(d, ah, bl0, bl1);
+  mma16816(d, ah, bh0, bh1);
+}
+
 // S[h][j] (h < 64, j < 64 rows of the tile) = q_h . row_j over `dim` values, into acc (warp w: heads
-// 16w..16w+15, all 64 rows: 8 n-tiles of 8). rows[j] null = a row past the end (zeros).
+// 16w..16w+15, all 64 rows: 8 n-tiles of 8). rows[j] null = a row past the end (zeros). qs and ks hold
+// the hi term, then the lo term.
 __device__ void scores_tile(const float* q, int64_t q_stride, const float* const* rows, int dim, float (&acc)[8][4],
                             uint16_t* qs, uint16_t* ks) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -45,24 +63,32 @@ __device__ void scores_tile(const float* q, int64_t q_stride, const float* const
       const int r = tid >> 1, c = (tid & 1) * 16;
       const float* src = q + r * q_stride + k0 + c;
       uint32_t* d = reinterpret_cast<uint32_t*>(qs + r * kLdh + c);
+      uint32_t* dl = reinterpret_cast<uint32_t*>(qs + kHeads * kLdh + r * kLdh + c);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) d[i] = h2(src[2 * i], src[2 * i + 1]);
+      for (int i = 0; i < 8; ++i) h2split(src[2 * i], src[2 * i + 1], d[i], dl[i]);
       const float* ksrc = rows[r];
       uint32_t* kd = reinterpret_cast<uint32_t*>(ks + r * kLdh + c);
+      uint32_t* kl = reinterpret_cast<uint32_t*>(ks + kRowsTile * kLdh + r * kLdh + c);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) kd[i] = ksrc ? h2(ksrc[k0 + c + 2 * i], ksrc[k0 + c + 2 * i + 1]) : 0u;
+      for (int i = 0; i < 8; ++i) {
+        if (ksrc) h2split(ksrc[k0 + c + 2 * i], ksrc[k0 + c + 2 * i + 1], kd[i], kl[i]);
+        else kd[i] = kl[i] = 0u;
+      }
     }
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kKc; kk += 16) {
-      uint32_t a[4];
+      uint32_t a[4], al[4];
       ldsm_x4(a, qs + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
+      ldsm_x4(al, qs + kHeads * kLdh + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
 #pragma unroll
       for (int nj = 0; nj < 4; ++nj) {
-        uint32_t b[4];
-        ldsm_x4(b, ks + (nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * kLdh + kk + ((lane >> 3) & 1) * 8);
-        mma16816(acc[2 * nj], a, b[0], b[1]);
-        mma16816(acc[2 * nj + 1], a, b[2], b[3]);
+        uint32_t b[4], bl[4];
+        const int off = (nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * kLdh + kk + ((lane >> 3) & 1) * 8;
+        ldsm_x4(b, ks + off);
+        ldsm_x4(bl, ks + kRowsTile * kLdh + off);
+        mma3(acc[2 * nj], a, al, b[0], b[1], bl[0], bl[1]);
+        mma3(acc[2 * nj + 1], a, al, b[2], b[3], bl[2], bl[3]);
       }
     }
     __syncthreads();
@@ -99,8 +125,8 @@ struct RowMap {
 
 // grid (n queries, row tiles): scaled scores into scratch[t][h][r].
 __global__ void __launch_bounds__(128) attn_scores_kernel(AttentionArgs a, float* scratch, int64_t max_rows) {
-  __shared__ __align__(16) uint16_t qs[kHeads * kLdh];
-  __shared__ __align__(16) uint16_t ks[kRowsTile * kLdh];
+  __shared__ __align__(16) uint16_t qs[2 * kHeads * kLdh];
+  __shared__ __align__(16) uint16_t ks[2 * kRowsTile * kLdh];
   __shared__ const float* rows[kRowsTile];
   const int64_t t = blockIdx.x;
   const RowMap rm(a, t);
@@ -146,8 +172,8 @@ __global__ void attn_softmax_kernel(AttentionArgs a, float* scratch, int64_t max
 
 // grid (n queries, head_dim / 64): out[t][h][d] = sum_r p[h][r] row_r[d] for 64 dims.
 __global__ void __launch_bounds__(128) attn_pv_kernel(AttentionArgs a, const float* scratch, int64_t max_rows) {
-  __shared__ __align__(16) uint16_t ps[kHeads * kLdh];        // [head][row chunk]
-  __shared__ __align__(16) uint16_t vs[kKc * (64 + 8)];       // [row][dim chunk]
+  __shared__ __align__(16) uint16_t ps[2 * kHeads * kLdh];    // [term][head][row chunk]
+  __shared__ __align__(16) uint16_t vs[2 * kKc * (64 + 8)];   // [term][row][dim chunk]
   const int64_t t = blockIdx.x;
   const int d0 = blockIdx.y * 64;
   const RowMap rm(a, t);
@@ -158,28 +184,37 @@ __global__ void __launch_bounds__(128) attn_pv_kernel(AttentionArgs a, const flo
     {
       const int h = tid >> 1, c = (tid & 1) * 16;
       uint32_t* d = reinterpret_cast<uint32_t*>(ps + h * kLdh + c);
+      uint32_t* dl = reinterpret_cast<uint32_t*>(ps + kHeads * kLdh + h * kLdh + c);
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const int64_t r = k0 + c + 2 * i;
-        d[i] = h2(r < rm.n_rows ? p[h * max_rows + r] : 0.0f, r + 1 < rm.n_rows ? p[h * max_rows + r + 1] : 0.0f);
+        h2split(r < rm.n_rows ? p[h * max_rows + r] : 0.0f, r + 1 < rm.n_rows ? p[h * max_rows + r + 1] : 0.0f, d[i],
+                dl[i]);
       }
       const int rr = tid >> 2, dc = (tid & 3) * 16;  // 32 rows x 64 dims
       const float* src = rm.row(k0 + rr);
       uint32_t* vd = reinterpret_cast<uint32_t*>(vs + rr * 72 + dc);
+      uint32_t* vl = reinterpret_cast<uint32_t*>(vs + kKc * 72 + rr * 72 + dc);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) vd[i] = src ? h2(src[d0 + dc + 2 * i], src[d0 + dc + 2 * i + 1]) : 0u;
+      for (int i = 0; i < 8; ++i) {
+        if (src) h2split(src[d0 + dc + 2 * i], src[d0 + dc + 2 * i + 1], vd[i], vl[i]);
+        else vd[i] = vl[i] = 0u;
+      }
     }
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kKc; kk += 16) {
-      uint32_t af[4];
+      uint32_t af[4], afl[4];
       ldsm_x4(af, ps + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
+      ldsm_x4(afl, ps + kHeads * kLdh + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
 #pragma unroll
       for (int nj = 0; nj < 4; ++nj) {
-        uint32_t b[4];
-        ldsm_x4_t(b, vs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * 72 + nj * 16 + (lane >> 4) * 8);
-        mma16816(acc[2 * nj], af, b[0], b[1]);
-        mma16816(acc[2 * nj + 1], af, b[2], b[3]);
+        uint32_t b[4], bl[4];
+        const int off = (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * 72 + nj * 16 + (lane >> 4) * 8;
+        ldsm_x4_t(b, vs + off);
+        ldsm_x4_t(bl, vs + kKc * 72 + off);
+        mma3(acc[2 * nj], af, afl, b[0], b[1], bl[0], bl[1]);
+        mma3(acc[2 * nj + 1], af, afl, b[2], b[3], bl[2], bl[3]);
       }
     }
     __syncthreads();
@@ -200,8 +235,8 @@ __global__ void __launch_bounds__(128) attn_pv_kernel(AttentionArgs a, const flo
 __global__ void __launch_bounds__(128) indexer_scores_kernel(const float* iq, const float* iw, float wscale,
                                                              const float* idx_rows, int head_dim, int64_t pos0,
                                                              int ratio, float* scores, int64_t stride) {
-  __shared__ __align__(16) uint16_t qs[kHeads * kLdh];
-  __shared__ __align__(16) uint16_t ks[kRowsTile * kLdh];
+  __shared__ __align__(16) uint16_t qs[2 * kHeads * kLdh];
+  __shared__ __align__(16) uint16_t ks[2 * kRowsTile * kLdh];
   __shared__ const float* rows[kRowsTile];
   __shared__ float st[kHeads][kRowsTile + 1];
   const int64_t t = blockIdx.x;

@@ -1,8 +1,10 @@
-// Prefill matrix products on the tensor cores (mma.sync m16n8k16, FP16 operands, fp32 accumulation).
-// A block computes 128 weight rows x BN tokens. Weight tiles are dequantized from the quantized bytes
-// straight into shared memory as FP16 (never written dequantized to device memory); activations come
-// from a FP16 copy made once per product. Each output element is one thread's fixed sequence of mma
-// steps over k: deterministic, no split-k, no atomics.
+// Prefill matrix products on the tensor cores (mma.sync m16n8k16, fp32 accumulation). A block computes
+// 128 weight rows x BN tokens. Weight tiles are dequantized from the quantized bytes straight into
+// shared memory (never written dequantized to device memory); activations come from a copy made once
+// per product. Both operands are split in two FP16 terms, x = hi + lo, and a product takes three mma
+// (hi.hi + hi.lo + lo.hi): about fp32 accuracy (2^-22) where one FP16 term (2^-11) moved the logits of
+// the random test model 7x past the reference path's own drift. Each output element is one thread's
+// fixed sequence of mma steps over k: deterministic, no split-k, no atomics.
 #include <algorithm>
 
 #include "cuda/cuda_util.h"
@@ -18,12 +20,20 @@ __device__ uint64_t g_gemm_iq2_grid[256];
 __device__ uint8_t g_gemm_iq2_signs[128];
 
 constexpr int kBM = 128, kBK = 32, kPad = 8, kLd = kBK + kPad, kThreads = 256;
+// Weights are scaled by 2^10 before the split (and the sums back at the end, exactly): dequantized
+// weights are small, and their low FP16 term would otherwise fall among the subnormals (2^-24 steps).
+constexpr float kWScale = 1024.0f;
 
 // FP16 operands: 10 mantissa bits where BF16 has 7, so 8x less rounding; the range is ample for
 // normalised activations and dequantized weights (tiny weights go subnormal, an absolute error of 2^-24).
 __device__ __forceinline__ uint32_t pack_f16(float a, float b) {
   const __half2 h = __floats2half2_rn(a, b);
   return *reinterpret_cast<const uint32_t*>(&h);
+}
+// The FP16 residuals a - hi(a), b - hi(b) of pack_f16(a, b) = hi.
+__device__ __forceinline__ uint32_t pack_f16_lo(float a, float b, uint32_t hi) {
+  const __half2 h = *reinterpret_cast<const __half2*>(&hi);
+  return pack_f16(a - __low2float(h), b - __high2float(h));
 }
 
 template <GgmlType T>
@@ -70,8 +80,9 @@ struct TileRows {
 template <GgmlType T, int BN>
 __device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t wrow0,
                                           int64_t n_rows, int64_t m0, const uint16_t* __restrict__ Xb, int64_t k8,
-                                          const TileRows& tr, float* Y, int64_t ys, const Iq2Tables* tab,
-                                          uint16_t* As, uint16_t* Bs) {
+                                          int64_t lo_off, const TileRows& tr, float* Y, int64_t ys,
+                                          const Iq2Tables* tab, uint16_t* As, uint16_t* Bs) {
+  // As: [buf][term][kBM][kLd], Bs: [buf][term][BN][kLd]
   constexpr int kWarpsN = BN / 32, kWarpsM = 8 / kWarpsN, kWM = kBM / kWarpsM, kMI = kWM / 16;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / kWarpsN, wn = warp % kWarpsN;
@@ -90,26 +101,35 @@ __device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t 
     b_dst[v] = row * kLd + col;
   }
 
-  uint32_t a_reg[8];
-  uint4 b_reg[kBVec];
+  uint32_t a_reg[2][8];
+  uint4 b_reg[2][kBVec];
   auto load = [&](int k0) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       float w[4];
       weight4<T>(a_ptr, k0 + a_k + 4 * i, w, tab);
-      a_reg[2 * i] = pack_f16(w[0], w[1]);
-      a_reg[2 * i + 1] = pack_f16(w[2], w[3]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) w[j] *= kWScale;
+      a_reg[0][2 * i] = pack_f16(w[0], w[1]);
+      a_reg[0][2 * i + 1] = pack_f16(w[2], w[3]);
+      a_reg[1][2 * i] = pack_f16_lo(w[0], w[1], a_reg[0][2 * i]);
+      a_reg[1][2 * i + 1] = pack_f16_lo(w[2], w[3], a_reg[0][2 * i + 1]);
     }
 #pragma unroll
     for (int v = 0; v < kBVec; ++v)
-      b_reg[v] = b_src[v] ? *reinterpret_cast<const uint4*>(b_src[v] + k0) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        b_reg[h][v] = b_src[v] ? *reinterpret_cast<const uint4*>(b_src[v] + h * lo_off + k0) : make_uint4(0, 0, 0, 0);
   };
   auto store = [&](int buf) {
-    uint16_t* a = As + buf * kBM * kLd + a_row * kLd + a_k;
-    *reinterpret_cast<uint4*>(a) = make_uint4(a_reg[0], a_reg[1], a_reg[2], a_reg[3]);
-    *reinterpret_cast<uint4*>(a + 8) = make_uint4(a_reg[4], a_reg[5], a_reg[6], a_reg[7]);
 #pragma unroll
-    for (int v = 0; v < kBVec; ++v) *reinterpret_cast<uint4*>(Bs + buf * BN * kLd + b_dst[v]) = b_reg[v];
+    for (int h = 0; h < 2; ++h) {
+      uint16_t* a = As + (buf * 2 + h) * kBM * kLd + a_row * kLd + a_k;
+      *reinterpret_cast<uint4*>(a) = make_uint4(a_reg[h][0], a_reg[h][1], a_reg[h][2], a_reg[h][3]);
+      *reinterpret_cast<uint4*>(a + 8) = make_uint4(a_reg[h][4], a_reg[h][5], a_reg[h][6], a_reg[h][7]);
+#pragma unroll
+      for (int v = 0; v < kBVec; ++v) *reinterpret_cast<uint4*>(Bs + (buf * 2 + h) * BN * kLd + b_dst[v]) = b_reg[h][v];
+    }
   };
 
   float acc[kMI][4][4] = {};
@@ -120,22 +140,40 @@ __device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t 
   for (int kt = 0; kt < nk; ++kt) {
     const int cur = kt & 1;
     if (kt + 1 < nk) load((kt + 1) * kBK);
-    const uint16_t* a_s = As + cur * kBM * kLd;
-    const uint16_t* b_s = Bs + cur * BN * kLd;
+    // The tensor cores' fp32 accumulation truncates; summing each k-tile's partial into acc with
+    // ordinary (round-to-nearest) adds keeps the error from growing with k.
+    float part[kMI][4][4] = {};
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
-      uint32_t af[kMI][4], bf[2][4];
+      uint32_t af[2][kMI][4], bf[2][2][4];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint16_t* a_s = As + (cur * 2 + h) * kBM * kLd;
+        const uint16_t* b_s = Bs + (cur * 2 + h) * BN * kLd;
+#pragma unroll
+        for (int mi = 0; mi < kMI; ++mi)
+          ldmatrix_x4(af[h][mi], a_s + (wm * kWM + mi * 16 + (lane & 15)) * kLd + kk + (lane >> 4) * 8);
+#pragma unroll
+        for (int nj = 0; nj < 2; ++nj)
+          ldmatrix_x4(bf[h][nj],
+                      b_s + (wn * 32 + nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * kLd + kk + ((lane >> 3) & 1) * 8);
+      }
 #pragma unroll
       for (int mi = 0; mi < kMI; ++mi)
-        ldmatrix_x4(af[mi], a_s + (wm * kWM + mi * 16 + (lane & 15)) * kLd + kk + (lane >> 4) * 8);
 #pragma unroll
-      for (int nj = 0; nj < 2; ++nj)
-        ldmatrix_x4(bf[nj], b_s + (wn * 32 + nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * kLd + kk + ((lane >> 3) & 1) * 8);
-#pragma unroll
-      for (int mi = 0; mi < kMI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni) mma_f16(acc[mi][ni], af[mi], bf[ni >> 1][(ni & 1) * 2], bf[ni >> 1][(ni & 1) * 2 + 1]);
+        for (int ni = 0; ni < 4; ++ni) {
+          const int nj = ni >> 1, q = (ni & 1) * 2;
+          mma_f16(part[mi][ni], af[1][mi], bf[0][nj][q], bf[0][nj][q + 1]);  // small terms first
+          mma_f16(part[mi][ni], af[0][mi], bf[1][nj][q], bf[1][nj][q + 1]);
+          mma_f16(part[mi][ni], af[0][mi], bf[0][nj][q], bf[0][nj][q + 1]);
+        }
     }
+#pragma unroll
+    for (int mi = 0; mi < kMI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[mi][ni][c] += part[mi][ni][c];
     if (kt + 1 < nk) store(cur ^ 1);
     __syncthreads();
   }
@@ -147,7 +185,7 @@ __device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t 
       for (int c = 0; c < 4; ++c) {
         const int64_t r = m0 + wm * kWM + mi * 16 + (lane >> 2) + (c >> 1) * 8;
         const int j = wn * 32 + ni * 8 + (lane & 3) * 2 + (c & 1);
-        if (r < n_rows && j < tr.count) Y[tr.y_row(j) * ys + r] = acc[mi][ni][c];
+        if (r < n_rows && j < tr.count) Y[tr.y_row(j) * ys + r] = acc[mi][ni][c] * (1.0f / kWScale);
       }
 }
 
@@ -163,35 +201,39 @@ __device__ __forceinline__ const Iq2Tables* load_tables(Iq2Tables* tab) {
 
 template <GgmlType T>
 __global__ void __launch_bounds__(kThreads) gemm_dense(const uint8_t* W, size_t row_bytes, int K, int64_t row0,
-                                                        int64_t n_rows, const uint16_t* Xb, int64_t k8, int64_t n_tok,
-                                                        float* Y, int64_t ys) {
-  __shared__ __align__(16) uint16_t As[2 * kBM * kLd];
-  __shared__ __align__(16) uint16_t Bs[2 * 128 * kLd];
+                                                        int64_t n_rows, const uint16_t* Xb, int64_t k8, int64_t lo_off,
+                                                        int64_t n_tok, float* Y, int64_t ys) {
+  extern __shared__ __align__(16) uint16_t smem_h[];
+  uint16_t* As = smem_h;
+  uint16_t* Bs = As + 4 * kBM * kLd;
   __shared__ Iq2Tables tab;
   load_tables<T>(&tab);
   TileRows tr{nullptr, static_cast<int64_t>(blockIdx.y) * 128, 0, false, false, 1};
   tr.count = n_tok - tr.first < 128 ? n_tok - tr.first : 128;
-  gemm_tile<T, 128>(W, row_bytes, K, row0, n_rows, static_cast<int64_t>(blockIdx.x) * kBM, Xb, k8, tr, Y, ys, &tab,
-                    As, Bs);
+  gemm_tile<T, 128>(W, row_bytes, K, row0, n_rows, static_cast<int64_t>(blockIdx.x) * kBM, Xb, k8, lo_off, tr, Y, ys,
+                    &tab, As, Bs);
 }
 
 template <GgmlType T>
 __global__ void __launch_bounds__(kThreads) gemm_group(const uint8_t* W, size_t row_bytes, int K, int64_t rows_per_mat,
                                                         const int32_t* offset, const int32_t* items, const int32_t* tiles,
                                                         const int32_t* n_tiles, const uint16_t* Xb, int64_t k8,
-                                                        bool gather, int32_t src_div, bool scatter, float* Y,
-                                                        int64_t ys) {
+                                                        int64_t lo_off, bool gather, int32_t src_div, bool scatter,
+                                                        float* Y, int64_t ys) {
   if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
-  __shared__ __align__(16) uint16_t As[2 * kBM * kLd];
-  __shared__ __align__(16) uint16_t Bs[2 * kMoeTileTokens * kLd];
+  extern __shared__ __align__(16) uint16_t smem_h[];
+  uint16_t* As = smem_h;
+  uint16_t* Bs = As + 4 * kBM * kLd;
   __shared__ Iq2Tables tab;
   load_tables<T>(&tab);
   const int32_t tile = tiles[blockIdx.y], e = tile >> 16, i = tile & 0xffff;
   TileRows tr{items, offset[e] + static_cast<int64_t>(i) * kMoeTileTokens, 0, gather, scatter, src_div};
   tr.count = offset[e + 1] - tr.first < kMoeTileTokens ? offset[e + 1] - tr.first : kMoeTileTokens;
   gemm_tile<T, kMoeTileTokens>(W, row_bytes, K, static_cast<int64_t>(e) * rows_per_mat, rows_per_mat,
-                               static_cast<int64_t>(blockIdx.x) * kBM, Xb, k8, tr, Y, ys, &tab, As, Bs);
+                               static_cast<int64_t>(blockIdx.x) * kBM, Xb, k8, lo_off, tr, Y, ys, &tab, As, Bs);
 }
+
+constexpr int smem_for(int bn) { return (4 * kBM * kLd + 4 * bn * kLd) * 2; }
 
 bool shape_ok(const DMat& W) {
   switch (W.type) {
@@ -220,11 +262,17 @@ struct DenseLaunch {
   static void run(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y, int64_t ys,
                   cudaStream_t s) {
     const int64_t k8 = (W.cols + 7) / 8 * 8;
+    constexpr int sm = smem_for(128);
+    static bool attr = false;
+    if (!attr) {
+      FS_CUDA_CHECK(cudaFuncSetAttribute(gemm_dense<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
+      attr = true;
+    }
     for (int64_t t0 = 0; t0 < n_tok; t0 += 65535ll * 128) {
       const int64_t nt = std::min<int64_t>(65535ll * 128, n_tok - t0);
       const dim3 grid(static_cast<unsigned>((n_rows + kBM - 1) / kBM), static_cast<unsigned>((nt + 127) / 128));
-      gemm_dense<T><<<grid, kThreads, 0, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), row0, n_rows, Xb + t0 * k8,
-                                              k8, nt, Y + t0 * ys, ys);
+      gemm_dense<T><<<grid, kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), row0, n_rows, Xb + t0 * k8,
+                                               k8, n_tok * k8, nt, Y + t0 * ys, ys);
       FS_CUDA_LAUNCH_CHECK();
     }
   }
@@ -232,20 +280,29 @@ struct DenseLaunch {
 
 template <GgmlType T>
 struct GroupLaunch {
-  static void run(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, bool gather,
-                  int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+  static void run(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
+                  int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+    constexpr int sm = smem_for(kMoeTileTokens);
+    static bool attr = false;
+    if (!attr) {
+      FS_CUDA_CHECK(cudaFuncSetAttribute(gemm_group<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
+      attr = true;
+    }
     const dim3 grid(static_cast<unsigned>((rows_per_mat + kBM - 1) / kBM), static_cast<unsigned>(p.max_tiles));
-    gemm_group<T><<<grid, kThreads, 0, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat, p.offset,
-                                            p.items, p.tiles, p.n_tiles, Xb, k8, gather, src_div, scatter, Y, ys);
+    gemm_group<T><<<grid, kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat, p.offset,
+                                             p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8, gather, src_div, scatter,
+                                             Y, ys);
     FS_CUDA_LAUNCH_CHECK();
   }
 };
 
-__global__ void to_f16_kernel(const float* X, int64_t k, int64_t xs, int64_t k8, uint16_t* out) {
+__global__ void to_f16_kernel(const float* X, int64_t k, int64_t xs, int64_t k8, uint16_t* out, int64_t lo_off) {
   const int64_t row = blockIdx.y;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 2; i < k8; i += 2ll * gridDim.x * blockDim.x) {
     const float a = i < k ? X[row * xs + i] : 0.0f, b = i + 1 < k ? X[row * xs + i + 1] : 0.0f;
-    *reinterpret_cast<uint32_t*>(out + row * k8 + i) = pack_f16(a, b);
+    const uint32_t hi = pack_f16(a, b);
+    *reinterpret_cast<uint32_t*>(out + row * k8 + i) = hi;
+    *reinterpret_cast<uint32_t*>(out + lo_off + row * k8 + i) = pack_f16_lo(a, b, hi);
   }
 }
 
@@ -323,7 +380,7 @@ void to_f16(const float* X, int64_t n, int64_t k, int64_t xs, uint16_t* out, cud
   for (int64_t r0 = 0; r0 < n; r0 += 65535) {
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>((k8 / 2 + 255) / 256, 64)),
                     static_cast<unsigned>(std::min<int64_t>(65535, n - r0)));
-    to_f16_kernel<<<grid, 256, 0, s>>>(X + r0 * xs, k, xs, k8, out + r0 * k8);
+    to_f16_kernel<<<grid, 256, 0, s>>>(X + r0 * xs, k, xs, k8, out + r0 * k8, n * k8);
     FS_CUDA_LAUNCH_CHECK();
   }
 }
@@ -338,10 +395,10 @@ bool gemm(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64
   return true;
 }
 
-bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, bool gather,
-                  int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
+                  bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
   if (!shape_ok(W) || p.max_tiles > 65535) return false;
-  by_type<GroupLaunch>(W.type, W, rows_per_mat, p, Xb, k8, gather, src_div, scatter, Y, ys, s);
+  by_type<GroupLaunch>(W.type, W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   return true;
 }
 

@@ -17,19 +17,22 @@ void init_gemm_tables();  // part of init_tables (the GEMM unit's own copy)
 
 // Weight-streaming matrix-vector products for few tokens (decode): each warp owns four weight rows,
 // stages them through shared memory with 16-byte async copies and reuses every activation load for the
-// four rows. Same contract as cuda::matmul; n_tok of any size (processed in groups of up to 8).
+// four rows. Same contract as cuda::matmul; n_tok of any size (processed in groups of up to 8). With a
+// workspace, short matrices split their columns over more blocks (partial sums added in a fixed order).
 bool matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
-            int64_t ys, cudaStream_t s);
+            int64_t ys, cudaStream_t s, float* work = nullptr, int64_t work_floats = 0);
 // Same contract as cuda::matmul_items (one activation row per item).
 bool matvec_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
-                  int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s);
+                  int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s, float* work = nullptr,
+                  int64_t work_floats = 0);
 
-// Activations to FP16 once per product (row stride xs, cols k, into a dense [n][k8] buffer, k8 = k
-// rounded up to 8, zero padded). The tensor-core products read this copy.
+// Activations as two FP16 terms once per product: hi = fp16(x), lo = fp16(x - hi), each a dense
+// [n][k8] array (k8 = k rounded up to 8, zero padded), lo at out + n * k8 (so out holds 2 * n * k8).
 void to_f16(const float* X, int64_t n, int64_t k, int64_t xs, uint16_t* out, cudaStream_t s);
 
-// Tensor-core product Y[t][r] = W.row(row0 + r) . Xb[t] (FP16 operands, fp32 accumulation): weights
-// dequantized to FP16 in shared memory tile by tile, never stored dequantized in device memory.
+// Tensor-core product Y[t][r] = W.row(row0 + r) . X[t] from to_f16's copy of X (n_tok rows), both
+// operands in two FP16 terms (three mma per step, fp32 accumulation, about fp32 accuracy): weights
+// dequantized in shared memory tile by tile, never stored dequantized in device memory.
 bool gemm_supports(const DMat& W);
 bool gemm(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y, int64_t ys,
           cudaStream_t s);
@@ -51,9 +54,10 @@ void moe_plan(const int32_t* sel, int64_t n_items, int n_expert, const MoePlan& 
 // out[pos] = w[items[pos]]: per-item values (routing weights) in plan order.
 void moe_gather(const float* w, const MoePlan& p, int64_t n_items, float* out, cudaStream_t s);
 // Y[pos] (pos = position in plan order) = W_e . X[row(pos)], row(pos) = items[pos] / src_div when gather,
-// else pos (X already in plan order). When scatter, Y row is items[pos] instead of pos.
-bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, bool gather,
-                  int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s);
+// else pos (X already in plan order). When scatter, Y row is items[pos] instead of pos. Xb is to_f16's
+// copy of x_rows rows.
+bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
+                  bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s);
 
 // Sink attention (same contract as cuda::sink_attention): scores and P.V on the tensor cores with the
 // 64 heads of a query as the M side; scratch holds the scores, then the probabilities.
@@ -69,5 +73,10 @@ void indexer_select(const float* iq, const float* iw, float wscale, const float*
 // completed row, then the slot state rebuilt; tmp holds 2 x state floats.
 bool compressor_supported(const CompressorArgs& a);
 void compressor_chunk(const CompressorArgs& a, float* tmp, cudaStream_t s);
+
+// The router (same contract as cuda::route) with a warp per token.
+bool route_supported(int n_expert, int k);
+void route(float* logits, const float* bias, const int32_t* tid2eid, const int32_t* tokens, int64_t n, int n_expert,
+           int k, bool norm, float scale, int32_t* sel, float* weights, cudaStream_t s);
 
 }  // namespace flashstar::cuda::fast

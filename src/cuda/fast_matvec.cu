@@ -46,9 +46,17 @@ __device__ __forceinline__ Work work_of(const int32_t* mat_of_item, int64_t rows
   return w;
 }
 
+// Short matrices split their columns over blockIdx.z parts (enough blocks to fill the card); each part
+// writes partial sums to `work` ([part][token][row]) and reduce_parts adds them in part order.
+struct Split {
+  int parts;
+  float* work;
+  int64_t n_tok;  // tokens (or items) of the whole product
+};
+
 template <int NT>
 __device__ __forceinline__ void finish(float (&acc)[kRowsPerWarp][NT], int64_t r0, int64_t n_rows, const Work& wk,
-                                       float* Y, int64_t ys) {
+                                       float* Y, int64_t ys, const Split& sp) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
@@ -57,7 +65,10 @@ __device__ __forceinline__ void finish(float (&acc)[kRowsPerWarp][NT], int64_t r
       float v = acc[r][t];
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-      if (lane == 0 && r0 + r < n_rows && t < wk.nt) Y[(wk.y0 + t) * ys + r0 + r] = v;
+      if (lane == 0 && r0 + r < n_rows && t < wk.nt) {
+        if (sp.parts == 1) Y[(wk.y0 + t) * ys + r0 + r] = v;
+        else sp.work[(blockIdx.z * sp.n_tok + wk.y0 + t) * n_rows + r0 + r] = v;
+      }
     }
 }
 
@@ -66,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) mv_quant(const uint8_t* __restrict__
                                                       int64_t n_rows, int64_t row0, const int32_t* mat_of_item,
                                                       int64_t rows_per_mat, int32_t src_div,
                                                       const float* __restrict__ X, int64_t xs, float* Y, int64_t ys,
-                                                      int64_t n_tok) {
+                                                      int64_t n_tok, Split sp) {
   using Q = QuantTraits<T>;
   constexpr int kChunkBytes = Q::kChunk / Q::kBlock * Q::kBytes;
   constexpr int kVec = kChunkBytes / 16;
@@ -95,9 +106,10 @@ __global__ void __launch_bounds__(kThreads) mv_quant(const uint8_t* __restrict__
     cp_async_commit();
   };
   float acc[kRowsPerWarp][NT] = {};
-  const int n_chunks = cols / Q::kChunk;
-  stage(0, 0);
-  for (int c = 0; c < n_chunks; ++c) {
+  const int all_chunks = cols / Q::kChunk, per = (all_chunks + sp.parts - 1) / sp.parts;
+  const int c_begin = blockIdx.z * per, n_chunks = min(all_chunks, c_begin + per);
+  if (c_begin < n_chunks) stage(c_begin, c_begin & 1);
+  for (int c = c_begin; c < n_chunks; ++c) {
     if (c + 1 < n_chunks) {
       stage(c + 1, (c + 1) & 1);
       cp_async_wait<1>();
@@ -123,7 +135,7 @@ __global__ void __launch_bounds__(kThreads) mv_quant(const uint8_t* __restrict__
     }
     __syncwarp();  // this buffer is refilled two chunks later
   }
-  finish<NT>(acc, r0, n_rows, wk, Y, ys);
+  finish<NT>(acc, r0, n_rows, wk, Y, ys, sp);
 }
 
 // Plain float types: nothing to stage, rows are read straight from global memory, 4 elements a lane.
@@ -145,7 +157,7 @@ __global__ void __launch_bounds__(kThreads) mv_float(const uint8_t* __restrict__
                                                       int64_t n_rows, int64_t row0, const int32_t* mat_of_item,
                                                       int64_t rows_per_mat, int32_t src_div,
                                                       const float* __restrict__ X, int64_t xs, float* Y, int64_t ys,
-                                                      int64_t n_tok) {
+                                                      int64_t n_tok, Split sp) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const Work wk = work_of(mat_of_item, rows_per_mat, src_div, row0, n_tok);
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
@@ -154,7 +166,8 @@ __global__ void __launch_bounds__(kThreads) mv_float(const uint8_t* __restrict__
   for (int r = 0; r < kRowsPerWarp; ++r)
     rows[r] = W + static_cast<size_t>(wk.wbase + (r0 + r < n_rows ? r0 + r : n_rows - 1)) * row_bytes;
   float acc[kRowsPerWarp][NT] = {};
-  for (int e = 4 * lane; e < cols; e += 128) {
+  const int per = (cols / 128 + sp.parts - 1) / sp.parts * 128, e_end = min(cols, static_cast<int>(blockIdx.z + 1) * per);
+  for (int e = blockIdx.z * per + 4 * lane; e < e_end; e += 128) {
     float4 x[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t)
@@ -167,7 +180,16 @@ __global__ void __launch_bounds__(kThreads) mv_float(const uint8_t* __restrict__
       for (int t = 0; t < NT; ++t) acc[r][t] += w[0] * x[t].x + w[1] * x[t].y + w[2] * x[t].z + w[3] * x[t].w;
     }
   }
-  finish<NT>(acc, r0, n_rows, wk, Y, ys);
+  finish<NT>(acc, r0, n_rows, wk, Y, ys, sp);
+}
+
+__global__ void reduce_parts(const float* work, int parts, int64_t n_tok, int64_t n_rows, float* Y, int64_t ys) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_tok * n_rows) return;
+  const int64_t t = i / n_rows, r = i % n_rows;
+  float v = 0.0f;
+  for (int z = 0; z < parts; ++z) v += work[(z * n_tok + t) * n_rows + r];
+  Y[t * ys + r] = v;
 }
 
 template <GgmlType T>
@@ -183,13 +205,14 @@ constexpr size_t smem_bytes() {
 
 template <GgmlType T, int NT>
 void launch(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_t rpm, int32_t src_div,
-            const float* X, int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, cudaStream_t s) {
+            const float* X, int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, const Split& sp,
+            cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((n_rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp)),
-                  static_cast<unsigned>(grid_y));
+                  static_cast<unsigned>(grid_y), static_cast<unsigned>(sp.parts));
   constexpr size_t sm = smem_bytes<T>();
   if constexpr (sm == 0) {
     mv_float<T, NT><<<grid, kThreads, 0, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), n_rows, row0, mat, rpm,
-                                              src_div, X, xs, Y, ys, n_tok);
+                                              src_div, X, xs, Y, ys, n_tok, sp);
   } else {
     static bool attr = false;
     if (!attr) {
@@ -197,18 +220,24 @@ void launch(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int
       attr = true;
     }
     mv_quant<T, NT><<<grid, kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), n_rows, row0, mat, rpm,
-                                               src_div, X, xs, Y, ys, n_tok);
+                                               src_div, X, xs, Y, ys, n_tok, sp);
   }
   FS_CUDA_LAUNCH_CHECK();
+  if (sp.parts > 1) {
+    const int64_t total = sp.n_tok * n_rows;
+    reduce_parts<<<static_cast<unsigned>((total + 255) / 256), 256, 0, s>>>(sp.work, sp.parts, sp.n_tok, n_rows, Y, ys);
+    FS_CUDA_LAUNCH_CHECK();
+  }
 }
 
 template <GgmlType T>
 void launch_nt(int nt, const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_t rpm, int32_t src_div,
-               const float* X, int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, cudaStream_t s) {
-  if (nt == 1) launch<T, 1>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s);
-  else if (nt == 2) launch<T, 2>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s);
-  else if (nt <= 4) launch<T, 4>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s);
-  else launch<T, 8>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s);
+               const float* X, int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, const Split& sp,
+               cudaStream_t s) {
+  if (nt == 1) launch<T, 1>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s);
+  else if (nt == 2) launch<T, 2>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s);
+  else if (nt <= 4) launch<T, 4>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s);
+  else launch<T, 8>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s);
 }
 
 int64_t chunk_of(GgmlType t) {
@@ -234,16 +263,28 @@ bool supported(const DMat& W, const float* X, int64_t xs) {
 }
 
 bool run(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_t rpm, int32_t src_div, const float* X,
-         int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, int nt, cudaStream_t s) {
+         int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, int nt, float* work, int64_t work_floats,
+         cudaStream_t s) {
   if (!supported(W, X, xs)) return false;
+  // Enough blocks for every multiprocessor twice over: split the columns of short matrices.
+  Split sp{1, work, mat ? grid_y : n_tok};
+  // Only one group of tokens (decode) splits, and the part count depends on the matrix alone, so a
+  // token's result never depends on how many tokens share its product.
+  const int64_t blocks = (n_rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
+  const int64_t max_parts = W.cols / (chunk_of(W.type) * (chunk_of(W.type) == 128 ? 2 : 1));
+  if (work && !mat && n_tok <= kMaxTok && blocks < 264 && max_parts > 1) {
+    int parts = static_cast<int>(std::min<int64_t>({max_parts, (264 + blocks - 1) / blocks, 64}));
+    while (parts > 1 && parts * sp.n_tok * n_rows > work_floats) --parts;
+    sp.parts = parts;
+  }
   switch (W.type) {
-    case GgmlType::Q8_0: launch_nt<GgmlType::Q8_0>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
-    case GgmlType::Q2_K: launch_nt<GgmlType::Q2_K>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
-    case GgmlType::Q4_K: launch_nt<GgmlType::Q4_K>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
-    case GgmlType::IQ2_XXS: launch_nt<GgmlType::IQ2_XXS>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
-    case GgmlType::F32: launch_nt<GgmlType::F32>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
-    case GgmlType::F16: launch_nt<GgmlType::F16>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
-    case GgmlType::BF16: launch_nt<GgmlType::BF16>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, s); break;
+    case GgmlType::Q8_0: launch_nt<GgmlType::Q8_0>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
+    case GgmlType::Q2_K: launch_nt<GgmlType::Q2_K>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
+    case GgmlType::Q4_K: launch_nt<GgmlType::Q4_K>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
+    case GgmlType::IQ2_XXS: launch_nt<GgmlType::IQ2_XXS>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
+    case GgmlType::F32: launch_nt<GgmlType::F32>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
+    case GgmlType::F16: launch_nt<GgmlType::F16>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
+    case GgmlType::BF16: launch_nt<GgmlType::BF16>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
     default: return false;
   }
   return true;
@@ -261,18 +302,20 @@ void init_tables() {
 }
 
 bool matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
-            int64_t ys, cudaStream_t s) {
+            int64_t ys, cudaStream_t s, float* work, int64_t work_floats) {
   if (n_rows <= 0 || n_tok <= 0) return true;
   const int64_t groups = (n_tok + kMaxTok - 1) / kMaxTok;
   if (groups > 65535) return false;
-  return run(W, row0, n_rows, nullptr, 0, 1, X, xs, Y, ys, n_tok, groups, static_cast<int>(std::min<int64_t>(n_tok, kMaxTok)), s);
+  return run(W, row0, n_rows, nullptr, 0, 1, X, xs, Y, ys, n_tok, groups, static_cast<int>(std::min<int64_t>(n_tok, kMaxTok)),
+             work, work_floats, s);
 }
 
 bool matvec_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
-                  int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s) {
+                  int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s, float* work, int64_t work_floats) {
   if (n_items <= 0) return true;
   if (n_items > 65535) return false;
-  return run(W, 0, rows_per_mat, mat_of_item, rows_per_mat, src_div, X, xs, Y, ys, n_items, n_items, 1, s);
+  return run(W, 0, rows_per_mat, mat_of_item, rows_per_mat, src_div, X, xs, Y, ys, n_items, n_items, 1, work,
+             work_floats, s);
 }
 
 }  // namespace flashstar::cuda::fast

@@ -18,7 +18,7 @@ constexpr RouteInfo kRoutes[kRouteCount] = {
     {"f16_proj", "F16/BF16 compressor, indexer, HC and router projections on tensor cores"},
     {"moe", "routed experts as grouped tensor-core GEMMs, dequantized in shared memory"},
     {"attention", "sink attention (scores and P.V) and indexer scoring on tensor cores; radix-select top-k"},
-    {"fused_ops", "the compressor of a prefill chunk in parallel (norm, RoPE, FP8/FP4 simulation fused per row)"},
+    {"fused_ops", "the compressor of a prefill chunk in parallel (norm, RoPE, FP8/FP4 fused per row); router, a warp per token"},
 };
 
 bool parse_bool(std::string_view v, bool& out) {

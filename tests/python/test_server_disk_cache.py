@@ -15,7 +15,8 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import server_harness as h  # noqa: E402
 
-SYSTEM = " ".join(f"Rule {i}: answer politely and keep item {i} in mind." for i in range(40))
+# ~500 tokens: long enough for a cold checkpoint at the system prompt, short enough for ASan runs.
+SYSTEM = " ".join(f"Rule {i}: answer politely and keep item {i} in mind." for i in range(16))
 FIRST = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me about caching."}]
 SECOND = FIRST + [{"role": "assistant", "content": "Caching keeps work."},
                   {"role": "user", "content": "And after a restart?"}]

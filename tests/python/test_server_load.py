@@ -74,7 +74,7 @@ def ask_stream(host, port, prompt, max_tokens=8, hang_up=False):
 def main():
     args = h.parse_args()
     asan = h.sanitized(args.flashstar)
-    per_client = 8 if asan else 25
+    per_client = 4 if asan else 25
     model = h.make_model(args.flashstar, args.workdir)
     srv = h.Server(args.flashstar, model, args.workdir, ["--chunk", "64", "--keepalive-seconds", "1"], ctx=2048)
     u = urlparse(srv.url)
@@ -147,13 +147,16 @@ def main():
             after = ask(u.hostname, u.port, PROMPTS[0])
             if after != expected[0]:
                 failures.append("server answers differently after the load")
-        # A long prefill streams keepalive comments until the first token.
-        c = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+        # A long prefill streams keepalive comments until the first token (skipped under ASan, where this
+        # one prefill takes a minute).
+        c = http.client.HTTPConnection(u.hostname, u.port, timeout=300) if not asan else None
         t_req = time.time()
-        c.request("POST", "/v1/chat/completions", body(LONG, True, 2), {"Content-Type": "application/json"})
-        r = c.getresponse()
-        comments, first_data = 0, None
-        while True:
+        comments, first_data = 0, 0.0
+        if c:
+            c.request("POST", "/v1/chat/completions", body(LONG, True, 2), {"Content-Type": "application/json"})
+            r = c.getresponse()
+            first_data = None
+        while c:
             line = r.readline().decode().rstrip("\r\n")
             if line.startswith(": prefill"):
                 comments += 1
@@ -161,7 +164,8 @@ def main():
                 first_data = time.time() - t_req
             if not line and r.isclosed() or line == "data: [DONE]":
                 break
-        c.close()
+        if c:
+            c.close()
         print(f"long prompt: first data after {first_data:.1f} s, {comments} keepalive comments")
         if first_data > 2.5 and comments == 0:
             failures.append("no SSE keepalive comment during a long prefill")
