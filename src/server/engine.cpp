@@ -145,12 +145,15 @@ std::vector<int32_t> Engine::reuse_prefix(Job& job, Outcome& o) {
     const std::string live_text = tok_.decode(live);
     if (live_text.size() <= job.rendered.size() && job.rendered.compare(0, live_text.size(), live_text) == 0) {
       std::vector<int32_t> suffix = tok_.encode_rendered(std::string_view(job.rendered).substr(live_text.size()));
-      ids = live;
-      ids.insert(ids.end(), suffix.begin(), suffix.end());
-      o.cache_source = "memory-text";
-      o.usage.cached = live.size();
-      ++metrics_.hits_memory_text;
-      return suffix;
+      // Past the context once re-tokenized: the prompt as checked goes in whole (cold) instead.
+      if (live.size() + suffix.size() < session_->options().ctx) {
+        ids = live;
+        ids.insert(ids.end(), suffix.begin(), suffix.end());
+        o.cache_source = "memory-text";
+        o.usage.cached = live.size();
+        ++metrics_.hits_memory_text;
+        return suffix;
+      }
     }
     if (disk_ && live.size() >= disk_->min_tokens()) disk_->store(*session_, live_text, "evict", live_tool_ids_);
   }
@@ -164,6 +167,12 @@ std::vector<int32_t> Engine::reuse_prefix(Job& job, Outcome& o) {
         live_tool_ids_.emplace_back(id, dsml);
       }
       std::vector<int32_t> suffix = tok_.encode_rendered(std::string_view(job.rendered).substr(hit->text_bytes));
+      if (session_->tokens().size() + suffix.size() >= session_->options().ctx) {
+        session_->reset();  // re-tokenized past the context: the prompt as checked goes in whole
+        live_tool_ids_.clear();
+        last_stored_frontier_ = 0;
+        return ids;
+      }
       ids = session_->tokens();
       ids.insert(ids.end(), suffix.begin(), suffix.end());
       o.cache_source = "disk-text";

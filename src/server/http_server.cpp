@@ -18,6 +18,26 @@ namespace flashstar::server {
 
 namespace {
 
+// Depth of [ and { outside strings exceeds `limit`.
+bool nesting_exceeds(std::string_view body, int limit) {
+  int depth = 0;
+  bool in_str = false, esc = false;
+  for (char c : body) {
+    if (in_str) {
+      if (esc) esc = false;
+      else if (c == '\\') esc = true;
+      else if (c == '"') in_str = false;
+    } else if (c == '"') {
+      in_str = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit) return true;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return false;
+}
+
 using Clock = std::chrono::steady_clock;
 
 std::string openai_error_body(const ApiError& e) {
@@ -155,6 +175,8 @@ struct HttpServer::Impl {
 
   // Parses, renders and tokenizes a request body; throws ApiError for anything the client got wrong.
   std::shared_ptr<Job> prepare(const httplib::Request& req, Dialect d, bool count_only) {
+    // Serializing a value recurses once per level: refuse deep nesting before anything is parsed.
+    if (nesting_exceeds(req.body, 256)) throw ApiError(400, "JSON nested deeper than 256 levels");
     ojson body = ojson::parse(req.body, nullptr, false);
     if (body.is_discarded() || !body.is_object()) throw ApiError(400, "invalid JSON request");
     auto job = std::make_shared<Job>();
@@ -370,6 +392,16 @@ struct HttpServer::Impl {
         res.set_header("Access-Control-Allow-Origin", "*");
         res.set_header("Access-Control-Allow-Headers", "*");
         res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      }
+      // The body limit holds only for bodies with a length: no chunked or compressed uploads.
+      if (req.method == "POST" && (req.has_header("Transfer-Encoding") || !req.has_header("Content-Length"))) {
+        send_error(res, dialect_of_path(req.path), ApiError(411, "a request body needs a Content-Length"));
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      if (req.method == "POST" && req.has_header("Content-Encoding") &&
+          req.get_header_value("Content-Encoding") != "identity") {
+        send_error(res, dialect_of_path(req.path), ApiError(415, "compressed request bodies are not accepted"));
+        return httplib::Server::HandlerResponse::Handled;
       }
       if (opts.api_key.empty() || req.path == "/health" || req.method == "OPTIONS") return httplib::Server::HandlerResponse::Unhandled;
       std::string given = req.get_header_value("x-api-key");

@@ -54,6 +54,11 @@ bool ReplyStream::push(std::string_view bytes) {
       stop_hit_ = true;
     }
   }
+  if (stop_hit_) {  // the cut may fall before a tool marker or a </think> seen earlier
+    if (block_at_ != std::string::npos && block_at_ >= gen_.size()) block_at_ = std::string::npos;
+    content_from_ = std::min(content_from_, gen_.size());
+    c_emitted_ = std::min(c_emitted_, gen_.size());
+  }
   if (thinking_ && !think_done_) {
     const size_t at = gen_.find(kClose, old >= kClose.size() ? old - kClose.size() + 1 : 0);
     if (at != std::string::npos) {

@@ -35,7 +35,8 @@ std::optional<int64_t> opt_int(const ojson& o, const char* key) {
   if (v->is_number_integer() || v->is_number_unsigned()) return v->get<int64_t>();
   if (v->is_number_float()) {
     const double d = v->get<double>();
-    if (d == static_cast<double>(static_cast<int64_t>(d)) && d > -9e18 && d < 9e18) return static_cast<int64_t>(d);
+    // range first: converting an out-of-range double to an integer is undefined
+    if (d > -9e18 && d < 9e18 && d == static_cast<double>(static_cast<int64_t>(d))) return static_cast<int64_t>(d);
   }
   invalid(std::string(key) + " must be an integer");
 }
@@ -100,6 +101,9 @@ std::vector<std::string> parse_stops(const ojson& o, const char* key) {
   }
   std::erase_if(out, [](const std::string& s) { return s.empty(); });
   if (out.size() > 16) throw ApiError(400, "at most 16 stop strings");
+  // every decoded token is checked against every stop string's partial suffixes: keep them short
+  for (const std::string& s : out)
+    if (s.size() > 1024) throw ApiError(400, std::string(key) + ": a stop string is longer than 1024 bytes");
   return out;
 }
 

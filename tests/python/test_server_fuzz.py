@@ -144,8 +144,19 @@ def main():
             expect(path, b"[" * 100000 + b"]" * 100000, why="deep nesting")
             expect(path, b'{"a":' * 50000 + b"1" + b"}" * 50000, why="deep objects")
         expect("/v1/chat/completions", b'{"messages":[{"content":"' + b"x" * (2 << 20) + b'"}]}', why="oversized")
+        # Nesting deep inside an accepted field (serialized again later), numbers past int64, huge stops.
+        deep_args = b'{"messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f",' \
+            b'"arguments":' + b"[" * 300000 + b"]" * 300000 + b'}}]},{"role":"user","content":"hi"}]}'
+        expect("/v1/chat/completions", deep_args, why="deep tool arguments")
+        for f in ("max_tokens", "top_k", "seed"):
+            expect("/v1/chat/completions", json.dumps({**VALID["/v1/chat/completions"], f: 1e30}).encode(), why=f"{f}=1e30")
+        expect("/v1/chat/completions", json.dumps({**VALID["/v1/chat/completions"], "stop": ["a" * 100000]}).encode(),
+               why="100 kB stop string")
         # Broken HTTP: the server answers 4xx or closes; either way it keeps serving.
-        for payload in (b"GARBAGE\r\n\r\n", b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n{",
+        for payload in (b"GARBAGE\r\n\r\n",
+                        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"10\r\n" + b"{" * 16 + b"\r\n0\r\n\r\n",
+                        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}", b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n{",
                         b"POST /v1/chat/completions HTTP/1.1\r\n" + b"X-A: " + b"a" * 70000 + b"\r\n\r\n",
                         b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"):
             try:
