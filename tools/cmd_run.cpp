@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 
@@ -245,7 +246,11 @@ void dump_logits(const Opts& o, Session& s, const text::Tokenizer& tok, const st
   std::string out = "{\"model\":" + json_text(o.model) + ",\"backend\":" + json_text(s.backend_name()) +
                     strfmt(",\"prompt_tokens\":%zu,\"ctx\":%u,\"vocab\":%zu,\"argmax\":%d,\"logits\":[", ids.size(),
                            s.options().ctx, l.size(), argmax(l));
-  for (size_t i = 0; i < l.size(); ++i) out += strfmt(i ? ",%.9g" : "%.9g", static_cast<double>(l[i]));
+  // JSON has no NaN or infinity: non-finite logits are written as null, as ds4 does.
+  for (size_t i = 0; i < l.size(); ++i) {
+    if (i) out += ',';
+    out += std::isfinite(l[i]) ? strfmt("%.9g", static_cast<double>(l[i])) : std::string("null");
+  }
   out += "]}\n";
   write_file_atomic(o.dump_logits, out);
   std::fprintf(stderr, "run: logits of %zu prompt tokens -> %s\n", ids.size(), o.dump_logits.c_str());
