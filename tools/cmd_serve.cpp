@@ -69,10 +69,7 @@ void serve(Opts& o) {
   if (const char* k = std::getenv("FLASHSTAR_API_KEY"); k && o.http.api_key.empty()) o.http.api_key = k;
 
   auto model = Model::load(o.model);
-  const text::Tokenizer tok = text::Tokenizer::from_gguf(model->file(), text::parse_pretokenizer(o.pretok));
-  if (tok.n_vocab() > model->config().n_vocab)
-    fail("%s: the tokenizer has %zu tokens but the model only %u logits", o.model.c_str(), tok.n_vocab(),
-         model->config().n_vocab);
+  const text::Tokenizer tok = load_tokenizer(*model, o.model, o.pretok);
   SessionOptions so;
   so.ctx = o.ctx;
   so.chunk = o.chunk;

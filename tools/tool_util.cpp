@@ -55,6 +55,14 @@ std::unique_ptr<Session> make_session(const Model& model, const SessionOptions& 
   return make_cpu_session(model, opts);
 }
 
+text::Tokenizer load_tokenizer(const Model& model, const std::string& path, const std::string& pretokenizer) {
+  text::Tokenizer tok = text::Tokenizer::from_gguf(model.file(), text::parse_pretokenizer(pretokenizer));
+  if (tok.n_vocab() > model.config().n_vocab)
+    fail("%s: the tokenizer has %zu tokens but the model only %u logits", path.c_str(), tok.n_vocab(),
+         model.config().n_vocab);
+  return tok;
+}
+
 RouteSet RouteOptions::resolve() const {
   RouteSet s;
   apply_route_env(s);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/session.h"
+#include "text/tokenizer.h"
 
 namespace CLI {
 class App;
@@ -19,6 +20,10 @@ std::string resolve_backend(const std::string& requested);
 std::unique_ptr<Session> make_session(const Model& model, const SessionOptions& opts, const std::string& backend);
 // Help text for --backend.
 constexpr const char* kBackendHelp = "auto (cuda when a GPU is present), cpu or cuda";
+
+// The model file's tokenizer (pre-tokenizer by name), refused when it has more tokens than the model
+// has logits.
+text::Tokenizer load_tokenizer(const Model& model, const std::string& path, const std::string& pretokenizer);
 
 // --route NAME=on|off (repeatable) and --quality; resolve() applies FLASHSTAR_ROUTE_* first, then these.
 struct RouteOptions {

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "common/half.h"
+#include "quant/quant.h"
 #include "quant/types.h"
 
 namespace flashstar::cuda {
@@ -55,16 +56,8 @@ template <>
 __device__ __forceinline__ float dq<GgmlType::Q4_K>(const uint8_t* row, int64_t i) {
   const uint8_t* b = row + (i / 256) * 144;
   const int j = static_cast<int>(i % 256), c = j / 64, hi = (j % 64) / 32, l = j % 32;
-  const uint8_t* s = b + 4;
-  const int sub = 2 * c + hi;
   int sc, m;
-  if (sub < 4) {
-    sc = s[sub] & 63;
-    m = s[sub + 4] & 63;
-  } else {
-    sc = (s[sub + 4] & 15) | ((s[sub - 4] >> 6) << 4);
-    m = (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4);
-  }
+  quant::q4_K_scale_min(b + 4, 2 * c + hi, &sc, &m);
   const float d = f16_to_f32(ld_u16(b)), dmin = f16_to_f32(ld_u16(b + 2));
   const float dl = d * static_cast<float>(sc);
   const float ml = dmin * static_cast<float>(m);

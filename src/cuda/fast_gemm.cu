@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "cuda/cuda_util.h"
+#include "cuda/weight_dispatch.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_quant.cuh"
 #include "quant/quant.h"
@@ -244,18 +245,6 @@ bool shape_ok(const DMat& W) {
   return W.cols % 256 == 0 && reinterpret_cast<uintptr_t>(W.data) % 16 == 0 && W.row_bytes % 4 == 0;
 }
 
-template <template <GgmlType> class Launch, typename... Args>
-void by_type(GgmlType t, Args&&... args) {
-  switch (t) {
-    case GgmlType::F32: Launch<GgmlType::F32>::run(args...); break;
-    case GgmlType::F16: Launch<GgmlType::F16>::run(args...); break;
-    case GgmlType::BF16: Launch<GgmlType::BF16>::run(args...); break;
-    case GgmlType::Q8_0: Launch<GgmlType::Q8_0>::run(args...); break;
-    case GgmlType::Q2_K: Launch<GgmlType::Q2_K>::run(args...); break;
-    case GgmlType::Q4_K: Launch<GgmlType::Q4_K>::run(args...); break;
-    default: Launch<GgmlType::IQ2_XXS>::run(args...); break;
-  }
-}
 
 template <GgmlType T>
 struct DenseLaunch {
@@ -391,14 +380,14 @@ bool gemm(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64
           cudaStream_t s) {
   if (!shape_ok(W)) return false;
   if (n_rows <= 0 || n_tok <= 0) return true;
-  by_type<DenseLaunch>(W.type, W, row0, n_rows, Xb, n_tok, Y, ys, s);
+  dispatch_weight_type<DenseLaunch>(W.type, W, row0, n_rows, Xb, n_tok, Y, ys, s);
   return true;
 }
 
 bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
                   bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
   if (!shape_ok(W) || p.max_tiles > 65535) return false;
-  by_type<GroupLaunch>(W.type, W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+  dispatch_weight_type<GroupLaunch>(W.type, W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   return true;
 }
 

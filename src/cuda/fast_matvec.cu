@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "cuda/cuda_util.h"
+#include "cuda/weight_dispatch.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_quant.cuh"
 #include "quant/quant.h"
@@ -240,6 +241,15 @@ void launch_nt(int nt, const DMat& W, int64_t row0, int64_t n_rows, const int32_
   else launch<T, 8>(W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s);
 }
 
+template <GgmlType T>
+struct NtLaunch {
+  static void run(int nt, const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_t rpm, int32_t src_div,
+                  const float* X, int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, const Split& sp,
+                  cudaStream_t s) {
+    launch_nt<T>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s);
+  }
+};
+
 int64_t chunk_of(GgmlType t) {
   switch (t) {
     case GgmlType::Q8_0: return QuantTraits<GgmlType::Q8_0>::kChunk;
@@ -277,16 +287,7 @@ bool run(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_
     while (parts > 1 && parts * sp.n_tok * n_rows > work_floats) --parts;
     sp.parts = parts;
   }
-  switch (W.type) {
-    case GgmlType::Q8_0: launch_nt<GgmlType::Q8_0>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
-    case GgmlType::Q2_K: launch_nt<GgmlType::Q2_K>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
-    case GgmlType::Q4_K: launch_nt<GgmlType::Q4_K>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
-    case GgmlType::IQ2_XXS: launch_nt<GgmlType::IQ2_XXS>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
-    case GgmlType::F32: launch_nt<GgmlType::F32>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
-    case GgmlType::F16: launch_nt<GgmlType::F16>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
-    case GgmlType::BF16: launch_nt<GgmlType::BF16>(nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s); break;
-    default: return false;
-  }
+  dispatch_weight_type<NtLaunch>(W.type, nt, W, row0, n_rows, mat, rpm, src_div, X, xs, Y, ys, n_tok, grid_y, sp, s);
   return true;
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/half.h"
+#include "quant/quant.h"
 #include "quant/types.h"
 
 namespace flashstar::cuda::fast {
@@ -67,16 +68,9 @@ __device__ __forceinline__ void dq4<GgmlType::Q2_K>(const uint8_t* base, int e, 
 template <>
 __device__ __forceinline__ void dq4<GgmlType::Q4_K>(const uint8_t* base, int e, float (&w)[4], const Iq2Tables*) {
   const uint8_t* b = base + (e >> 8) * 144;
-  const int j = e & 255, c = j >> 6, hi = (j & 63) >> 5, l = j & 31, sub = 2 * c + hi;
-  const uint8_t* s = b + 4;
+  const int j = e & 255, c = j >> 6, hi = (j & 63) >> 5, l = j & 31;
   int sc, m;
-  if (sub < 4) {
-    sc = s[sub] & 63;
-    m = s[sub + 4] & 63;
-  } else {
-    sc = (s[sub + 4] & 15) | ((s[sub - 4] >> 6) << 4);
-    m = (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4);
-  }
+  quant::q4_K_scale_min(b + 4, 2 * c + hi, &sc, &m);
   const float d = h2f(lds_u16(b)), dmin = h2f(lds_u16(b + 2));
   const float dl = d * static_cast<float>(sc), ml = dmin * static_cast<float>(m);
   const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 16 + 32 * c + l) >> (4 * hi);

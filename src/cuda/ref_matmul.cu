@@ -4,6 +4,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/dequant.cuh"
 #include "cuda/ref_kernels.h"
+#include "cuda/weight_dispatch.h"
 #include "quant/quant.h"
 
 namespace flashstar::cuda {
@@ -77,19 +78,6 @@ __global__ void __launch_bounds__(kThreads) matmul_items_kernel(const uint8_t* W
   if (threadIdx.x == 0) Y[item * ys + r] = acc[0];
 }
 
-template <template <GgmlType> class Launch, typename... Args>
-void dispatch(GgmlType t, Args&&... args) {
-  switch (t) {
-    case GgmlType::F32: Launch<GgmlType::F32>::run(args...); break;
-    case GgmlType::F16: Launch<GgmlType::F16>::run(args...); break;
-    case GgmlType::BF16: Launch<GgmlType::BF16>::run(args...); break;
-    case GgmlType::Q8_0: Launch<GgmlType::Q8_0>::run(args...); break;
-    case GgmlType::Q2_K: Launch<GgmlType::Q2_K>::run(args...); break;
-    case GgmlType::Q4_K: Launch<GgmlType::Q4_K>::run(args...); break;
-    case GgmlType::IQ2_XXS: Launch<GgmlType::IQ2_XXS>::run(args...); break;
-    default: fail("CUDA reference matmul: unsupported weight type %s", type_name(t));
-  }
-}
 
 template <GgmlType T>
 struct MatmulLaunch {
@@ -124,13 +112,13 @@ struct ItemsLaunch {
 void matmul(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
             int64_t ys, cudaStream_t s) {
   if (n_rows <= 0 || n_tok <= 0) return;
-  dispatch<MatmulLaunch>(W.type, W, row0, n_rows, X, n_tok, xs, Y, ys, s);
+  dispatch_weight_type<MatmulLaunch>(W.type, W, row0, n_rows, X, n_tok, xs, Y, ys, s);
 }
 
 void matmul_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
                   int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s) {
   if (n_items <= 0) return;
-  dispatch<ItemsLaunch>(W.type, W, rows_per_mat, mat_of_item, src_div, X, xs, n_items, Y, ys, s);
+  dispatch_weight_type<ItemsLaunch>(W.type, W, rows_per_mat, mat_of_item, src_div, X, xs, n_items, Y, ys, s);
 }
 
 namespace {
@@ -153,7 +141,7 @@ struct EmbedLaunch {
 }  // namespace
 
 void embed(const DMat& E, const int32_t* tokens, int64_t n, int n_hc, float* X, cudaStream_t s) {
-  if (n > 0) dispatch<EmbedLaunch>(E.type, E, tokens, n, n_hc, X, s);
+  if (n > 0) dispatch_weight_type<EmbedLaunch>(E.type, E, tokens, n, n_hc, X, s);
 }
 
 }  // namespace flashstar::cuda

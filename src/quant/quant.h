@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/half.h"
 #include "quant/types.h"
 
 namespace flashstar::quant {
@@ -76,7 +77,7 @@ void quantize_row_q4_K(const float* x, BlockQ4_K* dst, int64_t n, const float* i
 void quantize_row_iq2_xxs(const float* x, BlockIQ2_XXS* dst, int64_t n, const float* importance = nullptr);
 
 // Q4_K's packed 6-bit (scale, min) of sub-block j (0..7) from its 12 scale bytes.
-inline void q4_K_scale_min(const uint8_t* scales, int j, int* sc, int* m) {
+FS_HD void q4_K_scale_min(const uint8_t* scales, int j, int* sc, int* m) {
   if (j < 4) {
     *sc = scales[j] & 63;
     *m = scales[j + 4] & 63;

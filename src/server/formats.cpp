@@ -107,6 +107,19 @@ ojson tool_input(const std::string& args) {
 }
 
 // ---------------- OpenAI chat ----------------
+// The end of an OpenAI stream (chat and completions alike): the usage chunk when asked for, then [DONE].
+void end_openai_stream(const SseWriter& out, ojson envelope, const Outcome& o, bool include_usage) {
+  if (include_usage) {
+    envelope["choices"] = ojson::array();
+    envelope["usage"] = usage_openai(o.usage);
+    out(sse(envelope));
+  }
+  out("data: [DONE]\n\n");
+}
+void openai_stream_error(const SseWriter& out, const std::string& msg) {
+  out(sse_event("error", {{"error", {{"message", msg}, {"type", "server_error"}}}}));
+}
+
 class ChatStream : public EventSink {
  public:
   ChatStream(const GenRequest& r, const ReplyMeta& m, SseWriter out) : r_(r), m_(m), out_(std::move(out)) {}
@@ -117,17 +130,9 @@ class ChatStream : public EventSink {
   void finish(const Outcome& o) override {
     if (!o.calls.empty()) chunk({{"tool_calls", openai_tool_calls(o.calls, true)}});
     chunk(ojson::object(), o.finish);
-    if (r_.include_usage) {
-      ojson j = envelope();
-      j["choices"] = ojson::array();
-      j["usage"] = usage_openai(o.usage);
-      out_(sse(j));
-    }
-    out_("data: [DONE]\n\n");
+    end_openai_stream(out_, envelope(), o, r_.include_usage);
   }
-  void fail(const std::string& msg) override {
-    out_(sse_event("error", {{"error", {{"message", msg}, {"type", "server_error"}}}}));
-  }
+  void fail(const std::string& msg) override { openai_stream_error(out_, msg); }
 
  private:
   ojson envelope() const {
@@ -157,17 +162,9 @@ class CompletionStream : public EventSink {
   void content(std::string_view s) override { chunk(s, {}); }
   void finish(const Outcome& o) override {
     chunk("", o.finish);
-    if (r_.include_usage) {
-      ojson j = envelope();
-      j["choices"] = ojson::array();
-      j["usage"] = usage_openai(o.usage);
-      out_(sse(j));
-    }
-    out_("data: [DONE]\n\n");
+    end_openai_stream(out_, envelope(), o, r_.include_usage);
   }
-  void fail(const std::string& msg) override {
-    out_(sse_event("error", {{"error", {{"message", msg}, {"type", "server_error"}}}}));
-  }
+  void fail(const std::string& msg) override { openai_stream_error(out_, msg); }
 
  private:
   ojson envelope() const {
