@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "common/error.h"
@@ -141,9 +142,27 @@ class CudaSession final : public Session {
     upload_weights();
     upload_vectors();
     alloc_state_and_scratch();
+    graphs_on_ = graphs_requested();
+    {  // every position-dependent kernel of a decode step reads the position from the device
+      AttentionArgs a;
+      a.n = 1, a.n_head = int(d_.H), a.head_dim = int(d_.HD);
+      graph_kernels_ = fast::attention_decode_path(a) && fast::indexer_supported(int(d_.NIH), int(d_.IHD), 1) &&
+                       d_.HD <= 8192 && d_.IHD <= 8192;
+    }
+    for (uint32_t il = 0; il < c_.n_layer; ++il)
+      if (c_.ratio(il) && std::find(ratios_.begin(), ratios_.end(), c_.ratio(il)) == ratios_.end())
+        ratios_.push_back(c_.ratio(il));
+    d_pos_.resize(1);
+    FS_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&h_pos_), sizeof(int64_t), cudaHostAllocDefault));
+    FS_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&h_tok_), sizeof(int32_t), cudaHostAllocDefault));
+    FS_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&h_logits_), f32b(c_.n_vocab), cudaHostAllocDefault));
     reset();
   }
   ~CudaSession() override {
+    for (auto& [k, e] : graphs_) cudaGraphExecDestroy(e);
+    if (h_pos_) cudaFreeHost(h_pos_);
+    if (h_tok_) cudaFreeHost(h_tok_);
+    if (h_logits_) cudaFreeHost(h_logits_);
     if (s_) cudaStreamDestroy(s_);
   }
   static bool profile_requested() {
@@ -333,7 +352,8 @@ class CudaSession final : public Session {
     wplan_ = take(C * d_.K);
     comp_tmp_ = take(2 * d_.STATE);
     mv_work_ = take(kMvWork);
-    ints_.resize(static_cast<size_t>(C * (2 * d_.K + 1 + c_.idx_top_k) + d_.MOE_INTS));
+    const int64_t n_group_ids = kSmallN * c_.n_out_group;
+    ints_.resize(static_cast<size_t>(C * (2 * d_.K + 1 + c_.idx_top_k) + d_.MOE_INTS + n_group_ids));
     sel_ = ints_.get(), tok_ = sel_ + C * d_.K, idx_sel_ = tok_ + C;
     int32_t* pi = idx_sel_ + C * c_.idx_top_k;
     plan_.count = pi, pi += d_.E;
@@ -341,7 +361,12 @@ class CudaSession final : public Session {
     plan_.items = pi, pi += C * d_.K;
     plan_.max_tiles = fast::moe_max_tiles(C * d_.K, static_cast<int>(d_.E));
     plan_.tiles = pi, pi += plan_.max_tiles;
-    plan_.n_tiles = pi;
+    plan_.n_tiles = pi, pi += 1;
+    // item i of a decode step's grouped attn_output_a product uses group i % n_out_group
+    group_ids_ = pi;
+    std::vector<int32_t> gid(static_cast<size_t>(n_group_ids));
+    for (size_t i = 0; i < gid.size(); ++i) gid[i] = static_cast<int32_t>(i % c_.n_out_group);
+    FS_CUDA_CHECK(cudaMemcpy(group_ids_, gid.data(), gid.size() * 4, cudaMemcpyHostToDevice));
     xb_buf_.resize(static_cast<size_t>(d_.XB) * 2);  // hi and lo terms
     xb_ = xb_buf_.get();
   }
@@ -422,15 +447,35 @@ class CudaSession final : public Session {
     matmul(W, row0, n_rows, X, n, xs, Y, ys, s_);
   }
 
+  // The small ops with a row-parallel fast version (fused_ops); the reference kernel otherwise.
+  void norm_rows(const float* x, int64_t xs, const float* w, float* y, int64_t ys, int64_t rows, int64_t dim, float eps) {
+    if (routes_[Route::FusedOps] && fast::rms_norm_rows(x, xs, w, y, ys, rows, dim, eps, s_)) return;
+    rms_norm_rows(x, xs, w, y, ys, rows, dim, eps, s_);
+  }
+  void finish(float* x, int64_t rows, int64_t stride, int64_t dim, int n_rot, RowKind kind, bool official) {
+    if (routes_[Route::FusedOps] && fast::finish_rows(x, rows, stride, dim, n_rot, kind, official, s_)) return;
+    finish_rows(x, rows, stride, dim, n_rot, kind, official, s_);
+  }
+  void qat(float* x, int64_t n_vec, int64_t dim) {
+    if (routes_[Route::FusedOps] && fast::indexer_qat(x, n_vec, dim, s_)) return;
+    indexer_qat(x, n_vec, dim, s_);
+  }
+
   void compress(const CompressorArgs& a) {
-    if (routes_[Route::FusedOps] && a.n > 1 && fast::compressor_supported(a)) fast::compressor_chunk(a, comp_tmp_, s_);
+    // One token that completes no row only appends to the slot state: the reference's single small launch
+    // is cheaper there than the parallel version's row and state kernels.
+    const bool completes = (a.pos0 + a.n) / a.ratio > a.pos0 / a.ratio;
+    if (routes_[Route::FusedOps] && (a.n > 1 || completes) && fast::compressor_supported(a))
+      fast::compressor_chunk(a, comp_tmp_, s_);
     else compressor_chunk(a, s_);
   }
 
   void hc_pre(const DMat& fn, const float* scale, const float* base, int64_t n, float* out) {
-    rms_norm_rows(X_, d_.HC, nullptr, flat_, d_.HC, n, d_.HC, float(c_.rms_eps), s_);
+    norm_rows(X_, d_.HC, nullptr, flat_, d_.HC, n, d_.HC, float(c_.rms_eps));
     mm(Route::F16Proj, fn, 0, d_.MIX, flat_, n, d_.HC, mix_, d_.MIX);
-    hc_split(mix_, d_.MIX, scale, base, int(c_.n_hc), int(c_.hc_sinkhorn_iter), float(c_.hc_eps), split_, n, s_);
+    if (!routes_[Route::FusedOps] || !fast::hc_split(mix_, d_.MIX, scale, base, int(c_.n_hc), int(c_.hc_sinkhorn_iter),
+                                                      float(c_.hc_eps), split_, n, s_))
+      hc_split(mix_, d_.MIX, scale, base, int(c_.n_hc), int(c_.hc_sinkhorn_iter), float(c_.hc_eps), split_, n, s_);
     hc_weighted_sum(X_, split_, int(c_.n_hc), d_.D, out, n, s_);
   }
 
@@ -444,7 +489,7 @@ class CudaSession final : public Session {
     prof_.stage("hc", s_);
     hc_pre(L.hc_attn_fn, L.hc_attn_scale, L.hc_attn_base, n, xin_);
     prof_.stage("attn.proj", s_);
-    rms_norm_rows(xin_, d_.D, L.attn_norm, an_, d_.D, n, d_.D, eps, s_);
+    norm_rows(xin_, d_.D, L.attn_norm, an_, d_.D, n, d_.D, eps);
     const uint16_t* an_b = prep(an_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj});
     mm(Route::DenseQ8, L.q_a, 0, d_.QL, an_, n, d_.D, qr_, d_.QL, an_b);
     float* kv = L.hist + L.n_raw * d_.HD;  // the chunk's raw rows follow the saved window
@@ -460,34 +505,34 @@ class CudaSession final : public Session {
       mm(Route::F16Proj, L.idx_comp_gate, 0, IW, an_, n, d_.D, ig_, IW, an_b);
       mm(Route::F16Proj, L.idx_proj, 0, d_.NIH, an_, n, d_.D, iw_, d_.NIH, an_b);
     }
-    rms_norm_rows(qr_, d_.QL, L.q_a_norm, qr_, d_.QL, n, d_.QL, eps, s_);
+    norm_rows(qr_, d_.QL, L.q_a_norm, qr_, d_.QL, n, d_.QL, eps);
     mm(Route::DenseQ8, L.q_b, 0, d_.QD, qr_, n, d_.QL, q_, d_.QD);
-    rms_norm_rows(q_, d_.HD, nullptr, q_, d_.HD, n * d_.H, d_.HD, eps, s_);
-    rope(q_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, false, s_);
-    rms_norm_rows(kv, d_.HD, L.kv_a_norm, kv, d_.HD, n, d_.HD, eps, s_);
-    rope(kv, n, d_.HD, 1, d_.HD, n_rot, freq, pos0, 1, false, s_);
-    finish_rows(kv, n, d_.HD, d_.HD, n_rot, RowKind::Attention, official, s_);
+    norm_rows(q_, d_.HD, nullptr, q_, d_.HD, n * d_.H, d_.HD, eps);
+    rope(q_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
+    norm_rows(kv, d_.HD, L.kv_a_norm, kv, d_.HD, n, d_.HD, eps);
+    rope(kv, n, d_.HD, 1, d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
+    finish(kv, n, d_.HD, d_.HD, n_rot, RowKind::Attention, official);
 
     bool use_indexer = false;
     prof_.stage("attn.compress", s_);
     if (r) {
       compress({L.comp_kv_st, L.comp_sc_st, ckv_, cg_, L.comp_ape, L.comp_norm, freq_comp_, L.comp, pos0, n, int(r),
-                int(d_.HD), int(W_), n_rot, eps, RowKind::Attention, official});
+                int(d_.HD), int(W_), n_rot, eps, RowKind::Attention, official, pos_dev_});
       if (r == 4) {
         compress({L.idx_kv_st, L.idx_sc_st, ikv_, ig_, L.idx_comp_ape, L.idx_comp_norm, freq_comp_, L.idx, pos0,
-                          n, 4, int(d_.IHD), int(IW), n_rot, eps, RowKind::Indexer, official});
+                          n, 4, int(d_.IHD), int(IW), n_rot, eps, RowKind::Indexer, official, pos_dev_});
         use_indexer = (pos0 + n) / 4 > static_cast<int64_t>(c_.idx_top_k);
       }
     }
     prof_.stage("attn.indexer", s_);
     if (use_indexer) {
       mm(Route::F16Proj, L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD);
-      rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_);
-      if (official) indexer_qat(iq_, n * d_.NIH, d_.IHD, s_);
+      rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
+      if (official) qat(iq_, n * d_.NIH, d_.IHD);
       const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.IHD * d_.NIH)));
       if (routes_[Route::Attention] && fast::indexer_supported(int(d_.NIH), int(d_.IHD), n))
         fast::indexer_select(iq_, iw_, wscale, L.idx, int(d_.NIH), int(d_.IHD), pos0, n, 4, int(c_.idx_top_k),
-                             idx_scratch_, d_.IDXCAP, idx_sel_, s_);
+                             idx_scratch_, d_.IDXCAP, idx_sel_, s_, pos_dev_);
       else
         indexer_select(iq_, iw_, wscale, L.idx, int(d_.NIH), int(d_.IHD), pos0, n, 4, int(c_.idx_top_k), idx_scratch_,
                        d_.IDXCAP, idx_sel_, s_);
@@ -497,12 +542,19 @@ class CudaSession final : public Session {
     a.q = q_, a.hist = L.hist, a.hist_pos0 = pos0 - L.n_raw, a.comp = L.comp, a.sel = use_indexer ? idx_sel_ : nullptr;
     a.top_k = int(c_.idx_top_k), a.sinks = L.sinks, a.out = heads_, a.pos0 = pos0, a.n = n, a.n_head = int(d_.H);
     a.head_dim = int(d_.HD), a.n_swa = int(c_.n_swa), a.ratio = int(r);
-    if (routes_[Route::Attention] && fast::attention_supported(a)) fast::sink_attention(a, att_scratch_, d_.MAXROWS, s_);
+    a.pos_dev = pos_dev_, a.hist_lag = L.n_raw;
+    if (routes_[Route::Attention] && fast::attention_supported(a)) fast::sink_attention(a, att_scratch_, d_.MAXROWS, s_, d_.C * d_.H * d_.MAXROWS);
     else sink_attention(a, att_scratch_, d_.MAXROWS, s_);
-    rope(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, true, s_);
+    rope(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, true, s_, pos_dev_);
     prof_.stage("attn.out", s_);
     const int64_t GD = c_.group_dim();
-    for (uint32_t g = 0; g < c_.n_out_group; ++g)
+    // At decode all groups in one launch: item t * groups + g is token t's group g (rows of heads_ and
+    // low_ are contiguous by group).
+    const bool one_launch = routes_[Route::OutA] && n <= kSmallN && d_.QD == GD * c_.n_out_group &&
+                            d_.OL == int64_t(c_.o_lora) * c_.n_out_group &&
+                            fast::matvec_items(L.out_a, c_.o_lora, group_ids_, 1, heads_, GD, n * c_.n_out_group, low_,
+                                               c_.o_lora, s_);
+    for (uint32_t g = 0; !one_launch && g < c_.n_out_group; ++g)
       mm(Route::OutA, L.out_a, int64_t(g) * c_.o_lora, c_.o_lora, heads_ + g * GD, n, d_.QD, low_ + g * c_.o_lora, d_.OL);
     mm(Route::DenseQ8, L.out_b, 0, d_.D, low_, n, d_.OL, out_, d_.D);
     hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
@@ -523,7 +575,7 @@ class CudaSession final : public Session {
     prof_.stage("hc", s_);
     hc_pre(L.hc_ffn_fn, L.hc_ffn_scale, L.hc_ffn_base, n, xin_);
     prof_.stage("ffn.router", s_);
-    rms_norm_rows(xin_, d_.D, L.ffn_norm, fn_, d_.D, n, d_.D, float(c_.rms_eps), s_);
+    norm_rows(xin_, d_.D, L.ffn_norm, fn_, d_.D, n, d_.D, float(c_.rms_eps));
     const uint16_t* fn_b = prep(fn_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj, Route::Moe});
     mm(Route::F16Proj, L.gate_inp, 0, d_.E, fn_, n, d_.D, rl_, d_.E, fn_b);
     const int32_t* hash = c_.is_hash_layer(il) ? L.tid2eid : nullptr;
@@ -583,7 +635,20 @@ class CudaSession final : public Session {
   void run_chunk(std::span<const int32_t> toks, float* all_logits) {
     const int64_t n = static_cast<int64_t>(toks.size());
     const int64_t pos0 = static_cast<int64_t>(tokens_.size());
-    FS_CUDA_CHECK(cudaMemcpyAsync(tok_, toks.data(), toks.size() * 4, cudaMemcpyHostToDevice, s_));
+    if (graph_eligible(n)) {
+      run_graph(toks[0], pos0, all_logits);
+    } else {
+      std::vector<float> last(c_.n_vocab);
+      FS_CUDA_CHECK(cudaMemcpyAsync(tok_, toks.data(), toks.size() * 4, cudaMemcpyHostToDevice, s_));
+      forward(n, pos0, all_logits, last.data(), false);
+      logits_ = std::move(last);
+    }
+    tokens_.insert(tokens_.end(), toks.begin(), toks.end());
+  }
+
+  // The forward pass of the n tokens in tok_: embedding, layers, output head. Logits of every row go to
+  // all_logits (when set), the last row's to `last`. Under capture nothing waits for the device.
+  void forward(int64_t n, int64_t pos0, float* all_logits, float* last, bool capturing) {
     prof_.set_prefix(n == 1 ? "dec " : "pre ");
     prof_.stage("embed", s_);
     embed(embd_, tok_, n, int(c_.n_hc), X_, s_);
@@ -593,26 +658,78 @@ class CudaSession final : public Session {
     }
     // Output head over the requested rows, kHeadRows at a time.
     const int64_t first = all_logits ? 0 : n - 1;
-    std::vector<float> last(c_.n_vocab);
     prof_.stage("head", s_);
     for (int64_t r0 = first; r0 < n; r0 += kHeadRows) {
       const int64_t m = std::min<int64_t>(kHeadRows, n - r0);
       const float* Xr = X_ + r0 * d_.HC;
-      rms_norm_rows(Xr, d_.HC, nullptr, flat_, d_.HC, m, d_.HC, float(c_.rms_eps), s_);
+      norm_rows(Xr, d_.HC, nullptr, flat_, d_.HC, m, d_.HC, float(c_.rms_eps));
       mm(Route::F16Proj, out_hc_fn_, 0, d_.NHC, flat_, m, d_.HC, head_mix_, d_.NHC);
       hc_head(Xr, head_mix_, out_hc_scale_, out_hc_base_, int(c_.n_hc), d_.D, float(c_.hc_eps), out_, m, s_);
-      rms_norm_rows(out_, d_.D, out_norm_, fn_, d_.D, m, d_.D, float(c_.rms_eps), s_);
+      norm_rows(out_, d_.D, out_norm_, fn_, d_.D, m, d_.D, float(c_.rms_eps));
       mm(Route::DenseQ8, output_, 0, d_.V, fn_, m, d_.D, head_logits_, d_.V);
-      if (all_logits)
+      if (all_logits && !capturing)
         FS_CUDA_CHECK(cudaMemcpyAsync(all_logits + r0 * d_.V, head_logits_, f32b(m * d_.V), cudaMemcpyDeviceToHost, s_));
       if (r0 + m == n)
-        FS_CUDA_CHECK(cudaMemcpyAsync(last.data(), head_logits_ + (m - 1) * d_.V, f32b(d_.V), cudaMemcpyDeviceToHost, s_));
-      FS_CUDA_CHECK(cudaStreamSynchronize(s_));  // the head buffer is reused by the next pass
+        FS_CUDA_CHECK(cudaMemcpyAsync(last, head_logits_ + (m - 1) * d_.V, f32b(d_.V), cudaMemcpyDeviceToHost, s_));
+      if (!capturing) FS_CUDA_CHECK(cudaStreamSynchronize(s_));  // the head buffer is reused by the next pass
     }
     prof_.stop(s_);
     prof_.collect();
-    logits_ = std::move(last);
-    tokens_.insert(tokens_.end(), toks.begin(), toks.end());
+  }
+
+  // A decode step as one CUDA graph. The graph reads the position and the token from pinned host memory
+  // (copied in by its first nodes), so one capture serves every step with the same shape: the windows
+  // are full (all raw rows kept) and the same layers close a compressed row and use the indexer. The
+  // kernels and their order are those of the plain launch path, so the logits are bitwise the same.
+  bool graph_eligible(int64_t n) const {
+    if (n != 1 || !graphs_on_ || !graph_kernels_ || prof_.on() || !routes_[Route::Attention] ||
+        !routes_[Route::FusedOps])
+      return false;
+    for (const DLayer& L : layers_)
+      if (L.n_raw != static_cast<int64_t>(c_.n_swa)) return false;
+    return true;
+  }
+  uint64_t graph_key(int64_t pos0) const {
+    uint64_t key = 0;
+    for (size_t i = 0; i < ratios_.size() && i < 62; ++i) key |= uint64_t((pos0 + 1) % ratios_[i] == 0) << i;
+    const bool indexer = (pos0 + 1) / 4 > static_cast<int64_t>(c_.idx_top_k);
+    return key | (uint64_t(indexer) << 62);
+  }
+  void run_graph(int32_t tok, int64_t pos0, float* all_logits) {
+    const uint64_t key = graph_key(pos0);
+    *h_pos_ = pos0;
+    *h_tok_ = tok;
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      cudaGraph_t g = nullptr;
+      FS_CUDA_CHECK(cudaStreamBeginCapture(s_, cudaStreamCaptureModeRelaxed));
+      try {
+        pos_dev_ = d_pos_.get();
+        FS_CUDA_CHECK(cudaMemcpyAsync(d_pos_.get(), h_pos_, sizeof(int64_t), cudaMemcpyHostToDevice, s_));
+        FS_CUDA_CHECK(cudaMemcpyAsync(tok_, h_tok_, sizeof(int32_t), cudaMemcpyHostToDevice, s_));
+        forward(1, pos0, nullptr, h_logits_, true);
+        pos_dev_ = nullptr;
+      } catch (...) {
+        pos_dev_ = nullptr;
+        cudaStreamEndCapture(s_, &g);
+        if (g) cudaGraphDestroy(g);
+        throw;
+      }
+      FS_CUDA_CHECK(cudaStreamEndCapture(s_, &g));
+      cudaGraphExec_t e = nullptr;
+      const cudaError_t err = cudaGraphInstantiate(&e, g, 0);
+      cudaGraphDestroy(g);
+      FS_CUDA_CHECK(err);
+      it = graphs_.emplace(key, e).first;
+    }
+    FS_CUDA_CHECK(cudaGraphLaunch(it->second, s_));
+    FS_CUDA_CHECK(cudaStreamSynchronize(s_));
+    logits_.assign(h_logits_, h_logits_ + c_.n_vocab);
+    if (all_logits) std::memcpy(all_logits, h_logits_, f32b(c_.n_vocab));
+  }
+  static bool graphs_requested() {
+    const char* v = std::getenv("FLASHSTAR_CUDA_GRAPH");
+    return !v || *v != '0';
   }
 
   const Model& m_;
@@ -637,7 +754,16 @@ class CudaSession final : public Session {
   float *X_, *flat_, *mix_, *split_, *xin_, *an_, *out_, *fn_, *shared_, *qr_, *q_, *heads_, *ckv_, *cg_, *ikv_, *ig_;
   float *iq_, *iw_, *low_, *rl_, *wsel_, *G_, *U_, *slot_, *SG_, *SU_, *idx_scratch_, *att_scratch_, *head_logits_;
   float *head_mix_, *hist_tmp_;
-  int32_t *sel_, *tok_, *idx_sel_;
+  int32_t *sel_, *tok_, *idx_sel_, *group_ids_ = nullptr;
+  // decode graphs: one per step shape (graph_key); the position and token they read, the logits they write
+  bool graphs_on_ = true, graph_kernels_ = false;
+  std::vector<uint32_t> ratios_;  // the distinct compression ratios of the layers
+  std::map<uint64_t, cudaGraphExec_t> graphs_;
+  DeviceArray<int64_t> d_pos_;
+  const int64_t* pos_dev_ = nullptr;  // set while a graph is captured
+  int64_t* h_pos_ = nullptr;
+  int32_t* h_tok_ = nullptr;
+  float* h_logits_ = nullptr;
   std::vector<int32_t> tokens_;
   std::vector<float> logits_;
 };

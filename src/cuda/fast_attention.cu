@@ -5,6 +5,8 @@
 // results are deterministic.
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
 
@@ -96,6 +98,13 @@ __device__ void scores_tile(const float* q, int64_t q_stride, const float* const
 }
 
 // Row j of query t's attention rows: the raw window first, then the compressed rows (selected or all).
+// Built by whole warps (every lane of a warp constructs it together): the selected rows are a prefix of
+// sel[t] ended by -1, and the warp finds its length with ballots instead of a serial walk.
+__device__ __forceinline__ AttentionArgs resolved(AttentionArgs a) {
+  if (a.pos_dev) a.pos0 = *a.pos_dev, a.hist_pos0 = a.pos0 - a.hist_lag;
+  return a;
+}
+
 struct RowMap {
   const AttentionArgs* a;
   int64_t t, raw_lo, n_raw, n_rows;
@@ -107,9 +116,17 @@ struct RowMap {
     if (a->ratio) {
       n_comp = (pos + 1) / a->ratio;
       if (a->sel) {
-        int64_t c = 0;
-        while (c < a->top_k && a->sel[t * a->top_k + c] >= 0) ++c;
-        n_comp = c;
+        const int lane = threadIdx.x & 31;
+        const int32_t* s = a->sel + t * a->top_k;
+        int64_t first_neg = a->top_k;
+        for (int c0 = 0; c0 < a->top_k; c0 += 32) {
+          const unsigned neg = __ballot_sync(0xffffffffu, c0 + lane < a->top_k && s[c0 + lane] < 0);
+          if (neg) {
+            first_neg = c0 + __ffs(neg) - 1;
+            break;
+          }
+        }
+        n_comp = first_neg;
       }
     }
     n_rows = n_raw + n_comp;
@@ -151,7 +168,8 @@ __global__ void __launch_bounds__(128) attn_scores_kernel(AttentionArgs a, float
 }
 
 // One warp per (query, head): softmax with the sink, probabilities written back in place.
-__global__ void attn_softmax_kernel(AttentionArgs a, float* scratch, int64_t max_rows) {
+__global__ void attn_softmax_kernel(AttentionArgs a_in, float* scratch, int64_t max_rows) {
+  const AttentionArgs a = resolved(a_in);
   const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (w >= a.n * a.n_head) return;
@@ -234,7 +252,9 @@ __global__ void __launch_bounds__(128) attn_pv_kernel(AttentionArgs a, const flo
 // relu(q_h . k) * w_h * wscale, in head order.
 __global__ void __launch_bounds__(128) indexer_scores_kernel(const float* iq, const float* iw, float wscale,
                                                              const float* idx_rows, int head_dim, int64_t pos0,
-                                                             int ratio, float* scores, int64_t stride) {
+                                                             int ratio, float* scores, int64_t stride,
+                                                             const int64_t* pos_dev) {
+  if (pos_dev) pos0 = *pos_dev;
   __shared__ __align__(16) uint16_t qs[2 * kHeads * kLdh];
   __shared__ __align__(16) uint16_t ks[2 * kRowsTile * kLdh];
   __shared__ const float* rows[kRowsTile];
@@ -269,7 +289,8 @@ __device__ __forceinline__ uint32_t order_key(float f) {
 
 // One block per query: the top_k rows by (score desc, row asc), written as ascending row ids.
 __global__ void __launch_bounds__(256) indexer_topk_kernel(const float* scores, int64_t stride, int64_t pos0, int ratio,
-                                                           int top_k, int32_t* sel) {
+                                                           int top_k, int32_t* sel, const int64_t* pos_dev) {
+  if (pos_dev) pos0 = *pos_dev;
   __shared__ int hist[256];
   __shared__ uint32_t s_prefix;
   __shared__ int s_remaining;
@@ -330,18 +351,135 @@ __global__ void __launch_bounds__(256) indexer_topk_kernel(const float* scores, 
   }
 }
 
+// Decode (a few queries): scores and P.V on the CUDA cores in fp32, spread over many blocks; the tiled
+// tensor-core kernels above leave most of the card idle with one query.
+constexpr int kDecMaxTok = 8, kDecSplits = 16, kDecHeadGroup = 8;
+
+// grid (n, row groups of 8): a warp per row holds the row in registers and dots it with the 64 heads;
+// the 64 lane partial sums are reduced by two butterfly reduce-scatters (lane h ends with head h).
+__global__ void __launch_bounds__(256) attn_scores_decode(AttentionArgs a_in, float* scratch, int64_t max_rows) {
+  const AttentionArgs a = resolved(a_in);
+  const int64_t t = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const RowMap rm(a, t);
+  const int64_t r = static_cast<int64_t>(blockIdx.y) * 8 + warp;
+  if (r >= rm.n_rows) return;
+  const int hd = a.head_dim, nv = hd / 128;  // float4s per lane (hd <= 512)
+  const float4* row = reinterpret_cast<const float4*>(rm.row(r));
+  float4 k[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) k[j] = j < nv ? __ldg(row + lane + 32 * j) : make_float4(0, 0, 0, 0);
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(hd)));
+  float* out = scratch + t * a.n_head * max_rows + r;
+  for (int h0 = 0; h0 < kHeads; h0 += 32) {
+    float v[32];
+#pragma unroll
+    for (int h = 0; h < 32; ++h) {
+      const float4* q = reinterpret_cast<const float4*>(a.q + (t * a.n_head + h0 + h) * hd);
+      float p = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (j < nv) {
+          const float4 x = __ldg(q + lane + 32 * j);
+          p += x.x * k[j].x + x.y * k[j].y + x.z * k[j].z + x.w * k[j].w;
+        }
+      v[h] = p;
+    }
+#pragma unroll
+    for (int off = 16, n = 32; off >= 1; off >>= 1, n >>= 1) {
+      const bool upper = lane & off;
+#pragma unroll
+      for (int i = 0; i < n / 2; ++i) {
+        const float send = upper ? v[i] : v[i + n / 2];
+        const float keep = upper ? v[i + n / 2] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+      }
+    }
+    out[(h0 + lane) * max_rows] = v[0] * scale;
+  }
+}
+
+// grid (n, n_head / 8, splits), hd / 4 threads: a thread owns 4 dims of 8 heads over the split's rows.
+// With one split the sums go straight to out, else to work[split] for attn_pv_reduce.
+__global__ void __launch_bounds__(128) attn_pv_decode(AttentionArgs a_in, const float* scratch, int64_t max_rows,
+                                                       float* work) {
+  const AttentionArgs a = resolved(a_in);
+  __shared__ float ps[kDecHeadGroup][64];
+  const int64_t t = blockIdx.x;
+  const int h0 = blockIdx.y * kDecHeadGroup;
+  const RowMap rm(a, t);
+  const int64_t per = (rm.n_rows + gridDim.z - 1) / gridDim.z;
+  const int64_t r_begin = blockIdx.z * per, r_end = min(rm.n_rows, r_begin + per);
+  const float* p = scratch + (t * a.n_head + h0) * max_rows;
+  float4 acc[kDecHeadGroup];
+#pragma unroll
+  for (int h = 0; h < kDecHeadGroup; ++h) acc[h] = make_float4(0, 0, 0, 0);
+  for (int64_t c0 = r_begin; c0 < r_end; c0 += 64) {
+    const int64_t m = r_end - c0 < 64 ? r_end - c0 : 64;
+    for (int i = threadIdx.x; i < kDecHeadGroup * 64; i += blockDim.x) {
+      const int h = i / 64, j = i % 64;
+      ps[h][j] = j < m ? p[h * max_rows + c0 + j] : 0.0f;
+    }
+    __syncthreads();
+    for (int j = 0; j < m; ++j) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(rm.row(c0 + j)) + threadIdx.x);
+#pragma unroll
+      for (int h = 0; h < kDecHeadGroup; ++h) {
+        const float w = ps[h][j];
+        acc[h].x += w * v.x, acc[h].y += w * v.y, acc[h].z += w * v.z, acc[h].w += w * v.w;
+      }
+    }
+    __syncthreads();
+  }
+  float* dst = gridDim.z == 1 ? a.out : work + static_cast<int64_t>(blockIdx.z) * a.n * a.n_head * a.head_dim;
+#pragma unroll
+  for (int h = 0; h < kDecHeadGroup; ++h)
+    reinterpret_cast<float4*>(dst + (t * a.n_head + h0 + h) * a.head_dim)[threadIdx.x] = acc[h];
+}
+
+__global__ void attn_pv_reduce(const float* work, int splits, int64_t total, float* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  float v = 0.0f;
+  for (int z = 0; z < splits; ++z) v += work[z * total + i];
+  out[i] = v;
+}
+
 }  // namespace
 
 bool attention_supported(const AttentionArgs& a) {
   return a.n_head == kHeads && a.head_dim % 64 == 0 && a.n <= 65535;
 }
 
-void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s) {
+bool attention_decode_path(const AttentionArgs& a) {
+  return attention_supported(a) && a.n <= kDecMaxTok && a.head_dim % 128 == 0 && a.head_dim <= 512;
+}
+
+void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s, int64_t scratch_floats) {
   if (a.n <= 0) return;
+  const int64_t warps = a.n * a.n_head;
+  if (attention_decode_path(a)) {
+    attn_scores_decode<<<dim3(static_cast<unsigned>(a.n), static_cast<unsigned>((max_rows + 7) / 8)), 256, 0, s>>>(
+        a, scratch, max_rows);
+    FS_CUDA_LAUNCH_CHECK();
+    attn_softmax_kernel<<<static_cast<unsigned>((warps * 32 + 255) / 256), 256, 0, s>>>(a, scratch, max_rows);
+    FS_CUDA_LAUNCH_CHECK();
+    // The row splits' partial sums live in the scratch after the probabilities.
+    const int64_t total = a.n * a.n_head * a.head_dim, room = scratch_floats - a.n * a.n_head * max_rows;
+    const int splits = static_cast<int>(std::min<int64_t>(kDecSplits, room > 0 ? room / total : 0));
+    float* work = scratch + a.n * a.n_head * max_rows;
+    const dim3 g(static_cast<unsigned>(a.n), a.n_head / kDecHeadGroup, splits > 1 ? splits : 1);
+    attn_pv_decode<<<g, a.head_dim / 4, 0, s>>>(a, scratch, max_rows, work);
+    FS_CUDA_LAUNCH_CHECK();
+    if (splits > 1) {
+      attn_pv_reduce<<<static_cast<unsigned>((total + 255) / 256), 256, 0, s>>>(work, splits, total, a.out);
+      FS_CUDA_LAUNCH_CHECK();
+    }
+    return;
+  }
   const dim3 g1(static_cast<unsigned>(a.n), static_cast<unsigned>((max_rows + kRowsTile - 1) / kRowsTile));
   attn_scores_kernel<<<g1, 128, 0, s>>>(a, scratch, max_rows);
   FS_CUDA_LAUNCH_CHECK();
-  const int64_t warps = a.n * a.n_head;
   attn_softmax_kernel<<<static_cast<unsigned>((warps * 32 + 255) / 256), 256, 0, s>>>(a, scratch, max_rows);
   FS_CUDA_LAUNCH_CHECK();
   attn_pv_kernel<<<dim3(static_cast<unsigned>(a.n), static_cast<unsigned>(a.head_dim / 64)), 128, 0, s>>>(a, scratch,
@@ -355,16 +493,19 @@ bool indexer_supported(int n_heads, int head_dim, int64_t n) {
 
 void indexer_select(const float* iq, const float* iw, float wscale, const float* idx_rows, int n_heads, int head_dim,
                     int64_t pos0, int64_t n, int ratio, int top_k, float* scratch, int64_t scratch_stride,
-                    int32_t* sel, cudaStream_t s) {
+                    int32_t* sel, cudaStream_t s, const int64_t* pos_dev) {
   (void)n_heads;
   if (n <= 0) return;
-  const int64_t max_vis = (pos0 + n) / ratio;
+  // with the position on the device, enough row tiles for the whole scratch row (the extra ones exit)
+  const int64_t max_vis = pos_dev ? scratch_stride : (pos0 + n) / ratio;
   const dim3 g(static_cast<unsigned>(n), static_cast<unsigned>((max_vis + kRowsTile - 1) / kRowsTile));
   if (g.y > 0) {
-    indexer_scores_kernel<<<g, 128, 0, s>>>(iq, iw, wscale, idx_rows, head_dim, pos0, ratio, scratch, scratch_stride);
+    indexer_scores_kernel<<<g, 128, 0, s>>>(iq, iw, wscale, idx_rows, head_dim, pos0, ratio, scratch, scratch_stride,
+                                            pos_dev);
     FS_CUDA_LAUNCH_CHECK();
   }
-  indexer_topk_kernel<<<static_cast<unsigned>(n), 256, 0, s>>>(scratch, scratch_stride, pos0, ratio, top_k, sel);
+  indexer_topk_kernel<<<static_cast<unsigned>(n), 256, 0, s>>>(scratch, scratch_stride, pos0, ratio, top_k, sel,
+                                                                pos_dev);
   FS_CUDA_LAUNCH_CHECK();
 }
 

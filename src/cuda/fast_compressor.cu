@@ -40,6 +40,7 @@ __global__ void compress_rows_kernel(CompressorArgs a, int64_t first_row) {
   extern __shared__ float row[];  // dim floats
   __shared__ double red[33];
   const int r = a.ratio, dim = a.dim;
+  if (a.pos_dev) a.pos0 = *a.pos_dev, first_row = a.pos0 / r;
   const int64_t ci = first_row + blockIdx.x;  // compressed row index
   const int64_t end = (ci + 1) * r;           // its window is [end - r, end)
   const Source src{&a, a.pos0 / r * r};
@@ -121,6 +122,7 @@ __global__ void compress_rows_kernel(CompressorArgs a, int64_t first_row) {
 // The state after the chunk, as the sequential walk leaves it. Reads the old state, so it writes a
 // fresh copy (new_kv/new_sc) that the caller copies back.
 __global__ void compress_state_kernel(CompressorArgs a, float* new_kv, float* new_sc) {
+  if (a.pos_dev) a.pos0 = *a.pos_dev;
   const int r = a.ratio, W = a.width;
   const int rows = r == 4 ? 8 : r;
   const int64_t end = a.pos0 + a.n, cur_end = end / r * r;

@@ -60,14 +60,18 @@ bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const u
                   bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s);
 
 // Sink attention (same contract as cuda::sink_attention): scores and P.V on the tensor cores with the
-// 64 heads of a query as the M side; scratch holds the scores, then the probabilities.
+// 64 heads of a query as the M side; scratch holds the scores, then the probabilities. Up to 8 queries
+// (decode) run fp32 CUDA-core kernels spread over the rows instead; with scratch_floats beyond the
+// probabilities, P.V splits the rows and adds the parts in a fixed order.
 bool attention_supported(const AttentionArgs& a);
-void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s);
+bool attention_decode_path(const AttentionArgs& a);  // the CUDA-core kernels (these read AttentionArgs::pos_dev)
+void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s,
+                    int64_t scratch_floats = 0);
 // Indexer top-k (same contract as cuda::indexer_select): scores on the tensor cores, radix select.
 bool indexer_supported(int n_heads, int head_dim, int64_t n);
 void indexer_select(const float* iq, const float* iw, float wscale, const float* idx_rows, int n_heads, int head_dim,
                     int64_t pos0, int64_t n, int ratio, int top_k, float* scratch, int64_t scratch_stride,
-                    int32_t* sel, cudaStream_t s);
+                    int32_t* sel, cudaStream_t s, const int64_t* pos_dev = nullptr);
 
 // The compressor over a whole chunk at once (same contract as cuda::compressor_chunk): one block per
 // completed row, then the slot state rebuilt; tmp holds 2 x state floats.
@@ -78,5 +82,17 @@ void compressor_chunk(const CompressorArgs& a, float* tmp, cudaStream_t s);
 bool route_supported(int n_expert, int k);
 void route(float* logits, const float* bias, const int32_t* tid2eid, const int32_t* tokens, int64_t n, int n_expert,
            int k, bool norm, float scale, int32_t* sel, float* weights, cudaStream_t s);
+
+// Row-parallel versions of reference ops that run a thread per row or token (fast_exact_ops.cu): bitwise
+// equal to finish_rows, indexer_qat and hc_split of ref_kernels.h (false: shape not taken).
+bool finish_rows(float* x, int64_t n_rows, int64_t row_stride, int64_t dim, int n_rot, RowKind kind, bool official,
+                 cudaStream_t s);
+bool indexer_qat(float* x, int64_t n_vec, int64_t dim, cudaStream_t s);
+bool hc_split(const float* mix, int64_t ms, const float* scale, const float* base, int n_hc, int iters, float eps,
+              float* split, int64_t n, cudaStream_t s);
+// RMS norm rows (same contract as cuda::rms_norm_rows) with a block streaming float4s; the double sum
+// is taken in another fixed order than the reference's.
+bool rms_norm_rows(const float* x, int64_t xs, const float* w, float* y, int64_t ys, int64_t n_rows, int64_t dim,
+                   float eps, cudaStream_t s);
 
 }  // namespace flashstar::cuda::fast

@@ -48,7 +48,12 @@ __device__ __forceinline__ Work work_of(const int32_t* mat_of_item, int64_t rows
 }
 
 // Short matrices split their columns over blockIdx.z parts (enough blocks to fill the card); each part
-// writes partial sums to `work` ([part][token][row]) and reduce_parts adds them in part order.
+// writes partial sums to `work` ([part][token][row]) and the last part of a row block to finish (an
+// integer ticket per row block) adds them in part order: the same sums as a separate reduction kernel,
+// one launch fewer. The tickets return to zero after each product.
+constexpr int kMaxSplitBlocks = 264;
+__device__ int g_split_tickets[kMaxSplitBlocks];
+
 struct Split {
   int parts;
   float* work;
@@ -71,6 +76,28 @@ __device__ __forceinline__ void finish(float (&acc)[kRowsPerWarp][NT], int64_t r
         else sp.work[(blockIdx.z * sp.n_tok + wk.y0 + t) * n_rows + r0 + r] = v;
       }
     }
+}
+
+// Called by every thread of a split block after finish(): the block that completes a row block last
+// sums its parts (reading them from L2, where the other blocks' fenced stores are) and resets the ticket.
+__device__ void reduce_if_last(const Split& sp, int64_t n_rows, const Work& wk, float* Y, int64_t ys) {
+  __shared__ int s_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(&g_split_tickets[blockIdx.x], 1) == sp.parts - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  constexpr int kRows = kWarps * kRowsPerWarp;
+  const int64_t rb = static_cast<int64_t>(blockIdx.x) * kRows;
+  for (int i = threadIdx.x; i < kRows * wk.nt; i += blockDim.x) {
+    const int64_t r = rb + i % kRows, t = wk.y0 + i / kRows;
+    if (r >= n_rows) continue;
+    float v = 0.0f;
+    for (int z = 0; z < sp.parts; ++z) v += __ldcg(sp.work + (z * sp.n_tok + t) * n_rows + r);
+    Y[t * ys + r] = v;
+  }
+  if (threadIdx.x == 0) g_split_tickets[blockIdx.x] = 0;
 }
 
 template <GgmlType T, int NT>
@@ -137,6 +164,7 @@ __global__ void __launch_bounds__(kThreads) mv_quant(const uint8_t* __restrict__
     __syncwarp();  // this buffer is refilled two chunks later
   }
   finish<NT>(acc, r0, n_rows, wk, Y, ys, sp);
+  if (sp.parts > 1) reduce_if_last(sp, n_rows, wk, Y, ys);
 }
 
 // Plain float types: nothing to stage, rows are read straight from global memory, 4 elements a lane.
@@ -182,15 +210,7 @@ __global__ void __launch_bounds__(kThreads) mv_float(const uint8_t* __restrict__
     }
   }
   finish<NT>(acc, r0, n_rows, wk, Y, ys, sp);
-}
-
-__global__ void reduce_parts(const float* work, int parts, int64_t n_tok, int64_t n_rows, float* Y, int64_t ys) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n_tok * n_rows) return;
-  const int64_t t = i / n_rows, r = i % n_rows;
-  float v = 0.0f;
-  for (int z = 0; z < parts; ++z) v += work[(z * n_tok + t) * n_rows + r];
-  Y[t * ys + r] = v;
+  if (sp.parts > 1) reduce_if_last(sp, n_rows, wk, Y, ys);
 }
 
 template <GgmlType T>
@@ -224,11 +244,6 @@ void launch(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int
                                                src_div, X, xs, Y, ys, n_tok, sp);
   }
   FS_CUDA_LAUNCH_CHECK();
-  if (sp.parts > 1) {
-    const int64_t total = sp.n_tok * n_rows;
-    reduce_parts<<<static_cast<unsigned>((total + 255) / 256), 256, 0, s>>>(sp.work, sp.parts, sp.n_tok, n_rows, Y, ys);
-    FS_CUDA_LAUNCH_CHECK();
-  }
 }
 
 template <GgmlType T>
@@ -282,8 +297,8 @@ bool run(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_
   // token's result never depends on how many tokens share its product.
   const int64_t blocks = (n_rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
   const int64_t max_parts = W.cols / (chunk_of(W.type) * (chunk_of(W.type) == 128 ? 2 : 1));
-  if (work && !mat && n_tok <= kMaxTok && blocks < 264 && max_parts > 1) {
-    int parts = static_cast<int>(std::min<int64_t>({max_parts, (264 + blocks - 1) / blocks, 64}));
+  if (work && !mat && n_tok <= kMaxTok && blocks < kMaxSplitBlocks && max_parts > 1) {
+    int parts = static_cast<int>(std::min<int64_t>({max_parts, (kMaxSplitBlocks + blocks - 1) / blocks, 64}));
     while (parts > 1 && parts * sp.n_tok * n_rows > work_floats) --parts;
     sp.parts = parts;
   }
@@ -298,6 +313,8 @@ void init_tables() {
   if (done) return;
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_iq2_grid, quant::kIq2xxsGrid, sizeof(g_iq2_grid)));
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_iq2_signs, quant::kIq2xsSigns, sizeof(g_iq2_signs)));
+  const int zeros[kMaxSplitBlocks] = {};
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(g_split_tickets, zeros, sizeof(zeros)));
   init_gemm_tables();
   done = true;
 }

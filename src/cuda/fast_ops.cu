@@ -1,6 +1,11 @@
-// Small ops of the fused_ops route that ran one thread per token in the reference: the MoE router
-// (sqrt-softplus probabilities, hash or biased top-k, normalised weights) with a warp per token. Same
-// math and the same tie rule (the lower expert id wins), so the choices match the reference.
+// Small ops of the fused_ops route: the MoE router (sqrt-softplus probabilities, hash or biased top-k,
+// normalised weights) with a warp per token where the reference runs a thread per token (same math and
+// the same tie rule, the lower expert id wins, so the choices match); RMS norm with a whole block
+// streaming float4s into independent double partial sums (the reference's one-value-per-iteration loop is
+// latency-bound at decode). The norm's sum has another fixed order than the reference's: both are double
+// sums of float squares, so the scale rounds to the same float almost always.
+#include <algorithm>
+
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/ref_numerics.cuh"
@@ -60,7 +65,64 @@ __global__ void route_warp_kernel(float* logits, const float* bias, const int32_
   }
 }
 
+constexpr int kNormThreads = 512;
+
+__global__ void __launch_bounds__(kNormThreads) rms_norm_vec(const float* x, int64_t xs, const float* w, float* y,
+                                                             int64_t ys, int64_t dim, float eps) {
+  __shared__ double red[kNormThreads / 32];
+  const float4* xr = reinterpret_cast<const float4*>(x + blockIdx.x * xs);
+  float4* yr = reinterpret_cast<float4*>(y + blockIdx.x * ys);
+  const int64_t n4 = dim / 4;
+  double acc[4] = {0, 0, 0, 0};
+  const int64_t nt = blockDim.x;
+  int64_t i = threadIdx.x;
+  for (; i + 3 * nt < n4; i += 4 * nt) {
+    float4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = xr[i + u * nt];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      acc[u] += static_cast<double>(v[u].x) * v[u].x + static_cast<double>(v[u].y) * v[u].y +
+                static_cast<double>(v[u].z) * v[u].z + static_cast<double>(v[u].w) * v[u].w;
+  }
+  for (; i < n4; i += nt) {
+    const float4 v = xr[i];
+    acc[0] += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y + static_cast<double>(v.z) * v.z +
+              static_cast<double>(v.w) * v.w;
+  }
+  double t = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  for (int off = 16; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = t;
+  __syncthreads();
+  double ss = 0;
+  for (int k = 0; k < static_cast<int>(nt / 32); ++k) ss += red[k];
+  const float scale = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(dim) + eps));
+  const float4* wr = reinterpret_cast<const float4*>(w);
+  for (int64_t j = threadIdx.x; j < n4; j += nt) {
+    float4 v = xr[j];
+    if (w) {
+      const float4 g = wr[j];
+      v.x = v.x * scale * g.x, v.y = v.y * scale * g.y, v.z = v.z * scale * g.z, v.w = v.w * scale * g.w;
+    } else {
+      v.x *= scale, v.y *= scale, v.z *= scale, v.w *= scale;
+    }
+    yr[j] = v;
+  }
+}
+
 }  // namespace
+
+bool rms_norm_rows(const float* x, int64_t xs, const float* w, float* y, int64_t ys, int64_t n_rows, int64_t dim,
+                   float eps, cudaStream_t s) {
+  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (dim % 4 || xs % 4 || ys % 4 || !al(x) || !al(y) || (w && !al(w)) || n_rows > 0x7fffffff) return false;
+  if (n_rows <= 0) return true;
+  // a thread per float4 of the row, up to kNormThreads (the sum order depends on the row width alone)
+  const int threads = static_cast<int>(std::min<int64_t>(kNormThreads, std::max<int64_t>(32, (dim / 4 + 31) / 32 * 32)));
+  rms_norm_vec<<<static_cast<unsigned>(n_rows), threads, 0, s>>>(x, xs, w, y, ys, dim, eps);
+  FS_CUDA_LAUNCH_CHECK();
+  return true;
+}
 
 bool route_supported(int n_expert, int k) { return n_expert <= 32 * kMaxPerLane && k <= n_expert; }
 

@@ -43,9 +43,10 @@ void hc_head(const float* X, const float* pre_mix, const float* scale, const flo
              float eps, float* z, int64_t n, cudaStream_t s);
 
 // Rotary embedding of the tail n_rot dims of each head: rows r < n_rows hold n_heads heads of head_dim
-// at stride head_dim; row r is at position pos0 + r * pos_step.
+// at stride head_dim; row r is at position pos0 + r * pos_step. pos_dev (when set) holds pos0 in device
+// memory instead, so a captured CUDA graph replays at any position (likewise in the argument structs).
 void rope(float* x, int64_t n_rows, int64_t row_stride, int n_heads, int64_t head_dim, int n_rot, const double* freq,
-          int64_t pos0, int64_t pos_step, bool inverse, cudaStream_t s);
+          int64_t pos0, int64_t pos_step, bool inverse, cudaStream_t s, const int64_t* pos_dev = nullptr);
 
 enum class RowKind { Attention, Indexer };
 // Official numerics of cached rows: FP8 of the non-rope dims (attention) or Hadamard + FP4 (indexer),
@@ -69,6 +70,7 @@ struct CompressorArgs {
   float eps;
   RowKind kind;
   bool official;
+  const int64_t* pos_dev = nullptr;  // pos0 in device memory (read instead of pos0 when set)
 };
 // Feeds the chunk's tokens through the compressor in order (one block, sequential over tokens).
 void compressor_chunk(const CompressorArgs& a, cudaStream_t s);
@@ -90,6 +92,8 @@ struct AttentionArgs {
   float* out;             // [n][n_head * head_dim]
   int64_t pos0, n;
   int n_head, head_dim, n_swa, ratio;
+  const int64_t* pos_dev = nullptr;  // when set: pos0 = *pos_dev and hist_pos0 = pos0 - hist_lag
+  int64_t hist_lag = 0;
 };
 // scratch: max_rows floats per (query, head).
 void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s);

@@ -118,7 +118,8 @@ __global__ void hc_head_kernel(const float* X, const float* pre_mix, const float
 }
 
 __global__ void rope_kernel(float* x, int64_t n_rows, int64_t row_stride, int n_heads, int64_t head_dim, int n_rot,
-                            const double* freq, int64_t pos0, int64_t pos_step, bool inverse) {
+                            const double* freq, int64_t pos0, int64_t pos_step, bool inverse, const int64_t* pos_dev) {
+  if (pos_dev) pos0 = *pos_dev;
   const int half = n_rot / 2;
   const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (k >= n_rows * n_heads * half) return;
@@ -151,6 +152,7 @@ __global__ void indexer_qat_kernel(float* x, int64_t n_vec, int64_t dim) {
 
 // One block walks the chunk in token order: store into the frontier, pool when a window closes.
 __global__ void compressor_kernel(CompressorArgs a) {
+  if (a.pos_dev) a.pos0 = *a.pos_dev;
   extern __shared__ float row[];  // dim floats
   __shared__ double red[33];
   const int r = a.ratio, W = a.width, dim = a.dim;
@@ -410,11 +412,11 @@ void hc_head(const float* X, const float* pre_mix, const float* scale, const flo
 }
 
 void rope(float* x, int64_t n_rows, int64_t row_stride, int n_heads, int64_t head_dim, int n_rot, const double* freq,
-          int64_t pos0, int64_t pos_step, bool inverse, cudaStream_t s) {
+          int64_t pos0, int64_t pos_step, bool inverse, cudaStream_t s, const int64_t* pos_dev) {
   const int64_t total = n_rows * n_heads * (n_rot / 2);
   if (total <= 0) return;
   rope_kernel<<<blocks_for(total, 256), 256, 0, s>>>(x, n_rows, row_stride, n_heads, head_dim, n_rot, freq, pos0,
-                                                      pos_step, inverse);
+                                                      pos_step, inverse, pos_dev);
   FS_CUDA_LAUNCH_CHECK();
 }
 

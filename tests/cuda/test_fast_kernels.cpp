@@ -232,8 +232,17 @@ TEST_F(FastKernels, FastKernelsAreDeterministic) {
 TEST_F(FastKernels, SinkAttentionMatchesReference) {
   // The model's shape: 64 heads of 512 over a window of 128 raw rows plus compressed rows.
   const int n_head = 64, hd = 512, n_swa = 128, top_k = 512;
-  for (int ratio : {0, 4, 128}) {
-    const int64_t pos0 = ratio == 4 ? 2500 : 9000, n = ratio == 4 ? 37 : 70, n_old = 127;
+  // prefill-sized query counts (tensor-core tiles) and decode-sized ones (CUDA-core kernels, with and
+  // without the row split)
+  struct Case {
+    int ratio;
+    int64_t n;
+    bool split;
+  };
+  for (const Case& cs : {Case{0, 70, false}, Case{4, 37, false}, Case{128, 70, false}, Case{0, 1, true},
+                         Case{4, 1, true}, Case{4, 5, false}, Case{128, 3, true}, Case{4, 8, true}}) {
+    const int ratio = cs.ratio;
+    const int64_t pos0 = ratio == 4 ? 2500 : 9000, n = cs.n, n_old = 127;
     const int64_t n_comp = ratio ? (pos0 + n) / ratio : 0;
     const auto q = randn(static_cast<size_t>(n * n_head * hd));
     const auto hist = randn(static_cast<size_t>((n_old + n) * hd), 0.5f);
@@ -252,7 +261,8 @@ TEST_F(FastKernels, SinkAttentionMatchesReference) {
     auto dq = up(q), dh = up(hist), dc = up(comp), ds = up(sinks);
     auto dsel = up(sel);
     const int64_t max_rows = n_swa + std::max<int64_t>(top_k, n_comp);
-    auto scratch = poisoned<float>(static_cast<size_t>(n * n_head * max_rows));
+    const int64_t scratch_floats = n * n_head * max_rows + (cs.split ? 16 * n * n_head * hd : 0);
+    auto scratch = poisoned<float>(static_cast<size_t>(scratch_floats));
     cuda::AttentionArgs a;
     a.q = dq.get(), a.hist = dh.get(), a.hist_pos0 = pos0 - n_old, a.comp = dc.get();
     a.sel = ratio == 4 ? dsel.get() : nullptr, a.top_k = top_k, a.sinks = ds.get();
@@ -263,9 +273,9 @@ TEST_F(FastKernels, SinkAttentionMatchesReference) {
     cuda::sink_attention(a, scratch.get(), max_rows, nullptr);
     ASSERT_TRUE(cuda::fast::attention_supported(a));
     a.out = got.get();
-    cuda::fast::sink_attention(a, scratch.get(), max_rows, nullptr);
+    cuda::fast::sink_attention(a, scratch.get(), max_rows, nullptr, scratch_floats);
     const double e = rel_err(down(got), down(ref));
-    std::printf("attention ratio %3d, %lld queries: rel err %.2e\n", ratio, (long long)n, e);
+    std::printf("attention ratio %3d, %lld queries%s: rel err %.2e\n", ratio, (long long)n, cs.split ? " (split)" : "", e);
     EXPECT_LT(e, 2e-5) << "ratio " << ratio;
   }
 }
@@ -331,9 +341,9 @@ TEST_F(FastKernels, ParallelCompressorMatchesSequentialReference) {
   auto dfreq = up(freq);
   for (int ratio : {4, 16, 128})
     for (bool official : {false, true})
-      for (int64_t pos0 : {int64_t(0), int64_t(3 * ratio + ratio / 2 + 1)}) {
+      for (int64_t pos0 : {int64_t(0), int64_t(3 * ratio + ratio / 2 + 1), int64_t(3 * ratio - 1)}) {
         const int dim = ratio == 4 ? 128 : 512, W = ratio == 4 ? 2 * dim : dim, rows = ratio == 4 ? 8 : ratio;
-        const int64_t n = 5 * ratio + 3;
+        const int64_t n = pos0 == 3 * ratio - 1 ? 1 : 5 * ratio + 3;  // the last: one decode token closing a row
         const auto kv = randn(static_cast<size_t>(n * W)), gate = randn(static_cast<size_t>(n * W));
         const auto ape = randn(static_cast<size_t>(ratio * W), 0.5f);
         auto norm = randn(dim, 0.1f);

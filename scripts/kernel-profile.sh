@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Per-kernel GPU time of the decode step (Nsight Compute, one metric: gpu__time_duration), on a
+# full-dimension synthetic q2 model with few layers: kernels of (prefill P + D decode steps) minus those
+# of (prefill P alone), grouped by kernel name. Prints a table of the top kernels per decode token.
+set -uo pipefail
+BIN=${BIN:-.gpubin}
+FS=$BIN/flashstar
+LAYERS=${LAYERS:-4}
+P=${P:-4096}
+D=${D:-8}
+W=${WORK:-/dev/shm/fs-kprof}
+O=${OUT:-$W}
+mkdir -p "$W" "$O"
+export LD_LIBRARY_PATH="$PWD/.gpulib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+M=${MODEL:-$W/flash.gguf}
+[ -f "$M" ] || $FS synth --preset flash --layers $LAYERS --recipe q2 --seed 1 -o "$M" > /dev/null 2>&1
+python3 -c "
+import json, random; random.seed(4)
+t=[random.randrange(129280) for _ in range($P + $D)]
+json.dump({'tokens': t[:$P]}, open('$W/p.json', 'w')); json.dump({'tokens': t}, open('$W/pd.json', 'w'))"
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+for k in p pd; do
+  extra=(); [ $k = pd ] && extra=(--decode-from $P)
+  $NCU --clock-control none --metrics gpu__time_duration.sum --csv --print-units base --kernel-name-base function \
+    --log-file "$O/ncu-$k.csv" $FS logits -m "$M" --tokens "$W/$k.json" -o "$W/l.f32" --last-only --backend cuda \
+    ${ROUTE_ARGS:-} "${extra[@]}" > "$O/ncu-$k.log" 2>&1 || { echo "ncu $k failed"; tail -5 "$O/ncu-$k.log"; }
+done
+python3 - "$O/ncu-p.csv" "$O/ncu-pd.csv" "$D" <<'PY'
+import csv, sys, collections
+def load(path):
+    rows = [l for l in open(path) if l.startswith('"')]
+    agg = collections.defaultdict(lambda: [0, 0.0, ''])
+    for r in csv.DictReader(rows):
+        if r.get('Metric Name') != 'gpu__time_duration.sum': continue
+        a = agg[r['Kernel Name']]; a[0] += 1; a[1] += float(r["Metric Value"].replace(",", "")) / 1e3; a[2] = r['Grid Size'] + ' x ' + r['Block Size']
+    return agg
+p, pd, d = load(sys.argv[1]), load(sys.argv[2]), int(sys.argv[3])
+rows = []
+for k, (n, t, g) in pd.items():
+    n0, t0, _ = p.get(k, [0, 0.0, ''])
+    if n - n0 > 0: rows.append(((t - t0) / d, (n - n0) / d, k, g))
+rows.sort(reverse=True)
+tot = sum(r[0] for r in rows); launches = sum(r[1] for r in rows)
+print(f'decode per token: {tot:.1f} us of kernel time in {launches:.0f} launches')
+print(f'{"us/token":>9} {"launches":>8} {"us each":>8}  kernel (last grid x block)')
+for t, n, k, g in rows[:30]: print(f'{t:9.1f} {n:8.1f} {t/n:8.2f}  {k[:70]} ({g})')
+PY

@@ -1,0 +1,93 @@
+// The fused_ops route's row-parallel small ops against their reference kernels: the FP8/FP4 row
+// simulations, the indexer query rounding and the hyper-connection split must be bitwise equal (same
+// operations on the same values); the block-parallel RMS norm sums in another order (fp64), so within
+// 1e-6. Fresh random data, odd row counts, strided rows, outputs poisoned or shared with the input.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "cuda/fast_kernels.h"
+#include "cuda_test_fixture.h"
+
+using namespace flashstar;
+
+namespace {
+
+class FastSmallOps : public cuda_test::CudaKernelTest {};
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+TEST_F(FastSmallOps, FinishRowsBitwiseEqualsReference) {
+  // attention rows (512 = 448 FP8 + 64 rope values) and indexer rows (128, Hadamard + FP4), strided,
+  // with values spread over many binades so scale blocks differ
+  for (auto kind : {cuda::RowKind::Attention, cuda::RowKind::Indexer}) {
+    const int64_t dim = kind == cuda::RowKind::Attention ? 512 : 128, stride = dim + 36;
+    for (int64_t n : {1, 7, 333}) {
+      auto x = randn(static_cast<size_t>(n * stride));
+      for (size_t i = 0; i < x.size(); ++i) x[i] *= std::ldexp(1.0f, static_cast<int>(i % 23) - 11);
+      auto a = up(x), b = up(x);
+      cuda::finish_rows(a.get(), n, stride, dim, 64, kind, true, nullptr);
+      ASSERT_TRUE(cuda::fast::finish_rows(b.get(), n, stride, dim, 64, kind, true, nullptr));
+      EXPECT_TRUE(bitwise_equal(down(a), down(b))) << "kind " << int(kind) << " rows " << n;
+    }
+  }
+  cuda::DeviceArray<float> d(4);
+  EXPECT_FALSE(cuda::fast::finish_rows(d.get(), 1, 96, 96, 0, cuda::RowKind::Indexer, true, nullptr));  // not 2^k
+}
+
+TEST_F(FastSmallOps, IndexerQatBitwiseEqualsReference) {
+  for (int64_t n : {1, 64, 64 * 37 + 5}) {
+    auto x = randn(static_cast<size_t>(n * 128), 3.0f);
+    auto a = up(x), b = up(x);
+    cuda::indexer_qat(a.get(), n, 128, nullptr);
+    ASSERT_TRUE(cuda::fast::indexer_qat(b.get(), n, 128, nullptr));
+    EXPECT_TRUE(bitwise_equal(down(a), down(b))) << "vectors " << n;
+  }
+}
+
+TEST_F(FastSmallOps, HcSplitBitwiseEqualsReference) {
+  const int n_hc = 4, iters = 20;
+  const int64_t mixn = 2 * n_hc + n_hc * n_hc + 3;  // a wider row stride than the split needs
+  for (int64_t n : {1, 5, 200}) {
+    auto dmix = up(randn(static_cast<size_t>(n * mixn), 2.0f));
+    auto dsc = up(randn(3, 0.5f)), dbase = up(randn(static_cast<size_t>(2 * n_hc + n_hc * n_hc)));
+    const size_t out_n = static_cast<size_t>(n * (2 * n_hc + n_hc * n_hc));
+    auto ref = poisoned<float>(out_n), got = poisoned<float>(out_n);
+    cuda::hc_split(dmix.get(), mixn, dsc.get(), dbase.get(), n_hc, iters, 1e-6f, ref.get(), n, nullptr);
+    ASSERT_TRUE(cuda::fast::hc_split(dmix.get(), mixn, dsc.get(), dbase.get(), n_hc, iters, 1e-6f, got.get(), n, nullptr));
+    EXPECT_TRUE(bitwise_equal(down(ref), down(got))) << "tokens " << n;
+  }
+}
+
+TEST_F(FastSmallOps, RmsNormMatchesReference) {
+  for (int64_t dim : {512, 1024, 4096, 16384, 4100}) {
+    for (int64_t n : {1, 3, 129}) {
+      const int64_t xs = dim + 8;
+      auto x = randn(static_cast<size_t>(n * xs), 3.0f);
+      auto w = randn(static_cast<size_t>(dim));
+      auto dx = up(x), dw = up(w);
+      auto ref = poisoned<float>(static_cast<size_t>(n * dim)), got = poisoned<float>(static_cast<size_t>(n * dim));
+      for (bool weighted : {true, false}) {
+        cuda::rms_norm_rows(dx.get(), xs, weighted ? dw.get() : nullptr, ref.get(), dim, n, dim, 1e-6f, nullptr);
+        ASSERT_TRUE(cuda::fast::rms_norm_rows(dx.get(), xs, weighted ? dw.get() : nullptr, got.get(), dim, n, dim, 1e-6f,
+                                              nullptr));
+        EXPECT_LT(rel_err(down(got), down(ref)), 1e-6) << "dim " << dim << " rows " << n;
+      }
+      // in place, as the session normalises q and kv rows
+      auto inplace = up(x);
+      ASSERT_TRUE(cuda::fast::rms_norm_rows(inplace.get(), xs, dw.get(), inplace.get(), xs, n, dim, 1e-6f, nullptr));
+      cuda::rms_norm_rows(dx.get(), xs, dw.get(), ref.get(), dim, n, dim, 1e-6f, nullptr);
+      const auto ip = down(inplace), r = down(ref);
+      std::vector<float> packed(static_cast<size_t>(n * dim));
+      for (int64_t t = 0; t < n; ++t) std::memcpy(&packed[t * dim], &ip[t * xs], dim * sizeof(float));
+      EXPECT_LT(rel_err(packed, r), 1e-6) << "in place, dim " << dim;
+    }
+  }
+  cuda::DeviceArray<float> d(8);
+  EXPECT_FALSE(cuda::fast::rms_norm_rows(d.get(), 6, nullptr, d.get(), 6, 1, 6, 1e-6f, nullptr));  // not float4 rows
+}
