@@ -50,7 +50,8 @@ __device__ __forceinline__ Work work_of(const int32_t* mat_of_item, int64_t rows
 // Short matrices split their columns over blockIdx.z parts (enough blocks to fill the card); each part
 // writes partial sums to `work` ([part][token][row]) and the last part of a row block to finish (an
 // integer ticket per row block) adds them in part order: the same sums as a separate reduction kernel,
-// one launch fewer. The tickets return to zero after each product.
+// one launch fewer. The tickets return to zero after each product; they are shared by the process, so
+// split products must not run on two streams at once (a session runs one stream; the server one session).
 constexpr int kMaxSplitBlocks = 264;
 __device__ int g_split_tickets[kMaxSplitBlocks];
 
