@@ -5,6 +5,8 @@
 # (scripts/drift-gate.sh) and a short `flashstar bench`; with FULL=1 also the reference path on a
 # full-dimension synthetic model against the CPU. A short table last.
 # The build is carried from the dev machine (build-cuda) or made here with cmake + ninja.
+# Time on an H200: about 4 minutes with GATE=0, 12 with the gate (its CPU floor of 8k tokens alone takes
+# about 4): under a 10-minute limit, run GATE=0 and then scripts/drift-gate.sh as two commands.
 set -uo pipefail
 BUILD=${BUILD:-build-cuda}
 FS=$BUILD/flashstar
