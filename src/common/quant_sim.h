@@ -49,15 +49,23 @@ FS_HD float e2m1_round(float v) {
   return signbit(v) ? -mags[best] : mags[best];
 }
 
+// One scale block of the FP8 and FP4 round trips: the scale from the block's largest magnitude, then
+// each value. The serial row functions below and the CUDA row-parallel kernels share these.
+FS_HD float fp8_block_scale(float amax) { return pow2_ceil(fmaxf(amax, 1e-4f) / 448.0f); }
+FS_HD float fp8_roundtrip(float v, float scale) { return e4m3_round(fminf(fmaxf(v / scale, -448.0f), 448.0f)) * scale; }
+FS_HD float fp4_block_scale(float amax) { return pow2_ceil(fmaxf(amax, 7.052966104933725e-38f) / 6.0f); }
+FS_HD float fp4_roundtrip(float v, float scale) { return e2m1_round(fminf(fmaxf(v / scale, -6.0f), 6.0f)) * scale; }
+// The factor after the unnormalised Hadamard butterflies of n values.
+FS_HD float hadamard_scale(int64_t n) { return static_cast<float>(1.0 / sqrt(static_cast<double>(n))); }
+
 // FP8 round trip in blocks: scale = 2^ceil(log2(max(amax, 1e-4) / 448)).
 FS_HD void fp8_e4m3_roundtrip_blocks(float* x, int64_t n, int64_t block) {
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t b1 = b0 + block < n ? b0 + block : n;
     float amax = 0;
     for (int64_t i = b0; i < b1; ++i) amax = fmaxf(amax, fabsf(x[i]));
-    amax = fmaxf(amax, 1e-4f);
-    const float scale = pow2_ceil(amax / 448.0f);
-    for (int64_t i = b0; i < b1; ++i) x[i] = e4m3_round(fminf(fmaxf(x[i] / scale, -448.0f), 448.0f)) * scale;
+    const float scale = fp8_block_scale(amax);
+    for (int64_t i = b0; i < b1; ++i) x[i] = fp8_roundtrip(x[i], scale);
   }
 }
 
@@ -70,7 +78,7 @@ FS_HD void hadamard_inplace(float* x, int64_t n) {
         x[j] = a + b;
         x[j + h] = a - b;
       }
-  const float s = static_cast<float>(1.0 / sqrt(static_cast<double>(n)));
+  const float s = hadamard_scale(n);
   for (int64_t i = 0; i < n; ++i) x[i] *= s;
 }
 
@@ -81,9 +89,8 @@ FS_HD void indexer_qat_row(float* x, int64_t n) {
     const int64_t b1 = b0 + 32 < n ? b0 + 32 : n;
     float amax = 0;
     for (int64_t i = b0; i < b1; ++i) amax = fmaxf(amax, fabsf(x[i]));
-    amax = fmaxf(amax, 7.052966104933725e-38f);
-    const float scale = pow2_ceil(amax / 6.0f);
-    for (int64_t i = b0; i < b1; ++i) x[i] = e2m1_round(fminf(fmaxf(x[i] / scale, -6.0f), 6.0f)) * scale;
+    const float scale = fp4_block_scale(amax);
+    for (int64_t i = b0; i < b1; ++i) x[i] = fp4_roundtrip(x[i], scale);
   }
 }
 

@@ -36,10 +36,8 @@ __device__ float block_amax(const float* x, int64_t b0, int64_t b1, float* red) 
 __device__ void fp8_blocks_par(float* x, int64_t n, int64_t block, float* red) {
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t b1 = b0 + block < n ? b0 + block : n;
-    const float amax = fmaxf(block_amax(x, b0, b1, red), 1e-4f);
-    const float scale = pow2_ceil(amax / 448.0f);
-    for (int64_t i = b0 + threadIdx.x; i < b1; i += blockDim.x)
-      x[i] = e4m3_round(fminf(fmaxf(x[i] / scale, -448.0f), 448.0f)) * scale;
+    const float scale = fp8_block_scale(block_amax(x, b0, b1, red));
+    for (int64_t i = b0 + threadIdx.x; i < b1; i += blockDim.x) x[i] = fp8_roundtrip(x[i], scale);
     __syncthreads();
   }
 }
@@ -55,15 +53,13 @@ __device__ void indexer_qat_par(float* x, int64_t n, float* red) {
     }
     __syncthreads();
   }
-  const float s = static_cast<float>(1.0 / sqrt(static_cast<double>(n)));
+  const float s = hadamard_scale(n);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
   __syncthreads();
   for (int64_t b0 = 0; b0 < n; b0 += 32) {
     const int64_t b1 = b0 + 32 < n ? b0 + 32 : n;
-    const float amax = fmaxf(block_amax(x, b0, b1, red), 7.052966104933725e-38f);
-    const float scale = pow2_ceil(amax / 6.0f);
-    for (int64_t i = b0 + threadIdx.x; i < b1; i += blockDim.x)
-      x[i] = e2m1_round(fminf(fmaxf(x[i] / scale, -6.0f), 6.0f)) * scale;
+    const float scale = fp4_block_scale(block_amax(x, b0, b1, red));
+    for (int64_t i = b0 + threadIdx.x; i < b1; i += blockDim.x) x[i] = fp4_roundtrip(x[i], scale);
     __syncthreads();
   }
 }
@@ -102,8 +98,8 @@ __global__ void hc_split_lanes4(const float* mix, int64_t ms, const float* scale
   const int64_t tc = valid ? t : n_tok - 1;  // every lane takes part in the shuffles
   const float* m = mix + tc * ms;
   float* out = split + tc * (2 * N + N * N);
-  if (valid && sub < N) out[sub] = d_sigmoid(m[sub] * scale[0] + base[sub]) + eps;
-  if (valid && sub >= N && sub < 2 * N) out[sub] = 2.0f * d_sigmoid(m[sub] * scale[1] + base[sub]);
+  if (valid && sub < N) out[sub] = d_hc_pre(m[sub], scale[0], base[sub], eps);
+  if (valid && sub >= N && sub < 2 * N) out[sub] = d_hc_post(m[sub], scale[1], base[sub]);
   auto at = [&](float v, int aa, int bb) { return __shfl_sync(0xffffffffu, v, g + aa * N + bb); };
   float v = m[2 * N + a * N + b] * scale[2] + base[2 * N + a * N + b];
   float mx = -INFINITY;

@@ -19,6 +19,11 @@ __device__ __forceinline__ float d_softplus(float x) {
   return log1pf(expf(x));
 }
 __device__ __forceinline__ float d_silu(float x) { return x * d_sigmoid(x); }
+// Hyper-connection gates of one stream from its mixer logit m: mixing in (pre) and mixing out (post).
+__device__ __forceinline__ float d_hc_pre(float m, float scale, float base, float eps) {
+  return d_sigmoid(m * scale + base) + eps;
+}
+__device__ __forceinline__ float d_hc_post(float m, float scale, float base) { return 2.0f * d_sigmoid(m * scale + base); }
 
 // Row transforms of the official numerics, run by one thread (src/common/quant_sim.h).
 __device__ inline void d_fp8_blocks(float* x, int64_t n, int64_t block) { fp8_e4m3_roundtrip_blocks(x, n, block); }

@@ -46,8 +46,8 @@ __global__ void hc_split_kernel(const float* mix, int64_t ms, const float* scale
   const float* m = mix + t * ms;
   float* out = split + t * (2 * n + n * n);
   for (int i = 0; i < n; ++i) {
-    out[i] = d_sigmoid(m[i] * scale[0] + base[i]) + eps;
-    out[n + i] = 2.0f * d_sigmoid(m[n + i] * scale[1] + base[n + i]);
+    out[i] = d_hc_pre(m[i], scale[0], base[i], eps);
+    out[n + i] = d_hc_post(m[n + i], scale[1], base[n + i]);
   }
   float* M = out + 2 * n;
   for (int a = 0; a < n; ++a) {
@@ -111,7 +111,7 @@ __global__ void hc_head_kernel(const float* X, const float* pre_mix, const float
   const int64_t t = k / d, i = k % d;
   float acc = 0;
   for (int h = 0; h < n; ++h) {
-    const float w = d_sigmoid(pre_mix[t * n + h] * scale[0] + base[h]) + eps;
+    const float w = d_hc_pre(pre_mix[t * n + h], scale[0], base[h], eps);
     acc += w * X[(t * n + h) * d + i];
   }
   z[k] = acc;
