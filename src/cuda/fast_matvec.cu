@@ -14,6 +14,7 @@ namespace flashstar::cuda::fast {
 namespace {
 
 constexpr int kWarps = 4, kRowsPerWarp = 4, kThreads = kWarps * 32, kMaxTok = 8;
+constexpr int kGroups = 2;  // row groups of four per warp in the quantized kernels
 
 __device__ uint64_t g_iq2_grid[256];
 __device__ uint8_t g_iq2_signs[128];
@@ -81,7 +82,7 @@ __device__ __forceinline__ void finish(float (&acc)[kRowsPerWarp][NT], int64_t r
 
 // Called by every thread of a split block after finish(): the block that completes a row block last
 // sums its parts (reading them from L2, where the other blocks' fenced stores are) and resets the ticket.
-__device__ void reduce_if_last(const Split& sp, int64_t n_rows, const Work& wk, float* Y, int64_t ys) {
+__device__ void reduce_if_last(const Split& sp, int64_t n_rows, const Work& wk, float* Y, int64_t ys, int kRows) {
   __shared__ int s_last;
   __threadfence();
   __syncthreads();
@@ -89,7 +90,6 @@ __device__ void reduce_if_last(const Split& sp, int64_t n_rows, const Work& wk, 
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  constexpr int kRows = kWarps * kRowsPerWarp;
   const int64_t rb = static_cast<int64_t>(blockIdx.x) * kRows;
   for (int i = threadIdx.x; i < kRows * wk.nt; i += blockDim.x) {
     const int64_t r = rb + i % kRows, t = wk.y0 + i / kRows;
@@ -101,6 +101,53 @@ __device__ void reduce_if_last(const Split& sp, int64_t n_rows, const Work& wk, 
   if (threadIdx.x == 0) g_split_tickets[blockIdx.x] = 0;
 }
 
+// Decode steps of 8 weights sharing one scale (Q8_0: a quarter block; IQ2_XXS: one grid entry): the scale
+// multiplies the 8-term sum once, and the integers become floats through their mantissa.
+template <int NT>
+__device__ __forceinline__ void q8_0_step8(const uint8_t* blk, int j, const float4 (&xa)[NT], const float4 (&xb)[NT],
+                                           float (&acc)[NT]) {
+  const float d = h2f(lds_u16(blk));
+  const uint32_t q0 = lds_u32_2(blk + 2 + j) ^ 0x80808080u, q1 = lds_u32_2(blk + 6 + j) ^ 0x80808080u;
+  float w[8];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    w[k] = __int_as_float(__byte_perm(q0, 0x4B00u, 0x5440u + k)) - 8388736.0f;
+    w[4 + k] = __int_as_float(__byte_perm(q1, 0x4B00u, 0x5440u + k)) - 8388736.0f;
+  }
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float s = w[0] * xa[t].x + w[1] * xa[t].y + w[2] * xa[t].z + w[3] * xa[t].w + w[4] * xb[t].x +
+                    w[5] * xb[t].y + w[6] * xb[t].z + w[7] * xb[t].w;
+    acc[t] = fmaf(d, s, acc[t]);
+  }
+}
+template <int NT>
+__device__ __forceinline__ void iq2_xxs_step8(const uint8_t* sb, int e, const Iq2Tables* tab, const float4 (&xa)[NT],
+                                              const float4 (&xb)[NT], float (&acc)[NT]) {
+  const int g = e >> 5, k = (e & 31) >> 3;  // sub-block of 32, grid entry of 8 within it
+  const uint32_t a = lds_u32_2(sb + 2 + 8 * g), sg = lds_u32_2(sb + 6 + 8 * g);
+  const float db = h2f(lds_u16(sb)) * (0.5f + u2f(sg >> 28)) * 0.25f;
+  const uint64_t grid = tab->grid[(a >> (8 * k)) & 255];
+  const uint32_t signs = tab->signs[(sg >> (7 * k)) & 127];
+  const uint32_t lo = static_cast<uint32_t>(grid), hi = static_cast<uint32_t>(grid >> 32);
+  float w[8];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    w[i] = byte_u(lo, i), w[4 + i] = byte_u(hi, i);
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) w[i] = (signs >> i) & 1 ? -w[i] : w[i];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float s = w[0] * xa[t].x + w[1] * xa[t].y + w[2] * xa[t].z + w[3] * xa[t].w + w[4] * xb[t].x +
+                    w[5] * xb[t].y + w[6] * xb[t].z + w[7] * xb[t].w;
+    acc[t] = fmaf(db, s, acc[t]);
+  }
+}
+
+// A warp owns kGroups groups of four rows and streams (group, chunk) steps back to back through two
+// staging buffers: the next step's copy is in flight while this one is computed, also across groups
+// (rows of one chunk, as in attn_q_b, otherwise load and then compute with nothing overlapping).
 template <GgmlType T, int NT>
 __global__ void __launch_bounds__(kThreads) mv_quant(const uint8_t* __restrict__ W, size_t row_bytes, int cols,
                                                       int64_t n_rows, int64_t row0, const int32_t* mat_of_item,
@@ -120,52 +167,80 @@ __global__ void __launch_bounds__(kThreads) mv_quant(const uint8_t* __restrict__
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const Work wk = work_of(mat_of_item, rows_per_mat, src_div, row0, n_tok);
-  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
+  const int64_t rbase = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRowsPerWarp * kGroups;
   uint8_t* buf = bufs + static_cast<size_t>(warp) * 2 * kRowsPerWarp * kChunkBytes;
-  const uint8_t* rows[kRowsPerWarp];
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r)
-    rows[r] = W + static_cast<size_t>(wk.wbase + (r0 + r < n_rows ? r0 + r : n_rows - 1)) * row_bytes;
-
-  auto stage = [&](int c, int b) {
+  const uint8_t* wmat = W + static_cast<size_t>(wk.wbase) * row_bytes;
+  const int all_chunks = cols / Q::kChunk, per = (all_chunks + sp.parts - 1) / sp.parts;
+  const int c_begin = blockIdx.z * per, nc = min(all_chunks, c_begin + per) - c_begin;
+  const int64_t groups_left = rbase >= n_rows ? 0 : (n_rows - rbase + kRowsPerWarp - 1) / kRowsPerWarp;
+  const int ng = static_cast<int>(groups_left < kGroups ? groups_left : kGroups);
+  const int steps = nc > 0 ? ng * nc : 0;
+  auto stage = [&](int it) {
+    const int64_t gr = rbase + (it / nc) * kRowsPerWarp;
+    const size_t coff = static_cast<size_t>(c_begin + it % nc) * kChunkBytes;
+    uint8_t* dst = buf + (it & 1) * kRowsPerWarp * kChunkBytes;
     for (int v = lane; v < kRowsPerWarp * kVec; v += 32) {
       const int r = v / kVec, o = (v % kVec) * 16;
-      cp_async16(buf + (b * kRowsPerWarp + r) * kChunkBytes + o, rows[r] + static_cast<size_t>(c) * kChunkBytes + o);
+      const int64_t row = gr + r < n_rows ? gr + r : n_rows - 1;
+      cp_async16(dst + r * kChunkBytes + o, wmat + static_cast<size_t>(row) * row_bytes + coff + o);
     }
     cp_async_commit();
   };
   float acc[kRowsPerWarp][NT] = {};
-  const int all_chunks = cols / Q::kChunk, per = (all_chunks + sp.parts - 1) / sp.parts;
-  const int c_begin = blockIdx.z * per, n_chunks = min(all_chunks, c_begin + per);
-  if (c_begin < n_chunks) stage(c_begin, c_begin & 1);
-  for (int c = c_begin; c < n_chunks; ++c) {
-    if (c + 1 < n_chunks) {
-      stage(c + 1, (c + 1) & 1);
+  if (steps > 0) stage(0);
+  for (int it = 0; it < steps; ++it) {
+    if (it + 1 < steps) {
+      stage(it + 1);
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncwarp();
-    const uint8_t* cb = buf + (c & 1) * kRowsPerWarp * kChunkBytes;
+    const int c = c_begin + it % nc;
+    const uint8_t* cb = buf + (it & 1) * kRowsPerWarp * kChunkBytes;
+    const float* xc = X + wk.x0 * xs + static_cast<int64_t>(c) * Q::kChunk;
+    if constexpr (T == GgmlType::Q8_0 || T == GgmlType::IQ2_XXS) {
 #pragma unroll 2
-    for (int e = 4 * lane; e < Q::kChunk; e += 128) {
-      float4 x[NT];
+      for (int e = 8 * lane; e < Q::kChunk; e += 256) {
+        float4 xa[NT], xb[NT];
 #pragma unroll
-      for (int t = 0; t < NT; ++t)
-        x[t] = t < wk.nt ? __ldg(reinterpret_cast<const float4*>(X + (wk.x0 + t) * xs + c * Q::kChunk + e))
-                         : make_float4(0, 0, 0, 0);
+        for (int t = 0; t < NT; ++t) {
+          const bool on = t < wk.nt;
+          xa[t] = on ? __ldg(reinterpret_cast<const float4*>(xc + t * xs + e)) : make_float4(0, 0, 0, 0);
+          xb[t] = on ? __ldg(reinterpret_cast<const float4*>(xc + t * xs + e + 4)) : make_float4(0, 0, 0, 0);
+        }
 #pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        float w[4];
-        dq4<T>(cb + r * kChunkBytes, e, w, tab);
+        for (int r = 0; r < kRowsPerWarp; ++r) {
+          if constexpr (T == GgmlType::Q8_0) q8_0_step8<NT>(cb + r * kChunkBytes + (e >> 5) * 34, e & 31, xa, xb, acc[r]);
+          else iq2_xxs_step8<NT>(cb + r * kChunkBytes + (e >> 8) * 66, e & 255, tab, xa, xb, acc[r]);
+        }
+      }
+    } else {
+#pragma unroll 2
+      for (int e = 4 * lane; e < Q::kChunk; e += 128) {
+        float4 x[NT];
 #pragma unroll
-        for (int t = 0; t < NT; ++t) acc[r][t] += w[0] * x[t].x + w[1] * x[t].y + w[2] * x[t].z + w[3] * x[t].w;
+        for (int t = 0; t < NT; ++t)
+          x[t] = t < wk.nt ? __ldg(reinterpret_cast<const float4*>(xc + t * xs + e)) : make_float4(0, 0, 0, 0);
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) {
+          float w[4];
+          dq4<T>(cb + r * kChunkBytes, e, w, tab);
+#pragma unroll
+          for (int t = 0; t < NT; ++t) acc[r][t] += w[0] * x[t].x + w[1] * x[t].y + w[2] * x[t].z + w[3] * x[t].w;
+        }
       }
     }
-    __syncwarp();  // this buffer is refilled two chunks later
+    __syncwarp();  // this buffer is refilled two steps later
+    if (it % nc == nc - 1) {  // the group's last chunk: its rows are done
+      finish<NT>(acc, rbase + (it / nc) * kRowsPerWarp, n_rows, wk, Y, ys, sp);
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
+    }
   }
-  finish<NT>(acc, r0, n_rows, wk, Y, ys, sp);
-  if (sp.parts > 1) reduce_if_last(sp, n_rows, wk, Y, ys);
+  if (sp.parts > 1) reduce_if_last(sp, n_rows, wk, Y, ys, kWarps * kRowsPerWarp * kGroups);
 }
 
 // Plain float types: nothing to stage, rows are read straight from global memory, 4 elements a lane.
@@ -211,7 +286,13 @@ __global__ void __launch_bounds__(kThreads) mv_float(const uint8_t* __restrict__
     }
   }
   finish<NT>(acc, r0, n_rows, wk, Y, ys, sp);
-  if (sp.parts > 1) reduce_if_last(sp, n_rows, wk, Y, ys);
+  if (sp.parts > 1) reduce_if_last(sp, n_rows, wk, Y, ys, kWarps * kRowsPerWarp);
+}
+
+// Rows a block covers: the quantized kernels stream kGroups groups per warp, the float ones one.
+constexpr int64_t rows_per_block_of(GgmlType t) {
+  return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16 ? kWarps * kRowsPerWarp
+                                                                         : kWarps * kRowsPerWarp * kGroups;
 }
 
 template <GgmlType T>
@@ -229,9 +310,10 @@ template <GgmlType T, int NT>
 void launch(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_t rpm, int32_t src_div,
             const float* X, int64_t xs, float* Y, int64_t ys, int64_t n_tok, int64_t grid_y, const Split& sp,
             cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>((n_rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp)),
-                  static_cast<unsigned>(grid_y), static_cast<unsigned>(sp.parts));
   constexpr size_t sm = smem_bytes<T>();
+  const int64_t rows_per_block = rows_per_block_of(T);
+  const dim3 grid(static_cast<unsigned>((n_rows + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(grid_y),
+                  static_cast<unsigned>(sp.parts));
   if constexpr (sm == 0) {
     mv_float<T, NT><<<grid, kThreads, 0, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), n_rows, row0, mat, rpm,
                                               src_div, X, xs, Y, ys, n_tok, sp);
@@ -296,7 +378,7 @@ bool run(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_
   Split sp{1, work, mat ? grid_y : n_tok};
   // Only one group of tokens (decode) splits, and the part count depends on the matrix alone, so a
   // token's result never depends on how many tokens share its product.
-  const int64_t blocks = (n_rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
+  const int64_t rpb = rows_per_block_of(W.type), blocks = (n_rows + rpb - 1) / rpb;
   const int64_t max_parts = W.cols / (chunk_of(W.type) * (chunk_of(W.type) == 128 ? 2 : 1));
   if (work && !mat && n_tok <= kMaxTok && blocks < kMaxSplitBlocks && max_parts > 1) {
     int parts = static_cast<int>(std::min<int64_t>({max_parts, (kMaxSplitBlocks + blocks - 1) / blocks, 64}));
