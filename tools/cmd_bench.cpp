@@ -36,13 +36,11 @@ const char* kFooter =
     "matplotlib); without --csv the CSV goes next to the plot.";
 
 struct Opts {
-  std::string model, prompt_file, chat_prompt_file, system = "You are a helpful assistant.", backend = "auto";
+  std::string model, prompt_file, chat_prompt_file, system = "You are a helpful assistant.";
   std::string csv, plot;
-  int threads = 0;
   uint64_t random_seed = 0;
-  uint32_t chunk = 4096;
   bench::BenchOptions b;
-  RouteOptions routes;
+  SessionCli session;
 };
 
 // Single-quoted for /bin/sh.
@@ -92,7 +90,7 @@ void run(const Opts& o, const CLI::App* cmd) {
     fail("give only one of --prompt-file, --chat-prompt-file and --random-tokens");
   bench::BenchOptions bo = o.b;
   bench::validate(bo);
-  const std::string backend = resolve_backend(o.backend);
+  const std::string backend = o.session.prepare();
   std::string csv_path = o.csv, plot_script;
   if (!o.plot.empty()) {
     // Fail before the long run, not after it.
@@ -101,7 +99,6 @@ void run(const Opts& o, const CLI::App* cmd) {
     plot_script = find_plot_script();
     if (csv_path.empty()) csv_path = std::filesystem::path(o.plot).replace_extension(".csv").string();
   }
-  if (o.threads > 0) set_num_threads(o.threads);
 
   auto model = Model::load(o.model);
   const uint32_t n_vocab = model->config().n_vocab;
@@ -128,10 +125,7 @@ void run(const Opts& o, const CLI::App* cmd) {
   }
   const int32_t eos = tok ? tok->special().eos : -1;
 
-  SessionOptions so;
-  so.ctx = bo.ctx_alloc;
-  so.chunk = o.chunk;
-  so.routes = o.routes.resolve();
+  const SessionOptions so = o.session.options(bo.ctx_alloc);
   auto session = make_session(*model, so, backend);
   const std::string card = card_name(backend), routes = describe_routes(so.routes);
 
@@ -175,18 +169,15 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--system", o->system,
                   "system text for --chat-prompt-file; -sys works too (default \"You are a helpful assistant.\")");
   cmd->add_option("--random-tokens", o->random_seed, "SEED: seeded uniform random ids instead of a prompt");
-  cmd->add_option("--backend", o->backend, kBackendHelp)->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
+  add_session_options(cmd, o->session);
   cmd->add_option("--ctx-start", o->b.ctx_start, "first frontier (default 2048)");
   cmd->add_option("--ctx-max", o->b.ctx_max, "last frontier (default 32768)");
   cmd->add_option("--ctx-alloc", o->b.ctx_alloc, "session context (default ctx-max + gen-tokens + 1)");
   cmd->add_option("--step-mul", o->b.step_mul, "> 1: next frontier = ceil(frontier x F) (default 1: use --step-incr)");
   cmd->add_option("--step-incr", o->b.step_incr, "frontier increment when --step-mul is 1 (default 2048)");
   cmd->add_option("-n,--gen-tokens,--tokens", o->b.gen_tokens, "greedy decode steps per frontier (default 128)");
-  cmd->add_option("--chunk", o->chunk, "prefill chunk size in tokens (default 4096)")->check(CLI::PositiveNumber);
   cmd->add_option("--csv", o->csv, "write the CSV here (default: stdout)");
   cmd->add_option("--plot", o->plot, "also plot tok/s vs context to this PNG (python3 + matplotlib)");
-  add_route_options(cmd, o->routes);
   cmd->footer(std::string(kFooter) + "\n\n" + routes_help());
   cmd->callback([o, cmd] { run(*o, cmd); });
 }

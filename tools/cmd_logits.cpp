@@ -6,7 +6,6 @@
 #include "commands.h"
 #include "common/error.h"
 #include "common/file_util.h"
-#include "common/parallel.h"
 #include "engine/session.h"
 #include "tool_util.h"
 
@@ -14,45 +13,36 @@ namespace flashstar::tools {
 
 void add_logits_command(CLI::App& app) {
   struct Opts {
-    std::string model, tokens, out, ties, backend = "auto", numerics = "official";
-    uint32_t chunk = 4096, ctx = 0;
+    std::string model, tokens, out, ties, numerics = "official";
+    uint32_t ctx = 0;
     int64_t decode_from = -1;
-    int threads = 0;
-    bool verbose = false, last_only = false;
-    RouteOptions routes;
+    bool last_only = false;
+    SessionCli session;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("logits", "Write next-token logits for every position of a token list");
   cmd->add_option("-m,--model", o->model, "GGUF model file")->required();
   cmd->add_option("--tokens", o->tokens, "JSON file: {\"tokens\": [...]} or a plain array")->required();
   cmd->add_option("-o,--output", o->out, "output: float32 little-endian [T][vocab]")->required();
-  cmd->add_option("--backend", o->backend, kBackendHelp)->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("--chunk", o->chunk, "prefill chunk size (results do not depend on it)")->check(CLI::PositiveNumber);
+  add_session_options(cmd, o->session, "prefill chunk size (results do not depend on it)");
   cmd->add_option("--decode-from", o->decode_from, "prefill this many tokens, then decode one token at a time")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--numerics", o->numerics, "official (FP8 KV, FP4 indexer, f16 cache rows) or clean")
       ->check(CLI::IsMember({"official", "clean"}));
   cmd->add_option("--ctx", o->ctx, "context size (default: enough for the tokens)");
-  cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
-  cmd->add_flag("-v,--verbose", o->verbose, "print the memory plan and load progress");
   cmd->add_flag("--last-only", o->last_only, "write only the final row (long prompts: no [T][vocab] buffer)");
-  add_route_options(cmd, o->routes);
   cmd->add_option("--ties", o->ties,
                   "write a JSON list of near-ties (indexer top-k and MoE routing boundaries within 1e-4 relative)");
   cmd->callback([o] {
-    if (o->threads > 0) set_num_threads(o->threads);
+    o->session.prepare();
     const std::vector<int32_t> toks = read_tokens_json(o->tokens);
     if (toks.empty()) fail("%s: no tokens", o->tokens.c_str());
     auto model = Model::load(o->model);
-    SessionOptions so;
-    so.chunk = o->chunk;
-    so.ctx = o->ctx ? o->ctx : static_cast<uint32_t>(toks.size() + 1);
+    SessionOptions so = o->session.options(o->ctx ? o->ctx : static_cast<uint32_t>(toks.size() + 1));
     so.numerics = o->numerics == "clean" ? Numerics::Clean : Numerics::Official;
     TieLog ties;
     if (!o->ties.empty()) so.ties = &ties;
-    so.verbose = o->verbose;
-    so.routes = o->routes.resolve();
-    auto session = make_session(*model, so, o->backend);
+    auto session = make_session(*model, so, o->session.backend);
     const size_t V = model->config().n_vocab, T = toks.size();
     std::vector<float> rows(o->last_only ? 0 : T * V);
     float* out = o->last_only ? nullptr : rows.data();

@@ -12,7 +12,6 @@
 #include "commands.h"
 #include "common/error.h"
 #include "common/file_util.h"
-#include "common/parallel.h"
 #include "engine/sampling.h"
 #include "engine/session.h"
 #include "gguf/gguf.h"
@@ -45,17 +44,16 @@ class InterruptScope {
 };
 
 struct Opts {
-  std::string model, prompt, prompt_file, system = text::kDefaultSystem, backend = "auto", pretok = "ds4";
+  std::string model, prompt, prompt_file, system = text::kDefaultSystem, pretok = "ds4";
   std::string dump_logprobs, dump_logits;
   std::vector<std::string> stops;
   bool have_prompt = false, have_system = false, chat = false, dump_tokens = false, raw = false;
   bool nothink = false, think = false, think_max = false;
-  int n_predict = 512, top_k = 0, logprobs_top_k = 20, threads = 0;
+  int n_predict = 512, top_k = 0, logprobs_top_k = 20;
   float temp = 1.0f, top_p = 1.0f, min_p = 0.05f;
   uint64_t seed = 0;
-  uint32_t ctx = 32768, chunk = 4096;
-  bool verbose = false;
-  RouteOptions routes;
+  uint32_t ctx = 32768;
+  SessionCli session;
 };
 
 // JSON string for token text: valid UTF-8 raw, invalid bytes as \u00XX (the "bytes" array is authoritative).
@@ -346,12 +344,11 @@ void run(const Opts& o) {
     dump_tokens(o);
     return;
   }
-  resolve_backend(o.backend);  // an unusable backend fails before the model is read
+  o.session.prepare();
   if (!o.chat && !o.have_prompt && o.prompt_file.empty()) fail("give a prompt with -p or --prompt-file, or use --chat");
   if (o.chat && (o.have_prompt || !o.prompt_file.empty())) fail("--chat takes no -p or --prompt-file");
   if (o.n_predict < 0) fail("-n must be >= 0");
   if (o.ctx < 2) fail("--ctx must be at least 2");
-  if (o.threads > 0) set_num_threads(o.threads);
   const text::ThinkMode asked = think_mode(o);
   const text::ThinkMode mode = text::effective_think_mode(asked, o.ctx);
   if (asked != mode)
@@ -362,12 +359,7 @@ void run(const Opts& o) {
 
   auto model = Model::load(o.model);
   const text::Tokenizer tok = load_tokenizer(*model, o.model, o.pretok);
-  SessionOptions so;
-  so.ctx = o.ctx;
-  so.chunk = o.chunk;
-  so.verbose = o.verbose;
-  so.routes = o.routes.resolve();
-  auto session = make_session(*model, so, o.backend);
+  auto session = make_session(*model, o.session.options(o.ctx), o.session.backend);
   SamplingParams sp;
   sp.temperature = o.temp;
   sp.top_k = o.top_k;
@@ -415,11 +407,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_flag("--think-max", o->think_max, "Think Max (needs --ctx >= 393216)");
   cmd->add_flag("--raw", o->raw, "no chat template: tokenize the prompt as plain text");
   cmd->add_option("-c,--ctx", o->ctx, "context size in tokens (default 32768)");
-  cmd->add_option("--backend", o->backend, kBackendHelp)->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
-  cmd->add_option("--chunk", o->chunk, "prefill chunk size in tokens (default 4096)")->check(CLI::PositiveNumber);
-  cmd->add_flag("-v,--verbose", o->verbose, "print the memory plan, load progress and the GPU route set");
-  add_route_options(cmd, o->routes);
+  add_session_options(cmd, o->session);
   cmd->add_flag("--dump-tokens", o->dump_tokens,
                 "print the prompt's ids (special strings recognised) as a JSON array, then exit");
   cmd->add_option("--pretokenizer", o->pretok, "ds4 (default, matches ds4) or deepseek-v3 (the HF regexes)");

@@ -11,7 +11,6 @@
 
 #include "commands.h"
 #include "common/error.h"
-#include "common/parallel.h"
 #include "engine/session.h"
 #include "server/disk_store.h"
 #include "server/engine.h"
@@ -24,12 +23,10 @@ namespace flashstar::tools {
 namespace {
 
 struct Opts {
-  std::string model, backend = "auto", pretok = "ds4";
-  uint32_t ctx = 32768, chunk = 4096;
+  std::string model, pretok = "ds4";
+  uint32_t ctx = 32768;
   int64_t n_predict = 393216;
-  int threads = 0;
-  bool verbose = false;
-  RouteOptions routes;
+  SessionCli session;
   server::ServerOptions http;
   size_t max_body_mb = 64;
   size_t tool_memory_max_ids = 100000;
@@ -58,24 +55,18 @@ void serve(Opts& o) {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  resolve_backend(o.backend);
+  o.session.prepare();
   if (o.ctx < 16) fail("--ctx must be at least 16");
   if (o.n_predict < 1) fail("-n must be >= 1");
   if (o.http.port < 0 || o.http.port > 65535) fail("--port must be between 0 and 65535");
   if (o.max_body_mb < 1) fail("--max-body-mb must be at least 1");
-  if (o.threads > 0) set_num_threads(o.threads);
   o.http.max_body_bytes = o.max_body_mb << 20;
   o.http.exact_dsml_replay = !o.disable_replay;
   if (const char* k = std::getenv("FLASHSTAR_API_KEY"); k && o.http.api_key.empty()) o.http.api_key = k;
 
   auto model = Model::load(o.model);
   const text::Tokenizer tok = load_tokenizer(*model, o.model, o.pretok);
-  SessionOptions so;
-  so.ctx = o.ctx;
-  so.chunk = o.chunk;
-  so.verbose = o.verbose;
-  so.routes = o.routes.resolve();
-  auto session = make_session(*model, so, o.backend);
+  auto session = make_session(*model, o.session.options(o.ctx), o.session.backend);
   const std::string backend = session->backend_name();
 
   std::unique_ptr<server::DiskStore> disk;
@@ -124,12 +115,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("-m,--model", o->model, "GGUF model file")->required();
   cmd->add_option("-c,--ctx", o->ctx, "context size in tokens (default 32768)");
   cmd->add_option("-n,--tokens", o->n_predict, "default and maximum output tokens per request (default 393216)");
-  cmd->add_option("--backend", o->backend, kBackendHelp)->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("-t,--threads", o->threads, "CPU threads (default: all cores)");
-  cmd->add_option("--chunk", o->chunk, "prefill chunk size in tokens; a hang-up is noticed between chunks (default 4096)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_flag("-v,--verbose", o->verbose, "print the memory plan and load progress");
-  add_route_options(cmd, o->routes);
+  add_session_options(cmd, o->session,
+                      "prefill chunk size in tokens; a hang-up is noticed between chunks (default 4096)");
   cmd->add_option("--pretokenizer", o->pretok, "ds4 (default) or deepseek-v3");
   cmd->add_option("--host", o->http.host, "address to listen on (default 127.0.0.1; 0.0.0.0 for all)");
   cmd->add_option("--port", o->http.port, "port (default 8000; 0 picks a free one)");

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/file_util.h"
+#include "common/parallel.h"
 #ifdef FLASHSTAR_HAVE_CUDA
 #include "cuda/cuda_session.h"
 #endif
@@ -76,6 +77,30 @@ void add_route_options(CLI::App* cmd, RouteOptions& o) {
       ->allow_extra_args(false);
   cmd->add_flag("--quality", o.quality, "GPU reference kernels only (every fast route off)");
   cmd->footer(routes_help());
+}
+
+std::string SessionCli::prepare() const {
+  const std::string b = resolve_backend(backend);
+  if (threads > 0) set_num_threads(threads);
+  return b;
+}
+
+SessionOptions SessionCli::options(uint32_t ctx) const {
+  SessionOptions so;
+  so.ctx = ctx;
+  so.chunk = chunk;
+  so.verbose = verbose;
+  so.routes = routes.resolve();
+  return so;
+}
+
+void add_session_options(CLI::App* cmd, SessionCli& s, const char* chunk_help) {
+  cmd->add_option("--backend", s.backend, "auto (cuda when a GPU is present), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  cmd->add_option("-t,--threads", s.threads, "CPU threads (default: all cores)");
+  cmd->add_option("--chunk", s.chunk, chunk_help)->check(CLI::PositiveNumber);
+  cmd->add_flag("-v,--verbose", s.verbose, "print the memory plan, load progress and the GPU route set");
+  add_route_options(cmd, s.routes);
 }
 
 std::vector<float> read_f32_rows(const std::string& path, size_t row) {
