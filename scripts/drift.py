@@ -52,7 +52,7 @@ def main():
         out["untraced_count"] = len(untraced)
         out["tie_examples"] = [
             {"pos": p, "layer": t["layer"], "kind": t["kind"],
-             "rel_gap": abs(t["last_in"] - t["first_out"]) / max(abs(t["last_in"]), abs(t["first_out"]), 1e-30)}
+             "rel_gap": abs(t["last_in"] - t["first_out"]) / (t.get("scale") or max(abs(t["last_in"]), abs(t["first_out"]), 1e-30))}
             for p in traced[:10] for t in by_pos[p][:1]]
     print(json.dumps(out))
     return 0

@@ -2,7 +2,8 @@
 # The whole 43-layer q2 synthetic model on one GPU (H200 class: it does not fit an H100): write it into
 # /dev/shm, check its size against spec/model.md §2.7, then prefill 8k tokens and decode 64 at context
 # 32768 with the memory plan printed and the GPU's memory use sampled. Also a 4-layer file through
-# inspect and logits. Run from the repository root on the GPU machine; prints a short table last.
+# inspect and logits, and the refusal an 80 GB card (H100) must give (FLASHSTAR_GPU_MEMORY caps what the
+# planner sees). Run from the repository root on the GPU machine; prints a short table last.
 set -uo pipefail
 FS=${FS:-.gpubin/flashstar}
 W=${WORK:-/dev/shm/fs-full}
@@ -46,6 +47,13 @@ row "43L cuda: prefill 8192 + decode 64" "rc $rc, $(( $(date +%s) - s )) s"
 row "memory plan" "$(grep -m1 'GPU memory plan' "$LOG" | cut -c1-160)"
 row "speeds" "$(grep '^logits:' "$LOG" | tail -1 | cut -c1-160)"
 row "peak GPU memory used" "$(sort -n "$W/mem.txt" | tail -1) MiB"
+# The same file on an H100 80GB (81559 MiB): the planner must refuse it in one line, before uploading.
+FLASHSTAR_GPU_MEMORY=${SMALL_CARD:-81559MiB} "$FS" logits -m "$W/f43.gguf" --tokens "$W/t16.json" -o "$W/x.f32" \
+  --backend cuda --ctx 32768 > "$W/small.txt" 2>&1
+rc=$?; cat "$W/small.txt" >> "$LOG"
+if [ $rc -ne 0 ] && [ "$(wc -l < "$W/small.txt")" -eq 1 ] && grep -q "does not fit" "$W/small.txt"; then
+  row "as an 80 GB card (${SMALL_CARD:-81559MiB})" "refused, rc $rc: $(cut -c1-110 "$W/small.txt")"
+else row "as an 80 GB card (${SMALL_CARD:-81559MiB})" "NOT REFUSED CLEANLY (rc $rc)"; fi
 echo
 echo "== full-model check (log: $LOG)"
 printf '%s\n' "${rows[@]}"

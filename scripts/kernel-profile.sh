@@ -25,7 +25,7 @@ for k in p pd; do
     --log-file "$O/ncu-$k.csv" $FS logits -m "$M" --tokens "$W/$k.json" -o "$W/l.f32" --last-only --backend cuda \
     ${ROUTE_ARGS:-} "${extra[@]}" > "$O/ncu-$k.log" 2>&1 || { echo "ncu $k failed"; tail -5 "$O/ncu-$k.log"; }
 done
-python3 - "$O/ncu-p.csv" "$O/ncu-pd.csv" "$D" <<'PY'
+python3 - "$O/ncu-p.csv" "$O/ncu-pd.csv" "$D" "$O/last-step.txt" <<'PY'
 import csv, sys, collections
 def load(path):
     rows = [l for l in open(path) if l.startswith('"')]
@@ -35,6 +35,13 @@ def load(path):
         a = agg[r['Kernel Name']]; a[0] += 1; a[1] += float(r["Metric Value"].replace(",", "")) / 1e3; a[2] = r['Grid Size'] + ' x ' + r['Block Size']
     return agg
 p, pd, d = load(sys.argv[1]), load(sys.argv[2]), int(sys.argv[3])
+# the last decode step launch by launch (it starts at the token's embedding), for per-matrix times
+seq = [r for r in csv.DictReader(l for l in open(sys.argv[2]) if l.startswith('"'))
+       if r.get('Metric Name') == 'gpu__time_duration.sum']
+start = max((i for i, r in enumerate(seq) if 'embed' in r['Kernel Name']), default=0)
+with open(sys.argv[4], 'w') as f:
+    for r in seq[start:]:
+        f.write('%8.2f  %-40s %s x %s\n' % (float(r['Metric Value'].replace(',', '')) / 1e3, r['Kernel Name'][:40], r['Grid Size'], r['Block Size']))
 rows = []
 for k, (n, t, g) in pd.items():
     n0, t0, _ = p.get(k, [0, 0.0, ''])

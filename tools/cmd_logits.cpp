@@ -32,7 +32,8 @@ void add_logits_command(CLI::App& app) {
   cmd->add_option("--ctx", o->ctx, "context size (default: enough for the tokens)");
   cmd->add_flag("--last-only", o->last_only, "write only the final row (long prompts: no [T][vocab] buffer)");
   cmd->add_option("--ties", o->ties,
-                  "write a JSON list of near-ties (indexer top-k and MoE routing boundaries within 1e-4 relative)");
+                  "write a JSON list of near-ties: indexer top-k and MoE routing boundaries within 1e-4 relative, "
+                  "roundings of cached rows within 1e-5 of the magnitude sharing their scale");
   cmd->callback([o] {
     o->session.prepare();
     const std::vector<int32_t> toks = read_tokens_json(o->tokens);
@@ -57,7 +58,7 @@ void add_logits_command(CLI::App& app) {
     if (!o->ties.empty()) {
       nlohmann::json j = nlohmann::json::array();
       for (const NearTie& t : ties.sorted())
-        j.push_back({{"pos", t.pos}, {"layer", t.layer}, {"kind", t.kind}, {"last_in", t.last_in}, {"first_out", t.first_out}});
+        j.push_back({{"pos", t.pos}, {"layer", t.layer}, {"kind", t.kind}, {"last_in", t.last_in}, {"first_out", t.first_out}, {"index", t.index}, {"scale", t.scale}});
       write_file_atomic(o->ties, j.dump(1) + "\n");
     }
     write_file_atomic(o->out, std::string_view(reinterpret_cast<const char*>(rows.data()), rows.size() * sizeof(float)));

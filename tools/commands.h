@@ -16,5 +16,6 @@ void add_run_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_drift_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_trace_command(CLI::App& app);
 
 }  // namespace flashstar::tools

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   add_serve_command(app);
   add_drift_command(app);
   add_bench_command(app);
+  add_trace_command(app);
   // ds4's multi-letter short flag, which CLI11 cannot declare: -sys is --system.
   for (int i = 1; i < argc; ++i)
     if (std::strcmp(argv[i], "-sys") == 0) argv[i] = const_cast<char*>("--system");

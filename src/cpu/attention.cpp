@@ -5,15 +5,61 @@
 #include <numeric>
 
 #include "common/parallel.h"
+#include "common/rounding_margin.h"
 #include "cpu/layers.h"
 
 namespace flashstar::cpu {
 namespace {
 
+// With a tie log, every rounding of a cached row (or indexer query) that came within
+// TieLog::kRoundingGap of its boundary, so drift against another backend can be traced to it.
+void log_roundings(const float* row, int64_t dim, int64_t n_rot, RowKind kind, bool query, int64_t pos,
+                   const LayerContext& L) {
+  if (!L.ties || L.numerics != Numerics::Official) return;
+  TieLog& t = *L.ties;
+  if (kind == RowKind::Attention) {
+    for (int64_t b0 = 0; b0 < dim - n_rot; b0 += 64) {
+      const int64_t b1 = std::min(b0 + 64, dim - n_rot);
+      float amax = 0;
+      for (int64_t i = b0; i < b1; ++i) amax = std::max(amax, std::fabs(row[i]));
+      const double y = std::max(amax, 1e-4f) / 448.0;
+      t.rounding(pos, L.il, "kv_fp8_scale", y, pow2_ceil_boundary(y), y, static_cast<int32_t>(b0));
+      const float scale = fp8_block_scale(amax);
+      for (int64_t i = b0; i < b1; ++i) {
+        const double a = std::fabs(row[i] / scale);
+        t.rounding(pos, L.il, "kv_fp8", a, e4m3_boundary(a), amax / scale, static_cast<int32_t>(i));
+      }
+    }
+    float rmax = 0;
+    for (int64_t i = dim - n_rot; i < dim; ++i) rmax = std::max(rmax, std::fabs(row[i]));
+    for (int64_t i = dim - n_rot; i < dim; ++i) {
+      const double a = std::fabs(row[i]);
+      t.rounding(pos, L.il, "kv_f16", a, f16_boundary(a), rmax, static_cast<int32_t>(i));
+    }
+    return;
+  }
+  std::vector<float> h(row, row + dim);
+  hadamard_inplace(h.data(), dim);
+  for (int64_t b0 = 0; b0 < dim; b0 += 32) {
+    const int64_t b1 = std::min<int64_t>(b0 + 32, dim);
+    float amax = 0;
+    for (int64_t i = b0; i < b1; ++i) amax = std::max(amax, std::fabs(h[i]));
+    const double y = std::max(amax, 7.052966104933725e-38f) / 6.0;
+    t.rounding(pos, L.il, query ? "idx_q_fp4_scale" : "idx_fp4_scale", y, pow2_ceil_boundary(y), y,
+               static_cast<int32_t>(b0));
+    const float scale = fp4_block_scale(amax);
+    for (int64_t i = b0; i < b1; ++i) {
+      const double a = std::fabs(h[i] / scale);
+      t.rounding(pos, L.il, query ? "idx_q_fp4" : "idx_fp4", a, e2m1_boundary(a), amax / scale, static_cast<int32_t>(i));
+    }
+  }
+}
+
 // The official numerics a cached row goes through before it is stored (FP8 on the non-rope dims of
 // attention rows, Hadamard + FP4 on indexer rows, then f16 storage).
-void finish_cached_row(float* row, int64_t dim, int64_t n_rot, RowKind kind, Numerics num) {
-  if (num != Numerics::Official) return;
+void finish_cached_row(float* row, int64_t dim, int64_t n_rot, RowKind kind, int64_t pos, const LayerContext& L) {
+  if (L.numerics != Numerics::Official) return;
+  log_roundings(row, dim, n_rot, kind, false, pos, L);
   if (kind == RowKind::Attention) {
     fp8_e4m3_roundtrip_blocks(row, dim - n_rot, 64);
   } else {
@@ -62,7 +108,7 @@ void compressor_push(CompressorState& st, const float* kv_cur, const float* sc_c
   }
   rms_norm(pooled.data(), norm.data(), pooled.data(), dim, float(L.cfg.rms_eps));
   L.rope.apply(pooled.data() + dim - L.cfg.n_rot, pos + 1 - r, false);
-  finish_cached_row(pooled.data(), dim, L.cfg.n_rot, kind, L.numerics);
+  finish_cached_row(pooled.data(), dim, L.cfg.n_rot, kind, pos, L);
   rows.insert(rows.end(), pooled.begin(), pooled.end());
 
   if (r == 4) {  // the current window becomes the previous one
@@ -155,7 +201,7 @@ void attention_half(const LayerContext& L, const Chunk& ch, float* X) {
       float* k = kv.data() + t * HD;
       rms_norm(k, w.kv_a_norm.data(), k, HD, eps);
       L.rope.apply(k + NOPE, pos, false);
-      finish_cached_row(k, HD, c.n_rot, RowKind::Attention, L.numerics);
+      finish_cached_row(k, HD, c.n_rot, RowKind::Attention, pos, L);
     }
   });
 
@@ -200,7 +246,9 @@ void attention_half(const LayerContext& L, const Chunk& ch, float* X) {
         for (int64_t h = 0; h < NIH; ++h) {
           float* qh = iq.data() + (t * NIH + h) * IHD;
           L.rope.apply(qh + IHD - c.n_rot, ch.pos0 + t, false);
-          if (L.numerics == Numerics::Official) indexer_qat_row(qh, IHD);
+          if (L.numerics != Numerics::Official) continue;
+          log_roundings(qh, IHD, 0, RowKind::Indexer, true, ch.pos0 + t, L);
+          indexer_qat_row(qh, IHD);
         }
     });
   }

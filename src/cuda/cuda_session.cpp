@@ -119,6 +119,22 @@ bool device_available() {
 
 namespace {
 
+// FLASHSTAR_GPU_MEMORY=80GiB (or bytes, KiB/MiB/GiB/GB suffixes): plan as if the card had at most this
+// much memory, to leave room for other processes or to check what a smaller card would refuse.
+void cap_memory(size_t& free_b, size_t& total_b) {
+  const char* v = std::getenv("FLASHSTAR_GPU_MEMORY");
+  if (!v || !*v) return;
+  char* end = nullptr;
+  const double x = std::strtod(v, &end);
+  const std::string unit(end);
+  const double mul = unit.empty() ? 1.0 : unit == "KiB" ? 1024.0 : unit == "MiB" ? 1048576.0
+                   : unit == "GiB" ? 1073741824.0 : unit == "GB" ? 1e9 : -1.0;
+  if (!(x > 0) || mul < 0) fail("FLASHSTAR_GPU_MEMORY=%s: expected a size such as 80GiB, 81559MiB or 85899345920", v);
+  const size_t cap = static_cast<size_t>(x * mul), used = total_b - free_b;
+  total_b = std::min(total_b, cap);
+  free_b = total_b > used ? std::min(free_b, total_b - used) : 0;
+}
+
 class CudaSession final : public Session {
  public:
   CudaSession(const Model& m, const SessionOptions& o)
@@ -130,6 +146,7 @@ class CudaSession final : public Session {
     const MemoryPlan plan = plan_memory(m, o);
     size_t free_b = 0, total_b = 0;
     FS_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    cap_memory(free_b, total_b);
     if (o.verbose) {
       std::fprintf(stderr, "%s\n", plan.describe(free_b, total_b).c_str());
       std::fprintf(stderr, "GPU routes: %s\n", describe_routes(routes_).c_str());

@@ -82,6 +82,10 @@ __device__ __forceinline__ void finish(float (&acc)[kRowsPerWarp][NT], int64_t r
 
 // Called by every thread of a split block after finish(): the block that completes a row block last
 // sums its parts (reading them from L2, where the other blocks' fenced stores are) and resets the ticket.
+// kSumLanes lanes share an output, each adding every kSumLanes-th part, then a fixed shuffle tree: the
+// loads of one output are in flight together (one thread walking 64 parts waited 64 L2 latencies), and
+// the order depends on the part count alone, not on how many tokens the product has.
+constexpr int kSumLanes = 8;
 __device__ void reduce_if_last(const Split& sp, int64_t n_rows, const Work& wk, float* Y, int64_t ys, int kRows) {
   __shared__ int s_last;
   __threadfence();
@@ -91,12 +95,18 @@ __device__ void reduce_if_last(const Split& sp, int64_t n_rows, const Work& wk, 
   if (!s_last) return;
   __threadfence();
   const int64_t rb = static_cast<int64_t>(blockIdx.x) * kRows;
-  for (int i = threadIdx.x; i < kRows * wk.nt; i += blockDim.x) {
+  const int sub = threadIdx.x % kSumLanes, groups = blockDim.x / kSumLanes;
+  const int outputs = kRows * wk.nt, passes = (outputs + groups - 1) / groups;
+  for (int pass = 0; pass < passes; ++pass) {  // uniform trip count: every lane reaches the shuffles
+    const int i = pass * groups + static_cast<int>(threadIdx.x) / kSumLanes;
     const int64_t r = rb + i % kRows, t = wk.y0 + i / kRows;
-    if (r >= n_rows) continue;
+    const bool live = i < outputs && r < n_rows;
     float v = 0.0f;
-    for (int z = 0; z < sp.parts; ++z) v += __ldcg(sp.work + (z * sp.n_tok + t) * n_rows + r);
-    Y[t * ys + r] = v;
+    if (live)
+      for (int z = sub; z < sp.parts; z += kSumLanes) v += __ldcg(sp.work + (z * sp.n_tok + t) * n_rows + r);
+#pragma unroll
+    for (int off = kSumLanes / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (live && sub == 0) Y[t * ys + r] = v;
   }
   if (threadIdx.x == 0) g_split_tickets[blockIdx.x] = 0;
 }

@@ -15,30 +15,35 @@ namespace {
 
 constexpr int kMaxPerLane = 32;  // up to 1024 experts
 
+// Every value a step needs stays in registers and moves by shuffles: a decode step runs one warp, so
+// each dependent global load (the hash table, the picks, their probabilities) would add a full memory
+// latency to the layer.
 __global__ void route_warp_kernel(float* logits, const float* bias, const int32_t* tid2eid, const int32_t* tokens,
                                   int64_t n, int E, int k, bool norm, float scale, int32_t* sel, float* weights) {
   const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (t >= n) return;
   float* p = logits + t * E;
-  float v[kMaxPerLane];
+  // the hash layers' picks, one per lane, loaded while the probabilities are computed
+  const int hashed = tid2eid && lane < k ? tid2eid[static_cast<int64_t>(tokens[t]) * k + lane] : -1;
+  float pr[kMaxPerLane], v[kMaxPerLane];
   unsigned taken = 0;  // bit j: expert lane + 32 j already chosen
 #pragma unroll
   for (int j = 0; j < kMaxPerLane; ++j) {
     const int e = lane + 32 * j;
-    v[j] = -INFINITY;
+    pr[j] = 0.0f, v[j] = -INFINITY;
     if (e < E) {
-      const float pr = sqrtf(d_softplus(p[e]));
-      p[e] = pr;
-      v[j] = pr + (bias ? bias[e] : 0.0f);
+      pr[j] = sqrtf(d_softplus(p[e]));
+      p[e] = pr[j];
+      v[j] = pr[j] + (bias ? bias[e] : 0.0f);
     }
   }
-  __syncwarp();
-  int32_t* s = sel + t * k;
+  int mine = -1;     // lane i keeps the i-th pick
+  float my_p = 0.0f, sum = 0.0f;
   for (int i = 0; i < k; ++i) {
     int best;
     if (tid2eid) {
-      best = tid2eid[static_cast<int64_t>(tokens[t]) * k + i];
+      best = __shfl_sync(0xffffffffu, hashed, i);
     } else {
       float bv = -INFINITY;
       best = -1;
@@ -54,14 +59,19 @@ __global__ void route_warp_kernel(float* logits, const float* bias, const int32_
       }
       if (best >= 0 && (best & 31) == lane) taken |= 1u << (best >> 5);
     }
-    if (lane == 0) s[i] = best;
+    // the pick's probability, from the lane that holds it (the same sum order as the reference: i = 0..k-1)
+    float own = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMaxPerLane; ++j)
+      if ((best >> 5) == j) own = pr[j];
+    const float pb = __shfl_sync(0xffffffffu, own, best & 31);
+    sum += pb;
+    if (lane == i) mine = best, my_p = pb;
   }
-  __syncwarp();
-  if (lane == 0) {
-    float sum = 0;
-    for (int i = 0; i < k; ++i) sum += p[s[i]];
+  if (lane < k) {
     const float denom = norm ? fmaxf(sum, 6.103515625e-5f) : 1.0f;
-    for (int i = 0; i < k; ++i) weights[t * k + i] = p[s[i]] / denom * scale;
+    sel[t * k + lane] = mine;
+    weights[t * k + lane] = my_p / denom * scale;
   }
 }
 
@@ -124,7 +134,7 @@ bool rms_norm_rows(const float* x, int64_t xs, const float* w, float* y, int64_t
   return true;
 }
 
-bool route_supported(int n_expert, int k) { return n_expert <= 32 * kMaxPerLane && k <= n_expert; }
+bool route_supported(int n_expert, int k) { return n_expert <= 32 * kMaxPerLane && k <= n_expert && k <= 32; }
 
 void route(float* logits, const float* bias, const int32_t* tid2eid, const int32_t* tokens, int64_t n, int n_expert,
            int k, bool norm, float scale, int32_t* sel, float* weights, cudaStream_t s) {

@@ -24,15 +24,26 @@ enum class Numerics { Official, Clean };
 struct NearTie {
   int64_t pos;
   uint32_t layer;
-  const char* kind;  // "indexer" or "router"
-  float last_in, first_out;  // score of the last selected and of the best rejected candidate
+  const char* kind;  // "indexer", "router", or a rounding of a cached row / indexer query (rounding_margin.h)
+  float last_in, first_out;  // score of the last selected and of the best rejected candidate; for a
+                             // rounding, the scaled value and the boundary it was nearest to
+  int32_t index = -1;        // rounding: the element of the row (for a block scale, the block's first)
+  float scale = 0;           // rounding: the magnitude its margin is measured against (0: the larger score)
 };
 
 class TieLog {
  public:
   explicit TieLog(double rel_gap = 1e-4) : rel_gap_(rel_gap) {}
   // Records the boundary if the relative gap is within the threshold. Thread-safe.
-  void consider(int64_t pos, uint32_t layer, const char* kind, float last_in, float first_out);
+  void consider(int64_t pos, uint32_t layer, const char* kind, float last_in, float first_out, int32_t index = -1);
+  // Records a rounding of magnitude `value` whose distance to `boundary` is below kRoundingGap times
+  // `magnitude`: the largest value sharing its scale (an FP8/FP4 block, or the row's rope part), because
+  // summation-order noise is relative to the values a row was computed from, not to a small element.
+  void rounding(int64_t pos, uint32_t layer, const char* kind, double value, double boundary, double magnitude,
+                int32_t index);
+  // Summation-order differences between backends are ~1e-7 of that magnitude, so a rounding that flips
+  // between them had a margin far below this; a looser bound would log most cache rows.
+  static constexpr double kRoundingGap = 1e-5;
   std::vector<NearTie> sorted() const;  // by position, then layer
 
  private:
