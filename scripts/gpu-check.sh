@@ -89,6 +89,18 @@ done
 if cmp -s "$WORK/g-1.f32" "$WORK/g-0.f32"; then row "decode CUDA graph == plain launches (bitwise)" PASS "120 steps"
 else row "decode CUDA graph == plain launches (bitwise)" FAIL ""; fi
 rm -f "$WORK"/g-*.f32
+# a short prompt at a context that is no multiple of anything (scratch buffers sized by it): prefill then
+# decode on the full-dimension shapes, fast routes and reference path
+python3 -c "
+import json, random; random.seed(12)
+json.dump({'tokens': [random.randrange(129280) for _ in range(261)]}, open('$WORK/r261.json', 'w'))"
+ok=1
+for q in "" --quality; do
+  run "$FS" logits -m "$WORK/flash4.gguf" --tokens "$WORK/r261.json" -o "$WORK/o$q.f32" --backend cuda --decode-from 200 $q || ok=0
+done
+if [ $ok = 1 ]; then row "decode at context 262 (fast, reference)" PASS "$("$FS" drift "$WORK/o--quality.f32" "$WORK/o.f32" --vocab 129280 2>&1 | grep -m1 -o 'rel_rms[^,]*' | head -1)"
+else row "decode at context 262 (fast, reference)" FAIL "see log"; fi
+rm -f "$WORK"/o*.f32
 
 # 4. full-dimension synthetic model (slow: the CPU reference runs the same prompt)
 if [ "${FULL:-0}" = 1 ]; then

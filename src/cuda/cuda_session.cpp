@@ -60,8 +60,12 @@ struct Dims {
     return static_cast<size_t>(C * HC * 2 + C * MIX + C * SPLIT + C * D * 5 + C * QL + C * QD * 2 + C * 2 * 2 * HD +
                                C * 2 * 2 * IHD + C * NIH * IHD + C * NIH + C * OL + C * E + C * K + C * K * FF * 2 +
                                C * K * D + C * FF * 2 + C * IDXCAP + C * H * MAXROWS + kHeadRows * V + C * NHC +
-                               SWA * HD + C * K + 2 * STATE + kMvWork);
+                               SWA * HD + C * K + 2 * STATE + kMvWork) +
+           kScratchPieces * kScratchAlign;
   }
+  // Every scratch buffer starts on a 256-byte boundary: the kernels load and store float4s, and sizes
+  // such as C * K (C = the context when it is below the chunk) are not multiples of 4 floats.
+  static constexpr size_t kScratchAlign = 64, kScratchPieces = 40;
 };
 
 size_t layer_state_floats(const ModelConfig& c, const SessionOptions& o, uint32_t il, int64_t C) {
@@ -351,9 +355,12 @@ class CudaSession final : public Session {
     }
     scratch_.resize(d_.scratch_floats());
     float* q = scratch_.get();
+    float* const q_end = q + d_.scratch_floats();
+    int pieces = 0;
     auto take = [&](int64_t n) {
       float* r = q;
-      q += n;
+      q += (n + Dims::kScratchAlign - 1) / Dims::kScratchAlign * Dims::kScratchAlign;
+      if (++pieces > int(Dims::kScratchPieces) || q > q_end) fail("internal: scratch plan too small");
       return r;
     };
     const int64_t C = d_.C;

@@ -466,8 +466,10 @@ void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cu
     FS_CUDA_LAUNCH_CHECK();
     // The row splits' partial sums live in the scratch after the probabilities.
     const int64_t total = a.n * a.n_head * a.head_dim, room = scratch_floats - a.n * a.n_head * max_rows;
-    const int splits = static_cast<int>(std::min<int64_t>(kDecSplits, room > 0 ? room / total : 0));
     float* work = scratch + a.n * a.n_head * max_rows;
+    // the parts are written as float4s: without a 16-byte aligned work area, one part straight to out
+    const bool aligned = reinterpret_cast<uintptr_t>(work) % 16 == 0;
+    const int splits = aligned ? static_cast<int>(std::min<int64_t>(kDecSplits, room > 0 ? room / total : 0)) : 1;
     const dim3 g(static_cast<unsigned>(a.n), a.n_head / kDecHeadGroup, splits > 1 ? splits : 1);
     attn_pv_decode<<<g, a.head_dim / 4, 0, s>>>(a, scratch, max_rows, work);
     FS_CUDA_LAUNCH_CHECK();
