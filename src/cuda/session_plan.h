@@ -1,0 +1,36 @@
+// The CUDA session's sizes, computed before anything is allocated: the dimensions its buffers are cut
+// from, the per-layer KV state and the scratch of one prefill chunk (what plan_memory reports and the
+// session then allocates, so the two cannot disagree).
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/cuda_session.h"
+
+namespace flashstar::cuda::plan {
+
+constexpr int64_t kHeadRows = 128;  // logits rows computed per output-head pass
+// Up to this many tokens (or for matrices this short) the fast routes stream weights through the
+// matrix-vector kernels; above it they run tensor-core products.
+constexpr int64_t kSmallN = 8, kMinGemmRows = 64;
+constexpr int64_t kMvWork = 1 << 20;  // floats of partial sums for split matrix-vector products
+
+inline size_t f32b(int64_t n) { return static_cast<size_t>(n) * sizeof(float); }
+
+struct Dims {
+  int64_t C, SWA, D, HC, MIX, SPLIT, QL, QD, HD, H, OL, E, K, FF, NIH, IHD, IDXCAP, MAXROWS, V, NHC, XB, MOE_INTS, STATE;
+  Dims(const ModelConfig& c, const SessionOptions& o);
+  size_t scratch_floats() const;
+  // Every scratch buffer starts on a 256-byte boundary: the kernels load and store float4s, and sizes
+  // such as C * K (C = the context when it is below the chunk) are not multiples of 4 floats.
+  static constexpr size_t kScratchAlign = 64, kScratchPieces = 40;
+};
+
+size_t layer_state_floats(const ModelConfig& c, const SessionOptions& o, uint32_t il, int64_t C);
+
+// FLASHSTAR_GPU_MEMORY=80GiB (or bytes, KiB/MiB/GiB/GB suffixes): plan as if the card had at most this
+// much memory, to leave room for other processes or to check what a smaller card would refuse.
+void cap_memory(size_t& free_b, size_t& total_b);
+
+}  // namespace flashstar::cuda::plan
