@@ -87,19 +87,22 @@ const NearTie* explain(const std::vector<NearTie>& ties, const RowDiff& d, int64
   const int64_t pos = row_first ? d.pos : bad_pos;
   for (const NearTie& t : ties) {
     if (t.pos != pos) continue;
-    const bool row_rounding = std::strncmp(t.kind, "kv_", 3) == 0 ||
-                              (std::strncmp(t.kind, "idx_", 4) == 0 && std::strncmp(t.kind, "idx_q", 5) != 0);
+    // the row kind a rounding belongs to: kv_ raw, comp_ compressed, idx_ indexer (idx_q_: a query)
+    const bool idx_q = std::strncmp(t.kind, "idx_q", 5) == 0;
+    const char* row_of = std::strncmp(t.kind, "kv_", 3) == 0     ? "raw"
+                         : std::strncmp(t.kind, "comp_", 5) == 0 ? "comp"
+                         : std::strncmp(t.kind, "idx_", 4) == 0 && !idx_q ? "idx"
+                                                                         : nullptr;
     if (!row_first) {
-      if (!row_rounding) take(t);
+      if (!row_of) take(t);
       continue;
     }
-    if (!row_rounding) {
+    if (!row_of) {
       if (t.layer < d.layer) take(t);
       continue;
     }
-    if (t.layer != d.layer) continue;
-    const bool idx_row = std::strcmp(d.cache, "idx") == 0, idx_tie = std::strncmp(t.kind, "idx_", 4) == 0;
-    if (idx_row != idx_tie) continue;
+    if (t.layer != d.layer || std::strcmp(row_of, d.cache) != 0) continue;
+    const bool idx_row = std::strcmp(d.cache, "idx") == 0;
     const bool scale = std::strstr(t.kind, "_scale") != nullptr;
     const int32_t block = idx_row ? 32 : 64;
     for (int32_t e : d.elems)

@@ -13,7 +13,9 @@ namespace {
 
 // With a tie log, every rounding of a cached row (or indexer query) that came within
 // TieLog::kRoundingGap of its boundary, so drift against another backend can be traced to it.
-void log_roundings(const float* row, int64_t dim, int64_t n_rot, RowKind kind, bool query, int64_t pos,
+// Kinds: kv_* (raw rows), comp_* (compressed attention rows), idx_* (indexer rows), idx_q_* (queries).
+enum class RowOrigin { Raw, Compressed, Query };
+void log_roundings(const float* row, int64_t dim, int64_t n_rot, RowKind kind, RowOrigin origin, int64_t pos,
                    const LayerContext& L) {
   if (!L.ties || L.numerics != Numerics::Official) return;
   TieLog& t = *L.ties;
@@ -23,21 +25,24 @@ void log_roundings(const float* row, int64_t dim, int64_t n_rot, RowKind kind, b
       float amax = 0;
       for (int64_t i = b0; i < b1; ++i) amax = std::max(amax, std::fabs(row[i]));
       const double y = std::max(amax, 1e-4f) / 448.0;
-      t.rounding(pos, L.il, "kv_fp8_scale", y, pow2_ceil_boundary(y), y, static_cast<int32_t>(b0));
+      const bool comp = origin == RowOrigin::Compressed;
+      t.rounding(pos, L.il, comp ? "comp_fp8_scale" : "kv_fp8_scale", y, pow2_ceil_boundary(y), y, static_cast<int32_t>(b0));
       const float scale = fp8_block_scale(amax);
       for (int64_t i = b0; i < b1; ++i) {
         const double a = std::fabs(row[i] / scale);
-        t.rounding(pos, L.il, "kv_fp8", a, e4m3_boundary(a), amax / scale, static_cast<int32_t>(i));
+        t.rounding(pos, L.il, comp ? "comp_fp8" : "kv_fp8", a, e4m3_boundary(a), amax / scale, static_cast<int32_t>(i));
       }
     }
     float rmax = 0;
     for (int64_t i = dim - n_rot; i < dim; ++i) rmax = std::max(rmax, std::fabs(row[i]));
     for (int64_t i = dim - n_rot; i < dim; ++i) {
       const double a = std::fabs(row[i]);
-      t.rounding(pos, L.il, "kv_f16", a, f16_boundary(a), rmax, static_cast<int32_t>(i));
+      t.rounding(pos, L.il, origin == RowOrigin::Compressed ? "comp_f16" : "kv_f16", a, f16_boundary(a), rmax,
+                 static_cast<int32_t>(i));
     }
     return;
   }
+  const bool query = origin == RowOrigin::Query;
   std::vector<float> h(row, row + dim);
   hadamard_inplace(h.data(), dim);
   for (int64_t b0 = 0; b0 < dim; b0 += 32) {
@@ -57,9 +62,10 @@ void log_roundings(const float* row, int64_t dim, int64_t n_rot, RowKind kind, b
 
 // The official numerics a cached row goes through before it is stored (FP8 on the non-rope dims of
 // attention rows, Hadamard + FP4 on indexer rows, then f16 storage).
-void finish_cached_row(float* row, int64_t dim, int64_t n_rot, RowKind kind, int64_t pos, const LayerContext& L) {
+void finish_cached_row(float* row, int64_t dim, int64_t n_rot, RowKind kind, RowOrigin origin, int64_t pos,
+                       const LayerContext& L) {
   if (L.numerics != Numerics::Official) return;
-  log_roundings(row, dim, n_rot, kind, false, pos, L);
+  log_roundings(row, dim, n_rot, kind, origin, pos, L);
   if (kind == RowKind::Attention) {
     fp8_e4m3_roundtrip_blocks(row, dim - n_rot, 64);
   } else {
@@ -108,7 +114,7 @@ void compressor_push(CompressorState& st, const float* kv_cur, const float* sc_c
   }
   rms_norm(pooled.data(), norm.data(), pooled.data(), dim, float(L.cfg.rms_eps));
   L.rope.apply(pooled.data() + dim - L.cfg.n_rot, pos + 1 - r, false);
-  finish_cached_row(pooled.data(), dim, L.cfg.n_rot, kind, pos, L);
+  finish_cached_row(pooled.data(), dim, L.cfg.n_rot, kind, RowOrigin::Compressed, pos, L);
   rows.insert(rows.end(), pooled.begin(), pooled.end());
 
   if (r == 4) {  // the current window becomes the previous one
@@ -201,7 +207,7 @@ void attention_half(const LayerContext& L, const Chunk& ch, float* X) {
       float* k = kv.data() + t * HD;
       rms_norm(k, w.kv_a_norm.data(), k, HD, eps);
       L.rope.apply(k + NOPE, pos, false);
-      finish_cached_row(k, HD, c.n_rot, RowKind::Attention, pos, L);
+      finish_cached_row(k, HD, c.n_rot, RowKind::Attention, RowOrigin::Raw, pos, L);
     }
   });
 
@@ -247,7 +253,7 @@ void attention_half(const LayerContext& L, const Chunk& ch, float* X) {
           float* qh = iq.data() + (t * NIH + h) * IHD;
           L.rope.apply(qh + IHD - c.n_rot, ch.pos0 + t, false);
           if (L.numerics != Numerics::Official) continue;
-          log_roundings(qh, IHD, 0, RowKind::Indexer, true, ch.pos0 + t, L);
+          log_roundings(qh, IHD, 0, RowKind::Indexer, RowOrigin::Query, ch.pos0 + t, L);
           indexer_qat_row(qh, IHD);
         }
     });
