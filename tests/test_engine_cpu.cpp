@@ -9,19 +9,15 @@
 #include "common/error.h"
 #include "engine/session.h"
 #include "test_models.h"
+#include "test_random.h"
 
 using namespace flashstar;
+using test_random::random_tokens;
 
 namespace {
 
 const std::string& tiny_model_path() { return test_models::synth_tiny_model(FLASHSTAR_BINARY, 7); }
 
-std::vector<int32_t> random_tokens(size_t n, uint32_t vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng() % vocab);
-  return t;
-}
 
 std::vector<float> run(const Model& m, const std::vector<int32_t>& toks, uint32_t chunk, size_t decode_from,
                        Numerics num) {

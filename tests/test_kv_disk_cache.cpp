@@ -13,20 +13,16 @@
 #include "engine/kv_disk_cache.h"
 #include "engine/session.h"
 #include "test_models.h"
+#include "test_random.h"
 
 using namespace flashstar;
+using test_random::random_tokens;
 namespace fs = std::filesystem;
 
 namespace {
 
 const std::string& tiny_model_path() { return test_models::synth_tiny_model(FLASHSTAR_BINARY, 7); }
 
-std::vector<int32_t> random_tokens(size_t n, uint32_t vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng() % vocab);
-  return t;
-}
 
 // Stand-in for the decoded token bytes: any injective per-token spelling keeps text prefixes aligned
 // with token prefixes, which is all the cache relies on.

@@ -11,19 +11,13 @@
 #include "common/error.h"
 #include "common/half.h"
 #include "quant/quant.h"
+#include "test_random.h"
 
 using namespace flashstar;
+using test_random::gaussian;
 using namespace flashstar::quant;
 
 namespace {
-
-std::vector<float> gaussian(size_t n, uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, sigma);
-  std::vector<float> v(n);
-  for (float& x : v) x = nd(rng);
-  return v;
-}
 
 std::vector<uint8_t> quantize_vec(GgmlType t, const std::vector<float>& x, const float* importance = nullptr) {
   std::vector<uint8_t> q(row_bytes(t, static_cast<int64_t>(x.size())));

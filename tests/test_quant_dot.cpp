@@ -10,19 +10,13 @@
 
 #include "common/half.h"
 #include "quant/quant.h"
+#include "test_random.h"
 
 using namespace flashstar;
+using test_random::gaussian;
 using namespace flashstar::quant;
 
 namespace {
-
-std::vector<float> gaussian(size_t n, uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, sigma);
-  std::vector<float> v(n);
-  for (float& x : v) x = nd(rng);
-  return v;
-}
 
 // Random block bytes with realistic finite f16 scales at the given offsets (either sign).
 std::vector<uint8_t> random_blocks(GgmlType t, int64_t n, uint32_t seed, const std::vector<int>& scale_offsets) {

@@ -257,15 +257,24 @@ std::vector<std::string_view> raw_elements(std::string_view s) {
   }
 }
 
+namespace {
+// The "messages" array both dialects require: present, an array, and every element an object (each
+// dialect then applies its own role rules).
+const ojson& message_array(const ojson& b) {
+  const ojson* msgs = field(b, "messages");
+  if (!msgs) throw ApiError(400, "missing messages", "", "messages");
+  if (!msgs->is_array()) invalid("messages must be an array");
+  for (const auto& m : *msgs)
+    if (!m.is_object()) invalid("each message must be an object");
+  return *msgs;
+}
+}  // namespace
+
 GenRequest parse_chat_request(const ojson& b, std::string_view raw) {
   GenRequest r;
   r.dialect = Dialect::Chat;
   parse_common(b, r);
-  const ojson* msgs = field(b, "messages");
-  if (!msgs) throw ApiError(400, "missing messages", "", "messages");
-  if (!msgs->is_array()) invalid("messages must be an array");
-  for (const auto& m : *msgs) {
-    if (!m.is_object()) invalid("each message must be an object");
+  for (const auto& m : message_array(b)) {
     text::Message msg;
     msg.role = opt_string(m, "role").value_or("user");
     if (!known_role(msg.role)) throw ApiError(400, "unknown message role '" + msg.role + "'", "", "messages");
@@ -353,11 +362,7 @@ GenRequest parse_anthropic_request(const ojson& b, std::string_view raw) {
     m.content = content_text(*sys, "system");
     if (!m.content.empty()) r.messages.push_back(std::move(m));
   }
-  const ojson* msgs = field(b, "messages");
-  if (!msgs) throw ApiError(400, "missing messages", "", "messages");
-  if (!msgs->is_array()) invalid("messages must be an array");
-  for (const auto& m : *msgs) {
-    if (!m.is_object()) invalid("each message must be an object");
+  for (const auto& m : message_array(b)) {
     text::Message msg;
     msg.role = opt_string(m, "role").value_or("user");
     if (msg.role != "user" && msg.role != "assistant")
