@@ -268,6 +268,21 @@ const ojson& message_array(const ojson& b) {
     if (!m.is_object()) invalid("each message must be an object");
   return *msgs;
 }
+
+// Calls f(entry, raw) for each "tools" entry, raw being that entry's text in the body as received
+// (nullopt when the raw scan found no such element): schemas reach the prompt byte for byte as the
+// client wrote them (escapes, spacing), which a re-dump would not keep.
+template <class F>
+void each_tool(const ojson& b, std::string_view raw, F&& f) {
+  const ojson* tools = opt_array(b, "tools");
+  if (!tools) return;
+  const auto raws = raw_elements(raw_member(raw, "tools"));
+  for (size_t i = 0; i < tools->size(); ++i) {
+    const ojson& t = (*tools)[i];
+    if (!t.is_object()) invalid("tools entries must be objects");
+    f(t, i < raws.size() ? std::optional<std::string_view>(raws[i]) : std::nullopt);
+  }
+}
 }  // namespace
 
 GenRequest parse_chat_request(const ojson& b, std::string_view raw) {
@@ -297,18 +312,13 @@ GenRequest parse_chat_request(const ojson& b, std::string_view raw) {
     }
     r.messages.push_back(std::move(msg));
   }
-  if (const ojson* tools = opt_array(b, "tools")) {
-    const auto raws = raw_elements(raw_member(raw, "tools"));
-    for (size_t i = 0; i < tools->size(); ++i) {
-      const ojson& t = (*tools)[i];
-      if (!t.is_object()) invalid("tools entries must be objects");
-      const ojson* fn = opt_object(t, "function");
-      if (!fn) invalid("tools entries need a function object");
-      if (!opt_string(*fn, "name")) invalid("tools entries need a function name");
-      std::string_view line = i < raws.size() ? raw_member(raws[i], "function") : std::string_view{};
-      r.tool_schemas.push_back(line.empty() ? dump(*fn) : std::string(line));
-    }
-  }
+  each_tool(b, raw, [&](const ojson& t, std::optional<std::string_view> t_raw) {
+    const ojson* fn = opt_object(t, "function");
+    if (!fn) invalid("tools entries need a function object");
+    if (!opt_string(*fn, "name")) invalid("tools entries need a function name");
+    std::string_view line = t_raw ? raw_member(*t_raw, "function") : std::string_view{};
+    r.tool_schemas.push_back(line.empty() ? dump(*fn) : std::string(line));
+  });
   bool tool_choice_none = false;
   if (const ojson* tc = field(b, "tool_choice")) {
     if (tc->is_string()) tool_choice_none = tc->get<std::string>() == "none";
@@ -398,17 +408,12 @@ GenRequest parse_anthropic_request(const ojson& b, std::string_view raw) {
     }
     r.messages.push_back(std::move(msg));
   }
-  if (const ojson* tools = opt_array(b, "tools")) {
-    const auto raws = raw_elements(raw_member(raw, "tools"));
-    for (size_t i = 0; i < tools->size(); ++i) {
-      const ojson& t = (*tools)[i];
-      if (!t.is_object()) invalid("tools entries must be objects");
-      if (!opt_string(t, "name")) invalid("tools entries need a name");
-      // Server tools (web_search_..., bash_...) carry a type and no schema; the model cannot call them.
-      if (!t.contains("input_schema")) continue;
-      r.tool_schemas.push_back(i < raws.size() ? std::string(raws[i]) : dump(t));
-    }
-  }
+  each_tool(b, raw, [&](const ojson& t, std::optional<std::string_view> t_raw) {
+    if (!opt_string(t, "name")) invalid("tools entries need a name");
+    // Server tools (web_search_..., bash_...) carry a type and no schema; the model cannot call them.
+    if (!t.contains("input_schema")) return;
+    r.tool_schemas.push_back(t_raw ? std::string(*t_raw) : dump(t));
+  });
   bool none = false;
   if (const ojson* tc = opt_object(b, "tool_choice")) none = opt_string(*tc, "type") == "none";
   r.tools_active = !r.tool_schemas.empty() && !none;
@@ -530,34 +535,29 @@ GenRequest parse_responses_request(const ojson& b, std::string_view raw) {
   } else {
     invalid("input must be a string or an array");
   }
-  if (const ojson* tools = opt_array(b, "tools")) {
-    const auto raws = raw_elements(raw_member(raw, "tools"));
-    for (size_t i = 0; i < tools->size(); ++i) {
-      const ojson& t = (*tools)[i];
-      if (!t.is_object()) invalid("tools entries must be objects");
-      const std::string type = opt_string(t, "type").value_or("function");
-      if (type == "function") {
-        const auto name = opt_string(t, "name");
-        if (!name) invalid("function tools need a name");
-        r.tool_schemas.push_back(i < raws.size() ? std::string(raws[i]) : dump(t));
-        r.wire_names.push_back({*name, *name, ""});
-      } else if (type == "namespace") {
-        const std::string ns = opt_string(t, "name").value_or("");
-        if (const ojson* members = opt_array(t, "tools"))
-          for (const auto& m : *members) {
-            if (!m.is_object()) invalid("namespace tools must be objects");
-            const std::string name = opt_string(m, "name").value_or("");
-            ojson line = ojson::object();
-            line["name"] = ns + name;
-            if (auto d = m.find("description"); d != m.end()) line["description"] = *d;
-            if (auto p = m.find("parameters"); p != m.end()) line["parameters"] = *p;
-            r.tool_schemas.push_back(dump(line));
-            r.wire_names.push_back({ns + name, name, ns});
-          }
-      }
-      // Hosted tools (web_search, file_search, ...) run on OpenAI's side; nothing to offer the model.
+  each_tool(b, raw, [&](const ojson& t, std::optional<std::string_view> t_raw) {
+    const std::string type = opt_string(t, "type").value_or("function");
+    if (type == "function") {
+      const auto name = opt_string(t, "name");
+      if (!name) invalid("function tools need a name");
+      r.tool_schemas.push_back(t_raw ? std::string(*t_raw) : dump(t));
+      r.wire_names.push_back({*name, *name, ""});
+    } else if (type == "namespace") {
+      const std::string ns = opt_string(t, "name").value_or("");
+      if (const ojson* members = opt_array(t, "tools"))
+        for (const auto& m : *members) {
+          if (!m.is_object()) invalid("namespace tools must be objects");
+          const std::string name = opt_string(m, "name").value_or("");
+          ojson line = ojson::object();
+          line["name"] = ns + name;
+          if (auto d = m.find("description"); d != m.end()) line["description"] = *d;
+          if (auto p = m.find("parameters"); p != m.end()) line["parameters"] = *p;
+          r.tool_schemas.push_back(dump(line));
+          r.wire_names.push_back({ns + name, name, ns});
+        }
     }
-  }
+    // Hosted tools (web_search, file_search, ...) run on OpenAI's side; nothing to offer the model.
+  });
   if (const ojson* tc = field(b, "tool_choice")) {
     if (tc->is_object()) throw ApiError(400, "forced tool_choice not supported", "", "tool_choice");
     if (!tc->is_string()) invalid("tool_choice must be a string");
