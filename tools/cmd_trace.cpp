@@ -12,12 +12,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <numeric>
 
 #include "commands.h"
 #include "common/error.h"
 #include "common/file_util.h"
 #include "common/parallel.h"
+#include "engine/drift.h"
 #include "engine/kv_state.h"
 #include "engine/session.h"
 #include "tool_util.h"
@@ -111,34 +111,9 @@ const NearTie* explain(const std::vector<NearTie>& ties, const RowDiff& d, int64
   return best;
 }
 
-// Per-position comparison: relative rms (rms of the difference / std of the reference row) and whether
-// the top-20 sets agree (ties broken by the lower token id).
-struct PosDrift {
-  double rel = 0;
-  bool same20 = true;
-};
-PosDrift compare_row(const float* r, const float* c, size_t V) {
-  double s = 0, s2 = 0, d2 = 0;
-  for (size_t i = 0; i < V; ++i) {
-    s += r[i], s2 += double(r[i]) * r[i];
-    const double d = double(c[i]) - r[i];
-    d2 += d * d;
-  }
-  const double var = std::max(s2 / V - (s / V) * (s / V), 1e-60);
-  PosDrift p;
-  p.rel = std::sqrt(d2 / V / var);
-  auto top = [&](const float* x) {
-    std::vector<int32_t> id(V);
-    std::iota(id.begin(), id.end(), 0);
-    const size_t k = std::min<size_t>(20, V);
-    std::partial_sort(id.begin(), id.begin() + k, id.end(),
-                      [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
-    id.resize(k);
-    std::sort(id.begin(), id.end());
-    return id;
-  };
-  p.same20 = top(r) == top(c);
-  return p;
+// Top-20 sets equal (drift.h's definitions: finite values, ties to the lower token id).
+bool same_top20(const drift::PositionDrift& d, size_t vocab) {
+  return d.top20_overlap == static_cast<int>(std::min<size_t>(20, vocab));
 }
 
 }  // namespace
@@ -203,14 +178,14 @@ void add_trace_command(CLI::App& app) {
       ref->eval(seg, lr.data());
       if (!o->ref_logits.empty()) all_ref.insert(all_ref.end(), lr.begin(), lr.begin() + n * V);
       cand->eval(seg, lc.data());
-      std::vector<PosDrift> pd(n);
+      std::vector<drift::PositionDrift> pd(n);
       parallel_for(n, [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) pd[t] = compare_row(lr.data() + t * V, lc.data() + t * V, V);
+        for (int64_t t = t0; t < t1; ++t) pd[t] = drift::compare_row({lr.data() + t * V, V}, {lc.data() + t * V, V});
       });
       int64_t first_bad = -1, seg_beyond = 0;
       for (int64_t t = 0; t < n; ++t) {
-        const bool bad = pd[t].rel > o->rel_bound || !pd[t].same20;
-        seg_beyond += bad, same20 += pd[t].same20;
+        const bool same = same_top20(pd[t], V), bad = pd[t].rel_rms > o->rel_bound || !same;
+        seg_beyond += bad, same20 += same;
         if (bad && first_bad < 0) first_bad = q + t;
       }
       beyond += seg_beyond;
@@ -221,7 +196,7 @@ void add_trace_command(CLI::App& app) {
       nlohmann::json js = {{"start", q}, {"tokens", n}};
       const int64_t event = d.pos >= 0 && (first_bad < 0 || d.pos <= first_bad) ? d.pos : first_bad;
       double pre = 0;
-      for (int64_t t = 0; t < n && (event < 0 || q + t < event); ++t) pre = std::max(pre, pd[t].rel);
+      for (int64_t t = 0; t < n && (event < 0 || q + t < event); ++t) pre = std::max(pre, pd[t].rel_rms);
       pre_event_max = std::max(pre_event_max, pre);
       js["pre_event_max_rel_rms"] = pre;
       js["beyond_bound"] = seg_beyond;
