@@ -391,10 +391,13 @@ class CudaSession final : public Session {
   void hc_pre(const DMat& fn, const float* scale, const float* base, int64_t n, float* out) {
     norm_rows(X_, d_.HC, nullptr, flat_, d_.HC, n, d_.HC, float(c_.rms_eps));
     mm(Route::F16Proj, fn, 0, d_.MIX, flat_, n, d_.HC, mix_, d_.MIX);
-    if (!routes_[Route::FusedOps] || !fast::hc_split(mix_, d_.MIX, scale, base, int(c_.n_hc), int(c_.hc_sinkhorn_iter),
-                                                      float(c_.hc_eps), split_, n, s_))
-      hc_split(mix_, d_.MIX, scale, base, int(c_.n_hc), int(c_.hc_sinkhorn_iter), float(c_.hc_eps), split_, n, s_);
-    hc_weighted_sum(X_, split_, int(c_.n_hc), d_.D, out, n, s_);
+    const int n_hc = int(c_.n_hc), iters = int(c_.hc_sinkhorn_iter);
+    const float eps = float(c_.hc_eps);
+    if (routes_[Route::FusedOps] && fast::hc_split_sum(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, X_, d_.D, out, n, s_))
+      return;
+    if (!routes_[Route::FusedOps] || !fast::hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, s_))
+      hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, s_);
+    hc_weighted_sum(X_, split_, n_hc, d_.D, out, n, s_);
   }
 
   void attention_half(uint32_t il, int64_t pos0, int64_t n) {
@@ -425,11 +428,16 @@ class CudaSession final : public Session {
     }
     norm_rows(qr_, d_.QL, L.q_a_norm, qr_, d_.QL, n, d_.QL, eps);
     mm(Route::DenseQ8, L.q_b, 0, d_.QD, qr_, n, d_.QL, q_, d_.QD);
-    norm_rows(q_, d_.HD, nullptr, q_, d_.HD, n * d_.H, d_.HD, eps);
-    rope(q_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
-    norm_rows(kv, d_.HD, L.kv_a_norm, kv, d_.HD, n, d_.HD, eps);
-    rope(kv, n, d_.HD, 1, d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
-    finish(kv, n, d_.HD, d_.HD, n_rot, RowKind::Attention, official);
+    const bool fused = routes_[Route::FusedOps];
+    if (!fused || !fast::norm_rope_rows(q_, n * d_.H, d_.HD, nullptr, eps, int(d_.H), n_rot, freq, pos0, pos_dev_, false, s_)) {
+      norm_rows(q_, d_.HD, nullptr, q_, d_.HD, n * d_.H, d_.HD, eps);
+      rope(q_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
+    }
+    if (!fused || !fast::norm_rope_rows(kv, n, d_.HD, L.kv_a_norm, eps, 1, n_rot, freq, pos0, pos_dev_, official, s_)) {
+      norm_rows(kv, d_.HD, L.kv_a_norm, kv, d_.HD, n, d_.HD, eps);
+      rope(kv, n, d_.HD, 1, d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
+      finish(kv, n, d_.HD, d_.HD, n_rot, RowKind::Attention, official);
+    }
 
     bool use_indexer = false;
     prof_.stage("attn.compress", s_);
@@ -521,6 +529,8 @@ class CudaSession final : public Session {
       shared = shared_;
     }
     prof_.stage("ffn.sum", s_);
+    if (routes_[Route::FusedOps] && fast::sum_slots_post(slot_, shared, int(d_.K), X_, split_, int(c_.n_hc), d_.D, n, s_))
+      return;
     sum_slots(slot_, shared, n, int(d_.K), d_.D, out_, s_);
     hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
   }

@@ -6,6 +6,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/ref_numerics.cuh"
+#include "cuda/row_sim_par.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -39,6 +40,7 @@ struct Source {
 __global__ void compress_rows_kernel(CompressorArgs a, int64_t first_row) {
   extern __shared__ float row[];  // dim floats
   __shared__ double red[33];
+  __shared__ float red_f[32];
   const int r = a.ratio, dim = a.dim;
   if (a.pos_dev) a.pos0 = *a.pos_dev, first_row = a.pos0 / r;
   const int64_t ci = first_row + blockIdx.x;  // compressed row index
@@ -105,13 +107,9 @@ __global__ void compress_rows_kernel(CompressorArgs a, int64_t first_row) {
   }
   __syncthreads();
   if (a.official) {
-    if (a.kind == RowKind::Attention) {
-      const int n = dim - a.n_rot;
-      for (int b = threadIdx.x; b * 64 < n; b += blockDim.x) d_fp8_blocks(row + b * 64, n - b * 64 < 64 ? n - b * 64 : 64, 64);
-    } else if (threadIdx.x == 0) {
-      d_indexer_qat(row, dim);
-    }
-    __syncthreads();
+    // all threads of the block (a thread per scale block or one thread per row took 40-60 us at decode)
+    if (a.kind == RowKind::Attention) fp8_blocks_par(row, dim - a.n_rot, 64, red_f);
+    else indexer_qat_par(row, dim, red_f);
     for (int j = threadIdx.x; j < dim; j += blockDim.x) row[j] = f16_round(row[j]);
     __syncthreads();
   }

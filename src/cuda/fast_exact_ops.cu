@@ -7,62 +7,13 @@
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/ref_numerics.cuh"
+#include "cuda/row_sim_par.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
 
 constexpr int kRowThreads = 128;
 constexpr int kMaxRowDim = 4096;  // floats of one row held in shared memory
-
-__device__ __forceinline__ float warp_max(float v) {
-  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-  return v;
-}
-
-// Block maximum of |x| over [b0, b1) for one scale block; every thread gets it. `red` holds a value per warp.
-__device__ float block_amax(const float* x, int64_t b0, int64_t b1, float* red) {
-  float m = 0.0f;
-  for (int64_t i = b0 + threadIdx.x; i < b1; i += blockDim.x) m = fmaxf(m, fabsf(x[i]));
-  m = warp_max(m);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-  __syncthreads();
-  float r = 0.0f;
-  for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) r = fmaxf(r, red[w]);
-  __syncthreads();
-  return r;
-}
-
-// fp8_e4m3_roundtrip_blocks of quant_sim.h with the block's threads.
-__device__ void fp8_blocks_par(float* x, int64_t n, int64_t block, float* red) {
-  for (int64_t b0 = 0; b0 < n; b0 += block) {
-    const int64_t b1 = b0 + block < n ? b0 + block : n;
-    const float scale = fp8_block_scale(block_amax(x, b0, b1, red));
-    for (int64_t i = b0 + threadIdx.x; i < b1; i += blockDim.x) x[i] = fp8_roundtrip(x[i], scale);
-    __syncthreads();
-  }
-}
-
-// indexer_qat_row of quant_sim.h with the block's threads (n a power of two).
-__device__ void indexer_qat_par(float* x, int64_t n, float* red) {
-  for (int64_t h = 1; h < n; h *= 2) {
-    for (int64_t p = threadIdx.x; p < n / 2; p += blockDim.x) {
-      const int64_t j = (p / h) * 2 * h + p % h;  // the p-th butterfly of this stage
-      const float a = x[j], b = x[j + h];
-      x[j] = a + b;
-      x[j + h] = a - b;
-    }
-    __syncthreads();
-  }
-  const float s = hadamard_scale(n);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
-  __syncthreads();
-  for (int64_t b0 = 0; b0 < n; b0 += 32) {
-    const int64_t b1 = b0 + 32 < n ? b0 + 32 : n;
-    const float scale = fp4_block_scale(block_amax(x, b0, b1, red));
-    for (int64_t i = b0 + threadIdx.x; i < b1; i += blockDim.x) x[i] = fp4_roundtrip(x[i], scale);
-    __syncthreads();
-  }
-}
 
 __global__ void __launch_bounds__(kRowThreads) finish_rows_par(float* x, int64_t row_stride, int64_t dim, int n_rot,
                                                                RowKind kind) {
@@ -89,15 +40,13 @@ __global__ void __launch_bounds__(kRowThreads) indexer_qat_par_kernel(float* x, 
 // hc_split_kernel of ref_ops.cu for N = 4 streams with 16 lanes per token, lane (a, b) holding M[a][b]:
 // each row or column sum gathers the four values by shuffles and adds them in the reference's order, and
 // each lane divides its own element, so the Sinkhorn walk's chain of divisions is 16 times shorter.
-__global__ void hc_split_lanes4(const float* mix, int64_t ms, const float* scale, const float* base, int iters,
-                                float eps, float* split, int64_t n_tok) {
-  constexpr int N = 4;
+// Token t's split, by the 16 lanes of a half warp (all 32 lanes of the warp call it; `valid` false:
+// the lanes take part in the shuffles and write nothing).
+constexpr int kHc = 4, kSplit = 2 * kHc + kHc * kHc;
+__device__ __forceinline__ void hc_split_half_warp(const float* m, const float* scale, const float* base, int iters,
+                                                   float eps, bool valid, float* out) {
+  constexpr int N = kHc;
   const int lane = threadIdx.x & 31, sub = lane & 15, a = sub / N, b = sub % N, g = lane & 16;
-  const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 16;
-  const bool valid = t < n_tok;
-  const int64_t tc = valid ? t : n_tok - 1;  // every lane takes part in the shuffles
-  const float* m = mix + tc * ms;
-  float* out = split + tc * (2 * N + N * N);
   if (valid && sub < N) out[sub] = d_hc_pre(m[sub], scale[0], base[sub], eps);
   if (valid && sub >= N && sub < 2 * N) out[sub] = d_hc_post(m[sub], scale[1], base[sub]);
   auto at = [&](float v, int aa, int bb) { return __shfl_sync(0xffffffffu, v, g + aa * N + bb); };
@@ -119,6 +68,67 @@ __global__ void hc_split_lanes4(const float* mix, int64_t ms, const float* scale
     v /= (cs + eps);
   }
   if (valid) out[2 * N + sub] = v;
+}
+
+__global__ void hc_split_lanes4(const float* mix, int64_t ms, const float* scale, const float* base, int iters,
+                                float eps, float* split, int64_t n_tok) {
+  const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 16;
+  const bool valid = t < n_tok;
+  const int64_t tc = valid ? t : n_tok - 1;  // every lane takes part in the shuffles
+  hc_split_half_warp(mix + tc * ms, scale, base, iters, eps, valid, split + tc * kSplit);
+}
+
+// grid (token, slice of the row): each block computes its token's split (first half warp, into shared
+// memory; slice 0 also stores it), then the weighted sum of the 4 streams (hc_sum_kernel's order) over its
+// slice: one launch instead of two. The streams' values are loaded before the split is known.
+constexpr int kSumThreads = 256, kSumPer = 4;  // a block covers kSumThreads * kSumPer values of the row
+__global__ void __launch_bounds__(kSumThreads) hc_split_sum4(const float* mix, int64_t ms, const float* scale,
+                                                             const float* base, int iters, float eps, float* split,
+                                                             const float* X, int64_t d, float* out) {
+  __shared__ float sp[kSplit];
+  const int64_t t = blockIdx.x;
+  float x[kSumPer][kHc];
+#pragma unroll
+  for (int u = 0; u < kSumPer; ++u) {
+    const int64_t i = (static_cast<int64_t>(blockIdx.y) * kSumPer + u) * kSumThreads + threadIdx.x;
+#pragma unroll
+    for (int s = 0; s < kHc; ++s) x[u][s] = i < d ? X[(t * kHc + s) * d + i] : 0.0f;
+  }
+  if (threadIdx.x < 32) {
+    hc_split_half_warp(mix + t * ms, scale, base, iters, eps, threadIdx.x < 16, sp);
+    __syncwarp();
+    if (blockIdx.y == 0 && threadIdx.x < kSplit) split[t * kSplit + threadIdx.x] = sp[threadIdx.x];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int u = 0; u < kSumPer; ++u) {
+    const int64_t i = (static_cast<int64_t>(blockIdx.y) * kSumPer + u) * kSumThreads + threadIdx.x;
+    float acc = 0;
+    for (int s = 0; s < kHc; ++s) acc += sp[s] * x[u][s];
+    if (i < d) out[t * d + i] = acc;
+  }
+}
+
+// sum_slots_kernel then hc_post_kernel of ref_ops.cu for one element of each stream: the FFN output of
+// the element (the k routed slots in order, then the shared expert) and the 4 streams' new values.
+__global__ void sum_slots_post4(const float* slot, const float* shared, int k, float* X, const float* split, int64_t d,
+                                int64_t n_tok) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= n_tok * d) return;
+  const int64_t t = idx / d, i = idx % d;
+  float f = 0;
+  for (int s = 0; s < k; ++s) f += slot[(t * k + s) * d + i];
+  if (shared) f += shared[idx];
+  const float* sp = split + t * kSplit;
+  const float* post = sp + kHc;
+  const float* comb = sp + 2 * kHc;
+  float old[kHc];
+  for (int a = 0; a < kHc; ++a) old[a] = X[(t * kHc + a) * d + i];
+  for (int b = 0; b < kHc; ++b) {
+    float acc = post[b] * f;
+    for (int a = 0; a < kHc; ++a) acc += comb[a * kHc + b] * old[a];
+    X[(t * kHc + b) * d + i] = acc;
+  }
 }
 
 }  // namespace
@@ -145,6 +155,32 @@ bool hc_split(const float* mix, int64_t ms, const float* scale, const float* bas
   if (n_hc != 4) return false;
   if (n <= 0) return true;
   hc_split_lanes4<<<static_cast<unsigned>((n * 16 + 127) / 128), 128, 0, s>>>(mix, ms, scale, base, iters, eps, split, n);
+  FS_CUDA_LAUNCH_CHECK();
+  return true;
+}
+
+}  // namespace flashstar::cuda::fast
+
+namespace flashstar::cuda::fast {
+
+bool hc_split_sum(const float* mix, int64_t ms, const float* scale, const float* base, int n_hc, int iters, float eps,
+                  float* split, const float* X, int64_t d, float* out, int64_t n, cudaStream_t s) {
+  if (n_hc != kHc || n > 0x7fffffff || d <= 0) return false;
+  if (n <= 0) return true;
+  const int64_t slices = (d + kSumThreads * kSumPer - 1) / (kSumThreads * kSumPer);
+  if (slices > 65535) return false;
+  hc_split_sum4<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(slices)), kSumThreads, 0, s>>>(
+      mix, ms, scale, base, iters, eps, split, X, d, out);
+  FS_CUDA_LAUNCH_CHECK();
+  return true;
+}
+
+bool sum_slots_post(const float* slot, const float* shared, int k, float* X, const float* split, int n_hc, int64_t d,
+                    int64_t n, cudaStream_t s) {
+  if (n_hc != kHc) return false;
+  if (n <= 0) return true;
+  const int64_t total = n * d;
+  sum_slots_post4<<<static_cast<unsigned>((total + 255) / 256), 256, 0, s>>>(slot, shared, k, X, split, d, n);
   FS_CUDA_LAUNCH_CHECK();
   return true;
 }

@@ -78,7 +78,7 @@ void indexer_select(const float* iq, const float* iw, float wscale, const float*
 bool compressor_supported(const CompressorArgs& a);
 void compressor_chunk(const CompressorArgs& a, float* tmp, cudaStream_t s);
 
-// The router (same contract as cuda::route) with a warp per token.
+// The router (same contract as cuda::route) with a block per token (a thread per expert).
 bool route_supported(int n_expert, int k);
 void route(float* logits, const float* bias, const int32_t* tid2eid, const int32_t* tokens, int64_t n, int n_expert,
            int k, bool norm, float scale, int32_t* sel, float* weights, cudaStream_t s);
@@ -90,6 +90,18 @@ bool finish_rows(float* x, int64_t n_rows, int64_t row_stride, int64_t dim, int 
 bool indexer_qat(float* x, int64_t n_vec, int64_t dim, cudaStream_t s);
 bool hc_split(const float* mix, int64_t ms, const float* scale, const float* base, int n_hc, int iters, float eps,
               float* split, int64_t n, cudaStream_t s);
+// Rows of dim values at stride dim, in place: RMS norm (weight w, may be null) as rms_norm_rows, then the
+// RoPE rotation of each row's last n_rot values at position pos0 + row / rows_per_pos (*pos_dev when set),
+// then with fp8_rows the cached attention row's FP8 simulation and f16 storage (finish_rows, official
+// numerics). Bitwise equal to those three launches.
+bool norm_rope_rows(float* x, int64_t n_rows, int64_t dim, const float* w, float eps, int rows_per_pos, int n_rot,
+                    const double* freq, int64_t pos0, const int64_t* pos_dev, bool fp8_rows, cudaStream_t s);
+// hc_split then hc_weighted_sum in one launch (a block per token), and sum_slots then hc_post in one:
+// bitwise equal to the reference kernels they replace (n_hc = 4 only).
+bool hc_split_sum(const float* mix, int64_t ms, const float* scale, const float* base, int n_hc, int iters, float eps,
+                  float* split, const float* X, int64_t d, float* out, int64_t n, cudaStream_t s);
+bool sum_slots_post(const float* slot, const float* shared, int k, float* X, const float* split, int n_hc, int64_t d,
+                    int64_t n, cudaStream_t s);
 // RMS norm rows (same contract as cuda::rms_norm_rows) with a block streaming float4s; the double sum
 // is taken in another fixed order than the reference's.
 bool rms_norm_rows(const float* x, int64_t xs, const float* w, float* y, int64_t ys, int64_t n_rows, int64_t dim,

@@ -7,6 +7,8 @@
 #include "cuda/cuda_util.h"
 #include "cuda/weight_dispatch.h"
 #include "cuda/fast_kernels.h"
+#include "cuda/fast_expert_mma.h"
+#include "cuda/fast_matvec_q8.h"
 #include "cuda/fast_quant.cuh"
 #include "quant/quant.h"
 
@@ -15,6 +17,7 @@ namespace {
 
 constexpr int kWarps = 4, kRowsPerWarp = 4, kThreads = kWarps * 32, kMaxTok = 8;
 constexpr int kGroups = 2;  // row groups of four per warp in the quantized kernels
+constexpr int64_t kQ8StreamTokens = 2;  // beyond, the streaming Q8_0 kernel turns compute-bound
 
 __device__ uint64_t g_iq2_grid[256];
 __device__ uint8_t g_iq2_signs[128];
@@ -409,12 +412,15 @@ void init_tables() {
   const int zeros[kMaxSplitBlocks] = {};
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_split_tickets, zeros, sizeof(zeros)));
   init_gemm_tables();
+  init_expert_tables();
   done = true;
 }
 
 bool matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
             int64_t ys, cudaStream_t s, float* work, int64_t work_floats) {
   if (n_rows <= 0 || n_tok <= 0) return true;
+  // Q8_0 at one or two tokens: the persistent streaming kernel (fast_matvec_q8.cu)
+  if (W.type == GgmlType::Q8_0 && n_tok <= kQ8StreamTokens && q8_matvec(W, row0, n_rows, X, n_tok, xs, Y, ys, s)) return true;
   const int64_t groups = (n_tok + kMaxTok - 1) / kMaxTok;
   if (groups > 65535) return false;
   return run(W, row0, n_rows, nullptr, 0, 1, X, xs, Y, ys, n_tok, groups, static_cast<int>(std::min<int64_t>(n_tok, kMaxTok)),
@@ -424,6 +430,10 @@ bool matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t
 bool matvec_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
                   int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s, float* work, int64_t work_floats) {
   if (n_items <= 0) return true;
+  // IQ2_XXS / Q2_K experts: INT8 tensor cores with four-digit activations (fast_expert_mma.cu)
+  if (expert_matvec(W, rows_per_mat, mat_of_item, src_div, X, xs, n_items, Y, ys, s)) return true;
+  if (W.type == GgmlType::Q8_0 && q8_matvec_items(W, rows_per_mat, mat_of_item, src_div, X, xs, n_items, Y, ys, s))
+    return true;
   if (n_items > 65535) return false;
   return run(W, 0, rows_per_mat, mat_of_item, rows_per_mat, src_div, X, xs, Y, ys, n_items, n_items, 1, work,
              work_floats, s);

@@ -1,5 +1,5 @@
 // Small ops of the fused_ops route: the MoE router (sqrt-softplus probabilities, hash or biased top-k,
-// normalised weights) with a warp per token where the reference runs a thread per token (same math and
+// normalised weights) with a block per token where the reference runs a thread per token (same math and
 // the same tie rule, the lower expert id wins, so the choices match); RMS norm with a whole block
 // streaming float4s into independent double partial sums (the reference's one-value-per-iteration loop is
 // latency-bound at decode). The norm's sum has another fixed order than the reference's: both are double
@@ -9,79 +9,83 @@
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/ref_numerics.cuh"
+#include "cuda/row_sim_par.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
 
-constexpr int kMaxPerLane = 32;  // up to 1024 experts
+constexpr int kMaxExperts = 1024;
 
-// Every value a step needs stays in registers and moves by shuffles: a decode step runs one warp, so
-// each dependent global load (the hash table, the picks, their probabilities) would add a full memory
-// latency to the layer.
-__global__ void route_warp_kernel(float* logits, const float* bias, const int32_t* tid2eid, const int32_t* tokens,
-                                  int64_t n, int E, int k, bool norm, float scale, int32_t* sel, float* weights) {
-  const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  const int lane = threadIdx.x & 31;
-  if (t >= n) return;
+// (value, expert) of the better candidate: the larger value, the lower expert on ties; -1 = none.
+__device__ __forceinline__ void better_of(float& bv, int& be, float ov, int oe) {
+  if (oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be))) bv = ov, be = oe;
+}
+__device__ __forceinline__ void warp_best(float& bv, int& be) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+    const int oe = __shfl_xor_sync(0xffffffffu, be, off);
+    better_of(bv, be, ov, oe);
+  }
+}
+
+// A block per token, a thread per expert: each pick is a block-wide argmax (two shuffle rounds), so a
+// decode step's router is a few short rounds instead of one warp walking every expert per pick (14 us).
+// Picks, probabilities and the normalising sum (taken in pick order) are those of the reference.
+__global__ void __launch_bounds__(kMaxExperts) route_block_kernel(float* logits, const float* bias,
+                                                                  const int32_t* tid2eid, const int32_t* tokens, int E,
+                                                                  int k, bool norm, float scale, int32_t* sel,
+                                                                  float* weights) {
+  __shared__ float s_pr[kMaxExperts];
+  __shared__ float s_bv[32];
+  __shared__ int s_be[32];
+  __shared__ int s_pick[32];
+  const int64_t t = blockIdx.x;
+  const int e = threadIdx.x, lane = e & 31, warp = e >> 5, n_warps = blockDim.x >> 5;
   float* p = logits + t * E;
-  // the hash layers' picks, one per lane, loaded while the probabilities are computed
-  const int hashed = tid2eid && lane < k ? tid2eid[static_cast<int64_t>(tokens[t]) * k + lane] : -1;
-  float pr[kMaxPerLane], v[kMaxPerLane];
-  unsigned taken = 0;  // bit j: expert lane + 32 j already chosen
-#pragma unroll
-  for (int j = 0; j < kMaxPerLane; ++j) {
-    const int e = lane + 32 * j;
-    pr[j] = 0.0f, v[j] = -INFINITY;
-    if (e < E) {
-      pr[j] = sqrtf(d_softplus(p[e]));
-      p[e] = pr[j];
-      v[j] = pr[j] + (bias ? bias[e] : 0.0f);
-    }
+  float v = -INFINITY;
+  if (e < E) {
+    const float pr = sqrtf(d_softplus(p[e]));
+    p[e] = pr;
+    s_pr[e] = pr;
+    v = pr + (bias ? bias[e] : 0.0f);
   }
-  int mine = -1;     // lane i keeps the i-th pick
-  float my_p = 0.0f, sum = 0.0f;
-  for (int i = 0; i < k; ++i) {
-    int best;
-    if (tid2eid) {
-      best = __shfl_sync(0xffffffffu, hashed, i);
-    } else {
+  if (tid2eid) {
+    if (e < k) s_pick[e] = tid2eid[static_cast<int64_t>(tokens[t]) * k + e];
+  } else {
+    bool taken = false;
+    for (int i = 0; i < k; ++i) {
       float bv = -INFINITY;
-      best = -1;
-#pragma unroll
-      for (int j = 0; j < kMaxPerLane; ++j) {
-        const int e = lane + 32 * j;
-        if (e < E && !((taken >> j) & 1) && (best < 0 || v[j] > bv)) bv = v[j], best = e;
+      int be = -1;
+      if (e < E && !taken) bv = v, be = e;
+      warp_best(bv, be);
+      if (lane == 0) s_bv[warp] = bv, s_be[warp] = be;
+      __syncthreads();
+      if (warp == 0) {
+        bv = lane < n_warps ? s_bv[lane] : -INFINITY;
+        be = lane < n_warps ? s_be[lane] : -1;
+        warp_best(bv, be);
+        if (lane == 0) s_pick[i] = be;
       }
-      for (int off = 16; off > 0; off >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
-        const int oe = __shfl_xor_sync(0xffffffffu, best, off);
-        if (oe >= 0 && (best < 0 || ov > bv || (ov == bv && oe < best))) bv = ov, best = oe;
-      }
-      if (best >= 0 && (best & 31) == lane) taken |= 1u << (best >> 5);
+      __syncthreads();
+      if (s_pick[i] == e) taken = true;
     }
-    // the pick's probability, from the lane that holds it (the same sum order as the reference: i = 0..k-1)
-    float own = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kMaxPerLane; ++j)
-      if ((best >> 5) == j) own = pr[j];
-    const float pb = __shfl_sync(0xffffffffu, own, best & 31);
-    sum += pb;
-    if (lane == i) mine = best, my_p = pb;
   }
-  if (lane < k) {
+  __syncthreads();
+  if (e < k) {
+    auto prob = [&](int x) { return x >= 0 && x < E ? s_pr[x] : 0.0f; };
+    float sum = 0.0f;
+    for (int i = 0; i < k; ++i) sum += prob(s_pick[i]);
     const float denom = norm ? fmaxf(sum, 6.103515625e-5f) : 1.0f;
-    sel[t * k + lane] = mine;
-    weights[t * k + lane] = my_p / denom * scale;
+    sel[t * k + e] = s_pick[e];
+    weights[t * k + e] = prob(s_pick[e]) / denom * scale;
   }
 }
 
 constexpr int kNormThreads = 512;
 
-__global__ void __launch_bounds__(kNormThreads) rms_norm_vec(const float* x, int64_t xs, const float* w, float* y,
-                                                             int64_t ys, int64_t dim, float eps) {
-  __shared__ double red[kNormThreads / 32];
-  const float4* xr = reinterpret_cast<const float4*>(x + blockIdx.x * xs);
-  float4* yr = reinterpret_cast<float4*>(y + blockIdx.x * ys);
+// 1 / rms of the row (double partial sums of float squares in a fixed order that depends on the row
+// width and the block size alone); every thread gets it.
+__device__ float row_rms_scale(const float4* xr, int64_t dim, float eps, double* red) {
   const int64_t n4 = dim / 4;
   double acc[4] = {0, 0, 0, 0};
   const int64_t nt = blockDim.x;
@@ -106,18 +110,66 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_vec(const float* x, int
   __syncthreads();
   double ss = 0;
   for (int k = 0; k < static_cast<int>(nt / 32); ++k) ss += red[k];
-  const float scale = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(dim) + eps));
-  const float4* wr = reinterpret_cast<const float4*>(w);
-  for (int64_t j = threadIdx.x; j < n4; j += nt) {
-    float4 v = xr[j];
-    if (w) {
-      const float4 g = wr[j];
-      v.x = v.x * scale * g.x, v.y = v.y * scale * g.y, v.z = v.z * scale * g.z, v.w = v.w * scale * g.w;
-    } else {
-      v.x *= scale, v.y *= scale, v.z *= scale, v.w *= scale;
-    }
-    yr[j] = v;
+  return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(dim) + eps));
+}
+__device__ __forceinline__ float4 scaled(float4 v, float scale, const float4* wr, int64_t j) {
+  if (wr) {
+    const float4 g = wr[j];
+    v.x = v.x * scale * g.x, v.y = v.y * scale * g.y, v.z = v.z * scale * g.z, v.w = v.w * scale * g.w;
+  } else {
+    v.x *= scale, v.y *= scale, v.z *= scale, v.w *= scale;
   }
+  return v;
+}
+
+__global__ void __launch_bounds__(kNormThreads) rms_norm_vec(const float* x, int64_t xs, const float* w, float* y,
+                                                             int64_t ys, int64_t dim, float eps) {
+  __shared__ double red[kNormThreads / 32];
+  const float4* xr = reinterpret_cast<const float4*>(x + blockIdx.x * xs);
+  float4* yr = reinterpret_cast<float4*>(y + blockIdx.x * ys);
+  const float scale = row_rms_scale(xr, dim, eps, red);
+  const float4* wr = reinterpret_cast<const float4*>(w);
+  for (int64_t j = threadIdx.x; j < dim / 4; j += blockDim.x) yr[j] = scaled(xr[j], scale, wr, j);
+}
+
+// rms_norm_vec, then rope_kernel's rotation of the row's last n_rot values (the same roundings: products
+// and sums rounded one by one, as the reference file compiles them), then for a cached attention row the
+// FP8 simulation and f16 storage of finish_rows: one launch per row group instead of two or three.
+constexpr int kMaxFusedDim = 2048;
+__global__ void __launch_bounds__(kNormThreads) norm_rope_kernel(float* x, int64_t dim, const float* w, float eps,
+                                                                 int rows_per_pos, int n_rot, const double* freq,
+                                                                 int64_t pos0, const int64_t* pos_dev, bool fp8) {
+  __shared__ double red[kNormThreads / 32];
+  __shared__ float red_f[kNormThreads / 32];
+  __shared__ __align__(16) float row[kMaxFusedDim];
+  if (pos_dev) pos0 = *pos_dev;
+  float4* xr = reinterpret_cast<float4*>(x + blockIdx.x * dim);
+  float4* r4 = reinterpret_cast<float4*>(row);
+  const float scale = row_rms_scale(xr, dim, eps, red);
+  const float4* wr = reinterpret_cast<const float4*>(w);
+  for (int64_t j = threadIdx.x; j < dim / 4; j += blockDim.x) r4[j] = scaled(xr[j], scale, wr, j);
+  __syncthreads();
+  const int64_t pos = pos0 + blockIdx.x / rows_per_pos;
+  float* tail = row + dim - n_rot;
+  for (int p = threadIdx.x; p < n_rot / 2; p += blockDim.x) {
+    const double th = static_cast<double>(pos) * freq[p];
+    const float c = static_cast<float>(cos(th)), sn = static_cast<float>(sin(th));
+    const float a = tail[2 * p], b = tail[2 * p + 1];
+    tail[2 * p] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
+    tail[2 * p + 1] = __fadd_rn(__fmul_rn(a, sn), __fmul_rn(b, c));
+  }
+  __syncthreads();
+  if (fp8) {
+    fp8_blocks_par(row, dim - n_rot, 64, red_f);
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) row[i] = f16_round(row[i]);
+    __syncthreads();
+  }
+  for (int64_t j = threadIdx.x; j < dim / 4; j += blockDim.x) xr[j] = r4[j];
+}
+
+int norm_threads(int64_t dim) {
+  // a thread per float4 of the row, up to kNormThreads (the sum order depends on the row width alone)
+  return static_cast<int>(std::min<int64_t>(kNormThreads, std::max<int64_t>(32, (dim / 4 + 31) / 32 * 32)));
 }
 
 }  // namespace
@@ -127,20 +179,33 @@ bool rms_norm_rows(const float* x, int64_t xs, const float* w, float* y, int64_t
   auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (dim % 4 || xs % 4 || ys % 4 || !al(x) || !al(y) || (w && !al(w)) || n_rows > 0x7fffffff) return false;
   if (n_rows <= 0) return true;
-  // a thread per float4 of the row, up to kNormThreads (the sum order depends on the row width alone)
-  const int threads = static_cast<int>(std::min<int64_t>(kNormThreads, std::max<int64_t>(32, (dim / 4 + 31) / 32 * 32)));
-  rms_norm_vec<<<static_cast<unsigned>(n_rows), threads, 0, s>>>(x, xs, w, y, ys, dim, eps);
+  rms_norm_vec<<<static_cast<unsigned>(n_rows), norm_threads(dim), 0, s>>>(x, xs, w, y, ys, dim, eps);
   FS_CUDA_LAUNCH_CHECK();
   return true;
 }
 
-bool route_supported(int n_expert, int k) { return n_expert <= 32 * kMaxPerLane && k <= n_expert && k <= 32; }
+bool norm_rope_rows(float* x, int64_t n_rows, int64_t dim, const float* w, float eps, int rows_per_pos, int n_rot,
+                    const double* freq, int64_t pos0, const int64_t* pos_dev, bool fp8_rows, cudaStream_t s) {
+  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (dim % 4 || dim > kMaxFusedDim || !al(x) || (w && !al(w)) || n_rot < 0 || n_rot % 2 || n_rot > dim ||
+      rows_per_pos < 1 || n_rows > 0x7fffffff)
+    return false;
+  if (n_rows <= 0) return true;
+  norm_rope_kernel<<<static_cast<unsigned>(n_rows), norm_threads(dim), 0, s>>>(x, dim, w, eps, rows_per_pos, n_rot, freq,
+                                                                               pos0, pos_dev, fp8_rows);
+  FS_CUDA_LAUNCH_CHECK();
+  return true;
+}
+
+bool route_supported(int n_expert, int k) { return n_expert <= kMaxExperts && k <= n_expert && k <= 32; }
 
 void route(float* logits, const float* bias, const int32_t* tid2eid, const int32_t* tokens, int64_t n, int n_expert,
            int k, bool norm, float scale, int32_t* sel, float* weights, cudaStream_t s) {
   if (n <= 0) return;
-  route_warp_kernel<<<static_cast<unsigned>((n * 32 + 127) / 128), 128, 0, s>>>(logits, bias, tid2eid, tokens, n,
-                                                                                 n_expert, k, norm, scale, sel, weights);
+  if (n > 0x7fffffff) fail("route: too many tokens");
+  const int threads = (n_expert + 31) / 32 * 32;
+  route_block_kernel<<<static_cast<unsigned>(n), threads, 0, s>>>(logits, bias, tid2eid, tokens, n_expert, k, norm,
+                                                                   scale, sel, weights);
   FS_CUDA_LAUNCH_CHECK();
 }
 

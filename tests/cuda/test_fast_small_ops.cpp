@@ -4,6 +4,7 @@
 // 1e-6. Fresh random data, odd row counts, strided rows, outputs poisoned or shared with the input.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -90,4 +91,70 @@ TEST_F(FastSmallOps, RmsNormMatchesReference) {
   }
   cuda::DeviceArray<float> d(8);
   EXPECT_FALSE(cuda::fast::rms_norm_rows(d.get(), 6, nullptr, d.get(), 6, 1, 6, 1e-6f, nullptr));  // not float4 rows
+}
+
+TEST_F(FastSmallOps, NormRopeRowsBitwiseEqualsTheLaunchesItReplaces) {
+  // q heads (64 rows of 512 per token, no weight) and cached kv rows (one per token, weight, FP8 finish),
+  // at a position read from the device and at a host position
+  const int64_t dim = 512;
+  const int n_rot = 64;
+  std::vector<double> freq(n_rot / 2);
+  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  auto dfreq = up(freq);
+  const std::vector<int64_t> pos_host = {12345};
+  auto dpos = up(pos_host);
+  struct Case {
+    int64_t tokens;
+    int heads;
+    bool weighted, fp8, pos_on_device;
+  };
+  for (const Case& c : {Case{1, 64, false, false, true}, Case{7, 64, false, false, false}, Case{1, 1, true, true, true},
+                        Case{133, 1, true, true, false}, Case{5, 1, true, false, false}}) {
+    const int64_t rows = c.tokens * c.heads;
+    auto x = randn(static_cast<size_t>(rows * dim), 3.0f);
+    for (size_t i = 0; i < x.size(); ++i) x[i] *= std::ldexp(1.0f, static_cast<int>(i % 9) - 4);
+    auto dw = up(randn(static_cast<size_t>(dim)));
+    const float* w = c.weighted ? dw.get() : nullptr;
+    const int64_t* pd = c.pos_on_device ? dpos.get() : nullptr;
+    const int64_t pos0 = c.pos_on_device ? 0 : 777;
+    auto ref = up(x), got = up(x);
+    ASSERT_TRUE(cuda::fast::rms_norm_rows(ref.get(), dim, w, ref.get(), dim, rows, dim, 1e-6f, nullptr));
+    cuda::rope(ref.get(), c.tokens, c.heads * dim, c.heads, dim, n_rot, dfreq.get(), pos0, 1, false, nullptr, pd);
+    if (c.fp8) ASSERT_TRUE(cuda::fast::finish_rows(ref.get(), rows, dim, dim, n_rot, cuda::RowKind::Attention, true, nullptr));
+    ASSERT_TRUE(cuda::fast::norm_rope_rows(got.get(), rows, dim, w, 1e-6f, c.heads, n_rot, dfreq.get(), pos0, pd, c.fp8,
+                                           nullptr));
+    EXPECT_TRUE(bitwise_equal(down(ref), down(got))) << "tokens " << c.tokens << " heads " << c.heads;
+  }
+  cuda::DeviceArray<float> d(8);
+  EXPECT_FALSE(cuda::fast::norm_rope_rows(d.get(), 1, 6, nullptr, 1e-6f, 1, 2, dfreq.get(), 0, nullptr, false, nullptr));
+}
+
+TEST_F(FastSmallOps, HcSplitSumAndSlotsPostBitwiseEqualTheLaunchesTheyReplace) {
+  const int n_hc = 4, iters = 20, k = 6;
+  const int64_t d = 4096 + 36, mixn = 2 * n_hc + n_hc * n_hc + 3, sn = 2 * n_hc + n_hc * n_hc;
+  for (int64_t n : {1, 3, 70}) {
+    auto dmix = up(randn(static_cast<size_t>(n * mixn), 2.0f));
+    auto dsc = up(randn(3, 0.5f)), dbase = up(randn(static_cast<size_t>(sn)));
+    const auto X = randn(static_cast<size_t>(n * n_hc * d));
+    auto dX = up(X);
+    auto s_ref = poisoned<float>(static_cast<size_t>(n * sn)), s_got = poisoned<float>(static_cast<size_t>(n * sn));
+    auto o_ref = poisoned<float>(static_cast<size_t>(n * d)), o_got = poisoned<float>(static_cast<size_t>(n * d));
+    ASSERT_TRUE(cuda::fast::hc_split(dmix.get(), mixn, dsc.get(), dbase.get(), n_hc, iters, 1e-6f, s_ref.get(), n, nullptr));
+    cuda::hc_weighted_sum(dX.get(), s_ref.get(), n_hc, d, o_ref.get(), n, nullptr);
+    ASSERT_TRUE(cuda::fast::hc_split_sum(dmix.get(), mixn, dsc.get(), dbase.get(), n_hc, iters, 1e-6f, s_got.get(),
+                                         dX.get(), d, o_got.get(), n, nullptr));
+    EXPECT_TRUE(bitwise_equal(down(s_ref), down(s_got))) << "split, tokens " << n;
+    EXPECT_TRUE(bitwise_equal(down(o_ref), down(o_got))) << "sum, tokens " << n;
+    // the FFN's end: routed slots (+ shared expert) summed, then the streams updated
+    auto dslot = up(randn(static_cast<size_t>(n * k * d))), dshared = up(randn(static_cast<size_t>(n * d)));
+    for (bool with_shared : {true, false}) {
+      const float* sh = with_shared ? dshared.get() : nullptr;
+      auto x_ref = up(X), x_got = up(X);
+      auto f = poisoned<float>(static_cast<size_t>(n * d));
+      cuda::sum_slots(dslot.get(), sh, n, k, d, f.get(), nullptr);
+      cuda::hc_post(f.get(), x_ref.get(), s_ref.get(), n_hc, d, n, nullptr);
+      ASSERT_TRUE(cuda::fast::sum_slots_post(dslot.get(), sh, k, x_got.get(), s_ref.get(), n_hc, d, n, nullptr));
+      EXPECT_TRUE(bitwise_equal(down(x_ref), down(x_got))) << "slots + post, tokens " << n << " shared " << with_shared;
+    }
+  }
 }

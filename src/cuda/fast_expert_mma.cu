@@ -1,0 +1,615 @@
+// Routed-expert matrix-vector products on the INT8 tensor cores (docs/PERFORMANCE.md, "IQ2_XXS and Q2_K
+// experts"). The fp32 kernel spends ~4 instructions per weight decoding; here a weight is an exact int8
+// fed to mma.m16n8k32 and the decoding left is table lookups and byte masks, ~2 instructions per weight.
+//
+// Activations: per 256 columns a power-of-two scale s (|x| < 64 s), Y = rint(x / s * 2^24) (|Y| <= 2^30)
+// split into four signed base-256 digits (bytes of Y + 0x80808080, each xor 0x80), one digit per B column
+// (columns 4-7 are zero). The integer sums are exact; the only rounding is Y's, at most
+// 2^-30 of the block's largest |x|. Weights: IQ2_XXS grid bytes are 8, 25 or 43, so four signed weights
+// are one PRMT from the bytes (8, 25, 43) and (-8, -25, -43) with a selector = grid codes | sign bits,
+// both looked up as words (the sub-block factor 2 ls + 1 then scales the int32 sums, d / 8 and s the
+// float once per 256 columns). Q2_K: q * sc as int8 (one u32 multiply for four bytes), the mins in float
+// from per-16-column sums of x.
+//
+// Shared memory bandwidth (128 bytes a clock) is the tighter limit, not issue: lookups with random
+// indices must not conflict, so each table word is stored 32 times, lane L reading copy L (bank L).
+// Per 16-weight step a lane issues ~33 instructions and the warp ~11 shared-memory wavefronts.
+//
+// A k32 step is one IQ2_XXS sub-block (Q2_K: 32 columns). Lane (g = lane / 4, t = lane % 4) holds rows g
+// and g + 8 of the warp's 16; its A k-slots 4t..4t+3 and 16+4t..16+4t+3 carry the step's weights 8t..8t+7
+// (one grid entry), so its B registers are 8 consecutive digit bytes. Fragment layouts: PTX ISA "Matrix
+// Fragments for mma.m16n8k32" (.s8), equal to CuTe's SM80_16x8x32_S32S8S8S32_TN traits.
+//
+// Work: a block takes up to 8 items that share one activation row (src_div), converts that row once,
+// and gives each warp one (item, 16-row tile, column part); each warp streams its rows chunk by chunk
+// (IQ2_XXS 8 blocks, Q2_K 4 blocks: 16-byte aligned pieces) with cp.async into its own buffers. Column
+// parts are added in part order in shared memory. Nothing is atomic: results are bitwise reproducible.
+#include "cuda/fast_expert_mma.h"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/half.h"
+#include "cuda/cuda_util.h"
+#include "quant/quant.h"
+
+namespace flashstar::cuda::fast {
+// Named (not anonymous) so that a host-side check of the lane mapping can include this file.
+namespace emma {
+
+#define EMMA_HD __host__ __device__ __forceinline__
+
+constexpr int kRows = 16, kMaxWarps = 16, kMaxItems = 8;
+constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: x + kMagic holds rint(x) in its low mantissa bits
+
+// Aligned loads (the host side reads byte by byte).
+EMMA_HD uint32_t ld32(const uint8_t* p) {
+#ifdef __CUDA_ARCH__
+  return *reinterpret_cast<const uint32_t*>(p);
+#else
+  return p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
+#endif
+}
+EMMA_HD uint32_t ld16(const uint8_t* p) {
+#ifdef __CUDA_ARCH__
+  return *reinterpret_cast<const uint16_t*>(p);
+#else
+  return p[0] | (p[1] << 8);
+#endif
+}
+EMMA_HD uint32_t as_u32(float f) { return __builtin_bit_cast(uint32_t, f); }
+EMMA_HD float as_f32(uint32_t u) { return __builtin_bit_cast(float, u); }
+EMMA_HD float half_f32(uint32_t h) {
+#ifdef __CUDA_ARCH__
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+#else
+  return f16_to_f32(static_cast<uint16_t>(h));
+#endif
+}
+// Low 32 bits of (hi:lo) >> (n & 31).
+EMMA_HD uint32_t fshr(uint32_t lo, uint32_t hi, uint32_t n) {
+#ifdef __CUDA_ARCH__
+  return __funnelshift_r(lo, hi, n);
+#else
+  return static_cast<uint32_t>(((static_cast<uint64_t>(hi) << 32) | lo) >> (n & 31));
+#endif
+}
+// PRMT: byte i of the result is byte (s >> 4i) & 7 of (b:a). Every selector here has bit 3 of each nibble
+// clear (no sign replication), so the raw instruction is used: __byte_perm masks the selector first.
+EMMA_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
+#ifdef __CUDA_ARCH__
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(s));
+  return r;
+#else
+  const uint64_t v = (static_cast<uint64_t>(b) << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>((v >> (8 * ((s >> (4 * i)) & 7))) & 255) << (8 * i);
+  return r;
+#endif
+}
+
+// Per-lane constants of the fragment mapping.
+struct Lane {
+  int g, t;
+  uint32_t n_odd, n_even, lo_even;  // IQ2_XXS: funnel shifts that put sign index t at bits 7..13
+  uint32_t sel[2];                  // Q2_K: PRMT selectors of this lane's scale byte (even, odd step)
+  uint32_t one;                     // 1, from a kernel argument: (x & 0x1E) | one is one LOP3
+};
+EMMA_HD Lane lane_consts(int lane, uint32_t one) {
+  Lane L;
+  L.g = lane >> 2, L.t = lane & 3;
+  const uint32_t t = static_cast<uint32_t>(L.t), tp = t >> 1;
+  // Odd blocks: the sign word is 4-byte aligned, a rotation of it. Even blocks: it sits at bit 16 of the
+  // word before (lane 3's field lies wholly in the word after, so lane 3 reads that one twice).
+  L.n_odd = (7 * t + 25) & 31, L.n_even = (9 + 7 * t) & 31, L.lo_even = t == 3 ? 6 : 2;
+  // Lanes t < 2 take scale byte 2 step of their half, t >= 2 byte 2 step + 1 (columns 16..31 of the step).
+  L.sel[0] = 0x4440u | tp, L.sel[1] = 0x4440u | (2 + tp);
+  L.one = one;
+  return L;
+}
+
+// ---- activations: 256 columns per warp, 8 per lane ----
+// Exponent E of the block's largest |x| (floored so that every scale below is a normal float).
+EMMA_HD int block_exponent(float amax) {
+  const int e = static_cast<int>((as_u32(amax) >> 23) & 255) - 127;
+  return e < -98 ? -98 : e;
+}
+// Digits of 8 values: lo[n] / hi[n] pack digit n of elements 0..3 / 4..7. Y = rint(x * 2^(29-E)) is built
+// from rint(x * 2^(13-E)) and the exact remainder, each within the magic number's 2^22 range.
+EMMA_HD void lane_digits(const float (&x)[8], int E, uint32_t (&lo)[4], uint32_t (&hi)[4]) {
+  const float mh = as_f32(static_cast<uint32_t>(140 - E) << 23), m = as_f32(static_cast<uint32_t>(156 - E) << 23);
+  const float back = -as_f32(static_cast<uint32_t>(114 + E) << 23);
+  uint32_t z[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float hb = fmaf(x[i], mh, kMagic);
+    const float r = fmaf(hb - kMagic, back, x[i]);
+    const float lb = fmaf(r, m, kMagic);
+    // (hi << 16) + lo + 0x80808080; the magic's bits vanish from hb << 16 and cancel from lb.
+    z[i] = as_u32(hb) * 65536u + as_u32(lb) + 0x35408080u;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const uint32_t* q = z + 4 * h;
+    const uint32_t p0 = prmt(q[0], q[1], 0x5140), p1 = prmt(q[0], q[1], 0x7362);
+    const uint32_t p2 = prmt(q[2], q[3], 0x5140), p3 = prmt(q[2], q[3], 0x7362);
+    uint32_t* d = h ? hi : lo;
+    d[0] = prmt(p0, p2, 0x5410) ^ 0x80808080u, d[1] = prmt(p0, p2, 0x7632) ^ 0x80808080u;
+    d[2] = prmt(p1, p3, 0x5410) ^ 0x80808080u, d[3] = prmt(p1, p3, 0x7632) ^ 0x80808080u;
+  }
+}
+// Digit bytes: 128 per 32-column step, [digit][32 columns]. Call for lanes g < 4 only: columns 4-7 stay
+// zero, and skipping the other half-warp halves the shared-memory wavefronts.
+EMMA_HD void b_frag(const uint8_t* terms, int step, const Lane& L, uint32_t& b0, uint32_t& b1) {
+  const uint8_t* p = terms + step * 128 + L.g * 32 + 8 * L.t;
+#ifdef __CUDA_ARCH__
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  b0 = v.x, b1 = v.y;
+#else
+  b0 = ld32(p), b1 = ld32(p + 4);
+#endif
+}
+
+// ---- IQ2_XXS: one row's A registers for one sub-block (q = its 8 bytes; block b of a 16-aligned row) ----
+// Tables of words, 32 copies each ([entry][lane]): grid entry -> PRMT nibbles of its bytes' codes (8, 25,
+// 43 -> 0, 1, 2; bytes 0-3 in the low half, 4-7 in the high half); sign index -> bit 2 of the nibble of each
+// negative byte. This lane's copies start at g / s: shared-memory addresses on the device (the sign table
+// on a 16 KB boundary, so the index is OR-ed in), pointers on the host.
+struct Tabs {
+  uint32_t g, s;
+  const uint8_t *hg, *hs;
+};
+constexpr uint32_t kPos = 0x002B1908u, kNeg = 0x00D5E7F8u;  // bytes 8, 25, 43 and their negations
+// Word at byte offset off of a table (device: address | off, the two sharing no bits, or + off).
+EMMA_HD uint32_t tab_word(uint32_t sa, const uint8_t* host, uint32_t off, bool disjoint) {
+#ifdef __CUDA_ARCH__
+  uint32_t v;
+  asm("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(disjoint ? sa | off : sa + off));
+  return v;
+#else
+  return ld32(host + off);
+#endif
+}
+struct Iq2Row {
+  uint32_t a_lo, a_hi, f;  // signed grid bytes of weights 8t..8t+3 / 8t+4..8t+7, 2 ls + 1
+};
+template <bool kOdd>
+EMMA_HD Iq2Row iq2_row(const uint8_t* q, const Lane& L, const Tabs& T) {
+  Iq2Row o;
+  const uint32_t idx = q[L.t];
+  uint32_t lo, hi, n;
+  if constexpr (kOdd) {
+    lo = hi = ld32(q + 4), n = L.n_odd;
+    o.f = (hi >> 27) | 1u;  // bit 27 (a sign bit) lands in bit 0
+  } else {
+    lo = ld32(q + L.lo_even), hi = ld32(q + 6), n = L.n_even;
+    o.f = ((hi >> 11) & 0x1Eu) | L.one;
+  }
+  const uint32_t field = fshr(lo, hi, n) & 0x3F80u;  // sign index * 128
+  const uint32_t sel = tab_word(T.g, T.hg, idx * 128, false) | tab_word(T.s, T.hs, field, true);
+  o.a_lo = prmt(kPos, kNeg, sel), o.a_hi = prmt(kPos, kNeg, sel >> 16);
+  return o;
+}
+
+// ---- Q2_K: one row's block (scales and mins masked, this lane's quant words, d, dmin) ----
+struct Q2Row {
+  uint32_t sc[4], q[4];
+  float d, dmin;
+  float mins;  // sum over sub-blocks 4t..4t+3 of m * (sum of their 16 x)
+};
+EMMA_HD float byte_f32(uint32_t w, int i) { return as_f32(prmt(w, 0x4B00u, 0x5440u + i)) - 8388608.0f; }
+// sums: the block's 16 per-sub-block sums of x.
+EMMA_HD void q2_load(const uint8_t* blk, const float* sums, const Lane& L, Q2Row& r) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    r.sc[j] = ld32(blk + 4 * j) & 0x0F0F0F0Fu;
+    r.q[j] = ld32(blk + 16 + 32 * (j >> 1) + 8 * L.t + 4 * (j & 1));
+  }
+  const uint32_t dd = ld32(blk + 80), mn = (ld32(blk + 4 * L.t) >> 4) & 0x0F0F0F0Fu;
+  r.d = half_f32(dd & 0xFFFFu), r.dmin = half_f32(dd >> 16);
+  const float* s = sums + 4 * L.t;
+  r.mins = byte_f32(mn, 0) * s[0];
+#pragma unroll
+  for (int i = 1; i < 4; ++i) r.mins = fmaf(byte_f32(mn, i), s[i], r.mins);
+}
+// Step s (columns 32 s..32 s + 31): q * sc for the lane's two words.
+EMMA_HD void q2_step(const Q2Row& r, int s, const Lane& L, uint32_t& a_lo, uint32_t& a_hi) {
+  const int h = s >> 2, st = s & 3, j = 2 * h + (st >> 1);
+  const uint32_t sc = prmt(r.sc[j], 0, L.sel[st & 1]);
+  a_lo = ((r.q[2 * h] >> (2 * st)) & 0x03030303u) * sc;  // bytes <= 45: no carries
+  a_hi = ((r.q[2 * h + 1] >> (2 * st)) & 0x03030303u) * sc;
+}
+
+__device__ __forceinline__ void mma(uint32_t (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                    uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// The tables' words (one copy each; the kernel stores 32).
+inline void build_tables(uint32_t (&grid)[256], uint32_t (&sign)[128]) {
+  for (int i = 0; i < 256; ++i) {
+    grid[i] = 0;
+    for (int e = 0; e < 8; ++e) {
+      const uint32_t v = (quant::kIq2xxsGrid[i] >> (8 * e)) & 255;
+      grid[i] |= (v == 8 ? 0u : v == 25 ? 1u : 2u) << (4 * (e & 3) + 16 * (e >> 2));
+    }
+  }
+  for (int i = 0; i < 128; ++i) {
+    sign[i] = 0;
+    for (int e = 0; e < 8; ++e) sign[i] |= ((quant::kIq2xsSigns[i] >> e) & 1u) << (4 * (e & 3) + 16 * (e >> 2) + 2);
+  }
+}
+
+__device__ uint32_t g_grid[256];
+__device__ uint32_t g_sign[128];
+// Sign table (16 KB) on the first 16 KB boundary, then the grid table (32 KB).
+constexpr int kTabBytes = 16384 + 16384 + 32768;
+
+struct Params {
+  const uint8_t* W;
+  size_t row_bytes;
+  int64_t rpm, n_items, xs, ys, y0;  // y0: first block-y of this launch (launches are sliced at 65535)
+  const int32_t* mat;
+  const float* X;
+  float* Y;
+  int src_div, nb;  // nb: 256-column blocks per row
+  int G, T, KS;     // items, 16-row tiles per item, column parts: warp = (item, tile, part)
+  int cpg;          // item chunks per group of src_div items
+  int CB, nchunk, cpp, NS, CS;  // blocks per chunk, chunks per row and per part, buffers per warp, chunk row bytes
+  bool fast;        // rows 16-byte aligned: whole chunks by 16-byte copies
+  uint32_t one;     // 1 (see Lane::one)
+  // Dynamic shared memory: [IQ2_XXS tables][digits][sx: per-block scales][sum: Q2_K per-16-column sums
+  // of x][part: column-part results][ring: the warps' weight buffers].
+  int off_terms, off_sx, off_sum, off_part, off_ring;
+};
+
+template <int N>  // 16 (bypassing L1) or 4 bytes
+__device__ __forceinline__ void cp_async(void* d, const void* s) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(d));
+  if constexpr (N == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(s));
+  else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(s));
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Waits until at most n (0..15) of this thread's copy groups are pending, then syncs the warp's view.
+template <int N = 15>
+__device__ __forceinline__ void wait_pending(int n) {
+  if constexpr (N > 0) {
+    if (n < N) return wait_pending<N - 1>(n);
+  }
+  cp_async_wait<N>();
+  __syncwarp();
+}
+
+__device__ __forceinline__ int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Bytes per 256-column block, and blocks per staged chunk (528 / 336 bytes: whole 16-byte pieces).
+template <GgmlType T>
+struct Fmt {
+  static constexpr int kBytes = T == GgmlType::IQ2_XXS ? 66 : 84, kChunk = T == GgmlType::IQ2_XXS ? 8 : 4;
+};
+
+// Copies chunk c of the warp's 16 rows (row index clamped to the matrix) into dst, rows CS bytes apart, as
+// kChunk copy groups, group i holding what block i needs beyond the earlier groups: a warp computes each
+// block as soon as it has landed.
+template <GgmlType T>
+__device__ __forceinline__ void stage(const Params& p, const uint8_t* rows, int64_t r0, int c, uint8_t* dst, int lane) {
+  constexpr int kChunk = Fmt<T>::kChunk, kBytes = Fmt<T>::kBytes;
+  const size_t coff = static_cast<size_t>(c) * p.CB * kBytes;
+  if (p.fast) {  // lane: row lane % 16, every other 16-byte piece: fixed addresses, immediate offsets
+    const int r = lane & 15, h = lane >> 4;
+    const int64_t row = r0 + r < p.rpm ? r0 + r : p.rpm - 1;
+    const uint8_t* src = rows + static_cast<size_t>(row) * p.row_bytes + coff;
+    uint8_t* d = dst + r * p.CS;
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) {
+#pragma unroll
+      for (int k = (kBytes * i + 15) / 16; k < (kBytes * (i + 1) + 15) / 16; ++k)
+        if ((k & 1) == h) cp_async<16>(d + 16 * k, src + 16 * k);
+      asm volatile("cp.async.commit_group;\n" ::);
+    }
+    return;
+  }
+  // Unaligned rows (widths that are not whole chunks): 4-byte copies, or 2-byte loads and stores, all in
+  // the first group.
+  const int bytes = (min(p.nb, (c + 1) * p.CB) - c * p.CB) * kBytes;
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t row = r0 + r < p.rpm ? r0 + r : p.rpm - 1;
+    const uint8_t* src = rows + static_cast<size_t>(row) * p.row_bytes + coff;
+    uint8_t* d = dst + r * p.CS;
+    if (((reinterpret_cast<uintptr_t>(src) | bytes) & 3) == 0) {
+      for (int o = 4 * lane; o < bytes; o += 128) cp_async<4>(d + o, src + o);
+    } else {
+      for (int o = 2 * lane; o < bytes; o += 64)
+        *reinterpret_cast<uint16_t*>(d + o) = __ldg(reinterpret_cast<const unsigned short*>(src + o));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) asm volatile("cp.async.commit_group;\n" ::);
+}
+
+// One 256-column block of the warp's 16 rows into acc (rows g / g + 8, columns 2t / 2t + 1).
+template <bool kOdd>
+__device__ __forceinline__ void iq2_block(const uint8_t* pg, const uint8_t* pg8, const uint8_t* terms, int kb,
+                                          float scale, const Lane& L, const Tabs& T, float (&acc)[4]) {
+  const float dg = half_f32(ld16(pg)) * scale, dg8 = half_f32(ld16(pg8)) * scale;
+  uint32_t ci[4] = {0, 0, 0, 0}, b0 = 0, b1 = 0;
+#pragma unroll
+  for (int sb = 0; sb < 8; ++sb) {
+    if (L.g < 4) b_frag(terms, kb * 8 + sb, L, b0, b1);
+    const Iq2Row x = iq2_row<kOdd>(pg + 2 + 8 * sb, L, T);
+    const Iq2Row y = iq2_row<kOdd>(pg8 + 2 + 8 * sb, L, T);
+    uint32_t c[4] = {0, 0, 0, 0};
+    mma(c, x.a_lo, y.a_lo, x.a_hi, y.a_hi, b0, b1);
+    ci[0] += x.f * c[0], ci[1] += x.f * c[1], ci[2] += y.f * c[2], ci[3] += y.f * c[3];
+  }
+  // |ci| <= 31 * 8 * 32 * 43 * 128 < 2^26: int -> float rounds like fp32 accumulation would.
+  acc[0] = fmaf(dg, static_cast<float>(static_cast<int>(ci[0])), acc[0]);
+  acc[1] = fmaf(dg, static_cast<float>(static_cast<int>(ci[1])), acc[1]);
+  acc[2] = fmaf(dg8, static_cast<float>(static_cast<int>(ci[2])), acc[2]);
+  acc[3] = fmaf(dg8, static_cast<float>(static_cast<int>(ci[3])), acc[3]);
+}
+
+// Q2_K: acc as above; mins[0 / 1] gather rows g / g + 8's dmin * m * (sums of x) of this lane's sub-blocks.
+__device__ __forceinline__ void q2_block(const uint8_t* pg, const uint8_t* pg8, const uint8_t* terms,
+                                         const float* sums, int kb, float scale, const Lane& L, float (&acc)[4],
+                                         float (&mins)[2]) {
+  Q2Row rg, rg8;
+  q2_load(pg, sums + kb * 16, L, rg);
+  q2_load(pg8, sums + kb * 16, L, rg8);
+  uint32_t c[4] = {0, 0, 0, 0}, b0 = 0, b1 = 0;
+#pragma unroll
+  for (int s = 0; s < 8; ++s) {
+    uint32_t lo, hi, lo8, hi8;
+    if (L.g < 4) b_frag(terms, kb * 8 + s, L, b0, b1);
+    q2_step(rg, s, L, lo, hi);
+    q2_step(rg8, s, L, lo8, hi8);
+    mma(c, lo, lo8, hi, hi8, b0, b1);
+  }
+  // |c| <= 256 * 45 * 128 < 2^22: exact in float.
+  const float sg = rg.d * scale, sg8 = rg8.d * scale;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc[i] = fmaf(i < 2 ? sg : sg8, static_cast<float>(static_cast<int>(c[i])), acc[i]);
+  mins[0] = fmaf(rg.dmin, rg.mins, mins[0]), mins[1] = fmaf(rg8.dmin, rg8.mins, mins[1]);
+}
+
+template <GgmlType T>
+__global__ void __launch_bounds__(kMaxWarps * 32, 1) expert_mma_kernel(const Params p) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
+  uint8_t* terms = smem + p.off_terms;
+  float* sx = reinterpret_cast<float*>(smem + p.off_sx);
+  float* sums = reinterpret_cast<float*>(smem + p.off_sum);
+  float* part = reinterpret_cast<float*>(smem + p.off_part);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+
+  const int64_t by = p.y0 + blockIdx.y, grp = by / p.cpg;
+  const int64_t g0 = grp * p.src_div, i0 = g0 + (by % p.cpg) * p.G;
+  const int64_t i1 = lmin(lmin(i0 + p.G, g0 + p.src_div), p.n_items);
+  const int kp = warp % p.KS, q = warp / p.KS;
+  const int64_t item = i0 + q / p.T, r0 = (static_cast<int64_t>(blockIdx.x) * p.T + q % p.T) * kRows;
+  const bool live = item < i1 && r0 < p.rpm;
+  const int c0 = kp * p.cpp, nc = live ? max(0, min(p.nchunk, c0 + p.cpp) - c0) : 0;
+  uint8_t* ring = smem + p.off_ring + static_cast<size_t>(warp) * p.NS * kRows * p.CS;
+  const uint8_t* rows = live ? p.W + static_cast<size_t>(p.mat[item]) * p.rpm * p.row_bytes : p.W;
+  for (int j = 0; j < min(nc, p.NS); ++j) stage<T>(p, rows, r0, c0 + j, ring + j * kRows * p.CS, lane);
+
+  // While the weights are in flight: tables, and the activation row in digits.
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t sign_sa = (base + 16383) & ~16383u, grid_sa = sign_sa + 16384;
+  if constexpr (kIq2) {  // 32 copies of each word, four per store
+    uint4* st = reinterpret_cast<uint4*>(smem + (sign_sa - base));
+    for (int i = threadIdx.x; i < (128 + 256) * 8; i += blockDim.x) {
+      const uint32_t w = i < 128 * 8 ? g_sign[i >> 3] : g_grid[(i >> 3) - 128];
+      st[i] = make_uint4(w, w, w, w);
+    }
+  }
+  if (i0 < i1) {
+    const float* xr = p.X + grp * p.xs;
+    for (int kb = warp; kb < p.nb; kb += nwarps) {
+      const float4 u = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane));
+      const float4 v = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane + 4));
+      const float x[8] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
+      float amax = 0.0f;
+      bool finite = true;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(x[i])), finite &= fabsf(x[i]) <= 3.4028235e38f;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      finite = __all_sync(0xffffffffu, finite);
+      const int E = finite ? block_exponent(amax) : 0;
+      uint32_t lo[4], hi[4];
+      lane_digits(x, E, lo, hi);
+      uint8_t* d = terms + (kb * 8 + lane / 4) * 128 + 8 * (lane & 3);
+#pragma unroll
+      for (int n = 0; n < 4; ++n) *reinterpret_cast<uint2*>(d + 32 * n) = make_uint2(lo[n], hi[n]);
+      // x = s 2^-24 Y with s = 2^(E-5); IQ2_XXS folds its d / 8 in. A non-finite x makes the rows NaN.
+      if (lane == 0) sx[kb] = finite ? as_f32(static_cast<uint32_t>((kIq2 ? 119 : 122) + E) << 23) : NAN;
+      if constexpr (!kIq2) {  // sums of 16 columns for the mins (a lane holds half of one)
+        float h = ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+        h += __shfl_xor_sync(0xffffffffu, h, 1);
+        if ((lane & 1) == 0) sums[kb * 16 + lane / 2] = h;
+      }
+    }
+  }
+  __syncthreads();
+
+  const Lane L = lane_consts(lane, p.one);
+  const Tabs tabs{grid_sa + 4 * lane, sign_sa + 4 * lane, nullptr, nullptr};
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, mins[2] = {0.0f, 0.0f};
+  for (int j = 0; j < nc; ++j) {
+    // Copy groups committed beyond those of this chunk's block b: the later chunks in flight, the later
+    // blocks of this one.
+    const int ahead = Fmt<T>::kChunk * (min(nc, j + p.NS) - j) - 1;
+    const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS;
+    const uint8_t *pg = buf + L.g * p.CS, *pg8 = pg + 8 * p.CS;
+    const int kb0 = (c0 + j) * p.CB, nblk = min(p.CB, p.nb - kb0);
+    for (int b = 0; b < nblk; b += 2) {  // in pairs: the sign words' alignment follows the block's parity
+      const int kb = kb0 + b, o = b * Fmt<T>::kBytes;
+      wait_pending(ahead - b);
+      if constexpr (kIq2) iq2_block<false>(pg + o, pg8 + o, terms, kb, sx[kb], L, tabs, acc);
+      else q2_block(pg + o, pg8 + o, terms, sums, kb, sx[kb], L, acc, mins);
+      if (b + 1 < nblk) {
+        wait_pending(ahead - b - 1);
+        if constexpr (kIq2) iq2_block<true>(pg + o + 66, pg8 + o + 66, terms, kb + 1, sx[kb + 1], L, tabs, acc);
+        else q2_block(pg + o + 84, pg8 + o + 84, terms, sums, kb + 1, sx[kb + 1], L, acc, mins);
+      }
+    }
+    __syncwarp();  // this buffer is refilled next
+    if (j + p.NS < nc) stage<T>(p, rows, r0, c0 + j + p.NS, ring + (j % p.NS) * kRows * p.CS, lane);
+  }
+
+  // Columns 2t, 2t + 1 hold digits of weight 2^(8 col - 24); lanes t = 0, 1 hold the four digits.
+  const float wl = as_f32(static_cast<uint32_t>(103 + 16 * L.t) << 23), wh = wl * 256.0f;
+  float y0 = wl * acc[0] + wh * acc[1], y1 = wl * acc[2] + wh * acc[3];
+  y0 += __shfl_xor_sync(0xffffffffu, y0, 1);  // t = 0: (digits 0, 1) + (digits 2, 3)
+  y1 += __shfl_xor_sync(0xffffffffu, y1, 1);
+  if constexpr (!kIq2) {  // the four lanes' mins, ((t0 + t1) + (t2 + t3))
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1)
+      mins[0] += __shfl_xor_sync(0xffffffffu, mins[0], o), mins[1] += __shfl_xor_sync(0xffffffffu, mins[1], o);
+    y0 -= mins[0], y1 -= mins[1];
+  }
+  float* out = p.Y + (live ? item : 0) * p.ys + r0;
+  if (p.KS == 1) {
+    if (live && L.t == 0) {
+      if (r0 + L.g < p.rpm) out[L.g] = y0;
+      if (r0 + L.g + 8 < p.rpm) out[L.g + 8] = y1;
+    }
+    return;
+  }
+  if (L.t == 0) part[warp * kRows + L.g] = y0, part[warp * kRows + L.g + 8] = y1;
+  __syncthreads();
+  if (live && kp == 0 && lane < kRows && r0 + lane < p.rpm) {
+    float v = part[warp * kRows + lane];
+    for (int k = 1; k < p.KS; ++k) v += part[(warp + k) * kRows + lane];  // parts in order
+    out[lane] = v;
+  }
+}
+
+}  // namespace emma
+
+namespace {
+using emma::kMaxItems;
+using emma::kMaxWarps;
+using emma::kRows;
+using emma::Params;
+
+struct DeviceLimits {
+  int sms = 0, smem = 0;  // multiprocessors, shared memory a block may have
+};
+DeviceLimits device_limits() {
+  static DeviceLimits lim;
+  int dev = 0;
+  if (lim.sms == 0 && cudaGetDevice(&dev) == cudaSuccess) {
+    FS_CUDA_CHECK(cudaDeviceGetAttribute(&lim.sms, cudaDevAttrMultiProcessorCount, dev));
+    FS_CUDA_CHECK(cudaDeviceGetAttribute(&lim.smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  }
+  return lim;
+}
+
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Shared-memory offsets for the current shape; returns the dynamic bytes.
+size_t layout(Params& p, bool iq2) {
+  const int warps = p.G * p.T * p.KS;
+  p.cpp = static_cast<int>(cdiv(p.nchunk, p.KS));
+  p.NS = std::min(p.NS, p.cpp);
+  p.off_terms = iq2 ? emma::kTabBytes : 0;
+  p.off_sx = p.off_terms + p.nb * 1024;
+  p.off_sum = (p.off_sx + 4 * p.nb + 15) / 16 * 16;
+  p.off_part = p.off_sum + 64 * p.nb;
+  p.off_ring = p.off_part + warps * kRows * 4;
+  return static_cast<size_t>(p.off_ring) + static_cast<size_t>(warps) * p.NS * kRows * p.CS;
+}
+
+template <GgmlType T>
+bool launch(Params p, int64_t n_groups, cudaStream_t s) {
+  using F = emma::Fmt<T>;
+  const DeviceLimits lim = device_limits();
+  p.CB = F::kChunk;
+  p.nchunk = static_cast<int>(cdiv(p.nb, p.CB));
+  p.CS = (std::min(p.CB, p.nb) * F::kBytes + 15) / 16 * 16;
+  // Enough rows per block that converting the activation row (~14 instructions per column) stays small
+  // beside the weights (~2 per weight), and about 12 warps per block; fewer row tiles when the card
+  // would not be filled. Then shrink until the buffers fit in shared memory.
+  p.G = static_cast<int>(std::min<int64_t>({p.src_div, p.n_items, kMaxItems}));
+  const int64_t tiles = cdiv(p.rpm, kRows);
+  p.T = static_cast<int>(std::min<int64_t>(cdiv(4, p.G), tiles));
+  p.cpg = static_cast<int>(cdiv(std::min<int64_t>(p.src_div, p.n_items), p.G));
+  while (p.T > 1 && cdiv(tiles, p.T) * n_groups * p.cpg < lim.sms) p.T /= 2;
+  p.KS = std::max(1, std::min({p.nchunk, static_cast<int>(cdiv(12, p.G * p.T)), 4}));
+  p.NS = 2;
+  constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
+  const size_t budget = static_cast<size_t>(lim.smem);
+  while (layout(p, kIq2) > budget) {
+    if (p.NS > 1) --p.NS;
+    else if (p.KS > 1) --p.KS;
+    else if (p.T > 1) --p.T;
+    else if (p.G > 1) p.G = (p.G + 1) / 2, p.cpg = static_cast<int>(cdiv(std::min<int64_t>(p.src_div, p.n_items), p.G));
+    else return false;
+  }
+  const size_t sm = layout(p, kIq2);
+  static bool attr = false;
+  if (!attr) {
+    FS_CUDA_CHECK(
+        cudaFuncSetAttribute(emma::expert_mma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim.smem));
+    attr = true;
+  }
+  const int64_t gx = cdiv(tiles, p.T), gy = n_groups * p.cpg;
+  if (gx > 0x7fffffff) return false;
+  const unsigned threads = static_cast<unsigned>(p.G * p.T * p.KS * 32);
+  for (int64_t y0 = 0; y0 < gy; y0 += 65535) {
+    p.y0 = y0;
+    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(std::min<int64_t>(65535, gy - y0)));
+    emma::expert_mma_kernel<T><<<grid, threads, sm, s>>>(p);
+    FS_CUDA_LAUNCH_CHECK();
+  }
+  return true;
+}
+
+bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+}  // namespace
+
+void init_expert_tables() {
+  static bool done = false;
+  if (done) return;
+  uint32_t grid[256], sign[128];
+  emma::build_tables(grid, sign);
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(emma::g_grid, grid, sizeof(grid)));
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(emma::g_sign, sign, sizeof(sign)));
+  done = true;
+}
+
+bool expert_matvec_supported(const DMat& W) {
+  if (W.type != GgmlType::IQ2_XXS && W.type != GgmlType::Q2_K) return false;
+  return W.cols > 0 && W.cols % 256 == 0 && W.cols <= (1 << 20) && W.row_bytes == row_bytes(W.type, W.cols) &&
+         W.data != nullptr;
+}
+
+bool expert_matvec(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
+                   int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s) {
+  if (!expert_matvec_supported(W) || src_div < 1 || !mat_of_item || !X || !Y) return false;
+  if (!aligned(W.data, W.type == GgmlType::Q2_K ? 4 : 2) || !aligned(X, 16) || xs % 4 != 0 || !aligned(Y, 4) ||
+      !aligned(mat_of_item, 4))
+    return false;
+  if (n_items <= 0 || rows_per_mat <= 0) return true;
+  init_expert_tables();
+  Params p{};
+  p.W = W.data, p.row_bytes = W.row_bytes, p.rpm = rows_per_mat, p.n_items = n_items, p.xs = xs, p.ys = ys;
+  p.mat = mat_of_item, p.X = X, p.Y = Y, p.src_div = src_div, p.nb = static_cast<int>(W.cols / 256);
+  p.fast = W.row_bytes % 16 == 0 && aligned(W.data, 16);
+  p.one = 1;
+  const int64_t n_groups = cdiv(n_items, src_div);
+  return W.type == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS>(p, n_groups, s)
+                                     : launch<GgmlType::Q2_K>(p, n_groups, s);
+}
+
+}  // namespace flashstar::cuda::fast
