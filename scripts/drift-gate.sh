@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The drift gate of the fast GPU routes (issue 6), three levels, on the GPU machine:
-#  1. kernel level: every fast kernel vs its reference kernel (flashstar_cuda_tests FastKernels.*);
+#  1. kernel level: every fast kernel vs its reference kernel (flashstar_cuda_tests FastKernels.*,
+#     FastSmallOps.*, ExpertMma.*, Q8Matvec.*);
 #  2. tiny-a fixture with every route on, against the transformers logits;
 #  3. full-dimension synthetic q2 model (LAYERS layers): the floor (GPU reference vs CPU engine), then
-#     all routes on and each route alone vs the GPU reference, at 512 tokens; at 64 / 2k / 8k (whole and
+#     all routes on (prefill, and decoding the last 64 positions) and each route alone vs the GPU
+#     reference, at 512 tokens; at 64 / 2k / 8k (whole and
 #     chunked) all routes against the floor of the same prompt (SIZE_FLOORS=0: the 512 floor; the CPU
 #     takes about 4 minutes for 8k tokens of 4 layers on 16 cores); and the same on a well-conditioned
 #     synthetic model (synth --well-conditioned), whose gate is absolute.
@@ -31,8 +33,8 @@ json.dump({'tokens': [random.randrange(129280) for _ in range($1)]}, open('$3', 
 
 # 1. kernel level (KERNELS=0: already run by the caller)
 if [ "${KERNELS:-1}" = 1 ]; then
-  $BIN/flashstar_cuda_tests --gtest_filter='FastKernels.*:FastSmallOps.*' > "$O/kernels.log" 2>&1
-  row "1 kernel level (FastKernels.*, FastSmallOps.*)" "$(grep -c '\[       OK \]' "$O/kernels.log") ok, $(grep -c '\[  FAILED  \]' "$O/kernels.log") failed"
+  $BIN/flashstar_cuda_tests --gtest_filter='FastKernels.*:FastSmallOps.*:ExpertMma.*:Q8Matvec.*' > "$O/kernels.log" 2>&1
+  row "1 kernel level (FastKernels, FastSmallOps, ExpertMma, Q8Matvec)" "$(grep -c '\[       OK \]' "$O/kernels.log") ok, $(grep -c '\[  FAILED  \]' "$O/kernels.log") failed"
   grep -E "^(gemm|grouped|attention|indexer|compressor)" "$O/kernels.log" > "$O/kernel-errors.txt"
 fi
 
@@ -60,8 +62,10 @@ for kind in ${KINDS:-plain conditioned}; do
   row "3 $kind FLOOR: gpu reference vs cpu (512)" "$(summ "$O/$kind-floor.json")"
   gate=(--floor "$O/$kind-floor.json" --floor-factor 1.5 --max-nonfinite 0)
   [ $kind = conditioned ] && gate=(--max-rel-rms 0.02 --min-top5-full-frac 0.95 --max-nonfinite 0)
-  for r in ${ROUTES:-all dense_q8 out_a f16_proj moe attention fused_ops}; do
-    sel=(); [ $r != all ] && sel=(--quality --route $r=on)
+  for r in ${ROUTES:-all decode dense_q8 out_a f16_proj moe attention fused_ops}; do
+    # decode: every route on, the last 64 positions one token at a time (the decode kernels and graph)
+    sel=(); [ $r = decode ] && sel=(--decode-from 448)
+    [ $r != all ] && [ $r != decode ] && sel=(--quality --route $r=on)
     [ $kind = conditioned ] && [ $r != all ] && continue
     $FS logits -m "$m" --tokens "$W/t512.json" -o "$W/$kind-$r.f32" --backend cuda "${sel[@]}" > /dev/null 2>&1
     $FS drift "$W/$kind-q512.f32" "$W/$kind-$r.f32" --vocab 129280 --json "$O/$kind-$r.json" "${gate[@]}" > /dev/null 2>&1
