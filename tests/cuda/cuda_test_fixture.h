@@ -5,12 +5,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "common/half.h"
 #include "cuda/cuda_session.h"
 #include "cuda/cuda_util.h"
 #include "cuda/ref_kernels.h"
+#include "quant/quant.h"
 
 namespace flashstar::cuda_test {
 
@@ -45,6 +48,37 @@ class CudaKernelTest : public ::testing::Test {
     cuda::DeviceArray<T> d(n);
     FS_CUDA_CHECK(cudaMemset(d.get(), 0xff, d.bytes()));  // NaN for floats
     return d;
+  }
+  // rows x cols weights of type t: random codes (every bit pattern of the quant codes occurs), scales drawn so dequantized values are O(0.05).
+  std::vector<uint8_t> random_weights(GgmlType t, int64_t rows, int64_t cols) {
+    const size_t rb = row_bytes(t, cols);
+    std::vector<uint8_t> w(rb * rows);
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::uniform_real_distribution<float> sc(0.5f, 1.5f);
+    std::bernoulli_distribution neg(0.5);
+    auto put_f16 = [&](uint8_t* p, float v) {
+      const uint16_t h = f32_to_f16(v);
+      std::memcpy(p, &h, 2);
+    };
+    if (t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16) {
+      const auto f = randn(static_cast<size_t>(rows * cols), 0.05f);
+      for (int64_t r = 0; r < rows; ++r) quant::quantize_row(t, f.data() + r * cols, w.data() + r * rb, cols);
+      return w;
+    }
+    for (auto& b : w) b = static_cast<uint8_t>(byte(rng_));
+    const int64_t bb = type_info(t).block_bytes, nb = static_cast<int64_t>(w.size()) / bb;
+    for (int64_t i = 0; i < nb; ++i) {
+      uint8_t* b = w.data() + i * bb;
+      const float s = sc(rng_) * (neg(rng_) ? -1.0f : 1.0f);
+      switch (t) {
+        case GgmlType::Q8_0: put_f16(b, 4e-4f * s); break;
+        case GgmlType::Q2_K: put_f16(b + 80, 4e-3f * s), put_f16(b + 82, 2e-3f * sc(rng_)); break;
+        case GgmlType::Q4_K: put_f16(b, 8e-4f * s), put_f16(b + 2, 8e-4f * sc(rng_)); break;
+        case GgmlType::IQ2_XXS: put_f16(b, 4e-3f * s); break;
+        default: break;
+      }
+    }
+    return w;
   }
   // ||a - b|| / ||b||; infinite when any value is not finite (an unwritten, poisoned output).
   static double rel_err(const std::vector<float>& a, const std::vector<float>& b) {

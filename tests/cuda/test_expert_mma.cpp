@@ -25,25 +25,6 @@ class ExpertMma : public cuda_test::CudaKernelTest {
     CudaKernelTest::SetUp();
     if (!IsSkipped()) cuda::fast::init_expert_tables();
   }
-  // rows x cols weights: random codes, scales drawn so dequantized values are O(0.05).
-  std::vector<uint8_t> random_weights(GgmlType t, int64_t rows, int64_t cols) {
-    std::vector<uint8_t> w(row_bytes(t, cols) * rows);
-    std::uniform_int_distribution<int> byte(0, 255);
-    std::uniform_real_distribution<float> sc(0.5f, 1.5f);
-    for (auto& b : w) b = static_cast<uint8_t>(byte(rng_));
-    auto put = [](uint8_t* p, float v) {
-      const uint16_t h = f32_to_f16(v);
-      std::memcpy(p, &h, 2);
-    };
-    const size_t bb = t == GgmlType::IQ2_XXS ? 66 : 84;
-    for (size_t i = 0; i < w.size() / bb; ++i) {
-      uint8_t* b = w.data() + i * bb;
-      const float s = sc(rng_) * (byte(rng_) & 1 ? -1.0f : 1.0f);
-      if (t == GgmlType::IQ2_XXS) put(b, 4e-3f * s);
-      else put(b + 80, 4e-3f * s), put(b + 82, 2e-3f * sc(rng_));
-    }
-    return w;
-  }
   // Gaussian activations with about one value in 200 a thousand times larger.
   std::vector<float> heavy(size_t n) {
     auto x = randn(n);
