@@ -9,6 +9,7 @@
 
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
+#include "cuda/last_block.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -427,7 +428,6 @@ __global__ void __launch_bounds__(128) attn_pv_decode(AttentionArgs a_in, const 
   __shared__ float ps[kDecHeadGroup][64];
   __shared__ const float4* rows[64];
   __shared__ float st_mx[kDecHeadGroup], st_inv[kDecHeadGroup];
-  __shared__ int s_last;
   const int64_t t = blockIdx.x;
   const int h0 = blockIdx.y * kDecHeadGroup;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
@@ -481,13 +481,8 @@ __global__ void __launch_bounds__(128) attn_pv_decode(AttentionArgs a_in, const 
 #pragma unroll
   for (int h = 0; h < kDecHeadGroup; ++h)
     reinterpret_cast<float4*>(work + blockIdx.z * total + o + h * a.head_dim)[threadIdx.x] = acc[h];
-  __threadfence();
-  __syncthreads();
   const int ticket = static_cast<int>(t * gridDim.y + blockIdx.y);
-  if (threadIdx.x == 0) s_last = atomicAdd(&g_pv_tickets[ticket], 1) == static_cast<int>(gridDim.z) - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
+  if (!last_to_finish(&g_pv_tickets[ticket], static_cast<int>(gridDim.z))) return;
 #pragma unroll 2
   for (int h = 0; h < kDecHeadGroup; ++h) {
     float4 w[kDecSplits];  // every part's load in flight before the (part-ordered) sum
@@ -528,7 +523,7 @@ void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cu
                   a.n_head / kScoreHeadGroup);
     attn_scores_decode<<<gs, kScoreRows * kScoreHeadGroup, smem, s>>>(a, scratch, max_rows);
     FS_CUDA_LAUNCH_CHECK();
-    // The row splits' partial sums live in the scratch after the probabilities.
+    // The row splits' partial sums live in the scratch after the scores.
     const int64_t total = a.n * a.n_head * a.head_dim, room = scratch_floats - a.n * a.n_head * max_rows;
     float* work = scratch + a.n * a.n_head * max_rows;
     // the parts are written as float4s: without a 16-byte aligned work area, one part straight to out

@@ -10,6 +10,7 @@
 #include "cuda/fast_expert_mma.h"
 #include "cuda/fast_matvec_q8.h"
 #include "cuda/fast_quant.cuh"
+#include "cuda/last_block.cuh"
 #include "quant/quant.h"
 
 namespace flashstar::cuda::fast {
@@ -90,13 +91,7 @@ __device__ __forceinline__ void finish(float (&acc)[kRowsPerWarp][NT], int64_t r
 // the order depends on the part count alone, not on how many tokens the product has.
 constexpr int kSumLanes = 8;
 __device__ void reduce_if_last(const Split& sp, int64_t n_rows, const Work& wk, float* Y, int64_t ys, int kRows) {
-  __shared__ int s_last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(&g_split_tickets[blockIdx.x], 1) == sp.parts - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
+  if (!last_to_finish(&g_split_tickets[blockIdx.x], sp.parts)) return;
   const int64_t rb = static_cast<int64_t>(blockIdx.x) * kRows;
   const int sub = threadIdx.x % kSumLanes, groups = blockDim.x / kSumLanes;
   const int outputs = kRows * wk.nt, passes = (outputs + groups - 1) / groups;

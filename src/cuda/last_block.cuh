@@ -1,0 +1,20 @@
+// Split work summed by the last block to finish, instead of a separate reduction launch. Every block of
+// a split calls last_to_finish() after storing its part (all threads); it returns true, in every thread,
+// in the one block that completes the ticket's count. That block reads the parts (from L2: __ldcg),
+// adds them in a fixed order and sets the ticket back to zero for the next product.
+#pragma once
+
+namespace flashstar::cuda {
+
+__device__ __forceinline__ bool last_to_finish(int* ticket, int parts) {
+  __shared__ int s_last;
+  __threadfence();  // this block's part is visible before its ticket is taken
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(ticket, 1) == parts - 1;
+  __syncthreads();
+  if (!s_last) return false;
+  __threadfence();  // and the other blocks' parts before the last one reads them
+  return true;
+}
+
+}  // namespace flashstar::cuda
