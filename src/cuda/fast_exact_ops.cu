@@ -109,26 +109,14 @@ __global__ void __launch_bounds__(kSumThreads) hc_split_sum4(const float* mix, i
   }
 }
 
-// sum_slots_kernel then hc_post_kernel of ref_ops.cu for one element of each stream: the FFN output of
-// the element (the k routed slots in order, then the shared expert) and the 4 streams' new values.
+// sum_slots_kernel then hc_post_kernel of ref_ops.cu for one element of each stream, through the same
+// element functions (ref_numerics.cuh): the FFN output of the element and the 4 streams' new values.
 __global__ void sum_slots_post4(const float* slot, const float* shared, int k, float* X, const float* split, int64_t d,
                                 int64_t n_tok) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= n_tok * d) return;
   const int64_t t = idx / d, i = idx % d;
-  float f = 0;
-  for (int s = 0; s < k; ++s) f += slot[(t * k + s) * d + i];
-  if (shared) f += shared[idx];
-  const float* sp = split + t * kSplit;
-  const float* post = sp + kHc;
-  const float* comb = sp + 2 * kHc;
-  float old[kHc];
-  for (int a = 0; a < kHc; ++a) old[a] = X[(t * kHc + a) * d + i];
-  for (int b = 0; b < kHc; ++b) {
-    float acc = post[b] * f;
-    for (int a = 0; a < kHc; ++a) acc += comb[a * kHc + b] * old[a];
-    X[(t * kHc + b) * d + i] = acc;
-  }
+  d_hc_post_element(d_slot_sum(slot, shared, k, d, t, i), X, split + t * kSplit, kHc, d, t, i);
 }
 
 }  // namespace

@@ -25,6 +25,29 @@ __device__ __forceinline__ float d_hc_pre(float m, float scale, float base, floa
 }
 __device__ __forceinline__ float d_hc_post(float m, float scale, float base) { return 2.0f * d_sigmoid(m * scale + base); }
 
+// The FFN output of element i of token t: its k routed slots in order, then the shared expert (may be null).
+__device__ __forceinline__ float d_slot_sum(const float* slot, const float* shared, int k, int64_t d, int64_t t,
+                                            int64_t i) {
+  float acc = 0;
+  for (int s = 0; s < k; ++s) acc += slot[(t * k + s) * d + i];
+  if (shared) acc += shared[t * d + i];
+  return acc;
+}
+// Hyper-connection post of element i of token t (n <= 16 streams, sp: the token's split): stream b becomes
+// post[b] f + sum_a comb[a][b] old[a].
+__device__ __forceinline__ void d_hc_post_element(float f, float* X, const float* sp, int n, int64_t d, int64_t t,
+                                                  int64_t i) {
+  const float* post = sp + n;
+  const float* comb = sp + 2 * n;
+  float old[16];
+  for (int a = 0; a < n; ++a) old[a] = X[(t * n + a) * d + i];
+  for (int b = 0; b < n; ++b) {
+    float acc = post[b] * f;
+    for (int a = 0; a < n; ++a) acc += comb[a * n + b] * old[a];
+    X[(t * n + b) * d + i] = acc;
+  }
+}
+
 // Row transforms of the official numerics, run by one thread (src/common/quant_sim.h).
 __device__ inline void d_fp8_blocks(float* x, int64_t n, int64_t block) { fp8_e4m3_roundtrip_blocks(x, n, block); }
 __device__ inline void d_indexer_qat(float* x, int64_t n) { indexer_qat_row(x, n); }

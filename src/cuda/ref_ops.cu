@@ -92,16 +92,7 @@ __global__ void hc_post_kernel(const float* f, float* X, const float* split, int
   const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (k >= n_tok * d) return;
   const int64_t t = k / d, i = k % d;
-  const float* sp = split + t * (2 * n + n * n);
-  const float* post = sp + n;
-  const float* comb = sp + 2 * n;
-  float old[16];
-  for (int a = 0; a < n; ++a) old[a] = X[(t * n + a) * d + i];
-  for (int b = 0; b < n; ++b) {
-    float acc = post[b] * f[k];
-    for (int a = 0; a < n; ++a) acc += comb[a * n + b] * old[a];
-    X[(t * n + b) * d + i] = acc;
-  }
+  d_hc_post_element(f[k], X, split + t * (2 * n + n * n), n, d, t, i);
 }
 
 __global__ void hc_head_kernel(const float* X, const float* pre_mix, const float* scale, const float* base, int n,
@@ -372,11 +363,7 @@ __global__ void swiglu_kernel(float* g, const float* u, int64_t n_items, int64_t
 __global__ void sum_slots_kernel(const float* slot, const float* shared, int64_t n, int k, int64_t d, float* out) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= n * d) return;
-  const int64_t t = idx / d, i = idx % d;
-  float acc = 0;
-  for (int s = 0; s < k; ++s) acc += slot[(t * k + s) * d + i];
-  if (shared) acc += shared[idx];
-  out[idx] = acc;
+  out[idx] = d_slot_sum(slot, shared, k, d, idx / d, idx % d);
 }
 
 }  // namespace
