@@ -1,7 +1,8 @@
 // The FP8 block and FP4 indexer simulations of a row held in shared memory, by all threads of a block:
 // element for element what the reference's serial fp8_e4m3_roundtrip_blocks and indexer_qat_row compute
 // (the butterflies of one Hadamard stage are independent; a block maximum does not depend on its order).
-// Bitwise equal only where the including file is compiled without FMA contraction, as the reference is.
+// They hold no multiply-add pair for contraction to fuse (scales are powers of two, roundings go through
+// rint), so they are bitwise equal in every file that includes them; FastSmallOps.* checks it.
 #pragma once
 #include "cuda/ref_numerics.cuh"
 
