@@ -31,6 +31,7 @@
 #include <algorithm>
 
 #include "cuda/cuda_util.h"
+#include "cuda/fast_matvec_q8_mma.h"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -415,6 +416,8 @@ bool q8_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int6
                int64_t ys, cudaStream_t s) {
   if (!takes(W, X, xs) || n_tok > kMaxTok) return false;
   if (n_rows <= 0 || n_tok <= 0) return true;
+  // One or two tokens: the INT8 tensor-core kernel (fast_matvec_q8_mma.cu) where it takes the shape.
+  if (n_tok <= 2 && q8_mma_matvec(W, row0, n_rows, X, n_tok, xs, Y, ys, s)) return true;
   Args a{};
   a.magic = 0x4B00u;
   a.W = W.data, a.rb = static_cast<int64_t>(W.row_bytes), a.n = n_rows, a.row0 = row0, a.mat = nullptr, a.src_div = 1;
@@ -429,6 +432,7 @@ bool q8_matvec_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_
                      int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s) {
   if (!takes(W, X, xs) || src_div < 1 || mat_of_item == nullptr) return false;
   if (rows_per_mat <= 0 || n_items <= 0) return true;
+  if (q8_mma_items(W, rows_per_mat, mat_of_item, src_div, X, xs, n_items, Y, ys, s)) return true;
   Args a{};
   a.magic = 0x4B00u;
   a.W = W.data, a.rb = static_cast<int64_t>(W.row_bytes), a.n = rows_per_mat, a.row0 = 0, a.mat = mat_of_item;

@@ -5,6 +5,8 @@
 // aligned, xs not a multiple of 4, more than 8 tokens (matvec), src_div < 1 (items). Results are
 // deterministic run to run: the column splits depend on the shape and the device only, and partial
 // sums are added in a fixed order inside a block (no atomics, no workspace).
+// One or two tokens (and items) run on the INT8 tensor cores (fast_matvec_q8_mma.cu) where that kernel takes
+// the shape (its activation digits fit in shared memory), the fp32 streaming kernel otherwise.
 #pragma once
 #include <cuda_runtime.h>
 

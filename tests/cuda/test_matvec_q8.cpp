@@ -2,15 +2,21 @@
 // quantized from fresh random floats with the project's quantizer (block magnitudes varied, so the
 // f16 scales vary too), the model's decode shapes and odd ones with ragged row tails, 1 to 8 tokens,
 // outputs poisoned with NaN so an unwritten row fails, strided outputs whose padding must stay
-// untouched, bitwise equality of two runs, and the calls it must refuse without launching.
+// untouched, bitwise equality of two runs, and the calls it must refuse without launching. One and two
+// tokens take the INT8 tensor-core kernel (fast_matvec_q8_mma.cu) where it takes the shape; Q8MmaLanes
+// simulates its warp's fragment mapping on the CPU (no device needed) with the kernel's own lane functions.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <vector>
 
+#include "common/half.h"
 #include "cuda/fast_matvec_q8.h"
+#include "cuda/fast_matvec_q8_mma.h"
 #include "cuda_test_fixture.h"
 #include "quant/quant.h"
 
@@ -19,6 +25,26 @@ using namespace flashstar;
 namespace {
 
 constexpr GgmlType kQ8 = GgmlType::Q8_0;
+
+// Heavy-tailed activations: normal, with one in 64 scaled by 10^3 and one in 256 by 10^5, some exact
+// zeros, and (where a row has 512 columns or more) its second 256-column piece at 1e-33 (below the
+// kernel's exponent floor) or holding a lone huge value.
+std::vector<float> heavy_tailed(std::mt19937& rng, int64_t rows, int64_t cols, int64_t stride) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_int_distribution<int> pick(0, 255);
+  std::vector<float> x(static_cast<size_t>(rows * stride), 0.0f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int k = pick(rng);
+      float v = nd(rng);
+      if (k == 0) v *= 1e5f;
+      else if (k < 5) v *= 1e3f;
+      else if (k == 255) v = 0.0f;
+      if (cols >= 512 && c >= 256 && c < 512) v = (r & 1) ? (c == 300 ? 3e4f : v * 1e-3f) : v * 1e-33f;
+      x[static_cast<size_t>(r * stride + c)] = v;
+    }
+  return x;
+}
 
 class Q8Matvec : public cuda_test::CudaKernelTest {
  protected:
@@ -223,4 +249,193 @@ TEST_F(Q8Matvec, RefusesWhatItCannotTake) {
   EXPECT_TRUE(cuda::fast::q8_matvec_items(ok, 4, ds.get(), 1, dx.get(), cols, 0, dy.get(), 4, nullptr));
   // None of the above launched anything.
   for (float v : down(dy)) ASSERT_TRUE(poison(v));
+}
+
+TEST_F(Q8Matvec, HeavyTailedActivationsMatchReference) {
+  // Digits are relative to each 256-column piece's largest |x|: outliers must not cost the small values
+  // of other pieces their precision.
+  for (int64_t cols : {1024, 4096}) {
+    const int64_t rows = 2048;
+    const auto wq = weights(rows, cols);
+    auto dw = up(wq);
+    const cuda::DMat dm{kQ8, dw.get(), cols, rows, row_bytes(kQ8, cols)};
+    for (int64_t n_tok : {1, 2}) {
+      const auto x = heavy_tailed(rng_, n_tok, cols, cols);
+      auto dx = up(x);
+      auto ref = poisoned<float>(static_cast<size_t>(n_tok * rows)), got = poisoned<float>(ref.size());
+      cuda::matmul(dm, 0, rows, dx.get(), n_tok, cols, ref.get(), rows, nullptr);
+      ASSERT_TRUE(cuda::fast::q8_matvec(dm, 0, rows, dx.get(), n_tok, cols, got.get(), rows, nullptr));
+      const double e = rel_err(down(got), down(ref));
+      std::printf("q8_matvec heavy-tailed %5lld x %5lld, %lld tokens: rel err %.2e\n", static_cast<long long>(rows),
+                  static_cast<long long>(cols), static_cast<long long>(n_tok), e);
+      EXPECT_LT(e, 2e-6) << cols << " cols, " << n_tok << " tokens";
+    }
+  }
+  {  // items, each with its own activation row (attn_output_a's shape, 4 groups)
+    const int64_t rows_per = 1024, cols = 4096, items = 4;
+    const auto wq = weights(items * rows_per, cols);
+    auto dw = up(wq);
+    const cuda::DMat dm{kQ8, dw.get(), cols, items * rows_per, row_bytes(kQ8, cols)};
+    std::vector<int32_t> sel = {2, 0, 3, 1};
+    auto ds = up(sel);
+    const auto x = heavy_tailed(rng_, items, cols, cols);
+    auto dx = up(x);
+    auto ref = poisoned<float>(static_cast<size_t>(items * rows_per)), got = poisoned<float>(ref.size());
+    cuda::matmul_items(dm, rows_per, ds.get(), 1, dx.get(), cols, items, ref.get(), rows_per, nullptr);
+    ASSERT_TRUE(
+        cuda::fast::q8_matvec_items(dm, rows_per, ds.get(), 1, dx.get(), cols, items, got.get(), rows_per, nullptr));
+    const double e = rel_err(down(got), down(ref));
+    std::printf("q8_matvec_items heavy-tailed: rel err %.2e\n", e);
+    EXPECT_LT(e, 2e-6);
+  }
+}
+
+TEST_F(Q8Matvec, WideRowsMatchReference) {
+  // 16384 columns: one token's digits fit the tensor-core kernel's shared memory, two tokens' do not
+  // (the fp32 kernel takes them).
+  const int64_t rows = 300, cols = 16384;
+  const auto wq = weights(rows, cols);
+  auto dw = up(wq);
+  const cuda::DMat dm{kQ8, dw.get(), cols, rows, row_bytes(kQ8, cols)};
+  for (int64_t n_tok : {1, 2}) expect_matvec(dm, 0, rows, n_tok, cols, rows, "wide");
+}
+
+// ---- CPU simulation of one warp of the tensor-core kernel on one 16-row x 256-column piece: every lane's
+// registers from the kernel's own functions (pair_a, x_cols, lane_digits, b_offset, combine), the mma from
+// the PTX fragment layouts of m16n8k32 .s8, and the per-lane sums as the kernel forms them.
+namespace {
+namespace q8m = cuda::fast::q8m;
+
+struct Frag {
+  uint32_t a[4], b[2], c[4];
+};
+// D = A B over the 32 lanes' fragments (PTX ISA, "Matrix Fragments for mma.m16n8k32", .s8 / .s32).
+void mma_sim(Frag (&L)[32]) {
+  int8_t A[16][32], B[32][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 16; ++i) {  // a_i: register i / 4, byte i % 4
+      const int row = (i < 4 || (i >= 8 && i < 12)) ? g : g + 8, col = 4 * t + (i & 3) + (i >= 8 ? 16 : 0);
+      A[row][col] = static_cast<int8_t>(L[lane].a[i >> 2] >> (8 * (i & 3)));
+    }
+    for (int i = 0; i < 8; ++i) B[4 * t + (i & 3) + (i >= 4 ? 16 : 0)][g] = static_cast<int8_t>(L[lane].b[i >> 2] >> (8 * (i & 3)));
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+      const int row = i < 2 ? g : g + 8, col = 2 * t + (i & 1);
+      int32_t sum = 0;
+      for (int k = 0; k < 32; ++k) sum += A[row][k] * B[k][col];
+      L[lane].c[i] = static_cast<uint32_t>(sum);
+    }
+  }
+}
+
+// y[tok][row] of one piece by the simulated warp; nt tokens (1: B columns 4-7 repeat 0-3).
+void warp_sim(const std::vector<uint8_t>& stage, const std::vector<float>& x, int nt, double (&y)[2][16]) {
+  std::vector<uint8_t> dig(2 * q8m::kDigitBytes, 0);
+  float scale[2][2] = {};
+  for (int tok = 0; tok < nt; ++tok) {  // the conversion: one warp per (row, piece)
+    const float* xr = x.data() + tok * q8m::kPieceCols;
+    float amax = 0.0f;
+    for (int c = 0; c < q8m::kPieceCols; ++c) amax = std::max(amax, std::fabs(xr[c]));
+    const int E = q8m::piece_exponent(amax);
+    for (int lane = 0; lane < 32; ++lane) {
+      const int j = lane >> 2, t = lane & 3;
+      const q8m::XCols xc = q8m::x_cols(j, t);
+      const float* b = xr + 32 * j;
+      const float v[8] = {b[xc.lo], b[xc.lo + 1], b[xc.lo + 2], b[xc.lo + 3],
+                          b[xc.hi_a], b[xc.hi_a + 1], b[xc.hi_b], b[xc.hi_b + 1]};
+      uint32_t lo[4], hi[4];
+      q8m::lane_digits(v, E, lo, hi);
+      for (int k = 0; k < 4; ++k) {
+        uint8_t* d = dig.data() + tok * q8m::kDigitBytes + j * 128 + 8 * t + 32 * k;
+        std::memcpy(d, &lo[k], 4), std::memcpy(d + 4, &hi[k], 4);
+      }
+    }
+    scale[tok][0] = q8m::digit_scale(E, 0), scale[tok][1] = q8m::digit_scale(E, 1);
+  }
+  float acc[32][2] = {}, s[32][2] = {};
+  for (int m = 0; m < 4; ++m) {
+    q8m::PairA pa[32][2];
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane >> 2, t = lane & 3;
+      for (int r = 0; r < 2; ++r) {
+        const uint8_t* p = stage.data() + (g + 8 * r) * q8m::kPieceBytes + 68 * m;
+        pa[lane][r] = q8m::pair_a(p, p + 4 * t, q8m::even_hi_sel(t));
+      }
+    }
+    for (int e = 0; e < 2; ++e) {
+      Frag f[32];
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane >> 2, t = lane & 3, bslot = nt == 2 ? g >> 2 : 0;
+        const q8m::PairA &xa = pa[lane][0], &ya = pa[lane][1];
+        f[lane].a[0] = xa.lo[e], f[lane].a[1] = ya.lo[e], f[lane].a[2] = xa.hi[e], f[lane].a[3] = ya.hi[e];
+        const uint8_t* bp = dig.data() + bslot * q8m::kDigitBytes + (2 * m + e) * 128 + q8m::b_offset(g, t);
+        std::memcpy(&f[lane].b[0], bp, 4), std::memcpy(&f[lane].b[1], bp + 4, 4);
+      }
+      mma_sim(f);
+      for (int lane = 0; lane < 32; ++lane) {
+        s[lane][0] = std::fma(q8m::combine(f[lane].c[0], f[lane].c[1]), pa[lane][0].d[e], s[lane][0]);
+        s[lane][1] = std::fma(q8m::combine(f[lane].c[2], f[lane].c[3]), pa[lane][1].d[e], s[lane][1]);
+      }
+    }
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    const int t = lane & 3, cslot = nt == 2 ? t >> 1 : 0;
+    for (int r = 0; r < 2; ++r) acc[lane][r] = std::fma(s[lane][r], scale[cslot][t & 1], acc[lane][r]);
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane >> 2, t = lane & 3;
+    if ((t & 1) || (t >> 1) >= nt) continue;
+    for (int r = 0; r < 2; ++r) y[t >> 1][g + 8 * r] = static_cast<double>(acc[lane][r] + acc[lane ^ 1][r]);
+  }
+}
+}  // namespace
+
+TEST(Q8MmaLanes, WarpSimulationMatchesDoubleDot) {
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int> qd(-128, 127);
+  std::uniform_real_distribution<float> dd(-0.1f, 0.1f);
+  for (int trial = 0; trial < 40; ++trial) {
+    // 16 rows of one piece: 8 blocks of f16 d and 32 int8 each (the extremes -128 and 127 included).
+    std::vector<uint8_t> stage(q8m::kStageBytes);
+    for (int r = 0; r < 16; ++r)
+      for (int b = 0; b < 8; ++b) {
+        uint8_t* blk = stage.data() + r * q8m::kPieceBytes + 34 * b;
+        const uint16_t h = f32_to_f16(dd(rng));
+        std::memcpy(blk, &h, 2);
+        for (int i = 0; i < 32; ++i) blk[2 + i] = static_cast<uint8_t>(trial == 0 ? (i & 1 ? 127 : -128) : qd(rng));
+      }
+    const int nt = 1 + (trial & 1);
+    std::vector<float> x = trial < 20 ? heavy_tailed(rng, 2, 256, 256) : std::vector<float>(512);
+    if (trial >= 20) {  // one column at a time carries a value: catches any column a lane maps wrongly
+      const int c = (trial - 20) * 13 % 256;
+      x[c] = 1.0f + trial, x[256 + (c + 101) % 256] = -3.0f;
+    }
+    double y[2][16];
+    warp_sim(stage, x, nt, y);
+    // Bound: the digits round each x by at most 2^-31 of its piece's largest |x| (|Y - x 2^(29-E)| <= 1/2,
+    // 2^E <= amax), plus fp32 sums (well inside 1e-6 of the magnitudes). A mapping error is O(1).
+    for (int tok = 0; tok < nt; ++tok)
+      for (int r = 0; r < 16; ++r) {
+        double amax = 0.0, wsum = 0.0;
+        for (int c = 0; c < 256; ++c) amax = std::max(amax, std::fabs(static_cast<double>(x[tok * 256 + c])));
+        double ref = 0.0, mag = 0.0;
+        for (int b = 0; b < 8; ++b) {
+          const uint8_t* blk = stage.data() + r * q8m::kPieceBytes + 34 * b;
+          uint16_t h;
+          std::memcpy(&h, blk, 2);
+          double sb = 0.0, mb = 0.0;
+          for (int i = 0; i < 32; ++i) {
+            const double p = static_cast<int8_t>(blk[2 + i]) * static_cast<double>(x[tok * 256 + 32 * b + i]);
+            sb += p, mb += std::fabs(p);
+          }
+          double qb = 0.0;
+          for (int i = 0; i < 32; ++i) qb += std::abs(static_cast<int8_t>(blk[2 + i]));
+          ref += f16_to_f32(h) * sb, mag += std::fabs(f16_to_f32(h)) * mb, wsum += std::fabs(f16_to_f32(h)) * qb;
+        }
+        EXPECT_LE(std::fabs(y[tok][r] - ref), 1e-6 * mag + std::ldexp(wsum * amax, -31) + 1e-30) << "trial " << trial << " token " << tok << " row " << r;
+      }
+  }
 }
