@@ -8,8 +8,8 @@
 #include <algorithm>
 
 #include "cuda/cuda_util.h"
+#include "cuda/fast_attention_rows.cuh"
 #include "cuda/fast_kernels.h"
-#include "cuda/last_block.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -98,57 +98,6 @@ __device__ void scores_tile(const float* q, int64_t q_stride, const float* const
   }
 }
 
-// Row j of query t's attention rows: the raw window first, then the compressed rows (selected or all).
-// Built by whole warps (every lane of a warp constructs it together): the selected rows are a prefix of
-// sel[t] ended by -1, and the warp finds its length with ballots instead of a serial walk.
-__device__ __forceinline__ AttentionArgs resolved(AttentionArgs a) {
-  if (a.pos_dev) a.pos0 = *a.pos_dev, a.hist_pos0 = a.pos0 - a.hist_lag;
-  return a;
-}
-
-struct RowMap {
-  const AttentionArgs* a;
-  int64_t t, raw_lo, n_raw, n_rows;
-  __device__ RowMap(const AttentionArgs& args, int64_t t_) : a(&args), t(t_) {
-    const int64_t pos = a->pos0 + t;
-    raw_lo = pos - a->n_swa + 1 > 0 ? pos - a->n_swa + 1 : 0;
-    n_raw = pos - raw_lo + 1;
-    int64_t n_comp = 0;
-    if (a->ratio) {
-      n_comp = (pos + 1) / a->ratio;
-      if (a->sel) {
-        const int lane = threadIdx.x & 31;
-        const int32_t* s = a->sel + t * a->top_k;
-        int64_t first_neg = a->top_k;
-        // 8 loads in flight per lane before the ballots (one at a time was 16 dependent L2 trips for 512)
-        constexpr int kBatch = 8;
-        for (int c0 = 0; c0 < a->top_k && first_neg == a->top_k; c0 += 32 * kBatch) {
-          bool neg[kBatch];
-#pragma unroll
-          for (int b = 0; b < kBatch; ++b) {
-            const int c = c0 + 32 * b + lane;
-            neg[b] = c < a->top_k && s[c] < 0;
-          }
-#pragma unroll
-          for (int b = 0; b < kBatch; ++b) {
-            const unsigned m = __ballot_sync(0xffffffffu, neg[b]);
-            if (m && first_neg == a->top_k) first_neg = c0 + 32 * b + __ffs(m) - 1;
-          }
-        }
-        n_comp = first_neg;
-      }
-    }
-    n_rows = n_raw + n_comp;
-  }
-  __device__ const float* row(int64_t r) const {
-    if (r >= n_rows) return nullptr;
-    const int hd = a->head_dim;
-    if (r < n_raw) return a->hist + (raw_lo + r - a->hist_pos0) * hd;
-    const int64_t c = r - n_raw;
-    return a->comp + (a->sel ? a->sel[t * a->top_k + c] : c) * hd;
-  }
-};
-
 // grid (n queries, row tiles): scaled scores into scratch[t][h][r].
 __global__ void __launch_bounds__(128) attn_scores_kernel(AttentionArgs a, float* scratch, int64_t max_rows) {
   __shared__ __align__(16) uint16_t qs[2 * kHeads * kLdh];
@@ -177,7 +126,7 @@ __global__ void __launch_bounds__(128) attn_scores_kernel(AttentionArgs a, float
 }
 
 // Softmax with the sink over one (query, head) score row, by one warp: the max, then 1 / the sum.
-// attn_softmax_kernel and attn_pv_decode share it, so their probabilities are the same bits.
+// (attn_softmax_kernel, the prefill path.)
 __device__ __forceinline__ void softmax_stats(const float* s, int64_t n_rows, float sink, float& mx, float& inv) {
   const int lane = threadIdx.x & 31;
   mx = sink;
@@ -369,135 +318,7 @@ __global__ void __launch_bounds__(256) indexer_topk_kernel(const float* scores, 
   }
 }
 
-// Decode (a few queries): scores and P.V on the CUDA cores in fp32, spread over many blocks; the tiled
-// tensor-core kernels above leave most of the card idle with one query.
-constexpr int kDecMaxTok = 8, kDecSplits = 16, kDecHeadGroup = 8;
-
-// grid (n, row tiles of 16, head groups of 8), 128 threads: thread (row, head) of the tile dots one
-// cached row with one head's query, both staged in shared memory (rows padded so a quarter warp's float4
-// reads hit distinct banks), with four independent partial sums. A warp per row that walked all 64 heads
-// in registers left the card idle and latency-bound (22 us for 128 rows).
-constexpr int kScoreRows = 16, kScoreHeadGroup = 8;
-__global__ void __launch_bounds__(128) attn_scores_decode(AttentionArgs a_in, float* scratch, int64_t max_rows) {
-  extern __shared__ __align__(16) float4 sm4[];
-  const AttentionArgs a = resolved(a_in);
-  const int64_t t = blockIdx.x;
-  const RowMap rm(a, t);
-  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kScoreRows;
-  if (r0 >= rm.n_rows) return;  // the whole block: rm is the same for all its warps
-  const int hd = a.head_dim, hd4 = hd / 4, ld4 = hd4 + 1;  // rows padded by one float4
-  float4* ks = sm4;                          // kScoreRows x ld4
-  float4* qs = sm4 + kScoreRows * ld4;       // kScoreHeadGroup x hd4
-  const int h0 = blockIdx.z * kScoreHeadGroup;
-  const int64_t n_here = rm.n_rows - r0 < kScoreRows ? rm.n_rows - r0 : kScoreRows;
-  // every load of the tile in flight at once (a load-then-store loop waited one L2 trip per step)
-#pragma unroll 8
-  for (int i = threadIdx.x; i < kScoreRows * hd4; i += blockDim.x) {
-    const int r = i / hd4, c = i % hd4;
-    ks[r * ld4 + c] = r < n_here ? __ldg(reinterpret_cast<const float4*>(rm.row(r0 + r)) + c) : make_float4(0, 0, 0, 0);
-  }
-  const float4* qsrc = reinterpret_cast<const float4*>(a.q + (t * a.n_head + h0) * hd);
-#pragma unroll 8
-  for (int i = threadIdx.x; i < kScoreHeadGroup * hd4; i += blockDim.x) qs[i] = qsrc[i];
-  __syncthreads();
-  const int r = threadIdx.x % kScoreRows, h = threadIdx.x / kScoreRows;
-  const float4* kr = ks + r * ld4;
-  const float4* qh = qs + h * hd4;
-  float4 acc = make_float4(0, 0, 0, 0);
-#pragma unroll 8
-  for (int c = 0; c < hd4; ++c) {
-    const float4 k = kr[c], q = qh[c];
-    acc.x = fmaf(q.x, k.x, acc.x), acc.y = fmaf(q.y, k.y, acc.y), acc.z = fmaf(q.z, k.z, acc.z);
-    acc.w = fmaf(q.w, k.w, acc.w);
-  }
-  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(hd)));
-  if (r < n_here) scratch[(t * a.n_head + h0 + h) * max_rows + r0 + r] = ((acc.x + acc.y) + (acc.z + acc.w)) * scale;
-}
-
-// A ticket per (query, head group): the split that finishes last adds the parts (in split order).
-__device__ int g_pv_tickets[kDecMaxTok * kHeads / kDecHeadGroup];
-
-// grid (n, n_head / 8, splits), hd / 4 threads: a thread owns 4 dims of 8 heads over the split's rows.
-// The softmax is folded in (each block takes its 8 heads' max and sum from the scores, then turns the
-// scores of a row chunk into probabilities while staging them); the chunk's row addresses are staged
-// too, so the row loads of the unrolled loop are independent. With one split the sums go straight to
-// out; else to work[split], and the last split of a head group adds them.
-__global__ void __launch_bounds__(128) attn_pv_decode(AttentionArgs a_in, const float* scratch, int64_t max_rows,
-                                                       float* work) {
-  const AttentionArgs a = resolved(a_in);
-  __shared__ float ps[kDecHeadGroup][64];
-  __shared__ const float4* rows[64];
-  __shared__ float st_mx[kDecHeadGroup], st_inv[kDecHeadGroup];
-  const int64_t t = blockIdx.x;
-  const int h0 = blockIdx.y * kDecHeadGroup;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-  const RowMap rm(a, t);
-  const float* p = scratch + (t * a.n_head + h0) * max_rows;
-  for (int h = warp; h < kDecHeadGroup; h += n_warps) {
-    float mx, inv;
-    softmax_stats(p + h * max_rows, rm.n_rows, a.sinks[h0 + h], mx, inv);
-    if (lane == 0) st_mx[h] = mx, st_inv[h] = inv;
-  }
-  __syncthreads();
-  const int64_t per = (rm.n_rows + gridDim.z - 1) / gridDim.z;
-  const int64_t r_begin = blockIdx.z * per, r_end = min(rm.n_rows, r_begin + per);
-  float4 acc[kDecHeadGroup];
-#pragma unroll
-  for (int h = 0; h < kDecHeadGroup; ++h) acc[h] = make_float4(0, 0, 0, 0);
-  for (int64_t c0 = r_begin; c0 < r_end; c0 += 64) {
-    const int m = static_cast<int>(r_end - c0 < 64 ? r_end - c0 : 64);
-#pragma unroll 4
-    for (int i = threadIdx.x; i < kDecHeadGroup * 64; i += blockDim.x) {
-      const int h = i / 64, j = i % 64;
-      ps[h][j] = j < m ? __expf(p[h * max_rows + c0 + j] - st_mx[h]) * st_inv[h] : 0.0f;
-    }
-    for (int j = threadIdx.x; j < m; j += blockDim.x) rows[j] = reinterpret_cast<const float4*>(rm.row(c0 + j));
-    __syncthreads();
-    auto add = [&](int j, const float4& v) {
-#pragma unroll
-      for (int h = 0; h < kDecHeadGroup; ++h) {
-        const float w = ps[h][j];
-        acc[h].x += w * v.x, acc[h].y += w * v.y, acc[h].z += w * v.z, acc[h].w += w * v.w;
-      }
-    };
-    int j = 0;
-    for (; j + 4 <= m; j += 4) {
-      float4 v[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) v[u] = __ldg(rows[j + u] + threadIdx.x);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) add(j + u, v[u]);
-    }
-    for (; j < m; ++j) add(j, __ldg(rows[j] + threadIdx.x));
-    __syncthreads();
-  }
-  const int64_t total = a.n * a.n_head * a.head_dim;
-  const int64_t o = (t * a.n_head + h0) * a.head_dim;  // this block's 8 heads x head_dim values
-  if (gridDim.z == 1) {
-#pragma unroll
-    for (int h = 0; h < kDecHeadGroup; ++h) reinterpret_cast<float4*>(a.out + o + h * a.head_dim)[threadIdx.x] = acc[h];
-    return;
-  }
-#pragma unroll
-  for (int h = 0; h < kDecHeadGroup; ++h)
-    reinterpret_cast<float4*>(work + blockIdx.z * total + o + h * a.head_dim)[threadIdx.x] = acc[h];
-  const int ticket = static_cast<int>(t * gridDim.y + blockIdx.y);
-  if (!last_to_finish(&g_pv_tickets[ticket], static_cast<int>(gridDim.z))) return;
-#pragma unroll 2
-  for (int h = 0; h < kDecHeadGroup; ++h) {
-    float4 w[kDecSplits];  // every part's load in flight before the (part-ordered) sum
-#pragma unroll
-    for (int z = 0; z < kDecSplits; ++z)
-      if (z < static_cast<int>(gridDim.z))
-        w[z] = __ldcg(reinterpret_cast<const float4*>(work + z * total + o + h * a.head_dim) + threadIdx.x);
-    float4 v = make_float4(0, 0, 0, 0);
-#pragma unroll
-    for (int z = 0; z < kDecSplits; ++z)
-      if (z < static_cast<int>(gridDim.z)) v.x += w[z].x, v.y += w[z].y, v.z += w[z].z, v.w += w[z].w;
-    reinterpret_cast<float4*>(a.out + o + h * a.head_dim)[threadIdx.x] = v;
-  }
-  if (threadIdx.x == 0) g_pv_tickets[ticket] = 0;
-}
+constexpr int kDecMaxTok = 8;  // queries of the decode path (fast_attention_decode.cu)
 
 }  // namespace
 
@@ -513,25 +334,7 @@ void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cu
   if (a.n <= 0) return;
   const int64_t warps = a.n * a.n_head;
   if (attention_decode_path(a)) {
-    const int smem = (kScoreRows * (a.head_dim / 4 + 1) + kScoreHeadGroup * a.head_dim / 4) * 16;
-    static int smem_set = 0;
-    if (smem > smem_set) {
-      FS_CUDA_CHECK(cudaFuncSetAttribute(attn_scores_decode, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      smem_set = smem;
-    }
-    const dim3 gs(static_cast<unsigned>(a.n), static_cast<unsigned>((max_rows + kScoreRows - 1) / kScoreRows),
-                  a.n_head / kScoreHeadGroup);
-    attn_scores_decode<<<gs, kScoreRows * kScoreHeadGroup, smem, s>>>(a, scratch, max_rows);
-    FS_CUDA_LAUNCH_CHECK();
-    // The row splits' partial sums live in the scratch after the scores.
-    const int64_t total = a.n * a.n_head * a.head_dim, room = scratch_floats - a.n * a.n_head * max_rows;
-    float* work = scratch + a.n * a.n_head * max_rows;
-    // the parts are written as float4s: without a 16-byte aligned work area, one part straight to out
-    const bool aligned = reinterpret_cast<uintptr_t>(work) % 16 == 0;
-    const int splits = aligned ? static_cast<int>(std::min<int64_t>(kDecSplits, room > 0 ? room / total : 0)) : 1;
-    const dim3 g(static_cast<unsigned>(a.n), a.n_head / kDecHeadGroup, splits > 1 ? splits : 1);
-    attn_pv_decode<<<g, a.head_dim / 4, 0, s>>>(a, scratch, max_rows, work);
-    FS_CUDA_LAUNCH_CHECK();
+    flash_decode_attention(a, scratch, max_rows, s, scratch_floats);
     return;
   }
   const dim3 g1(static_cast<unsigned>(a.n), static_cast<unsigned>((max_rows + kRowsTile - 1) / kRowsTile));

@@ -61,10 +61,11 @@ bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const u
 
 // Sink attention (same contract as cuda::sink_attention): scores and P.V on the tensor cores with the
 // 64 heads of a query as the M side; scratch holds the scores, then the probabilities. Up to 8 queries
-// (decode) run fp32 CUDA-core kernels spread over the rows instead; with scratch_floats beyond the
-// probabilities, P.V splits the rows and adds the parts in a fixed order.
+// (decode) run one fp32 flash-decoding launch instead (fast_attention_decode.cu): scratch_floats of
+// scratch hold the row splits' partial outputs (fewer splits when short; one split needs none), combined
+// in split order by the last split.
 bool attention_supported(const AttentionArgs& a);
-bool attention_decode_path(const AttentionArgs& a);  // the CUDA-core kernels (these read AttentionArgs::pos_dev)
+bool attention_decode_path(const AttentionArgs& a);  // the flash-decoding kernel (it reads AttentionArgs::pos_dev)
 void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s,
                     int64_t scratch_floats = 0);
 // Indexer top-k (same contract as cuda::indexer_select): scores on the tensor cores, radix select.

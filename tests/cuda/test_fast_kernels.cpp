@@ -201,17 +201,21 @@ TEST_F(FastKernels, FastKernelsAreDeterministic) {
 TEST_F(FastKernels, SinkAttentionMatchesReference) {
   // The model's shape: 64 heads of 512 over a window of 128 raw rows plus compressed rows.
   const int n_head = 64, hd = 512, n_swa = 128, top_k = 512;
-  // prefill-sized query counts (tensor-core tiles) and decode-sized ones (CUDA-core kernels, with and
-  // without the row split)
+  // prefill-sized query counts (tensor-core tiles) and decode-sized ones (the flash-decoding kernel).
+  // parts: room for that many n x n_head x hd partial outputs after the scores' room; the split count
+  // follows (8 heads x (hd + 2) floats a split): 0 = one split walking every chunk, 6 = 7 splits of
+  // several chunks, 24 = up to 24 splits of one chunk each (as the session's scratch allows).
   struct Case {
     int ratio;
     int64_t n;
-    bool split;
+    int parts;
+    int64_t pos0;
   };
-  for (const Case& cs : {Case{0, 70, false}, Case{4, 37, false}, Case{128, 70, false}, Case{0, 1, true},
-                         Case{4, 1, true}, Case{4, 5, false}, Case{128, 3, true}, Case{4, 8, true}}) {
+  for (const Case& cs : {Case{0, 70, 0, 9000}, Case{4, 37, 0, 2500}, Case{128, 70, 0, 9000}, Case{0, 1, 24, 9000},
+                         Case{4, 1, 24, 2500}, Case{4, 5, 0, 2500}, Case{128, 3, 24, 9000}, Case{4, 8, 24, 2500},
+                         Case{4, 2, 6, 2500}, Case{128, 8, 24, 60000}, Case{128, 8, 6, 60000}}) {
     const int ratio = cs.ratio;
-    const int64_t pos0 = ratio == 4 ? 2500 : 9000, n = cs.n, n_old = 127;
+    const int64_t pos0 = cs.pos0, n = cs.n, n_old = 127;
     const int64_t n_comp = ratio ? (pos0 + n) / ratio : 0;
     const auto q = randn(static_cast<size_t>(n * n_head * hd));
     const auto hist = randn(static_cast<size_t>((n_old + n) * hd), 0.5f);
@@ -230,7 +234,7 @@ TEST_F(FastKernels, SinkAttentionMatchesReference) {
     auto dq = up(q), dh = up(hist), dc = up(comp), ds = up(sinks);
     auto dsel = up(sel);
     const int64_t max_rows = n_swa + std::max<int64_t>(top_k, n_comp);
-    const int64_t scratch_floats = n * n_head * max_rows + (cs.split ? 16 * n * n_head * hd : 0);
+    const int64_t scratch_floats = n * n_head * max_rows + cs.parts * n * n_head * hd;
     auto scratch = poisoned<float>(static_cast<size_t>(scratch_floats));
     cuda::AttentionArgs a;
     a.q = dq.get(), a.hist = dh.get(), a.hist_pos0 = pos0 - n_old, a.comp = dc.get();
@@ -249,7 +253,8 @@ TEST_F(FastKernels, SinkAttentionMatchesReference) {
     cuda::fast::sink_attention(a, scratch.get(), max_rows, nullptr, scratch_floats);
     EXPECT_TRUE(down(again) == down(got)) << "ratio " << ratio << " n " << n;
     const double e = rel_err(down(got), down(ref));
-    std::printf("attention ratio %3d, %lld queries%s: rel err %.2e\n", ratio, (long long)n, cs.split ? " (split)" : "", e);
+    std::printf("attention ratio %3d, pos %lld, %lld queries, %d parts: rel err %.2e\n", ratio, (long long)pos0,
+                (long long)n, cs.parts, e);
     EXPECT_LT(e, 2e-5) << "ratio " << ratio;
   }
 }

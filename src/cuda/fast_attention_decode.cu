@@ -1,0 +1,291 @@
+// Decode attention (<= 8 queries) in one flash-decoding launch. grid (query t, head group of 8, row
+// split z), 256 threads. A block stages its split's rows 32 at a time (16-byte async copies, every copy
+// of the chunk in flight at once; row addresses resolved first) and its 8 heads' queries, then per
+// chunk: scores for 8 heads x 32 rows in fp32, the running max and sum-exp per head (online softmax,
+// exact rescaling), and P.V into 8 x head_dim partial outputs held in registers. Each split writes
+// (max, sum, partial) to the scratch; the split that finishes last (integer ticket per (t, group))
+// weighs the splits in split order with the sink and writes out. Fixed orders everywhere, no float
+// atomics: deterministic for a given split count. The grid is sized from max_rows (the decode step is
+// a captured graph replayed at every position); splits past the live rows exit at once.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/cuda_util.h"
+#include "cuda/fast_attention_rows.cuh"
+#include "cuda/last_block.cuh"
+
+namespace flashstar::cuda::fast {
+namespace {
+
+constexpr int kTok = 8;         // queries (attention_decode_path)
+constexpr int kGroup = 8;       // heads of a block: warp h owns head h's softmax
+constexpr int kChunk = 32;      // rows staged at once: a lane per row in the softmax
+constexpr int kMaxSplits = 24;  // row splits of a (query, head group); <= 32: a lane per split in the combine
+constexpr int kThreads = 256;   // P.V: thread = (head half: 4 heads, float4 of the head dims)
+constexpr int kStat = 2 * kGroup;  // per split: max[8], sum[8]
+
+__device__ int g_fd_tickets[kTok * 64 / kGroup];
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+
+// One step of the warp reduce-scatter: lanes with bit O set keep the upper half of their N values, the
+// others the lower half, each adding its partner's copy of the half it keeps.
+template <int O, int N>
+__device__ __forceinline__ void fold(float (&v)[32], int lane) {
+  const bool up = lane & O;
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) {
+    const float send = up ? v[i] : v[i + N / 2];
+    const float keep = up ? v[i + N / 2] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+  }
+}
+// 32 values per lane -> lane l returns the warp sum of value l (31 shuffles instead of 32 x 5).
+__device__ __forceinline__ float reduce_scatter32(float (&v)[32], int lane) {
+  fold<16, 32>(v, lane);
+  fold<8, 16>(v, lane);
+  fold<4, 8>(v, lane);
+  fold<2, 4>(v, lane);
+  fold<1, 2>(v, lane);
+  return v[0];
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+__device__ __forceinline__ float4 fma4(float w, const float4& v, float4 acc) {
+  acc.x = fmaf(w, v.x, acc.x), acc.y = fmaf(w, v.y, acc.y), acc.z = fmaf(w, v.z, acc.z), acc.w = fmaf(w, v.w, acc.w);
+  return acc;
+}
+__device__ __forceinline__ float comp(const float4& v, int k) {
+  return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
+}
+
+// work: parts [n][groups][splits][8][hd], then stats [n][groups][splits][16].
+__global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_in, float* work) {
+  extern __shared__ __align__(16) float4 fd_sm[];  // rows kChunk x hd4, then queries kGroup x hd4
+  __shared__ const float4* rowp[kChunk];
+  __shared__ float sc[kGroup][kChunk + 1];
+  __shared__ __align__(16) float ps[kChunk][kGroup];
+  __shared__ __align__(16) float alpha_s[kGroup];
+  __shared__ float wts[kGroup][kMaxSplits];
+
+  const AttentionArgs a = resolved(a_in);
+  const int64_t t = blockIdx.x;
+  const int g = blockIdx.y, z = blockIdx.z, G = gridDim.z, h0 = g * kGroup;
+  const RowMap rm(a, t);
+  // the live splits: chunks spread evenly (the same numbers in every block of the query)
+  const int64_t chunks = (rm.n_rows + kChunk - 1) / kChunk;
+  const int64_t cps = (chunks + G - 1) / G;  // chunks a split
+  const int live = static_cast<int>((chunks + cps - 1) / cps);
+  if (z >= live) return;  // the whole block
+  const int64_t c_begin = z * cps, c_end = chunks < c_begin + cps ? chunks : c_begin + cps;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int hd = a.head_dim, hd4 = hd / 4, ni = hd4 / 32;  // hd % 128 == 0, hd <= 512: ni in 1..4
+  float4* rows_s = fd_sm;
+  float4* qs = fd_sm + kChunk * hd4;
+  {
+    const float4* q = reinterpret_cast<const float4*>(a.q + (t * a.n_head + h0) * hd);
+#pragma unroll 4
+    for (int i = tid; i < kGroup * hd4; i += kThreads) cp_async16(qs + i, q + i);
+  }
+  const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(hd)));
+  float m_run = -INFINITY, l_run = 0.0f;  // head `warp`'s running max and sum (the same in every lane)
+  const int hh = tid >> 7, c = tid & 127;  // P.V: heads 4hh..4hh+3, float4 c of the head dims
+  float4 acc[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) acc[k] = make_float4(0, 0, 0, 0);
+
+  for (int64_t ch = c_begin; ch < c_end; ++ch) {
+    const int64_t r0 = ch * kChunk;
+    const int m = rm.n_rows - r0 < kChunk ? static_cast<int>(rm.n_rows - r0) : kChunk;
+    if (tid < kChunk) rowp[tid] = tid < m ? reinterpret_cast<const float4*>(rm.row(r0 + tid)) : nullptr;
+    __syncthreads();
+    // warp w stages rows w, w + 8, ...: every copy issued before the wait
+#pragma unroll
+    for (int j = 0; j < kChunk / 8; ++j) {
+      const int r = warp + 8 * j;
+      if (r < m) {
+        const float4* src = rowp[r];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          if (i < ni) cp_async16(rows_s + r * hd4 + lane + 32 * i, src + lane + 32 * i);
+      }
+    }
+    cp_async_wait_all();
+    __syncthreads();
+
+    // scores: warp w takes rows 4w..4w+3 of the chunk, lane l dims float4 l + 32i, for all 8 heads
+    // (value j * 8 + h); then a reduce-scatter over the lanes leaves row 4w + l / 8, head l % 8 in lane l.
+    {
+      float v[32];
+#pragma unroll
+      for (int k = 0; k < 32; ++k) v[k] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if (i < ni) {
+          const int cc = lane + 32 * i;
+          float4 kr[4], qv[kGroup];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) kr[j] = rows_s[(4 * warp + j) * hd4 + cc];
+#pragma unroll
+          for (int h = 0; h < kGroup; ++h) qv[h] = qs[h * hd4 + cc];
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int h = 0; h < kGroup; ++h) {
+              float s = v[j * 8 + h];
+              s = fmaf(qv[h].x, kr[j].x, s);
+              s = fmaf(qv[h].y, kr[j].y, s);
+              s = fmaf(qv[h].z, kr[j].z, s);
+              v[j * 8 + h] = fmaf(qv[h].w, kr[j].w, s);
+            }
+        }
+      }
+      const float s = reduce_scatter32(v, lane);
+      const int jr = 4 * warp + (lane >> 3);
+      sc[lane & 7][jr] = jr < m ? s * scale : -INFINITY;  // rows past the end: stale shared memory, masked
+    }
+    __syncthreads();
+    // online softmax: warp h, lane = row of the chunk
+    {
+      const float sv = sc[warp][lane];
+      const float m_new = fmaxf(m_run, warp_max(sv));  // finite: every chunk has a live row
+      const float alpha = m_run == -INFINITY ? 0.0f : __expf(m_run - m_new);
+      const float p = lane < m ? __expf(sv - m_new) : 0.0f;
+      l_run = l_run * alpha + warp_sum(p);
+      m_run = m_new;
+      ps[lane][warp] = p;
+      if (lane == 0) alpha_s[warp] = alpha;
+    }
+    __syncthreads();
+    // P.V: acc[k] (head 4hh + k, dims 4c..4c+3) rescaled, then the chunk's rows added in row order
+    if (c < hd4) {
+      const float4 al = reinterpret_cast<const float4*>(alpha_s)[hh];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float f = comp(al, k);
+        acc[k].x *= f, acc[k].y *= f, acc[k].z *= f, acc[k].w *= f;
+      }
+      const float4* p4 = reinterpret_cast<const float4*>(&ps[0][0]) + hh;  // row r at p4[2r]
+      int r = 0;
+      for (; r + 4 <= m; r += 4) {
+        float4 vv[4], pp[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) vv[u] = rows_s[(r + u) * hd4 + c], pp[u] = p4[2 * (r + u)];
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) acc[k] = fma4(comp(pp[u], k), vv[u], acc[k]);
+      }
+      for (; r < m; ++r) {
+        const float4 vv = rows_s[r * hd4 + c], pp = p4[2 * r];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) acc[k] = fma4(comp(pp, k), vv, acc[k]);
+      }
+    }
+    __syncthreads();  // rows_s, rowp, sc and ps are rewritten by the next chunk
+  }
+
+  const int64_t base = (t * gridDim.y + g) * G;  // this (query, group)'s first split
+  const int64_t n_parts = a.n * gridDim.y * G;
+  float* const parts = work;
+  const float* const stats = work + n_parts * kGroup * hd;
+  const int ticket = static_cast<int>(t * gridDim.y + g);
+  if (live > 1) {
+    float* part = parts + (base + z) * kGroup * hd;
+    if (c < hd4) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) reinterpret_cast<float4*>(part + (4 * hh + k) * hd)[c] = acc[k];
+    }
+    if (lane == 0) {
+      float* st = work + n_parts * kGroup * hd + (base + z) * kStat;
+      st[warp] = m_run, st[kGroup + warp] = l_run;
+    }
+    if (!last_to_finish(&g_fd_tickets[ticket], live)) return;
+  }
+  // the combine (with one split, just the sink): warp h weighs head h's splits, lane = split
+  {
+    const float sink = a.sinks[h0 + warp];
+    float mz = -INFINITY, lz = 0.0f;
+    if (lane < live) {
+      if (lane == z) mz = m_run, lz = l_run;
+      else
+        mz = __ldcg(stats + (base + lane) * kStat + warp), lz = __ldcg(stats + (base + lane) * kStat + kGroup + warp);
+    }
+    const float M = warp_max(fmaxf(mz, sink));
+    const float e = lane < live ? __expf(mz - M) : 0.0f;
+    const float L = warp_sum(lz * e) + __expf(sink - M);
+    if (lane < live) wts[warp][lane] = e / L;
+  }
+  __syncthreads();
+  if (c < hd4) {
+    float4 o[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) o[k] = make_float4(0, 0, 0, 0);
+    for (int z0 = 0; z0 < live; z0 += 4) {
+      float4 pv[4][4];  // every load of 4 splits in flight before the (split-ordered) sum
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int zz = z0 + u;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float4* src = reinterpret_cast<const float4*>(parts + ((base + zz) * kGroup + 4 * hh + k) * hd) + c;
+          pv[u][k] = zz == z ? acc[k] : zz < live ? __ldcg(src) : make_float4(0, 0, 0, 0);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        if (z0 + u < live) {
+#pragma unroll
+          for (int k = 0; k < 4; ++k) o[k] = fma4(wts[4 * hh + k][z0 + u], pv[u][k], o[k]);
+        }
+    }
+    float* out = a.out + (t * a.n_head + h0) * hd;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) reinterpret_cast<float4*>(out + (4 * hh + k) * hd)[c] = o[k];
+  }
+  if (live > 1 && tid == 0) g_fd_tickets[ticket] = 0;
+}
+
+}  // namespace
+
+void flash_decode_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s,
+                            int64_t scratch_floats) {
+  const int hd = a.head_dim, groups = a.n_head / kGroup;
+  // rows a query can have: the window, plus the selection or every compressed row (never past max_rows)
+  const int64_t cap = std::min<int64_t>(max_rows, a.n_swa + (a.ratio ? (a.sel ? a.top_k : max_rows) : 0));
+  int64_t splits = std::min<int64_t>(kMaxSplits, (cap + kChunk - 1) / kChunk);
+  // each split of each (query, group): 8 x hd partial sums and 16 stats; parts are float4s
+  const int64_t per_split = a.n * groups * (static_cast<int64_t>(kGroup) * hd + kStat);
+  const bool aligned = reinterpret_cast<uintptr_t>(scratch) % 16 == 0;
+  splits = std::min<int64_t>(splits, aligned ? scratch_floats / per_split : 1);
+  if (splits < 1) splits = 1;
+  const int smem = (kChunk + kGroup) * hd * 4;
+  static int smem_set = 0;
+  if (smem > smem_set) {
+    FS_CUDA_CHECK(cudaFuncSetAttribute(flash_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    smem_set = smem;
+  }
+  const dim3 grid(static_cast<unsigned>(a.n), static_cast<unsigned>(groups), static_cast<unsigned>(splits));
+  flash_decode_kernel<<<grid, kThreads, smem, s>>>(a, scratch);
+  FS_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace flashstar::cuda::fast
