@@ -8,7 +8,8 @@
 #     reference, at 512 tokens; at 64 / 2k / 8k (whole and
 #     chunked) all routes against the floor of the same prompt (SIZE_FLOORS=0: the 512 floor; the CPU
 #     takes about 4 minutes for 8k tokens of 4 layers on 16 cores); and the same on a well-conditioned
-#     synthetic model (synth --well-conditioned), whose gate is absolute.
+#     synthetic model (synth --well-conditioned; all routes, prefill and decode), whose gate is absolute.
+# KINDS, ROUTES, SIZES and KERNELS pick a part (e.g. ROUTES=decode SIZES= KERNELS=0 for the decode kernels).
 # Prints a table last; JSON of every comparison under $OUT.
 set -uo pipefail
 BIN=${BIN:-.gpubin}
@@ -51,7 +52,7 @@ print('max_abs<=0.05 at %.2f%%, argmax %.2f%% (bounds 99%%, 99%%)' % (100*ok, 10
 fi
 
 # 3. full-dimension synthetic models
-for kind in ${KINDS:-plain conditioned}; do
+for kind in ${KINDS-plain conditioned}; do
   m="$W/$kind.gguf"; extra=(); [ $kind = conditioned ] && extra=(--well-conditioned)
   [ -f "$m" ] || $FS synth --preset flash --layers $LAYERS --recipe q2 --seed 1 "${extra[@]}" -o "$m" > /dev/null 2>&1
   [ $kind = plain ] && ln -sf "$m" "$(dirname "$W")/gate-model.gguf" 2>/dev/null
@@ -62,16 +63,16 @@ for kind in ${KINDS:-plain conditioned}; do
   row "3 $kind FLOOR: gpu reference vs cpu (512)" "$(summ "$O/$kind-floor.json")"
   gate=(--floor "$O/$kind-floor.json" --floor-factor 1.5 --max-nonfinite 0)
   [ $kind = conditioned ] && gate=(--max-rel-rms 0.02 --min-top5-full-frac 0.95 --max-nonfinite 0)
-  for r in ${ROUTES:-all decode dense_q8 out_a f16_proj moe attention fused_ops}; do
+  for r in ${ROUTES-all decode dense_q8 out_a f16_proj moe attention fused_ops}; do
     # decode: every route on, the last 64 positions one token at a time (the decode kernels and graph)
     sel=(); [ $r = decode ] && sel=(--decode-from 448)
     [ $r != all ] && [ $r != decode ] && sel=(--quality --route $r=on)
-    [ $kind = conditioned ] && [ $r != all ] && continue
+    [ $kind = conditioned ] && [ $r != all ] && [ $r != decode ] && continue
     $FS logits -m "$m" --tokens "$W/t512.json" -o "$W/$kind-$r.f32" --backend cuda "${sel[@]}" > /dev/null 2>&1
     $FS drift "$W/$kind-q512.f32" "$W/$kind-$r.f32" --vocab 129280 --json "$O/$kind-$r.json" "${gate[@]}" > /dev/null 2>&1
     row "3 $kind $r vs reference (512)" "$(summ "$O/$kind-$r.json")"
   done
-  for n in ${SIZES:-64 2048 8192}; do
+  for n in ${SIZES-64 2048 8192}; do
     [ $kind = conditioned ] && [ $n = 8192 ] && continue
     tok $n 7 "$W/t$n.json"
     $FS logits -m "$m" --tokens "$W/t$n.json" -o "$W/$kind-q$n.f32" --backend cuda --quality --chunk 4096 > /dev/null 2>&1
