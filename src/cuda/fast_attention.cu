@@ -280,14 +280,26 @@ __global__ void __launch_bounds__(256) indexer_topk_kernel(const float* scores, 
       if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255], 1);  // integer counts: order-free
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      int rem = s_remaining, cum = 0, b = 255;
-      for (; b > 0; --b) {
-        if (cum + hist[b] >= rem) break;
-        cum += hist[b];
+    // The digit that holds the rem-th largest key: bucket b with S(b) >= rem > S(b + 1), S(b) = keys in
+    // buckets b..255, found by every thread at once (a serial walk over the buckets by one thread cost
+    // about 4 us per digit). Thread b owns bucket b; suffix sums within the warp, then over the warps.
+    {
+      const int b = threadIdx.x, rem = s_remaining;
+      const int h = hist[b];
+      int suf = h;  // inclusive suffix sum within the warp (lanes above this one)
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int v = __shfl_down_sync(0xffffffffu, suf, off);
+        if ((b & 31) + off < 32) suf += v;
       }
-      s_remaining = rem - cum;
-      s_prefix = prefix | (static_cast<uint32_t>(b) << shift);
+      if ((b & 31) == 0) warp_cnt[b >> 5][0] = suf;
+      __syncthreads();
+      for (int w = (b >> 5) + 1; w < 8; ++w) suf += warp_cnt[w][0];
+      const int above = suf - h;  // S(b + 1)
+      if (above < rem && (suf >= rem || b == 0)) {
+        s_remaining = rem - above;
+        s_prefix = prefix | (static_cast<uint32_t>(b) << shift);
+      }
     }
     __syncthreads();
     prefix = s_prefix;

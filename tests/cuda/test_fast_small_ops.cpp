@@ -120,7 +120,9 @@ TEST_F(FastSmallOps, NormRopeRowsBitwiseEqualsTheLaunchesItReplaces) {
     auto ref = up(x), got = up(x);
     ASSERT_TRUE(cuda::fast::rms_norm_rows(ref.get(), dim, w, ref.get(), dim, rows, dim, 1e-6f, nullptr));
     cuda::rope(ref.get(), c.tokens, c.heads * dim, c.heads, dim, n_rot, dfreq.get(), pos0, 1, false, nullptr, pd);
-    if (c.fp8) ASSERT_TRUE(cuda::fast::finish_rows(ref.get(), rows, dim, dim, n_rot, cuda::RowKind::Attention, true, nullptr));
+    if (c.fp8) {
+      ASSERT_TRUE(cuda::fast::finish_rows(ref.get(), rows, dim, dim, n_rot, cuda::RowKind::Attention, true, nullptr));
+    }
     ASSERT_TRUE(cuda::fast::norm_rope_rows(got.get(), rows, dim, w, 1e-6f, c.heads, n_rot, dfreq.get(), pos0, pd, c.fp8,
                                            nullptr));
     EXPECT_TRUE(bitwise_equal(down(ref), down(got))) << "tokens " << c.tokens << " heads " << c.heads;
