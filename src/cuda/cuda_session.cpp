@@ -469,9 +469,12 @@ class CudaSession final : public Session {
     a.top_k = int(c_.idx_top_k), a.sinks = L.sinks, a.out = heads_, a.pos0 = pos0, a.n = n, a.n_head = int(d_.H);
     a.head_dim = int(d_.HD), a.n_swa = int(c_.n_swa), a.ratio = int(r);
     a.pos_dev = pos_dev_, a.hist_lag = L.n_raw;
-    if (routes_[Route::Attention] && fast::attention_supported(a)) fast::sink_attention(a, att_scratch_, d_.MAXROWS, s_, d_.C * d_.H * d_.MAXROWS);
+    a.out_rope_freq = freq, a.out_rope_n_rot = n_rot;
+    bool roped = false;
+    if (routes_[Route::Attention] && fast::attention_supported(a))
+      roped = fast::sink_attention(a, att_scratch_, d_.MAXROWS, s_, d_.C * d_.H * d_.MAXROWS);
     else sink_attention(a, att_scratch_, d_.MAXROWS, s_);
-    rope(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, true, s_, pos_dev_);
+    if (!roped) rope(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, true, s_, pos_dev_);
     prof_.stage("attn.out", s_);
     const int64_t GD = c_.group_dim();
     // At decode all groups in one launch: item t * groups + g is token t's group g (rows of heads_ and

@@ -342,13 +342,10 @@ bool attention_decode_path(const AttentionArgs& a) {
   return attention_supported(a) && a.n <= kDecMaxTok && a.head_dim % 128 == 0 && a.head_dim <= 512;
 }
 
-void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s, int64_t scratch_floats) {
-  if (a.n <= 0) return;
+bool sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s, int64_t scratch_floats) {
+  if (a.n <= 0) return false;
   const int64_t warps = a.n * a.n_head;
-  if (attention_decode_path(a)) {
-    flash_decode_attention(a, scratch, max_rows, s, scratch_floats);
-    return;
-  }
+  if (attention_decode_path(a)) return flash_decode_attention(a, scratch, max_rows, s, scratch_floats);
   const dim3 g1(static_cast<unsigned>(a.n), static_cast<unsigned>((max_rows + kRowsTile - 1) / kRowsTile));
   attn_scores_kernel<<<g1, 128, 0, s>>>(a, scratch, max_rows);
   FS_CUDA_LAUNCH_CHECK();
@@ -357,6 +354,7 @@ void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cu
   attn_pv_kernel<<<dim3(static_cast<unsigned>(a.n), static_cast<unsigned>(a.head_dim / 64)), 128, 0, s>>>(a, scratch,
                                                                                                            max_rows);
   FS_CUDA_LAUNCH_CHECK();
+  return false;
 }
 
 bool indexer_supported(int n_heads, int head_dim, int64_t n) {

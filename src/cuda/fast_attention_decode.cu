@@ -15,6 +15,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/fast_attention_rows.cuh"
 #include "cuda/last_block.cuh"
+#include "cuda/ref_numerics.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -258,6 +259,16 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
         }
     }
     float* out = a.out + (t * a.n_head + h0) * hd;
+    const int tail0 = hd - a.out_rope_n_rot;  // the inverse RoPE of the output (was a launch of its own)
+    if (a.out_rope_freq && 4 * c >= tail0) {
+      const int p = (4 * c - tail0) / 2;
+      const double pos = static_cast<double>(a.pos0 + t);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        d_rope_pair(o[k].x, o[k].y, pos * a.out_rope_freq[p], true);
+        d_rope_pair(o[k].z, o[k].w, pos * a.out_rope_freq[p + 1], true);
+      }
+    }
 #pragma unroll
     for (int k = 0; k < 4; ++k) reinterpret_cast<float4*>(out + (4 * hh + k) * hd)[c] = o[k];
   }
@@ -266,8 +277,11 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
 
 }  // namespace
 
-void flash_decode_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s,
+bool flash_decode_attention(const AttentionArgs& args, float* scratch, int64_t max_rows, cudaStream_t s,
                             int64_t scratch_floats) {
+  AttentionArgs a = args;
+  // the output's RoPE pairs are rotated inside float4 stores: the rotated tail must start on one
+  if (a.out_rope_n_rot <= 0 || a.out_rope_n_rot % 4 != 0 || a.out_rope_n_rot > a.head_dim) a.out_rope_freq = nullptr;
   const int hd = a.head_dim, groups = a.n_head / kGroup;
   // rows a query can have: the window, plus the selection or every compressed row (never past max_rows)
   const int64_t cap = std::min<int64_t>(max_rows, a.n_swa + (a.ratio ? (a.sel ? a.top_k : max_rows) : 0));
@@ -286,6 +300,7 @@ void flash_decode_attention(const AttentionArgs& a, float* scratch, int64_t max_
   const dim3 grid(static_cast<unsigned>(a.n), static_cast<unsigned>(groups), static_cast<unsigned>(splits));
   flash_decode_kernel<<<grid, kThreads, smem, s>>>(a, scratch);
   FS_CUDA_LAUNCH_CHECK();
+  return a.out_rope_freq != nullptr;
 }
 
 }  // namespace flashstar::cuda::fast

@@ -62,7 +62,8 @@ struct RowMap {
 
 // The decode path (<= 8 queries): one flash-decoding launch (fast_attention_decode.cu). scratch holds
 // the row splits' partial outputs; with too little of it (scratch_floats) the rows split fewer ways.
-void flash_decode_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s,
+// Returns true when it applied the inverse RoPE of a.out_rope_freq to the output.
+bool flash_decode_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s,
                             int64_t scratch_floats);
 
 }  // namespace flashstar::cuda::fast

@@ -66,7 +66,8 @@ bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const u
 // in split order by the last split.
 bool attention_supported(const AttentionArgs& a);
 bool attention_decode_path(const AttentionArgs& a);  // the flash-decoding kernel (it reads AttentionArgs::pos_dev)
-void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s,
+// Returns true when it also applied the inverse RoPE asked for by a.out_rope_freq (the decode path does).
+bool sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s,
                     int64_t scratch_floats = 0);
 // Indexer top-k (same contract as cuda::indexer_select): scores on the tensor cores, radix select.
 bool indexer_supported(int n_heads, int head_dim, int64_t n);

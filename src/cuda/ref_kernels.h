@@ -94,6 +94,10 @@ struct AttentionArgs {
   int n_head, head_dim, n_swa, ratio;
   const int64_t* pos_dev = nullptr;  // when set: pos0 = *pos_dev and hist_pos0 = pos0 - hist_lag
   int64_t hist_lag = 0;
+  // When set, a fast path may also apply the inverse RoPE (n_rot dims, freq) to its output rows and then
+  // says so (fast::sink_attention returns true); the reference kernels ignore these.
+  const double* out_rope_freq = nullptr;
+  int out_rope_n_rot = 0;
 };
 // scratch: max_rows floats per (query, head).
 void sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s);

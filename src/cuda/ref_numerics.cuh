@@ -24,6 +24,14 @@ __device__ __forceinline__ float d_hc_pre(float m, float scale, float base, floa
   return d_sigmoid(m * scale + base) + eps;
 }
 __device__ __forceinline__ float d_hc_post(float m, float scale, float base) { return 2.0f * d_sigmoid(m * scale + base); }
+// RoPE of one pair (a, b) by angle th (negated for the inverse), rounded step by step so that files compiled
+// with and without multiply-add contraction rotate alike.
+__device__ __forceinline__ void d_rope_pair(float& a, float& b, double th, bool inverse) {
+  const float c = static_cast<float>(cos(th)), s = static_cast<float>(inverse ? -sin(th) : sin(th));
+  const float x = a, y = b;
+  a = __fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s));
+  b = __fadd_rn(__fmul_rn(x, s), __fmul_rn(y, c));
+}
 
 // The FFN output of element i of token t: its k routed slots in order, then the shared expert (may be null).
 __device__ __forceinline__ float d_slot_sum(const float* slot, const float* shared, int k, int64_t d, int64_t t,

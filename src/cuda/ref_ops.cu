@@ -116,12 +116,7 @@ __global__ void rope_kernel(float* x, int64_t n_rows, int64_t row_stride, int n_
   if (k >= n_rows * n_heads * half) return;
   const int64_t r = k / (n_heads * half), h = (k / half) % n_heads, p = k % half;
   float* tail = x + r * row_stride + h * head_dim + head_dim - n_rot;
-  const double th = static_cast<double>(pos0 + r * pos_step) * freq[p];
-  const float c = static_cast<float>(cos(th));
-  const float s = static_cast<float>(inverse ? -sin(th) : sin(th));
-  const float a = tail[2 * p], b = tail[2 * p + 1];
-  tail[2 * p] = a * c - b * s;
-  tail[2 * p + 1] = a * s + b * c;
+  d_rope_pair(tail[2 * p], tail[2 * p + 1], static_cast<double>(pos0 + r * pos_step) * freq[p], inverse);
 }
 
 __global__ void finish_rows_kernel(float* x, int64_t n_rows, int64_t row_stride, int64_t dim, int n_rot, RowKind kind) {

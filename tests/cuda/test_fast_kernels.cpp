@@ -252,6 +252,19 @@ TEST_F(FastKernels, SinkAttentionMatchesReference) {
     a.out = again.get();
     cuda::fast::sink_attention(a, scratch.get(), max_rows, nullptr, scratch_floats);
     EXPECT_TRUE(down(again) == down(got)) << "ratio " << ratio << " n " << n;
+    if (cuda::fast::attention_decode_path(a)) {
+      // the decode path can also apply the output's inverse RoPE: the same bits as the separate rope launch
+      const int n_rot = 64;
+      std::vector<double> freq(n_rot / 2);
+      for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+      auto dfreq = up(freq);
+      cuda::rope(again.get(), n, n_head * hd, n_head, hd, n_rot, dfreq.get(), pos0, 1, true, nullptr);
+      auto roped = poisoned<float>(q.size());
+      a.out = roped.get(), a.out_rope_freq = dfreq.get(), a.out_rope_n_rot = n_rot;
+      EXPECT_TRUE(cuda::fast::sink_attention(a, scratch.get(), max_rows, nullptr, scratch_floats));
+      EXPECT_TRUE(down(roped) == down(again)) << "inverse RoPE, ratio " << ratio << " n " << n;
+      a.out_rope_freq = nullptr, a.out_rope_n_rot = 0;
+    }
     const double e = rel_err(down(got), down(ref));
     std::printf("attention ratio %3d, pos %lld, %lld queries, %d parts: rel err %.2e\n", ratio, (long long)pos0,
                 (long long)n, cs.parts, e);
