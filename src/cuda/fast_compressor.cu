@@ -40,7 +40,6 @@ struct Source {
 __global__ void compress_rows_kernel(CompressorArgs a, int64_t first_row) {
   extern __shared__ float row[];  // dim floats
   __shared__ double red[33];
-  __shared__ float red_f[32];
   const int r = a.ratio, dim = a.dim;
   if (a.pos_dev) a.pos0 = *a.pos_dev, first_row = a.pos0 / r;
   const int64_t ci = first_row + blockIdx.x;  // compressed row index
@@ -108,8 +107,8 @@ __global__ void compress_rows_kernel(CompressorArgs a, int64_t first_row) {
   __syncthreads();
   if (a.official) {
     // all threads of the block (a thread per scale block or one thread per row took 40-60 us at decode)
-    if (a.kind == RowKind::Attention) fp8_blocks_par(row, dim - a.n_rot, 64, red_f);
-    else indexer_qat_par(row, dim, red_f);
+    if (a.kind == RowKind::Attention) fp8_blocks_par(row, dim - a.n_rot, 64);
+    else indexer_qat_par(row, dim);
     for (int j = threadIdx.x; j < dim; j += blockDim.x) row[j] = f16_round(row[j]);
     __syncthreads();
   }

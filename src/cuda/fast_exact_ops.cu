@@ -18,22 +18,20 @@ constexpr int kMaxRowDim = 4096;  // floats of one row held in shared memory
 __global__ void __launch_bounds__(kRowThreads) finish_rows_par(float* x, int64_t row_stride, int64_t dim, int n_rot,
                                                                RowKind kind) {
   __shared__ float row[kMaxRowDim];
-  __shared__ float red[kRowThreads / 32];
   float* g = x + blockIdx.x * row_stride;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) row[i] = g[i];
   __syncthreads();
-  if (kind == RowKind::Attention) fp8_blocks_par(row, dim - n_rot, 64, red);
-  else indexer_qat_par(row, dim, red);
+  if (kind == RowKind::Attention) fp8_blocks_par(row, dim - n_rot, 64);
+  else indexer_qat_par(row, dim);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) g[i] = f16_round(row[i]);
 }
 
 __global__ void __launch_bounds__(kRowThreads) indexer_qat_par_kernel(float* x, int64_t dim) {
   __shared__ float row[kMaxRowDim];
-  __shared__ float red[kRowThreads / 32];
   float* g = x + blockIdx.x * dim;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) row[i] = g[i];
   __syncthreads();
-  indexer_qat_par(row, dim, red);
+  indexer_qat_par(row, dim);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) g[i] = row[i];
 }
 

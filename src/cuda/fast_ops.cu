@@ -140,7 +140,6 @@ __global__ void __launch_bounds__(kNormThreads) norm_rope_kernel(float* x, int64
                                                                  int rows_per_pos, int n_rot, const double* freq,
                                                                  int64_t pos0, const int64_t* pos_dev, bool fp8) {
   __shared__ double red[kNormThreads / 32];
-  __shared__ float red_f[kNormThreads / 32];
   __shared__ __align__(16) float row[kMaxFusedDim];
   if (pos_dev) pos0 = *pos_dev;
   float4* xr = reinterpret_cast<float4*>(x + blockIdx.x * dim);
@@ -160,7 +159,7 @@ __global__ void __launch_bounds__(kNormThreads) norm_rope_kernel(float* x, int64
   }
   __syncthreads();
   if (fp8) {
-    fp8_blocks_par(row, dim - n_rot, 64, red_f);
+    fp8_blocks_par(row, dim - n_rot, 64);
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) row[i] = f16_round(row[i]);
     __syncthreads();
   }

@@ -14,31 +14,23 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Block maximum of |x| over [b0, b1) for one scale block; every thread gets it. `red` holds a value per warp.
-__device__ float block_amax(const float* x, int64_t b0, int64_t b1, float* red) {
-  float m = 0.0f;
-  for (int64_t i = b0 + threadIdx.x; i < b1; i += blockDim.x) m = fmaxf(m, fabsf(x[i]));
-  m = warp_max(m);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-  __syncthreads();
-  float r = 0.0f;
-  for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) r = fmaxf(r, red[w]);
-  __syncthreads();
-  return r;
-}
-
-// fp8_e4m3_roundtrip_blocks of quant_sim.h with the block's threads.
-__device__ void fp8_blocks_par(float* x, int64_t n, int64_t block, float* red) {
-  for (int64_t b0 = 0; b0 < n; b0 += block) {
+// fp8_e4m3_roundtrip_blocks of quant_sim.h with the block's threads: a warp per scale block, all blocks at
+// once (one block after another, with two barriers each, made a cached row's finish several microseconds).
+// blockDim.x a multiple of 32.
+__device__ void fp8_blocks_par(float* x, int64_t n, int64_t block) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  for (int64_t b0 = warp * block; b0 < n; b0 += n_warps * block) {
     const int64_t b1 = b0 + block < n ? b0 + block : n;
-    const float scale = fp8_block_scale(block_amax(x, b0, b1, red));
-    for (int64_t i = b0 + threadIdx.x; i < b1; i += blockDim.x) x[i] = fp8_roundtrip(x[i], scale);
-    __syncthreads();
+    float m = 0.0f;
+    for (int64_t i = b0 + lane; i < b1; i += 32) m = fmaxf(m, fabsf(x[i]));
+    const float scale = fp8_block_scale(warp_max(m));
+    for (int64_t i = b0 + lane; i < b1; i += 32) x[i] = fp8_roundtrip(x[i], scale);
   }
+  __syncthreads();
 }
 
-// indexer_qat_row of quant_sim.h with the block's threads (n a power of two).
-__device__ void indexer_qat_par(float* x, int64_t n, float* red) {
+// indexer_qat_row of quant_sim.h with the block's threads (n a power of two; blockDim.x a multiple of 32).
+__device__ void indexer_qat_par(float* x, int64_t n) {
   for (int64_t h = 1; h < n; h *= 2) {
     for (int64_t p = threadIdx.x; p < n / 2; p += blockDim.x) {
       const int64_t j = (p / h) * 2 * h + p % h;  // the p-th butterfly of this stage
@@ -51,12 +43,15 @@ __device__ void indexer_qat_par(float* x, int64_t n, float* red) {
   const float s = hadamard_scale(n);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) x[i] *= s;
   __syncthreads();
-  for (int64_t b0 = 0; b0 < n; b0 += 32) {
-    const int64_t b1 = b0 + 32 < n ? b0 + 32 : n;
-    const float scale = fp4_block_scale(block_amax(x, b0, b1, red));
-    for (int64_t i = b0 + threadIdx.x; i < b1; i += blockDim.x) x[i] = fp4_roundtrip(x[i], scale);
-    __syncthreads();
+  // FP4 blocks of 32: a warp per block, a lane per element
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  for (int64_t b0 = warp * 32; b0 < n; b0 += n_warps * 32) {
+    const bool in = b0 + lane < n;
+    const float v = in ? x[b0 + lane] : 0.0f;
+    const float scale = fp4_block_scale(warp_max(fabsf(v)));
+    if (in) x[b0 + lane] = fp4_roundtrip(v, scale);
   }
+  __syncthreads();
 }
 
 }  // namespace
