@@ -99,6 +99,16 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int hd = a.head_dim, hd4 = hd / 4, ni = hd4 / 32;  // hd % 128 == 0, hd <= 512: ni in 1..4
+  // The output's inverse RoPE angles of this thread's float4 (column c below), computed up front: the
+  // double sin/cos would otherwise lengthen the last block's serial tail.
+  const int tail0 = hd - a.out_rope_n_rot, c_out = tid & 127;  // as c of the P.V below
+  const bool rot = a.out_rope_freq && c_out < hd4 && 4 * c_out >= tail0;
+  float2 cs0 = make_float2(1.0f, 0.0f), cs1 = cs0;
+  if (rot) {
+    const int p = (4 * c_out - tail0) / 2;
+    const double pos = static_cast<double>(a.pos0 + t);
+    cs0 = d_rope_cs(pos * a.out_rope_freq[p], true), cs1 = d_rope_cs(pos * a.out_rope_freq[p + 1], true);
+  }
   float4* rows_s = fd_sm;
   float4* qs = fd_sm + kChunk * hd4;
   {
@@ -259,15 +269,9 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
         }
     }
     float* out = a.out + (t * a.n_head + h0) * hd;
-    const int tail0 = hd - a.out_rope_n_rot;  // the inverse RoPE of the output (was a launch of its own)
-    if (a.out_rope_freq && 4 * c >= tail0) {
-      const int p = (4 * c - tail0) / 2;
-      const double pos = static_cast<double>(a.pos0 + t);
+    if (rot) {  // the inverse RoPE of the output (was a launch of its own)
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        d_rope_pair(o[k].x, o[k].y, pos * a.out_rope_freq[p], true);
-        d_rope_pair(o[k].z, o[k].w, pos * a.out_rope_freq[p + 1], true);
-      }
+      for (int k = 0; k < 4; ++k) d_rotate(o[k].x, o[k].y, cs0), d_rotate(o[k].z, o[k].w, cs1);
     }
 #pragma unroll
     for (int k = 0; k < 4; ++k) reinterpret_cast<float4*>(out + (4 * hh + k) * hd)[c] = o[k];

@@ -26,11 +26,16 @@ __device__ __forceinline__ float d_hc_pre(float m, float scale, float base, floa
 __device__ __forceinline__ float d_hc_post(float m, float scale, float base) { return 2.0f * d_sigmoid(m * scale + base); }
 // RoPE of one pair (a, b) by angle th (negated for the inverse), rounded step by step so that files compiled
 // with and without multiply-add contraction rotate alike.
-__device__ __forceinline__ void d_rope_pair(float& a, float& b, double th, bool inverse) {
-  const float c = static_cast<float>(cos(th)), s = static_cast<float>(inverse ? -sin(th) : sin(th));
+__device__ __forceinline__ float2 d_rope_cs(double th, bool inverse) {
+  return make_float2(static_cast<float>(cos(th)), static_cast<float>(inverse ? -sin(th) : sin(th)));
+}
+__device__ __forceinline__ void d_rotate(float& a, float& b, float2 cs) {
   const float x = a, y = b;
-  a = __fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s));
-  b = __fadd_rn(__fmul_rn(x, s), __fmul_rn(y, c));
+  a = __fsub_rn(__fmul_rn(x, cs.x), __fmul_rn(y, cs.y));
+  b = __fadd_rn(__fmul_rn(x, cs.y), __fmul_rn(y, cs.x));
+}
+__device__ __forceinline__ void d_rope_pair(float& a, float& b, double th, bool inverse) {
+  d_rotate(a, b, d_rope_cs(th, inverse));
 }
 
 // The FFN output of element i of token t: its k routed slots in order, then the shared expert (may be null).
