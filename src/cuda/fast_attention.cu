@@ -249,6 +249,55 @@ __global__ void __launch_bounds__(128) indexer_scores_kernel(const float* iq, co
   }
 }
 
+// Decode (a few queries): the same scores in fp32 on the CUDA cores. The tensor-core tiles above give a
+// query only (rows / 64) blocks, each staging Q four times; here a block stages its query once and walks
+// 16-row tiles, a thread dotting one row with four heads (h, h + 16, h + 32, h + 48), the 16 threads of
+// a row summing their heads' terms in a fixed butterfly. grid (n, up to kIdxDecBlocks); 256 threads.
+constexpr int kIdxDecRows = 16, kIdxDecDim = 128, kIdxDecBlocks = 128, kIdxDecMaxTok = 8;
+__global__ void __launch_bounds__(256) indexer_scores_decode(const float* iq, const float* iw, float wscale,
+                                                             const float* idx_rows, int64_t pos0, int ratio,
+                                                             float* scores, int64_t stride, const int64_t* pos_dev) {
+  constexpr int hd4 = kIdxDecDim / 4, qld = hd4 + 1;  // Q rows padded: a quarter warp's heads on distinct banks
+  __shared__ float4 qs[kHeads * qld];
+  __shared__ float4 rs[kIdxDecRows * hd4];
+  if (pos_dev) pos0 = *pos_dev;
+  const int64_t t = blockIdx.x;
+  const int64_t n_vis = (pos0 + t + 1) / ratio;
+  if (static_cast<int64_t>(blockIdx.y) * kIdxDecRows >= n_vis) return;
+  const float4* q = reinterpret_cast<const float4*>(iq + t * kHeads * kIdxDecDim);
+  for (int i = threadIdx.x; i < kHeads * hd4; i += blockDim.x) qs[(i / hd4) * qld + i % hd4] = q[i];
+  const int r = threadIdx.x >> 4, hg = threadIdx.x & 15;
+  float wh[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) wh[j] = iw[t * kHeads + hg + 16 * j] * wscale;
+  for (int64_t r0 = static_cast<int64_t>(blockIdx.y) * kIdxDecRows; r0 < n_vis; r0 += gridDim.y * kIdxDecRows) {
+    __syncthreads();  // the previous tile's rows are read
+    for (int i = threadIdx.x; i < kIdxDecRows * hd4; i += blockDim.x) {
+      const int64_t row = r0 + i / hd4;
+      rs[i] = row < n_vis ? reinterpret_cast<const float4*>(idx_rows + row * kIdxDecDim)[i % hd4]
+                          : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    __syncthreads();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
+    for (int k = 0; k < hd4; ++k) {
+      const float4 x = rs[r * hd4 + k];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float4 qv = qs[(hg + 16 * j) * qld + k];
+        acc[j] = fmaf(qv.x, x.x, acc[j]), acc[j] = fmaf(qv.y, x.y, acc[j]);
+        acc[j] = fmaf(qv.z, x.z, acc[j]), acc[j] = fmaf(qv.w, x.w, acc[j]);
+      }
+    }
+    float sc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) sc += fmaxf(0.0f, acc[j]) * wh[j];
+#pragma unroll
+    for (int off = 8; off > 0; off >>= 1) sc += __shfl_xor_sync(0xffffffffu, sc, off);
+    if (hg == 0 && r0 + r < n_vis) scores[t * stride + r0 + r] = sc == 0.0f ? 0.0f : sc;  // -0 ranks as +0
+  }
+}
+
 __device__ __forceinline__ uint32_t order_key(float f) {
   const uint32_t u = __float_as_uint(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
@@ -368,11 +417,20 @@ void indexer_select(const float* iq, const float* iw, float wscale, const float*
   if (n <= 0) return;
   // with the position on the device, enough row tiles for the whole scratch row (the extra ones exit)
   const int64_t max_vis = pos_dev ? scratch_stride : (pos0 + n) / ratio;
-  const dim3 g(static_cast<unsigned>(n), static_cast<unsigned>((max_vis + kRowsTile - 1) / kRowsTile));
-  if (g.y > 0) {
-    indexer_scores_kernel<<<g, 128, 0, s>>>(iq, iw, wscale, idx_rows, head_dim, pos0, ratio, scratch, scratch_stride,
-                                            pos_dev);
-    FS_CUDA_LAUNCH_CHECK();
+  if (n <= kIdxDecMaxTok && head_dim == kIdxDecDim) {
+    const int64_t blocks = std::min<int64_t>((max_vis + kIdxDecRows - 1) / kIdxDecRows, kIdxDecBlocks);
+    if (blocks > 0) {
+      indexer_scores_decode<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(blocks)), 256, 0, s>>>(
+          iq, iw, wscale, idx_rows, pos0, ratio, scratch, scratch_stride, pos_dev);
+      FS_CUDA_LAUNCH_CHECK();
+    }
+  } else {
+    const dim3 g(static_cast<unsigned>(n), static_cast<unsigned>((max_vis + kRowsTile - 1) / kRowsTile));
+    if (g.y > 0) {
+      indexer_scores_kernel<<<g, 128, 0, s>>>(iq, iw, wscale, idx_rows, head_dim, pos0, ratio, scratch,
+                                              scratch_stride, pos_dev);
+      FS_CUDA_LAUNCH_CHECK();
+    }
   }
   indexer_topk_kernel<<<static_cast<unsigned>(n), 256, 0, s>>>(scratch, scratch_stride, pos0, ratio, top_k, sel,
                                                                 pos_dev);

@@ -274,37 +274,55 @@ TEST_F(FastKernels, SinkAttentionMatchesReference) {
 
 TEST_F(FastKernels, IndexerTopKMatchesReferenceSets) {
   // 64 heads of 128; scores computed in another order can reorder rows whose scores differ by rounding
-  // only, so all but a few boundary rows must agree.
+  // only, so all but a few boundary rows must agree. 23 queries: tensor-core tiles; 1-8: the decode
+  // kernel (fp32), also with the position read on the device (the decode graph) and more rows than its
+  // blocks cover in one tile each (70 000 positions: 17 500 rows).
   const int H = 64, hd = 128, top_k = 512;
-  const int64_t pos0 = 5000, n = 23;
-  const int64_t n_rows = (pos0 + n) / 4;
-  const auto iq = randn(static_cast<size_t>(n * H * hd));
-  const auto iw = randn(static_cast<size_t>(n * H));
-  const auto rows = randn(static_cast<size_t>(n_rows * hd));
-  auto diq = up(iq), diw = up(iw), drows = up(rows);
-  const int64_t stride = n_rows + 2;
-  auto scratch = poisoned<float>(static_cast<size_t>(n * stride));
-  auto ref = poisoned<int32_t>(static_cast<size_t>(n * top_k));
-  auto got = poisoned<int32_t>(static_cast<size_t>(n * top_k));
-  const float wscale = 1.0f / std::sqrt(float(H * hd));
-  cuda::indexer_select(diq.get(), diw.get(), wscale, drows.get(), H, hd, pos0, n, 4, top_k, scratch.get(), stride,
-                       ref.get(), nullptr);
-  ASSERT_TRUE(cuda::fast::indexer_supported(H, hd, n));
-  cuda::fast::indexer_select(diq.get(), diw.get(), wscale, drows.get(), H, hd, pos0, n, 4, top_k, scratch.get(),
-                             stride, got.get(), nullptr);
-  const auto r = down(ref), g = down(got);
-  int64_t differ = 0;
-  for (int64_t t = 0; t < n; ++t) {
-    std::vector<int32_t> a(r.begin() + t * top_k, r.begin() + (t + 1) * top_k), b(g.begin() + t * top_k, g.begin() + (t + 1) * top_k);
-    ASSERT_TRUE(std::is_sorted(b.begin(), b.end())) << "query " << t;
-    ASSERT_EQ(std::adjacent_find(b.begin(), b.end()), b.end()) << "duplicate row, query " << t;
-    std::vector<int32_t> only;
-    std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(only));
-    differ += static_cast<int64_t>(only.size());
+  struct Case {
+    int64_t pos0, n;
+    bool pos_on_device;
+  };
+  for (const Case& cs : {Case{5000, 23, false}, Case{5000, 1, false}, Case{4093, 3, true}, Case{70000, 2, true},
+                         Case{2100, 8, false}}) {
+    const int64_t pos0 = cs.pos0, n = cs.n;
+    const int64_t n_rows = (pos0 + n) / 4;
+    const auto iq = randn(static_cast<size_t>(n * H * hd));
+    const auto iw = randn(static_cast<size_t>(n * H));
+    const auto rows = randn(static_cast<size_t>(n_rows * hd));
+    auto diq = up(iq), diw = up(iw), drows = up(rows);
+    const int64_t stride = n_rows + 2;
+    auto scratch = poisoned<float>(static_cast<size_t>(n * stride));
+    auto ref = poisoned<int32_t>(static_cast<size_t>(n * top_k));
+    auto got = poisoned<int32_t>(static_cast<size_t>(n * top_k));
+    const float wscale = 1.0f / std::sqrt(float(H * hd));
+    cuda::indexer_select(diq.get(), diw.get(), wscale, drows.get(), H, hd, pos0, n, 4, top_k, scratch.get(), stride,
+                         ref.get(), nullptr);
+    ASSERT_TRUE(cuda::fast::indexer_supported(H, hd, n));
+    std::vector<int64_t> pos_h{pos0};
+    auto dpos = up(pos_h);
+    const int64_t* pd = cs.pos_on_device ? dpos.get() : nullptr;
+    const int64_t pos_arg = cs.pos_on_device ? 0 : pos0;
+    cuda::fast::indexer_select(diq.get(), diw.get(), wscale, drows.get(), H, hd, pos_arg, n, 4, top_k, scratch.get(),
+                               stride, got.get(), nullptr, pd);
+    auto again = poisoned<int32_t>(static_cast<size_t>(n * top_k));
+    cuda::fast::indexer_select(diq.get(), diw.get(), wscale, drows.get(), H, hd, pos_arg, n, 4, top_k, scratch.get(),
+                               stride, again.get(), nullptr, pd);
+    EXPECT_TRUE(down(again) == down(got)) << "repeat, " << n << " queries";
+    const auto r = down(ref), g = down(got);
+    int64_t differ = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      std::vector<int32_t> a(r.begin() + t * top_k, r.begin() + (t + 1) * top_k);
+      std::vector<int32_t> b(g.begin() + t * top_k, g.begin() + (t + 1) * top_k);
+      ASSERT_TRUE(std::is_sorted(b.begin(), b.end())) << "query " << t;
+      ASSERT_EQ(std::adjacent_find(b.begin(), b.end()), b.end()) << "duplicate row, query " << t;
+      std::vector<int32_t> only;
+      std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(only));
+      differ += static_cast<int64_t>(only.size());
+    }
+    std::printf("indexer top-%d over %lld rows, %lld queries: %lld rows differ\n", top_k, (long long)n_rows,
+                (long long)n, (long long)differ);
+    EXPECT_LE(differ, n * 4);  // a few boundary swaps per query from rounding
   }
-  std::printf("indexer top-%d over %lld rows, %lld queries: %lld rows differ\n", top_k, (long long)n_rows, (long long)n,
-              (long long)differ);
-  EXPECT_LE(differ, n * 4);  // a few boundary swaps per query from FP16 rounding
 }
 
 TEST_F(FastKernels, IndexerTopKBreaksTiesByLowerRow) {
