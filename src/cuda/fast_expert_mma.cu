@@ -20,10 +20,11 @@
 // (one grid entry), so its B registers are 8 consecutive digit bytes. Fragment layouts: PTX ISA "Matrix
 // Fragments for mma.m16n8k32" (.s8), equal to CuTe's SM80_16x8x32_S32S8S8S32_TN traits.
 //
-// Work: a block takes up to 8 items that share one activation row (src_div), converts that row once,
-// and gives each warp one (item, 16-row tile, column part); each warp streams its rows chunk by chunk
-// (IQ2_XXS 8 blocks, Q2_K 4 blocks: 16-byte aligned pieces) with cp.async into its own buffers. Column
-// parts are added in part order in shared memory. Nothing is atomic: results are bitwise reproducible.
+// Work: a block owns one activation row (src_div items), converts it once, and loops over rounds; a round
+// gives warp (q, kp) row tile q and column part kp (parts fixed by the width, so expert_matvec and the
+// fused gate / up / swiglu add the same sums in the same order). Each warp streams two-block stages of its
+// 16 rows with 4-byte cp.async (a row's bytes on consecutive lanes) through a ring of 2-4 stages, across
+// rounds; one barrier a round adds the parts in order. Nothing is atomic: results are bitwise reproducible.
 #include "cuda/fast_expert_mma.h"
 
 #include <cuda_fp16.h>
