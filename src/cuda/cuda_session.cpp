@@ -413,9 +413,15 @@ class CudaSession final : public Session {
     prof_.stage("attn.proj", s_);
     norm_rows(xin_, d_.D, L.attn_norm, an_, d_.D, n, d_.D, eps);
     const uint16_t* an_b = prep(an_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj});
-    mm(Route::DenseQ8, L.q_a, 0, d_.QL, an_, n, d_.D, qr_, d_.QL, an_b);
     float* kv = L.hist + L.n_raw * d_.HD;  // the chunk's raw rows follow the saved window
-    mm(Route::DenseQ8, L.kv, 0, d_.HD, an_, n, d_.D, kv, d_.HD, an_b);
+    // Decode: q_a and kv in one launch, and q_a_norm applied inside q_b's product, which reads q_a's raw
+    // rows from heads_ (free until the attention core) and writes the normed rows to qr_ for the indexer.
+    const bool dq8 = routes_[Route::DenseQ8], fuse_qb = dq8 && routes_[Route::FusedOps] && n <= 2;
+    float* const q_raw = fuse_qb ? heads_ : qr_;
+    if (!dq8 || !fast::q8_decode_pair(L.q_a, d_.QL, q_raw, d_.QL, L.kv, d_.HD, kv, d_.HD, an_, n, d_.D, s_)) {
+      mm(Route::DenseQ8, L.q_a, 0, d_.QL, an_, n, d_.D, q_raw, d_.QL, an_b);
+      mm(Route::DenseQ8, L.kv, 0, d_.HD, an_, n, d_.D, kv, d_.HD, an_b);
+    }
     const int64_t W_ = r ? c_.compressor_width(r, c_.head_dim) : 0;
     const int64_t IW = r == 4 ? c_.compressor_width(4, c_.idx_head_dim) : 0;
     if (r) {
@@ -427,8 +433,12 @@ class CudaSession final : public Session {
       mm(Route::F16Proj, L.idx_comp_gate, 0, IW, an_, n, d_.D, ig_, IW, an_b);
       mm(Route::F16Proj, L.idx_proj, 0, d_.NIH, an_, n, d_.D, iw_, d_.NIH, an_b);
     }
-    norm_rows(qr_, d_.QL, L.q_a_norm, qr_, d_.QL, n, d_.QL, eps);
-    mm(Route::DenseQ8, L.q_b, 0, d_.QD, qr_, n, d_.QL, q_, d_.QD);
+    fast::Q8Act qn;
+    qn.kind = fast::Q8Act::Kind::RmsNorm, qn.w = L.q_a_norm, qn.eps = eps, qn.out = qr_, qn.out_stride = d_.QL;
+    if (!fuse_qb || !fast::q8_decode_act(L.q_b, d_.QD, q_raw, n, d_.QL, qn, q_, d_.QD, s_)) {
+      norm_rows(q_raw, d_.QL, L.q_a_norm, qr_, d_.QL, n, d_.QL, eps);
+      mm(Route::DenseQ8, L.q_b, 0, d_.QD, qr_, n, d_.QL, q_, d_.QD);
+    }
     const bool fused = routes_[Route::FusedOps];
     if (!fused || !fast::norm_rope_rows(q_, n * d_.H, d_.HD, nullptr, eps, int(d_.H), n_rot, freq, pos0, pos_dev_, false, s_)) {
       norm_rows(q_, d_.HD, nullptr, q_, d_.HD, n * d_.H, d_.HD, eps);
@@ -520,7 +530,9 @@ class CudaSession final : public Session {
     // (the down projections overwrite that copy, so they come after every gate/up).
     prof_.stage("ffn.shared", s_);
     const float* shared = nullptr;
-    if (c_.n_expert_shared) {
+    const bool dq8 = routes_[Route::DenseQ8];
+    if (c_.n_expert_shared &&
+        (!dq8 || !fast::q8_decode_pair(L.gate_sh, d_.FF, SG_, d_.FF, L.up_sh, d_.FF, SU_, d_.FF, fn_, n, d_.D, s_))) {
       mm(Route::DenseQ8, L.gate_sh, 0, d_.FF, fn_, n, d_.D, SG_, d_.FF, fn_b);
       mm(Route::DenseQ8, L.up_sh, 0, d_.FF, fn_, n, d_.D, SU_, d_.FF, fn_b);
     }
@@ -528,8 +540,13 @@ class CudaSession final : public Session {
     routed_experts(L, n, items, lim, fn_b);
     prof_.stage("ffn.shared", s_);
     if (c_.n_expert_shared) {
-      swiglu(SG_, SU_, n, d_.FF, lim, nullptr, s_);
-      mm(Route::DenseQ8, L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D);
+      // Decode: the swiglu inside the down product's activation digits (SG_ is read by nothing after).
+      fast::Q8Act sw;
+      sw.kind = fast::Q8Act::Kind::Swiglu, sw.lim = lim, sw.up = SU_, sw.up_stride = d_.FF;
+      if (!dq8 || !fast::q8_decode_act(L.down_sh, d_.D, SG_, n, d_.FF, sw, shared_, d_.D, s_)) {
+        swiglu(SG_, SU_, n, d_.FF, lim, nullptr, s_);
+        mm(Route::DenseQ8, L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D);
+      }
       shared = shared_;
     }
     prof_.stage("ffn.sum", s_);

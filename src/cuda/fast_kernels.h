@@ -26,6 +26,30 @@ bool matvec_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_ite
                   int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s, float* work = nullptr,
                   int64_t work_floats = 0);
 
+// Decode (1 or 2 tokens) Q8_0 products on the INT8 tensor-core kernel (fast_matvec_q8_mma.cu) with
+// fewer launches; false, launching nothing, where that kernel does not take the call (W not Q8_0 or its
+// layout not that of fast_matvec_q8.h, more than 2 tokens, digits past shared memory, no device): the
+// caller then runs the separate launches. Rows 0..n-1 of each matrix.
+// Two matrices over the same X (same cols and row_bytes; both 16 rows or more, or as many): Y0 = W0 X,
+// Y1 = W1 X, each bitwise equal to its own q8_matvec call.
+bool q8_decode_pair(const DMat& W0, int64_t n0, float* Y0, int64_t ys0, const DMat& W1, int64_t n1, float* Y1,
+                    int64_t ys1, const float* X, int64_t n_tok, int64_t xs, cudaStream_t s);
+// Y = W f(X) for a transform f of the activation rows: RmsNorm as rms_norm_rows (fast route) with weight w
+// per column (may be null), eps; Swiglu as cuda::swiglu of gate rows X and up rows `up` (clamp lim,
+// weight w per token row, may be null). With `out`, f(X) is also written there (rows at out_stride; it
+// must not overlap X or up). Bitwise equal to the transform's launch followed by q8_matvec.
+struct Q8Act {
+  enum class Kind { Plain, RmsNorm, Swiglu } kind = Kind::Plain;
+  const float* w = nullptr;
+  float eps = 0.0f, lim = 0.0f;
+  const float* up = nullptr;
+  int64_t up_stride = 0;
+  float* out = nullptr;
+  int64_t out_stride = 0;
+};
+bool q8_decode_act(const DMat& W, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, const Q8Act& act,
+                   float* Y, int64_t ys, cudaStream_t s);
+
 // Activations as two FP16 terms once per product: hi = fp16(x), lo = fp16(x - hi), each a dense
 // [n][k8] array (k8 = k rounded up to 8, zero padded), lo at out + n * k8 (so out holds 2 * n * k8).
 void to_f16(const float* X, int64_t n, int64_t k, int64_t xs, uint16_t* out, cudaStream_t s);

@@ -20,12 +20,22 @@
 // already in flight): plain products one row per token, items the rows of their first to last item
 // (q8_mma_items refuses shapes where a block would need more than fit).
 //
+// Pairs (q8_decode_pair): two matrices over the same X in one launch. Each keeps the partition a launch
+// of its own would have (grid min(units, SMs), the same block and warp cuts), so its sums are bitwise
+// those of two launches; the two partitions lie side by side when they fit the SMs together (q_a + kv:
+// 64 + 32 blocks), else block b runs share b of the first matrix then share b of the second (shared
+// gate + up: 128 blocks of two units), the copies of the second already in flight during the first: one
+// launch ramp instead of two. Activation transforms (q8_decode_act) act on X while its digits are made:
+// RMS norm (every block forms the per-token scale as rms_norm_vec does, in its order and roundings) and
+// swiglu (the reference element's roundings); block 0 may write the transformed rows out.
+//
 // Deterministic: integer sums are exact, float sums in a fixed order, no atomics, no workspace.
 #include "cuda/fast_matvec_q8_mma.h"
 
 #include <algorithm>
 
 #include "cuda/cuda_util.h"
+#include "cuda/fast_kernels.h"
 
 namespace flashstar::cuda::fast {
 namespace q8m {
@@ -36,26 +46,46 @@ constexpr int kCopiesFull = kStageBytes / 16 / 32;  // 8 copies every lane makes
 constexpr int kCopies = kCopiesFull + 1;            // ... and a ninth for lanes 0-15 (272 in all)
 static_assert(kCopiesFull * 32 + 16 == kStageBytes / 16);
 constexpr int kRingBytes = kWarps * kStages * kStageBytes;
-constexpr int kPartBytes = kWarps * 2 * 2 * kRows * 4;  // [warp][first / last unit][token][row]
+constexpr int kPartBytes = 2 * kWarps * 2 * 2 * kRows * 4;  // [job][warp][first / last unit][token][row]
 constexpr int kMaxTok = 2;
+constexpr int kNormThreads = 512;  // rms_norm_vec's block size limit (fast_ops.cu)
+static_assert(kThreads >= kNormThreads && 2 * kMaxTok * kWarps * 8 <= kPartBytes);
+enum : int { kActPlain = 0, kActNorm = 1, kActSwiglu = 2 };
+
+// One weight matrix of a launch (a pair has two): its rows, output, and its own partition (grid blocks
+// cutting its units exactly as a launch for it alone would, so that a pair's sums equal two launches').
+struct Mat {
+  const uint8_t* W;
+  int64_t n;     // rows per group: n_rows, or rows_per_mat for items
+  int64_t row0;  // first weight row (plain products)
+  float* Y;
+  int64_t ys;
+  int upg;    // units per group
+  int units;  // all units
+  int grid;   // blocks of its partition
+};
 
 struct Args {
-  const uint8_t* W;
-  int64_t rb;          // row stride in bytes
-  int64_t n;           // rows per group: n_rows, or rows_per_mat for items
-  int64_t row0;        // first weight row (plain products)
+  Mat m[2];
+  int nm;        // matrices: 1, or 2 (a pair, same X)
+  bool overlay;  // pair: block b runs share b of both (else blocks [0, grid0) matrix 0, then matrix 1)
+  int64_t rb;    // row stride in bytes (the same for both)
   const int32_t* mat;  // matrix of each item; null for plain products (one group of nt tokens)
   int32_t src_div;
   const float* X;
   int64_t xs;
-  float* Y;
-  int64_t ys;
   int nt;          // tokens (plain) or 1 (items)
   int k;           // pieces per row: stages per unit
-  int upg;         // units per group
-  int units;       // all units
   int slot_bytes;  // digits of one activation row: k * kDigitBytes
   int off_sc;      // shared-memory offset of the scales [slot][piece][half]
+  // Activation transform (plain products only), applied to X before the digits.
+  int act;
+  const float* aw;  // norm: weight per column (may be null); swiglu: weight per token (may be null)
+  float eps, lim;
+  const float* up;  // swiglu: the up rows (X holds the gate rows)
+  int64_t ups;
+  float* aout;  // where block 0 writes the transformed rows (may be null)
+  int64_t aos;
 };
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
@@ -76,32 +106,67 @@ __device__ __forceinline__ void mma0(uint32_t (&c)[4], uint32_t a0, uint32_t a1,
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0u));
 }
 
-// Where unit u lies: its group (item), its own first row, and the first row of the 16-row window it
-// streams. The last unit of a group slides its window back inside the group (rows before `first` are
-// computed but not written) so that no row is clamped; groups shorter than 16 rows clamp instead.
+// A block's share of one matrix: matrix m's units [u0, u1), of which this warp streams stages [pa, pb)
+// of the (unit, piece) sequence.
+struct Job {
+  int m, u0, u1, pa, pb;
+};
+__device__ __forceinline__ int job_count(const Args& a) {
+  if (a.nm == 1 || !a.overlay) return 1;
+  return (static_cast<int>(blockIdx.x) < a.m[0].grid) + (static_cast<int>(blockIdx.x) < a.m[1].grid);
+}
+__device__ __forceinline__ Job job_at(const Args& a, int j, int warp) {
+  int b = static_cast<int>(blockIdx.x), m = 0;
+  if (a.nm == 2) {
+    if (a.overlay) m = (j == 0 && b < a.m[0].grid) ? 0 : 1;
+    else if (b >= a.m[0].grid) m = 1, b -= a.m[0].grid;
+  }
+  const Mat& mt = a.m[m];
+  Job r;
+  r.m = m;
+  r.u0 = static_cast<int>(static_cast<int64_t>(mt.units) * b / mt.grid);
+  r.u1 = static_cast<int>(static_cast<int64_t>(mt.units) * (b + 1) / mt.grid);
+  const int L = (r.u1 - r.u0) * a.k;
+  r.pa = static_cast<int>(static_cast<int64_t>(L) * warp / kWarps);
+  r.pb = static_cast<int>(static_cast<int64_t>(L) * (warp + 1) / kWarps);
+  return r;
+}
+
+// Where unit u of matrix m lies: its group (item), its own first row, and the first row of the 16-row
+// window it streams. The last unit of a group slides its window back inside the group (rows before
+// `first` are computed but not written) so that no row is clamped; groups shorter than 16 rows clamp.
 struct Unit {
   int g;
   int64_t first, base;
 };
-__device__ __forceinline__ Unit unit_at(const Args& a, int u) {
+__device__ __forceinline__ Unit unit_at(const Args& a, int m, int u) {
+  const int upg = a.m[m].upg;
+  const int64_t n = a.m[m].n;
   Unit r;
-  r.g = u / a.upg;
-  r.first = static_cast<int64_t>(u - r.g * a.upg) * kRows;
-  r.base = min(r.first, max(a.n - kRows, int64_t{0}));
+  r.g = u / upg;
+  r.first = static_cast<int64_t>(u - r.g * upg) * kRows;
+  r.base = min(r.first, max(n - kRows, int64_t{0}));
   return r;
 }
 
-// The copy side of a warp's pipeline: the next stage to fetch.
+// The copy side of a warp's pipeline: the next stage to fetch, across the block's jobs.
 struct Fetch {
-  int u, k;
-  const uint8_t* rows;  // the unit's window in W; null until looked up
+  int j, m, u, k, left;  // job, its matrix, unit, piece; stages left in the job
+  const uint8_t* rows;   // the unit's window in W; null until looked up
 };
+// Moves f to the next job with stages for this warp, once its current one is done.
+__device__ __forceinline__ void next_job(const Args& a, Fetch& f, int nj, int warp) {
+  while (f.left == 0 && ++f.j < nj) {
+    const Job jb = job_at(a, f.j, warp);
+    f.m = jb.m, f.u = jb.u0 + jb.pa / a.k, f.k = jb.pa % a.k, f.left = jb.pb - jb.pa, f.rows = nullptr;
+  }
+}
 __device__ __forceinline__ void fetch(const Args& a, Fetch& f, const uint32_t (&goff)[kCopies], uint8_t* dst,
-                                      int lane) {
+                                      int lane, int nj, int warp) {
   if (!f.rows) {
-    const Unit un = unit_at(a, f.u);
-    const int64_t w0 = a.mat ? static_cast<int64_t>(a.mat[un.g]) * a.n : a.row0;
-    f.rows = a.W + (w0 + un.base) * a.rb;
+    const Unit un = unit_at(a, f.m, f.u);
+    const int64_t w0 = a.mat ? static_cast<int64_t>(a.mat[un.g]) * a.m[0].n : a.m[f.m].row0;
+    f.rows = a.m[f.m].W + (w0 + un.base) * a.rb;
   }
   const uint8_t* src = f.rows + static_cast<int64_t>(f.k) * kPieceBytes;
   asm("" : "+l"(src));  // one 64-bit add per copy, not the stage offset folded into each
@@ -109,18 +174,72 @@ __device__ __forceinline__ void fetch(const Args& a, Fetch& f, const uint32_t (&
   for (int i = 0; i < kCopiesFull; ++i) cp_async16(dst + i * 512, src + goff[i]);
   if (lane < 16) cp_async16(dst + kCopiesFull * 512, src + goff[kCopiesFull]);
   if (++f.k == a.k) f.k = 0, ++f.u, f.rows = nullptr;
+  --f.left;
+  next_job(a, f, nj, warp);
+}
+
+// The per-token 1 / rms exactly as rms_norm_vec (fast_ops.cu) forms it for a row of dim values: nth =
+// norm_threads(dim) threads, each with four double partial sums of float squares (x^2 by DFMA onto y^2,
+// then z, w: the contraction fast_ops.cu compiles to, written out so that it cannot differ), a shuffle
+// tree per warp, the warps' sums in warp order. Threads past nth only take part in the barrier.
+template <int NT>
+__device__ void norm_scales(const Args& a, int dim, double* red, float (&sc)[NT]) {
+  const int n4 = dim / 4, nth = min(kNormThreads, max(32, (n4 + 31) / 32 * 32));
+  const int tid = static_cast<int>(threadIdx.x);
+  auto sq4 = [](float4 v) {
+    double d = __dmul_rn(static_cast<double>(v.y), static_cast<double>(v.y));
+    d = __fma_rn(static_cast<double>(v.x), static_cast<double>(v.x), d);
+    d = __fma_rn(static_cast<double>(v.z), static_cast<double>(v.z), d);
+    return __fma_rn(static_cast<double>(v.w), static_cast<double>(v.w), d);
+  };
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    if (tid >= nth) continue;
+    const float4* xr = reinterpret_cast<const float4*>(a.X + t * a.xs);
+    double acc[4] = {0, 0, 0, 0};
+    int i = tid;
+    for (; i + 3 * nth < n4; i += 4 * nth) {
+      float4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = xr[i + u * nth];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc[u] = __dadd_rn(acc[u], sq4(v[u]));
+    }
+    for (; i < n4; i += nth) acc[0] = __dadd_rn(acc[0], sq4(xr[i]));
+    double s = __dadd_rn(__dadd_rn(acc[0], acc[1]), __dadd_rn(acc[2], acc[3]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s = __dadd_rn(s, __shfl_xor_sync(0xffffffffu, s, o));
+    if ((tid & 31) == 0) red[t * kWarps + (tid >> 5)] = s;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    double ss = 0;
+    for (int w = 0; w < nth / 32; ++w) ss = __dadd_rn(ss, red[t * kWarps + w]);
+    sc[t] = static_cast<float>(
+        __ddiv_rn(1.0, __dsqrt_rn(__dadd_rn(__ddiv_rn(ss, static_cast<double>(dim)), static_cast<double>(a.eps)))));
+  }
+}
+
+// The reference swiglu_kernel's element (ref_ops.cu, compiled without contraction): every rounding
+// spelled out, so that this file's contraction cannot fuse expf's last product into the 1 + e.
+__device__ __forceinline__ float swiglu_el(float g, float u, float lim) {
+  const float gg = fminf(g, lim), uu = fminf(fmaxf(u, -lim), lim);
+  float sg;
+  if (gg >= 0) {
+    sg = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-gg)));
+  } else {
+    const float e = expf(gg);
+    sg = __fdiv_rn(e, __fadd_rn(1.0f, e));
+  }
+  return __fmul_rn(__fmul_rn(gg, sg), uu);
 }
 
 template <int NT>
 __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
-  const int u0 = static_cast<int>(static_cast<int64_t>(a.units) * blockIdx.x / gridDim.x);
-  const int u1 = static_cast<int>(static_cast<int64_t>(a.units) * (blockIdx.x + 1) / gridDim.x);
-  if (u0 >= u1) return;
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int K = a.k, L = (u1 - u0) * K;
-  const int pa = static_cast<int>(static_cast<int64_t>(L) * warp / kWarps);
-  const int pb = static_cast<int>(static_cast<int64_t>(L) * (warp + 1) / kWarps);
+  const int K = a.k, nj = job_count(a);
   const uint8_t* ring = smem + warp * (kStages * kStageBytes);
   uint8_t* ring_dst = smem + warp * (kStages * kStageBytes) + lane * 16;
   float* part = reinterpret_cast<float*>(smem + kRingBytes);
@@ -128,38 +247,83 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
   float* scl = reinterpret_cast<float*>(smem + a.off_sc);
 
   // Copy i of this lane moves stage bytes 16 (32 i + lane): row r, 16-byte word w of its piece. Rows past
-  // a short group repeat its last row (never written back).
+  // a short group repeat its last row (never written back; both matrices of a pair have 16 rows or more,
+  // or the same rows).
   uint32_t goff[kCopies];
 #pragma unroll
   for (int i = 0; i < kCopies; ++i) {
     const int idx = min(32 * i + lane, kStageBytes / 16 - 1), r = idx / 17, w = idx - 17 * r;
-    goff[i] = static_cast<uint32_t>(min(static_cast<int64_t>(r), a.n - 1) * a.rb + 16 * w);
+    goff[i] = static_cast<uint32_t>(min(static_cast<int64_t>(r), a.m[0].n - 1) * a.rb + 16 * w);
   }
-  const int ufirst = u0 + pa / K;
-  Fetch f{ufirst, pa % K, nullptr};
+  int total = 0;  // this warp's stages over all jobs
+  for (int j = 0; j < nj; ++j) {
+    const Job jb = job_at(a, j, warp);
+    total += jb.pb - jb.pa;
+  }
+  Fetch f{-1, 0, 0, 0, 0, nullptr};
+  next_job(a, f, nj, warp);
 #pragma unroll
   for (int i = 0; i < kStages; ++i) {
-    if (pa + i < pb) fetch(a, f, goff, ring_dst + i * kStageBytes, lane);
+    if (i < total) fetch(a, f, goff, ring_dst + i * kStageBytes, lane, nj, warp);
     cp_async_commit();
   }
 
   // While those are in flight: the activation rows [x0, x0 + nsl) as digits, one warp per (row, piece).
+  const Job j0 = job_at(a, 0, warp);
   int x0 = 0, nsl = NT;
   if (a.mat) {
-    x0 = (u0 / a.upg) / a.src_div;
-    nsl = ((u1 - 1) / a.upg) / a.src_div - x0 + 1;
+    const int upg = a.m[0].upg;
+    x0 = (j0.u0 / upg) / a.src_div;
+    nsl = ((j0.u1 - 1) / upg) / a.src_div - x0 + 1;
   }
+  float nsc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) nsc[t] = 1.0f;
+  if (a.act == kActNorm) norm_scales<NT>(a, K * kPieceCols, reinterpret_cast<double*>(part), nsc);
   {
     const int j = lane >> 2, t = lane & 3;
     const XCols xc = x_cols(j, t);
+    const bool write_out = a.aout && blockIdx.x == 0;
     for (int w = warp; w < nsl * K; w += kWarps) {
-      const int sl = w / K, pc = w - sl * K;
-      const float* xr = a.X + static_cast<int64_t>(x0 + sl) * a.xs + pc * kPieceCols + 32 * j;
-      const float2 p = __ldg(reinterpret_cast<const float2*>(xr + xc.lo));
-      const float2 q = __ldg(reinterpret_cast<const float2*>(xr + xc.lo + 2));
-      const float2 r = __ldg(reinterpret_cast<const float2*>(xr + xc.hi_a));
-      const float2 s = __ldg(reinterpret_cast<const float2*>(xr + xc.hi_b));
-      const float x[8] = {p.x, p.y, q.x, q.y, r.x, r.y, s.x, s.y};
+      const int sl = w / K, pc = w - sl * K, row = x0 + sl, col = pc * kPieceCols + 32 * j;
+      auto ld8 = [&](const float* b, float (&v)[8]) {
+        const float2 p = __ldg(reinterpret_cast<const float2*>(b + xc.lo));
+        const float2 q = __ldg(reinterpret_cast<const float2*>(b + xc.lo + 2));
+        const float2 r = __ldg(reinterpret_cast<const float2*>(b + xc.hi_a));
+        const float2 s = __ldg(reinterpret_cast<const float2*>(b + xc.hi_b));
+        v[0] = p.x, v[1] = p.y, v[2] = q.x, v[3] = q.y, v[4] = r.x, v[5] = r.y, v[6] = s.x, v[7] = s.y;
+      };
+      float x[8];
+      ld8(a.X + static_cast<int64_t>(row) * a.xs + col, x);
+      if (a.act == kActNorm) {  // rms_norm_vec's (x scale) w
+        const float sc = (NT == 2 && sl) ? nsc[NT - 1] : nsc[0];
+        if (a.aw) {
+          float g[8];
+          ld8(a.aw + col, g);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) x[i] = __fmul_rn(__fmul_rn(x[i], sc), g[i]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) x[i] = __fmul_rn(x[i], sc);
+        }
+      } else if (a.act == kActSwiglu) {
+        float u[8];
+        ld8(a.up + static_cast<int64_t>(row) * a.ups + col, u);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x[i] = swiglu_el(x[i], u[i], a.lim);
+        if (a.aw) {  // the reference multiplies by 1 without a weight: exact, so skipped
+          const float tw = a.aw[row];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) x[i] = __fmul_rn(x[i], tw);
+        }
+      }
+      if (write_out) {
+        float* o = a.aout + static_cast<int64_t>(row) * a.aos + col;
+        *reinterpret_cast<float2*>(o + xc.lo) = make_float2(x[0], x[1]);
+        *reinterpret_cast<float2*>(o + xc.lo + 2) = make_float2(x[2], x[3]);
+        *reinterpret_cast<float2*>(o + xc.hi_a) = make_float2(x[4], x[5]);
+        *reinterpret_cast<float2*>(o + xc.hi_b) = make_float2(x[6], x[7]);
+      }
       float amax = 0.0f;
       bool finite = true;
 #pragma unroll
@@ -183,94 +347,106 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
   const uint32_t sel = even_hi_sel(t);
   // Token slot of this lane's B columns (g / 4) and C columns (t / 2): with one token, all read slot 0.
   const int bslot = NT == 2 ? g >> 2 : 0, cslot = NT == 2 ? tok : 0;
-  float acc0 = 0.0f, acc1 = 0.0f;  // rows g, g + 8 of this lane's token and digit half
-  int cu = ufirst, ck = pa % K;
-  Unit un = unit_at(a, cu);
-  // This unit's digits (B registers of lane g, t) and scales (C columns of lane t).
   auto unit_slot = [&](const Unit& v) { return a.mat ? v.g / a.src_div - x0 : 0; };
-  int us = unit_slot(un);
-  const uint8_t* bl = dig + (us + bslot) * a.slot_bytes + b_offset(g, t);
-  const float* sl = scl + (us + cslot) * K * 2 + h;
-  float* yu = a.Y + (a.mat ? un.g : 0) * a.ys;
-  for (int p = pa; p < pb; ++p) {
-    const int it = p - pa;
-    cp_async_wait<kStages - 1>();  // this lane's copies of stage p have landed ...
-    __syncwarp();                  // ... and every other lane's
-    {
-      const uint8_t* pr = ring + (it % kStages) * kStageBytes + g * kPieceBytes;
-      const uint8_t* pt = pr + 4 * t;
-      const uint8_t* bp = bl + ck * kDigitBytes;
-      float s0 = 0.0f, s1 = 0.0f;
+  int it = 0;  // stages computed so far (all jobs): the ring slot
+  for (int jj = 0; jj < nj; ++jj) {
+    const Job jb = jj == 0 ? j0 : job_at(a, jj, warp);
+    if (jb.pa >= jb.pb) continue;
+    const int64_t n = a.m[jb.m].n, ys = a.m[jb.m].ys;
+    float* const Ym = a.m[jb.m].Y;
+    float acc0 = 0.0f, acc1 = 0.0f;  // rows g, g + 8 of this lane's token and digit half
+    const int ufirst = jb.u0 + jb.pa / K;
+    int cu = ufirst, ck = jb.pa % K;
+    Unit un = unit_at(a, jb.m, cu);
+    // This unit's digits (B registers of lane g, t) and scales (C columns of lane t).
+    int us = unit_slot(un);
+    const uint8_t* bl = dig + (us + bslot) * a.slot_bytes + b_offset(g, t);
+    const float* sl = scl + (us + cslot) * K * 2 + h;
+    float* yu = Ym + (a.mat ? un.g : 0) * ys;
+    for (int p = jb.pa; p < jb.pb; ++p, ++it) {
+      cp_async_wait<kStages - 1>();  // this lane's copies of stage it have landed ...
+      __syncwarp();                  // ... and every other lane's
+      {
+        const uint8_t* pr = ring + (it % kStages) * kStageBytes + g * kPieceBytes;
+        const uint8_t* pt = pr + 4 * t;
+        const uint8_t* bp = bl + ck * kDigitBytes;
+        float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll
-      for (int m = 0; m < 4; ++m) {
-        const PairA x = pair_a(pr + 68 * m, pt + 68 * m, sel);
-        const PairA y = pair_a(pr + 68 * m + 8 * kPieceBytes, pt + 68 * m + 8 * kPieceBytes, sel);
+        for (int m = 0; m < 4; ++m) {
+          const PairA x = pair_a(pr + 68 * m, pt + 68 * m, sel);
+          const PairA y = pair_a(pr + 68 * m + 8 * kPieceBytes, pt + 68 * m + 8 * kPieceBytes, sel);
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const uint2 b = *reinterpret_cast<const uint2*>(bp + (2 * m + e) * 128);
-          uint32_t c[4];
-          mma0(c, x.lo[e], y.lo[e], x.hi[e], y.hi[e], b.x, b.y);
-          s0 = fmaf(combine(c[0], c[1]), x.d[e], s0);
-          s1 = fmaf(combine(c[2], c[3]), y.d[e], s1);
+          for (int e = 0; e < 2; ++e) {
+            const uint2 b = *reinterpret_cast<const uint2*>(bp + (2 * m + e) * 128);
+            uint32_t c[4];
+            mma0(c, x.lo[e], y.lo[e], x.hi[e], y.hi[e], b.x, b.y);
+            s0 = fmaf(combine(c[0], c[1]), x.d[e], s0);
+            s1 = fmaf(combine(c[2], c[3]), y.d[e], s1);
+          }
         }
+        const float sc = sl[2 * ck];
+        acc0 = fmaf(s0, sc, acc0), acc1 = fmaf(s1, sc, acc1);
       }
-      const float sc = sl[2 * ck];
-      acc0 = fmaf(s0, sc, acc0), acc1 = fmaf(s1, sc, acc1);
-    }
-    __syncwarp();  // every lane is done with this slot ...
-    if (p + kStages < pb) fetch(a, f, goff, ring_dst + (it % kStages) * kStageBytes, lane);  // ... refill it
-    cp_async_commit();
-    if (ck == K - 1 || p == pb - 1) {  // this warp's part of unit cu is done
-      // Digit halves h = 0, 1 are lanes t, t ^ 1: their sum is the row's value for token t / 2.
-      const float v0 = acc0 + __shfl_xor_sync(0xffffffffu, acc0, 1);
-      const float v1 = acc1 + __shfl_xor_sync(0xffffffffu, acc1, 1);
-      const int st0 = (cu - u0) * K;
-      const bool whole = st0 >= pa && st0 + K <= pb;
-      const int ps = cu == ufirst ? 0 : 1;  // a cut unit is the warp's first or its last
-      if (h == 0 && tok < a.nt) {
-        if (whole) {
-          const int64_t r = un.base + g;
-          if (r >= un.first && r < a.n) yu[tok * a.ys + r] = v0;
-          if (r + 8 >= un.first && r + 8 < a.n) yu[tok * a.ys + r + 8] = v1;
-        } else {
-          float* pp = part + ((warp * 2 + ps) * 2 + tok) * kRows;
-          pp[g] = v0, pp[g + 8] = v1;
+      __syncwarp();  // every lane is done with this slot ...
+      if (it + kStages < total) fetch(a, f, goff, ring_dst + (it % kStages) * kStageBytes, lane, nj, warp);  // ... refill it
+      cp_async_commit();
+      if (ck == K - 1 || p == jb.pb - 1) {  // this warp's part of unit cu is done
+        // Digit halves h = 0, 1 are lanes t, t ^ 1: their sum is the row's value for token t / 2.
+        const float v0 = acc0 + __shfl_xor_sync(0xffffffffu, acc0, 1);
+        const float v1 = acc1 + __shfl_xor_sync(0xffffffffu, acc1, 1);
+        const int st0 = (cu - jb.u0) * K;
+        const bool whole = st0 >= jb.pa && st0 + K <= jb.pb;
+        const int ps = cu == ufirst ? 0 : 1;  // a cut unit is the warp's first or its last
+        if (h == 0 && tok < a.nt) {
+          if (whole) {
+            const int64_t r = un.base + g;
+            if (r >= un.first && r < n) yu[tok * ys + r] = v0;
+            if (r + 8 >= un.first && r + 8 < n) yu[tok * ys + r + 8] = v1;
+          } else {
+            float* pp = part + (((jj * kWarps + warp) * 2 + ps) * 2 + tok) * kRows;
+            pp[g] = v0, pp[g + 8] = v1;
+          }
         }
+        acc0 = acc1 = 0.0f;
+        if (ck == K - 1 && p + 1 < jb.pb) {
+          ck = 0;
+          un = unit_at(a, jb.m, ++cu);
+          us = unit_slot(un);
+          bl = dig + (us + bslot) * a.slot_bytes + b_offset(g, t);
+          sl = scl + (us + cslot) * K * 2 + h;
+          yu = Ym + (a.mat ? un.g : 0) * ys;
+        }
+      } else {
+        ++ck;
       }
-      acc0 = acc1 = 0.0f;
-      if (ck == K - 1 && p + 1 < pb) {
-        ck = 0;
-        un = unit_at(a, ++cu);
-        us = unit_slot(un);
-        bl = dig + (us + bslot) * a.slot_bytes + b_offset(g, t);
-        sl = scl + (us + cslot) * K * 2 + h;
-        yu = a.Y + (a.mat ? un.g : 0) * a.ys;
-      }
-    } else {
-      ++ck;
     }
   }
   cp_async_wait<0>();
   __syncthreads();
-  // A unit that starts in this warp's range and ends past it: add the parts of the following warps (each
-  // holds it as its first unit, slot 0) in warp order, and write the rows.
-  if (pa >= pb) return;
-  const int ul = u0 + (pb - 1) / K, s0 = (ul - u0) * K, s1 = s0 + K;
-  if (s0 < pa || s1 <= pb) return;
-  const int ps = ul == ufirst ? 0 : 1;
-  const Unit ue = unit_at(a, ul);
-  float* ye = a.Y + (a.mat ? ue.g : 0) * a.ys;
-  for (int o = lane; o < kRows * a.nt; o += 32) {
-    const int row = o % kRows, tk = o / kRows;
-    float v = part[((warp * 2 + ps) * 2 + tk) * kRows + row];
-    for (int w = warp + 1; w < kWarps; ++w) {
-      const int qa = static_cast<int>(static_cast<int64_t>(L) * w / kWarps);
-      const int qb = static_cast<int>(static_cast<int64_t>(L) * (w + 1) / kWarps);
-      if (qa >= s1) break;
-      if (qb > qa) v += part[((w * 2) * 2 + tk) * kRows + row];
+  // Per job, a unit that starts in this warp's range and ends past it: add the parts of the following
+  // warps (each holds it as its first unit, slot 0) in warp order, and write the rows.
+  for (int jj = 0; jj < nj; ++jj) {
+    const Job jb = job_at(a, jj, warp);
+    if (jb.pa >= jb.pb) continue;
+    const int L = (jb.u1 - jb.u0) * K;
+    const int ul = jb.u0 + (jb.pb - 1) / K, s0 = (ul - jb.u0) * K, s1 = s0 + K;
+    if (s0 < jb.pa || s1 <= jb.pb) continue;
+    const int ps = ul == jb.u0 + jb.pa / K ? 0 : 1;
+    const Unit ue = unit_at(a, jb.m, ul);
+    const int64_t n = a.m[jb.m].n, ys = a.m[jb.m].ys;
+    float* ye = a.m[jb.m].Y + (a.mat ? ue.g : 0) * ys;
+    for (int o = lane; o < kRows * a.nt; o += 32) {
+      const int row = o % kRows, tk = o / kRows;
+      float v = part[(((jj * kWarps + warp) * 2 + ps) * 2 + tk) * kRows + row];
+      for (int w = warp + 1; w < kWarps; ++w) {
+        const int qa = static_cast<int>(static_cast<int64_t>(L) * w / kWarps);
+        const int qb = static_cast<int>(static_cast<int64_t>(L) * (w + 1) / kWarps);
+        if (qa >= s1) break;
+        if (qb > qa) v += part[(((jj * kWarps + w) * 2) * 2 + tk) * kRows + row];
+      }
+      const int64_t r = ue.base + row;
+      if (r >= ue.first && r < n) ye[tk * ys + r] = v;
     }
-    const int64_t r = ue.base + row;
-    if (r >= ue.first && r < a.n) ye[tk * a.ys + r] = v;
   }
 }
 
@@ -303,18 +479,29 @@ size_t smem_bytes(int slots, int k) {
   return static_cast<size_t>(kRingBytes + kPartBytes) + static_cast<size_t>(slots) * k * (kDigitBytes + 8);
 }
 
-// Units, grid, and the activation rows a block converts; false where the kernel does not take the shape.
+// Units and grids of the matrices, and the activation rows a block converts; false where the kernel does
+// not take the shape. groups: items (matrix 0 of an items call), else 1.
 template <int NT>
 bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
   const Device& dev = device<NT>();
   if (dev.sms <= 0) return false;
-  const int64_t k = cols / kPieceCols, upg = (a.n + kRows - 1) / kRows, units = groups * upg;
-  if (a.n >= (int64_t{1} << 31) || units >= (int64_t{1} << 30) || k * units >= (int64_t{1} << 30)) return false;
-  a.k = static_cast<int>(k), a.upg = static_cast<int>(upg), a.units = static_cast<int>(units);
-  const int grid = static_cast<int>(std::min<int64_t>(units, dev.sms));
+  const int64_t k = cols / kPieceCols;
+  for (int m = 0; m < a.nm; ++m) {
+    Mat& mt = a.m[m];
+    const int64_t upg = (mt.n + kRows - 1) / kRows, units = (m == 0 ? groups : 1) * upg;
+    if (mt.n >= (int64_t{1} << 31) || units >= (int64_t{1} << 30) || k * units >= (int64_t{1} << 30)) return false;
+    mt.upg = static_cast<int>(upg), mt.units = static_cast<int>(units);
+    mt.grid = static_cast<int>(std::min<int64_t>(units, dev.sms));
+  }
+  a.k = static_cast<int>(k);
+  // A pair: both partitions side by side where they fit the device at once, else overlaid (block b runs
+  // share b of matrix 0, then of matrix 1, its copies for the second already in flight during the first).
+  a.overlay = a.nm == 2 && a.m[0].grid + a.m[1].grid > dev.sms;
+  const int grid = a.nm == 1 ? a.m[0].grid : a.overlay ? std::max(a.m[0].grid, a.m[1].grid) : a.m[0].grid + a.m[1].grid;
   int slots = NT;
   if (a.mat) {  // distinct activation rows of each block's units (as the kernel cuts them)
     slots = 1;
+    const int64_t units = a.m[0].units, upg = a.m[0].upg;
     for (int b = 0; b < grid; ++b) {
       const int64_t u0 = units * b / grid, u1 = units * (b + 1) / grid;
       if (u0 < u1) slots = std::max<int64_t>(slots, ((u1 - 1) / upg) / a.src_div - (u0 / upg) / a.src_div + 1);
@@ -330,25 +517,94 @@ bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
   return true;
 }
 
+Mat plain_mat(const DMat& W, int64_t row0, int64_t n, float* Y, int64_t ys) {
+  Mat m{};
+  m.W = W.data, m.n = n, m.row0 = row0, m.Y = Y, m.ys = ys;
+  return m;
+}
+Args plain_args(const float* X, int64_t n_tok, int64_t xs, int64_t rb) {
+  Args a{};
+  a.nm = 1, a.rb = rb, a.mat = nullptr, a.src_div = 1, a.X = X, a.xs = xs, a.nt = static_cast<int>(n_tok);
+  a.act = kActPlain;
+  return a;
+}
+bool launch_plain(const Args& a, int64_t cols, cudaStream_t s) {
+  return a.nt == 1 ? run<1>(a, cols, 1, s) : run<2>(a, cols, 1, s);
+}
+
+// The layout fast_matvec_q8.cu's takes() asks of a Q8_0 product (the public entries below check it here).
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+bool layout_ok(const DMat& W, const float* X, int64_t xs) {
+  return W.type == GgmlType::Q8_0 && W.cols > 0 && W.cols % kPieceCols == 0 && W.row_bytes % 16 == 0 &&
+         W.row_bytes >= static_cast<size_t>(W.cols / 32 * 34) && W.row_bytes < (size_t{1} << 27) &&
+         aligned16(W.data) && aligned16(X) && xs % 4 == 0 && xs >= 0;
+}
+// Rows [p, p + (n - 1) s + len) and [q, ...) share no float.
+bool disjoint(const float* p, int64_t ps, const float* q, int64_t qs, int64_t n, int64_t len) {
+  const float *pe = p + (n - 1) * ps + len, *qe = q + (n - 1) * qs + len;
+  return pe <= q || qe <= p;
+}
+
 }  // namespace
 }  // namespace q8m
 
 bool q8_mma_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
                    int64_t ys, cudaStream_t s) {
   if (n_tok < 1 || n_tok > q8m::kMaxTok || n_rows <= 0) return false;
-  q8m::Args a{};
-  a.W = W.data, a.rb = static_cast<int64_t>(W.row_bytes), a.n = n_rows, a.row0 = row0, a.mat = nullptr, a.src_div = 1;
-  a.X = X, a.xs = xs, a.Y = Y, a.ys = ys, a.nt = static_cast<int>(n_tok);
-  return n_tok == 1 ? q8m::run<1>(a, W.cols, 1, s) : q8m::run<2>(a, W.cols, 1, s);
+  q8m::Args a = q8m::plain_args(X, n_tok, xs, static_cast<int64_t>(W.row_bytes));
+  a.m[0] = q8m::plain_mat(W, row0, n_rows, Y, ys);
+  return q8m::launch_plain(a, W.cols, s);
 }
 
 bool q8_mma_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
                   int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s) {
   if (rows_per_mat <= 0 || n_items <= 0 || src_div < 1 || !mat_of_item) return false;
-  q8m::Args a{};
-  a.W = W.data, a.rb = static_cast<int64_t>(W.row_bytes), a.n = rows_per_mat, a.row0 = 0, a.mat = mat_of_item;
-  a.src_div = src_div, a.X = X, a.xs = xs, a.Y = Y, a.ys = ys, a.nt = 1;
+  q8m::Args a = q8m::plain_args(X, 1, xs, static_cast<int64_t>(W.row_bytes));
+  a.m[0] = q8m::plain_mat(W, 0, rows_per_mat, Y, ys);
+  a.mat = mat_of_item, a.src_div = src_div;
   return q8m::run<1>(a, W.cols, n_items, s);
+}
+
+bool q8_decode_pair(const DMat& W0, int64_t n0, float* Y0, int64_t ys0, const DMat& W1, int64_t n1, float* Y1,
+                    int64_t ys1, const float* X, int64_t n_tok, int64_t xs, cudaStream_t s) {
+  if (n_tok < 1 || n_tok > q8m::kMaxTok || n0 <= 0 || n1 <= 0 || !q8m::layout_ok(W0, X, xs) ||
+      !q8m::layout_ok(W1, X, xs) || W0.cols != W1.cols || W0.row_bytes != W1.row_bytes ||
+      (std::min(n0, n1) < q8m::kRows && n0 != n1) || n0 > W0.rows || n1 > W1.rows)
+    return false;
+  q8m::Args a = q8m::plain_args(X, n_tok, xs, static_cast<int64_t>(W0.row_bytes));
+  a.nm = 2;
+  a.m[0] = q8m::plain_mat(W0, 0, n0, Y0, ys0);
+  a.m[1] = q8m::plain_mat(W1, 0, n1, Y1, ys1);
+  return q8m::launch_plain(a, W0.cols, s);
+}
+
+bool q8_decode_act(const DMat& W, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, const Q8Act& act,
+                   float* Y, int64_t ys, cudaStream_t s) {
+  using q8m::aligned16;
+  const int64_t cols = W.cols;
+  if (n_tok < 1 || n_tok > q8m::kMaxTok || n_rows <= 0 || n_rows > W.rows || !q8m::layout_ok(W, X, xs)) return false;
+  q8m::Args a = q8m::plain_args(X, n_tok, xs, static_cast<int64_t>(W.row_bytes));
+  a.m[0] = q8m::plain_mat(W, 0, n_rows, Y, ys);
+  a.aw = act.w;
+  switch (act.kind) {
+    case Q8Act::Kind::RmsNorm:
+      if (act.w && !aligned16(act.w)) return false;
+      a.act = q8m::kActNorm, a.eps = act.eps;
+      break;
+    case Q8Act::Kind::Swiglu:
+      if (!act.up || !aligned16(act.up) || act.up_stride % 4 || act.up_stride < 0) return false;
+      a.act = q8m::kActSwiglu, a.lim = act.lim, a.up = act.up, a.ups = act.up_stride;
+      break;
+    default: break;
+  }
+  if (act.out) {  // other blocks read X (and up) while block 0 writes out
+    if (!aligned16(act.out) || act.out_stride % 4 || act.out_stride < 0 ||
+        !q8m::disjoint(act.out, act.out_stride, X, xs, n_tok, cols) ||
+        (act.up && !q8m::disjoint(act.out, act.out_stride, act.up, act.up_stride, n_tok, cols)))
+      return false;
+    a.aout = act.out, a.aos = act.out_stride;
+  }
+  return q8m::launch_plain(a, cols, s);
 }
 
 }  // namespace flashstar::cuda::fast

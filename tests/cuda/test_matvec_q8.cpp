@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/half.h"
+#include "cuda/fast_kernels.h"
 #include "cuda/fast_matvec_q8.h"
 #include "cuda/fast_matvec_q8_mma.h"
 #include "cuda_test_fixture.h"
@@ -298,6 +299,184 @@ TEST_F(Q8Matvec, WideRowsMatchReference) {
   auto dw = up(wq);
   const cuda::DMat dm{kQ8, dw.get(), cols, rows, row_bytes(kQ8, cols)};
   for (int64_t n_tok : {1, 2}) expect_matvec(dm, 0, rows, n_tok, cols, rows, "wide");
+}
+
+// ---- Fewer decode launches (fast_kernels.h: q8_decode_pair, q8_decode_act). A pair keeps each matrix's
+// own partition, so it must equal two q8_matvec calls bitwise; the transforms must equal their launch
+// (fast::rms_norm_rows, cuda::swiglu) followed by q8_matvec bitwise, and the reference chain within the
+// product's bound.
+namespace {
+class Q8Decode : public Q8Matvec {
+ protected:
+  struct Dev {
+    std::vector<uint8_t> host;
+    cuda::DeviceArray<uint8_t> dev;
+    cuda::DMat m;
+  };
+  Dev mat(int64_t rows, int64_t cols) {
+    Dev d{weights(rows, cols), {}, {}};
+    d.dev = up(d.host);
+    d.m = cuda::DMat{kQ8, d.dev.get(), cols, rows, row_bytes(kQ8, cols)};
+    return d;
+  }
+  static bool same(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
+  }
+  // Pair of rows n0 / n1 over cols, outputs at strides ys0 / ys1 (padding must stay poisoned).
+  void expect_pair(int64_t n0, int64_t n1, int64_t cols, int64_t n_tok, int64_t ys0, int64_t ys1, const char* what) {
+    Dev w0 = mat(n0, cols), w1 = mat(n1, cols);
+    auto dx = up(randn(static_cast<size_t>(n_tok * cols)));
+    auto r0 = poisoned<float>(n_tok * ys0), r1 = poisoned<float>(n_tok * ys1);
+    auto g0 = poisoned<float>(n_tok * ys0), g1 = poisoned<float>(n_tok * ys1);
+    auto a0 = poisoned<float>(n_tok * ys0), a1 = poisoned<float>(n_tok * ys1);
+    const bool mma = cuda::fast::q8_mma_matvec(w0.m, 0, n0, dx.get(), n_tok, cols, r0.get(), ys0, nullptr) &&
+                     cuda::fast::q8_mma_matvec(w1.m, 0, n1, dx.get(), n_tok, cols, r1.get(), ys1, nullptr);
+    const bool ok = cuda::fast::q8_decode_pair(w0.m, n0, g0.get(), ys0, w1.m, n1, g1.get(), ys1, dx.get(), n_tok,
+                                               cols, nullptr);
+    ASSERT_EQ(ok, mma) << what << ": the pair takes exactly what the single kernel takes";
+    if (!ok) return;
+    ASSERT_TRUE(cuda::fast::q8_decode_pair(w0.m, n0, a0.get(), ys0, w1.m, n1, a1.get(), ys1, dx.get(), n_tok, cols,
+                                           nullptr));
+    EXPECT_TRUE(same(down(g0), down(r0))) << what << " " << n_tok << " tokens: matrix 0 differs from its own call";
+    EXPECT_TRUE(same(down(g1), down(r1))) << what << " " << n_tok << " tokens: matrix 1 differs from its own call";
+    EXPECT_TRUE(same(down(g0), down(a0)) && same(down(g1), down(a1))) << what << ": two runs differ";
+    // The single calls are checked against cuda::matmul above; one sanity bound here (and every row written).
+    auto ref = poisoned<float>(n_tok * ys1);
+    cuda::matmul(w1.m, 0, n1, dx.get(), n_tok, cols, ref.get(), ys1, nullptr);
+    const auto gv = down(g1), rv = down(ref);
+    std::vector<float> gr, rr;
+    for (int64_t t = 0; t < n_tok; ++t)
+      for (int64_t i = 0; i < n1; ++i) gr.push_back(gv[t * ys1 + i]), rr.push_back(rv[t * ys1 + i]);
+    EXPECT_LT(rel_err(gr, rr), n1 * n_tok >= 32 ? 2e-6 : 1e-4) << what;
+    std::printf("q8_decode_pair %-8s %5lld + %5lld x %5lld, %lld tokens: bitwise as two calls\n", what,
+                static_cast<long long>(n0), static_cast<long long>(n1), static_cast<long long>(cols),
+                static_cast<long long>(n_tok));
+  }
+};
+}  // namespace
+
+TEST_F(Q8Decode, PairEqualsTwoCallsBitwise) {
+  struct Case {
+    const char* name;
+    int64_t n0, n1, cols, pad0, pad1;
+  };
+  // q_a + kv (partitions side by side), shared gate + up (overlaid), unequal overlaid grids, row tails,
+  // equal short matrices, strided outputs, and 16384 columns (two tokens' digits do not fit: both refuse).
+  const Case cases[] = {{"q_a+kv", 1024, 512, 4096, 0, 0},     {"gate+up", 2048, 2048, 4096, 0, 0},
+                        {"overlay", 5000, 2100, 1024, 0, 0},   {"tails", 37, 1000, 768, 3, 0},
+                        {"short", 5, 5, 256, 0, 2},             {"strided", 100, 700, 1536, 5, 11},
+                        {"wide", 300, 40, 16384, 0, 0}};
+  for (const Case& c : cases)
+    for (int64_t n_tok : {1, 2}) expect_pair(c.n0, c.n1, c.cols, n_tok, c.n0 + c.pad0, c.n1 + c.pad1, c.name);
+}
+
+TEST_F(Q8Decode, NormActEqualsNormThenProduct) {
+  struct Case {
+    const char* name;
+    int64_t rows, cols;
+    bool weight;
+  };
+  // q_b (32768 x 1024), a row tail, 768 columns (192 norm threads), 8192 columns (the norm's four-way
+  // loop), no weight.
+  const Case cases[] = {{"q_b", 32768, 1024, true}, {"tail", 1000, 768, true}, {"wide", 300, 8192, true},
+                        {"no w", 513, 1024, false}};
+  const float eps = 1e-6f;
+  for (const Case& c : cases) {
+    Dev w = mat(c.rows, c.cols);
+    for (int64_t n_tok : {1, 2}) {
+      const size_t nx = static_cast<size_t>(n_tok * c.cols), ny = static_cast<size_t>(n_tok * c.rows);
+      auto dx = up(randn(nx, 3.0f));
+      auto dg = up(randn(static_cast<size_t>(c.cols), 0.5f));
+      const float* gw = c.weight ? dg.get() : nullptr;
+      auto xn = poisoned<float>(nx), yr = poisoned<float>(ny);
+      ASSERT_TRUE(cuda::fast::rms_norm_rows(dx.get(), c.cols, gw, xn.get(), c.cols, n_tok, c.cols, eps, nullptr));
+      ASSERT_TRUE(cuda::fast::q8_matvec(w.m, 0, c.rows, xn.get(), n_tok, c.cols, yr.get(), c.rows, nullptr));
+      cuda::fast::Q8Act act;
+      act.kind = cuda::fast::Q8Act::Kind::RmsNorm, act.w = gw, act.eps = eps;
+      auto out = poisoned<float>(nx), y = poisoned<float>(ny), y2 = poisoned<float>(ny);
+      act.out = out.get(), act.out_stride = c.cols;
+      ASSERT_TRUE(cuda::fast::q8_decode_act(w.m, c.rows, dx.get(), n_tok, c.cols, act, y.get(), c.rows, nullptr))
+          << c.name;
+      act.out = nullptr;
+      ASSERT_TRUE(cuda::fast::q8_decode_act(w.m, c.rows, dx.get(), n_tok, c.cols, act, y2.get(), c.rows, nullptr));
+      EXPECT_TRUE(same(down(out), down(xn))) << c.name << " " << n_tok << " tokens: normed rows differ from rms_norm_rows";
+      EXPECT_TRUE(same(down(y), down(yr))) << c.name << " " << n_tok << " tokens: product differs from norm + q8_matvec";
+      EXPECT_TRUE(same(down(y), down(y2))) << c.name << ": two runs differ";
+      // Against the reference chain (cuda::rms_norm_rows sums in another order, then cuda::matmul).
+      auto xr = poisoned<float>(nx), ref = poisoned<float>(ny);
+      cuda::rms_norm_rows(dx.get(), c.cols, gw, xr.get(), c.cols, n_tok, c.cols, eps, nullptr);
+      cuda::matmul(w.m, 0, c.rows, xr.get(), n_tok, c.cols, ref.get(), c.rows, nullptr);
+      const double e = rel_err(down(y), down(ref));
+      std::printf("q8_decode_act norm %-5s %5lld x %5lld, %lld tokens: rel err %.2e vs reference\n", c.name,
+                  static_cast<long long>(c.rows), static_cast<long long>(c.cols), static_cast<long long>(n_tok), e);
+      EXPECT_LT(e, 2e-6) << c.name;
+    }
+  }
+}
+
+TEST_F(Q8Decode, SwigluActEqualsSwigluThenProduct) {
+  struct Case {
+    const char* name;
+    int64_t rows, cols;
+    bool weight;
+  };
+  // The shared expert's down (4096 x 2048), a row tail, and per-token weights.
+  const Case cases[] = {{"down_sh", 4096, 2048, false}, {"tail", 1000, 768, false}, {"weighted", 129, 1024, true}};
+  const float lim = 10.0f;
+  for (const Case& c : cases) {
+    Dev w = mat(c.rows, c.cols);
+    for (int64_t n_tok : {1, 2}) {
+      const size_t nx = static_cast<size_t>(n_tok * c.cols), ny = static_cast<size_t>(n_tok * c.rows);
+      const auto g = randn(nx, 8.0f), u = randn(nx, 8.0f);  // past the clamp on both sides
+      auto dg = up(g), du = up(u), gs = up(g);
+      auto dw = up(randn(static_cast<size_t>(n_tok)));
+      const float* tw = c.weight ? dw.get() : nullptr;
+      auto yr = poisoned<float>(ny), ref = poisoned<float>(ny);
+      cuda::swiglu(gs.get(), du.get(), n_tok, c.cols, lim, tw, nullptr);
+      ASSERT_TRUE(cuda::fast::q8_matvec(w.m, 0, c.rows, gs.get(), n_tok, c.cols, yr.get(), c.rows, nullptr));
+      cuda::matmul(w.m, 0, c.rows, gs.get(), n_tok, c.cols, ref.get(), c.rows, nullptr);
+      cuda::fast::Q8Act act;
+      act.kind = cuda::fast::Q8Act::Kind::Swiglu, act.w = tw, act.lim = lim, act.up = du.get(), act.up_stride = c.cols;
+      auto out = poisoned<float>(nx), y = poisoned<float>(ny), y2 = poisoned<float>(ny);
+      act.out = out.get(), act.out_stride = c.cols;
+      ASSERT_TRUE(cuda::fast::q8_decode_act(w.m, c.rows, dg.get(), n_tok, c.cols, act, y.get(), c.rows, nullptr))
+          << c.name;
+      ASSERT_TRUE(cuda::fast::q8_decode_act(w.m, c.rows, dg.get(), n_tok, c.cols, act, y2.get(), c.rows, nullptr));
+      EXPECT_TRUE(same(down(out), down(gs))) << c.name << " " << n_tok << " tokens: swiglu rows differ from cuda::swiglu";
+      EXPECT_TRUE(same(down(y), down(yr))) << c.name << " " << n_tok << " tokens: product differs from swiglu + q8_matvec";
+      EXPECT_TRUE(same(down(y), down(y2))) << c.name << ": two runs differ";
+      EXPECT_TRUE(same(down(dg), g)) << c.name << ": the gate rows were written";
+      const double e = rel_err(down(y), down(ref));
+      std::printf("q8_decode_act swiglu %-8s %5lld x %5lld, %lld tokens: rel err %.2e vs reference\n", c.name,
+                  static_cast<long long>(c.rows), static_cast<long long>(c.cols), static_cast<long long>(n_tok), e);
+      EXPECT_LT(e, 2e-6) << c.name;
+    }
+  }
+}
+
+TEST_F(Q8Decode, RefusesWhatItCannotTake) {
+  Dev a = mat(64, 512), b = mat(64, 768), s = mat(8, 512);
+  auto dx = up(randn(3 * 1024));
+  auto dy = poisoned<float>(3 * 64), dz = poisoned<float>(3 * 64);
+  using cuda::fast::q8_decode_act, cuda::fast::q8_decode_pair;
+  // Three tokens; different column counts; a short matrix paired with a longer one; misaligned X.
+  EXPECT_FALSE(q8_decode_pair(a.m, 64, dy.get(), 64, a.m, 64, dz.get(), 64, dx.get(), 3, 512, nullptr));
+  EXPECT_FALSE(q8_decode_pair(a.m, 64, dy.get(), 64, b.m, 64, dz.get(), 64, dx.get(), 1, 512, nullptr));
+  EXPECT_FALSE(q8_decode_pair(s.m, 8, dy.get(), 64, a.m, 64, dz.get(), 64, dx.get(), 1, 512, nullptr));
+  EXPECT_FALSE(q8_decode_pair(a.m, 64, dy.get(), 64, a.m, 64, dz.get(), 64, dx.get() + 1, 1, 512, nullptr));
+  cuda::fast::Q8Act act;
+  act.kind = cuda::fast::Q8Act::Kind::RmsNorm, act.eps = 1e-6f;
+  EXPECT_FALSE(q8_decode_act(a.m, 64, dx.get(), 3, 512, act, dy.get(), 64, nullptr));
+  act.out = dx.get() + 256, act.out_stride = 512;  // overlaps X
+  EXPECT_FALSE(q8_decode_act(a.m, 64, dx.get(), 1, 512, act, dy.get(), 64, nullptr));
+  act.out = nullptr, act.w = dx.get() + 2;  // misaligned norm weight
+  EXPECT_FALSE(q8_decode_act(a.m, 64, dx.get(), 1, 512, act, dy.get(), 64, nullptr));
+  act.kind = cuda::fast::Q8Act::Kind::Swiglu, act.w = nullptr, act.up = nullptr;  // no up rows
+  EXPECT_FALSE(q8_decode_act(a.m, 64, dx.get(), 1, 512, act, dy.get(), 64, nullptr));
+  act.up = dx.get() + 1024, act.up_stride = 514;  // a stride that breaks its loads
+  EXPECT_FALSE(q8_decode_act(a.m, 64, dx.get(), 1, 512, act, dy.get(), 64, nullptr));
+  for (float v : down(dy)) ASSERT_TRUE(poison(v));
+  for (float v : down(dz)) ASSERT_TRUE(poison(v));
 }
 
 // ---- CPU simulation of one warp of the tensor-core kernel on one 16-row x 256-column piece: every lane's
