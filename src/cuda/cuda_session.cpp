@@ -13,7 +13,6 @@
 #include "common/error.h"
 #include "cpu/ops.h"
 #include "cuda/cuda_util.h"
-#include "cuda/fast_expert_mma.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/ref_kernels.h"
 #include "cuda/session_plan.h"
@@ -575,15 +574,9 @@ class CudaSession final : public Session {
       if (routes_[Route::Moe] && fast::matvec_items(W, rows, sel_, div, X, xs, items, Y, ys, s_, mv_work_, kMvWork)) return;
       matmul_items(W, rows, sel_, div, X, xs, items, Y, ys, s_);
     };
-    // Gate, up and the weighted swiglu in one launch (bitwise what the three below produce).
-    const bool fused = routes_[Route::Moe] && fast::expert_gate_up_swiglu(L.gate_exps, L.up_exps, d_.FF, sel_,
-                                                                          int32_t(d_.K), fn_, d_.D, items, lim,
-                                                                          wsel_, G_, d_.FF, s_);
-    if (!fused) {
-      items_mm(L.gate_exps, d_.FF, int32_t(d_.K), fn_, d_.D, G_, d_.FF);
-      items_mm(L.up_exps, d_.FF, int32_t(d_.K), fn_, d_.D, U_, d_.FF);
-      swiglu(G_, U_, items, d_.FF, lim, wsel_, s_);
-    }
+    items_mm(L.gate_exps, d_.FF, int32_t(d_.K), fn_, d_.D, G_, d_.FF);
+    items_mm(L.up_exps, d_.FF, int32_t(d_.K), fn_, d_.D, U_, d_.FF);
+    swiglu(G_, U_, items, d_.FF, lim, wsel_, s_);
     items_mm(L.down_exps, d_.D, 1, G_, d_.FF, slot_, d_.D);
   }
 

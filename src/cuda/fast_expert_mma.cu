@@ -20,11 +20,10 @@
 // (one grid entry), so its B registers are 8 consecutive digit bytes. Fragment layouts: PTX ISA "Matrix
 // Fragments for mma.m16n8k32" (.s8), equal to CuTe's SM80_16x8x32_S32S8S8S32_TN traits.
 //
-// Work: a block owns one activation row (src_div items), converts it once, and loops over rounds; a round
-// gives warp (q, kp) row tile q and column part kp (parts fixed by the width, so expert_matvec and the
-// fused gate / up / swiglu add the same sums in the same order). Each warp streams two-block stages of its
-// 16 rows with 4-byte cp.async (a row's bytes on consecutive lanes) through a ring of 2-4 stages, across
-// rounds; one barrier a round adds the parts in order. Nothing is atomic: results are bitwise reproducible.
+// Work: a block takes up to 8 items that share one activation row (src_div), converts that row once,
+// and gives each warp one (item, 16-row tile, column part); each warp streams its rows chunk by chunk
+// (IQ2_XXS 8 blocks, Q2_K 4 blocks: 16-byte aligned pieces) with cp.async into its own buffers. Column
+// parts are added in part order in shared memory. Nothing is atomic: results are bitwise reproducible.
 #include "cuda/fast_expert_mma.h"
 
 #include <cuda_fp16.h>
@@ -42,7 +41,7 @@ namespace emma {
 
 #define EMMA_HD __host__ __device__ __forceinline__
 
-constexpr int kRows = 16;
+constexpr int kRows = 16, kMaxWarps = 16, kMaxItems = 8;
 constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: x + kMagic holds rint(x) in its low mantissa bits
 
 // Aligned loads (the host side reads byte by byte).
@@ -157,12 +156,8 @@ EMMA_HD void b_frag(const uint8_t* terms, int step, const Lane& L, uint32_t& b0,
 // ---- IQ2_XXS: one row's A registers for one sub-block (q = its 8 bytes; block b of a 16-aligned row) ----
 // Tables of words, 32 copies each ([entry][lane]): grid entry -> PRMT nibbles of its bytes' codes (8, 25,
 // 43 -> 0, 1, 2; bytes 0-3 in the low half, 4-7 in the high half); sign index -> bit 2 of the nibble of each
-// negative byte. This lane's copies start at g / s: offsets into the dynamic shared memory on the device
-// (the sign table at 0, so the 128-aligned index is OR-ed in; the base folds into the load's address),
-// pointers on the host.
-#ifdef __CUDACC__
-extern __shared__ __align__(16) uint8_t emma_smem[];
-#endif
+// negative byte. This lane's copies start at g / s: shared-memory addresses on the device (the sign table
+// on a 16 KB boundary, so the index is OR-ed in), pointers on the host.
 struct Tabs {
   uint32_t g, s;
   const uint8_t *hg, *hs;
@@ -171,7 +166,9 @@ constexpr uint32_t kPos = 0x002B1908u, kNeg = 0x00D5E7F8u;  // bytes 8, 25, 43 a
 // Word at byte offset off of a table (device: address | off, the two sharing no bits, or + off).
 EMMA_HD uint32_t tab_word(uint32_t sa, const uint8_t* host, uint32_t off, bool disjoint) {
 #ifdef __CUDA_ARCH__
-  return *reinterpret_cast<const uint32_t*>(emma_smem + (disjoint ? sa | off : sa + off));
+  uint32_t v;
+  asm("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(disjoint ? sa | off : sa + off));
+  return v;
 #else
   return ld32(host + off);
 #endif
@@ -250,45 +247,39 @@ inline void build_tables(uint32_t (&grid)[256], uint32_t (&sign)[128]) {
 
 __device__ uint32_t g_grid[256];
 __device__ uint32_t g_sign[128];
-// Sign table (16 KB) at offset 0 of the dynamic shared memory, then the grid table (32 KB).
-constexpr int kTabBytes = 16384 + 32768, kGridOff = 16384;
+// Sign table (16 KB) on the first 16 KB boundary, then the grid table (32 KB).
+constexpr int kTabBytes = 16384 + 16384 + 32768;
 
-// A warp task: one item's 16-row tile and one column part. Rows 0-7 of the tile come from matrix a, rows
-// 8-15 from matrix b: the same matrix (plain) or gate and up at the same rows (pair: fragment row g holds
-// gate row r, row g + 8 up row r, so one lane ends with both inputs of the swiglu).
 struct Params {
-  const uint8_t *Wa, *Wb;  // plain: Wa == Wb
+  const uint8_t* W;
   size_t row_bytes;
   int64_t rpm, n_items, xs, ys, y0;  // y0: first block-y of this launch (launches are sliced at 65535)
   const int32_t* mat;
   const float* X;
   float* Y;
-  const float* wsel;  // pair: routing weight per item (or null)
-  float lim;          // pair: swiglu clamp
-  int src_div, nb;    // nb: 256-column blocks per row
-  int KS, bpp;        // column parts, blocks per part (even): a function of nb only, so the plain and pair
-                      // kernels add the same partial sums in the same order
-  int TPC, NW, NS;    // tiles per round, warps (TPC * KS), ring stages per warp
-  int tiles;          // row tiles per item (16 rows plain, 8 pair)
-  int CS;             // staged row bytes (two blocks, 4-byte multiple)
-  bool words;         // rows and matrix 4-byte aligned: 4-byte cp.async (else 2-byte loads)
-  uint32_t one;       // 1 (see Lane::one)
+  int src_div, nb;  // nb: 256-column blocks per row
+  int G, T, KS;     // items, 16-row tiles per item, column parts: warp = (item, tile, part)
+  int cpg;          // item chunks per group of src_div items
+  int CB, nchunk, cpp, NS, CS;  // blocks per chunk, chunks per row and per part, buffers per warp, chunk row bytes
+  bool fast;        // rows 16-byte aligned: whole chunks by 16-byte copies
+  uint32_t one;     // 1 (see Lane::one)
   // Dynamic shared memory: [IQ2_XXS tables][digits][sx: per-block scales][sum: Q2_K per-16-column sums
-  // of x][part: column-part results, two rounds][ring: the warps' weight stages].
+  // of x][part: column-part results][ring: the warps' weight buffers].
   int off_terms, off_sx, off_sum, off_part, off_ring;
 };
 
-__device__ __forceinline__ void cp_async4(void* d, const void* s) {
+template <int N>  // 16 (bypassing L1) or 4 bytes
+__device__ __forceinline__ void cp_async(void* d, const void* s) {
   const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(d));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(s));
+  if constexpr (N == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(s));
+  else asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(a), "l"(s));
 }
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// Waits until at most n (0..7) of this thread's copy groups are pending, then syncs the warp's view.
-template <int N = 7>
+// Waits until at most n (0..15) of this thread's copy groups are pending, then syncs the warp's view.
+template <int N = 15>
 __device__ __forceinline__ void wait_pending(int n) {
   if constexpr (N > 0) {
     if (n < N) return wait_pending<N - 1>(n);
@@ -299,54 +290,49 @@ __device__ __forceinline__ void wait_pending(int n) {
 
 __device__ __forceinline__ int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Bytes per 256-column block. A stage is two blocks of the tile's 16 rows (IQ2_XXS 132, Q2_K 168 bytes a
-// row): small stages keep several in flight per warp within the shared memory the tables leave.
+// Bytes per 256-column block, and blocks per staged chunk (528 / 336 bytes: whole 16-byte pieces).
 template <GgmlType T>
 struct Fmt {
-  static constexpr int kBytes = T == GgmlType::IQ2_XXS ? 66 : 84;
+  static constexpr int kBytes = T == GgmlType::IQ2_XXS ? 66 : 84, kChunk = T == GgmlType::IQ2_XXS ? 8 : 4;
 };
 
-// Where a task's rows start: fragment rows 0-7 at a + min(ra + r, last), rows 8-15 at b + min(rb + r - 8, last).
-struct Task {
-  const uint8_t *a, *b;
-  int64_t ra, rb, item, r0;
-  bool live;
-};
-__device__ __forceinline__ Task task_of(const Params& p, int64_t g0, int64_t count, int64_t round, int q,
-                                        bool pair) {
-  Task k{};
-  const int64_t tid = round * p.TPC + q;
-  k.live = tid < count * p.tiles;
-  const int64_t t = k.live ? tid : 0;
-  k.item = g0 + t / p.tiles;
-  const int64_t tile = t % p.tiles;
-  const size_t mbase = static_cast<size_t>(p.mat[k.item]) * p.rpm * p.row_bytes;
-  k.a = p.Wa + mbase, k.b = p.Wb + mbase;
-  k.r0 = tile * (pair ? 8 : 16);
-  k.ra = k.r0, k.rb = pair ? k.r0 : k.r0 + 8;
-  return k;
-}
-
-// Copies blocks [kb, kb + n) of the task's 16 rows into dst (rows CS bytes apart). A row's bytes go to
-// consecutive lanes (one or two 128-byte lines per instruction), as one copy group.
+// Copies chunk c of the warp's 16 rows (row index clamped to the matrix) into dst, rows CS bytes apart, as
+// kChunk copy groups, group i holding what block i needs beyond the earlier groups: a warp computes each
+// block as soon as it has landed.
 template <GgmlType T>
-__device__ __forceinline__ void stage(const Params& p, const Task& k, int kb, int n, uint8_t* dst, int lane) {
-  constexpr int kBytes = Fmt<T>::kBytes;
-  const size_t off = static_cast<size_t>(kb) * kBytes;
-  const int bytes = n * kBytes;
-#pragma unroll 4
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t row = lmin((r < 8 ? k.ra : k.rb) + (r & 7), p.rpm - 1);
-    const uint8_t* src = (r < 8 ? k.a : k.b) + static_cast<size_t>(row) * p.row_bytes + off;
+__device__ __forceinline__ void stage(const Params& p, const uint8_t* rows, int64_t r0, int c, uint8_t* dst, int lane) {
+  constexpr int kChunk = Fmt<T>::kChunk, kBytes = Fmt<T>::kBytes;
+  const size_t coff = static_cast<size_t>(c) * p.CB * kBytes;
+  if (p.fast) {  // lane: row lane % 16, every other 16-byte piece: fixed addresses, immediate offsets
+    const int r = lane & 15, h = lane >> 4;
+    const int64_t row = r0 + r < p.rpm ? r0 + r : p.rpm - 1;
+    const uint8_t* src = rows + static_cast<size_t>(row) * p.row_bytes + coff;
     uint8_t* d = dst + r * p.CS;
-    if (p.words) {
-      for (int o = 4 * lane; o < bytes; o += 128) cp_async4(d + o, src + o);
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) {
+#pragma unroll
+      for (int k = (kBytes * i + 15) / 16; k < (kBytes * (i + 1) + 15) / 16; ++k)
+        if ((k & 1) == h) cp_async<16>(d + 16 * k, src + 16 * k);
+      asm volatile("cp.async.commit_group;\n" ::);
+    }
+    return;
+  }
+  // Unaligned rows (widths that are not whole chunks): 4-byte copies, or 2-byte loads and stores, all in
+  // the first group.
+  const int bytes = (min(p.nb, (c + 1) * p.CB) - c * p.CB) * kBytes;
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t row = r0 + r < p.rpm ? r0 + r : p.rpm - 1;
+    const uint8_t* src = rows + static_cast<size_t>(row) * p.row_bytes + coff;
+    uint8_t* d = dst + r * p.CS;
+    if (((reinterpret_cast<uintptr_t>(src) | bytes) & 3) == 0) {
+      for (int o = 4 * lane; o < bytes; o += 128) cp_async<4>(d + o, src + o);
     } else {
       for (int o = 2 * lane; o < bytes; o += 64)
         *reinterpret_cast<uint16_t*>(d + o) = __ldg(reinterpret_cast<const unsigned short*>(src + o));
     }
   }
-  cp_commit();
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) asm volatile("cp.async.commit_group;\n" ::);
 }
 
 // One 256-column block of the warp's 16 rows into acc (rows g / g + 8, columns 2t / 2t + 1).
@@ -394,69 +380,40 @@ __device__ __forceinline__ void q2_block(const uint8_t* pg, const uint8_t* pg8, 
   mins[0] = fmaf(rg.dmin, rg.mins, mins[0]), mins[1] = fmaf(rg8.dmin, rg8.mins, mins[1]);
 }
 
-// The swiglu of ref_ops.cu's swiglu_kernel with every rounding explicit: that file is compiled without
-// contraction, and the intrinsics keep this one from contracting the same expressions (1 + e after expf's
-// last multiply above all), so the results are bitwise equal.
-__device__ __forceinline__ float swiglu_sigmoid(float x) {
-  if (x >= 0) return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
-  const float e = expf(x);
-  return __fdiv_rn(e, __fadd_rn(1.0f, e));
-}
-__device__ __forceinline__ float swiglu_one(float g, float u, float lim, float w) {
-  const float gg = fminf(g, lim);
-  const float uu = fminf(fmaxf(u, -lim), lim);
-  return __fmul_rn(__fmul_rn(__fmul_rn(gg, swiglu_sigmoid(gg)), uu), w);
-}
-
-// Persistent over rounds: a block owns one activation row (converted once, with the tables, while its
-// first stages are in flight) and takes rounds blockIdx.x, + gridDim.x, ...; a round gives warp
-// (q, kp) = tile q of the round and column part kp. Each warp streams its stages through a ring of NS,
-// across rounds, so its loads never stop at a round's end; one barrier a round adds the parts in order.
-template <GgmlType T, bool kPair>
-__global__ void __launch_bounds__(T == GgmlType::IQ2_XXS ? 512 : 256, T == GgmlType::IQ2_XXS ? 1 : 3)
-    expert_mma_kernel(const Params p) {
+template <GgmlType T>
+__global__ void __launch_bounds__(kMaxWarps * 32, 1) expert_mma_kernel(const Params p) {
+  extern __shared__ __align__(16) uint8_t smem[];
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
-  constexpr int kB = Fmt<T>::kBytes;
-  uint8_t* const smem = emma_smem;
   uint8_t* terms = smem + p.off_terms;
   float* sx = reinterpret_cast<float*>(smem + p.off_sx);
   float* sums = reinterpret_cast<float*>(smem + p.off_sum);
   float* part = reinterpret_cast<float*>(smem + p.off_part);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
 
-  const int64_t grp = p.y0 + blockIdx.y, g0 = grp * p.src_div, count = lmin(p.src_div, p.n_items - g0);
-  const int64_t rounds = (count * p.tiles + p.TPC - 1) / p.TPC;
-  if (blockIdx.x >= rounds) return;  // block-uniform, before any barrier
-  const int64_t nr = (rounds - blockIdx.x + gridDim.x - 1) / gridDim.x;
+  const int64_t by = p.y0 + blockIdx.y, grp = by / p.cpg;
+  const int64_t g0 = grp * p.src_div, i0 = g0 + (by % p.cpg) * p.G;
+  const int64_t i1 = lmin(lmin(i0 + p.G, g0 + p.src_div), p.n_items);
   const int kp = warp % p.KS, q = warp / p.KS;
-  const int kb_beg = kp * p.bpp, kb_end = min(p.nb, kb_beg + p.bpp);
-  const int SP = kb_end > kb_beg ? (kb_end - kb_beg + 1) / 2 : 0;  // stages per round
-  const int64_t J = nr * SP;
-  const int stage_bytes = kRows * p.CS;
-  uint8_t* ring = smem + p.off_ring + static_cast<size_t>(warp) * p.NS * stage_bytes;
-  // Stage j of this warp's sequence (round j / SP, stage j % SP); always one copy group.
-  auto issue = [&](int64_t j) {
-    if (j < J) {
-      const int64_t kr = j / SP;
-      const int s = static_cast<int>(j - kr * SP), kb = kb_beg + 2 * s;
-      const Task k = task_of(p, g0, count, blockIdx.x + kr * gridDim.x, q, kPair);
-      if (k.live) return stage<T>(p, k, kb, min(2, kb_end - kb), ring + (j % p.NS) * stage_bytes, lane);
-    }
-    cp_commit();
-  };
-  for (int j = 0; j < p.NS - 1; ++j) issue(j);
+  const int64_t item = i0 + q / p.T, r0 = (static_cast<int64_t>(blockIdx.x) * p.T + q % p.T) * kRows;
+  const bool live = item < i1 && r0 < p.rpm;
+  const int c0 = kp * p.cpp, nc = live ? max(0, min(p.nchunk, c0 + p.cpp) - c0) : 0;
+  uint8_t* ring = smem + p.off_ring + static_cast<size_t>(warp) * p.NS * kRows * p.CS;
+  const uint8_t* rows = live ? p.W + static_cast<size_t>(p.mat[item]) * p.rpm * p.row_bytes : p.W;
+  for (int j = 0; j < min(nc, p.NS); ++j) stage<T>(p, rows, r0, c0 + j, ring + j * kRows * p.CS, lane);
 
   // While the weights are in flight: tables, and the activation row in digits.
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t sign_sa = (base + 16383) & ~16383u, grid_sa = sign_sa + 16384;
   if constexpr (kIq2) {  // 32 copies of each word, four per store
-    uint4* st = reinterpret_cast<uint4*>(smem);
+    uint4* st = reinterpret_cast<uint4*>(smem + (sign_sa - base));
     for (int i = threadIdx.x; i < (128 + 256) * 8; i += blockDim.x) {
       const uint32_t w = i < 128 * 8 ? g_sign[i >> 3] : g_grid[(i >> 3) - 128];
       st[i] = make_uint4(w, w, w, w);
     }
   }
-  {
+  if (i0 < i1) {
     const float* xr = p.X + grp * p.xs;
-    for (int kb = warp; kb < p.nb; kb += p.NW) {
+    for (int kb = warp; kb < p.nb; kb += nwarps) {
       const float4 u = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane));
       const float4 v = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane + 4));
       const float x[8] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
@@ -485,64 +442,63 @@ __global__ void __launch_bounds__(T == GgmlType::IQ2_XXS ? 512 : 256, T == GgmlT
   __syncthreads();
 
   const Lane L = lane_consts(lane, p.one);
-  const Tabs tabs{kGridOff + 4u * lane, 4u * lane, nullptr, nullptr};
+  const Tabs tabs{grid_sa + 4 * lane, sign_sa + 4 * lane, nullptr, nullptr};
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, mins[2] = {0.0f, 0.0f};
+  for (int j = 0; j < nc; ++j) {
+    // Copy groups committed beyond those of this chunk's block b: the later chunks in flight, the later
+    // blocks of this one.
+    const int ahead = Fmt<T>::kChunk * (min(nc, j + p.NS) - j) - 1;
+    const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS;
+    const uint8_t *pg = buf + L.g * p.CS, *pg8 = pg + 8 * p.CS;
+    const int kb0 = (c0 + j) * p.CB, nblk = min(p.CB, p.nb - kb0);
+    for (int b = 0; b < nblk; b += 2) {  // in pairs: the sign words' alignment follows the block's parity
+      const int kb = kb0 + b, o = b * Fmt<T>::kBytes;
+      wait_pending(ahead - b);
+      if constexpr (kIq2) iq2_block<false>(pg + o, pg8 + o, terms, kb, sx[kb], L, tabs, acc);
+      else q2_block(pg + o, pg8 + o, terms, sums, kb, sx[kb], L, acc, mins);
+      if (b + 1 < nblk) {
+        wait_pending(ahead - b - 1);
+        if constexpr (kIq2) iq2_block<true>(pg + o + 66, pg8 + o + 66, terms, kb + 1, sx[kb + 1], L, tabs, acc);
+        else q2_block(pg + o + 84, pg8 + o + 84, terms, sums, kb + 1, sx[kb + 1], L, acc, mins);
+      }
+    }
+    __syncwarp();  // this buffer is refilled next
+    if (j + p.NS < nc) stage<T>(p, rows, r0, c0 + j + p.NS, ring + (j % p.NS) * kRows * p.CS, lane);
+  }
+
   // Columns 2t, 2t + 1 hold digits of weight 2^(8 col - 24); lanes t = 0, 1 hold the four digits.
   const float wl = as_f32(static_cast<uint32_t>(103 + 16 * L.t) << 23), wh = wl * 256.0f;
-  for (int64_t kr = 0; kr < nr; ++kr) {
-    const Task k = task_of(p, g0, count, blockIdx.x + kr * gridDim.x, q, kPair);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, mins[2] = {0.0f, 0.0f};
-    for (int s = 0; s < SP; ++s) {
-      const int64_t j = kr * SP + s;
-      issue(j + p.NS - 1);
-      wait_pending(p.NS - 1);  // stage j has landed
-      if (k.live) {
-        const uint8_t* buf = ring + (j % p.NS) * stage_bytes;
-        const uint8_t *pg = buf + L.g * p.CS, *pg8 = pg + 8 * p.CS;
-        const int kb = kb_beg + 2 * s;
-        // Even blocks first: the sign words' alignment follows the block's parity.
-        if constexpr (kIq2) iq2_block<false>(pg, pg8, terms, kb, sx[kb], L, tabs, acc);
-        else q2_block(pg, pg8, terms, sums, kb, sx[kb], L, acc, mins);
-        if (kb + 1 < kb_end) {
-          if constexpr (kIq2) iq2_block<true>(pg + kB, pg8 + kB, terms, kb + 1, sx[kb + 1], L, tabs, acc);
-          else q2_block(pg + kB, pg8 + kB, terms, sums, kb + 1, sx[kb + 1], L, acc, mins);
-        }
-      }
-      __syncwarp();  // this buffer is refilled next
-    }
-    // Powers of two times the sums: exact products, one rounding per add (contracted or not).
-    float y0 = wl * acc[0] + wh * acc[1], y1 = wl * acc[2] + wh * acc[3];
-    y0 += __shfl_xor_sync(0xffffffffu, y0, 1);  // t = 0: (digits 0, 1) + (digits 2, 3)
-    y1 += __shfl_xor_sync(0xffffffffu, y1, 1);
-    if constexpr (!kIq2) {  // the four lanes' mins, ((t0 + t1) + (t2 + t3))
+  float y0 = wl * acc[0] + wh * acc[1], y1 = wl * acc[2] + wh * acc[3];
+  y0 += __shfl_xor_sync(0xffffffffu, y0, 1);  // t = 0: (digits 0, 1) + (digits 2, 3)
+  y1 += __shfl_xor_sync(0xffffffffu, y1, 1);
+  if constexpr (!kIq2) {  // the four lanes' mins, ((t0 + t1) + (t2 + t3))
 #pragma unroll
-      for (int o = 1; o <= 2; o <<= 1)
-        mins[0] += __shfl_xor_sync(0xffffffffu, mins[0], o), mins[1] += __shfl_xor_sync(0xffffffffu, mins[1], o);
-      y0 -= mins[0], y1 -= mins[1];
-    }
-    // Two part buffers: round kr + 2 writes this one only after the barrier of round kr + 1, which the
-    // warps reading it below have passed.
-    float* pr = part + (kr & 1) * p.NW * kRows;
-    if (L.t == 0) pr[warp * kRows + L.g] = y0, pr[warp * kRows + L.g + 8] = y1;
-    __syncthreads();
-    if (kp == 0 && k.live && lane < kRows) {
-      float v = pr[warp * kRows + lane];
-      for (int i = 1; i < p.KS; ++i) v += pr[(warp + i) * kRows + lane];  // parts in order
-      float* out = p.Y + k.item * p.ys + k.r0;
-      if constexpr (kPair) {  // lanes 0-7 gate rows r0.., lanes 8-15 the same up rows
-        const float u = __shfl_down_sync(0x0000ffffu, v, 8);
-        if (lane < 8 && k.r0 + lane < p.rpm)
-          out[lane] = swiglu_one(v, u, p.lim, p.wsel ? p.wsel[k.item] : 1.0f);
-      } else if (k.r0 + lane < p.rpm) {
-        out[lane] = v;
-      }
-    }
+    for (int o = 1; o <= 2; o <<= 1)
+      mins[0] += __shfl_xor_sync(0xffffffffu, mins[0], o), mins[1] += __shfl_xor_sync(0xffffffffu, mins[1], o);
+    y0 -= mins[0], y1 -= mins[1];
   }
-  cp_async_wait<0>();
+  float* out = p.Y + (live ? item : 0) * p.ys + r0;
+  if (p.KS == 1) {
+    if (live && L.t == 0) {
+      if (r0 + L.g < p.rpm) out[L.g] = y0;
+      if (r0 + L.g + 8 < p.rpm) out[L.g + 8] = y1;
+    }
+    return;
+  }
+  if (L.t == 0) part[warp * kRows + L.g] = y0, part[warp * kRows + L.g + 8] = y1;
+  __syncthreads();
+  if (live && kp == 0 && lane < kRows && r0 + lane < p.rpm) {
+    float v = part[warp * kRows + lane];
+    for (int k = 1; k < p.KS; ++k) v += part[(warp + k) * kRows + lane];  // parts in order
+    out[lane] = v;
+  }
 }
 
 }  // namespace emma
 
 namespace {
+using emma::kMaxItems;
+using emma::kMaxWarps;
 using emma::kRows;
 using emma::Params;
 
@@ -563,74 +519,63 @@ int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Shared-memory offsets for the current shape; returns the dynamic bytes.
 size_t layout(Params& p, bool iq2) {
+  const int warps = p.G * p.T * p.KS;
+  p.cpp = static_cast<int>(cdiv(p.nchunk, p.KS));
+  p.NS = std::min(p.NS, p.cpp);
   p.off_terms = iq2 ? emma::kTabBytes : 0;
   p.off_sx = p.off_terms + p.nb * 1024;
   p.off_sum = (p.off_sx + 4 * p.nb + 15) / 16 * 16;
-  p.off_part = p.off_sum + (iq2 ? 0 : 64 * p.nb);
-  p.off_ring = p.off_part + 2 * p.NW * kRows * 4;
-  return static_cast<size_t>(p.off_ring) + static_cast<size_t>(p.NW) * p.NS * kRows * p.CS;
+  p.off_part = p.off_sum + 64 * p.nb;
+  p.off_ring = p.off_part + warps * kRows * 4;
+  return static_cast<size_t>(p.off_ring) + static_cast<size_t>(warps) * p.NS * kRows * p.CS;
 }
 
-template <GgmlType T, bool kPair>
+template <GgmlType T>
 bool launch(Params p, int64_t n_groups, cudaStream_t s) {
-  constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
-  constexpr int kMaxWarps = kIq2 ? 16 : 8;  // the kernel's launch bounds
+  using F = emma::Fmt<T>;
   const DeviceLimits lim = device_limits();
-  // Parts of at least four blocks (a warp's share of a round stays ~2 stages at the model's widths).
-  p.KS = std::clamp(p.nb / 4, 1, 4);
-  p.bpp = static_cast<int>(cdiv(p.nb, p.KS));
-  p.bpp += p.bpp & 1;
-  p.tiles = static_cast<int>(std::min<int64_t>(cdiv(p.rpm, kPair ? 8 : 16), 1 << 30));
-  p.CS = (2 * emma::Fmt<T>::kBytes + 3) / 4 * 4;
-  // IQ2_XXS: one block of 16 warps a multiprocessor (the 48 KB of tables once), 4 stages each; Q2_K:
-  // three blocks of 8 warps, 3 stages. Fewer stages, then fewer warps, until it fits.
-  bool fits = false;
-  for (int tpc = std::max(1, kMaxWarps / p.KS); tpc >= 1 && !fits; tpc /= 2)
-    for (int ns = kIq2 ? 4 : 3; ns >= 2 && !fits; --ns) {
-      p.TPC = tpc, p.NW = tpc * p.KS, p.NS = ns;
-      fits = layout(p, kIq2) <= static_cast<size_t>(lim.smem);
-    }
-  if (!fits) return false;
+  p.CB = F::kChunk;
+  p.nchunk = static_cast<int>(cdiv(p.nb, p.CB));
+  p.CS = (std::min(p.CB, p.nb) * F::kBytes + 15) / 16 * 16;
+  // Enough rows per block that converting the activation row (~14 instructions per column) stays small
+  // beside the weights (~2 per weight), and about 12 warps per block; fewer row tiles when the card
+  // would not be filled. Then shrink until the buffers fit in shared memory.
+  p.G = static_cast<int>(std::min<int64_t>({p.src_div, p.n_items, kMaxItems}));
+  const int64_t tiles = cdiv(p.rpm, kRows);
+  p.T = static_cast<int>(std::min<int64_t>(cdiv(4, p.G), tiles));
+  p.cpg = static_cast<int>(cdiv(std::min<int64_t>(p.src_div, p.n_items), p.G));
+  while (p.T > 1 && cdiv(tiles, p.T) * n_groups * p.cpg < lim.sms) p.T /= 2;
+  p.KS = std::max(1, std::min({p.nchunk, static_cast<int>(cdiv(12, p.G * p.T)), 4}));
+  p.NS = 2;
+  constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
+  const size_t budget = static_cast<size_t>(lim.smem);
+  while (layout(p, kIq2) > budget) {
+    if (p.NS > 1) --p.NS;
+    else if (p.KS > 1) --p.KS;
+    else if (p.T > 1) --p.T;
+    else if (p.G > 1) p.G = (p.G + 1) / 2, p.cpg = static_cast<int>(cdiv(std::min<int64_t>(p.src_div, p.n_items), p.G));
+    else return false;
+  }
   const size_t sm = layout(p, kIq2);
-  auto* kern = emma::expert_mma_kernel<T, kPair>;
   static bool attr = false;
   if (!attr) {
-    FS_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, lim.smem));
+    FS_CUDA_CHECK(
+        cudaFuncSetAttribute(emma::expert_mma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim.smem));
     attr = true;
   }
-  const unsigned threads = static_cast<unsigned>(p.NW * 32);
-  int per_sm = 0;
-  FS_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, static_cast<int>(threads), sm));
-  const int64_t resident = static_cast<int64_t>(std::max(per_sm, 1)) * lim.sms;
-  const int64_t rounds = cdiv(std::min<int64_t>(p.src_div, p.n_items) * p.tiles, p.TPC);
-  const int64_t gx = std::clamp<int64_t>(cdiv(resident, n_groups), 1, rounds);
+  const int64_t gx = cdiv(tiles, p.T), gy = n_groups * p.cpg;
   if (gx > 0x7fffffff) return false;
-  for (int64_t y0 = 0; y0 < n_groups; y0 += 65535) {
+  const unsigned threads = static_cast<unsigned>(p.G * p.T * p.KS * 32);
+  for (int64_t y0 = 0; y0 < gy; y0 += 65535) {
     p.y0 = y0;
-    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(std::min<int64_t>(65535, n_groups - y0)));
-    kern<<<grid, threads, sm, s>>>(p);
+    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(std::min<int64_t>(65535, gy - y0)));
+    emma::expert_mma_kernel<T><<<grid, threads, sm, s>>>(p);
     FS_CUDA_LAUNCH_CHECK();
   }
   return true;
 }
 
 bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
-
-bool common_ok(const DMat& W, const int32_t* mat_of_item, int32_t src_div, const float* X, int64_t xs, float* Y) {
-  if (!expert_matvec_supported(W) || src_div < 1 || !mat_of_item || !X || !Y) return false;
-  return aligned(W.data, W.type == GgmlType::Q2_K ? 4 : 2) && aligned(X, 16) && xs % 4 == 0 && aligned(Y, 4) &&
-         aligned(mat_of_item, 4);
-}
-
-Params base_params(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
-                   int64_t xs, int64_t n_items, float* Y, int64_t ys) {
-  Params p{};
-  p.Wa = p.Wb = W.data, p.row_bytes = W.row_bytes, p.rpm = rows_per_mat, p.n_items = n_items, p.xs = xs, p.ys = ys;
-  p.mat = mat_of_item, p.X = X, p.Y = Y, p.src_div = src_div, p.nb = static_cast<int>(W.cols / 256);
-  p.words = W.row_bytes % 4 == 0 && aligned(W.data, 4);
-  p.one = 1;
-  return p;
-}
 }  // namespace
 
 void init_expert_tables() {
@@ -651,29 +596,20 @@ bool expert_matvec_supported(const DMat& W) {
 
 bool expert_matvec(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
                    int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s) {
-  if (!common_ok(W, mat_of_item, src_div, X, xs, Y)) return false;
+  if (!expert_matvec_supported(W) || src_div < 1 || !mat_of_item || !X || !Y) return false;
+  if (!aligned(W.data, W.type == GgmlType::Q2_K ? 4 : 2) || !aligned(X, 16) || xs % 4 != 0 || !aligned(Y, 4) ||
+      !aligned(mat_of_item, 4))
+    return false;
   if (n_items <= 0 || rows_per_mat <= 0) return true;
   init_expert_tables();
-  const Params p = base_params(W, rows_per_mat, mat_of_item, src_div, X, xs, n_items, Y, ys);
+  Params p{};
+  p.W = W.data, p.row_bytes = W.row_bytes, p.rpm = rows_per_mat, p.n_items = n_items, p.xs = xs, p.ys = ys;
+  p.mat = mat_of_item, p.X = X, p.Y = Y, p.src_div = src_div, p.nb = static_cast<int>(W.cols / 256);
+  p.fast = W.row_bytes % 16 == 0 && aligned(W.data, 16);
+  p.one = 1;
   const int64_t n_groups = cdiv(n_items, src_div);
-  return W.type == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS, false>(p, n_groups, s)
-                                     : launch<GgmlType::Q2_K, false>(p, n_groups, s);
-}
-
-bool expert_gate_up_swiglu(const DMat& Wg, const DMat& Wu, int64_t rows_per_mat, const int32_t* mat_of_item,
-                           int32_t src_div, const float* X, int64_t xs, int64_t n_items, float lim, const float* wsel,
-                           float* Y, int64_t ys, cudaStream_t s) {
-  if (!common_ok(Wg, mat_of_item, src_div, X, xs, Y) || !common_ok(Wu, mat_of_item, src_div, X, xs, Y)) return false;
-  if (Wg.type != Wu.type || Wg.cols != Wu.cols || Wg.rows != Wu.rows || Wg.row_bytes != Wu.row_bytes) return false;
-  if (wsel && !aligned(wsel, 4)) return false;
-  if (n_items <= 0 || rows_per_mat <= 0) return true;
-  init_expert_tables();
-  Params p = base_params(Wg, rows_per_mat, mat_of_item, src_div, X, xs, n_items, Y, ys);
-  p.Wb = Wu.data, p.words = p.words && aligned(Wu.data, 4);
-  p.wsel = wsel, p.lim = lim;
-  const int64_t n_groups = cdiv(n_items, src_div);
-  return Wg.type == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS, true>(p, n_groups, s)
-                                      : launch<GgmlType::Q2_K, true>(p, n_groups, s);
+  return W.type == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS>(p, n_groups, s)
+                                     : launch<GgmlType::Q2_K>(p, n_groups, s);
 }
 
 }  // namespace flashstar::cuda::fast

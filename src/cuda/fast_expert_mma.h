@@ -24,13 +24,4 @@ bool expert_matvec_supported(const DMat& W);
 bool expert_matvec(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
                    int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s);
 
-// Gate, up and swiglu in one launch: Y + i * ys gets, per row r of item i's expert,
-// silu(min(g, lim)) * clamp(u, -lim, lim) * (wsel ? wsel[i] : 1), g and u the rows of Wg and Wu as
-// expert_matvec computes them (same sums in the same order) and the swiglu rounded as cuda::swiglu
-// rounds it, so the result is bitwise that of expert_matvec twice and cuda::swiglu. Wg and Wu must have
-// the same type and shape. Returns false, launching nothing, where expert_matvec would.
-bool expert_gate_up_swiglu(const DMat& Wg, const DMat& Wu, int64_t rows_per_mat, const int32_t* mat_of_item,
-                           int32_t src_div, const float* X, int64_t xs, int64_t n_items, float lim, const float* wsel,
-                           float* Y, int64_t ys, cudaStream_t s);
-
 }  // namespace flashstar::cuda::fast

@@ -6,7 +6,6 @@
 // where a lone dot product can cancel to near zero).
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -140,104 +139,6 @@ TEST_F(ExpertMma, RunToRunBitwiseEqual) {
     for (int run = 1; run < 3; ++run)
       EXPECT_EQ(0, std::memcmp(outs[0].data(), outs[run].data(), outs[0].size() * sizeof(float))) << type_name(t);
   }
-}
-
-namespace {
-// The fused gate / up / swiglu kernel against expert_matvec twice and cuda::swiglu (bitwise: the same
-// sums in the same order, the swiglu rounded the same way) and against the reference kernels
-// (matmul_items twice, swiglu: relative L2 error 2e-5, the 2e-6 of each product carried through the
-// swiglu, whose derivative is at most ~1.1 times its inputs').
-struct FusedCase {
-  GgmlType t;
-  int64_t n_mat, rows, cols, n_tok;
-  int32_t k;                // items per token (the activation row's src_div)
-  float lim;
-  bool weights = true;      // routing weights (else null: weight 1)
-  bool repeat = false;      // hash-layer style: a token's items share experts
-  int64_t ys_pad = 0;
-  size_t w_offset = 0;
-};
-}  // namespace
-
-class ExpertFused : public ExpertMma {
- protected:
-  void run_fused(const FusedCase& c) {
-    const size_t rb = row_bytes(c.t, c.cols);
-    auto wg = random_weights(c.t, c.n_mat * c.rows, c.cols), wu = random_weights(c.t, c.n_mat * c.rows, c.cols);
-    wg.insert(wg.begin(), c.w_offset, 0);
-    wu.insert(wu.begin(), c.w_offset, 0);
-    const int64_t items = c.n_tok * c.k, ys = c.rows + c.ys_pad;
-    const auto x = heavy(static_cast<size_t>(c.n_tok * c.cols));
-    std::vector<int32_t> mat(static_cast<size_t>(items));
-    std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.n_mat - 1));
-    for (int64_t i = 0; i < items; ++i) mat[i] = c.repeat && (i % c.k) % 2 == 1 ? mat[i - 1] : pick(rng_);
-    std::vector<float> w(static_cast<size_t>(items));
-    std::uniform_real_distribution<float> wd(0.05f, 1.5f);
-    for (auto& v : w) v = wd(rng_);
-    auto dg = up(wg);
-    auto du = up(wu);
-    auto dx = up(x);
-    auto dm = up(mat);
-    auto dwsel = up(w);
-    const float* wp = c.weights ? dwsel.get() : nullptr;
-    const cuda::DMat G{c.t, dg.get() + c.w_offset, c.cols, c.n_mat * c.rows, rb};
-    const cuda::DMat U{c.t, du.get() + c.w_offset, c.cols, c.n_mat * c.rows, rb};
-    const size_t n_out = static_cast<size_t>(items * ys);
-    auto fused = poisoned<float>(n_out), sg = poisoned<float>(n_out), su = poisoned<float>(n_out);
-    auto rg = poisoned<float>(n_out), ru = poisoned<float>(n_out);
-    std::vector<std::vector<float>> runs;
-    for (int r = 0; r < 2; ++r) {
-      ASSERT_TRUE(cuda::fast::expert_gate_up_swiglu(G, U, c.rows, dm.get(), c.k, dx.get(), c.cols, items, c.lim, wp,
-                                                    fused.get(), ys, nullptr));
-      runs.push_back(down(fused));
-    }
-    ASSERT_TRUE(cuda::fast::expert_matvec(G, c.rows, dm.get(), c.k, dx.get(), c.cols, items, sg.get(), ys, nullptr));
-    ASSERT_TRUE(cuda::fast::expert_matvec(U, c.rows, dm.get(), c.k, dx.get(), c.cols, items, su.get(), ys, nullptr));
-    cuda::swiglu(sg.get(), su.get(), items, ys, c.lim, wp, nullptr);  // padding: NaN in, NaN out
-    cuda::matmul_items(G, c.rows, dm.get(), c.k, dx.get(), c.cols, items, rg.get(), ys, nullptr);
-    cuda::matmul_items(U, c.rows, dm.get(), c.k, dx.get(), c.cols, items, ru.get(), ys, nullptr);
-    cuda::swiglu(rg.get(), ru.get(), items, ys, c.lim, wp, nullptr);
-    const auto f = runs[0], sep = down(sg), ref = down(rg);
-    EXPECT_EQ(0, std::memcmp(runs[0].data(), runs[1].data(), n_out * sizeof(float))) << "repeat run differs";
-    std::vector<float> fv, sv, rv;
-    int64_t mismatches = 0;
-    for (int64_t i = 0; i < items; ++i) {
-      for (int64_t j = 0; j < c.rows; ++j) {
-        const size_t o = static_cast<size_t>(i * ys + j);
-        fv.push_back(f[o]), sv.push_back(sep[o]), rv.push_back(ref[o]);
-        mismatches += std::memcmp(&f[o], &sep[o], sizeof(float)) != 0;
-      }
-      for (int64_t j = c.rows; j < ys; ++j) EXPECT_TRUE(std::isnan(f[i * ys + j])) << "padding written";
-    }
-    const double e = rel_err(fv, rv);
-    std::printf("fused %-7s %2lld x %5lld x %5lld, %2lld tokens x %d, lim %g: rel err %.2e, %lld not bitwise\n",
-                type_name(c.t), (long long)c.n_mat, (long long)c.rows, (long long)c.cols, (long long)c.n_tok, c.k,
-                c.lim, e, (long long)mismatches);
-    EXPECT_EQ(0, mismatches) << "fused differs from expert_matvec x2 + swiglu";
-    EXPECT_LT(e, fv.size() >= 32 ? 2e-5 : 1e-4);
-  }
-};
-
-TEST_F(ExpertFused, RealShapesBitwiseEqualSeparate) {
-  // gate / up: 2048 x 4096 IQ2_XXS experts, 1..8 routed items per token, one and several tokens.
-  for (int32_t k : {6, 1, 2, 3, 4, 5, 7, 8}) run_fused({GgmlType::IQ2_XXS, 16, 2048, 4096, 1, k, 10.0f});
-  run_fused({GgmlType::IQ2_XXS, 16, 2048, 4096, 2, 6, 10.0f});
-  run_fused({GgmlType::IQ2_XXS, 16, 2048, 4096, 8, 6, 10.0f, false});
-  run_fused({GgmlType::IQ2_XXS, 16, 2048, 4096, 1, 6, 0.25f});  // most inputs clamped
-}
-
-TEST_F(ExpertFused, RepeatedExpertsAndOddShapes) {
-  run_fused({GgmlType::IQ2_XXS, 4, 2048, 4096, 1, 6, 10.0f, true, true});  // hash-layer style repeats
-  run_fused({GgmlType::IQ2_XXS, 1, 2048, 4096, 2, 6, 10.0f, true, true});  // one expert for every item
-  for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q2_K})
-    for (int64_t rows : {37, 1, 8})
-      for (int64_t cols : {256, 768, 2048}) {
-        run_fused({t, 5, rows, cols, 3, 4, 1.0f});
-        run_fused({t, 5, rows, cols, 2, 3, 1.0f, false, false, 5});                    // padded outputs
-        run_fused({t, 5, rows, cols, 2, 3, 1.0f, true, true, 0, t == GgmlType::Q2_K ? 4u : 2u});  // unaligned
-      }
-  run_fused({GgmlType::IQ2_XXS, 3, 100, 16384, 2, 2, 3.0f});  // wide rows: 64 KB of digits, fewer stages
-  run_fused({GgmlType::Q2_K, 6, 512, 4096, 1, 6, 10.0f});
 }
 
 TEST_F(ExpertMma, RefusesWhatItCannotTake) {
