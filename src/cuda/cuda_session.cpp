@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "cpu/ops.h"
 #include "cuda/cuda_util.h"
+#include "cuda/fast_hc_pre.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/ref_kernels.h"
 #include "cuda/session_plan.h"
@@ -388,16 +389,31 @@ class CudaSession final : public Session {
     else compressor_chunk(a, s_);
   }
 
-  void hc_pre(const DMat& fn, const float* scale, const float* base, int64_t n, float* out) {
-    norm_rows(X_, d_.HC, nullptr, flat_, d_.HC, n, d_.HC, float(c_.rms_eps));
-    mm(Route::F16Proj, fn, 0, d_.MIX, flat_, n, d_.HC, mix_, d_.MIX);
+  // The hyper-connection pre step and the sublayer's input norm: out = sum of the pre-weighted streams,
+  // normed = RMS norm of out with norm_w. At decode one launch (fast_hc_pre.cu) does all of it when the
+  // fused ops and the F16 projections are on (it replaces their kernels for the mixer); mv_work_ is free
+  // here (every user of it is a single launch on this stream).
+  void hc_pre(const DMat& fn, const float* scale, const float* base, const float* norm_w, int64_t n, float* out,
+              float* normed) {
     const int n_hc = int(c_.n_hc), iters = int(c_.hc_sinkhorn_iter);
-    const float eps = float(c_.hc_eps);
-    if (routes_[Route::FusedOps] && fast::hc_split_sum(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, X_, d_.D, out, n, s_))
-      return;
-    if (!routes_[Route::FusedOps] || !fast::hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, s_))
-      hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, s_);
-    hc_weighted_sum(X_, split_, n_hc, d_.D, out, n, s_);
+    const float eps = float(c_.hc_eps), rms_eps = float(c_.rms_eps);
+    if (routes_[Route::FusedOps] && routes_[Route::F16Proj]) {
+      fast::HcPreArgs a;
+      a.fn = fn, a.X = X_, a.scale = scale, a.base = base, a.norm_w = norm_w;
+      a.mix = mix_, a.split = split_, a.xin = out, a.normed = normed;
+      a.n_tok = n, a.d = d_.D, a.n_hc = n_hc, a.iters = iters, a.norm_eps = rms_eps, a.hc_eps = eps;
+      a.work = mv_work_, a.work_floats = kMvWork;
+      if (d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix && fast::hc_pre(a, s_)) return;
+    }
+    norm_rows(X_, d_.HC, nullptr, flat_, d_.HC, n, d_.HC, rms_eps);
+    mm(Route::F16Proj, fn, 0, d_.MIX, flat_, n, d_.HC, mix_, d_.MIX);
+    if (!routes_[Route::FusedOps] ||
+        !fast::hc_split_sum(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, X_, d_.D, out, n, s_)) {
+      if (!routes_[Route::FusedOps] || !fast::hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, s_))
+        hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, s_);
+      hc_weighted_sum(X_, split_, n_hc, d_.D, out, n, s_);
+    }
+    norm_rows(out, d_.D, norm_w, normed, d_.D, n, d_.D, rms_eps);
   }
 
   void attention_half(uint32_t il, int64_t pos0, int64_t n) {
@@ -408,9 +424,8 @@ class CudaSession final : public Session {
     const bool official = opts_.numerics == Numerics::Official;
     const int n_rot = int(c_.n_rot);
     prof_.stage("hc", s_);
-    hc_pre(L.hc_attn_fn, L.hc_attn_scale, L.hc_attn_base, n, xin_);
+    hc_pre(L.hc_attn_fn, L.hc_attn_scale, L.hc_attn_base, L.attn_norm, n, xin_, an_);
     prof_.stage("attn.proj", s_);
-    norm_rows(xin_, d_.D, L.attn_norm, an_, d_.D, n, d_.D, eps);
     const uint16_t* an_b = prep(an_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj});
     float* kv = L.hist + L.n_raw * d_.HD;  // the chunk's raw rows follow the saved window
     // Decode: q_a and kv in one launch, and q_a_norm applied inside q_b's product, which reads q_a's raw
@@ -512,9 +527,8 @@ class CudaSession final : public Session {
     DLayer& L = layers_[il];
     const float lim = c_.swiglu_clamp[il];
     prof_.stage("hc", s_);
-    hc_pre(L.hc_ffn_fn, L.hc_ffn_scale, L.hc_ffn_base, n, xin_);
+    hc_pre(L.hc_ffn_fn, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm, n, xin_, fn_);
     prof_.stage("ffn.router", s_);
-    norm_rows(xin_, d_.D, L.ffn_norm, fn_, d_.D, n, d_.D, float(c_.rms_eps));
     const uint16_t* fn_b = prep(fn_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj, Route::Moe});
     mm(Route::F16Proj, L.gate_inp, 0, d_.E, fn_, n, d_.D, rl_, d_.E, fn_b);
     const int32_t* hash = c_.is_hash_layer(il) ? L.tid2eid : nullptr;

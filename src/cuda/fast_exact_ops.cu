@@ -6,6 +6,7 @@
 // are bitwise equal, which the kernel tests check.
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
+#include "cuda/hc_split.cuh"
 #include "cuda/ref_numerics.cuh"
 #include "cuda/row_sim_par.cuh"
 
@@ -35,39 +36,7 @@ __global__ void __launch_bounds__(kRowThreads) indexer_qat_par_kernel(float* x, 
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) g[i] = row[i];
 }
 
-// hc_split_kernel of ref_ops.cu for N = 4 streams with 16 lanes per token, lane (a, b) holding M[a][b]:
-// each row or column sum gathers the four values by shuffles and adds them in the reference's order, and
-// each lane divides its own element, so the Sinkhorn walk's chain of divisions is 16 times shorter.
-// Token t's split, by the 16 lanes of a half warp (all 32 lanes of the warp call it; `valid` false:
-// the lanes take part in the shuffles and write nothing).
-constexpr int kHc = 4, kSplit = 2 * kHc + kHc * kHc;
-__device__ __forceinline__ void hc_split_half_warp(const float* m, const float* scale, const float* base, int iters,
-                                                   float eps, bool valid, float* out) {
-  constexpr int N = kHc;
-  const int lane = threadIdx.x & 31, sub = lane & 15, a = sub / N, b = sub % N, g = lane & 16;
-  if (valid && sub < N) out[sub] = d_hc_pre(m[sub], scale[0], base[sub], eps);
-  if (valid && sub >= N && sub < 2 * N) out[sub] = d_hc_post(m[sub], scale[1], base[sub]);
-  auto at = [&](float v, int aa, int bb) { return __shfl_sync(0xffffffffu, v, g + aa * N + bb); };
-  float v = m[2 * N + a * N + b] * scale[2] + base[2 * N + a * N + b];
-  float mx = -INFINITY;
-  for (int j = 0; j < N; ++j) mx = fmaxf(mx, at(v, a, j));
-  v = expf(v - mx);
-  float sum = 0;
-  for (int j = 0; j < N; ++j) sum += at(v, a, j);
-  v = v / sum + eps;
-  for (int it = 0; it < iters; ++it) {
-    if (it > 0) {
-      float rs = 0;
-      for (int j = 0; j < N; ++j) rs += at(v, a, j);
-      v /= (rs + eps);
-    }
-    float cs = 0;
-    for (int i = 0; i < N; ++i) cs += at(v, i, b);
-    v /= (cs + eps);
-  }
-  if (valid) out[2 * N + sub] = v;
-}
-
+// hc_split_kernel of ref_ops.cu, a half warp per token (hc_split.cuh).
 __global__ void hc_split_lanes4(const float* mix, int64_t ms, const float* scale, const float* base, int iters,
                                 float eps, float* split, int64_t n_tok) {
   const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 16;

@@ -1,0 +1,297 @@
+// The hyper-connection pre step in one launch (see fast_hc_pre.h). At decode the four launches it
+// replaces were each a few microseconds of mostly latency; here the mixer's weights stream through
+// d / 64 blocks in a single DRAM round trip per thread, and the rest runs in the last block, which
+// overlaps its loads of the streams and the norm weight with the reduction of the parts, and runs the
+// Sinkhorn walk (the longest serial chain: 39 dependent normalisations) in 4 warps beside the 12 that
+// form the weighted sums and norms (those need only the pre weights, a sigmoid of the mix).
+//
+// Numerics: the dots are fp32 (explicit fmaf: this file is compiled with --fmad=false for the split, see
+// hc_split.cuh), the sums of squares fp64 of float squares as in the reference norms; the scales are the
+// reference's formula. The split, the weighted sum and the weighted norm round as hc_split_sum4 and
+// rms_norm_vec do, so given the same mix the outputs would be theirs; the mix itself differs from the
+// reference chain by fp32 rounding (the dot is taken before the scale, and in another order).
+#include "cuda/cuda_util.h"
+#include "cuda/fast_hc_pre.h"
+#include "cuda/fast_quant.cuh"
+#include "cuda/hc_split.cuh"
+#include "cuda/last_block.cuh"
+
+namespace flashstar::cuda::fast {
+namespace {
+
+using namespace hcp;
+static_assert(kMix == kSplit, "the mixer has a row per split value");
+static_assert(kRowsPerWarp * kRowGroups == kMix && 2 * kRowGroups == kWarps, "warps cover rows x column halves");
+static_assert(kHalfCols == 4 * 32, "a warp covers 4 columns a lane");
+static_assert(2 * kSplitWarps >= kMaxTok && kTailThreads % 32 == 0, "a half warp per token's split");
+static_assert(int64_t(kTailThreads) * 4 * kTailPer >= kMaxDim, "the tail covers a row");
+
+__device__ int g_hc_pre_ticket;
+
+struct Params {
+  const uint8_t* fn;
+  size_t row_bytes;
+  const float *X, *scale, *base, *norm_w;
+  float *mix, *split, *xin, *normed, *work;
+  int64_t d;
+  int n, parts, iters;
+  float norm_eps, hc_eps;
+};
+
+template <GgmlType T>
+__device__ __forceinline__ void load_w4(const uint8_t* row, int64_t c, float (&w)[4]) {
+  if constexpr (T == GgmlType::F32) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(row) + c / 4);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + 2 * c));
+    w[0] = h2f(v.x & 0xffffu), w[1] = h2f(v.x >> 16), w[2] = h2f(v.y & 0xffffu), w[3] = h2f(v.y >> 16);
+  }
+}
+
+__device__ __forceinline__ float dot4(const float (&w)[4], float4 x) {
+  return fmaf(w[3], x.w, fmaf(w[2], x.z, fmaf(w[1], x.y, w[0] * x.x)));
+}
+__device__ __forceinline__ double sq4(float4 x) {  // products of floats are exact in double
+  return static_cast<double>(x.x) * x.x + static_cast<double>(x.y) * x.y + static_cast<double>(x.z) * x.z +
+         static_cast<double>(x.w) * x.w;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+// hc_sum_kernel's sum for one element (the same expression: the file does not contract).
+__device__ __forceinline__ float pre_sum(const float* pre, float a, float b, float c, float e) {
+  float acc = 0;
+  acc += pre[0] * a;
+  acc += pre[1] * b;
+  acc += pre[2] * c;
+  acc += pre[3] * e;
+  return acc;
+}
+__device__ __forceinline__ float4 pre_sum4(const float* pre, const float4 (&x)[kHc]) {
+  return make_float4(pre_sum(pre, x[0].x, x[1].x, x[2].x, x[3].x), pre_sum(pre, x[0].y, x[1].y, x[2].y, x[3].y),
+                     pre_sum(pre, x[0].z, x[1].z, x[2].z, x[3].z), pre_sum(pre, x[0].w, x[1].w, x[2].w, x[3].w));
+}
+
+// This block's part: 3 mixer rows x 128 columns a warp, every activation load serving the 3 rows.
+template <GgmlType T, int NT>
+__device__ __forceinline__ void part_sums(const Params& p, float (*s_dot)[NT][kMix], double (*s_ss)[NT]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t hc = kHc * p.d, c = col_of(blockIdx.x, warp, lane);
+  float4 x[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+    x[t] = t < p.n ? __ldg(reinterpret_cast<const float4*>(p.X + t * hc + c)) : make_float4(0, 0, 0, 0);
+  float acc[kRowsPerWarp][NT];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    float w[4];
+    load_w4<T>(p.fn + static_cast<size_t>(row_of(warp, r)) * p.row_bytes, c, w);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = dot4(w, x[t]);
+  }
+  const int half = warp / kRowGroups;
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    if (t >= p.n) break;  // uniform over the block
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const float v = warp_sum(acc[r][t]);
+      if (lane == 0) s_dot[half][t][row_of(warp, r)] = v;
+    }
+    if (warp % kRowGroups == 0) {
+      const double q = warp_sum(sq4(x[t]));
+      if (lane == 0) s_ss[half][t] = q;
+    }
+  }
+  __syncthreads();
+  const int tid = threadIdx.x;
+  if (tid < p.n * kMix) {
+    const int t = tid / kMix, row = tid % kMix;
+    p.work[dot_slot(blockIdx.x, t, row, p.n)] = s_dot[0][t][row] + s_dot[1][t][row];
+  } else if (tid < p.n * (kMix + 1)) {
+    const int t = tid - p.n * kMix;
+    reinterpret_cast<double*>(p.work + ss_offset(p.parts, p.n))[ss_slot(blockIdx.x, t, p.n)] = s_ss[0][t] + s_ss[1][t];
+  }
+}
+
+// Tail warps' barrier (named barrier 1): the split warps have left the block's barrier by then.
+__device__ __forceinline__ void tail_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kTailThreads) : "memory"); }
+
+template <GgmlType T, int NT>
+__global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
+  __shared__ float s_dot[2][NT][kMix];
+  __shared__ double s_ss[2][NT];
+  __shared__ float s_scale[3], s_base[kMix];
+  __shared__ float s_tot[NT * kMix], s_mix[NT * kMix], s_pre[NT * kHc], s_r[NT];
+  __shared__ float s_split[(NT + 1) / 2 * 2 * kSplit];
+  __shared__ double s_sstot[NT], s_red[2][kTailThreads / 32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // The last block reads these: shared copies now (every block; they arrive with the part's loads), and
+  // the norm weight's lines fetched into L2 across the blocks.
+  if (tid < 3) s_scale[tid] = p.scale[tid];
+  else if (tid < 3 + kMix) s_base[tid - 3] = p.base[tid - 3];
+  {
+    const int64_t lines = (p.d * 4 + 127) / 128;
+    const int64_t l = blockIdx.x + static_cast<int64_t>(tid) * gridDim.x;
+    if (l < lines) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p.norm_w + l * 32));
+  }
+  part_sums<T, NT>(p, s_dot, s_ss);
+  if (!last_to_finish(&g_hc_pre_ticket, p.parts)) return;
+  if (tid == 0) g_hc_pre_ticket = 0;  // every block has taken its ticket
+
+  // Thread tt of the tail holds float4s tt, tt + kTailThreads, ... of a row; its stream values and norm
+  // weights are loaded now, in flight while the parts are added.
+  const int tt = tid - kSplitWarps * 32;
+  const int64_t d4 = p.d / 4;
+  const float4* X4 = reinterpret_cast<const float4*>(p.X);
+  float4 xs[kTailPer][kHc], wn[kTailPer];
+  auto load_x = [&](int t) {
+#pragma unroll
+    for (int k = 0; k < kTailPer; ++k) {
+      const int64_t j = tt + static_cast<int64_t>(k) * kTailThreads;
+#pragma unroll
+      for (int s = 0; s < kHc; ++s)
+        xs[k][s] = tt >= 0 && j < d4 ? __ldg(X4 + (t * kHc + s) * d4 + j) : make_float4(0, 0, 0, 0);
+    }
+  };
+  load_x(0);
+#pragma unroll
+  for (int k = 0; k < kTailPer; ++k) {
+    const int64_t j = tt + static_cast<int64_t>(k) * kTailThreads;
+    wn[k] = tt >= 0 && j < d4 ? __ldg(reinterpret_cast<const float4*>(p.norm_w) + j) : make_float4(0, 0, 0, 0);
+  }
+
+  // The parts in a fixed order: lane `sub` of a group of kSumLanes takes every kSumLanes-th part, then
+  // a shuffle tree; the loads of one output are in flight together.
+  const int outs = p.n * (kMix + 1), dots = p.n * kMix;
+  const int grp = tid / kSumLanes, sub = tid % kSumLanes;
+  const double* dwork = reinterpret_cast<const double*>(p.work + ss_offset(p.parts, p.n));
+  for (int o0 = 0; o0 < outs; o0 += kThreads / kSumLanes) {  // uniform trip count: every lane shuffles
+    const int o = o0 + grp;
+    float v = 0.0f;
+    double dv = 0.0;
+    if (o < dots) {
+#pragma unroll 8
+      for (int z = sub; z < p.parts; z += kSumLanes) v += __ldcg(p.work + dot_slot(z, o / kMix, o % kMix, p.n));
+    } else if (o < outs) {
+#pragma unroll 8
+      for (int z = sub; z < p.parts; z += kSumLanes) dv += __ldcg(dwork + ss_slot(z, o - dots, p.n));
+    }
+#pragma unroll
+    for (int off = kSumLanes / 2; off > 0; off >>= 1) {
+      v += __shfl_xor_sync(0xffffffffu, v, off);
+      dv += __shfl_xor_sync(0xffffffffu, dv, off);
+    }
+    if (sub == 0 && o < dots) s_tot[o] = v;
+    else if (sub == 0 && o < outs) s_sstot[o - dots] = dv;
+  }
+  __syncthreads();
+  if (tid < p.n)
+    s_r[tid] = static_cast<float>(1.0 / sqrt(s_sstot[tid] / static_cast<double>(kHc * p.d) + p.norm_eps));
+  __syncthreads();
+  if (tid < dots) {
+    const int t = tid / kMix, i = tid % kMix;
+    const float m = s_tot[tid] * s_r[t];
+    s_mix[tid] = m;
+    if (p.mix) p.mix[tid] = m;
+    // the pre weights as the split computes them (same function, same value): the weighted sum need not
+    // wait for the Sinkhorn walk
+    if (i < kHc) s_pre[t * kHc + i] = d_hc_pre(m, s_scale[0], s_base[i], p.hc_eps);
+  }
+  __syncthreads();
+
+  // The split warps: a half warp per token (whole warps call it: shuffles), off the tail's path.
+  if (warp < kSplitWarps) {
+    if (2 * warp >= p.n) return;
+    const int t = tid / 16, tc = t < p.n ? t : p.n - 1;
+    hc_split_half_warp(s_mix + tc * kMix, s_scale, s_base, p.iters, p.hc_eps, t < p.n, s_split + t * kSplit);
+    __syncwarp();
+    if (t < p.n)
+      for (int i = tid % 16; i < kSplit; i += 16) p.split[t * kSplit + i] = s_split[t * kSplit + i];
+    return;
+  }
+
+  // The tail: per token the weighted sum of the streams (stored), its sum of squares over the tail's
+  // threads, the weighted norm.
+  const int twarp = tt / 32;
+  for (int t = 0; t < p.n; ++t) {
+    const float* pre = s_pre + t * kHc;
+    float4 u[kTailPer];
+    double q = 0.0;
+#pragma unroll
+    for (int k = 0; k < kTailPer; ++k) {
+      const int64_t j = tt + static_cast<int64_t>(k) * kTailThreads;
+      u[k] = pre_sum4(pre, xs[k]);
+      if (j < d4) {
+        reinterpret_cast<float4*>(p.xin + t * p.d)[j] = u[k];
+        q += sq4(u[k]);
+      }
+    }
+    if (t + 1 < p.n) load_x(t + 1);  // in flight during this token's norm
+    q = warp_sum(q);
+    if (lane == 0) s_red[t & 1][twarp] = q;  // alternate buffers: one barrier per token
+    tail_sync();
+    double ss = 0.0;
+    for (int w = 0; w < kTailThreads / 32; ++w) ss += s_red[t & 1][w];
+    const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(p.d) + p.norm_eps));
+#pragma unroll
+    for (int k = 0; k < kTailPer; ++k) {
+      const int64_t j = tt + static_cast<int64_t>(k) * kTailThreads;
+      if (j < d4)
+        reinterpret_cast<float4*>(p.normed + t * p.d)[j] =
+            make_float4(u[k].x * r * wn[k].x, u[k].y * r * wn[k].y, u[k].z * r * wn[k].z, u[k].w * r * wn[k].w);
+    }
+  }
+}
+
+template <GgmlType T>
+void launch(const Params& p, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>(p.parts));
+  if (p.n == 1) hc_pre_kernel<T, 1><<<grid, kThreads, 0, s>>>(p);
+  else if (p.n == 2) hc_pre_kernel<T, 2><<<grid, kThreads, 0, s>>>(p);
+  else if (p.n <= 4) hc_pre_kernel<T, 4><<<grid, kThreads, 0, s>>>(p);
+  else hc_pre_kernel<T, 8><<<grid, kThreads, 0, s>>>(p);
+  FS_CUDA_LAUNCH_CHECK();
+}
+
+bool al(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+
+}  // namespace
+
+bool hc_pre_supported(const HcPreArgs& a) {
+  const DMat& W = a.fn;
+  if (a.n_hc != kHc || a.d <= 0 || a.d % (kPartCols / kHc) || a.d > kMaxDim || a.n_tok < 0 || a.n_tok > kMaxTok ||
+      a.iters < 0)
+    return false;
+  if ((W.type != GgmlType::F32 && W.type != GgmlType::F16) || !W.data || W.rows != kMix || W.cols != kHc * a.d ||
+      W.row_bytes % 16 || !al(W.data, 16))
+    return false;
+  if (!a.X || !a.scale || !a.base || !a.norm_w || !a.split || !a.xin || !a.normed || !a.work)
+    return false;
+  if (!al(a.X, 16) || !al(a.norm_w, 16) || !al(a.xin, 16) || !al(a.normed, 16) || !al(a.work, 8)) return false;
+  return a.work_floats >= work_floats(kHc * a.d / kPartCols, a.n_tok);
+}
+
+bool hc_pre(const HcPreArgs& a, cudaStream_t s) {
+  if (!hc_pre_supported(a)) return false;
+  if (a.n_tok == 0) return true;
+  Params p;
+  p.fn = a.fn.data, p.row_bytes = a.fn.row_bytes;
+  p.X = a.X, p.scale = a.scale, p.base = a.base, p.norm_w = a.norm_w;
+  p.mix = a.mix, p.split = a.split, p.xin = a.xin, p.normed = a.normed, p.work = a.work;
+  p.d = a.d, p.n = static_cast<int>(a.n_tok), p.parts = static_cast<int>(kHc * a.d / kPartCols), p.iters = a.iters;
+  p.norm_eps = a.norm_eps, p.hc_eps = a.hc_eps;
+  if (a.fn.type == GgmlType::F16) launch<GgmlType::F16>(p, s);
+  else launch<GgmlType::F32>(p, s);
+  return true;
+}
+
+}  // namespace flashstar::cuda::fast

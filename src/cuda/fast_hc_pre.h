@@ -1,0 +1,80 @@
+// The hyper-connection "pre" step of a decode half-layer in one launch (fast_hc_pre.cu): what the session
+// otherwise runs as four kernels (unweighted RMS norm of the flattened streams, the 24-row mixer product,
+// hc_split + the weighted sum of the streams, the sublayer's weighted RMS norm). Every block takes a
+// 256-column part of the flattened state and stores its partial mixer dots and sum of squares in a
+// workspace; the last block to finish (last_block.cuh) adds the parts in part order, forms
+// mix = (fn . x) / rms(x) (spec math.md 2.2: the same as normalising x first, up to rounding), runs the
+// split (hc_split.cuh, the function of the fused_ops split) and the weighted sum, and normalises the result.
+//
+// The work mapping is written as host/device functions so that a CPU test (tests/cuda/test_hc_pre.cpp,
+// HcPreSim) can replay the kernel's sums, part for part and lane for lane, without a device.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/ref_kernels.h"
+
+#if defined(__CUDACC__)
+#define HCP_HD __host__ __device__ __forceinline__
+#else
+#define HCP_HD inline
+#endif
+
+namespace flashstar::cuda::fast {
+
+struct HcPreArgs {
+  DMat fn;                        // mixer: 24 rows x (4 d) columns, F16 or F32
+  const float* X = nullptr;       // [n_tok][4][d] hyper-connection streams
+  const float* scale = nullptr;   // [3] (pre, post, comb)
+  const float* base = nullptr;    // [24]
+  const float* norm_w = nullptr;  // [d] weight of the sublayer's RMS norm
+  float* mix = nullptr;           // [n_tok][24] the mixer's output (optional: null stores nothing)
+  float* split = nullptr;         // [n_tok][24] pre | post | comb, as hc_split writes it
+  float* xin = nullptr;           // [n_tok][d] sum of pre-weighted streams (hc_weighted_sum)
+  float* normed = nullptr;        // [n_tok][d] RMS norm of xin with norm_w
+  int64_t n_tok = 0, d = 0;
+  int n_hc = 4, iters = 0;
+  float norm_eps = 0.0f, hc_eps = 0.0f;  // the RMS norms' epsilon (both), the split's
+  float* work = nullptr;                 // partial sums: hcp::work_floats(parts, n_tok) floats, 8-byte aligned
+  int64_t work_floats = 0;
+};
+
+// Whether hc_pre takes these arguments: 4 streams, d a multiple of 64 up to 4096, 1..8 tokens, a 24-row
+// F16 or F32 mixer, 16-byte aligned rows and vectors, a large enough workspace.
+bool hc_pre_supported(const HcPreArgs& a);
+// One launch computing mix (when asked), split, xin and normed; false (nothing launched) when not supported.
+// The blocks share one ticket per process: two of these launches must not run at once on two streams
+// (the session runs one stream).
+bool hc_pre(const HcPreArgs& a, cudaStream_t s);
+
+namespace hcp {
+
+constexpr int kThreads = 512, kWarps = kThreads / 32;
+constexpr int kMix = 24, kRowGroups = 8, kRowsPerWarp = kMix / kRowGroups;  // warp w: rows of group w % 8
+constexpr int kHalfCols = 128, kPartCols = 2 * kHalfCols;  // warp w: column half w / 8 of its part
+constexpr int kMaxTok = 8;
+constexpr int kSumLanes = 8;                 // lanes adding one output's parts in the last block
+// The last block, once the mix is formed: warps below kSplitWarps run the split (a half warp per token)
+// while the others (the tail) form the weighted sums and the norms; a tail thread holds kTailPer float4s.
+constexpr int kSplitWarps = kMaxTok / 2, kTailThreads = kThreads - 32 * kSplitWarps, kTailPer = 3;
+constexpr int64_t kMaxDim = 4096;
+
+// First of the 4 columns that lane `lane` of warp `warp` covers in part `part`.
+HCP_HD int64_t col_of(int64_t part, int warp, int lane) {
+  return part * kPartCols + (warp / kRowGroups) * kHalfCols + 4 * lane;
+}
+HCP_HD int row_of(int warp, int r) { return (warp % kRowGroups) * kRowsPerWarp + r; }
+
+// Workspace: part p's dot of token t with mixer row r (floats), then its sums of squares (doubles).
+HCP_HD int64_t dot_slot(int64_t part, int64_t t, int row, int64_t n) { return (part * n + t) * kMix + row; }
+HCP_HD int64_t ss_offset(int64_t parts, int64_t n) { return (parts * n * kMix + 1) / 2 * 2; }  // in floats
+HCP_HD int64_t ss_slot(int64_t part, int64_t t, int64_t n) { return part * n + t; }        // in doubles
+HCP_HD int64_t work_floats(int64_t parts, int64_t n) { return ss_offset(parts, n) + 2 * parts * n; }
+
+// Last block: output o < n * 24 is token o / 24's dot with row o % 24, o = n * 24 + t token t's sum of
+// squares; the kSumLanes lanes of group o % (kThreads / kSumLanes) add parts sub, sub + kSumLanes, ...
+// then a shuffle tree (xor 4, 2, 1). The float4 at index j of a d-row goes to tail thread j % kTailThreads.
+
+}  // namespace hcp
+}  // namespace flashstar::cuda::fast
