@@ -215,7 +215,9 @@ bool plan_and_launch(const MatvecOut* outs, int n_mats, const float* X, int64_t 
         o.n_rows >= (1 << 30) || (W.rows > 0 && W.rows < o.row0 + o.n_rows))
       return false;
     const int64_t row_blocks = (o.n_rows + J.g.rows_per_block - 1) / J.g.rows_per_block;
-    int parts = float_parts(J.g, row_blocks, sm_count());
+    // Only one token group (decode) splits: prefill chunks of any size > kFMaxTok then add in the same
+    // order (whole and chunked prefill stay bitwise equal), whatever the workspace holds.
+    int parts = groups == 1 ? float_parts(J.g, row_blocks, sm_count()) : 1;
     if (parts > 1 && (!work || wused + parts * n_tok * o.n_rows > work_floats ||
                       tickets + row_blocks * groups > kFTickets)) {
       if (split_or_fail) return false;

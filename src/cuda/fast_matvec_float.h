@@ -6,7 +6,8 @@
 // its weight loads (kFRows rows x kFUnits 16-byte units) before it uses any of them, and a block covers
 // a whole 4096-column F16 row in one such step: most model matrices then need no column split, and the
 // ones that do (the 16384-column HC mixers) add their parts in part order in the last block to finish.
-// Summation order of one output, independent of the token count and of the other matrices of a launch:
+// Summation order of one output, the same for 1-8 tokens (and for any count above) and independent of
+// the other matrices of a launch:
 // each lane adds its units in column order (tile by tile), a fixed xor-shuffle tree over the warp, the
 // column warps of a block in warp order, then the parts in part order.
 #pragma once
@@ -41,7 +42,8 @@ __host__ __device__ constexpr int64_t float_unit(const FloatGeom& g, int tile, i
   return static_cast<int64_t>(tile) * g.tile_units + (c * kFUnits + u) * 32 + lane;
 }
 // Column parts of a matrix with row_blocks row blocks: enough blocks for two per multiprocessor, never
-// more parts than tiles. Depends on the matrix and the device alone (not on the token count).
+// more parts than tiles. Depends on the matrix and the device alone (not on the token count); used for
+// products of up to kFMaxTok tokens (one part beyond).
 __host__ __device__ constexpr int float_parts(const FloatGeom& g, int64_t row_blocks, int sms) {
   const int64_t want = (2 * static_cast<int64_t>(sms) + row_blocks - 1) / row_blocks;
   return static_cast<int>(want < 1 ? 1 : (want < g.tiles_per_row ? want : g.tiles_per_row));
@@ -61,7 +63,8 @@ struct MatvecOut {
 // tickets). With work, results are bitwise those of n_mats separate float_matvec calls.
 bool float_matvec_multi(const MatvecOut* outs, int n_mats, const float* X, int64_t n_tok, int64_t xs, cudaStream_t s,
                         float* work, int64_t work_floats);
-// One product; splits only when work holds the parts (else every block loops over its whole rows).
+// One product; splits (up to kFMaxTok tokens) only when work holds the parts, else every block loops
+// over its whole rows.
 bool float_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
                   int64_t ys, cudaStream_t s, float* work, int64_t work_floats);
 

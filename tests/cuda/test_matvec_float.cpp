@@ -117,23 +117,27 @@ TEST_F(FloatMatvec, ModelShapesEqualReferenceAndRepeatBitwise) {
 }
 
 TEST_F(FloatMatvec, TokenResultDoesNotDependOnTokenCount) {
-  // Split (HC mixer) and unsplit shapes: token t of an 11-token product equals its 1-token product.
-  for (int64_t cols : {16384, 4096}) {
-    const int64_t rows = 24, n_tok = 11;
-    const Mat m = make(GgmlType::F16, rows, cols);
-    const auto x = randn(static_cast<size_t>(n_tok * cols));
-    auto dx = up(x);
-    auto all = poisoned<float>(static_cast<size_t>(n_tok * rows));
-    ASSERT_TRUE(cuda::fast::float_matvec(m.dm(), 0, rows, dx.get(), n_tok, cols, all.get(), rows, nullptr, work_.get(),
-                                         static_cast<int64_t>(work_.size())));
+  // A token's outputs are the same bits in any product of 1-8 tokens (split HC-mixer shape and unsplit
+  // shape), and in any product of more than 8 (prefill chunks: whole and chunked prefill agree).
+  struct Case {
+    int64_t cols, n_all, first, n_sub;
+  };
+  const Case cases[] = {{16384, 8, 0, 1}, {16384, 8, 5, 1}, {16384, 8, 7, 1}, {16384, 8, 2, 3}, {4096, 8, 6, 2},
+                        {4096, 11, 10, 1}, {16384, 20, 9, 11}, {16384, 25, 0, 17}};
+  const int64_t rows = 24;
+  for (const Case& c : cases) {
+    const Mat m = make(GgmlType::F16, rows, c.cols);
+    auto dx = up(randn(static_cast<size_t>(c.n_all * c.cols)));
+    auto all = poisoned<float>(static_cast<size_t>(c.n_all * rows));
+    auto sub = poisoned<float>(static_cast<size_t>(c.n_sub * rows));
+    ASSERT_TRUE(cuda::fast::float_matvec(m.dm(), 0, rows, dx.get(), c.n_all, c.cols, all.get(), rows, nullptr,
+                                         work_.get(), static_cast<int64_t>(work_.size())));
+    ASSERT_TRUE(cuda::fast::float_matvec(m.dm(), 0, rows, dx.get() + c.first * c.cols, c.n_sub, c.cols, sub.get(), rows,
+                                         nullptr, work_.get(), static_cast<int64_t>(work_.size())));
     const auto a = down(all);
-    for (int64_t t : {0, 5, 7, 8, 10}) {
-      auto one = poisoned<float>(static_cast<size_t>(rows));
-      ASSERT_TRUE(cuda::fast::float_matvec(m.dm(), 0, rows, dx.get() + t * cols, 1, cols, one.get(), rows, nullptr,
-                                           work_.get(), static_cast<int64_t>(work_.size())));
-      const std::vector<float> want(a.begin() + t * rows, a.begin() + (t + 1) * rows);
-      EXPECT_EQ(down(one), want) << "cols " << cols << " token " << t;
-    }
+    const std::vector<float> want(a.begin() + c.first * rows, a.begin() + (c.first + c.n_sub) * rows);
+    EXPECT_EQ(down(sub), want) << "cols " << c.cols << ": tokens " << c.first << "+" << c.n_sub << " of " << c.n_all;
+    EXPECT_LT(rel_err(a, ref(m, 0, rows, dx, c.n_all, c.cols, rows)), 2e-6) << "cols " << c.cols;
   }
 }
 
