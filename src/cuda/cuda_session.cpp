@@ -15,6 +15,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/fast_hc_pre.h"
 #include "cuda/fast_kernels.h"
+#include "cuda/fast_matvec_float.h"
 #include "cuda/ref_kernels.h"
 #include "cuda/session_plan.h"
 #include "cuda/stage_profiler.h"
@@ -438,11 +439,21 @@ class CudaSession final : public Session {
     }
     const int64_t W_ = r ? c_.compressor_width(r, c_.head_dim) : 0;
     const int64_t IW = r == 4 ? c_.compressor_width(4, c_.idx_head_dim) : 0;
-    if (r) {
+    // The compressor's (and the indexer's) projections of an_: at decode one launch for all of them
+    // (the same input, latency-bound products), else one per matrix.
+    const fast::MatvecOut proj[] = {{&L.comp_kv, 0, W_, ckv_, W_}, {&L.comp_gate, 0, W_, cg_, W_},
+                                    {&L.idx_comp_kv, 0, IW, ikv_, IW}, {&L.idx_comp_gate, 0, IW, ig_, IW},
+                                    {&L.idx_proj, 0, d_.NIH, iw_, d_.NIH}};
+    auto joint = [&](int first, int count) {
+      return routes_[Route::F16Proj] && n <= kSmallN &&
+             fast::float_matvec_multi(proj + first, count, an_, n, d_.D, s_, mv_work_, kMvWork);
+    };
+    const bool all_joint = r == 4 && joint(0, 5);
+    if (r && !all_joint && !joint(0, 2)) {
       mm(Route::F16Proj, L.comp_kv, 0, W_, an_, n, d_.D, ckv_, W_, an_b);
       mm(Route::F16Proj, L.comp_gate, 0, W_, an_, n, d_.D, cg_, W_, an_b);
     }
-    if (r == 4) {
+    if (r == 4 && !all_joint && !joint(2, 3)) {
       mm(Route::F16Proj, L.idx_comp_kv, 0, IW, an_, n, d_.D, ikv_, IW, an_b);
       mm(Route::F16Proj, L.idx_comp_gate, 0, IW, an_, n, d_.D, ig_, IW, an_b);
       mm(Route::F16Proj, L.idx_proj, 0, d_.NIH, an_, n, d_.D, iw_, d_.NIH, an_b);

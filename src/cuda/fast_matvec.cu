@@ -8,6 +8,7 @@
 #include "cuda/weight_dispatch.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_expert_mma.h"
+#include "cuda/fast_matvec_float.h"
 #include "cuda/fast_matvec_q8.h"
 #include "cuda/fast_quant.cuh"
 #include "cuda/last_block.cuh"
@@ -416,6 +417,8 @@ bool matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t
   if (n_rows <= 0 || n_tok <= 0) return true;
   // Q8_0 at one or two tokens: the persistent streaming kernel (fast_matvec_q8.cu)
   if (W.type == GgmlType::Q8_0 && n_tok <= kQ8StreamTokens && q8_matvec(W, row0, n_rows, X, n_tok, xs, Y, ys, s)) return true;
+  // Float weights: every load of a step in flight at once, whole rows per block (fast_matvec_float.cu)
+  if (float_matvec(W, row0, n_rows, X, n_tok, xs, Y, ys, s, work, work_floats)) return true;
   const int64_t groups = (n_tok + kMaxTok - 1) / kMaxTok;
   if (groups > 65535) return false;
   return run(W, row0, n_rows, nullptr, 0, 1, X, xs, Y, ys, n_tok, groups, static_cast<int>(std::min<int64_t>(n_tok, kMaxTok)),

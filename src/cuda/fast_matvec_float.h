@@ -1,0 +1,71 @@
+// Float-weight (F32 / F16 / BF16) matrix-vector products for decode (fast_matvec_float.cu), and the
+// tiling they use, shared with a CPU test (tests/cuda/test_matvec_float.cpp) that checks the tiling
+// without a GPU.
+//
+// Why this shape: at one or two tokens these products are latency-bound, so each thread issues all of
+// its weight loads (kFRows rows x kFUnits 16-byte units) before it uses any of them, and a block covers
+// a whole 4096-column F16 row in one such step: most model matrices then need no column split, and the
+// ones that do (the 16384-column HC mixers) add their parts in part order in the last block to finish.
+// Summation order of one output, the same for 1-8 tokens (and for any count above) and independent of
+// the other matrices of a launch:
+// each lane adds its units in column order (tile by tile), a fixed xor-shuffle tree over the warp, the
+// column warps of a block in warp order, then the parts in part order.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/ref_kernels.h"
+
+namespace flashstar::cuda::fast {
+
+constexpr int kFThreads = 256, kFWarps = kFThreads / 32;
+constexpr int kFRows = 4;   // rows per warp: every activation load serves four rows
+constexpr int kFUnits = 2;  // 16-byte weight units per lane per row and tile (kFRows * kFUnits loads in flight)
+constexpr int kFMaxTok = 8;  // tokens per block (grid.y groups beyond)
+constexpr int kFMaxMats = 6;  // matrices of one launch
+
+// The block layout for rows of `units` 16-byte units: wc warps side by side along the columns (enough
+// to cover a row once, at most all of them), the other warps stacked over rows.
+struct FloatGeom {
+  int wc, wr, rows_per_block, tile_units, tiles_per_row;
+};
+__host__ __device__ constexpr FloatGeom float_geom(int64_t units) {
+  int wc = 1;
+  while (wc < kFWarps && static_cast<int64_t>(wc) * 32 * kFUnits < units) wc *= 2;
+  const int wr = kFWarps / wc, tile = wc * 32 * kFUnits;
+  return FloatGeom{wc, wr, wr * kFRows, tile, static_cast<int>((units + tile - 1) / tile)};
+}
+// Unit (column / elements-per-unit) that lane `lane` of column warp c loads as its u-th unit of a tile:
+// a warp's 32 lanes read 512 consecutive bytes of a row per load.
+__host__ __device__ constexpr int64_t float_unit(const FloatGeom& g, int tile, int c, int u, int lane) {
+  return static_cast<int64_t>(tile) * g.tile_units + (c * kFUnits + u) * 32 + lane;
+}
+// Column parts of a matrix with row_blocks row blocks: enough blocks for two per multiprocessor, never
+// more parts than tiles. Depends on the matrix and the device alone (not on the token count); used for
+// products of up to kFMaxTok tokens (one part beyond).
+__host__ __device__ constexpr int float_parts(const FloatGeom& g, int64_t row_blocks, int sms) {
+  const int64_t want = (2 * static_cast<int64_t>(sms) + row_blocks - 1) / row_blocks;
+  return static_cast<int>(want < 1 ? 1 : (want < g.tiles_per_row ? want : g.tiles_per_row));
+}
+
+// One output of a launch: Y[t][r] = W.row(row0 + r) . X[t] for r < n_rows.
+struct MatvecOut {
+  const DMat* W;
+  int64_t row0, n_rows;
+  float* Y;
+  int64_t ys;
+};
+
+// Each of n_mats products (same type and column count, one X) in one launch; false, launching nothing,
+// when the shapes do not fit (type not float, cols not a multiple of the 16-byte unit, misaligned data,
+// differing types or columns, more than kFMaxMats matrices, or a split that does not fit work / the
+// tickets). With work, results are bitwise those of n_mats separate float_matvec calls.
+bool float_matvec_multi(const MatvecOut* outs, int n_mats, const float* X, int64_t n_tok, int64_t xs, cudaStream_t s,
+                        float* work, int64_t work_floats);
+// One product; splits (up to kFMaxTok tokens) only when work holds the parts, else every block loops
+// over its whole rows.
+bool float_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
+                  int64_t ys, cudaStream_t s, float* work, int64_t work_floats);
+
+}  // namespace flashstar::cuda::fast
