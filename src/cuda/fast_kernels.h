@@ -122,6 +122,17 @@ bool hc_split(const float* mix, int64_t ms, const float* scale, const float* bas
 // numerics). Bitwise equal to those three launches.
 bool norm_rope_rows(float* x, int64_t n_rows, int64_t dim, const float* w, float eps, int rows_per_pos, int n_rot,
                     const double* freq, int64_t pos0, const int64_t* pos_dev, bool fp8_rows, cudaStream_t s);
+// norm_rope_rows of two row sets of the same width in one launch (each with its own weight, positions and
+// FP8 flag); each row bitwise equal to its norm_rope_rows call.
+struct NormRopeJob {
+  float* x = nullptr;
+  int64_t rows = 0;
+  const float* w = nullptr;
+  int rows_per_pos = 1;
+  bool fp8 = false;
+};
+bool norm_rope_pair(const NormRopeJob& a, const NormRopeJob& b, int64_t dim, float eps, int n_rot, const double* freq,
+                    int64_t pos0, const int64_t* pos_dev, cudaStream_t s);
 // hc_split then hc_weighted_sum in one launch (a block per token), and sum_slots then hc_post in one:
 // bitwise equal to the reference kernels they replace (n_hc = 4 only).
 bool hc_split_sum(const float* mix, int64_t ms, const float* scale, const float* base, int n_hc, int iters, float eps,

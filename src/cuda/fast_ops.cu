@@ -136,19 +136,16 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_vec(const float* x, int
 // and sums rounded one by one, as the reference file compiles them), then for a cached attention row the
 // FP8 simulation and f16 storage of finish_rows: one launch per row group instead of two or three.
 constexpr int kMaxFusedDim = 2048;
-__global__ void __launch_bounds__(kNormThreads) norm_rope_kernel(float* x, int64_t dim, const float* w, float eps,
-                                                                 int rows_per_pos, int n_rot, const double* freq,
-                                                                 int64_t pos0, const int64_t* pos_dev, bool fp8) {
+__device__ void norm_rope_row(float* x, int64_t dim, const float* w, float eps, int64_t pos, int n_rot,
+                              const double* freq, bool fp8) {
   __shared__ double red[kNormThreads / 32];
   __shared__ __align__(16) float row[kMaxFusedDim];
-  if (pos_dev) pos0 = *pos_dev;
-  float4* xr = reinterpret_cast<float4*>(x + blockIdx.x * dim);
+  float4* xr = reinterpret_cast<float4*>(x);
   float4* r4 = reinterpret_cast<float4*>(row);
   const float scale = row_rms_scale(xr, dim, eps, red);
   const float4* wr = reinterpret_cast<const float4*>(w);
   for (int64_t j = threadIdx.x; j < dim / 4; j += blockDim.x) r4[j] = scaled(xr[j], scale, wr, j);
   __syncthreads();
-  const int64_t pos = pos0 + blockIdx.x / rows_per_pos;
   float* tail = row + dim - n_rot;
   for (int p = threadIdx.x; p < n_rot / 2; p += blockDim.x) {
     const double th = static_cast<double>(pos) * freq[p];
@@ -164,6 +161,25 @@ __global__ void __launch_bounds__(kNormThreads) norm_rope_kernel(float* x, int64
     __syncthreads();
   }
   for (int64_t j = threadIdx.x; j < dim / 4; j += blockDim.x) xr[j] = r4[j];
+}
+
+__global__ void __launch_bounds__(kNormThreads) norm_rope_kernel(float* x, int64_t dim, const float* w, float eps,
+                                                                 int rows_per_pos, int n_rot, const double* freq,
+                                                                 int64_t pos0, const int64_t* pos_dev, bool fp8) {
+  if (pos_dev) pos0 = *pos_dev;
+  norm_rope_row(x + blockIdx.x * dim, dim, w, eps, pos0 + blockIdx.x / rows_per_pos, n_rot, freq, fp8);
+}
+
+// Two row sets of the same width in one launch (decode: the query heads and the cached kv row): blocks
+// below a.rows take set a, the others set b.
+__global__ void __launch_bounds__(kNormThreads) norm_rope_pair_kernel(NormRopeJob a, NormRopeJob b, int64_t dim,
+                                                                      float eps, int n_rot, const double* freq,
+                                                                      int64_t pos0, const int64_t* pos_dev) {
+  if (pos_dev) pos0 = *pos_dev;
+  const bool in_a = blockIdx.x < a.rows;
+  const NormRopeJob& j = in_a ? a : b;
+  const int64_t r = in_a ? blockIdx.x : blockIdx.x - a.rows;
+  norm_rope_row(j.x + r * dim, dim, j.w, eps, pos0 + r / j.rows_per_pos, n_rot, freq, j.fp8);
 }
 
 int norm_threads(int64_t dim) {
@@ -192,6 +208,20 @@ bool norm_rope_rows(float* x, int64_t n_rows, int64_t dim, const float* w, float
   if (n_rows <= 0) return true;
   norm_rope_kernel<<<static_cast<unsigned>(n_rows), norm_threads(dim), 0, s>>>(x, dim, w, eps, rows_per_pos, n_rot, freq,
                                                                                pos0, pos_dev, fp8_rows);
+  FS_CUDA_LAUNCH_CHECK();
+  return true;
+}
+
+bool norm_rope_pair(const NormRopeJob& a, const NormRopeJob& b, int64_t dim, float eps, int n_rot, const double* freq,
+                    int64_t pos0, const int64_t* pos_dev, cudaStream_t s) {
+  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  auto ok = [&](const NormRopeJob& j) { return al(j.x) && (!j.w || al(j.w)) && j.rows_per_pos >= 1 && j.rows >= 0; };
+  if (dim % 4 || dim > kMaxFusedDim || !ok(a) || !ok(b) || n_rot < 0 || n_rot % 2 || n_rot > dim ||
+      a.rows + b.rows > 0x7fffffff)
+    return false;
+  if (a.rows + b.rows <= 0) return true;
+  norm_rope_pair_kernel<<<static_cast<unsigned>(a.rows + b.rows), norm_threads(dim), 0, s>>>(a, b, dim, eps, n_rot,
+                                                                                             freq, pos0, pos_dev);
   FS_CUDA_LAUNCH_CHECK();
   return true;
 }

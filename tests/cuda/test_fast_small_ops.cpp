@@ -131,6 +131,43 @@ TEST_F(FastSmallOps, NormRopeRowsBitwiseEqualsTheLaunchesItReplaces) {
   EXPECT_FALSE(cuda::fast::norm_rope_rows(d.get(), 1, 6, nullptr, 1e-6f, 1, 2, dfreq.get(), 0, nullptr, false, nullptr));
 }
 
+TEST_F(FastSmallOps, NormRopePairEqualsTwoCalls) {
+  // the decode step's query heads (no weight, 64 rows a position) and cached kv row (weight, FP8 finish)
+  // in one launch: each row bitwise as its own norm_rope_rows call; also 3 tokens and a pair with no rows.
+  const int64_t dim = 512;
+  const int n_rot = 64;
+  std::vector<double> freq(n_rot / 2);
+  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  auto dfreq = up(freq);
+  const std::vector<int64_t> pos_host = {4097};
+  auto dpos = up(pos_host);
+  for (int64_t tokens : {1, 3}) {
+    for (bool pos_on_device : {true, false}) {
+      const int64_t* pd = pos_on_device ? dpos.get() : nullptr;
+      const int64_t pos0 = pos_on_device ? 0 : 300;
+      auto q = randn(static_cast<size_t>(tokens * 64 * dim), 2.0f), kv = randn(static_cast<size_t>(tokens * dim), 2.0f);
+      auto dw = up(randn(static_cast<size_t>(dim)));
+      auto q_ref = up(q), q_got = up(q), kv_ref = up(kv), kv_got = up(kv);
+      ASSERT_TRUE(cuda::fast::norm_rope_rows(q_ref.get(), tokens * 64, dim, nullptr, 1e-6f, 64, n_rot, dfreq.get(), pos0,
+                                             pd, false, nullptr));
+      ASSERT_TRUE(cuda::fast::norm_rope_rows(kv_ref.get(), tokens, dim, dw.get(), 1e-6f, 1, n_rot, dfreq.get(), pos0, pd,
+                                             true, nullptr));
+      cuda::fast::NormRopeJob a, b;
+      a.x = q_got.get(), a.rows = tokens * 64, a.rows_per_pos = 64;
+      b.x = kv_got.get(), b.rows = tokens, b.w = dw.get(), b.fp8 = true;
+      ASSERT_TRUE(cuda::fast::norm_rope_pair(a, b, dim, 1e-6f, n_rot, dfreq.get(), pos0, pd, nullptr));
+      EXPECT_TRUE(bitwise_equal(down(q_ref), down(q_got))) << "q, tokens " << tokens;
+      EXPECT_TRUE(bitwise_equal(down(kv_ref), down(kv_got))) << "kv, tokens " << tokens;
+    }
+  }
+  cuda::fast::NormRopeJob none;
+  EXPECT_TRUE(cuda::fast::norm_rope_pair(none, none, 512, 1e-6f, 64, dfreq.get(), 0, nullptr, nullptr));
+  cuda::DeviceArray<float> d(8);
+  cuda::fast::NormRopeJob bad;
+  bad.x = d.get(), bad.rows = 1;
+  EXPECT_FALSE(cuda::fast::norm_rope_pair(bad, none, 6, 1e-6f, 2, dfreq.get(), 0, nullptr, nullptr));
+}
+
 TEST_F(FastSmallOps, HcSplitSumAndSlotsPostBitwiseEqualTheLaunchesTheyReplace) {
   const int n_hc = 4, iters = 20, k = 6;
   const int64_t d = 4096 + 36, mixn = 2 * n_hc + n_hc * n_hc + 3, sn = 2 * n_hc + n_hc * n_hc;
