@@ -33,6 +33,7 @@
 
 #include "common/half.h"
 #include "cuda/cuda_util.h"
+#include "cuda/int8_digits.h"
 #include "quant/quant.h"
 
 namespace flashstar::cuda::fast {
@@ -42,7 +43,6 @@ namespace emma {
 #define EMMA_HD __host__ __device__ __forceinline__
 
 constexpr int kRows = 16, kMaxWarps = 16, kMaxItems = 8;
-constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: x + kMagic holds rint(x) in its low mantissa bits
 
 // Aligned loads (the host side reads byte by byte).
 EMMA_HD uint32_t ld32(const uint8_t* p) {
@@ -59,8 +59,9 @@ EMMA_HD uint32_t ld16(const uint8_t* p) {
   return p[0] | (p[1] << 8);
 #endif
 }
-EMMA_HD uint32_t as_u32(float f) { return __builtin_bit_cast(uint32_t, f); }
-EMMA_HD float as_f32(uint32_t u) { return __builtin_bit_cast(float, u); }
+using digits::as_f32;
+using digits::as_u32;
+using digits::prmt;
 EMMA_HD float half_f32(uint32_t h) {
 #ifdef __CUDA_ARCH__
   return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
@@ -76,21 +77,6 @@ EMMA_HD uint32_t fshr(uint32_t lo, uint32_t hi, uint32_t n) {
   return static_cast<uint32_t>(((static_cast<uint64_t>(hi) << 32) | lo) >> (n & 31));
 #endif
 }
-// PRMT: byte i of the result is byte (s >> 4i) & 7 of (b:a). Every selector here has bit 3 of each nibble
-// clear (no sign replication), so the raw instruction is used: __byte_perm masks the selector first.
-EMMA_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
-#ifdef __CUDA_ARCH__
-  uint32_t r;
-  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(s));
-  return r;
-#else
-  const uint64_t v = (static_cast<uint64_t>(b) << 32) | a;
-  uint32_t r = 0;
-  for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>((v >> (8 * ((s >> (4 * i)) & 7))) & 255) << (8 * i);
-  return r;
-#endif
-}
-
 // Per-lane constants of the fragment mapping.
 struct Lane {
   int g, t;
@@ -112,35 +98,10 @@ EMMA_HD Lane lane_consts(int lane, uint32_t one) {
 }
 
 // ---- activations: 256 columns per warp, 8 per lane ----
-// Exponent E of the block's largest |x| (floored so that every scale below is a normal float).
-EMMA_HD int block_exponent(float amax) {
-  const int e = static_cast<int>((as_u32(amax) >> 23) & 255) - 127;
-  return e < -98 ? -98 : e;
-}
-// Digits of 8 values: lo[n] / hi[n] pack digit n of elements 0..3 / 4..7. Y = rint(x * 2^(29-E)) is built
-// from rint(x * 2^(13-E)) and the exact remainder, each within the magic number's 2^22 range.
-EMMA_HD void lane_digits(const float (&x)[8], int E, uint32_t (&lo)[4], uint32_t (&hi)[4]) {
-  const float mh = as_f32(static_cast<uint32_t>(140 - E) << 23), m = as_f32(static_cast<uint32_t>(156 - E) << 23);
-  const float back = -as_f32(static_cast<uint32_t>(114 + E) << 23);
-  uint32_t z[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float hb = fmaf(x[i], mh, kMagic);
-    const float r = fmaf(hb - kMagic, back, x[i]);
-    const float lb = fmaf(r, m, kMagic);
-    // (hi << 16) + lo + 0x80808080; the magic's bits vanish from hb << 16 and cancel from lb.
-    z[i] = as_u32(hb) * 65536u + as_u32(lb) + 0x35408080u;
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const uint32_t* q = z + 4 * h;
-    const uint32_t p0 = prmt(q[0], q[1], 0x5140), p1 = prmt(q[0], q[1], 0x7362);
-    const uint32_t p2 = prmt(q[2], q[3], 0x5140), p3 = prmt(q[2], q[3], 0x7362);
-    uint32_t* d = h ? hi : lo;
-    d[0] = prmt(p0, p2, 0x5410) ^ 0x80808080u, d[1] = prmt(p0, p2, 0x7632) ^ 0x80808080u;
-    d[2] = prmt(p1, p3, 0x5410) ^ 0x80808080u, d[3] = prmt(p1, p3, 0x7632) ^ 0x80808080u;
-  }
-}
+// Exponent E of the block's largest |x| (floored so that every scale below is a normal float); the digits
+// themselves: int8_digits.h.
+constexpr int kExpFloor = -98;
+using digits::lane_digits;
 // Digit bytes: 128 per 32-column step, [digit][32 columns]. Call for lanes g < 4 only: columns 4-7 stay
 // zero, and skipping the other half-warp halves the shared-memory wavefronts.
 EMMA_HD void b_frag(const uint8_t* terms, int step, const Lane& L, uint32_t& b0, uint32_t& b1) {
@@ -417,14 +378,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1) expert_mma_kernel(const Par
       const float4 u = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane));
       const float4 v = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane + 4));
       const float x[8] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
-      float amax = 0.0f;
-      bool finite = true;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(x[i])), finite &= fabsf(x[i]) <= 3.4028235e38f;
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-      finite = __all_sync(0xffffffffu, finite);
-      const int E = finite ? block_exponent(amax) : 0;
+      bool finite;
+      const int E = digits::warp_exponent(x, kExpFloor, finite);
       uint32_t lo[4], hi[4];
       lane_digits(x, E, lo, hi);
       uint8_t* d = terms + (kb * 8 + lane / 4) * 128 + 8 * (lane & 3);

@@ -324,14 +324,8 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
         *reinterpret_cast<float2*>(o + xc.hi_a) = make_float2(x[4], x[5]);
         *reinterpret_cast<float2*>(o + xc.hi_b) = make_float2(x[6], x[7]);
       }
-      float amax = 0.0f;
-      bool finite = true;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(x[i])), finite &= fabsf(x[i]) <= 3.4028235e38f;
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-      finite = __all_sync(0xffffffffu, finite);
-      const int E = finite ? piece_exponent(amax) : 0;
+      bool finite;
+      const int E = digits::warp_exponent(x, kExpFloor, finite);
       uint32_t lo[4], hi[4];
       lane_digits(x, E, lo, hi);
       uint8_t* d = dig + sl * a.slot_bytes + pc * kDigitBytes + j * 128 + 8 * t;

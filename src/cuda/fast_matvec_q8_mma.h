@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "common/half.h"
+#include "cuda/int8_digits.h"
 #include "cuda/ref_kernels.h"
 
 #if defined(__CUDACC__)
@@ -46,31 +47,10 @@ constexpr int kRows = 16;                           // rows of a tile (mma M)
 constexpr int kStageBytes = kRows * kPieceBytes;    // one 256-column piece of 16 rows, rows packed
 constexpr int kDigitBytes = 1024;  // one activation row's digits for one piece: [block 8][digit 4][t 4][8 bytes]
 
-Q8M_HD uint32_t ld32(const uint8_t* p) {  // 4-byte aligned
-#ifdef __CUDA_ARCH__
-  return *reinterpret_cast<const uint32_t*>(p);
-#else
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-#endif
-}
-Q8M_HD uint32_t as_u32(float f) { return __builtin_bit_cast(uint32_t, f); }
-Q8M_HD float as_f32(uint32_t u) { return __builtin_bit_cast(float, u); }
-// PRMT: byte i of the result is byte (s >> 4i) & 7 of (b:a); every selector here has bit 3 of each nibble
-// clear, so the raw instruction is used (__byte_perm masks the selector first).
-Q8M_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
-#ifdef __CUDA_ARCH__
-  uint32_t r;
-  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(s));
-  return r;
-#else
-  const uint64_t v = (static_cast<uint64_t>(b) << 32) | a;
-  uint32_t r = 0;
-  for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>((v >> (8 * ((s >> (4 * i)) & 7))) & 255) << (8 * i);
-  return r;
-#endif
-}
+using digits::as_f32;
+using digits::as_u32;
+using digits::ld32;
+using digits::prmt;
 Q8M_HD float half_lo(uint32_t w) {
 #ifdef __CUDA_ARCH__
   return __half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xFFFFu)));
@@ -124,35 +104,9 @@ Q8M_HD XCols x_cols(int j, int t) {
   return {14, 0, 30};
 }
 // E, floored so that every scale below is a normal float (2^(E-29) >= 2^-125, 2^(29-E) <= 2^125).
-Q8M_HD int piece_exponent(float amax) {
-  const int e = static_cast<int>((as_u32(amax) >> 23) & 255) - 127;
-  return e < -96 ? -96 : e;
-}
-// Digits of 8 values: lo[k] / hi[k] pack digit k of elements 0..3 / 4..7 (byte i = element i). Y is built
-// from rint(x 2^(13-E)) and the exact remainder, each within the magic number's 2^22 range (as the expert
-// kernel's lane_digits).
-Q8M_HD void lane_digits(const float (&x)[8], int E, uint32_t (&lo)[4], uint32_t (&hi)[4]) {
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
-  const float mh = as_f32(static_cast<uint32_t>(140 - E) << 23), m = as_f32(static_cast<uint32_t>(156 - E) << 23);
-  const float back = -as_f32(static_cast<uint32_t>(114 + E) << 23);
-  uint32_t z[8];
-Q8M_UNROLL
-  for (int i = 0; i < 8; ++i) {
-    const float hb = fmaf(x[i], mh, kMagic);
-    const float r = fmaf(hb - kMagic, back, x[i]);
-    const float lb = fmaf(r, m, kMagic);
-    z[i] = as_u32(hb) * 65536u + as_u32(lb) + 0x35408080u;  // Y + 0x80808080
-  }
-Q8M_UNROLL
-  for (int h = 0; h < 2; ++h) {
-    const uint32_t* q = z + 4 * h;
-    const uint32_t p0 = prmt(q[0], q[1], 0x5140), p1 = prmt(q[0], q[1], 0x7362);
-    const uint32_t p2 = prmt(q[2], q[3], 0x5140), p3 = prmt(q[2], q[3], 0x7362);
-    uint32_t* d = h ? hi : lo;
-    d[0] = prmt(p0, p2, 0x5410) ^ 0x80808080u, d[1] = prmt(p0, p2, 0x7632) ^ 0x80808080u;
-    d[2] = prmt(p1, p3, 0x5410) ^ 0x80808080u, d[3] = prmt(p1, p3, 0x7632) ^ 0x80808080u;
-  }
-}
+constexpr int kExpFloor = -96;
+Q8M_HD int piece_exponent(float amax) { return digits::exponent_of(amax, kExpFloor); }
+using digits::lane_digits;  // int8_digits.h (shared with the expert kernel)
 // Weight of lane half h's combined sums (digits 2h, 2h+1): x = 2^(E-29) Y.
 Q8M_HD float digit_scale(int E, int h) { return as_f32(static_cast<uint32_t>(98 + E + 16 * h) << 23); }
 // Byte offset of lane (g, t)'s B registers in a block's 128 digit bytes (token / slot added apart).
