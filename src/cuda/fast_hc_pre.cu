@@ -38,16 +38,6 @@ struct Params {
   float norm_eps, hc_eps;
 };
 
-template <GgmlType T>
-__device__ __forceinline__ void load_w4(const uint8_t* row, int64_t c, float (&w)[4]) {
-  if constexpr (T == GgmlType::F32) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(row) + c / 4);
-    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
-  } else {
-    const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + 2 * c));
-    w[0] = h2f(v.x & 0xffffu), w[1] = h2f(v.x >> 16), w[2] = h2f(v.y & 0xffffu), w[3] = h2f(v.y >> 16);
-  }
-}
 
 __device__ __forceinline__ float dot4(const float (&w)[4], float4 x) {
   return fmaf(w[3], x.w, fmaf(w[2], x.z, fmaf(w[1], x.y, w[0] * x.x)));
@@ -93,7 +83,7 @@ __device__ __forceinline__ void part_sums(const Params& p, float (*s_dot)[NT][kM
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     float w[4];
-    load_w4<T>(p.fn + static_cast<size_t>(row_of(warp, r)) * p.row_bytes, c, w);
+    load_float4w<T>(p.fn + static_cast<size_t>(row_of(warp, r)) * p.row_bytes, c, w);
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[r][t] = dot4(w, x[t]);
   }

@@ -252,19 +252,6 @@ __global__ void __launch_bounds__(kThreads) mv_quant(const uint8_t* __restrict__
   if (sp.parts > 1) reduce_if_last(sp, n_rows, wk, Y, ys, kWarps * kRowsPerWarp * kGroups);
 }
 
-// Plain float types: nothing to stage, rows are read straight from global memory, 4 elements a lane.
-template <GgmlType T>
-__device__ __forceinline__ void load4(const uint8_t* row, int e, float (&w)[4]) {
-  if constexpr (T == GgmlType::F32) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(row) + e / 4);
-    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
-  } else {
-    const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + 2 * e));
-    const uint32_t h[4] = {v.x & 0xffff, v.x >> 16, v.y & 0xffff, v.y >> 16};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = T == GgmlType::F16 ? h2f(h[i]) : __uint_as_float(h[i] << 16);
-  }
-}
 
 template <GgmlType T, int NT>
 __global__ void __launch_bounds__(kThreads) mv_float(const uint8_t* __restrict__ W, size_t row_bytes, int cols,
@@ -289,7 +276,7 @@ __global__ void __launch_bounds__(kThreads) mv_float(const uint8_t* __restrict__
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       float w[4];
-      load4<T>(rows[r], e, w);
+      load_float4w<T>(rows[r], e, w);
 #pragma unroll
       for (int t = 0; t < NT; ++t) acc[r][t] += w[0] * x[t].x + w[1] * x[t].y + w[2] * x[t].z + w[3] * x[t].w;
     }

@@ -40,6 +40,20 @@ struct QuantTraits<GgmlType::IQ2_XXS> {
 __device__ __forceinline__ uint32_t lds_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
 __device__ __forceinline__ uint32_t lds_u32_2(const uint8_t* p) { return lds_u16(p) | (lds_u16(p + 2) << 16); }
 __device__ __forceinline__ float h2f(uint32_t h) { return __half2float(__ushort_as_half(static_cast<unsigned short>(h))); }
+// Plain float rows (F32, F16, BF16): four consecutive weights from element e (16 / 8 aligned), read
+// straight from global memory.
+template <GgmlType T, typename Index>
+__device__ __forceinline__ void load_float4w(const uint8_t* row, Index e, float (&w)[4]) {
+  if constexpr (T == GgmlType::F32) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(row) + e / 4);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + 2 * e));
+    const uint32_t h[4] = {v.x & 0xffff, v.x >> 16, v.y & 0xffff, v.y >> 16};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = T == GgmlType::F16 ? h2f(h[i]) : __uint_as_float(h[i] << 16);
+  }
+}
 // Exact floats of small integers without the integer-to-float converter (an eighth of the FMA rate on
 // Hopper, which made the dequantizing kernels compute-bound): 2^23 + u has u in its mantissa.
 __device__ __forceinline__ float u2f(uint32_t u) { return __int_as_float(0x4B000000u | u) - 8388608.0f; }  // u < 2^23
