@@ -104,13 +104,8 @@ __global__ void compress_rows_kernel(CompressorArgs a, int64_t first_row) {
   __syncthreads();
   const int64_t rp = end - r;
   float* tail = row + dim - a.n_rot;
-  for (int p = threadIdx.x; p < a.n_rot / 2; p += blockDim.x) {
-    const double th = static_cast<double>(rp) * a.freq[p];
-    const float c = static_cast<float>(cos(th)), s = static_cast<float>(sin(th));
-    const float x0 = tail[2 * p], x1 = tail[2 * p + 1];
-    tail[2 * p] = x0 * c - x1 * s;
-    tail[2 * p + 1] = x0 * s + x1 * c;
-  }
+  for (int p = threadIdx.x; p < a.n_rot / 2; p += blockDim.x)
+    d_rope_pair(tail[2 * p], tail[2 * p + 1], static_cast<double>(rp) * a.freq[p], false);
   __syncthreads();
   if (a.official) {
     // all threads of the block (a thread per scale block or one thread per row took 40-60 us at decode)

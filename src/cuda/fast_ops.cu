@@ -147,13 +147,8 @@ __device__ void norm_rope_row(float* x, int64_t dim, const float* w, float eps, 
   for (int64_t j = threadIdx.x; j < dim / 4; j += blockDim.x) r4[j] = scaled(xr[j], scale, wr, j);
   __syncthreads();
   float* tail = row + dim - n_rot;
-  for (int p = threadIdx.x; p < n_rot / 2; p += blockDim.x) {
-    const double th = static_cast<double>(pos) * freq[p];
-    const float c = static_cast<float>(cos(th)), sn = static_cast<float>(sin(th));
-    const float a = tail[2 * p], b = tail[2 * p + 1];
-    tail[2 * p] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
-    tail[2 * p + 1] = __fadd_rn(__fmul_rn(a, sn), __fmul_rn(b, c));
-  }
+  for (int p = threadIdx.x; p < n_rot / 2; p += blockDim.x)
+    d_rope_pair(tail[2 * p], tail[2 * p + 1], static_cast<double>(pos) * freq[p], false);
   __syncthreads();
   if (fp8) {
     fp8_blocks_par(row, dim - n_rot, 64);

@@ -172,13 +172,8 @@ __global__ void compressor_kernel(CompressorArgs a) {
     if (threadIdx.x == 0) {
       float* tail = row + dim - a.n_rot;
       const int64_t rp = pos + 1 - r;
-      for (int p = 0; p < a.n_rot / 2; ++p) {
-        const double th = static_cast<double>(rp) * a.freq[p];
-        const float c = static_cast<float>(cos(th)), s = static_cast<float>(sin(th));
-        const float x0 = tail[2 * p], x1 = tail[2 * p + 1];
-        tail[2 * p] = x0 * c - x1 * s;
-        tail[2 * p + 1] = x0 * s + x1 * c;
-      }
+      for (int p = 0; p < a.n_rot / 2; ++p)
+        d_rope_pair(tail[2 * p], tail[2 * p + 1], static_cast<double>(rp) * a.freq[p], false);
       if (a.official) {
         if (a.kind == RowKind::Attention) {
           d_fp8_blocks(row, dim - a.n_rot, 64);
