@@ -469,14 +469,9 @@ class CudaSession final : public Session {
     fast::NormRopeJob qj, kvj;
     qj.x = q_, qj.rows = n * d_.H, qj.rows_per_pos = int(d_.H);
     kvj.x = kv, kvj.rows = n, kvj.w = L.kv_a_norm, kvj.fp8 = official;
-    const bool qkv_done = fused && fast::norm_rope_pair(qj, kvj, d_.HD, eps, n_rot, freq, pos0, pos_dev_, s_);
-    if (!qkv_done &&
-        (!fused || !fast::norm_rope_rows(q_, n * d_.H, d_.HD, nullptr, eps, int(d_.H), n_rot, freq, pos0, pos_dev_, false, s_))) {
+    if (!fused || !fast::norm_rope_pair(qj, kvj, d_.HD, eps, n_rot, freq, pos0, pos_dev_, s_)) {
       norm_rows(q_, d_.HD, nullptr, q_, d_.HD, n * d_.H, d_.HD, eps);
       rope(q_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
-    }
-    if (!qkv_done &&
-        (!fused || !fast::norm_rope_rows(kv, n, d_.HD, L.kv_a_norm, eps, 1, n_rot, freq, pos0, pos_dev_, official, s_))) {
       norm_rows(kv, d_.HD, L.kv_a_norm, kv, d_.HD, n, d_.HD, eps);
       rope(kv, n, d_.HD, 1, d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
       finish(kv, n, d_.HD, d_.HD, n_rot, RowKind::Attention, official);

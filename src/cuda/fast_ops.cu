@@ -158,15 +158,8 @@ __device__ void norm_rope_row(float* x, int64_t dim, const float* w, float eps, 
   for (int64_t j = threadIdx.x; j < dim / 4; j += blockDim.x) xr[j] = r4[j];
 }
 
-__global__ void __launch_bounds__(kNormThreads) norm_rope_kernel(float* x, int64_t dim, const float* w, float eps,
-                                                                 int rows_per_pos, int n_rot, const double* freq,
-                                                                 int64_t pos0, const int64_t* pos_dev, bool fp8) {
-  if (pos_dev) pos0 = *pos_dev;
-  norm_rope_row(x + blockIdx.x * dim, dim, w, eps, pos0 + blockIdx.x / rows_per_pos, n_rot, freq, fp8);
-}
-
-// Two row sets of the same width in one launch (decode: the query heads and the cached kv row): blocks
-// below a.rows take set a, the others set b.
+// One or two row sets of the same width in one launch (decode: the query heads and the cached kv row;
+// norm_rope_rows: set b empty): blocks below a.rows take set a, the others set b.
 __global__ void __launch_bounds__(kNormThreads) norm_rope_pair_kernel(NormRopeJob a, NormRopeJob b, int64_t dim,
                                                                       float eps, int n_rot, const double* freq,
                                                                       int64_t pos0, const int64_t* pos_dev) {
@@ -194,19 +187,6 @@ bool rms_norm_rows(const float* x, int64_t xs, const float* w, float* y, int64_t
   return true;
 }
 
-bool norm_rope_rows(float* x, int64_t n_rows, int64_t dim, const float* w, float eps, int rows_per_pos, int n_rot,
-                    const double* freq, int64_t pos0, const int64_t* pos_dev, bool fp8_rows, cudaStream_t s) {
-  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (dim % 4 || dim > kMaxFusedDim || !al(x) || (w && !al(w)) || n_rot < 0 || n_rot % 2 || n_rot > dim ||
-      rows_per_pos < 1 || n_rows > 0x7fffffff)
-    return false;
-  if (n_rows <= 0) return true;
-  norm_rope_kernel<<<static_cast<unsigned>(n_rows), norm_threads(dim), 0, s>>>(x, dim, w, eps, rows_per_pos, n_rot, freq,
-                                                                               pos0, pos_dev, fp8_rows);
-  FS_CUDA_LAUNCH_CHECK();
-  return true;
-}
-
 bool norm_rope_pair(const NormRopeJob& a, const NormRopeJob& b, int64_t dim, float eps, int n_rot, const double* freq,
                     int64_t pos0, const int64_t* pos_dev, cudaStream_t s) {
   auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
@@ -219,6 +199,13 @@ bool norm_rope_pair(const NormRopeJob& a, const NormRopeJob& b, int64_t dim, flo
                                                                                              freq, pos0, pos_dev);
   FS_CUDA_LAUNCH_CHECK();
   return true;
+}
+
+bool norm_rope_rows(float* x, int64_t n_rows, int64_t dim, const float* w, float eps, int rows_per_pos, int n_rot,
+                    const double* freq, int64_t pos0, const int64_t* pos_dev, bool fp8_rows, cudaStream_t s) {
+  NormRopeJob a;
+  a.x = x, a.rows = n_rows, a.w = w, a.rows_per_pos = rows_per_pos, a.fp8 = fp8_rows;
+  return norm_rope_pair(a, NormRopeJob{}, dim, eps, n_rot, freq, pos0, pos_dev, s);
 }
 
 bool route_supported(int n_expert, int k) { return n_expert <= kMaxExperts && k <= n_expert && k <= 32; }
