@@ -15,6 +15,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/fast_attention_rows.cuh"
 #include "cuda/last_block.cuh"
+#include "cuda/warp_reduce.cuh"
 #include "cuda/ref_numerics.cuh"
 
 namespace flashstar::cuda::fast {
@@ -59,16 +60,6 @@ __device__ __forceinline__ float reduce_scatter32(float (&v)[32], int lane) {
   return v[0];
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
 __device__ __forceinline__ float4 fma4(float w, const float4& v, float4 acc) {
   acc.x = fmaf(w, v.x, acc.x), acc.y = fmaf(w, v.y, acc.y), acc.z = fmaf(w, v.z, acc.z), acc.w = fmaf(w, v.w, acc.w);
   return acc;

@@ -15,6 +15,7 @@
 #include "cuda/fast_quant.cuh"
 #include "cuda/hc_split.cuh"
 #include "cuda/last_block.cuh"
+#include "cuda/warp_reduce.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -45,16 +46,6 @@ __device__ __forceinline__ float dot4(const float (&w)[4], float4 x) {
 __device__ __forceinline__ double sq4(float4 x) {  // products of floats are exact in double
   return static_cast<double>(x.x) * x.x + static_cast<double>(x.y) * x.y + static_cast<double>(x.z) * x.z +
          static_cast<double>(x.w) * x.w;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
 }
 // hc_sum_kernel's sum for one element (the same expression: the file does not contract).
 __device__ __forceinline__ float pre_sum(const float* pre, float a, float b, float c, float e) {

@@ -5,14 +5,10 @@
 // rint), so they are bitwise equal in every file that includes them; FastSmallOps.* checks it.
 #pragma once
 #include "cuda/ref_numerics.cuh"
+#include "cuda/warp_reduce.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
-
-__device__ __forceinline__ float warp_max(float v) {
-  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-  return v;
-}
 
 // fp8_e4m3_roundtrip_blocks of quant_sim.h with the block's threads: a warp per scale block, all blocks at
 // once (one block after another, with two barriers each, made a cached row's finish several microseconds).
