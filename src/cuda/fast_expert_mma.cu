@@ -20,10 +20,12 @@
 // (one grid entry), so its B registers are 8 consecutive digit bytes. Fragment layouts: PTX ISA "Matrix
 // Fragments for mma.m16n8k32" (.s8), equal to CuTe's SM80_16x8x32_S32S8S8S32_TN traits.
 //
-// Work: a block takes up to 8 items that share one activation row (src_div), converts that row once,
-// and gives each warp one (item, 16-row tile, column part); each warp streams its rows chunk by chunk
-// (IQ2_XXS 8 blocks, Q2_K 4 blocks: 16-byte aligned pieces) with cp.async into its own buffers. Column
-// parts are added in part order in shared memory. Nothing is atomic: results are bitwise reproducible.
+// Work (fast_expert_plan.h): a block takes up to 8 items that share one activation row (src_div),
+// converts that row once, and gives each warp one (item, 16-row tile, column part); each warp streams its
+// rows chunk by chunk (4 blocks, 16-byte cp.async pieces) into its own buffers. Column parts are added in
+// part order in shared memory. Nothing is atomic: results are bitwise reproducible. IQ2_XXS runs one
+// 24-warp block an SM (tables stored once a block, no alignment padding): gate / up at decode take 6 items
+// x 4 parts of 1024 columns, so a warp's chain is 32 steps and an SM holds 24 warps (was 64 and 12).
 #include "cuda/fast_expert_mma.h"
 
 #include <cuda_fp16.h>
@@ -33,6 +35,7 @@
 
 #include "common/half.h"
 #include "cuda/cuda_util.h"
+#include "cuda/fast_expert_plan.h"
 #include "cuda/int8_digits.h"
 #include "quant/quant.h"
 
@@ -42,7 +45,8 @@ namespace emma {
 
 #define EMMA_HD __host__ __device__ __forceinline__
 
-constexpr int kRows = 16, kMaxWarps = 16, kMaxItems = 8;
+using eplan::Fmt;
+using eplan::kRows;
 
 // Aligned loads (the host side reads byte by byte).
 EMMA_HD uint32_t ld32(const uint8_t* p) {
@@ -117,18 +121,20 @@ EMMA_HD void b_frag(const uint8_t* terms, int step, const Lane& L, uint32_t& b0,
 // ---- IQ2_XXS: one row's A registers for one sub-block (q = its 8 bytes; block b of a 16-aligned row) ----
 // Tables of words, 32 copies each ([entry][lane]): grid entry -> PRMT nibbles of its bytes' codes (8, 25,
 // 43 -> 0, 1, 2; bytes 0-3 in the low half, 4-7 in the high half); sign index -> bit 2 of the nibble of each
-// negative byte. This lane's copies start at g / s: shared-memory addresses on the device (the sign table
-// on a 16 KB boundary, so the index is OR-ed in), pointers on the host.
+// negative byte. Device: this lane's grid copy at shared address g, its sign copy at s0 + s with s = 4 lane,
+// so that (index * 128) | s is one LOP3 with the mask and s0 (uniform) the load's base register: no
+// alignment padding. Host: pointers to the lane's copies.
 struct Tabs {
-  uint32_t g, s;
+  uint32_t g, s, s0;
   const uint8_t *hg, *hs;
 };
 constexpr uint32_t kPos = 0x002B1908u, kNeg = 0x00D5E7F8u;  // bytes 8, 25, 43 and their negations
-// Word at byte offset off of a table (device: address | off, the two sharing no bits, or + off).
-EMMA_HD uint32_t tab_word(uint32_t sa, const uint8_t* host, uint32_t off, bool disjoint) {
+// Word at byte offset off of a table (device: base + (lane | off) with lane and off sharing no bits, or
+// lane + off).
+EMMA_HD uint32_t tab_word(uint32_t base, uint32_t lane, const uint8_t* host, uint32_t off, bool disjoint) {
 #ifdef __CUDA_ARCH__
   uint32_t v;
-  asm("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(disjoint ? sa | off : sa + off));
+  asm("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(disjoint ? base + (lane | off) : base + lane + off));
   return v;
 #else
   return ld32(host + off);
@@ -150,7 +156,7 @@ EMMA_HD Iq2Row iq2_row(const uint8_t* q, const Lane& L, const Tabs& T) {
     o.f = ((hi >> 11) & 0x1Eu) | L.one;
   }
   const uint32_t field = fshr(lo, hi, n) & 0x3F80u;  // sign index * 128
-  const uint32_t sel = tab_word(T.g, T.hg, idx * 128, false) | tab_word(T.s, T.hs, field, true);
+  const uint32_t sel = tab_word(0, T.g, T.hg, idx * 128, false) | tab_word(T.s0, T.s, T.hs, field, true);
   o.a_lo = prmt(kPos, kNeg, sel), o.a_hi = prmt(kPos, kNeg, sel >> 16);
   return o;
 }
@@ -208,10 +214,8 @@ inline void build_tables(uint32_t (&grid)[256], uint32_t (&sign)[128]) {
 
 __device__ uint32_t g_grid[256];
 __device__ uint32_t g_sign[128];
-// Sign table (16 KB) on the first 16 KB boundary, then the grid table (32 KB).
-constexpr int kTabBytes = 16384 + 16384 + 32768;
 
-struct Params {
+struct Params : eplan::Split {
   const uint8_t* W;
   size_t row_bytes;
   int64_t rpm, n_items, xs, ys, y0;  // y0: first block-y of this launch (launches are sliced at 65535)
@@ -219,14 +223,8 @@ struct Params {
   const float* X;
   float* Y;
   int src_div, nb;  // nb: 256-column blocks per row
-  int G, T, KS;     // items, 16-row tiles per item, column parts: warp = (item, tile, part)
-  int cpg;          // item chunks per group of src_div items
-  int CB, nchunk, cpp, NS, CS;  // blocks per chunk, chunks per row and per part, buffers per warp, chunk row bytes
   bool fast;        // rows 16-byte aligned: whole chunks by 16-byte copies
   uint32_t one;     // 1 (see Lane::one)
-  // Dynamic shared memory: [IQ2_XXS tables][digits][sx: per-block scales][sum: Q2_K per-16-column sums
-  // of x][part: column-part results][ring: the warps' weight buffers].
-  int off_terms, off_sx, off_sum, off_part, off_ring;
 };
 
 template <int N>  // 16 (bypassing L1) or 4 bytes
@@ -251,28 +249,24 @@ __device__ __forceinline__ void wait_pending(int n) {
 
 __device__ __forceinline__ int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Bytes per 256-column block, and blocks per staged chunk (528 / 336 bytes: whole 16-byte pieces).
-template <GgmlType T>
-struct Fmt {
-  static constexpr int kBytes = T == GgmlType::IQ2_XXS ? 66 : 84, kChunk = T == GgmlType::IQ2_XXS ? 8 : 4;
-};
-
 // Copies chunk c of the warp's 16 rows (row index clamped to the matrix) into dst, rows CS bytes apart, as
-// kChunk copy groups, group i holding what block i needs beyond the earlier groups: a warp computes each
-// block as soon as it has landed.
+// kChunk copy groups, group i holding what block i needs beyond the earlier groups (fast_expert_plan.h): a
+// warp computes each block as soon as it has landed. Whole 16-byte aligned rows: the chunk lands at
+// dst + Fmt::delta(c).
 template <GgmlType T>
 __device__ __forceinline__ void stage(const Params& p, const uint8_t* rows, int64_t r0, int c, uint8_t* dst, int lane) {
-  constexpr int kChunk = Fmt<T>::kChunk, kBytes = Fmt<T>::kBytes;
+  using F = Fmt<T>;
+  constexpr int kChunk = F::kChunk, kBytes = F::kBytes;
   const size_t coff = static_cast<size_t>(c) * p.CB * kBytes;
   if (p.fast) {  // lane: row lane % 16, every other 16-byte piece: fixed addresses, immediate offsets
     const int r = lane & 15, h = lane >> 4;
     const int64_t row = r0 + r < p.rpm ? r0 + r : p.rpm - 1;
-    const uint8_t* src = rows + static_cast<size_t>(row) * p.row_bytes + coff;
+    const uint8_t* src = rows + static_cast<size_t>(row) * p.row_bytes + coff - F::delta(c);
     uint8_t* d = dst + r * p.CS;
 #pragma unroll
     for (int i = 0; i < kChunk; ++i) {
 #pragma unroll
-      for (int k = (kBytes * i + 15) / 16; k < (kBytes * (i + 1) + 15) / 16; ++k)
+      for (int k = F::first(i); k < F::first(i + 1); ++k)
         if ((k & 1) == h) cp_async<16>(d + 16 * k, src + 16 * k);
       asm volatile("cp.async.commit_group;\n" ::);
     }
@@ -342,7 +336,7 @@ __device__ __forceinline__ void q2_block(const uint8_t* pg, const uint8_t* pg8, 
 }
 
 template <GgmlType T>
-__global__ void __launch_bounds__(kMaxWarps * 32, 1) expert_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel(const Params p) {
   extern __shared__ __align__(16) uint8_t smem[];
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
   uint8_t* terms = smem + p.off_terms;
@@ -364,9 +358,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1) expert_mma_kernel(const Par
 
   // While the weights are in flight: tables, and the activation row in digits.
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const uint32_t sign_sa = (base + 16383) & ~16383u, grid_sa = sign_sa + 16384;
-  if constexpr (kIq2) {  // 32 copies of each word, four per store
-    uint4* st = reinterpret_cast<uint4*>(smem + (sign_sa - base));
+  if constexpr (kIq2) {  // 32 copies of each word, four per store; the grid table follows the sign table
+    uint4* st = reinterpret_cast<uint4*>(smem);
     for (int i = threadIdx.x; i < (128 + 256) * 8; i += blockDim.x) {
       const uint32_t w = i < 128 * 8 ? g_sign[i >> 3] : g_grid[(i >> 3) - 128];
       st[i] = make_uint4(w, w, w, w);
@@ -397,13 +390,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1) expert_mma_kernel(const Par
   __syncthreads();
 
   const Lane L = lane_consts(lane, p.one);
-  const Tabs tabs{grid_sa + 4 * lane, sign_sa + 4 * lane, nullptr, nullptr};
+  const Tabs tabs{base + p.off_grid + 4 * lane, 4u * lane, base, nullptr, nullptr};
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, mins[2] = {0.0f, 0.0f};
   for (int j = 0; j < nc; ++j) {
     // Copy groups committed beyond those of this chunk's block b: the later chunks in flight, the later
     // blocks of this one.
     const int ahead = Fmt<T>::kChunk * (min(nc, j + p.NS) - j) - 1;
-    const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS;
+    const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS + (p.fast ? Fmt<T>::delta(c0 + j) : 0);
     const uint8_t *pg = buf + L.g * p.CS, *pg8 = pg + 8 * p.CS;
     const int kb0 = (c0 + j) * p.CB, nblk = min(p.CB, p.nb - kb0);
     for (int b = 0; b < nblk; b += 2) {  // in pairs: the sign words' alignment follows the block's parity
@@ -452,9 +445,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1) expert_mma_kernel(const Par
 }  // namespace emma
 
 namespace {
-using emma::kMaxItems;
-using emma::kMaxWarps;
-using emma::kRows;
 using emma::Params;
 
 struct DeviceLimits {
@@ -470,56 +460,20 @@ DeviceLimits device_limits() {
   return lim;
 }
 
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Shared-memory offsets for the current shape; returns the dynamic bytes.
-size_t layout(Params& p, bool iq2) {
-  const int warps = p.G * p.T * p.KS;
-  p.cpp = static_cast<int>(cdiv(p.nchunk, p.KS));
-  p.NS = std::min(p.NS, p.cpp);
-  p.off_terms = iq2 ? emma::kTabBytes : 0;
-  p.off_sx = p.off_terms + p.nb * 1024;
-  p.off_sum = (p.off_sx + 4 * p.nb + 15) / 16 * 16;
-  p.off_part = p.off_sum + 64 * p.nb;
-  p.off_ring = p.off_part + warps * kRows * 4;
-  return static_cast<size_t>(p.off_ring) + static_cast<size_t>(warps) * p.NS * kRows * p.CS;
-}
-
 template <GgmlType T>
 bool launch(Params p, int64_t n_groups, cudaStream_t s) {
-  using F = emma::Fmt<T>;
   const DeviceLimits lim = device_limits();
-  p.CB = F::kChunk;
-  p.nchunk = static_cast<int>(cdiv(p.nb, p.CB));
-  p.CS = (std::min(p.CB, p.nb) * F::kBytes + 15) / 16 * 16;
-  // Enough rows per block that converting the activation row (~14 instructions per column) stays small
-  // beside the weights (~2 per weight), and about 12 warps per block; fewer row tiles when the card
-  // would not be filled. Then shrink until the buffers fit in shared memory.
-  p.G = static_cast<int>(std::min<int64_t>({p.src_div, p.n_items, kMaxItems}));
-  const int64_t tiles = cdiv(p.rpm, kRows);
-  p.T = static_cast<int>(std::min<int64_t>(cdiv(4, p.G), tiles));
-  p.cpg = static_cast<int>(cdiv(std::min<int64_t>(p.src_div, p.n_items), p.G));
-  while (p.T > 1 && cdiv(tiles, p.T) * n_groups * p.cpg < lim.sms) p.T /= 2;
-  p.KS = std::max(1, std::min({p.nchunk, static_cast<int>(cdiv(12, p.G * p.T)), 4}));
-  p.NS = 2;
-  constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
-  const size_t budget = static_cast<size_t>(lim.smem);
-  while (layout(p, kIq2) > budget) {
-    if (p.NS > 1) --p.NS;
-    else if (p.KS > 1) --p.KS;
-    else if (p.T > 1) --p.T;
-    else if (p.G > 1) p.G = (p.G + 1) / 2, p.cpg = static_cast<int>(cdiv(std::min<int64_t>(p.src_div, p.n_items), p.G));
-    else return false;
-  }
-  const size_t sm = layout(p, kIq2);
+  if (!eplan::plan<T>(p.rpm, p.n_items, p.src_div, p.nb, n_groups, lim.sms, static_cast<size_t>(lim.smem), p))
+    return false;
+  const size_t sm = p.smem;
   static bool attr = false;
   if (!attr) {
     FS_CUDA_CHECK(
         cudaFuncSetAttribute(emma::expert_mma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim.smem));
     attr = true;
   }
-  const int64_t gx = cdiv(tiles, p.T), gy = n_groups * p.cpg;
-  if (gx > 0x7fffffff) return false;
+  const int64_t gx = eplan::cdiv(eplan::cdiv(p.rpm, emma::kRows), p.T), gy = n_groups * p.cpg;
+  if (gx > 0x7fffffff || p.warps() > eplan::kMaxWarps<T>) return false;
   const unsigned threads = static_cast<unsigned>(p.G * p.T * p.KS * 32);
   for (int64_t y0 = 0; y0 < gy; y0 += 65535) {
     p.y0 = y0;
@@ -562,7 +516,7 @@ bool expert_matvec(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_it
   p.mat = mat_of_item, p.X = X, p.Y = Y, p.src_div = src_div, p.nb = static_cast<int>(W.cols / 256);
   p.fast = W.row_bytes % 16 == 0 && aligned(W.data, 16);
   p.one = 1;
-  const int64_t n_groups = cdiv(n_items, src_div);
+  const int64_t n_groups = eplan::cdiv(n_items, src_div);
   return W.type == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS>(p, n_groups, s)
                                      : launch<GgmlType::Q2_K>(p, n_groups, s);
 }

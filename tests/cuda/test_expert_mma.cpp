@@ -1,9 +1,9 @@
 // The INT8 tensor-core expert kernel (fast_expert_mma.cu) against the reference cuda::matmul_items: random
 // quant codes with sane scales (every bit pattern of the codes occurs), the model's expert shapes and odd
 // ones (short and ragged rows, narrow and unaligned rows, item groups, padded strides, long rows that
-// stream several chunks, more items than one launch takes), activations with heavy tails, outputs
-// poisoned before launch. Bound: relative L2 error 2e-6 like the fp32 kernel (1e-4 below 32 outputs,
-// where a lone dot product can cancel to near zero).
+// stream several chunks, more items than one launch takes, the 24-warp IQ2_XXS block's splits),
+// activations with heavy tails, outputs poisoned before launch. Bound: relative L2 error 2e-6 like the
+// fp32 kernel (1e-4 below 32 outputs, where a lone dot product can cancel to near zero).
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -115,6 +115,19 @@ TEST_F(ExpertMma, LongRowsAndManyItemsMatchReference) {
   run({GgmlType::Q2_K, 4, 128, 5120, 5, 1});                    // two buffers, a short part, an empty part
   run({GgmlType::Q2_K, 3, 3, 256, 70000, 1});                   // more item blocks than one launch takes
   run({GgmlType::IQ2_XXS, 3, 5, 256, 70000, 4});
+}
+
+// IQ2_XXS splits of the 24-warp block (fast_expert_plan.h): 7 and 8 items a block (3 column parts), parts
+// of two chunks with two buffers and an empty last part, chunks 8 bytes past a 16-byte boundary (every odd
+// chunk) at several widths, and the same widths on rows that are not 16-byte aligned (no delta).
+TEST_F(ExpertMma, Iq2BlockSplitsMatchReference) {
+  run({GgmlType::IQ2_XXS, 8, 64, 4096, 16, 8, 0, 0, 0, true});
+  run({GgmlType::IQ2_XXS, 7, 48, 4096, 14, 7});
+  run({GgmlType::IQ2_XXS, 6, 64, 6144, 6, 6, 0, 0, 0, true});
+  run({GgmlType::IQ2_XXS, 6, 33, 10240, 12, 6});
+  run({GgmlType::IQ2_XXS, 2, 70, 2048, 5, 1});
+  run({GgmlType::IQ2_XXS, 6, 64, 4096, 6, 6, 0, 0, 2});
+  run({GgmlType::IQ2_XXS, 6, 64, 6144, 6, 3, 0, 0, 4, true});
 }
 
 TEST_F(ExpertMma, RunToRunBitwiseEqual) {

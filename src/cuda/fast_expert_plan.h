@@ -1,0 +1,115 @@
+// Work split and weight staging of the routed-expert kernel (fast_expert_mma.cu). Host-compilable, so that
+// CPU tests (ExpertPlan.*) check the copy groups and the split without a device.
+//
+// Occupancy: a block shares one copy of the IQ2_XXS tables (48 KB) and of the activation digits among its
+// warps, so one large block an SM (up to 24 warps of 80 registers) holds twice the warps that two blocks
+// with their own tables could. For IQ2_XXS gate / up (6 items, 4096 columns) that is 6 items x 4 column
+// parts of 4 blocks: each warp's chain is 32 k32 steps, not 64 (12 warps of 2 parts before).
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "quant/types.h"
+
+#if defined(__CUDACC__)
+#define EPLAN_HD __host__ __device__ __forceinline__
+#define EPLAN_CHD __host__ __device__ constexpr
+#else
+#define EPLAN_HD inline
+#define EPLAN_CHD constexpr
+#endif
+
+namespace flashstar::cuda::fast::eplan {
+
+constexpr int kRows = 16, kMaxItems = 8;
+// Warps a block may have (the kernel's launch bounds): IQ2_XXS 24 (80 registers, one block an SM shares the
+// tables), Q2_K 16 (several blocks an SM).
+template <GgmlType T>
+constexpr int kMaxWarps = T == GgmlType::IQ2_XXS ? 24 : 16;
+
+// Bytes per 256-column block and blocks per staged chunk. An IQ2_XXS chunk (4 x 66 = 264 bytes) starts 8
+// bytes past a 16-byte boundary in every other chunk: its copy starts at the boundary below (delta bytes
+// early), so every copy stays 16 bytes wide, and a row's buffer has kSlack bytes more.
+template <GgmlType T>
+struct Fmt {
+  static constexpr int kBytes = T == GgmlType::IQ2_XXS ? 66 : 84, kChunk = 4;
+  static constexpr int kSlack = kBytes * kChunk % 16;
+  static constexpr int kPieces = (kBytes * kChunk + kSlack + 15) / 16;  // 16-byte copies per row and chunk
+  // Copy group i (< kChunk) is pieces [first(i), first(i + 1)): what block i needs beyond the earlier groups.
+  static EPLAN_CHD int first(int i) { return i == 0 ? 0 : i >= kChunk ? kPieces : (kBytes * i + 15) / 16; }
+  // Offset of chunk c's first byte in its buffer when whole rows are 16-byte aligned (0 or kSlack).
+  static EPLAN_HD int delta(int c) { return kSlack == 0 ? 0 : c * kBytes * kChunk % 16; }
+  // Groups that hold, for either delta, every byte of blocks 0..i once group i has landed, and no piece
+  // beyond the buffer's row.
+  static constexpr bool groups_cover() {
+    for (int d = 0; d <= kSlack; d += kSlack > 0 ? kSlack : 1) {
+      for (int i = 0; i < kChunk; ++i)
+        if ((d + kBytes * (i + 1) + 15) / 16 > first(i + 1)) return false;
+      if (16 * kPieces < d + kBytes * kChunk) return false;
+    }
+    return true;
+  }
+};
+static_assert(Fmt<GgmlType::IQ2_XXS>::groups_cover() && Fmt<GgmlType::Q2_K>::groups_cover());
+static_assert(Fmt<GgmlType::IQ2_XXS>::kChunk % 2 == 0, "blocks are consumed in pairs (the sign words' parity)");
+
+// Block shape and dynamic shared memory: [IQ2_XXS sign table 16 KB][grid table 32 KB][digits][sx: per-block
+// scales][sum: Q2_K per-16-column sums of x][part: column-part results][ring: the warps' weight buffers].
+struct Split {
+  int G = 0, T = 0, KS = 0;  // items, 16-row tiles per item, column parts: warp = (item, tile, part)
+  int cpg = 0;               // item chunks per group of src_div items
+  int CB = 0, nchunk = 0, cpp = 0, NS = 0, CS = 0;  // blocks per chunk, chunks per row and per part, buffers per
+                                                    // warp, chunk row bytes
+  int off_grid = 0, off_terms = 0, off_sx = 0, off_sum = 0, off_part = 0, off_ring = 0;  // sign table at 0
+  size_t smem = 0;
+  EPLAN_HD int warps() const { return G * T * KS; }
+};
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline size_t layout(Split& s, bool iq2, int nb) {
+  s.cpp = static_cast<int>(cdiv(s.nchunk, s.KS));
+  s.NS = std::min(s.NS, s.cpp);
+  s.off_grid = iq2 ? 16384 : 0;
+  s.off_terms = iq2 ? 16384 + 32768 : 0;
+  s.off_sx = s.off_terms + nb * 1024;
+  s.off_sum = (s.off_sx + 4 * nb + 15) / 16 * 16;
+  s.off_part = s.off_sum + (iq2 ? 0 : 64 * nb);
+  s.off_ring = s.off_part + s.warps() * kRows * 4;
+  s.smem = static_cast<size_t>(s.off_ring) + static_cast<size_t>(s.warps()) * s.NS * kRows * s.CS;
+  return s.smem;
+}
+
+// The split for n_items items of rows_per_mat rows and nb 256-column blocks (n_groups activation rows of
+// src_div items) on sms multiprocessors with smem bytes a block; false when nothing fits.
+template <GgmlType T>
+bool plan(int64_t rpm, int64_t n_items, int64_t src_div, int nb, int64_t n_groups, int sms, size_t smem, Split& s) {
+  using F = Fmt<T>;
+  constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
+  s.CB = F::kChunk;
+  s.nchunk = static_cast<int>(cdiv(nb, s.CB));
+  s.CS = (std::min(s.CB, nb) * F::kBytes + F::kSlack + 15) / 16 * 16;
+  // Enough rows per block that converting the activation row (~14 instructions per column) stays small
+  // beside the weights (~2 per weight); fewer row tiles when the card would not be filled. Warps: IQ2_XXS
+  // up to 24 (one block an SM shares the tables), Q2_K about 12 (several blocks an SM). Then shrink until
+  // the buffers fit in shared memory.
+  const int target = kIq2 ? 24 : 12;
+  s.G = static_cast<int>(std::min<int64_t>({src_div, n_items, kMaxItems}));
+  const int64_t tiles = cdiv(rpm, kRows);
+  s.T = static_cast<int>(std::min<int64_t>(cdiv(4, s.G), tiles));
+  s.cpg = static_cast<int>(cdiv(std::min<int64_t>(src_div, n_items), s.G));
+  while (s.T > 1 && cdiv(tiles, s.T) * n_groups * s.cpg < sms) s.T /= 2;
+  s.KS = std::max(1, std::min({s.nchunk, static_cast<int>(cdiv(target, s.G * s.T)), kMaxWarps<T> / (s.G * s.T), 4}));
+  s.NS = 2;
+  while (layout(s, kIq2, nb) > smem) {
+    if (s.NS > 1) --s.NS;
+    else if (s.KS > 1) --s.KS;
+    else if (s.T > 1) --s.T;
+    else if (s.G > 1) s.G = (s.G + 1) / 2, s.cpg = static_cast<int>(cdiv(std::min<int64_t>(src_div, n_items), s.G));
+    else return false;
+  }
+  return true;
+}
+
+}  // namespace flashstar::cuda::fast::eplan

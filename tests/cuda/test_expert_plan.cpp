@@ -1,0 +1,121 @@
+// The routed-expert kernel's work split and weight staging (fast_expert_plan.h), checked on the CPU (no
+// device): the copy groups replayed lane by lane against whole rows (every block's bytes in its buffer once
+// its group has landed, no copy outside the row or the buffer), and the split of real and random shapes
+// (warps within the launch bounds, shared memory within the budget, every chunk in exactly one part).
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "cuda/fast_expert_plan.h"
+
+using namespace flashstar;
+using namespace flashstar::cuda::fast;
+
+namespace {
+
+constexpr int kSms = 132;
+constexpr size_t kSmem = 232448;  // H200: 227 KB a block
+
+// Replays stage() for chunk c of 16 rows of nb blocks (rows 16-byte aligned): which copy group brought each
+// buffer byte, and checks that block i of every row lies at delta + i * kBytes once groups 0..i have landed.
+template <GgmlType T>
+void replay_chunk(int nb, int c) {
+  using F = eplan::Fmt<T>;
+  const int row_bytes = nb * F::kBytes, CS = (F::kChunk * F::kBytes + F::kSlack + 15) / 16 * 16;
+  ASSERT_EQ(row_bytes % 16, 0);
+  const int coff = c * F::kChunk * F::kBytes, delta = F::delta(c);
+  ASSERT_EQ((coff - delta) % 16, 0) << "copies start on a 16-byte boundary";
+  std::vector<int> src(16 * CS, -1), group(16 * CS, -1);  // row byte offset / group per buffer byte
+  for (int lane = 0; lane < 32; ++lane) {
+    const int r = lane & 15, h = lane >> 4;
+    for (int i = 0; i < F::kChunk; ++i)
+      for (int k = F::first(i); k < F::first(i + 1); ++k) {
+        if ((k & 1) != h) continue;
+        const int s = coff - delta + 16 * k;
+        ASSERT_GE(s, 0);
+        ASSERT_LE(s + 16, row_bytes) << "copy past the row, chunk " << c;
+        ASSERT_LE(16 * k + 16, CS) << "copy past the buffer row";
+        for (int b = 0; b < 16; ++b) {
+          ASSERT_EQ(group[r * CS + 16 * k + b], -1) << "byte copied twice";
+          src[r * CS + 16 * k + b] = s + b, group[r * CS + 16 * k + b] = i;
+        }
+      }
+  }
+  for (int r = 0; r < 16; ++r)
+    for (int i = 0; i < F::kChunk && c * F::kChunk + i < nb; ++i)
+      for (int b = 0; b < F::kBytes; ++b) {
+        const int o = r * CS + delta + i * F::kBytes + b;
+        EXPECT_EQ(src[o], coff + i * F::kBytes + b);
+        EXPECT_LE(group[o], i) << "block " << i << " needs a later group";
+      }
+}
+
+}  // namespace
+
+TEST(ExpertPlan, CopyGroupsDeliverEveryBlock) {
+  for (int nb : {8, 16, 24, 64})
+    for (int c = 0; c < nb / 4; ++c) replay_chunk<GgmlType::IQ2_XXS>(nb, c);
+  for (int nb : {4, 8, 12})
+    for (int c = 0; c < nb / 4; ++c) replay_chunk<GgmlType::Q2_K>(nb, c);
+  EXPECT_EQ(eplan::Fmt<GgmlType::IQ2_XXS>::delta(1), 8);
+  EXPECT_EQ(eplan::Fmt<GgmlType::IQ2_XXS>::delta(2), 0);
+  EXPECT_EQ(eplan::Fmt<GgmlType::Q2_K>::delta(1), 0);
+}
+
+TEST(ExpertPlan, DecodeShapes) {
+  eplan::Split s;
+  // gate / up: 6 experts of 2048 x 4096 IQ2_XXS on one token: 6 items x 4 parts, one block an SM.
+  ASSERT_TRUE(eplan::plan<GgmlType::IQ2_XXS>(2048, 6, 6, 16, 1, kSms, kSmem, s));
+  EXPECT_EQ(s.G, 6);
+  EXPECT_EQ(s.T, 1);
+  EXPECT_EQ(s.KS, 4);
+  EXPECT_EQ(s.cpp, 1);
+  EXPECT_EQ(s.NS, 1);
+  EXPECT_EQ(s.CS, 272);
+  EXPECT_EQ(s.warps(), 24);
+  EXPECT_EQ(s.smem, 171584u);  // sign 16 KB + grid 32 KB + digits 16 KB + 64 + parts 1.5 KB + 24 x 4352 ring
+  EXPECT_GT(2 * s.smem, kSmem) << "one block an SM by design";
+  // Eight tokens: the same split, eight activation rows.
+  ASSERT_TRUE(eplan::plan<GgmlType::IQ2_XXS>(2048, 48, 6, 16, 8, kSms, kSmem, s));
+  EXPECT_EQ(s.warps(), 24);
+  // down: 6 experts of 4096 x 2048 Q2_K, an activation row per item: unchanged (4 tiles x 2 parts, 52 256
+  // bytes, three blocks an SM).
+  ASSERT_TRUE(eplan::plan<GgmlType::Q2_K>(4096, 6, 1, 8, 6, kSms, kSmem, s));
+  EXPECT_EQ(s.G, 1);
+  EXPECT_EQ(s.T, 4);
+  EXPECT_EQ(s.KS, 2);
+  EXPECT_EQ(s.CS, 336);
+  EXPECT_EQ(s.smem, 52256u);
+}
+
+TEST(ExpertPlan, RandomShapesFitAndCoverEveryChunk) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> nbd(1, 80), rowsd(1, 5000), itemsd(1, 100), divd(1, 12);
+  for (int trial = 0; trial < 4000; ++trial) {
+    const bool iq2 = trial & 1;
+    const int nb = nbd(rng), rows = rowsd(rng), items = itemsd(rng), div = divd(rng);
+    const size_t smem = trial % 3 == 0 ? 101376 : kSmem;  // also a smaller card's budget
+    const int64_t groups = eplan::cdiv(items, div);
+    eplan::Split s;
+    const bool ok = iq2 ? eplan::plan<GgmlType::IQ2_XXS>(rows, items, div, nb, groups, kSms, smem, s)
+                        : eplan::plan<GgmlType::Q2_K>(rows, items, div, nb, groups, kSms, smem, s);
+    if (!ok) continue;
+    ASSERT_LE(s.smem, smem);
+    ASSERT_GE(s.warps(), 1);
+    ASSERT_LE(s.warps(), iq2 ? eplan::kMaxWarps<GgmlType::IQ2_XXS> : eplan::kMaxWarps<GgmlType::Q2_K>);
+    ASSERT_GE(s.NS, 1);
+    ASSERT_LE(s.NS, s.cpp);
+    ASSERT_EQ(s.CB, 4);
+    ASSERT_GE(s.CS, std::min(4, nb) * (iq2 ? 66 : 84));
+    std::vector<int> seen(s.nchunk, 0);
+    for (int kp = 0; kp < s.KS; ++kp) {
+      const int c0 = kp * s.cpp, nc = std::max(0, std::min(s.nchunk, c0 + s.cpp) - c0);
+      for (int j = 0; j < nc; ++j) ++seen[c0 + j];
+    }
+    for (int c = 0; c < s.nchunk; ++c) ASSERT_EQ(seen[c], 1) << "chunk " << c;
+    // Item chunks of a group: G items each, every item of the group in one.
+    ASSERT_GE(static_cast<int64_t>(s.cpg) * s.G, std::min<int64_t>(div, items));
+  }
+}
