@@ -390,22 +390,44 @@ class CudaSession final : public Session {
     else compressor_chunk(a, s_);
   }
 
+  // At decode a half-layer's hyper-connection post is left pending (pending_) and applied by the next
+  // hc_pre's one launch (fast_hc_pre.h); the same condition as that launch's route. Whatever reads X_
+  // otherwise (the reference hc_pre, the output head) flushes it first with the kernels it replaces.
+  bool fold_post(int64_t n) const {
+    return routes_[Route::FusedOps] && routes_[Route::F16Proj] && n <= fast::hcp::kMaxTok && c_.n_hc == 4 &&
+           d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix;
+  }
+  void flush_post(int64_t n) {
+    const fast::HcPost q = pending_;
+    pending_ = {};
+    const int n_hc = int(c_.n_hc);
+    if (q.kind == fast::HcPost::Kind::Plain) hc_post(q.f, X_, q.split, n_hc, d_.D, n, s_);
+    if (q.kind != fast::HcPost::Kind::Slots) return;
+    if (routes_[Route::FusedOps] && fast::sum_slots_post(q.f, q.shared, q.k, X_, q.split, n_hc, d_.D, n, s_)) return;
+    sum_slots(q.f, q.shared, n, q.k, d_.D, out_, s_);
+    hc_post(out_, X_, q.split, n_hc, d_.D, n, s_);
+  }
+
   // The hyper-connection pre step and the sublayer's input norm: out = sum of the pre-weighted streams,
-  // normed = RMS norm of out with norm_w. At decode one launch (fast_hc_pre.cu) does all of it when the
-  // fused ops and the F16 projections are on (it replaces their kernels for the mixer); mv_work_ is free
-  // here (every user of it is a single launch on this stream).
+  // normed = RMS norm of out with norm_w. At decode one launch (fast_hc_pre.cu) does all of it, the pending
+  // post first, when the fused ops and the F16 projections are on (it replaces their kernels for the
+  // mixer); mv_work_ is free here (every user of it is a single launch on this stream).
   void hc_pre(const DMat& fn, const float* scale, const float* base, const float* norm_w, int64_t n, float* out,
               float* normed) {
     const int n_hc = int(c_.n_hc), iters = int(c_.hc_sinkhorn_iter);
     const float eps = float(c_.hc_eps), rms_eps = float(c_.rms_eps);
     if (routes_[Route::FusedOps] && routes_[Route::F16Proj]) {
       fast::HcPreArgs a;
-      a.fn = fn, a.X = X_, a.scale = scale, a.base = base, a.norm_w = norm_w;
+      a.fn = fn, a.X = X_, a.post = pending_, a.scale = scale, a.base = base, a.norm_w = norm_w;
       a.mix = mix_, a.split = split_, a.xin = out, a.normed = normed;
       a.n_tok = n, a.d = d_.D, a.n_hc = n_hc, a.iters = iters, a.norm_eps = rms_eps, a.hc_eps = eps;
       a.work = mv_work_, a.work_floats = kMvWork;
-      if (d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix && fast::hc_pre(a, s_)) return;
+      if (d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix && fast::hc_pre(a, s_)) {
+        pending_ = {};
+        return;
+      }
     }
+    flush_post(n);
     norm_rows(X_, d_.HC, nullptr, flat_, d_.HC, n, d_.HC, rms_eps);
     mm(Route::F16Proj, fn, 0, d_.MIX, flat_, n, d_.HC, mix_, d_.MIX);
     if (!routes_[Route::FusedOps] ||
@@ -524,7 +546,11 @@ class CudaSession final : public Session {
     for (uint32_t g = 0; !one_launch && g < c_.n_out_group; ++g)
       mm(Route::OutA, L.out_a, int64_t(g) * c_.o_lora, c_.o_lora, heads_ + g * GD, n, d_.QD, low_ + g * c_.o_lora, d_.OL);
     mm(Route::DenseQ8, L.out_b, 0, d_.D, low_, n, d_.OL, out_, d_.D);
-    hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
+    if (fold_post(n)) {  // out_ is read by nothing else before the FFN half's hc_pre
+      pending_.kind = fast::HcPost::Kind::Plain, pending_.f = out_, pending_.split = split_;
+    } else {
+      hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
+    }
 
     // Keep the newest n_swa raw rows at the front of the window buffer.
     const int64_t total = L.n_raw + n, keep = std::min<int64_t>(c_.n_swa, total);
@@ -576,6 +602,11 @@ class CudaSession final : public Session {
       shared = shared_;
     }
     prof_.stage("ffn.sum", s_);
+    if (fold_post(n)) {  // slot_ and shared_ are read by nothing else before the next hc_pre
+      pending_.kind = fast::HcPost::Kind::Slots, pending_.f = slot_, pending_.shared = shared;
+      pending_.k = int(d_.K), pending_.split = split_;
+      return;
+    }
     if (routes_[Route::FusedOps] && fast::sum_slots_post(slot_, shared, int(d_.K), X_, split_, int(c_.n_hc), d_.D, n, s_))
       return;
     sum_slots(slot_, shared, n, int(d_.K), d_.D, out_, s_);
@@ -626,11 +657,14 @@ class CudaSession final : public Session {
   void forward(int64_t n, int64_t pos0, float* all_logits, float* last, bool capturing) {
     prof_.set_prefix(n == 1 ? "dec " : "pre ");
     prof_.stage("embed", s_);
+    pending_ = {};  // (a pass cut short by an error) the embedding rewrites X_
     embed(embd_, tok_, n, int(c_.n_hc), X_, s_);
     for (uint32_t il = 0; il < c_.n_layer; ++il) {
       attention_half(il, pos0, n);
       ffn_half(il, n);
     }
+    prof_.stage("ffn.sum", s_);
+    flush_post(n);  // the head reads X_
     // Output head over the requested rows, kHeadRows at a time.
     const int64_t first = all_logits ? 0 : n - 1;
     prof_.stage("head", s_);
@@ -733,6 +767,7 @@ class CudaSession final : public Session {
   // decode graphs: one per step shape (graph_key); the position and token they read, the logits they write
   bool graphs_on_ = true, graph_kernels_ = false;
   std::vector<uint32_t> ratios_;  // the distinct compression ratios of the layers
+  fast::HcPost pending_;          // the post the next hc_pre applies (decode), or none
   std::map<uint64_t, cudaGraphExec_t> graphs_;
   DeviceArray<int64_t> d_pos_;
   const int64_t* pos_dev_ = nullptr;  // set while a graph is captured

@@ -3,13 +3,21 @@
 // d / 64 blocks in a single DRAM round trip per thread, and the rest runs in the last block, which
 // overlaps its loads of the streams and the norm weight with the reduction of the parts, and runs the
 // Sinkhorn walk (the longest serial chain: 39 dependent normalisations) in 4 warps beside the 12 that
-// form the weighted sums and norms (those need only the pre weights, a sigmoid of the mix).
+// form the weighted sums and norms (those need only the pre weights, a sigmoid of the mix). A pending
+// post of the previous half-layer is applied by each block to its own columns while it stages them (the
+// post's own launch, ~4 us at decode, is saved).
 //
 // Numerics: the dots are fp32 (explicit fmaf: this file is compiled with --fmad=false for the split, see
 // hc_split.cuh), the sums of squares fp64 of float squares as in the reference norms; the scales are the
 // reference's formula. The split, the weighted sum and the weighted norm round as hc_split_sum4 and
 // rms_norm_vec do, so given the same mix the outputs would be theirs; the mix itself differs from the
-// reference chain by fp32 rounding (the dot is taken before the scale, and in another order).
+// reference chain by fp32 rounding (the dot is taken before the scale, and in another order). The post
+// runs the reference's element functions (d_slot_sum, d_hc_post_element) under the same flag as
+// ref_ops.cu and fast_exact_ops.cu: the new streams are hc_post's / sum_slots_post's, bit for bit.
+//
+// Memory: the streams are read through L2 (__ldcg), never the read-only path: with a post they are
+// written during the launch, and the last block reads all columns after the other blocks stored theirs
+// (their stores precede their tickets' fences, last_block.cuh).
 #include "cuda/cuda_util.h"
 #include "cuda/fast_hc_pre.h"
 #include "cuda/fast_quant.cuh"
@@ -26,14 +34,20 @@ static_assert(kRowsPerWarp * kRowGroups == kMix && 2 * kRowGroups == kWarps, "wa
 static_assert(kHalfCols == 4 * 32, "a warp covers 4 columns a lane");
 static_assert(2 * kSplitWarps >= kMaxTok && kTailThreads % 32 == 0, "a half warp per token's split");
 static_assert(int64_t(kTailThreads) * 4 * kTailPer >= kMaxDim, "the tail covers a row");
+static_assert(kStreams == kHc && kColsPerPart * kHc == kPartCols && kColsPerPart % 4 == 0, "a part: 64 columns x 4 streams");
+static_assert(kMaxTok * kColsPerPart <= kThreads && kMaxTok * kSplit <= kThreads, "a thread per staged column");
 
 __device__ int g_hc_pre_ticket;
 
 struct Params {
   const uint8_t* fn;
   size_t row_bytes;
-  const float *X, *scale, *base, *norm_w;
+  float* X;
+  const float *scale, *base, *norm_w;
   float *mix, *split, *xin, *normed, *work;
+  const float *post_f, *post_shared, *post_split;  // the pending post (post_kind != None)
+  HcPost::Kind post_kind;
+  int post_k;
   int64_t d;
   int n, parts, iters;
   float norm_eps, hc_eps;
@@ -61,23 +75,53 @@ __device__ __forceinline__ float4 pre_sum4(const float* pre, const float4 (&x)[k
                      pre_sum(pre, x[0].z, x[1].z, x[2].z, x[3].z), pre_sum(pre, x[0].w, x[1].w, x[2].w, x[3].w));
 }
 
-// This block's part: 3 mixer rows x 128 columns a warp, every activation load serving the 3 rows.
+// This block's part: its 64 columns of the 4 streams staged in shared memory (the pending post applied
+// on the way, the new values stored), then 3 mixer rows x 128 values a warp, every staged value serving
+// the 3 rows.
 template <GgmlType T, int NT>
-__device__ __forceinline__ void part_sums(const Params& p, float (*s_dot)[NT][kMix], double (*s_ss)[NT]) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t hc = kHc * p.d, c = col_of(blockIdx.x, warp, lane);
+__device__ __forceinline__ void part_sums(const Params& p, float (*s_x)[kPartCols], float (*s_sp)[kSplit],
+                                          float (*s_dot)[NT][kMix], double (*s_ss)[NT]) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t c = col_of(blockIdx.x, warp, lane, p.d);
+  // the weights first: in flight while the streams are staged
+  float w[kRowsPerWarp][4];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+    load_float4w<T>(p.fn + static_cast<size_t>(row_of(warp, r)) * p.row_bytes, c, w[r]);
+
+  const bool post = p.post_kind != HcPost::Kind::None;
+  const int st = stage_token(tid);
+  const int64_t i = stage_col(blockIdx.x, tid);
+  float col[kHc], f = 0.0f;
+  if (st < p.n) {
+#pragma unroll
+    for (int s = 0; s < kHc; ++s) col[s] = __ldcg(p.X + (st * kHc + s) * p.d + i);
+    if (p.post_kind == HcPost::Kind::Plain) f = __ldg(p.post_f + st * p.d + i);
+    else if (post) f = d_slot_sum(p.post_f, p.post_shared, p.post_k, p.d, st, i);
+  }
+  if (post) {  // uniform over the block
+    if (tid < p.n * kSplit) s_sp[tid / kSplit][tid % kSplit] = __ldcg(p.post_split + tid);
+    __syncthreads();
+  }
+  if (st < p.n) {
+    if (post) d_hc_post_element(f, col, s_sp[st], kHc, 1, 0, 0);  // col as a 1-column X
+#pragma unroll
+    for (int s = 0; s < kHc; ++s) {
+      if (post) p.X[(st * kHc + s) * p.d + i] = col[s];
+      s_x[st][s * kColsPerPart + tid % kColsPerPart] = col[s];
+    }
+  }
+  __syncthreads();
+
   float4 x[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t)
-    x[t] = t < p.n ? __ldg(reinterpret_cast<const float4*>(p.X + t * hc + c)) : make_float4(0, 0, 0, 0);
+    x[t] = t < p.n ? *reinterpret_cast<const float4*>(&s_x[t][part_value(warp, lane)]) : make_float4(0, 0, 0, 0);
   float acc[kRowsPerWarp][NT];
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    float w[4];
-    load_float4w<T>(p.fn + static_cast<size_t>(row_of(warp, r)) * p.row_bytes, c, w);
+  for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
-    for (int t = 0; t < NT; ++t) acc[r][t] = dot4(w, x[t]);
-  }
+    for (int t = 0; t < NT; ++t) acc[r][t] = dot4(w[r], x[t]);
   const int half = warp / kRowGroups;
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
@@ -93,7 +137,6 @@ __device__ __forceinline__ void part_sums(const Params& p, float (*s_dot)[NT][kM
     }
   }
   __syncthreads();
-  const int tid = threadIdx.x;
   if (tid < p.n * kMix) {
     const int t = tid / kMix, row = tid % kMix;
     p.work[dot_slot(blockIdx.x, t, row, p.n)] = s_dot[0][t][row] + s_dot[1][t][row];
@@ -108,6 +151,8 @@ __device__ __forceinline__ void tail_sync() { asm volatile("bar.sync 1, %0;\n" :
 
 template <GgmlType T, int NT>
 __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
+  __shared__ __align__(16) float s_x[NT][kPartCols];
+  __shared__ float s_sp[NT][kSplit];
   __shared__ float s_dot[2][NT][kMix];
   __shared__ double s_ss[2][NT];
   __shared__ float s_scale[3], s_base[kMix];
@@ -124,12 +169,13 @@ __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
     const int64_t l = blockIdx.x + static_cast<int64_t>(tid) * gridDim.x;
     if (l < lines) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p.norm_w + l * 32));
   }
-  part_sums<T, NT>(p, s_dot, s_ss);
+  part_sums<T, NT>(p, s_x, s_sp, s_dot, s_ss);
   if (!last_to_finish(&g_hc_pre_ticket, p.parts)) return;
   if (tid == 0) g_hc_pre_ticket = 0;  // every block has taken its ticket
 
   // Thread tt of the tail holds float4s tt, tt + kTailThreads, ... of a row; its stream values and norm
-  // weights are loaded now, in flight while the parts are added.
+  // weights are loaded now, in flight while the parts are added (the streams through L2: other blocks
+  // may have just written them).
   const int tt = tid - kSplitWarps * 32;
   const int64_t d4 = p.d / 4;
   const float4* X4 = reinterpret_cast<const float4*>(p.X);
@@ -140,7 +186,7 @@ __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
       const int64_t j = tt + static_cast<int64_t>(k) * kTailThreads;
 #pragma unroll
       for (int s = 0; s < kHc; ++s)
-        xs[k][s] = tt >= 0 && j < d4 ? __ldg(X4 + (t * kHc + s) * d4 + j) : make_float4(0, 0, 0, 0);
+        xs[k][s] = tt >= 0 && j < d4 ? __ldcg(X4 + (t * kHc + s) * d4 + j) : make_float4(0, 0, 0, 0);
     }
   };
   load_x(0);
@@ -258,6 +304,11 @@ bool hc_pre_supported(const HcPreArgs& a) {
   if (!a.X || !a.scale || !a.base || !a.norm_w || !a.split || !a.xin || !a.normed || !a.work)
     return false;
   if (!al(a.X, 16) || !al(a.norm_w, 16) || !al(a.xin, 16) || !al(a.normed, 16) || !al(a.work, 8)) return false;
+  const HcPost& q = a.post;
+  if (q.kind != HcPost::Kind::None && !q.split) return false;
+  if (q.kind == HcPost::Kind::Plain && !q.f) return false;
+  if (q.kind == HcPost::Kind::Slots && (q.k < 0 || q.k > kMaxSlots || (q.k > 0 && !q.f) || (q.k == 0 && !q.shared)))
+    return false;
   return a.work_floats >= work_floats(kHc * a.d / kPartCols, a.n_tok);
 }
 
@@ -270,6 +321,8 @@ bool hc_pre(const HcPreArgs& a, cudaStream_t s) {
   p.mix = a.mix, p.split = a.split, p.xin = a.xin, p.normed = a.normed, p.work = a.work;
   p.d = a.d, p.n = static_cast<int>(a.n_tok), p.parts = static_cast<int>(kHc * a.d / kPartCols), p.iters = a.iters;
   p.norm_eps = a.norm_eps, p.hc_eps = a.hc_eps;
+  p.post_kind = a.post.kind, p.post_f = a.post.f, p.post_shared = a.post.shared, p.post_split = a.post.split;
+  p.post_k = a.post.k;
   if (a.fn.type == GgmlType::F16) launch<GgmlType::F16>(p, s);
   else launch<GgmlType::F32>(p, s);
   return true;

@@ -7,6 +7,8 @@
 // work mapping and sums on the CPU with the header's own functions (no device needed): every mixer
 // weight and output element is covered once, and the result is the chain's up to fp32 rounding; on the
 // device, HcPre.MixEqualsLaneSimulation then checks the kernel's mix is that replay, bit for bit.
+// HcPre.PendingPostEqualsPostThenPre: the previous half-layer's post applied inside the launch (plain and
+// slot sums) gives the streams and outputs of the post's own launch followed by hc_pre, bit for bit.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,11 +16,13 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "common/half.h"
 #include "cpu/ops.h"
 #include "cuda/fast_hc_pre.h"
+#include "cuda/fast_kernels.h"
 #include "cuda_test_fixture.h"
 #include "quant/quant.h"
 
@@ -86,13 +90,27 @@ double sq4(const float* x) {
 }
 
 // The kernel on the CPU: the same work mapping (hcp functions), the same operations in the same order,
-// with the CPU reference's split (cpu::hc_split) in place of the device's. Counts every mixer weight,
-// workspace slot and output float4 it touches: each must be touched exactly once.
+// with the CPU reference's split (cpu::hc_split) in place of the device's. Counts every stream value
+// staged (where a pending post is applied), mixer weight, workspace slot and output float4 it touches:
+// each must be touched exactly once, and each warp lane must find in the staged values the stream
+// values its mixer weights multiply.
 Outputs simulate(const Inputs& in) {
   const int64_t n = in.n, d = in.d, hc = kHc * d, parts = hc / hcp::kPartCols;
   std::vector<float> work(static_cast<size_t>(hcp::work_floats(parts, n)), NAN);
   std::vector<int> weight_hits(static_cast<size_t>(kMix * hc), 0), slot_hits(work.size(), 0);
+  std::vector<int> x_hits(in.X.size(), 0);
   for (int64_t p = 0; p < parts; ++p) {
+    // the staging: the part's 64 columns of the 4 streams, per token, in the block's shared values
+    std::vector<float> s_x(static_cast<size_t>(hcp::kMaxTok * hcp::kPartCols), NAN);
+    for (int tid = 0; tid < n * hcp::kColsPerPart; ++tid) {
+      const int st = hcp::stage_token(tid);
+      const int64_t i = hcp::stage_col(p, tid);
+      for (int s = 0; s < kHc; ++s) {
+        const size_t k = static_cast<size_t>((st * kHc + s) * d + i);
+        ++x_hits[k];
+        s_x[static_cast<size_t>(st * hcp::kPartCols + s * hcp::kColsPerPart + tid % hcp::kColsPerPart)] = in.X[k];
+      }
+    }
     float s_dot[2][hcp::kMaxTok][kMix];
     double s_ss[2][hcp::kMaxTok];
     for (int warp = 0; warp < hcp::kWarps; ++warp) {
@@ -101,8 +119,13 @@ Outputs simulate(const Inputs& in) {
         std::vector<float> v[hcp::kRowsPerWarp];
         std::vector<double> q;
         for (int lane = 0; lane < 32; ++lane) {
-          const int64_t c = hcp::col_of(p, warp, lane);
-          const float* x = in.X.data() + t * hc + c;
+          const int64_t c = hcp::col_of(p, warp, lane, d);
+          const float* x = s_x.data() + t * hcp::kPartCols + hcp::part_value(warp, lane);
+          for (int e = 0; e < 4; ++e)  // the staged value is the stream value the weight multiplies
+            if (std::memcmp(&x[e], &in.X[static_cast<size_t>(t * hc + c + e)], 4) != 0) {
+              ADD_FAILURE() << "staged value of part " << p << " warp " << warp << " lane " << lane << " + " << e;
+              return {};
+            }
           for (int r = 0; r < hcp::kRowsPerWarp; ++r) {
             const int row = hcp::row_of(warp, r);
             const float* w = in.fnf.data() + row * hc + c;
@@ -129,6 +152,7 @@ Outputs simulate(const Inputs& in) {
     }
   }
   for (int h : weight_hits) EXPECT_EQ(h, 1) << "mixer weights covered once";
+  for (int h : x_hits) EXPECT_EQ(h, 1) << "stream values staged (and posted) once";
   for (int h : slot_hits) EXPECT_EQ(h, 1) << "workspace slots written once";
 
   // The last block: parts added by groups of kSumLanes lanes, then the scales, the mix, the split.
@@ -414,6 +438,118 @@ TEST_F(HcPre, MixEqualsLaneSimulation) {
       }
 }
 
+namespace {
+
+// The previous half-layer's post: its split (the CPU reference's split of a random mix: post weights in
+// (0, 2), comb near doubly stochastic) and its output f, plain (attention) or as routed slots and an
+// optional shared expert (FFN), of the size of a sublayer's output.
+struct PendingPost {
+  cuda::fast::HcPost::Kind kind;
+  int k = 0;
+  bool shared = false;
+  std::vector<float> split, f, sh;
+};
+PendingPost make_post(std::mt19937& rng, const Inputs& in, cuda::fast::HcPost::Kind kind, int k, bool shared) {
+  PendingPost q{kind, k, shared, {}, {}, {}};
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int t = 0; t < in.n; ++t) {
+    std::vector<float> mix(kMix);
+    for (auto& m : mix) m = nd(rng);
+    const cpu::HcSplit s = cpu::hc_split(mix.data(), in.scale, in.base, kHc, kIters, kEps);
+    q.split.insert(q.split.end(), s.pre.begin(), s.pre.end());
+    q.split.insert(q.split.end(), s.post.begin(), s.post.end());
+    q.split.insert(q.split.end(), s.comb.begin(), s.comb.end());
+  }
+  const int64_t nf = in.n * in.d * (kind == cuda::fast::HcPost::Kind::Plain ? 1 : k);
+  for (int64_t i = 0; i < nf; ++i) q.f.push_back(0.5f * nd(rng));
+  if (shared)
+    for (int64_t i = 0; i < in.n * in.d; ++i) q.sh.push_back(0.5f * nd(rng));
+  return q;
+}
+
+}  // namespace
+
+// hc_pre with the previous half-layer's post pending against that post's own launch (hc_post for the
+// attention half, sum_slots_post for the FFN half, as the session runs them) followed by hc_pre without
+// one: the new streams and every output bit for bit (the session's decode relies on it). The post's
+// split is the very buffer hc_pre writes its split to, as in the session; a repeat from the same inputs
+// must give the same bits.
+TEST_F(HcPre, PendingPostEqualsPostThenPre) {
+  using Kind = cuda::fast::HcPost::Kind;
+  struct Case {
+    Kind kind;
+    int k;
+    bool shared;
+    const char* name;
+  };
+  const Case cases[] = {{Kind::Plain, 0, false, "plain"}, {Kind::Slots, 6, true, "6 slots + shared"},
+                        {Kind::Slots, 6, false, "6 slots"}, {Kind::Slots, 0, true, "shared only"}};
+  for (const Case& cs : cases)
+    for (GgmlType type : {GgmlType::F16, GgmlType::F32})
+      for (int64_t d : {4096, 1088, 64})
+        for (int64_t n : {1, 2, 3, 8}) {
+          if (type == GgmlType::F32 && d != 4096) continue;  // the mixer's type does not touch the post
+          const Inputs in = make_inputs(rng_, type, n, d);
+          const PendingPost q = make_post(rng_, in, cs.kind, cs.k, cs.shared);
+          const std::string what = std::string(cs.name) + (type == GgmlType::F16 ? " F16" : " F32") + " d " +
+                                   std::to_string(d) + " tokens " + std::to_string(n);
+          auto f = up(q.f.empty() ? std::vector<float>(1) : q.f), sh = up(q.sh.empty() ? std::vector<float>(1) : q.sh);
+          const float* shp = cs.shared ? sh.get() : nullptr;
+          auto put_split = [&](Device& v) {
+            FS_CUDA_CHECK(cudaMemcpy(v.split.get(), q.split.data(), q.split.size() * 4, cudaMemcpyHostToDevice));
+          };
+          // the post's launch, then hc_pre without a post
+          Device ref = upload(in);
+          put_split(ref);
+          if (cs.kind == Kind::Plain) {
+            cuda::hc_post(f.get(), ref.X.get(), ref.split.get(), kHc, d, n, nullptr);
+          } else {
+            ASSERT_TRUE(cuda::fast::sum_slots_post(f.get(), shp, cs.k, ref.X.get(), ref.split.get(), kHc, d, n, nullptr));
+          }
+          ASSERT_TRUE(cuda::fast::hc_pre(ref.args, nullptr)) << what;
+          const std::vector<float> ref_x = down(ref.X);
+          const Outputs want = outputs(in, ref);
+          // the post pending in the one launch
+          Device v = upload(in);
+          put_split(v);
+          v.args.post.kind = cs.kind, v.args.post.f = cs.k || cs.kind == Kind::Plain ? f.get() : nullptr;
+          v.args.post.shared = shp, v.args.post.k = cs.k, v.args.post.split = v.split.get();
+          ASSERT_TRUE(cuda::fast::hc_pre_supported(v.args)) << what;
+          ASSERT_TRUE(cuda::fast::hc_pre(v.args, nullptr)) << what;
+          const std::vector<float> got_x = down(v.X);
+          const Outputs got = outputs(in, v);
+          EXPECT_TRUE(bitwise_equal(got_x, ref_x)) << what << ": streams";
+          EXPECT_TRUE(bitwise_equal(got.mix, want.mix)) << what << ": mix";
+          EXPECT_TRUE(bitwise_equal(got.split, want.split)) << what << ": split";
+          EXPECT_TRUE(bitwise_equal(got.xin, want.xin)) << what << ": xin";
+          EXPECT_TRUE(bitwise_equal(got.an, want.an)) << what << ": normed";
+          // again from the same streams and split: the same bits
+          FS_CUDA_CHECK(cudaMemcpy(v.X.get(), in.X.data(), in.X.size() * 4, cudaMemcpyHostToDevice));
+          put_split(v);
+          ASSERT_TRUE(cuda::fast::hc_pre(v.args, nullptr)) << what;
+          const std::vector<float> again_x = down(v.X);
+          const Outputs again = outputs(in, v);
+          EXPECT_TRUE(bitwise_equal(again_x, got_x) && bitwise_equal(again.mix, got.mix) &&
+                      bitwise_equal(again.split, got.split) && bitwise_equal(again.xin, got.xin) &&
+                      bitwise_equal(again.an, got.an))
+              << what << ": repeat differs";
+          if (HasFatalFailure() || HasFailure()) return;
+        }
+}
+
+// The post's reference: sum_slots_post (what the session's FFN half launches without the fold) is the
+// reference pair sum_slots + hc_post bit for bit on these inputs too, so the fold equals the reference route.
+TEST_F(HcPre, SlotsPostIsTheReferencePair) {
+  const Inputs in = make_inputs(rng_, GgmlType::F16, 8, 4096);
+  const PendingPost q = make_post(rng_, in, cuda::fast::HcPost::Kind::Slots, 6, true);
+  auto f = up(q.f), sh = up(q.sh), split = up(q.split), Xa = up(in.X), Xb = up(in.X);
+  auto out = poisoned<float>(static_cast<size_t>(in.n * in.d));
+  ASSERT_TRUE(cuda::fast::sum_slots_post(f.get(), sh.get(), 6, Xa.get(), split.get(), kHc, in.d, in.n, nullptr));
+  cuda::sum_slots(f.get(), sh.get(), in.n, 6, in.d, out.get(), nullptr);
+  cuda::hc_post(out.get(), Xb.get(), split.get(), kHc, in.d, in.n, nullptr);
+  EXPECT_TRUE(bitwise_equal(down(Xa), down(Xb)));
+}
+
 TEST_F(HcPre, RefusesWhatItCannotTake) {
   const Inputs in = make_inputs(rng_, GgmlType::F16, 2, 1088);
   Device v = upload(in);
@@ -433,11 +569,17 @@ TEST_F(HcPre, RefusesWhatItCannotTake) {
   a = v.args, a.normed += 2, refused(a, "misaligned output");
   a = v.args, a.work_floats = hcp::work_floats(kHc * 1088 / hcp::kPartCols, 2) - 1, refused(a, "workspace too small");
   a = v.args, a.norm_w = nullptr, refused(a, "no norm weight");
-  // nothing was launched: every output is still poisoned
+  a = v.args, a.post.kind = cuda::fast::HcPost::Kind::Plain, a.post.split = v.split.get(), refused(a, "plain post without f");
+  a.post.f = v.xin.get(), a.post.split = nullptr, refused(a, "post without its split");
+  a = v.args, a.post.kind = cuda::fast::HcPost::Kind::Slots, a.post.split = v.split.get(), refused(a, "no slots, no shared");
+  a.post.f = v.xin.get(), a.post.k = hcp::kMaxSlots + 1, refused(a, "too many slots");
+  a.post.k = -1, refused(a, "negative slot count");
+  // nothing was launched: every output is still poisoned, the streams untouched
   for (const auto* buf : {&v.mix, &v.split, &v.xin, &v.an}) {
     const std::vector<float> h = down(*buf);
     for (float x : h) ASSERT_TRUE(std::isnan(x));
   }
+  EXPECT_TRUE(bitwise_equal(down(v.X), in.X));
   a = v.args, a.n_tok = 0;
   EXPECT_TRUE(cuda::fast::hc_pre(a, nullptr)) << "no tokens: nothing to do";
 }
