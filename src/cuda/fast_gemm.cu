@@ -1,16 +1,21 @@
 // Prefill matrix products on the tensor cores (mma.sync m16n8k16, fp32 accumulation). A block computes
-// 128 weight rows x BN tokens. Weight tiles are dequantized from the quantized bytes straight into
-// shared memory (never written dequantized to device memory); activations come from a copy made once
-// per product. Both operands are split in two FP16 terms, x = hi + lo, and a product takes three mma
-// (hi.hi + hi.lo + lo.hi): about fp32 accuracy (2^-22) where one FP16 term (2^-11) moved the logits of
-// the random test model 7x past the reference path's own drift. Each output element is one thread's
-// fixed sequence of mma steps over k: deterministic, no split-k, no atomics.
+// 128 weight rows x BN tokens. Weight tiles are decoded from the quantized bytes straight into shared
+// memory (never written decoded to device memory); activations come from a copy made once per product,
+// split in two FP16 terms, x = hi + lo. Block-quantized weights go in as exact FP16 integers (one term;
+// gemm_int_weights.h) and a step takes two mma (W x_lo + W x_hi); the block scale (and minimum) is
+// applied when a 32-column k-tile's partial sum is promoted. Float weights are split in two terms too
+// and take three mma (hi.hi + hi.lo + lo.hi). Both are about fp32 accuracy (2^-22) where one FP16 term
+// per operand (2^-11) moved the logits of the random test model 7x past the reference path's own drift.
+// Each output element is one thread's fixed sequence of mma steps over k: deterministic, no split-k, no
+// atomics.
 #include <algorithm>
+#include <cstdlib>
 
 #include "cuda/cuda_util.h"
 #include "cuda/weight_dispatch.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_quant.cuh"
+#include "cuda/gemm_int_weights.h"
 #include "quant/quant.h"
 
 namespace flashstar::cuda::fast {
@@ -78,12 +83,30 @@ struct TileRows {
   __device__ int64_t y_row(int64_t j) const { return items && scatter ? items[first + j] : first + j; }
 };
 
-template <GgmlType T, int BN>
+// Shared memory of a tile: A [buf][term][kBM][kLd] and B [buf][term][BN][kLd] halves; with integer
+// weights (one A term) also the rows' scales and negated minima [buf][kBM][kRs] and, where the format has
+// minima, the tokens' activation sums over each 16-column half [buf][2][BN].
+template <GgmlType T, bool kInt>
+struct TileSmem {
+  static constexpr int kTerms = kInt ? 1 : 2;
+  static constexpr int kMins = kInt ? gemm_int::Traits<T>::kMins : 0;
+  static constexpr int kRs = !kInt ? 0 : kMins == 0 ? 1 : kMins == 1 ? 2 : 4;
+  static constexpr int bytes(int bn) {
+    return (2 * kTerms * kBM * kLd + 4 * bn * kLd) * 2 + 2 * kBM * kRs * 4 + (kMins ? 2 * 2 * bn * 4 : 0);
+  }
+};
+
+template <GgmlType T, bool kInt, int BN>
 __device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t wrow0,
                                           int64_t n_rows, int64_t m0, const uint16_t* __restrict__ Xb, int64_t k8,
                                           int64_t lo_off, const TileRows& tr, float* Y, int64_t ys,
-                                          const Iq2Tables* tab, uint16_t* As, uint16_t* Bs) {
-  // As: [buf][term][kBM][kLd], Bs: [buf][term][BN][kLd]
+                                          const Iq2Tables* tab, uint16_t* smem) {
+  using S = TileSmem<T, kInt>;
+  constexpr int kTerms = S::kTerms, kMins = S::kMins, kRs = S::kRs;
+  uint16_t* As = smem;
+  uint16_t* Bs = As + 2 * kTerms * kBM * kLd;
+  float* Rs = reinterpret_cast<float*>(Bs + 4 * BN * kLd);
+  float* Ss = Rs + 2 * kBM * kRs;
   constexpr int kWarpsN = BN / 32, kWarpsM = 8 / kWarpsN, kWM = kBM / kWarpsM, kMI = kWM / 16;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / kWarpsN, wn = warp % kWarpsN;
@@ -102,19 +125,28 @@ __device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t 
     b_dst[v] = row * kLd + col;
   }
 
-  uint32_t a_reg[2][8];
+  uint32_t a_reg[kTerms][8];
+  float a_scale = 0.0f, a_min = 0.0f;
   uint4 b_reg[2][kBVec];
   auto load = [&](int k0) {
+    if constexpr (kInt) {
+      gemm_int::Piece pc;
+      gemm_int::piece<T>(a_ptr, k0 + a_k, tab->grid, tab->signs, pc);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float w[4];
-      weight4<T>(a_ptr, k0 + a_k + 4 * i, w, tab);
+      for (int i = 0; i < 8; ++i) a_reg[0][i] = pc.h[i];
+      a_scale = pc.scale, a_min = pc.min;
+    } else {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) w[j] *= kWScale;
-      a_reg[0][2 * i] = pack_f16(w[0], w[1]);
-      a_reg[0][2 * i + 1] = pack_f16(w[2], w[3]);
-      a_reg[1][2 * i] = pack_f16_lo(w[0], w[1], a_reg[0][2 * i]);
-      a_reg[1][2 * i + 1] = pack_f16_lo(w[2], w[3], a_reg[0][2 * i + 1]);
+      for (int i = 0; i < 4; ++i) {
+        float w[4];
+        weight4<T>(a_ptr, k0 + a_k + 4 * i, w, tab);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) w[j] *= kWScale;
+        a_reg[0][2 * i] = pack_f16(w[0], w[1]);
+        a_reg[0][2 * i + 1] = pack_f16(w[2], w[3]);
+        a_reg[kTerms - 1][2 * i] = pack_f16_lo(w[0], w[1], a_reg[0][2 * i]);
+        a_reg[kTerms - 1][2 * i + 1] = pack_f16_lo(w[2], w[3], a_reg[0][2 * i + 1]);
+      }
     }
 #pragma unroll
     for (int v = 0; v < kBVec; ++v)
@@ -124,12 +156,36 @@ __device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t 
   };
   auto store = [&](int buf) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      uint16_t* a = As + (buf * 2 + h) * kBM * kLd + a_row * kLd + a_k;
+    for (int h = 0; h < kTerms; ++h) {
+      uint16_t* a = As + (buf * kTerms + h) * kBM * kLd + a_row * kLd + a_k;
       *reinterpret_cast<uint4*>(a) = make_uint4(a_reg[h][0], a_reg[h][1], a_reg[h][2], a_reg[h][3]);
       *reinterpret_cast<uint4*>(a + 8) = make_uint4(a_reg[h][4], a_reg[h][5], a_reg[h][6], a_reg[h][7]);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int v = 0; v < kBVec; ++v) *reinterpret_cast<uint4*>(Bs + (buf * 2 + h) * BN * kLd + b_dst[v]) = b_reg[h][v];
+    if constexpr (kInt) {
+      float* rs = Rs + (buf * kBM + a_row) * kRs;
+      if (a_k == 0) rs[0] = a_scale;
+      if constexpr (kMins == 1) {
+        if (a_k == 0) rs[1] = -a_min;
+      } else if constexpr (kMins == 2) {
+        rs[1 + (a_k >> 4)] = -a_min;
+      }
+    }
+    if constexpr (kMins > 0) {
+      // Each token's sum over a 16-column half: a thread sums its 8 columns (hi + lo), its neighbour
+      // (idx ^ 1, the other 8 of the same half) adds its own; a + b == b + a, so both hold the same.
+#pragma unroll
+      for (int v = 0; v < kBVec; ++v) {
+        const int idx = tid + v * kThreads;
+        const uint32_t hi[4] = {b_reg[0][v].x, b_reg[0][v].y, b_reg[0][v].z, b_reg[0][v].w};
+        const uint32_t lo[4] = {b_reg[1][v].x, b_reg[1][v].y, b_reg[1][v].z, b_reg[1][v].w};
+        const float mine = gemm_int::sum8(hi, lo);
+        const float sum = mine + __shfl_xor_sync(0xffffffffu, mine, 1);
+        if ((idx & 1) == 0) Ss[(buf * 2 + ((idx >> 1) & 1)) * BN + (idx >> 2)] = sum;
+      }
     }
   };
 
@@ -146,14 +202,17 @@ __device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t 
     float part[kMI][4][4] = {};
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
-      uint32_t af[2][kMI][4], bf[2][2][4];
+      uint32_t af[kTerms][kMI][4], bf[2][2][4];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint16_t* a_s = As + (cur * 2 + h) * kBM * kLd;
-        const uint16_t* b_s = Bs + (cur * 2 + h) * BN * kLd;
+      for (int h = 0; h < kTerms; ++h) {
+        const uint16_t* a_s = As + (cur * kTerms + h) * kBM * kLd;
 #pragma unroll
         for (int mi = 0; mi < kMI; ++mi)
           ldmatrix_x4(af[h][mi], a_s + (wm * kWM + mi * 16 + (lane & 15)) * kLd + kk + (lane >> 4) * 8);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint16_t* b_s = Bs + (cur * 2 + h) * BN * kLd;
 #pragma unroll
         for (int nj = 0; nj < 2; ++nj)
           ldmatrix_x4(bf[h][nj],
@@ -164,20 +223,55 @@ __device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t 
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) {
           const int nj = ni >> 1, q = (ni & 1) * 2;
-          mma_f16(part[mi][ni], af[1][mi], bf[0][nj][q], bf[0][nj][q + 1]);  // small terms first
-          mma_f16(part[mi][ni], af[0][mi], bf[1][nj][q], bf[1][nj][q + 1]);
-          mma_f16(part[mi][ni], af[0][mi], bf[0][nj][q], bf[0][nj][q + 1]);
+          if constexpr (kInt) {  // exact integer weights: W x_lo + W x_hi, small term first
+            mma_f16(part[mi][ni], af[0][mi], bf[1][nj][q], bf[1][nj][q + 1]);
+            mma_f16(part[mi][ni], af[0][mi], bf[0][nj][q], bf[0][nj][q + 1]);
+          } else {
+            mma_f16(part[mi][ni], af[kTerms - 1][mi], bf[0][nj][q], bf[0][nj][q + 1]);  // small terms first
+            mma_f16(part[mi][ni], af[0][mi], bf[1][nj][q], bf[1][nj][q + 1]);
+            mma_f16(part[mi][ni], af[0][mi], bf[0][nj][q], bf[0][nj][q + 1]);
+          }
         }
     }
+    if constexpr (kInt) {
+      // Rows r0 = .. + lane / 4 and r0 + 8 of each mi; tokens j0 = .. + 2 (lane % 4) and j0 + 1 of each ni.
+      float sc[kMI][2], mn0[kMI][2] = {}, mn1[kMI][2] = {};
 #pragma unroll
-    for (int mi = 0; mi < kMI; ++mi)
+      for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
-      for (int ni = 0; ni < 4; ++ni)
+        for (int rr = 0; rr < 2; ++rr) {
+          const float* rs = Rs + (cur * kBM + wm * kWM + mi * 16 + (lane >> 2) + rr * 8) * kRs;
+          sc[mi][rr] = rs[0];
+          if constexpr (kMins > 0) mn0[mi][rr] = rs[1];
+          if constexpr (kMins > 1) mn1[mi][rr] = rs[2];
+        }
 #pragma unroll
-        for (int c = 0; c < 4; ++c) acc[mi][ni][c] += part[mi][ni][c];
+      for (int ni = 0; ni < 4; ++ni) {
+        const int j = wn * 32 + ni * 8 + (lane & 3) * 2;
+        float2 s0 = make_float2(0.0f, 0.0f), s1 = s0;
+        if constexpr (kMins > 0) {
+          s0 = *reinterpret_cast<const float2*>(Ss + (cur * 2 + 0) * BN + j);
+          s1 = *reinterpret_cast<const float2*>(Ss + (cur * 2 + 1) * BN + j);
+        }
+#pragma unroll
+        for (int mi = 0; mi < kMI; ++mi)
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            acc[mi][ni][c] = gemm_int::promote<kMins>(acc[mi][ni][c], part[mi][ni][c], sc[mi][c >> 1], mn0[mi][c >> 1],
+                                                      mn1[mi][c >> 1], c & 1 ? s0.y : s0.x, c & 1 ? s1.y : s1.x);
+      }
+    } else {
+#pragma unroll
+      for (int mi = 0; mi < kMI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[mi][ni][c] += part[mi][ni][c];
+    }
     if (kt + 1 < nk) store(cur ^ 1);
     __syncthreads();
   }
+  constexpr float kOut = kInt ? 1.0f : 1.0f / kWScale;
 #pragma unroll
   for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
@@ -186,7 +280,7 @@ __device__ __forceinline__ void gemm_tile(const uint8_t* __restrict__ W, size_t 
       for (int c = 0; c < 4; ++c) {
         const int64_t r = m0 + wm * kWM + mi * 16 + (lane >> 2) + (c >> 1) * 8;
         const int j = wn * 32 + ni * 8 + (lane & 3) * 2 + (c & 1);
-        if (r < n_rows && j < tr.count) Y[tr.y_row(j) * ys + r] = acc[mi][ni][c] * (1.0f / kWScale);
+        if (r < n_rows && j < tr.count) Y[tr.y_row(j) * ys + r] = acc[mi][ni][c] * kOut;
       }
 }
 
@@ -200,41 +294,36 @@ __device__ __forceinline__ const Iq2Tables* load_tables(Iq2Tables* tab) {
   return tab;
 }
 
-template <GgmlType T>
+template <GgmlType T, bool kInt>
 __global__ void __launch_bounds__(kThreads) gemm_dense(const uint8_t* W, size_t row_bytes, int K, int64_t row0,
                                                         int64_t n_rows, const uint16_t* Xb, int64_t k8, int64_t lo_off,
                                                         int64_t n_tok, float* Y, int64_t ys) {
   extern __shared__ __align__(16) uint16_t smem_h[];
-  uint16_t* As = smem_h;
-  uint16_t* Bs = As + 4 * kBM * kLd;
   __shared__ Iq2Tables tab;
   load_tables<T>(&tab);
   TileRows tr{nullptr, static_cast<int64_t>(blockIdx.y) * 128, 0, false, false, 1};
   tr.count = n_tok - tr.first < 128 ? n_tok - tr.first : 128;
-  gemm_tile<T, 128>(W, row_bytes, K, row0, n_rows, static_cast<int64_t>(blockIdx.x) * kBM, Xb, k8, lo_off, tr, Y, ys,
-                    &tab, As, Bs);
+  gemm_tile<T, kInt, 128>(W, row_bytes, K, row0, n_rows, static_cast<int64_t>(blockIdx.x) * kBM, Xb, k8, lo_off, tr,
+                          Y, ys, &tab, smem_h);
 }
 
-template <GgmlType T>
-__global__ void __launch_bounds__(kThreads) gemm_group(const uint8_t* W, size_t row_bytes, int K, int64_t rows_per_mat,
+// Integer weights fit two blocks per SM (16 warps to hide the loads) in 128 registers.
+template <GgmlType T, bool kInt>
+__global__ void __launch_bounds__(kThreads, kInt ? 2 : 1) gemm_group(const uint8_t* W, size_t row_bytes, int K, int64_t rows_per_mat,
                                                         const int32_t* offset, const int32_t* items, const int32_t* tiles,
                                                         const int32_t* n_tiles, const uint16_t* Xb, int64_t k8,
                                                         int64_t lo_off, bool gather, int32_t src_div, bool scatter,
                                                         float* Y, int64_t ys) {
   if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
   extern __shared__ __align__(16) uint16_t smem_h[];
-  uint16_t* As = smem_h;
-  uint16_t* Bs = As + 4 * kBM * kLd;
   __shared__ Iq2Tables tab;
   load_tables<T>(&tab);
   const int32_t tile = tiles[blockIdx.y], e = tile >> 16, i = tile & 0xffff;
   TileRows tr{items, offset[e] + static_cast<int64_t>(i) * kMoeTileTokens, 0, gather, scatter, src_div};
   tr.count = offset[e + 1] - tr.first < kMoeTileTokens ? offset[e + 1] - tr.first : kMoeTileTokens;
-  gemm_tile<T, kMoeTileTokens>(W, row_bytes, K, static_cast<int64_t>(e) * rows_per_mat, rows_per_mat,
-                               static_cast<int64_t>(blockIdx.x) * kBM, Xb, k8, lo_off, tr, Y, ys, &tab, As, Bs);
+  gemm_tile<T, kInt, kMoeTileTokens>(W, row_bytes, K, static_cast<int64_t>(e) * rows_per_mat, rows_per_mat,
+                                     static_cast<int64_t>(blockIdx.x) * kBM, Xb, k8, lo_off, tr, Y, ys, &tab, smem_h);
 }
-
-constexpr int smem_for(int bn) { return (4 * kBM * kLd + 4 * bn * kLd) * 2; }
 
 bool shape_ok(const DMat& W) {
   switch (W.type) {
@@ -246,42 +335,71 @@ bool shape_ok(const DMat& W) {
 }
 
 
+// Integer weights (two mma per step) for the formats gemm_int::Traits takes, unless FLASHSTAR_GEMM_INT=0
+// or gemm_set_int_weights(false) puts the three-mma split back (for A/B comparisons on the device).
+bool& int_weights_flag() {
+  static bool on = [] {
+    const char* v = std::getenv("FLASHSTAR_GEMM_INT");
+    return !(v && v[0] == '0');
+  }();
+  return on;
+}
+
+template <GgmlType T, bool kInt>
+void dense_run(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y, int64_t ys,
+               cudaStream_t s) {
+  const int64_t k8 = (W.cols + 7) / 8 * 8;
+  constexpr int sm = TileSmem<T, kInt>::bytes(128);
+  static bool attr = false;
+  if (!attr) {
+    FS_CUDA_CHECK(cudaFuncSetAttribute(gemm_dense<T, kInt>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
+    attr = true;
+  }
+  for (int64_t t0 = 0; t0 < n_tok; t0 += 65535ll * 128) {
+    const int64_t nt = std::min<int64_t>(65535ll * 128, n_tok - t0);
+    const dim3 grid(static_cast<unsigned>((n_rows + kBM - 1) / kBM), static_cast<unsigned>((nt + 127) / 128));
+    gemm_dense<T, kInt><<<grid, kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), row0, n_rows,
+                                                   Xb + t0 * k8, k8, n_tok * k8, nt, Y + t0 * ys, ys);
+    FS_CUDA_LAUNCH_CHECK();
+  }
+}
+
 template <GgmlType T>
 struct DenseLaunch {
   static void run(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y, int64_t ys,
                   cudaStream_t s) {
-    const int64_t k8 = (W.cols + 7) / 8 * 8;
-    constexpr int sm = smem_for(128);
-    static bool attr = false;
-    if (!attr) {
-      FS_CUDA_CHECK(cudaFuncSetAttribute(gemm_dense<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
-      attr = true;
+    if constexpr (gemm_int::Traits<T>::kInt) {
+      if (int_weights_flag()) return dense_run<T, true>(W, row0, n_rows, Xb, n_tok, Y, ys, s);
     }
-    for (int64_t t0 = 0; t0 < n_tok; t0 += 65535ll * 128) {
-      const int64_t nt = std::min<int64_t>(65535ll * 128, n_tok - t0);
-      const dim3 grid(static_cast<unsigned>((n_rows + kBM - 1) / kBM), static_cast<unsigned>((nt + 127) / 128));
-      gemm_dense<T><<<grid, kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), row0, n_rows, Xb + t0 * k8,
-                                               k8, n_tok * k8, nt, Y + t0 * ys, ys);
-      FS_CUDA_LAUNCH_CHECK();
-    }
+    dense_run<T, false>(W, row0, n_rows, Xb, n_tok, Y, ys, s);
   }
 };
+
+template <GgmlType T, bool kInt>
+void group_run(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
+               bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+  constexpr int sm = TileSmem<T, kInt>::bytes(kMoeTileTokens);
+  static bool attr = false;
+  if (!attr) {
+    FS_CUDA_CHECK(cudaFuncSetAttribute(gemm_group<T, kInt>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
+    attr = true;
+  }
+  const dim3 grid(static_cast<unsigned>((rows_per_mat + kBM - 1) / kBM), static_cast<unsigned>(p.max_tiles));
+  gemm_group<T, kInt><<<grid, kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat, p.offset,
+                                                 p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8, gather, src_div,
+                                                 scatter, Y, ys);
+  FS_CUDA_LAUNCH_CHECK();
+}
 
 template <GgmlType T>
 struct GroupLaunch {
   static void run(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                   int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
-    constexpr int sm = smem_for(kMoeTileTokens);
-    static bool attr = false;
-    if (!attr) {
-      FS_CUDA_CHECK(cudaFuncSetAttribute(gemm_group<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
-      attr = true;
+    if constexpr (gemm_int::Traits<T>::kInt) {
+      if (int_weights_flag())
+        return group_run<T, true>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
     }
-    const dim3 grid(static_cast<unsigned>((rows_per_mat + kBM - 1) / kBM), static_cast<unsigned>(p.max_tiles));
-    gemm_group<T><<<grid, kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat, p.offset,
-                                             p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8, gather, src_div, scatter,
-                                             Y, ys);
-    FS_CUDA_LAUNCH_CHECK();
+    group_run<T, false>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   }
 };
 
@@ -375,6 +493,9 @@ void to_f16(const float* X, int64_t n, int64_t k, int64_t xs, uint16_t* out, cud
 }
 
 bool gemm_supports(const DMat& W) { return shape_ok(W); }
+
+void gemm_set_int_weights(bool on) { int_weights_flag() = on; }
+bool gemm_int_weights() { return int_weights_flag(); }
 
 bool gemm(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y, int64_t ys,
           cudaStream_t s) {

@@ -54,10 +54,14 @@ bool q8_decode_act(const DMat& W, int64_t n_rows, const float* X, int64_t n_tok,
 // [n][k8] array (k8 = k rounded up to 8, zero padded), lo at out + n * k8 (so out holds 2 * n * k8).
 void to_f16(const float* X, int64_t n, int64_t k, int64_t xs, uint16_t* out, cudaStream_t s);
 
-// Tensor-core product Y[t][r] = W.row(row0 + r) . X[t] from to_f16's copy of X (n_tok rows), both
-// operands in two FP16 terms (three mma per step, fp32 accumulation, about fp32 accuracy): weights
-// dequantized in shared memory tile by tile, never stored dequantized in device memory.
+// Tensor-core product Y[t][r] = W.row(row0 + r) . X[t] from to_f16's copy of X (n_tok rows), fp32
+// accumulation, about fp32 accuracy. Block-quantized weights (Q8_0, Q2_K, Q4_K, IQ2_XXS) go in as exact
+// FP16 integers with their block scales applied per 32-column k-tile (two mma per step, gemm_int_weights.h);
+// float weights (and all weights after gemm_set_int_weights(false) or FLASHSTAR_GEMM_INT=0) as two FP16
+// terms (three mma per step). Weights decoded in shared memory tile by tile, never stored in device memory.
 bool gemm_supports(const DMat& W);
+void gemm_set_int_weights(bool on);
+bool gemm_int_weights();
 bool gemm(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y, int64_t ys,
           cudaStream_t s);
 

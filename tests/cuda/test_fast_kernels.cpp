@@ -2,7 +2,8 @@
 // type (random bytes with sane scales, so every bit pattern of the quant codes occurs), the model's own
 // layer shapes plus odd ones, ragged token counts, outputs poisoned before launch. Bounds follow the
 // operands: fp32 activations (matrix-vector kernels) ~1e-6; two-term FP16 operands on the tensor cores
-// ~1e-7 (each operand carries about 2^-22 relative rounding).
+// ~1e-7 (each operand carries about 2^-22 relative rounding; block-quantized weights go in as exact FP16
+// integers instead, test_gemm_int.cpp, with the same bound).
 #include <gtest/gtest.h>
 
 #include <algorithm>
