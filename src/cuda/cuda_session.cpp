@@ -16,6 +16,7 @@
 #include "cuda/fast_hc_pre.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_matvec_float.h"
+#include "cuda/pdl_graph.h"
 #include "cuda/ref_kernels.h"
 #include "cuda/session_plan.h"
 #include "cuda/stage_profiler.h"
@@ -725,6 +726,7 @@ class CudaSession final : public Session {
         throw;
       }
       FS_CUDA_CHECK(cudaStreamEndCapture(s_, &g));
+      if (pdl_on_) pdl_edges(g);
       cudaGraphExec_t e = nullptr;
       const cudaError_t err = cudaGraphInstantiate(&e, g, 0);
       cudaGraphDestroy(g);
@@ -765,7 +767,7 @@ class CudaSession final : public Session {
   float *head_mix_, *hist_tmp_;
   int32_t *sel_, *tok_, *idx_sel_, *group_ids_ = nullptr;
   // decode graphs: one per step shape (graph_key); the position and token they read, the logits they write
-  bool graphs_on_ = true, graph_kernels_ = false;
+  bool graphs_on_ = true, graph_kernels_ = false, pdl_on_ = pdl_requested();
   std::vector<uint32_t> ratios_;  // the distinct compression ratios of the layers
   fast::HcPost pending_;          // the post the next hc_pre applies (decode), or none
   std::map<uint64_t, cudaGraphExec_t> graphs_;

@@ -10,6 +10,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/fast_attention_rows.cuh"
 #include "cuda/fast_kernels.h"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -100,6 +101,7 @@ __device__ void scores_tile(const float* q, int64_t q_stride, const float* const
 
 // grid (n queries, row tiles): scaled scores into scratch[t][h][r].
 __global__ void __launch_bounds__(128) attn_scores_kernel(AttentionArgs a, float* scratch, int64_t max_rows) {
+  pdl_wait();
   __shared__ __align__(16) uint16_t qs[2 * kHeads * kLdh];
   __shared__ __align__(16) uint16_t ks[2 * kRowsTile * kLdh];
   __shared__ const float* rows[kRowsTile];
@@ -142,6 +144,7 @@ __device__ __forceinline__ void softmax_stats(const float* s, int64_t n_rows, fl
 
 // One warp per (query, head): softmax with the sink, probabilities written back in place.
 __global__ void attn_softmax_kernel(AttentionArgs a_in, float* scratch, int64_t max_rows) {
+  pdl_wait();
   const AttentionArgs a = resolved(a_in);
   const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
@@ -157,6 +160,7 @@ __global__ void attn_softmax_kernel(AttentionArgs a_in, float* scratch, int64_t 
 
 // grid (n queries, head_dim / 64): out[t][h][d] = sum_r p[h][r] row_r[d] for 64 dims.
 __global__ void __launch_bounds__(128) attn_pv_kernel(AttentionArgs a, const float* scratch, int64_t max_rows) {
+  pdl_wait();
   __shared__ __align__(16) uint16_t ps[2 * kHeads * kLdh];    // [term][head][row chunk]
   __shared__ __align__(16) uint16_t vs[2 * kKc * (64 + 8)];   // [term][row][dim chunk]
   const int64_t t = blockIdx.x;
@@ -221,6 +225,7 @@ __global__ void __launch_bounds__(128) indexer_scores_kernel(const float* iq, co
                                                              const float* idx_rows, int head_dim, int64_t pos0,
                                                              int ratio, float* scores, int64_t stride,
                                                              const int64_t* pos_dev) {
+  pdl_wait();
   if (pos_dev) pos0 = *pos_dev;
   __shared__ __align__(16) uint16_t qs[2 * kHeads * kLdh];
   __shared__ __align__(16) uint16_t ks[2 * kRowsTile * kLdh];
@@ -257,6 +262,7 @@ constexpr int kIdxDecRows = 16, kIdxDecDim = 128, kIdxDecBlocks = 128, kIdxDecMa
 __global__ void __launch_bounds__(256) indexer_scores_decode(const float* iq, const float* iw, float wscale,
                                                              const float* idx_rows, int64_t pos0, int ratio,
                                                              float* scores, int64_t stride, const int64_t* pos_dev) {
+  pdl_wait();
   constexpr int hd4 = kIdxDecDim / 4, qld = hd4 + 1;  // Q rows padded: a quarter warp's heads on distinct banks
   __shared__ float4 qs[kHeads * qld];
   __shared__ float4 rs[kIdxDecRows * hd4];
@@ -306,6 +312,7 @@ __device__ __forceinline__ uint32_t order_key(float f) {
 // One block per query: the top_k rows by (score desc, row asc), written as ascending row ids.
 __global__ void __launch_bounds__(256) indexer_topk_kernel(const float* scores, int64_t stride, int64_t pos0, int ratio,
                                                            int top_k, int32_t* sel, const int64_t* pos_dev) {
+  pdl_wait();
   if (pos_dev) pos0 = *pos_dev;
   __shared__ int hist[256];
   __shared__ uint32_t s_prefix;

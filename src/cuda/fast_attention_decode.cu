@@ -17,6 +17,7 @@
 #include "cuda/last_block.cuh"
 #include "cuda/warp_reduce.cuh"
 #include "cuda/ref_numerics.cuh"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -70,6 +71,7 @@ __device__ __forceinline__ float comp(const float4& v, int k) {
 
 // work: parts [n][groups][splits][8][hd], then stats [n][groups][splits][16].
 __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_in, float* work) {
+  pdl_wait();
   extern __shared__ __align__(16) float4 fd_sm[];  // rows kChunk x hd4, then queries kGroup x hd4
   __shared__ const float4* rowp[kChunk];
   __shared__ float sc[kGroup][kChunk + 1];

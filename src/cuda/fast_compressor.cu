@@ -7,6 +7,7 @@
 #include "cuda/fast_kernels.h"
 #include "cuda/ref_numerics.cuh"
 #include "cuda/row_sim_par.cuh"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -39,6 +40,7 @@ struct Source {
 };
 
 __global__ void compress_rows_kernel(CompressorArgs a, int64_t first_row) {
+  pdl_wait();
   extern __shared__ float row[];  // dim floats
   __shared__ double red[33];
   const int r = a.ratio, dim = a.dim;
@@ -121,6 +123,7 @@ __global__ void compress_rows_kernel(CompressorArgs a, int64_t first_row) {
 // The state after the chunk, as the sequential walk leaves it. Reads the old state, so it writes a
 // fresh copy (new_kv/new_sc) that the caller copies back.
 __global__ void compress_state_kernel(CompressorArgs a, float* new_kv, float* new_sc) {
+  pdl_wait();
   if (a.pos_dev) a.pos0 = *a.pos_dev;
   const int r = a.ratio, W = a.width;
   const int rows = r == 4 ? 8 : r;

@@ -9,6 +9,7 @@
 #include "cuda/hc_split.cuh"
 #include "cuda/ref_numerics.cuh"
 #include "cuda/row_sim_par.cuh"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -18,6 +19,7 @@ constexpr int kMaxRowDim = 4096;  // floats of one row held in shared memory
 
 __global__ void __launch_bounds__(kRowThreads) finish_rows_par(float* x, int64_t row_stride, int64_t dim, int n_rot,
                                                                RowKind kind) {
+  pdl_wait();
   __shared__ float row[kMaxRowDim];
   float* g = x + blockIdx.x * row_stride;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) row[i] = g[i];
@@ -28,6 +30,7 @@ __global__ void __launch_bounds__(kRowThreads) finish_rows_par(float* x, int64_t
 }
 
 __global__ void __launch_bounds__(kRowThreads) indexer_qat_par_kernel(float* x, int64_t dim) {
+  pdl_wait();
   __shared__ float row[kMaxRowDim];
   float* g = x + blockIdx.x * dim;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) row[i] = g[i];
@@ -39,6 +42,7 @@ __global__ void __launch_bounds__(kRowThreads) indexer_qat_par_kernel(float* x, 
 // hc_split_kernel of ref_ops.cu, a half warp per token (hc_split.cuh).
 __global__ void hc_split_lanes4(const float* mix, int64_t ms, const float* scale, const float* base, int iters,
                                 float eps, float* split, int64_t n_tok) {
+  pdl_wait();
   const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 16;
   const bool valid = t < n_tok;
   const int64_t tc = valid ? t : n_tok - 1;  // every lane takes part in the shuffles
@@ -52,6 +56,7 @@ constexpr int kSumThreads = 256, kSumPer = 4;  // a block covers kSumThreads * k
 __global__ void __launch_bounds__(kSumThreads) hc_split_sum4(const float* mix, int64_t ms, const float* scale,
                                                              const float* base, int iters, float eps, float* split,
                                                              const float* X, int64_t d, float* out) {
+  pdl_wait();
   __shared__ float sp[kSplit];
   const int64_t t = blockIdx.x;
   float x[kSumPer][kHc];
@@ -80,6 +85,7 @@ __global__ void __launch_bounds__(kSumThreads) hc_split_sum4(const float* mix, i
 // element functions (ref_numerics.cuh): the FFN output of the element and the 4 streams' new values.
 __global__ void sum_slots_post4(const float* slot, const float* shared, int k, float* X, const float* split, int64_t d,
                                 int64_t n_tok) {
+  pdl_wait();
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= n_tok * d) return;
   const int64_t t = idx / d, i = idx % d;

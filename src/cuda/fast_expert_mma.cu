@@ -38,6 +38,7 @@
 #include "cuda/fast_expert_plan.h"
 #include "cuda/int8_digits.h"
 #include "quant/quant.h"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 // Named (not anonymous) so that a host-side check of the lane mapping can include this file.
@@ -337,6 +338,7 @@ __device__ __forceinline__ void q2_block(const uint8_t* pg, const uint8_t* pg8, 
 
 template <GgmlType T>
 __global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel(const Params p) {
+  pdl_wait();
   extern __shared__ __align__(16) uint8_t smem[];
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
   uint8_t* terms = smem + p.off_terms;

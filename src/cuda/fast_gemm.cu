@@ -17,6 +17,7 @@
 #include "cuda/fast_quant.cuh"
 #include "cuda/gemm_int_weights.h"
 #include "quant/quant.h"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 
@@ -298,6 +299,7 @@ template <GgmlType T, bool kInt>
 __global__ void __launch_bounds__(kThreads) gemm_dense(const uint8_t* W, size_t row_bytes, int K, int64_t row0,
                                                         int64_t n_rows, const uint16_t* Xb, int64_t k8, int64_t lo_off,
                                                         int64_t n_tok, float* Y, int64_t ys) {
+  pdl_wait();
   extern __shared__ __align__(16) uint16_t smem_h[];
   __shared__ Iq2Tables tab;
   load_tables<T>(&tab);
@@ -314,6 +316,7 @@ __global__ void __launch_bounds__(kThreads, kInt ? 2 : 1) gemm_group(const uint8
                                                         const int32_t* n_tiles, const uint16_t* Xb, int64_t k8,
                                                         int64_t lo_off, bool gather, int32_t src_div, bool scatter,
                                                         float* Y, int64_t ys) {
+  pdl_wait();
   if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
   extern __shared__ __align__(16) uint16_t smem_h[];
   __shared__ Iq2Tables tab;
@@ -404,6 +407,7 @@ struct GroupLaunch {
 };
 
 __global__ void to_f16_kernel(const float* X, int64_t k, int64_t xs, int64_t k8, uint16_t* out, int64_t lo_off) {
+  pdl_wait();
   const int64_t row = blockIdx.y;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 2; i < k8; i += 2ll * gridDim.x * blockDim.x) {
     const float a = i < k ? X[row * xs + i] : 0.0f, b = i + 1 < k ? X[row * xs + i + 1] : 0.0f;
@@ -415,6 +419,7 @@ __global__ void to_f16_kernel(const float* X, int64_t k, int64_t xs, int64_t k8,
 
 // Per expert, in one block each: count, then (after the scan) write its items in item order.
 __global__ void moe_count_kernel(const int32_t* sel, int64_t n_items, int32_t* count) {
+  pdl_wait();
   __shared__ int32_t warp_sum[32];
   const int e = blockIdx.x;
   int c = 0;
@@ -429,6 +434,7 @@ __global__ void moe_count_kernel(const int32_t* sel, int64_t n_items, int32_t* c
   }
 }
 __global__ void moe_scan_kernel(const int32_t* count, int n_expert, int32_t* offset, int32_t* tiles, int32_t* n_tiles) {
+  pdl_wait();
   if (threadIdx.x != 0) return;
   int32_t o = 0, nt = 0;
   for (int e = 0; e < n_expert; ++e) {
@@ -440,6 +446,7 @@ __global__ void moe_scan_kernel(const int32_t* count, int n_expert, int32_t* off
   *n_tiles = nt;
 }
 __global__ void moe_place_kernel(const int32_t* sel, int64_t n_items, const int32_t* offset, int32_t* items) {
+  pdl_wait();
   const int e = blockIdx.x, lane = threadIdx.x;  // one warp per expert, items scanned in order
   int32_t base = offset[e];
   for (int64_t i0 = 0; i0 < n_items; i0 += 32) {
@@ -451,6 +458,7 @@ __global__ void moe_place_kernel(const int32_t* sel, int64_t n_items, const int3
 }
 
 __global__ void gather_kernel(const float* w, const int32_t* items, int64_t n, float* out) {
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = w[items[i]];
 }

@@ -24,6 +24,7 @@
 #include "cuda/hc_split.cuh"
 #include "cuda/last_block.cuh"
 #include "cuda/warp_reduce.cuh"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -151,6 +152,7 @@ __device__ __forceinline__ void tail_sync() { asm volatile("bar.sync 1, %0;\n" :
 
 template <GgmlType T, int NT>
 __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
+  pdl_wait();
   __shared__ __align__(16) float s_x[NT][kPartCols];
   __shared__ float s_sp[NT][kSplit];
   __shared__ float s_dot[2][NT][kMix];

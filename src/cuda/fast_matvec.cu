@@ -13,6 +13,7 @@
 #include "cuda/fast_quant.cuh"
 #include "cuda/last_block.cuh"
 #include "quant/quant.h"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -163,6 +164,7 @@ __global__ void __launch_bounds__(kThreads) mv_quant(const uint8_t* __restrict__
                                                       int64_t rows_per_mat, int32_t src_div,
                                                       const float* __restrict__ X, int64_t xs, float* Y, int64_t ys,
                                                       int64_t n_tok, Split sp) {
+  pdl_wait();
   using Q = QuantTraits<T>;
   constexpr int kChunkBytes = Q::kChunk / Q::kBlock * Q::kBytes;
   constexpr int kVec = kChunkBytes / 16;
@@ -259,6 +261,7 @@ __global__ void __launch_bounds__(kThreads) mv_float(const uint8_t* __restrict__
                                                       int64_t rows_per_mat, int32_t src_div,
                                                       const float* __restrict__ X, int64_t xs, float* Y, int64_t ys,
                                                       int64_t n_tok, Split sp) {
+  pdl_wait();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const Work wk = work_of(mat_of_item, rows_per_mat, src_div, row0, n_tok);
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRowsPerWarp;

@@ -9,6 +9,7 @@
 
 #include "cuda/cuda_util.h"
 #include "cuda/last_block.cuh"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -67,6 +68,7 @@ __device__ __forceinline__ uint4 ld_stream(const uint8_t* p) {
 
 template <GgmlType T, int NT>
 __global__ void __launch_bounds__(kFThreads) mv_float_tiles(const __grid_constant__ Jobs J) {
+  pdl_wait();
   constexpr int E = kElems<T>;
   int mi = 0;
 #pragma unroll

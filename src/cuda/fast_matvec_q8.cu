@@ -32,6 +32,7 @@
 
 #include "cuda/cuda_util.h"
 #include "cuda/fast_matvec_q8_mma.h"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -212,6 +213,7 @@ __device__ __forceinline__ void fetch(const Args& a, Fetch& f, const uint32_t (&
 
 template <int NT>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) q8_stream(const Args a) {
+  pdl_wait();
   const int u0 = static_cast<int>(static_cast<int64_t>(a.units) * blockIdx.x / gridDim.x);
   const int u1 = static_cast<int>(static_cast<int64_t>(a.units) * (blockIdx.x + 1) / gridDim.x);
   if (u0 >= u1) return;

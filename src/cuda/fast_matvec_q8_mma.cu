@@ -36,6 +36,7 @@
 
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace q8m {
@@ -237,6 +238,9 @@ __device__ __forceinline__ float swiglu_el(float g, float u, float lim) {
 
 template <int NT>
 __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
+  // PDL-PROLOGUE: dense weights are constants, so their first stages are fetched before pdl_wait() and
+  // stream in while the previous kernel finishes; the experts' rows depend on the routing: wait first.
+  if (a.mat) pdl_wait();
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int K = a.k, nj = job_count(a);
@@ -267,6 +271,7 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
     if (i < total) fetch(a, f, goff, ring_dst + i * kStageBytes, lane, nj, warp);
     cp_async_commit();
   }
+  if (!a.mat) pdl_wait();
 
   // While those are in flight: the activation rows [x0, x0 + nsl) as digits, one warp per (row, piece).
   const Job j0 = job_at(a, 0, warp);

@@ -10,6 +10,7 @@
 #include "cuda/fast_kernels.h"
 #include "cuda/ref_numerics.cuh"
 #include "cuda/row_sim_par.cuh"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -35,6 +36,7 @@ __global__ void __launch_bounds__(kMaxExperts) route_block_kernel(float* logits,
                                                                   const int32_t* tid2eid, const int32_t* tokens, int E,
                                                                   int k, bool norm, float scale, int32_t* sel,
                                                                   float* weights) {
+  pdl_wait();
   __shared__ float s_pr[kMaxExperts];
   __shared__ float s_bv[32];
   __shared__ int s_be[32];
@@ -124,6 +126,7 @@ __device__ __forceinline__ float4 scaled(float4 v, float scale, const float4* wr
 
 __global__ void __launch_bounds__(kNormThreads) rms_norm_vec(const float* x, int64_t xs, const float* w, float* y,
                                                              int64_t ys, int64_t dim, float eps) {
+  pdl_wait();
   __shared__ double red[kNormThreads / 32];
   const float4* xr = reinterpret_cast<const float4*>(x + blockIdx.x * xs);
   float4* yr = reinterpret_cast<float4*>(y + blockIdx.x * ys);
@@ -163,6 +166,7 @@ __device__ void norm_rope_row(float* x, int64_t dim, const float* w, float eps, 
 __global__ void __launch_bounds__(kNormThreads) norm_rope_pair_kernel(NormRopeJob a, NormRopeJob b, int64_t dim,
                                                                       float eps, int n_rot, const double* freq,
                                                                       int64_t pos0, const int64_t* pos_dev) {
+  pdl_wait();
   if (pos_dev) pos0 = *pos_dev;
   const bool in_a = blockIdx.x < a.rows;
   const NormRopeJob& j = in_a ? a : b;

@@ -6,6 +6,7 @@
 #include "cuda/ref_kernels.h"
 #include "cuda/weight_dispatch.h"
 #include "quant/quant.h"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda {
 
@@ -43,6 +44,7 @@ __device__ void block_reduce_tile(float (&acc)[kTile], float* smem /* [kThreads/
 template <GgmlType T>
 __global__ void __launch_bounds__(kThreads) matmul_kernel(const uint8_t* W, size_t row_bytes, int64_t cols, int64_t row0,
                                                           const float* X, int64_t n_tok, int64_t xs, float* Y, int64_t ys) {
+  pdl_wait();
   __shared__ float smem[(kThreads / 32) * kTile];
   const int64_t r = blockIdx.x;
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * kTile;
@@ -66,6 +68,7 @@ __global__ void __launch_bounds__(kThreads) matmul_items_kernel(const uint8_t* W
                                                                 int64_t rows_per_mat, const int32_t* mat_of_item,
                                                                 int32_t src_div, const float* X, int64_t xs, int64_t item0,
                                                                 float* Y, int64_t ys) {
+  pdl_wait();
   __shared__ float smem[(kThreads / 32) * kTile];
   const int64_t r = blockIdx.x, item = item0 + blockIdx.y;
   const uint8_t* row = W + static_cast<size_t>(mat_of_item[item] * rows_per_mat + r) * row_bytes;
@@ -124,6 +127,7 @@ void matmul_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_ite
 namespace {
 template <GgmlType T>
 __global__ void embed_kernel(const uint8_t* E, size_t row_bytes, int64_t d, const int32_t* tokens, int n_hc, float* X) {
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const uint8_t* row = E + static_cast<size_t>(tokens[t]) * row_bytes;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {

@@ -3,6 +3,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/ref_kernels.h"
 #include "cuda/ref_numerics.cuh"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda {
 namespace {
@@ -31,6 +32,7 @@ __device__ double block_sum_sq(const float* x, int64_t n, double* red) {
 }
 
 __global__ void rms_norm_kernel(const float* x, int64_t xs, const float* w, float* y, int64_t ys, int64_t dim, float eps) {
+  pdl_wait();
   __shared__ double red[33];
   const float* xr = x + blockIdx.x * xs;
   float* yr = y + blockIdx.x * ys;
@@ -41,6 +43,7 @@ __global__ void rms_norm_kernel(const float* x, int64_t xs, const float* w, floa
 
 __global__ void hc_split_kernel(const float* mix, int64_t ms, const float* scale, const float* base, int n, int iters,
                                 float eps, float* split, int64_t n_tok) {
+  pdl_wait();
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= n_tok) return;
   const float* m = mix + t * ms;
@@ -79,6 +82,7 @@ __global__ void hc_split_kernel(const float* mix, int64_t ms, const float* scale
 }
 
 __global__ void hc_sum_kernel(const float* X, const float* split, int n_hc, int64_t d, float* out, int64_t n_tok) {
+  pdl_wait();
   const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (k >= n_tok * d) return;
   const int64_t t = k / d, i = k % d;
@@ -89,6 +93,7 @@ __global__ void hc_sum_kernel(const float* X, const float* split, int n_hc, int6
 }
 
 __global__ void hc_post_kernel(const float* f, float* X, const float* split, int n, int64_t d, int64_t n_tok) {
+  pdl_wait();
   const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (k >= n_tok * d) return;
   const int64_t t = k / d, i = k % d;
@@ -97,6 +102,7 @@ __global__ void hc_post_kernel(const float* f, float* X, const float* split, int
 
 __global__ void hc_head_kernel(const float* X, const float* pre_mix, const float* scale, const float* base, int n,
                                int64_t d, float eps, float* z, int64_t n_tok) {
+  pdl_wait();
   const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (k >= n_tok * d) return;
   const int64_t t = k / d, i = k % d;
@@ -110,6 +116,7 @@ __global__ void hc_head_kernel(const float* X, const float* pre_mix, const float
 
 __global__ void rope_kernel(float* x, int64_t n_rows, int64_t row_stride, int n_heads, int64_t head_dim, int n_rot,
                             const double* freq, int64_t pos0, int64_t pos_step, bool inverse, const int64_t* pos_dev) {
+  pdl_wait();
   if (pos_dev) pos0 = *pos_dev;
   const int half = n_rot / 2;
   const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -120,6 +127,7 @@ __global__ void rope_kernel(float* x, int64_t n_rows, int64_t row_stride, int n_
 }
 
 __global__ void finish_rows_kernel(float* x, int64_t n_rows, int64_t row_stride, int64_t dim, int n_rot, RowKind kind) {
+  pdl_wait();
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= n_rows) return;
   float* row = x + r * row_stride;
@@ -132,12 +140,14 @@ __global__ void finish_rows_kernel(float* x, int64_t n_rows, int64_t row_stride,
 }
 
 __global__ void indexer_qat_kernel(float* x, int64_t n_vec, int64_t dim) {
+  pdl_wait();
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r < n_vec) d_indexer_qat(x + r * dim, dim);
 }
 
 // One block walks the chunk in token order: store into the frontier, pool when a window closes.
 __global__ void compressor_kernel(CompressorArgs a) {
+  pdl_wait();
   if (a.pos_dev) a.pos0 = *a.pos_dev;
   extern __shared__ float row[];  // dim floats
   __shared__ double red[33];
@@ -206,6 +216,7 @@ __global__ void compressor_kernel(CompressorArgs a) {
 __global__ void indexer_select_kernel(const float* iq, const float* iw, float wscale, const float* rows, int n_heads, int hd,
                                       int64_t pos0, int ratio, int top_k, float* scratch, int64_t scratch_stride,
                                       int32_t* sel) {
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const int64_t n_vis = (pos0 + t + 1) / ratio;
   int32_t* out = sel + t * top_k;
@@ -255,6 +266,7 @@ __global__ void indexer_select_kernel(const float* iq, const float* iw, float ws
 
 // One block per (query, head): scores by warps, softmax with the sink serially, outputs by threads.
 __global__ void attention_kernel(AttentionArgs a, float* scratch, int64_t max_rows) {
+  pdl_wait();
   const int64_t t = blockIdx.x / a.n_head;
   const int h = static_cast<int>(blockIdx.x % a.n_head);
   const int64_t pos = a.pos0 + t;
@@ -312,6 +324,7 @@ __global__ void attention_kernel(AttentionArgs a, float* scratch, int64_t max_ro
 
 __global__ void route_kernel(float* logits, const float* bias, const int32_t* tid2eid, const int32_t* tokens,
                              int64_t n, int E, int k, bool norm, float scale, int32_t* sel, float* weights) {
+  pdl_wait();
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= n) return;
   float* p = logits + t * E;
@@ -343,6 +356,7 @@ __global__ void route_kernel(float* logits, const float* bias, const int32_t* ti
 }
 
 __global__ void swiglu_kernel(float* g, const float* u, int64_t n_items, int64_t ff, float lim, const float* w) {
+  pdl_wait();
   const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (k >= n_items * ff) return;
   const float gg = fminf(g[k], lim);
@@ -351,6 +365,7 @@ __global__ void swiglu_kernel(float* g, const float* u, int64_t n_items, int64_t
 }
 
 __global__ void sum_slots_kernel(const float* slot, const float* shared, int64_t n, int k, int64_t d, float* out) {
+  pdl_wait();
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= n * d) return;
   out[idx] = d_slot_sum(slot, shared, k, d, idx / d, idx % d);
