@@ -4,7 +4,7 @@
 # one by one: FLASHSTAR_PROFILE turns the decode graph off). Outputs under $OUT.
 set -uo pipefail
 BIN=${BIN:-.gpubin}
-export LD_LIBRARY_PATH="$PWD/.gpulib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. "$(dirname "$0")/gpu-env.sh"  # .gpulib/ and cuBLASLt on LD_LIBRARY_PATH
 M=/dev/shm/flash43.gguf
 O=${OUT:-/dev/shm}
 s=$(date +%s)

@@ -18,7 +18,7 @@ LAYERS=${LAYERS:-4}
 W=${WORK:-/dev/shm/fs-gate}
 O=${OUT:-$W}
 mkdir -p "$W" "$O"
-export LD_LIBRARY_PATH="$PWD/.gpulib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. "$(dirname "$0")/gpu-env.sh"  # .gpulib/ and cuBLASLt on LD_LIBRARY_PATH
 rows=()
 row() { rows+=("$(printf '%-46s %s' "$1" "$2")"); printf '%-46s %s\n' "$1" "$2" >> "$O/gate-rows.txt"; }
 summ() {  # drift summary: mean rel_rms, mean rms, mean top20_max_abs, top5 5/5 frac, top1 frac, nonfinite

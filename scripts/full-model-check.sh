@@ -8,7 +8,7 @@ set -uo pipefail
 FS=${FS:-.gpubin/flashstar}
 W=${WORK:-/dev/shm/fs-full}
 LOG=${OUT:-$W}/full-model-check.log
-export LD_LIBRARY_PATH="$PWD/.gpulib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. "$(dirname "$0")/gpu-env.sh"  # .gpulib/ and cuBLASLt on LD_LIBRARY_PATH
 mkdir -p "$W" "$(dirname "$LOG")"
 : > "$LOG"
 rows=()

@@ -13,7 +13,7 @@ FS=$BUILD/flashstar
 FIXTURE=${FIXTURE:-.gpudata/tiny-a}
 WORK=${WORK:-/dev/shm/flashstar-check}
 LOG=${OUT:-$WORK}/gpu-check.log
-export LD_LIBRARY_PATH="$PWD/.gpulib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. "$(dirname "$0")/gpu-env.sh"  # .gpulib/ and cuBLASLt on LD_LIBRARY_PATH
 mkdir -p "$WORK" "$(dirname "$LOG")"
 : > "$LOG"
 rows=()

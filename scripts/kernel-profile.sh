@@ -11,7 +11,7 @@ D=${D:-8}
 W=${WORK:-/dev/shm/fs-kprof}
 O=${OUT:-$W}
 mkdir -p "$W" "$O"
-export LD_LIBRARY_PATH="$PWD/.gpulib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. "$(dirname "$0")/gpu-env.sh"  # .gpulib/ and cuBLASLt on LD_LIBRARY_PATH
 M=${MODEL:-$W/flash.gguf}
 [ -f "$M" ] || $FS synth --preset flash --layers $LAYERS --recipe q2 --seed 1 -o "$M" > /dev/null 2>&1
 python3 -c "

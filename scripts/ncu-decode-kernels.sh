@@ -4,7 +4,7 @@
 # on a 4-layer full-dimension q2 model, one token at a time. Text reports under $OUT.
 set -u
 OUT=${OUT:-.}
-export LD_LIBRARY_PATH=$PWD/.gpulib
+. "$(dirname "$0")/gpu-env.sh"  # .gpulib/ and cuBLASLt on LD_LIBRARY_PATH
 W=/dev/shm/pf; mkdir -p $W
 FS=.gpubin/flashstar
 $FS synth --preset flash --layers 4 --recipe q2 --seed 3 -o $W/f.gguf >/dev/null 2>&1

@@ -10,7 +10,7 @@ NDEC=${NDEC:-64}
 W=/dev/shm/fs-probe
 O=${OUT:-$W}
 mkdir -p $W
-export LD_LIBRARY_PATH="$PWD/.gpulib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. "$(dirname "$0")/gpu-env.sh"  # .gpulib/ and cuBLASLt on LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 if [ "${TESTS:-1}" = 1 ]; then
   $BIN/flashstar_cuda_tests > $O/cuda-tests.log 2>&1; echo "cuda tests rc=$? $(grep -c '\[       OK \]' $O/cuda-tests.log) ok, $(grep -c '\[  FAILED  \]' $O/cuda-tests.log) failed"

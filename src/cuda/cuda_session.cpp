@@ -16,6 +16,7 @@
 #include "cuda/fast_hc_pre.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_matvec_float.h"
+#include "cuda/gemm_cublas.h"
 #include "cuda/pdl_graph.h"
 #include "cuda/ref_kernels.h"
 #include "cuda/session_plan.h"
@@ -290,6 +291,10 @@ class CudaSession final : public Session {
     FS_CUDA_CHECK(cudaMemcpy(group_ids_, gid.data(), gid.size() * 4, cudaMemcpyHostToDevice));
     xb_buf_.resize(static_cast<size_t>(d_.XB) * 2);  // hi and lo terms
     xb_ = xb_buf_.get();
+    if (const size_t cb = cublas_bytes(d_, opts_)) {
+      cublas_buf_.resize(cb);
+      cublas_ = std::make_unique<fast::CublasGemm>(cublas_buf_.get(), d_.DENSE_W);
+    }
   }
 
   void upload_state(const KvState& st) {
@@ -351,17 +356,20 @@ class CudaSession final : public Session {
   }
 
   // One matrix product through route r's fast kernel when the route is on and takes the shape, else the
-  // reference kernel. xb: FP16 copy of X made by prep() (null: made here if needed).
+  // reference kernel. xb: FP16 copy of X made by prep() (null: made here if needed). Above the matrix-vector
+  // cutoff the cuBLASLt path (when on) comes first: whether it takes a matrix depends on the matrix alone,
+  // so every chunk size runs the same kernels.
   void mm(Route r, const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n, int64_t xs, float* Y,
           int64_t ys, const uint16_t* xb = nullptr) {
     if (routes_[r]) {
       if (n <= kSmallN || n_rows < kMinGemmRows) {
         if (fast::matvec(W, row0, n_rows, X, n, xs, Y, ys, s_, mv_work_, kMvWork)) return;
-      } else if (fast::gemm_supports(W)) {
+      } else if (fast::gemm_supports(W) || (cublas_ && cublas_->takes(W, n_rows))) {
         if (!xb) {
           fast::to_f16(X, n, W.cols, xs, xb_, s_);
           xb = xb_;
         }
+        if (cublas_ && fast::gemm_cublas(*cublas_, W, row0, n_rows, xb, n, Y, ys, s_)) return;
         if (fast::gemm(W, row0, n_rows, xb, n, Y, ys, s_)) return;
       }
     }
@@ -751,6 +759,8 @@ class CudaSession final : public Session {
   cudaStream_t s_ = nullptr;
   DeviceArray<uint16_t> xb_buf_;
   uint16_t* xb_ = nullptr;
+  DeviceArray<uint8_t> cublas_buf_;            // declared before cublas_, which uses it until destroyed
+  std::unique_ptr<fast::CublasGemm> cublas_;  // null: the cuBLASLt path is off
   fast::MoePlan plan_{};
   float* wplan_ = nullptr;
   float* comp_tmp_ = nullptr;

@@ -16,7 +16,8 @@ struct MemoryPlan {
   size_t vectors = 0;        // small dequantized vectors (norms, HC, sinks, APE)
   size_t kv_per_token = 0;   // compressed + indexer rows per context token
   size_t kv_total = 0;       // all session state at the chosen context (incl. raw windows, frontiers)
-  size_t scratch = 0;        // activations for one prefill chunk
+  size_t scratch = 0;        // activations for one prefill chunk, and the cuBLAS path's part:
+  size_t cublas = 0;         //   dequantized weight terms, concatenated activations, workspace
   size_t total() const { return weights + vectors + kv_total + scratch; }
   std::string describe(size_t free_bytes, size_t total_bytes) const;
 };

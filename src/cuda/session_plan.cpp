@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
+#include "cuda/gemm_cublas.h"
 
 namespace flashstar::cuda {
 namespace plan {
@@ -36,6 +37,21 @@ Dims::Dims(const ModelConfig& c, const SessionOptions& o) {
     if (r == 4) STATE = std::max<int64_t>(STATE, 8 * int64_t(c.compressor_width(4, c.idx_head_dim)));
   }
   MOE_INTS = E + (E + 1) + C * K + fast::moe_max_tiles(C * K, static_cast<int>(E)) + 1;
+  // q_a, kv, q_b, one output group of out_a, out_b, the shared expert, the compressor and indexer
+  // projections, the router.
+  int64_t cw = 0;
+  for (uint32_t il = 0; il < c.n_layer; ++il) {
+    const uint32_t r = c.ratio(il);
+    if (r) cw = std::max<int64_t>(cw, c.compressor_width(r, c.head_dim));
+    if (r == 4) cw = std::max<int64_t>(cw, c.compressor_width(4, c.idx_head_dim));
+  }
+  DENSE_W = std::max({QL * r8(D), HD * r8(D), QD * r8(QL), int64_t(c.o_lora) * r8(c.group_dim()), D * r8(OL),
+                      FF * r8(D), D * r8(FF), cw * r8(D), NIH * IHD * r8(QL), NIH * r8(D), E * r8(D)});
+}
+
+size_t cublas_bytes(const Dims& d, const SessionOptions& o) {
+  const bool dense = o.routes[Route::DenseQ8] || o.routes[Route::OutA] || o.routes[Route::F16Proj];
+  return dense && fast::cublas_enabled() ? fast::cublas_scratch_bytes(d.DENSE_W) : 0;
 }
 
 size_t Dims::scratch_floats() const {
@@ -79,10 +95,10 @@ using plan::layer_state_floats;
 
 std::string MemoryPlan::describe(size_t free_bytes, size_t total_bytes) const {
   auto gib = [](size_t b) { return static_cast<double>(b) / (1ull << 30); };
-  return strfmt("GPU memory plan: weights %.2f GiB, vectors %.3f GiB, KV %.3f GiB (%zu B/token), scratch %.2f GiB; "
-                "total %.2f GiB of %.2f GiB free (%.2f GiB card)",
-                gib(weights), gib(vectors), gib(kv_total), kv_per_token, gib(scratch), gib(total()), gib(free_bytes),
-                gib(total_bytes));
+  return strfmt("GPU memory plan: weights %.2f GiB, vectors %.3f GiB, KV %.3f GiB (%zu B/token), scratch %.2f GiB "
+                "(cuBLAS %.2f GiB); total %.2f GiB of %.2f GiB free (%.2f GiB card)",
+                gib(weights), gib(vectors), gib(kv_total), kv_per_token, gib(scratch), gib(cublas), gib(total()),
+                gib(free_bytes), gib(total_bytes));
 }
 
 MemoryPlan plan_memory(const Model& m, const SessionOptions& o) {
@@ -105,6 +121,8 @@ MemoryPlan plan_memory(const Model& m, const SessionOptions& o) {
   p.scratch = f32b(static_cast<int64_t>(d.scratch_floats())) + static_cast<size_t>(d.C) * (d.K * 4 + 4 + d.K * 4) +
               static_cast<size_t>(d.C) * c.idx_top_k * 4 + static_cast<size_t>(d.XB) * 4 +
               static_cast<size_t>(d.MOE_INTS) * 4;
+  p.cublas = plan::cublas_bytes(d, o);
+  p.scratch += p.cublas;
   return p;
 }
 

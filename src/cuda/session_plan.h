@@ -20,12 +20,19 @@ inline size_t f32b(int64_t n) { return static_cast<size_t>(n) * sizeof(float); }
 
 struct Dims {
   int64_t C, SWA, D, HC, MIX, SPLIT, QL, QD, HD, H, OL, E, K, FF, NIH, IHD, IDXCAP, MAXROWS, V, NHC, XB, MOE_INTS, STATE;
+  // Weights (rows x k8) of the largest layer projection one product call multiplies: what the cuBLASLt
+  // path (gemm_cublas.h) dequantizes per call. The output head is larger and stays on the custom kernel.
+  int64_t DENSE_W;
   Dims(const ModelConfig& c, const SessionOptions& o);
   size_t scratch_floats() const;
   // Every scratch buffer starts on a 256-byte boundary: the kernels load and store float4s, and sizes
   // such as C * K (C = the context when it is below the chunk) are not multiples of 4 floats.
   static constexpr size_t kScratchAlign = 64, kScratchPieces = 40;
 };
+
+// Device bytes of the cuBLASLt path's scratch for this session (0 when the path is off: no cuBLASLt in the
+// build, FLASHSTAR_GEMM_CUBLAS=0, or none of the routes that run dense products on).
+size_t cublas_bytes(const Dims& d, const SessionOptions& o);
 
 size_t layer_state_floats(const ModelConfig& c, const SessionOptions& o, uint32_t il, int64_t C);
 

@@ -18,10 +18,13 @@
 #include "cuda/fast_kernels.h"
 #include "cuda/gemm_int_weights.h"
 #include "cuda_test_fixture.h"
+#include "tensor_core_model.h"
 #include "quant/quant.h"
 
 using namespace flashstar;
 namespace gi = flashstar::cuda::gemm_int;
+using cuda_test::mma_model;
+using cuda_test::split16;
 
 namespace {
 
@@ -82,24 +85,6 @@ void decode(GgmlType t, const uint8_t* row, int64_t cols, std::vector<float>& in
   }
 }
 int mins_of(GgmlType t) { return t == GgmlType::Q2_K ? 2 : t == GgmlType::Q4_K ? 1 : 0; }
-
-// One mma.sync's accumulation as the tensor cores do it: products exact, every addend (and the
-// accumulator) aligned to the largest one's exponent and cut to its 24 bits toward zero, the sum cut again.
-float mma_model(float c, const double* prod, int n) {
-  double amax = std::fabs(static_cast<double>(c));
-  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(prod[i]));
-  if (amax == 0.0) return c;
-  const double g = std::ldexp(1.0, std::ilogb(amax) - 23);
-  double s = std::trunc(c / g) * g;
-  for (int i = 0; i < n; ++i) s += std::trunc(prod[i] / g) * g;  // exact: multiples of g below 2^30 g
-  if (s == 0.0) return 0.0f;
-  const double g2 = std::ldexp(1.0, std::ilogb(std::fabs(s)) - 23);
-  return static_cast<float>(std::trunc(s / g2) * g2);
-}
-void split16(float x, float& hi, float& lo) {
-  hi = f16_to_f32(f32_to_f16(x));
-  lo = f16_to_f32(f32_to_f16(x - hi));
-}
 
 // Row dot products as the kernels compute them. x: cols activations of one token; w: the dequantized row.
 float model_int(GgmlType t, const std::vector<float>& ints, const std::vector<float>& scale,
