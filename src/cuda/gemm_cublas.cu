@@ -45,8 +45,6 @@ namespace {
 constexpr size_t kWorkspaceBytes = 32ull << 20;  // what NVIDIA advises for Hopper's GEMMs
 // The concatenated activations B' of one token slab: 32 MiB holds 5461 tokens of q_b's K' = 3 x 1024.
 constexpr size_t kXcatBytes = 32ull << 20;
-constexpr int64_t kMinSlab = 1024;  // concatenate only where a slab holds this many tokens
-constexpr int64_t kProbeN = 4096;   // the token count the heuristic picks each algorithm for
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
 }  // namespace
@@ -85,6 +83,9 @@ bool CublasGemm::gemm(const DMat&, int64_t, int64_t, const uint16_t*, int64_t, f
   } while (0)
 
 namespace {
+
+constexpr int64_t kMinSlab = 1024;  // concatenate only where a slab holds this many tokens
+constexpr int64_t kProbeN = 4096;   // the token count the heuristic picks each algorithm for
 
 bool type_taken(GgmlType t) {
   switch (t) {
@@ -234,6 +235,9 @@ struct CublasGemm::Impl {
     const uint64_t ws = kWorkspaceBytes;
     const uint32_t a16 = 16;
     FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    const uint32_t no_reduction = CUBLASLT_REDUCTION_SCHEME_NONE;  // the mask lets no reduction scheme through
+    FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &no_reduction,
+                                                         sizeof(no_reduction)));
     FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a16, 4));
     FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &a16, 4));
     FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &calign, 4));
@@ -244,8 +248,8 @@ struct CublasGemm::Impl {
     const cublasStatus_t st =
         cublasLtMatmulAlgoGetHeuristic(h, op, a.l, b.l, c.l, c.l, pref, kWant, res, &n);
     cublasLtMatmulPreferenceDestroy(pref);
-    // The heuristic's order, first the candidates that already run K in one piece; any other is forced
-    // to split-K 1 without a reduction and checked again.
+    // The heuristic's order, first the candidates that already run K in one piece (the mask should leave
+    // no other); any other is forced to split-K 1 without a reduction and checked again.
     for (int pass = 0; pass < 2 && !p.ok && st == CUBLAS_STATUS_SUCCESS; ++pass) {
       for (int i = 0; i < n && !p.ok; ++i) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
