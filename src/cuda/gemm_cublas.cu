@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <set>
 #include <tuple>
 
 #include "cuda/cuda_util.h"
@@ -76,10 +77,11 @@ bool CublasGemm::gemm(const DMat&, int64_t, int64_t, const uint16_t*, int64_t, f
 
 #else
 
-#define FS_CUBLAS_CHECK(expr)                                                                                      \
-  do {                                                                                                             \
-    const cublasStatus_t fs_st_ = (expr);                                                                          \
-    if (fs_st_ != CUBLAS_STATUS_SUCCESS) ::flashstar::fail("cuBLASLt error %d at %s:%d", int(fs_st_), __FILE__, __LINE__); \
+#define FS_CUBLAS_CHECK(expr)                                                              \
+  do {                                                                                     \
+    const cublasStatus_t fs_st_ = (expr);                                                  \
+    if (fs_st_ != CUBLAS_STATUS_SUCCESS)                                                   \
+      ::flashstar::fail("cuBLASLt error %d at %s:%d", int(fs_st_), __FILE__, __LINE__); \
   } while (0)
 
 namespace {
@@ -223,6 +225,7 @@ struct CublasGemm::Impl {
     bool ok = false;
   };
   std::map<Key, Pinned> algos;
+  std::set<std::pair<Key, int64_t>> checked;  // (class, N) pairs AlgoCheck has accepted
 
   const Pinned& pin(const Key& key) {
     auto it = algos.find(key);
@@ -230,58 +233,57 @@ struct CublasGemm::Impl {
     const auto [M, K, lda, ldb, ldc, calign] = key;
     Pinned p;
     Layout a(CUDA_R_16F, K, M, lda), b(CUDA_R_16F, K, kProbeN, ldb), c(CUDA_R_32F, M, kProbeN, ldc);
-    cublasLtMatmulPreference_t pref = nullptr;
-    FS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const uint64_t ws = kWorkspaceBytes;
-    const uint32_t a16 = 16;
-    FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    const uint32_t no_reduction = CUBLASLT_REDUCTION_SCHEME_NONE;  // the mask lets no reduction scheme through
-    FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &no_reduction,
-                                                         sizeof(no_reduction)));
-    FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a16, 4));
-    FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &a16, 4));
-    FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &calign, 4));
-    FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &calign, 4));
     constexpr int kWant = 16;
-    cublasLtMatmulHeuristicResult_t res[kWant] = {};
-    int n = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(h, op, a.l, b.l, c.l, c.l, pref, kWant, res, &n);
-    cublasLtMatmulPreferenceDestroy(pref);
-    // The heuristic's order, first the candidates that already run K in one piece (the mask should leave
-    // no other); any other is forced to split-K 1 without a reduction and checked again.
-    for (int pass = 0; pass < 2 && !p.ok && st == CUBLAS_STATUS_SUCCESS; ++pass) {
+    cublasLtMatmulHeuristicResult_t res[kWant];
+    // First with the reduction-scheme mask closed (only algorithms that run K in one piece), then, should
+    // that find nothing, any algorithm forced to split-K 1 without a reduction and checked again.
+    for (int pass = 0; pass < 2 && !p.ok; ++pass) {
+      const int n = heuristic(a.l, b.l, c.l, calign, pass == 0, res, kWant);
       for (int i = 0; i < n && !p.ok; ++i) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
         cublasLtMatmulAlgo_t algo = res[i].algo;
-        int32_t splitk = 1;
-        uint32_t red = CUBLASLT_REDUCTION_SCHEME_NONE;
-        size_t got = 0;
-        cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk), &got);
-        cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof(red), &got);
-        const bool whole = splitk <= 1 && red == CUBLASLT_REDUCTION_SCHEME_NONE;
-        if (pass == 0 && !whole) continue;
-        if (pass == 1 && whole) continue;
-        splitk = 1, red = CUBLASLT_REDUCTION_SCHEME_NONE;
-        if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk)) !=
-                CUBLAS_STATUS_SUCCESS ||
-            cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof(red)) !=
-                CUBLAS_STATUS_SUCCESS)
-          continue;
+        const int32_t splitk = 1;
+        const uint32_t red = CUBLASLT_REDUCTION_SCHEME_NONE;
         cublasLtMatmulHeuristicResult_t chk = {};
-        if (cublasLtMatmulAlgoCheck(h, op, a.l, b.l, c.l, c.l, &algo, &chk) != CUBLAS_STATUS_SUCCESS) continue;
-        if (chk.workspaceSize > kWorkspaceBytes) continue;
+        if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk)) ||
+            cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof(red)) ||
+            cublasLtMatmulAlgoCheck(h, op, a.l, b.l, c.l, c.l, &algo, &chk) || chk.workspaceSize > kWorkspaceBytes)
+          continue;
         p.algo = algo, p.ok = true;
-        if (log) describe(key, algo, chk, i);
+        if (log) describe(key, algo, chk, pass, i);
       }
     }
     if (!p.ok && log)
-      std::fprintf(stderr, "cublas: no algorithm for M %lld K %lld (heuristic status %d, %d results)\n",
-                   static_cast<long long>(M), static_cast<long long>(K), int(st), n);
+      std::fprintf(stderr, "cublas: no algorithm for M %lld K %lld\n", static_cast<long long>(M),
+                   static_cast<long long>(K));
     return algos.emplace(key, p).first->second;
   }
 
-  void describe(const Key& key, const cublasLtMatmulAlgo_t& algo, const cublasLtMatmulHeuristicResult_t& r, int rank) {
+  // The heuristic's candidates for a TN product with A, B 16-byte and C, D calign-byte aligned, within
+  // the workspace; with closed, only those without a reduction scheme. Returns how many it wrote.
+  int heuristic(cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, uint32_t calign,
+                bool closed, cublasLtMatmulHeuristicResult_t* res, int want) {
+    cublasLtMatmulPreference_t pref = nullptr;
+    FS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = kWorkspaceBytes;
+    const uint32_t a16 = 16, none = CUBLASLT_REDUCTION_SCHEME_NONE;
+    auto set = [&](cublasLtMatmulPreferenceAttributes_t attr, const void* v, size_t bytes) {
+      FS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, v, bytes));
+    };
+    set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    if (closed) set(CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &none, sizeof(none));
+    set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a16, sizeof(a16));
+    set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &a16, sizeof(a16));
+    set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &calign, sizeof(calign));
+    set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &calign, sizeof(calign));
+    int n = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(h, op, a, b, c, c, pref, want, res, &n) != CUBLAS_STATUS_SUCCESS) n = 0;
+    cublasLtMatmulPreferenceDestroy(pref);
+    return n;
+  }
+
+  void describe(const Key& key, const cublasLtMatmulAlgo_t& algo, const cublasLtMatmulHeuristicResult_t& r, int pass,
+                int rank) {
     int32_t id = 0, splitk = 0;
     uint32_t tile = 0, stages = 0, swz = 0, custom = 0, red = 0;
     uint16_t inner = 0, cluster = 0;
@@ -297,35 +299,39 @@ struct CublasGemm::Impl {
     cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof(cluster), &got);
     const auto [M, K, lda, ldb, ldc, calign] = key;
     std::fprintf(stderr,
-                 "cublas: M %lld K %lld lda %lld ldb %lld ldc %lld align %u -> rank %d algo %d tile %u stages %u "
-                 "splitk %d reduction %u swizzle %u custom %u inner %u cluster %u waves %.2f workspace %zu\n",
+                 "cublas: M %lld K %lld lda %lld ldb %lld ldc %lld align %u -> pass %d rank %d algo %d tile %u "
+                 "stages %u splitk %d reduction %u swizzle %u custom %u inner %u cluster %u waves %.2f workspace %zu\n",
                  static_cast<long long>(M), static_cast<long long>(K), static_cast<long long>(lda),
-                 static_cast<long long>(ldb), static_cast<long long>(ldc), calign, rank, id, tile, stages, splitk, red,
-                 swz, custom, inner, cluster, r.wavesCount, r.workspaceSize);
+                 static_cast<long long>(ldb), static_cast<long long>(ldc), calign, pass, rank, id, tile, stages, splitk,
+                 red, swz, custom, inner, cluster, r.wavesCount, r.workspaceSize);
   }
 
-  // Y (M x N at ldc) = alpha A^T B + beta Y over K, A at lda, B at ldb (K-major both), in K slices.
-  // False, before anything is launched, where the class has no algorithm or it refuses this N.
+  // The FP16 operands of one product: A (K x M) at lda and B (K x N) at ldb, both K-contiguous.
   struct Gemm {
     const uint16_t* A;
     int64_t lda;
     const uint16_t* B;
     int64_t ldb;
   };
+  // Whether every K slice's class has an algorithm that takes N columns (asked before anything launches).
   bool check(int64_t M, int64_t K, int64_t lda, int64_t ldb, int64_t N, int64_t ldc, uint32_t calign) {
     const int64_t S = k_slice() > 0 ? k_slice() : K;
     for (int64_t k0 = 0; k0 < K; k0 += S) {
       const int64_t kk = std::min(S, K - k0);
-      const Pinned& p = pin({M, kk, lda, ldb, ldc, calign});
+      const Key key{M, kk, lda, ldb, ldc, calign};
+      const Pinned& p = pin(key);
       if (!p.ok) return false;
+      if (checked.count({key, N})) continue;
       Layout a(CUDA_R_16F, kk, M, lda), b(CUDA_R_16F, kk, N, ldb), c(CUDA_R_32F, M, N, ldc);
       cublasLtMatmulHeuristicResult_t chk = {};
       if (cublasLtMatmulAlgoCheck(h, op, a.l, b.l, c.l, c.l, &p.algo, &chk) != CUBLAS_STATUS_SUCCESS ||
           chk.workspaceSize > kWorkspaceBytes)
         return false;
+      checked.insert({key, N});
     }
     return true;
   }
+  // Y (M x N at ldc) = alpha A^T B (+ Y when accumulating), slice by slice, each slice's GEMM added in.
   void run(const Gemm& g, int64_t M, int64_t K, int64_t N, float* Y, int64_t ldc, uint32_t calign, float alpha,
            bool accumulate, cudaStream_t s) {
     const int64_t S = k_slice() > 0 ? k_slice() : K;
@@ -362,8 +368,8 @@ CublasGemm::~CublasGemm() {
 
 bool CublasGemm::takes(const DMat& W, int64_t n_rows) const {
   const int64_t k8 = (W.cols + 7) / 8 * 8;
-  return type_taken(W.type) && n_rows > 0 && n_rows * k8 <= p_->max_w && reinterpret_cast<uintptr_t>(W.data) % 16 == 0 &&
-         W.row_bytes % 4 == 0;
+  return type_taken(W.type) && n_rows > 0 && n_rows * k8 <= p_->max_w &&
+         reinterpret_cast<uintptr_t>(W.data) % 16 == 0 && W.row_bytes % 4 == 0;
 }
 
 bool CublasGemm::gemm(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y,

@@ -1,8 +1,9 @@
 // Dense prefill products on cuBLASLt (gemm_cublas.cu): the same contract as fast::gemm, for the layer
 // projections (never the routed experts: their weights stay quantized in device memory). The weight rows
 // of one call are dequantized into a transient FP16 scratch as two terms, W = (W_hi + W_lo) / 2^10, and
-// Y = W_lo X_hi + W_hi X_lo + W_hi X_hi runs as three FP16 GEMMs with fp32 accumulation and fp32 output
-// (F16 weights are exact in one term: two GEMMs). One cuBLASLt algorithm is pinned per shape class, so a
+// Y = W_lo X_hi + W_hi X_lo + W_hi X_hi runs on FP16 tensor cores with fp32 accumulation and fp32 output,
+// as three GEMMs or one over the terms side by side along K (gemm_cublas.cu says which where). F16
+// weights are exact in one term: two products. One cuBLASLt algorithm is pinned per shape class, so a
 // token's output does not depend on how many tokens share the product. Built as a stub that takes
 // nothing when the toolkit has no cuBLASLt (FLASHSTAR_HAVE_CUBLASLT unset).
 #pragma once
