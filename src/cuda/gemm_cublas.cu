@@ -36,6 +36,7 @@
 #include <cublasLt.h>
 
 #include "cuda/fast_quant.cuh"
+#include "cuda/pdl.cuh"
 #include "cuda/weight_dispatch.h"
 #endif
 
@@ -128,6 +129,7 @@ __device__ __forceinline__ void weights4(const uint8_t* row, int64_t e, int64_t 
 template <GgmlType T>
 __global__ void split_kernel(const uint8_t* W, size_t row_bytes, int64_t cols, int64_t k8, int64_t n_rows, float scale,
                              WDst d) {
+  pdl_wait();
   const int64_t groups = k8 / 4, total = n_rows * groups;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < total;
        g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -166,6 +168,7 @@ struct XSegs {
 };
 __global__ void concat_kernel(const uint16_t* Xb, int64_t n_tok, int64_t k8, int64_t t0, int64_t nb, XSegs segs,
                               uint16_t* out) {
+  pdl_wait();
   const int64_t vecs = k8 / 8, per_tok = segs.p * vecs, total = nb * per_tok;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
