@@ -55,8 +55,10 @@ bool cublas_available() { return FLASHSTAR_HAVE_CUBLASLT != 0; }
 
 bool cublas_enabled() {
   static const bool on = [] {
+    // Opt-in: 3-4x faster than fast::gemm, but its whole-K accumulation drifts past the gate (1.75x the
+    // floor on dense_q8 alone, docs/PERFORMANCE.md).
     const char* v = std::getenv("FLASHSTAR_GEMM_CUBLAS");
-    return cublas_available() && !(v && v[0] == '0');
+    return cublas_available() && v && v[0] == '1';
   }();
   return on;
 }
