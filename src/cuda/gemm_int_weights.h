@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "common/half.h"
+#include "cuda/int8_digits.h"
 #include "quant/quant.h"
 #include "quant/types.h"
 
@@ -87,19 +88,8 @@ GI_HD float h2f(uint32_t h) {
 }
 GI_HD float f16(const uint8_t* p) { return h2f(ld16(p)); }
 
-// PRMT: byte i of the result is byte (s >> 4i) & 7 of (b:a).
-GI_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
-#ifdef __CUDA_ARCH__
-  uint32_t r;
-  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(s));
-  return r;
-#else
-  const uint64_t v = (static_cast<uint64_t>(b) << 32) | a;
-  uint32_t r = 0;
-  for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>((v >> (8 * ((s >> (4 * i)) & 7))) & 255) << (8 * i);
-  return r;
-#endif
-}
+// The byte permute shared with the INT8 digit kernels (its selectors here have bit 3 of each nibble clear).
+using digits::prmt;
 
 // Two FP16 values minus the same bias (exact here: integers below 2048).
 GI_HD uint32_t hsub2_bits(uint32_t a, uint32_t bias2) {
