@@ -276,15 +276,16 @@ bool indexer_scores_prefill(const float* iq, const float* iw, float wscale, cons
   if (groups > 65535) return false;
   const int64_t tiles = ((pos0 + n) / ratio + kTR - 1) / kTR;  // of the last group, the largest
   if (tiles <= 0) return true;                                 // no query sees a row: nothing to score
-  // Row splits only when the groups alone leave SMs idle (few queries); each split keeps about 4 tiles
-  // or more, so that staging the group's Q (twice a tile's work) stays small.
+  // Row splits only when the groups alone leave SMs idle (few queries); each split keeps 4 tiles or
+  // more: staging the group's Q converts as much as 4 K tiles do, small next to their products.
   const int64_t want = 2 * static_cast<int64_t>(sm_count());
   int64_t splits = 1;
   if (groups < want) splits = std::min<int64_t>((want + groups - 1) / groups, std::max<int64_t>(1, tiles / 4));
   splits = std::min<int64_t>(splits, 65535);
   static bool attr = false;
   if (!attr) {
-    FS_CUDA_CHECK(cudaFuncSetAttribute(indexer_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    FS_CUDA_CHECK(
+        cudaFuncSetAttribute(indexer_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
     attr = true;
   }
   const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>(splits));

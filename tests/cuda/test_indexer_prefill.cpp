@@ -39,9 +39,12 @@ int64_t first_diff(const std::vector<float>& a, const std::vector<float>& b) {
 
 class IndexerPrefill : public cuda_test::CudaKernelTest {
  protected:
-  void TearDown() override {
-    if (!IsSkipped()) cuda::fast::indexer_set_prefill_mode(1);
+  void SetUp() override {
+    CudaKernelTest::SetUp();
+    mode_ = cuda::fast::indexer_prefill_mode();
   }
+  void TearDown() override { cuda::fast::indexer_set_prefill_mode(mode_); }  // as the environment set it
+  int mode_ = 1;
 
   // Queries [n][64][128], weights [n][64] and `rows` index rows [rows][128], followed by 64 NaN rows
   // that no query may read. FP4: the QAT kernel rounds them as the model does (queries per head).
