@@ -282,12 +282,15 @@ bool indexer_scores_prefill(const float* iq, const float* iw, float wscale, cons
   int64_t splits = 1;
   if (groups < want) splits = std::min<int64_t>((want + groups - 1) / groups, std::max<int64_t>(1, tiles / 4));
   splits = std::min<int64_t>(splits, 65535);
-  static bool attr = false;
-  if (!attr) {
-    FS_CUDA_CHECK(
-        cudaFuncSetAttribute(indexer_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    attr = true;
-  }
+  // 204 KiB of shared memory: a device that cannot give it (before Hopper) keeps the old kernel.
+  static const bool smem_ok = [] {
+    if (cudaFuncSetAttribute(indexer_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) ==
+        cudaSuccess)
+      return true;
+    (void)cudaGetLastError();  // not an error of a later launch
+    return false;
+  }();
+  if (!smem_ok) return false;
   const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>(splits));
   indexer_prefill_kernel<<<grid, kThreads, kSmemBytes, s>>>(iq, iw, wscale, idx_rows, pos0, n, ratio, scores, stride,
                                                              mode == 3 ? 1 : 0);
