@@ -431,7 +431,8 @@ void indexer_select(const float* iq, const float* iw, float wscale, const float*
           iq, iw, wscale, idx_rows, pos0, ratio, scratch, scratch_stride, pos_dev);
       FS_CUDA_LAUNCH_CHECK();
     }
-  } else {
+  } else if (pos_dev ||  // (the decode graph: never more than 8 queries)
+             !indexer_scores_prefill(iq, iw, wscale, idx_rows, head_dim, pos0, n, ratio, scratch, scratch_stride, s)) {
     const dim3 g(static_cast<unsigned>(n), static_cast<unsigned>((max_vis + kRowsTile - 1) / kRowsTile));
     if (g.y > 0) {
       indexer_scores_kernel<<<g, 128, 0, s>>>(iq, iw, wscale, idx_rows, head_dim, pos0, ratio, scratch,

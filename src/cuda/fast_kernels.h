@@ -102,6 +102,16 @@ bool indexer_supported(int n_heads, int head_dim, int64_t n);
 void indexer_select(const float* iq, const float* iw, float wscale, const float* idx_rows, int n_heads, int head_dim,
                     int64_t pos0, int64_t n, int ratio, int top_k, float* scratch, int64_t scratch_stride,
                     int32_t* sel, cudaStream_t s, const int64_t* pos_dev = nullptr);
+// Its scores for more than 8 queries (fast_indexer_prefill.cu): 4 queries per block against tiles of 64
+// rows, one mma per step when the staged operands are exact in FP16 (the official FP4 numerics), else
+// three. Mode 1 (default) that kernel, 0 the per-query tile kernel of fast_attention.cu, 3 the new
+// kernel with three mma always (bitwise A/B of the one-mma path); FLASHSTAR_INDEXER_PREFILL_V2=0 or =3
+// sets it at start. indexer_scores_prefill returns false for what it does not take (mode 0, head_dim
+// not 128, unaligned operands): the caller runs the old kernel.
+void indexer_set_prefill_mode(int mode);
+int indexer_prefill_mode();
+bool indexer_scores_prefill(const float* iq, const float* iw, float wscale, const float* idx_rows, int head_dim,
+                            int64_t pos0, int64_t n, int ratio, float* scores, int64_t stride, cudaStream_t s);
 
 // The compressor over a whole chunk at once (same contract as cuda::compressor_chunk): one block per
 // completed row, then the slot state rebuilt; tmp holds 2 x state floats.
