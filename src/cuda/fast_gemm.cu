@@ -474,6 +474,7 @@ void moe_gather(const float* w, const MoePlan& p, int64_t n_items, float* out, c
 void init_gemm_tables() {
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_gemm_iq2_grid, quant::kIq2xxsGrid, sizeof(g_gemm_iq2_grid)));
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_gemm_iq2_signs, quant::kIq2xsSigns, sizeof(g_gemm_iq2_signs)));
+  init_gemm_group_tables();
 }
 
 int moe_max_tiles(int64_t n_items, int n_expert) {
@@ -516,6 +517,9 @@ bool gemm(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64
 bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
                   bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
   if (!shape_ok(W) || p.max_tiles > 65535) return false;
+  if (int_weights_flag() && gemm_group_v2() &&
+      gemm_grouped_v2(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s))
+    return true;
   dispatch_weight_type<GroupLaunch>(W.type, W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   return true;
 }

@@ -14,6 +14,7 @@ namespace flashstar::cuda::fast {
 // Fills the per-unit copies of the quantization tables this file's kernels use.
 void init_tables();
 void init_gemm_tables();  // part of init_tables (the GEMM unit's own copy)
+void init_gemm_group_tables();  // part of init_gemm_tables (the second grouped kernel's selector table)
 
 // Weight-streaming matrix-vector products for few tokens (decode): each warp owns four weight rows,
 // stages them through shared memory with 16-byte async copies and reuses every activation load for the
@@ -86,6 +87,14 @@ void moe_gather(const float* w, const MoePlan& p, int64_t n_items, float* out, c
 // copy of x_rows rows.
 bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
                   bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s);
+// Integer weights (Q8_0, Q2_K, Q4_K, IQ2_XXS) run the second grouped kernel (fast_gemm_group.cu), unless
+// FLASHSTAR_GEMM_GROUP_V2=0 or gemm_set_group_v2(false) puts the first back (A/B comparisons on the
+// device); both compute the same bits. gemm_grouped_v2 is that kernel alone (false, launching nothing,
+// where it does not take the call: other types, misaligned rows or activations).
+void gemm_set_group_v2(bool on);
+bool gemm_group_v2();
+bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
+                     int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s);
 
 // Sink attention (same contract as cuda::sink_attention): scores and P.V on the tensor cores with the
 // 64 heads of a query as the M side; scratch holds the scores, then the probabilities. Up to 8 queries

@@ -12,10 +12,12 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "common/half.h"
 #include "cuda/fast_kernels.h"
+#include "cuda/gemm_group_v2.h"
 #include "cuda/gemm_int_weights.h"
 #include "cuda_test_fixture.h"
 #include "tensor_core_model.h"
@@ -144,6 +146,86 @@ float model_split(const std::vector<float>& w, const std::vector<float>& x) {
   return acc * (1.0f / 1024.0f);
 }
 
+// The second grouped kernel's decode of a whole row (gemm_group_v2.h): integers (folded: with the
+// sub-block scales in them), the scale of each 32-column k-tile and the minima of each 16 columns.
+template <GgmlType T, bool kFold>
+void decode_row_v2(const uint8_t* row, int64_t cols, std::vector<float>& ints, std::vector<float>& scale,
+                   std::vector<float>& mins) {
+  namespace g2 = cuda::gemm_v2;
+  static uint32_t sel[256];
+  static const bool ok = g2::iq2_sel_table(sel);
+  EXPECT_TRUE(ok);
+  ints.resize(cols), scale.resize(cols / 32), mins.resize(cols / 16);
+  for (int64_t u = 0; u < cols / 256; ++u) {
+    uint32_t rw[g2::Fmt<T>::kStride + 4] = {};
+    const int a2 = g2::unit_a2<T>(static_cast<int>(u));
+    const uint8_t* first = row + u * g2::Fmt<T>::kBytes - a2;  // rows start 4-byte aligned
+    std::memcpy(rw, first, static_cast<size_t>(a2 + g2::Fmt<T>::kBytes));
+    for (int j = 0; j < 8; ++j) {
+      g2::Tile32 o;
+      g2::Decode<T, kFold>::run(rw, a2, j, sel, o);
+      const int64_t c0 = u * 256 + 32 * j;
+      for (int i = 0; i < 16; ++i) {
+        ints[c0 + 2 * i] = f16_to_f32(static_cast<uint16_t>(o.h[i] & 0xffff));
+        ints[c0 + 2 * i + 1] = f16_to_f32(static_cast<uint16_t>(o.h[i] >> 16));
+      }
+      scale[c0 / 32] = o.scale, mins[c0 / 16] = o.min0, mins[c0 / 16 + 1] = o.min1;
+    }
+  }
+}
+template <bool kFold>
+void decode_v2(GgmlType t, const uint8_t* row, int64_t cols, std::vector<float>& ints, std::vector<float>& scale,
+               std::vector<float>& mins) {
+  switch (t) {
+    case GgmlType::Q8_0: return decode_row_v2<GgmlType::Q8_0, kFold>(row, cols, ints, scale, mins);
+    case GgmlType::Q2_K: return decode_row_v2<GgmlType::Q2_K, kFold>(row, cols, ints, scale, mins);
+    case GgmlType::Q4_K: return decode_row_v2<GgmlType::Q4_K, kFold>(row, cols, ints, scale, mins);
+    default: return decode_row_v2<GgmlType::IQ2_XXS, kFold>(row, cols, ints, scale, mins);
+  }
+}
+
+// Promotion over longer partials (folded integers): the tensor-core partial runs over `group` k-tiles
+// (one scale), is promoted with one fused multiply-add, and each k-tile's minima are applied after it.
+float model_v2(GgmlType t, const std::vector<float>& ints, const std::vector<float>& scale,
+               const std::vector<float>& mins, const std::vector<float>& x, int group) {
+  const int64_t cols = static_cast<int64_t>(x.size());
+  float acc = 0.0f, part = 0.0f;
+  for (int64_t k0 = 0; k0 < cols; k0 += 32) {
+    float s[2];
+    double p[16];
+    for (int kk = 0; kk < 32; kk += 16) {
+      float hi[16], lo[16];
+      for (int i = 0; i < 16; ++i) split16(x[k0 + kk + i], hi[i], lo[i]);
+      for (int i = 0; i < 16; ++i) p[i] = static_cast<double>(ints[k0 + kk + i]) * lo[i];
+      part = mma_model(part, p, 16);
+      for (int i = 0; i < 16; ++i) p[i] = static_cast<double>(ints[k0 + kk + i]) * hi[i];
+      part = mma_model(part, p, 16);
+      float half8[2];
+      for (int h = 0; h < 2; ++h) {
+        uint32_t wh[4], wl[4];
+        for (int i = 0; i < 4; ++i) {
+          const int c = 8 * h + 2 * i;
+          wh[i] = f32_to_f16(hi[c]) | (static_cast<uint32_t>(f32_to_f16(hi[c + 1])) << 16);
+          wl[i] = f32_to_f16(lo[c]) | (static_cast<uint32_t>(f32_to_f16(lo[c + 1])) << 16);
+        }
+        half8[h] = gi::sum8(wh, wl);
+      }
+      s[kk / 16] = half8[0] + half8[1];
+    }
+    const float nm0 = -mins[k0 / 16], nm1 = -mins[k0 / 16 + 1];
+    if ((k0 / 32 + 1) % group == 0) {
+      acc = gi::promote<0>(acc, part, scale[k0 / 32], 0.0f, 0.0f, 0.0f, 0.0f);
+      part = 0.0f;
+    }
+    switch (mins_of(t)) {
+      case 1: acc = gi::promote<1>(acc, 0.0f, 0.0f, nm0, nm1, s[0], s[1]); break;
+      case 2: acc = gi::promote<2>(acc, 0.0f, 0.0f, nm0, nm1, s[0], s[1]); break;
+      default: break;
+    }
+  }
+  return acc;
+}
+
 }  // namespace
 
 TEST_F(GemmIntModel, PiecesDecodeToTheDequantizerBitwise) {
@@ -233,6 +315,114 @@ TEST_F(GemmIntModel, PromotionAppliesEachTilesScaleAndMinimum) {
       // Only the promotion's fp32 roundings remain (a mapping error is the size of a whole term).
       const float got = model_int(t, ints, scale, mins, x);
       EXPECT_NEAR(got, ref, 1e-6 * mag + 1e-12) << type_name(t) << " trial " << trial;
+    }
+  }
+}
+
+TEST_F(GemmIntModel, V2TilesDecodeToThePiecesBitwise) {
+  // The second grouped kernel's decode from raw words (gemm_group_v2.h) gives the first kernel's
+  // integers, scales and minima bit for bit, so both kernels do the same arithmetic. Rows of 8 units
+  // (IQ2_XXS units alternate between starting at byte 0 and byte 2 of a word) and rows of 2 units whose
+  // row bytes are no multiple of 16 (only 4-byte alignment is assumed). Folded, the weights are still
+  // the dequantizer's bitwise, with one scale per 256 columns.
+  for (GgmlType t : kIntTypes)
+    for (int64_t cols : {2048, 512}) {
+      const int64_t rows = 48;
+      const auto wq = random_weights(t, rows, cols);
+      const size_t rb = row_bytes(t, cols);
+      ASSERT_EQ(rb % 4, 0u);
+      std::vector<float> ref(static_cast<size_t>(cols)), ints, scale, mins, i1, s1, m1;
+      for (int64_t r = 0; r < rows; ++r) {
+        quant::dequantize_row(t, wq.data() + r * rb, ref.data(), cols);
+        decode(t, wq.data() + r * rb, cols, i1, s1, m1);
+        decode_v2<false>(t, wq.data() + r * rb, cols, ints, scale, mins);
+        for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(f32_to_bits(ints[c]), f32_to_bits(i1[c])) << type_name(t) << " col " << c;
+        for (int64_t k = 0; k < cols / 32; ++k) ASSERT_EQ(f32_to_bits(scale[k]), f32_to_bits(s1[k])) << type_name(t);
+        for (int64_t k = 0; k < cols / 16; ++k) ASSERT_EQ(f32_to_bits(mins[k]), f32_to_bits(m1[k])) << type_name(t);
+        decode_v2<true>(t, wq.data() + r * rb, cols, ints, scale, mins);
+        for (int64_t c = 0; c < cols; ++c) {
+          ASSERT_EQ(ints[c], std::trunc(ints[c])) << type_name(t);
+          ASSERT_LT(std::fabs(ints[c]), 2048.0f) << type_name(t) << ": not exact in FP16";
+          const float w = scale[c / 32] * ints[c] - mins[c / 16];
+          ASSERT_EQ(f32_to_bits(w), f32_to_bits(ref[c])) << type_name(t) << " row " << r << " col " << c;
+        }
+        if (t != GgmlType::Q8_0) {
+          for (int64_t k = 0; k < cols / 32; ++k) ASSERT_EQ(scale[k], scale[k / 8 * 8]) << type_name(t);
+        }
+      }
+    }
+}
+
+TEST_F(GemmIntModel, V2DecodeIgnoresTheWordsPastTheUnit) {
+  // The decoder reads whole words, up to one past the unit's last; whatever they hold, same output.
+  namespace g2 = cuda::gemm_v2;
+  uint32_t sel[256];
+  ASSERT_TRUE(g2::iq2_sel_table(sel));
+  for (uint32_t i = 0; i < 128; ++i) ASSERT_EQ(g2::iq2_signs(i), quant::kIq2xsSigns[i]) << i;
+  auto check = [&](auto tag) {
+    constexpr GgmlType T = decltype(tag)::value;
+    const auto wq = random_weights(T, 1, 512);
+    for (int u = 0; u < 2; ++u) {
+      const int a2 = g2::unit_a2<T>(u);
+      ASSERT_LE(a2 + g2::Fmt<T>::kBytes, 4 * g2::Fmt<T>::kWords);
+      uint32_t w1[g2::Fmt<T>::kStride + 4], w2[g2::Fmt<T>::kStride + 4];
+      for (int i = 0; i < g2::Fmt<T>::kStride + 4; ++i) w1[i] = 0xDEADBEEFu * (i + 1), w2[i] = ~w1[i];
+      std::memcpy(w1, wq.data() + u * g2::Fmt<T>::kBytes - a2, a2 + g2::Fmt<T>::kBytes);
+      std::memcpy(w2, w1, a2 + g2::Fmt<T>::kBytes);
+      for (int j = 0; j < 8; ++j) {
+        g2::Tile32 o1, o2;
+        g2::Decode<T>::run(w1, a2, j, sel, o1);
+        g2::Decode<T>::run(w2, a2, j, sel, o2);
+        ASSERT_EQ(0, std::memcmp(o1.h, o2.h, sizeof(o1.h))) << type_name(T) << " tile " << j;
+        ASSERT_EQ(o1.scale, o2.scale);
+        ASSERT_EQ(o1.min0, o2.min0);
+        ASSERT_EQ(o1.min1, o2.min1);
+      }
+    }
+  };
+  check(std::integral_constant<GgmlType, GgmlType::IQ2_XXS>{});
+  check(std::integral_constant<GgmlType, GgmlType::Q2_K>{});
+  check(std::integral_constant<GgmlType, GgmlType::Q4_K>{});
+  check(std::integral_constant<GgmlType, GgmlType::Q8_0>{});
+}
+
+TEST_F(GemmIntModel, LongerPartialsCostAccuracy) {
+  // With the sub-block scales folded into the integers, a partial could run over 2, 4 or 8 k-tiles (one
+  // scale per 256 columns) and be promoted once. The model says the errors grow with the length (the
+  // truncating sums of the partial), so the kernels promote every k-tile: printout only, plus the check
+  // that folding alone (length 1) stays within the per-k-tile scheme's bounds.
+  for (GgmlType t : kIntTypes) {
+    if (t == GgmlType::Q8_0) continue;  // its scale changes every 32 columns
+    const int64_t rows = 24, cols = 4096, n_tok = 8;
+    const auto wq = random_weights(t, rows, cols);
+    const auto x = heavy(n_tok, cols);
+    const size_t rb = row_bytes(t, cols);
+    std::vector<float> w(static_cast<size_t>(cols)), ints, scale, mins, i1, s1, m1, xt(static_cast<size_t>(cols));
+    for (int group : {1, 2, 4, 8}) {
+      double max_v2 = 0, max_1 = 0, e2_v2 = 0, e2_1 = 0, e2_split = 0, ref2 = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        quant::dequantize_row(t, wq.data() + r * rb, w.data(), cols);
+        decode_v2<true>(t, wq.data() + r * rb, cols, ints, scale, mins);
+        decode(t, wq.data() + r * rb, cols, i1, s1, m1);
+        for (int64_t tok = 0; tok < n_tok; ++tok) {
+          std::copy(x.begin() + tok * cols, x.begin() + (tok + 1) * cols, xt.begin());
+          double ref = 0, mag = 0;
+          for (int64_t c = 0; c < cols; ++c) ref += double(w[c]) * xt[c], mag += std::fabs(double(w[c]) * xt[c]);
+          const double ev = model_v2(t, ints, scale, mins, xt, group) - ref;
+          const double e1 = model_int(t, i1, s1, m1, xt) - ref, es = model_split(w, xt) - ref;
+          max_v2 = std::max(max_v2, std::fabs(ev) / mag), max_1 = std::max(max_1, std::fabs(e1) / mag);
+          e2_v2 += ev * ev, e2_1 += e1 * e1, e2_split += es * es, ref2 += ref * ref;
+        }
+      }
+      const double rel_v2 = std::sqrt(e2_v2 / ref2), rel_1 = std::sqrt(e2_1 / ref2), rel_s = std::sqrt(e2_split / ref2);
+      std::printf("gemm folded model %-8s partial of %d k-tiles: rows max %.2e (per k-tile %.2e) of sum|wx|; "
+                  "rel_err %.2e (per k-tile %.2e, split %.2e)\n",
+                  type_name(t), group, max_v2, max_1, rel_v2, rel_1, rel_s);
+      if (group == 1) {
+        EXPECT_LT(max_v2, 1e-6) << type_name(t);
+        EXPECT_LT(rel_v2, 6e-7) << type_name(t);
+        EXPECT_LE(rel_v2, 1.25 * rel_s) << type_name(t);
+      }
     }
   }
 }

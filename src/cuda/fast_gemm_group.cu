@@ -1,0 +1,294 @@
+// The grouped expert GEMM, second kernel: the first kernel's arithmetic (fast_gemm.cu: exact FP16
+// integer weights, activations as two FP16 terms, two mma per step, the partial of each 32-column
+// k-tile promoted with the row's scale and minima) with far less shared-memory and L1 traffic per mma,
+// which is what bounded the first kernel (Nsight: L1 88%, DRAM 3%):
+// - raw weight bytes arrive with coalesced 4-byte cp.async copies, one 256-column unit ahead, instead of
+//   2-byte global loads spread over 16 rows per instruction; each thread then decodes one row's k-tile
+//   from shared memory (conflict-free: odd row stride) into the FP16 tile (gemm_group_v2.h);
+// - activations arrive by 16-byte cp.async in a 4-stage ring, never through registers;
+// - warps own 64 rows x 32 items (2 x 2 warps per 128 x 64 block), so a 16-column step loads 8
+//   fragments for 32 mma (the first kernel: 6 for 16); tiles are XOR-swizzled, not padded;
+// - the IQ2_XXS grid is a 1 KB table of PRMT selectors (one 4-byte lookup per 8 weights; the sign
+//   parity is computed), where the first kernel read 8 bytes of grid and a sign byte.
+// One barrier per k-tile: the decode of k-tile t + 1 and the mma of k-tile t share an iteration.
+// Every output element is still one thread's fixed sequence of mma and fp32 operations (the same as the
+// first kernel's, bitwise), deterministic, no atomics, and independent of the other items in its tile.
+#include <algorithm>
+#include <cstdlib>
+
+#include "common/error.h"
+#include "cuda/cuda_util.h"
+#include "cuda/fast_kernels.h"
+#include "cuda/gemm_group_v2.h"
+#include "cuda/mma_f16.cuh"
+
+namespace flashstar::cuda::fast {
+namespace {
+
+namespace g2 = gemm_v2;
+using g2::kBK;
+using g2::kBM;
+using g2::kBN;
+using g2::kMI;
+using g2::kNI;
+using g2::kStages;
+using g2::kThreads;
+static_assert(kBN == kMoeTileTokens, "a block takes one plan tile");
+
+__device__ uint32_t g_v2_sel[256];
+
+template <GgmlType T>
+__global__ void __launch_bounds__(kThreads, 2)
+    gemm_group_v2(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t rows_per_mat,
+                  const int32_t* __restrict__ offset, const int32_t* __restrict__ items,
+                  const int32_t* __restrict__ tiles, const int32_t* __restrict__ n_tiles,
+                  const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off, bool gather, int32_t src_div,
+                  bool scatter, float* __restrict__ Y, int64_t ys) {
+  using F = g2::Fmt<T>;
+  using S = g2::Smem<T>;
+  constexpr int kMins = F::kMins, kXTerm = kBN * kBK, kXStage = 2 * kXTerm, kATile = kBM * kBK;
+  if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint16_t* Xs = reinterpret_cast<uint16_t*>(smem);                // [stage][term][kBN x kBK], swizzled
+  uint16_t* As = reinterpret_cast<uint16_t*>(smem + S::off_a);     // [2][kBM x kBK], swizzled
+  uint32_t* Raw = reinterpret_cast<uint32_t*>(smem + S::off_raw);  // [2][kRawBuf]
+  float4* Rows = reinterpret_cast<float4*>(smem + S::off_rows);    // [2][kBM]: scale, -min0, -min1
+  float* Sums = reinterpret_cast<float*>(smem + S::off_sums);      // [2][half][kBN]
+  uint32_t* Sel = reinterpret_cast<uint32_t*>(smem + S::off_tab);  // [256]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+  const int32_t tile = tiles[blockIdx.y], e = tile >> 16;
+  const int64_t first = offset[e] + static_cast<int64_t>(tile & 0xffff) * kBN;
+  const int count = static_cast<int>(offset[e + 1] - first < kBN ? offset[e + 1] - first : kBN);
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const uint8_t* Wm = W + static_cast<size_t>(e) * static_cast<size_t>(rows_per_mat) * row_bytes;
+  const int nk = K / kBK;
+
+  if constexpr (T == GgmlType::IQ2_XXS)
+    for (int i = tid; i < 256; i += kThreads) Sel[i] = g_v2_sel[i];
+
+  // The activation copies of this thread (gemm_v2::x_task): item rows past the tile's count are zero-filled.
+  const uint16_t* xsrc[4];
+  uint32_t xdst[4], xbytes[4];
+#pragma unroll
+  for (int v = 0; v < 4; ++v) {
+    int term, tok, chunk;
+    g2::x_task(tid, v, term, tok, chunk);
+    const bool ok = tok < count;
+    const int64_t xr = !ok ? 0 : gather ? items[first + tok] / src_div : first + tok;
+    xsrc[v] = Xb + term * lo_off + xr * k8 + chunk * 8;
+    xdst[v] = mma::smem_addr(Xs + term * kXTerm + g2::swz(tok, chunk));
+    xbytes[v] = ok ? 16u : 0u;
+  }
+  auto load_x = [&](int t) {
+    const uint32_t st = static_cast<uint32_t>((t % kStages) * kXStage * 2);
+#pragma unroll
+    for (int v = 0; v < 4; ++v) mma::cp_async16(xdst[v] + st, xsrc[v] + t * kBK, xbytes[v]);
+  };
+  // A unit's raw words for all kBM rows (rows past the matrix repeat its last row; never stored).
+  auto load_raw = [&](int u) {
+    const uint32_t base = mma::smem_addr(Raw + (u & 1) * S::kRawBuf);
+    const size_t ub = static_cast<size_t>(u) * F::kBytes - g2::unit_a2<T>(u);
+#pragma unroll 4
+    for (int v = 0; v < F::kWords; ++v) {
+      int row, word;
+      g2::raw_task<T>(tid, v, row, word);
+      const int64_t gr = m0 + row < rows_per_mat ? m0 + row : rows_per_mat - 1;
+      mma::cp_async4(base + 4u * static_cast<uint32_t>(row * F::kStride + word),
+                     Wm + static_cast<size_t>(gr) * row_bytes + ub + 4 * word);
+    }
+  };
+  auto load = [&](int t) {  // one commit group per k-tile, empty past the end (keeps the wait counts)
+    if (t < nk) {
+      load_x(t);
+      if (t % g2::kTilesPerUnit == 0) load_raw(t / g2::kTilesPerUnit);
+    }
+    mma::cp_async_commit();
+  };
+  // Row tid's k-tile t: FP16 integers, scale and minima; with minima also the token sums of its 16-column
+  // halves (the first kernel's order: each 8-column half by gemm_int::sum8, then the two added).
+  auto decode = [&](int t) {
+    const int u = t / g2::kTilesPerUnit;
+    g2::Tile32 o;
+    g2::Decode<T>::run(Raw + (u & 1) * S::kRawBuf + tid * F::kStride, g2::unit_a2<T>(u), t % g2::kTilesPerUnit, Sel, o);
+    uint16_t* a = As + (t & 1) * kATile;
+#pragma unroll
+    for (int c = 0; c < 4; ++c)
+      *reinterpret_cast<uint4*>(a + g2::swz(tid, c)) =
+          make_uint4(o.h[4 * c], o.h[4 * c + 1], o.h[4 * c + 2], o.h[4 * c + 3]);
+    Rows[(t & 1) * kBM + tid] = make_float4(o.scale, -o.min0, -o.min1, 0.0f);
+    if constexpr (kMins > 0) {
+      int tok, half;
+      g2::sum_task(tid, tok, half);
+      const uint16_t* xh = Xs + (t % kStages) * kXStage;
+      float s8[2];
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const uint4 h = *reinterpret_cast<const uint4*>(xh + g2::swz(tok, 2 * half + k));
+        const uint4 l = *reinterpret_cast<const uint4*>(xh + kXTerm + g2::swz(tok, 2 * half + k));
+        const uint32_t hv[4] = {h.x, h.y, h.z, h.w}, lv[4] = {l.x, l.y, l.z, l.w};
+        s8[k] = gemm_int::sum8(hv, lv);
+      }
+      Sums[((t & 1) * 2 + half) * kBN + tok] = s8[0] + s8[1];
+    }
+  };
+
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) load(t);
+  mma::cp_async_wait<kStages - 2>();  // k-tile 0 landed (this thread's copies; the barrier: everyone's)
+  __syncthreads();
+  decode(0);
+
+  float acc[kMI][kNI][4] = {};
+  for (int kt = 0; kt < nk; ++kt) {
+    // k-tile kt + 1 landed; everyone is past k-tile kt - 1, so its buffers (and the raw unit two units
+    // back) may be overwritten.
+    mma::cp_async_wait<kStages - 3>();
+    __syncthreads();
+    load(kt + kStages - 1);
+
+    // The tensor cores' fp32 accumulation truncates; each k-tile's partial is promoted into acc with
+    // round-to-nearest operations, so the error does not grow with k.
+    float part[kMI][kNI][4] = {};
+    const uint16_t* a_s = As + (kt & 1) * kATile;
+    const uint16_t* x_hi = Xs + (kt % kStages) * kXStage;
+    const uint16_t* x_lo = x_hi + kXTerm;
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 16) {
+      uint32_t af[kMI][4], bh[kNI / 2][4], bl[kNI / 2][4];
+#pragma unroll
+      for (int mi = 0; mi < kMI; ++mi) {
+        int r, c;
+        g2::a_lane(wm, mi, kk, lane, r, c);
+        mma::ldmatrix_x4(af[mi], a_s + g2::swz(r, c));
+      }
+#pragma unroll
+      for (int nj = 0; nj < kNI / 2; ++nj) {
+        int tk, c;
+        g2::b_lane(wn, nj, kk, lane, tk, c);
+        mma::ldmatrix_x4(bh[nj], x_hi + g2::swz(tk, c));
+        mma::ldmatrix_x4(bl[nj], x_lo + g2::swz(tk, c));
+      }
+#pragma unroll
+      for (int mi = 0; mi < kMI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < kNI; ++ni) {  // exact integer weights: W x_lo + W x_hi, small term first
+          const int nj = ni >> 1, q = (ni & 1) * 2;
+          mma::mma_f16(part[mi][ni], af[mi], bl[nj][q], bl[nj][q + 1]);
+          mma::mma_f16(part[mi][ni], af[mi], bh[nj][q], bh[nj][q + 1]);
+        }
+    }
+    // The next k-tile's decode (ALU work) issues while the tensor cores work through the mma queue.
+    if (kt + 1 < nk) decode(kt + 1);
+    // Rows r0 = .. + lane / 4 and r0 + 8 of each slab; items j0 = .. + 2 (lane % 4) and j0 + 1 of each ni.
+    float sc[kMI][2], n0[kMI][2] = {}, n1[kMI][2] = {};
+    const float4* rs = Rows + (kt & 1) * kBM;
+#pragma unroll
+    for (int mi = 0; mi < kMI; ++mi)
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const int r = wm * g2::kWarpM + mi * 16 + (lane >> 2) + rr * 8;
+        if constexpr (kMins == 0) {
+          sc[mi][rr] = rs[r].x;
+        } else {
+          const float4 f = rs[r];
+          sc[mi][rr] = f.x, n0[mi][rr] = f.y, n1[mi][rr] = f.z;
+        }
+      }
+#pragma unroll
+    for (int ni = 0; ni < kNI; ++ni) {
+      const int j = wn * g2::kWarpN + ni * 8 + (lane & 3) * 2;
+      float2 s0 = make_float2(0.0f, 0.0f), s1 = s0;
+      if constexpr (kMins > 0) {
+        s0 = *reinterpret_cast<const float2*>(Sums + ((kt & 1) * 2 + 0) * kBN + j);
+        s1 = *reinterpret_cast<const float2*>(Sums + ((kt & 1) * 2 + 1) * kBN + j);
+      }
+#pragma unroll
+      for (int mi = 0; mi < kMI; ++mi)
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          acc[mi][ni][c] = gemm_int::promote<kMins>(acc[mi][ni][c], part[mi][ni][c], sc[mi][c >> 1], n0[mi][c >> 1],
+                                                    n1[mi][c >> 1], c & 1 ? s0.y : s0.x, c & 1 ? s1.y : s1.x);
+    }
+  }
+
+#pragma unroll
+  for (int ni = 0; ni < kNI; ++ni)
+#pragma unroll
+    for (int cj = 0; cj < 2; ++cj) {
+      const int j = wn * g2::kWarpN + ni * 8 + (lane & 3) * 2 + cj;
+      if (j >= count) continue;
+      float* y = Y + (scatter ? items[first + j] : first + j) * ys;
+#pragma unroll
+      for (int mi = 0; mi < kMI; ++mi)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int64_t r = m0 + wm * g2::kWarpM + mi * 16 + (lane >> 2) + rr * 8;
+          if (r < rows_per_mat) y[r] = acc[mi][ni][rr * 2 + cj];
+        }
+    }
+}
+
+bool& v2_flag() {
+  static bool on = [] {
+    const char* v = std::getenv("FLASHSTAR_GEMM_GROUP_V2");
+    return !(v && v[0] == '0');
+  }();
+  return on;
+}
+
+template <GgmlType T>
+void launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
+            bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+  constexpr int sm = g2::Smem<T>::bytes;
+  static bool attr = false;
+  if (!attr) {
+    FS_CUDA_CHECK(cudaFuncSetAttribute(gemm_group_v2<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
+    FS_CUDA_CHECK(cudaFuncSetAttribute(gemm_group_v2<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                       cudaSharedmemCarveoutMaxShared));
+    attr = true;
+  }
+  const dim3 grid(static_cast<unsigned>((rows_per_mat + kBM - 1) / kBM), static_cast<unsigned>(p.max_tiles));
+  gemm_group_v2<T><<<grid, kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat, p.offset,
+                                              p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8, gather, src_div,
+                                              scatter, Y, ys);
+  FS_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void init_gemm_group_tables() {
+  uint32_t sel[256];
+  if (!g2::iq2_sel_table(sel)) fail("IQ2_XXS grid bytes outside {8, 25, 43}");
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(g_v2_sel, sel, sizeof(sel)));
+}
+
+void gemm_set_group_v2(bool on) { v2_flag() = on; }
+bool gemm_group_v2() { return v2_flag(); }
+
+bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
+                     int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+  // Raw rows are read as 4-byte words and activations as 16-byte chunks.
+  if (W.cols % g2::kUnitCols != 0 || W.cols > k8 || k8 % 8 != 0 || W.row_bytes % 4 != 0 ||
+      reinterpret_cast<uintptr_t>(W.data) % 4 != 0 || reinterpret_cast<uintptr_t>(Xb) % 16 != 0 ||
+      p.max_tiles > 65535 || W.cols > (int64_t{1} << 30))
+    return false;
+  switch (W.type) {
+    case GgmlType::IQ2_XXS:
+      launch<GgmlType::IQ2_XXS>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+      return true;
+    case GgmlType::Q2_K:
+      launch<GgmlType::Q2_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+      return true;
+    case GgmlType::Q4_K:
+      launch<GgmlType::Q4_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+      return true;
+    case GgmlType::Q8_0:
+      launch<GgmlType::Q8_0>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace flashstar::cuda::fast

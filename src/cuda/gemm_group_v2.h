@@ -1,0 +1,282 @@
+// The second grouped expert GEMM (fast_gemm_group.cu): its tile geometry, the lane and shared-memory
+// mappings, and the weight decoding from raw words, all host-compilable so that CPU tests replay every
+// index mapping and decode bitwise against the dequantizer.
+//
+// Raw weights reach shared memory as 4-byte words (cp.async, 4 bytes each): per row and per 256-column
+// unit, the words covering the unit's bytes (a 66-byte IQ2_XXS block may start 2 bytes into its first
+// word). Rows sit at an odd word stride, so the 32 lanes of a warp, one row each, read the same field of
+// 32 rows from 32 different banks, and the copy's consecutive words go to consecutive banks.
+//
+// Each thread decodes one row's 32-column k-tile into 32 exact FP16 integers and the row's scale and
+// minima for that k-tile, the same numbers as gemm_int::piece (so the products, sums and promotions
+// are those of the first kernel, bit for bit). kFold (the CPU error model only) folds IQ2_XXS's 4-bit
+// sub-block scale (|grid (2s+1)| <= 1333) and Q4_K's 6-bit sub-scale (15 x 63 = 945) into the integers,
+// exact in FP16, leaving one scale per 256 columns: the model shows that promoting the longer partials
+// this would allow costs accuracy (gemm int model "v2" lines), so the kernel promotes every k-tile.
+#pragma once
+#include <cstdint>
+
+#include "cuda/gemm_int_weights.h"
+#include "quant/quant.h"
+#include "quant/types.h"
+
+namespace flashstar::cuda::gemm_v2 {
+
+using gemm_int::h2f;
+using gemm_int::prmt;
+
+// Block tile: 128 weight rows x 64 items (kMoeTileTokens), k-tiles of 32 columns, 4 warps as 2 (rows) x 2
+// (items), each warp 64 rows x 32 items (4 x 4 mma tiles): per 16 columns a warp loads 4 A and 4 B
+// fragments (ldmatrix.x4) for 32 mma, half the shared-memory reads per mma of a 32 x 32 warp tile.
+constexpr int kBM = 128, kBN = 64, kBK = 32, kThreads = 128, kStages = 4;
+constexpr int kUnitCols = 256, kTilesPerUnit = kUnitCols / kBK;
+constexpr int kWarpM = 64, kWarpN = 32, kMI = kWarpM / 16, kNI = kWarpN / 8;
+
+// Raw words per row and 256-column unit (kWords), their odd row stride in shared memory (kStride), and
+// the minimum terms per k-tile (0, 1 for all 32 columns, 2 for each 16).
+template <GgmlType T>
+struct Fmt;
+template <>
+struct Fmt<GgmlType::IQ2_XXS> {
+  static constexpr int kBytes = 66, kWords = 17, kStride = 17, kMins = 0;
+};
+template <>
+struct Fmt<GgmlType::Q2_K> {
+  static constexpr int kBytes = 84, kWords = 21, kStride = 21, kMins = 2;
+};
+template <>
+struct Fmt<GgmlType::Q4_K> {
+  static constexpr int kBytes = 144, kWords = 36, kStride = 37, kMins = 1;
+};
+template <>
+struct Fmt<GgmlType::Q8_0> {
+  static constexpr int kBytes = 272, kWords = 68, kStride = 69, kMins = 0;
+};
+
+// Shared memory (bytes): X tiles [kStages][2 terms][kBN][kBK] halves, decoded weights [2][kBM][kBK]
+// halves, raw words [2][kBM * kStride + 4], row factors [2][kBM] float4 (scale, -min0, -min1), token sums
+// [2][2][kBN] floats, the IQ2_XXS selector table [256] words. The 4 spare raw words absorb the decoder's
+// read of one word past the last row (a word it then shifts out).
+template <GgmlType T>
+struct Smem {
+  static constexpr int kX = kStages * 2 * kBN * kBK * 2;
+  static constexpr int kA = 2 * kBM * kBK * 2;
+  static constexpr int kRawBuf = kBM * Fmt<T>::kStride + 4;  // words
+  static constexpr int kRaw = 2 * kRawBuf * 4;
+  static constexpr int kRows = 2 * kBM * 16;
+  static constexpr int kSums = 2 * 2 * kBN * 4;
+  static constexpr int kTab = 256 * 4;
+  static constexpr int off_a = kX, off_raw = off_a + kA, off_rows = off_raw + kRaw, off_sums = off_rows + kRows,
+                       off_tab = off_sums + kSums, bytes = off_tab + kTab;
+  static_assert(off_raw % 16 == 0 && off_rows % 16 == 0 && off_sums % 16 == 0 && off_tab % 16 == 0,
+                "16-byte alignment");
+};
+
+// ---- Shared-memory tile layout. Rows of 32 halves (64 bytes, four 16-byte chunks); chunk c of row r sits
+// at position c ^ ((r >> 1) & 3). An ldmatrix phase reads 8 consecutive rows at one logical chunk: the
+// row pairs land on four different positions, each pair's two rows on the two 64-byte halves of a
+// 128-byte line, so the 8 rows hit 32 different banks; the loaders' 16-byte writes (2 rows x 4 chunks
+// per quarter warp, or 8 rows at one chunk) are conflict-free the same way.
+GI_HD int swz(int row, int chunk) { return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 3); }
+
+// ldmatrix.x4 row addresses (lane's row and logical chunk) for the A fragment of slab mi at k-step kk
+// (0 or 16): matrices 0..3 = rows 0-7 / 8-15 at k 0-7, then rows 0-7 / 8-15 at k 8-15 (a0..a3 of
+// mma.m16n8k16).
+GI_HD void a_lane(int wm, int mi, int kk, int lane, int& row, int& chunk) {
+  row = wm * kWarpM + mi * 16 + (lane & 15);
+  chunk = (kk >> 3) + (lane >> 4);
+}
+// ... and for the B fragments of token pair-tile nj: matrices = b0, b1 of tokens 0-7, then b0, b1 of
+// tokens 8-15 (n-tiles 2 nj and 2 nj + 1).
+GI_HD void b_lane(int wn, int nj, int kk, int lane, int& tok, int& chunk) {
+  tok = wn * kWarpN + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
+  chunk = (kk >> 3) + ((lane >> 3) & 1);
+}
+// The activation copy: 2 terms x 64 tokens x 4 chunks = 512 16-byte copies, 4 per thread (v = 0..3):
+// a quarter warp copies 2 tokens' 64 bytes.
+GI_HD void x_task(int tid, int v, int& term, int& tok, int& chunk) {
+  const int q = tid + kThreads * v;
+  chunk = q & 3, tok = (q >> 2) & (kBN - 1), term = q >> 8;
+}
+// The raw copy: task q = tid + kThreads * v (v < kWords) is word q % kWords of row q / kWords, stored at
+// word q / kWords * kStride + q % kWords.
+template <GgmlType T>
+GI_HD void raw_task(int tid, int v, int& row, int& word) {
+  const int q = tid + kThreads * v;
+  row = q / Fmt<T>::kWords, word = q % Fmt<T>::kWords;
+}
+// The token sums (formats with minima): thread -> token tid / 2, 16-column half tid % 2.
+GI_HD void sum_task(int tid, int& tok, int& half) { tok = tid >> 1, half = tid & 1; }
+
+// ---- Bit helpers (device instructions, host replays).
+GI_HD uint32_t funnel(uint32_t lo, uint32_t hi, int sh) {  // (hi:lo) >> sh, sh in 0..31
+#ifdef __CUDA_ARCH__
+  return __funnelshift_r(lo, hi, static_cast<unsigned>(sh));
+#else
+  return sh == 0 ? lo : (lo >> sh) | (hi << (32 - sh));
+#endif
+}
+GI_HD int popc(uint32_t v) {
+#ifdef __CUDA_ARCH__
+  return __popc(v);
+#else
+  return __builtin_popcount(v);
+#endif
+}
+// a * b + c on two FP16 lanes, one rounding (fused); the host computes the exact value in float, which
+// the callers keep exact (integers below 2^24).
+GI_HD uint32_t hfma2_bits(uint32_t a, uint32_t b, uint32_t c) {
+#ifdef __CUDA_ARCH__
+  const __half2 r = __hfma2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b),
+                            *reinterpret_cast<const __half2*>(&c));
+  return *reinterpret_cast<const uint32_t*>(&r);
+#else
+  uint32_t out = 0;
+  for (int i = 0; i < 2; ++i) {
+    const float x = f16_to_f32(static_cast<uint16_t>(a >> (16 * i))),
+                y = f16_to_f32(static_cast<uint16_t>(b >> (16 * i)));
+    const float z = f16_to_f32(static_cast<uint16_t>(c >> (16 * i)));
+    out |= static_cast<uint32_t>(f32_to_f16(__builtin_fmaf(x, y, z))) << (16 * i);
+  }
+  return out;
+#endif
+}
+// An integer 0..2047 as FP16 in both lanes: 0x6400 | v is 1024 + v, minus 1024.
+GI_HD uint32_t int_h2(uint32_t v) { return gemm_int::hsub2_bits((0x64006400u | v) | (v << 16), 0x64006400u); }
+
+// ---- IQ2_XXS. Grid bytes are 8, 25 or 43; the selector table holds, per grid entry, byte j's code
+// (0, 1, 2) in nibble 2j (j < 4) or 2 (j - 4) + 1 (j >= 4), so that (T & 0x0F0F0F0F) | 0x40404040 is two
+// PRMT selectors (low 16 bits: elements 0, 1; high: 2, 3) picking 0x08 / 0x19 / 0x2B under a 0x64 byte:
+// the FP16 numbers 1024 + grid; likewise (T >> 4) for elements 4..7.
+constexpr uint32_t kGridBytes = 0x002B1908u;
+inline bool iq2_sel_table(uint32_t (&out)[256]) {
+  for (int e = 0; e < 256; ++e) {
+    uint32_t t = 0;
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t b = static_cast<uint32_t>(quant::kIq2xxsGrid[e] >> (8 * j)) & 255;
+      const uint32_t c = b == 8 ? 0 : b == 25 ? 1 : b == 43 ? 2 : 15;
+      if (c == 15) return false;
+      t |= c << (j < 4 ? 8 * j : 8 * (j - 4) + 4);
+    }
+    out[e] = t;
+  }
+  return true;
+}
+// The 8 sign bits of a grid entry: the 7 stored bits and their parity (the format's even-parity masks,
+// kIq2xsSigns[i] == i | parity(i) << 7).
+GI_HD uint32_t iq2_signs(uint32_t idx7) { return idx7 | (static_cast<uint32_t>(popc(idx7) & 1) << 7); }
+
+// One decoded k-tile of one row: h[i] holds columns 2i (low half) and 2i + 1 as FP16 integers; the
+// weight is scale * int - min (min0 for columns 0..15, min1 for 16..31; Q4_K: min0 == min1).
+struct Tile32 {
+  uint32_t h[16];
+  float scale, min0, min1;
+};
+
+// rw: the row's raw words of the unit; a2: the unit's first byte within rw[0] (IQ2_XXS: 0 or 2, others
+// 0); j: the k-tile within the unit (0..7); sel: the IQ2_XXS selector table.
+template <GgmlType T, bool kFold = false>
+struct Decode;
+
+template <bool kFold>
+struct Decode<GgmlType::IQ2_XXS, kFold> {
+  static GI_HD void run(const uint32_t* rw, int a2, int j, const uint32_t* sel, Tile32& o) {
+    // Sub-block j: 4 grid indices, then 4 x 7 sign bits and the 4-bit scale s, at byte 2 + 8j.
+    const int hb = a2 + 2 + 8 * j, k = hb >> 2, sh = 8 * (hb & 3);
+    const uint32_t w0 = rw[k], w1 = rw[k + 1], w2 = rw[k + 2];
+    const uint32_t qs = funnel(w0, w1, sh), sg = funnel(w1, w2, sh);
+    const float d = h2f((rw[0] >> (8 * a2)) & 0xffffu);
+    // The dequantizer's d (0.5 + s) 0.25, or, folded, d / 8 with (2s + 1) in the integers.
+    o.scale = kFold ? d * 0.125f : d * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
+    o.min0 = o.min1 = 0.0f;
+    const uint32_t m2 = kFold ? int_h2(2 * (sg >> 28) + 1) : 0x3C003C00u;  // the multiplier m (1: FP16 1.0)
+    // -1024 m in both lanes (exact: at most 5 significant bits).
+    const uint32_t nb2 = hfma2_bits(m2, 0xE400E400u, 0u);
+    GI_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const uint32_t t = sel[(qs >> (8 * e)) & 255u];
+      const uint32_t s8 = iq2_signs((sg >> (7 * e)) & 127u);
+      const uint32_t lo = (t & 0x0F0F0F0Fu) | 0x40404040u, hi = ((t >> 4) & 0x0F0F0F0Fu) | 0x40404040u;
+      const uint32_t sl[4] = {lo, lo >> 16, hi, hi >> 16};
+      GI_UNROLL
+      for (int p = 0; p < 4; ++p) {
+        // (1024 + g) m - 1024 m = g m, one rounding of an integer below 2048: exact.
+        const uint32_t v = hfma2_bits(prmt(kGridBytes, 0x64646464u, sl[p]), m2, nb2);
+        // Sign bits 2p and 2p + 1 of s8 to bits 15 and 31 (the two shifted copies never overlap).
+        const uint32_t neg = (s8 * ((1u << (15 - 2 * p)) + (1u << (30 - 2 * p)))) & 0x80008000u;
+        o.h[4 * e + p] = v ^ neg;
+      }
+    }
+  }
+};
+
+template <bool kFold>
+struct Decode<GgmlType::Q2_K, kFold> {  // the 4-bit scale is always in the integer (gemm_int::piece)
+  static GI_HD void run(const uint32_t* rw, int, int j, const uint32_t*, Tile32& o) {
+    // Block: scales [16] at 0, qs [64] at 16, d at 80, dmin at 82. Columns 128 h + 32 step + l take bits
+    // 2 step of qs[32 h + l] and scale byte 8 h + 2 step + l / 16 (low nibble: scale, high: minimum).
+    const int h = j >> 2, step = j & 3;
+    const uint32_t scw = rw[2 * h + (step >> 1)] >> (16 * (step & 1));
+    const uint32_t sc0 = scw & 255u, sc1 = (scw >> 8) & 255u;
+    const uint32_t dd = rw[20];
+    const float dmin = h2f(dd >> 16);
+    o.scale = h2f(dd & 0xffffu);
+    o.min0 = dmin * static_cast<float>(sc0 >> 4), o.min1 = dmin * static_cast<float>(sc1 >> 4);
+    GI_UNROLL
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t q = (rw[4 + 8 * h + i] >> (2 * step)) & 0x03030303u;
+      gemm_int::bytes_u(q * (i < 4 ? sc0 & 15u : sc1 & 15u), o.h[2 * i], o.h[2 * i + 1]);  // <= 45: no carry
+    }
+  }
+};
+
+template <bool kFold>
+struct Decode<GgmlType::Q4_K, kFold> {
+  static GI_HD void run(const uint32_t* rw, int, int j, const uint32_t*, Tile32& o) {
+    // Block: d, dmin at 0, 12 scale bytes at 4, qs [128] at 16; columns 64 c + 32 hi + l take nibble hi of
+    // qs[32 c + l] and sub-scale / minimum 2 c + hi.
+    const int c = j >> 1, hi = j & 1;
+    // quant::q4_K_scale_min on the 12 scale bytes (words 1..3), picked by selects: a byte array indexed
+    // by the runtime j would live in local memory.
+    const uint32_t w1 = rw[1], w2 = rw[2], w3 = rw[3];
+    auto byte = [&](int i) { return static_cast<int>(((i < 4 ? w1 : i < 8 ? w2 : w3) >> (8 * (i & 3))) & 255u); };
+    int sc, m;
+    if (j < 4) {
+      sc = byte(j) & 63, m = byte(j + 4) & 63;
+    } else {
+      sc = (byte(j + 4) & 15) | ((byte(j - 4) >> 6) << 4);
+      m = (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4);
+    }
+    const uint32_t dd = rw[0];
+    o.scale = kFold ? h2f(dd & 0xffffu) : h2f(dd & 0xffffu) * static_cast<float>(sc);
+    o.min0 = o.min1 = h2f(dd >> 16) * static_cast<float>(m);
+    const uint32_t sc2 = int_h2(static_cast<uint32_t>(sc));
+    GI_UNROLL
+    for (int i = 0; i < 8; ++i) {
+      uint32_t lo, hi2;
+      gemm_int::bytes_u((rw[4 + 8 * c + i] >> (4 * hi)) & 0x0f0f0f0fu, lo, hi2);
+      o.h[2 * i] = kFold ? hfma2_bits(lo, sc2, 0u) : lo;  // q sc <= 945: exact
+      o.h[2 * i + 1] = kFold ? hfma2_bits(hi2, sc2, 0u) : hi2;
+    }
+  }
+};
+
+template <bool kFold>
+struct Decode<GgmlType::Q8_0, kFold> {  // nothing to fold: d is per 32 columns
+  static GI_HD void run(const uint32_t* rw, int, int j, const uint32_t*, Tile32& o) {
+    // The unit is 8 blocks of 34 bytes (d, then 32 signed bytes); block j is this k-tile.
+    const int db = 34 * j, qb = db + 2, k = qb >> 2, sh = 8 * (qb & 3);
+    o.scale = h2f((rw[db >> 2] >> (8 * (db & 3))) & 0xffffu);
+    o.min0 = o.min1 = 0.0f;
+    GI_UNROLL
+    for (int i = 0; i < 8; ++i) gemm_int::bytes_s(funnel(rw[k + i], rw[k + i + 1], sh), o.h[2 * i], o.h[2 * i + 1]);
+  }
+};
+
+// The byte offset of a unit inside its first raw word (rows are 4-byte aligned).
+template <GgmlType T>
+GI_HD int unit_a2(int unit) {
+  return (unit * Fmt<T>::kBytes) & 3;
+}
+
+}  // namespace flashstar::cuda::gemm_v2
