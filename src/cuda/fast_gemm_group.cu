@@ -81,13 +81,13 @@ __global__ void __launch_bounds__(kThreads, 2)
     xbytes[v] = ok ? 16u : 0u;
   }
   auto load_x = [&](int t) {
-    const uint32_t st = static_cast<uint32_t>((t % kStages) * kXStage * 2);
+    const uint32_t st = static_cast<uint32_t>(g2::x_stage(t) * kXStage * 2);
 #pragma unroll
     for (int v = 0; v < 4; ++v) mma::cp_async16(xdst[v] + st, xsrc[v] + t * kBK, xbytes[v]);
   };
   // A unit's raw words for all kBM rows (rows past the matrix repeat its last row; never stored).
   auto load_raw = [&](int u) {
-    const uint32_t base = mma::smem_addr(Raw + (u & 1) * S::kRawBuf);
+    const uint32_t base = mma::smem_addr(Raw + g2::raw_buf(u) * S::kRawBuf);
     const size_t ub = static_cast<size_t>(u) * F::kBytes - g2::unit_a2<T>(u);
 #pragma unroll 4
     for (int v = 0; v < F::kWords; ++v) {
@@ -101,26 +101,27 @@ __global__ void __launch_bounds__(kThreads, 2)
   auto load = [&](int t) {  // one commit group per k-tile, empty past the end (keeps the wait counts)
     if (t < nk) {
       load_x(t);
-      if (t % g2::kTilesPerUnit == 0) load_raw(t / g2::kTilesPerUnit);
+      if (g2::starts_unit(t)) load_raw(g2::unit_of(t));
     }
     mma::cp_async_commit();
   };
   // Row tid's k-tile t: FP16 integers, scale and minima; with minima also the token sums of its 16-column
   // halves (the first kernel's order: each 8-column half by gemm_int::sum8, then the two added).
   auto decode = [&](int t) {
-    const int u = t / g2::kTilesPerUnit;
+    const int u = g2::unit_of(t);
     g2::Tile32 o;
-    g2::Decode<T>::run(Raw + (u & 1) * S::kRawBuf + tid * F::kStride, g2::unit_a2<T>(u), t % g2::kTilesPerUnit, Sel, o);
-    uint16_t* a = As + (t & 1) * kATile;
+    g2::Decode<T>::run(Raw + g2::raw_buf(u) * S::kRawBuf + tid * F::kStride, g2::unit_a2<T>(u), t % g2::kTilesPerUnit,
+                       Sel, o);
+    uint16_t* a = As + g2::tile_buf(t) * kATile;
 #pragma unroll
     for (int c = 0; c < 4; ++c)
       *reinterpret_cast<uint4*>(a + g2::swz(tid, c)) =
           make_uint4(o.h[4 * c], o.h[4 * c + 1], o.h[4 * c + 2], o.h[4 * c + 3]);
-    Rows[(t & 1) * kBM + tid] = make_float4(o.scale, -o.min0, -o.min1, 0.0f);
+    Rows[g2::tile_buf(t) * kBM + tid] = make_float4(o.scale, -o.min0, -o.min1, 0.0f);
     if constexpr (kMins > 0) {
       int tok, half;
       g2::sum_task(tid, tok, half);
-      const uint16_t* xh = Xs + (t % kStages) * kXStage;
+      const uint16_t* xh = Xs + g2::x_stage(t) * kXStage;
       float s8[2];
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
@@ -129,13 +130,13 @@ __global__ void __launch_bounds__(kThreads, 2)
         const uint32_t hv[4] = {h.x, h.y, h.z, h.w}, lv[4] = {l.x, l.y, l.z, l.w};
         s8[k] = gemm_int::sum8(hv, lv);
       }
-      Sums[((t & 1) * 2 + half) * kBN + tok] = s8[0] + s8[1];
+      Sums[(g2::tile_buf(t) * 2 + half) * kBN + tok] = s8[0] + s8[1];
     }
   };
 
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) load(t);
-  mma::cp_async_wait<kStages - 2>();  // k-tile 0 landed (this thread's copies; the barrier: everyone's)
+  mma::cp_async_wait<g2::kProloguePending>();  // k-tile 0 landed (this thread's copies; the barrier: everyone's)
   __syncthreads();
   decode(0);
 
@@ -143,15 +144,15 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int kt = 0; kt < nk; ++kt) {
     // k-tile kt + 1 landed; everyone is past k-tile kt - 1, so its buffers (and the raw unit two units
     // back) may be overwritten.
-    mma::cp_async_wait<kStages - 3>();
+    mma::cp_async_wait<g2::kLoopPending>();
     __syncthreads();
     load(kt + kStages - 1);
 
     // The tensor cores' fp32 accumulation truncates; each k-tile's partial is promoted into acc with
     // round-to-nearest operations, so the error does not grow with k.
     float part[kMI][kNI][4] = {};
-    const uint16_t* a_s = As + (kt & 1) * kATile;
-    const uint16_t* x_hi = Xs + (kt % kStages) * kXStage;
+    const uint16_t* a_s = As + g2::tile_buf(kt) * kATile;
+    const uint16_t* x_hi = Xs + g2::x_stage(kt) * kXStage;
     const uint16_t* x_lo = x_hi + kXTerm;
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
@@ -182,7 +183,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (kt + 1 < nk) decode(kt + 1);
     // Rows r0 = .. + lane / 4 and r0 + 8 of each slab; items j0 = .. + 2 (lane % 4) and j0 + 1 of each ni.
     float sc[kMI][2], n0[kMI][2] = {}, n1[kMI][2] = {};
-    const float4* rs = Rows + (kt & 1) * kBM;
+    const float4* rs = Rows + g2::tile_buf(kt) * kBM;
 #pragma unroll
     for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
@@ -200,8 +201,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int j = wn * g2::kWarpN + ni * 8 + (lane & 3) * 2;
       float2 s0 = make_float2(0.0f, 0.0f), s1 = s0;
       if constexpr (kMins > 0) {
-        s0 = *reinterpret_cast<const float2*>(Sums + ((kt & 1) * 2 + 0) * kBN + j);
-        s1 = *reinterpret_cast<const float2*>(Sums + ((kt & 1) * 2 + 1) * kBN + j);
+        s0 = *reinterpret_cast<const float2*>(Sums + (g2::tile_buf(kt) * 2 + 0) * kBN + j);
+        s1 = *reinterpret_cast<const float2*>(Sums + (g2::tile_buf(kt) * 2 + 1) * kBN + j);
       }
 #pragma unroll
       for (int mi = 0; mi < kMI; ++mi)

@@ -72,6 +72,19 @@ struct Smem {
                 "16-byte alignment");
 };
 
+// ---- The pipeline (one barrier per k-tile; the CPU test replays it against buffer hazards). The
+// prologue issues k-tiles 0 .. kStages - 2 (one commit group each), waits for k-tile 0 and decodes it;
+// iteration kt waits until at most kLoopPending groups are in flight (k-tile kt + 1 landed), passes the
+// barrier, issues k-tile kt + kStages - 1, runs the mma of k-tile kt, decodes k-tile kt + 1 and promotes
+// k-tile kt. A k-tile's group carries its activations and, for the first k-tile of a unit, the unit's
+// raw words.
+constexpr int kProloguePending = kStages - 2, kLoopPending = kStages - 3;
+GI_HD int x_stage(int t) { return t % kStages; }                  // activation ring slot of k-tile t
+GI_HD int tile_buf(int t) { return t & 1; }                       // decoded tile, row factors, sums
+GI_HD int unit_of(int t) { return t / kTilesPerUnit; }            // the raw unit holding k-tile t
+GI_HD int raw_buf(int unit) { return unit & 1; }                  // its raw buffer
+GI_HD bool starts_unit(int t) { return t % kTilesPerUnit == 0; }  // k-tile t's group loads its unit
+
 // ---- Shared-memory tile layout. Rows of 32 halves (64 bytes, four 16-byte chunks); chunk c of row r sits
 // at position c ^ ((r >> 1) & 3). An ldmatrix phase reads 8 consecutive rows at one logical chunk: the
 // row pairs land on four different positions, each pair's two rows on the two 64-byte halves of a
