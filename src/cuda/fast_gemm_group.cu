@@ -7,7 +7,8 @@
 //   from shared memory (conflict-free: odd row stride) into the FP16 tile (gemm_group_v2.h);
 // - activations arrive by 16-byte cp.async in a 4-stage ring, never through registers;
 // - warps own 64 rows x 32 items (2 x 2 warps per 128 x 64 block), so a 16-column step loads 8
-//   fragments for 32 mma (the first kernel: 6 for 16); tiles are XOR-swizzled, not padded;
+//   fragments for 32 mma (the first kernel: 6 for 16); tiles are XOR-swizzled, not padded; the mma
+//   tiles of items past the count are skipped, and a tile of 32 items or fewer is split by rows only;
 // - the IQ2_XXS grid is a 1 KB table of PRMT selectors (one 4-byte lookup per 8 weights; the sign
 //   parity is computed), where the first kernel read 8 bytes of grid and a sign byte.
 // One barrier per k-tile: the decode of k-tile t + 1 and the mma of k-tile t share an iteration.
@@ -37,6 +38,39 @@ static_assert(kBN == kMoeTileTokens, "a block takes one plan tile");
 
 __device__ uint32_t g_v2_sel[256];
 
+// One k-tile's mma of a warp's first MA slabs and NA item tiles into part (W x_lo + W x_hi per step,
+// the small term first; exact integer weights).
+template <int MA, int NA>
+__device__ __forceinline__ void mma_ktile(float (&part)[kMI][kNI][4], const uint16_t* a_s, const uint16_t* x_hi,
+                                          const g2::WarpTile& w, int lane) {
+  const uint16_t* x_lo = x_hi + kBN * kBK;
+#pragma unroll
+  for (int kk = 0; kk < kBK; kk += 16) {
+    uint32_t af[MA][4], bh[NA / 2][4], bl[NA / 2][4];
+#pragma unroll
+    for (int mi = 0; mi < MA; ++mi) {
+      int r, c;
+      g2::a_lane(w, mi, kk, lane, r, c);
+      mma::ldmatrix_x4(af[mi], a_s + g2::swz(r, c));
+    }
+#pragma unroll
+    for (int nj = 0; nj < NA / 2; ++nj) {
+      int tk, c;
+      g2::b_lane(w, nj, kk, lane, tk, c);
+      mma::ldmatrix_x4(bh[nj], x_hi + g2::swz(tk, c));
+      mma::ldmatrix_x4(bl[nj], x_lo + g2::swz(tk, c));
+    }
+#pragma unroll
+    for (int mi = 0; mi < MA; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NA; ++ni) {
+        const int nj = ni >> 1, q = (ni & 1) * 2;
+        mma::mma_f16(part[mi][ni], af[mi], bl[nj][q], bl[nj][q + 1]);
+        mma::mma_f16(part[mi][ni], af[mi], bh[nj][q], bh[nj][q + 1]);
+      }
+  }
+}
+
 template <GgmlType T>
 __global__ void __launch_bounds__(kThreads, 2)
     gemm_group_v2(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t rows_per_mat,
@@ -56,13 +90,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   float* Sums = reinterpret_cast<float*>(smem + S::off_sums);      // [2][half][kBN]
   uint32_t* Sel = reinterpret_cast<uint32_t*>(smem + S::off_tab);  // [256]
 
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
+  const int tid = threadIdx.x, lane = tid & 31;
   const int32_t tile = tiles[blockIdx.y], e = tile >> 16;
   const int64_t first = offset[e] + static_cast<int64_t>(tile & 0xffff) * kBN;
   const int count = static_cast<int>(offset[e + 1] - first < kBN ? offset[e + 1] - first : kBN);
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
   const uint8_t* Wm = W + static_cast<size_t>(e) * static_cast<size_t>(rows_per_mat) * row_bytes;
   const int nk = K / kBK;
+  const g2::WarpTile w = g2::warp_tile(tid >> 5, count);  // warp-uniform
 
   if constexpr (T == GgmlType::IQ2_XXS)
     for (int i = tid; i < 256; i += kThreads) Sel[i] = g_v2_sel[i];
@@ -153,31 +188,18 @@ __global__ void __launch_bounds__(kThreads, 2)
     float part[kMI][kNI][4] = {};
     const uint16_t* a_s = As + g2::tile_buf(kt) * kATile;
     const uint16_t* x_hi = Xs + g2::x_stage(kt) * kXStage;
-    const uint16_t* x_lo = x_hi + kXTerm;
-#pragma unroll
-    for (int kk = 0; kk < kBK; kk += 16) {
-      uint32_t af[kMI][4], bh[kNI / 2][4], bl[kNI / 2][4];
-#pragma unroll
-      for (int mi = 0; mi < kMI; ++mi) {
-        int r, c;
-        g2::a_lane(wm, mi, kk, lane, r, c);
-        mma::ldmatrix_x4(af[mi], a_s + g2::swz(r, c));
-      }
-#pragma unroll
-      for (int nj = 0; nj < kNI / 2; ++nj) {
-        int tk, c;
-        g2::b_lane(wn, nj, kk, lane, tk, c);
-        mma::ldmatrix_x4(bh[nj], x_hi + g2::swz(tk, c));
-        mma::ldmatrix_x4(bl[nj], x_lo + g2::swz(tk, c));
-      }
-#pragma unroll
-      for (int mi = 0; mi < kMI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < kNI; ++ni) {  // exact integer weights: W x_lo + W x_hi, small term first
-          const int nj = ni >> 1, q = (ni & 1) * 2;
-          mma::mma_f16(part[mi][ni], af[mi], bl[nj][q], bl[nj][q + 1]);
-          mma::mma_f16(part[mi][ni], af[mi], bh[nj][q], bh[nj][q + 1]);
-        }
+    // Unpredicated mma blocks for the four shapes a warp can have (per-mma predicates would serialise
+    // each lo/hi pair); item tiles run in pairs (a pair past the count computes on zeros, unstored).
+    if (w.m_act == kMI) {
+      if (w.n_act > kNI / 2)
+        mma_ktile<kMI, kNI>(part, a_s, x_hi, w, lane);
+      else
+        mma_ktile<kMI, kNI / 2>(part, a_s, x_hi, w, lane);
+    } else {
+      if (w.n_act > kNI / 2)
+        mma_ktile<kMI / 2, kNI>(part, a_s, x_hi, w, lane);
+      else
+        mma_ktile<kMI / 2, kNI / 2>(part, a_s, x_hi, w, lane);
     }
     // The next k-tile's decode (ALU work) issues while the tensor cores work through the mma queue.
     if (kt + 1 < nk) decode(kt + 1);
@@ -188,7 +210,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
-        const int r = wm * g2::kWarpM + mi * 16 + (lane >> 2) + rr * 8;
+        if (mi >= w.m_act) continue;
+        const int r = g2::acc_row(w, mi, lane, rr);
         if constexpr (kMins == 0) {
           sc[mi][rr] = rs[r].x;
         } else {
@@ -198,7 +221,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
 #pragma unroll
     for (int ni = 0; ni < kNI; ++ni) {
-      const int j = wn * g2::kWarpN + ni * 8 + (lane & 3) * 2;
+      if (ni >= w.n_act) continue;
+      const int j = g2::acc_tok(w, ni, lane, 0);
       float2 s0 = make_float2(0.0f, 0.0f), s1 = s0;
       if constexpr (kMins > 0) {
         s0 = *reinterpret_cast<const float2*>(Sums + (g2::tile_buf(kt) * 2 + 0) * kBN + j);
@@ -207,9 +231,11 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
       for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
-        for (int c = 0; c < 4; ++c)
+        for (int c = 0; c < 4; ++c) {
+          if (mi >= w.m_act) continue;
           acc[mi][ni][c] = gemm_int::promote<kMins>(acc[mi][ni][c], part[mi][ni][c], sc[mi][c >> 1], n0[mi][c >> 1],
                                                     n1[mi][c >> 1], c & 1 ? s0.y : s0.x, c & 1 ? s1.y : s1.x);
+        }
     }
   }
 
@@ -217,15 +243,15 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int ni = 0; ni < kNI; ++ni)
 #pragma unroll
     for (int cj = 0; cj < 2; ++cj) {
-      const int j = wn * g2::kWarpN + ni * 8 + (lane & 3) * 2 + cj;
-      if (j >= count) continue;
+      const int j = g2::acc_tok(w, ni, lane, cj);
+      if (ni >= w.n_act || j >= count) continue;
       float* y = Y + (scatter ? items[first + j] : first + j) * ys;
 #pragma unroll
       for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-          const int64_t r = m0 + wm * g2::kWarpM + mi * 16 + (lane >> 2) + rr * 8;
-          if (r < rows_per_mat) y[r] = acc[mi][ni][rr * 2 + cj];
+          const int64_t r = m0 + g2::acc_row(w, mi, lane, rr);
+          if (mi < w.m_act && r < rows_per_mat) y[r] = acc[mi][ni][rr * 2 + cj];
         }
     }
 }

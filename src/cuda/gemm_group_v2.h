@@ -26,8 +26,8 @@ using gemm_int::h2f;
 using gemm_int::prmt;
 
 // Block tile: 128 weight rows x 64 items (kMoeTileTokens), k-tiles of 32 columns, 4 warps as 2 (rows) x 2
-// (items), each warp 64 rows x 32 items (4 x 4 mma tiles): per 16 columns a warp loads 4 A and 4 B
-// fragments (ldmatrix.x4) for 32 mma, half the shared-memory reads per mma of a 32 x 32 warp tile.
+// (items), each warp 64 rows x 32 items (4 x 4 mma tiles; warp_tile below): per 16 columns a warp loads
+// 4 A and 4 B fragments (ldmatrix.x4) for 32 mma, half the shared-memory reads per mma of a 32 x 32 tile.
 constexpr int kBM = 128, kBN = 64, kBK = 32, kThreads = 128, kStages = 4;
 constexpr int kUnitCols = 256, kTilesPerUnit = kUnitCols / kBK;
 constexpr int kWarpM = 64, kWarpN = 32, kMI = kWarpM / 16, kNI = kWarpN / 8;
@@ -92,19 +92,45 @@ GI_HD bool starts_unit(int t) { return t % kTilesPerUnit == 0; }  // k-tile t's 
 // per quarter warp, or 8 rows at one chunk) are conflict-free the same way.
 GI_HD int swz(int row, int chunk) { return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 3); }
 
+// A warp's share of the block tile. Tiles of more than 32 items: warp (wm, wn) = (warp / 2, warp % 2)
+// owns rows 64 wm .. + 63 and items 32 wn .. + 31. Tiles of 32 items or fewer (an expert's last, partial
+// tile: with ~96 items per expert, often half full) would leave the wn = 1 warps idle and their SM
+// quarters' tensor cores with half the work; instead each warp owns 32 rows (64 wm + 32 wn ..) of items
+// 0..31. Only the mma tiles holding items below the count run (n_act of the 8-item tiles, m_act of the
+// 16-row slabs); every output element is the same sequence of operations whichever warp computes it.
+struct WarpTile {
+  int row0, tok0, m_act, n_act;
+};
+GI_HD WarpTile warp_tile(int warp, int count) {
+  const int wm = warp >> 1, wn = warp & 1;
+  WarpTile w;
+  if (count <= kWarpN) {
+    w.row0 = wm * kWarpM + wn * (kWarpM / 2), w.tok0 = 0, w.m_act = kMI / 2;
+  } else {
+    w.row0 = wm * kWarpM, w.tok0 = wn * kWarpN, w.m_act = kMI;
+  }
+  const int left = count - w.tok0;
+  w.n_act = left <= 0 ? 0 : left >= kWarpN ? kNI : (left + 7) >> 3;
+  return w;
+}
+
 // ldmatrix.x4 row addresses (lane's row and logical chunk) for the A fragment of slab mi at k-step kk
 // (0 or 16): matrices 0..3 = rows 0-7 / 8-15 at k 0-7, then rows 0-7 / 8-15 at k 8-15 (a0..a3 of
 // mma.m16n8k16).
-GI_HD void a_lane(int wm, int mi, int kk, int lane, int& row, int& chunk) {
-  row = wm * kWarpM + mi * 16 + (lane & 15);
+GI_HD void a_lane(const WarpTile& w, int mi, int kk, int lane, int& row, int& chunk) {
+  row = w.row0 + mi * 16 + (lane & 15);
   chunk = (kk >> 3) + (lane >> 4);
 }
-// ... and for the B fragments of token pair-tile nj: matrices = b0, b1 of tokens 0-7, then b0, b1 of
-// tokens 8-15 (n-tiles 2 nj and 2 nj + 1).
-GI_HD void b_lane(int wn, int nj, int kk, int lane, int& tok, int& chunk) {
-  tok = wn * kWarpN + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
+// ... and for the B fragments of item pair-tile nj: matrices = b0, b1 of items 0-7, then b0, b1 of
+// items 8-15 (n-tiles 2 nj and 2 nj + 1).
+GI_HD void b_lane(const WarpTile& w, int nj, int kk, int lane, int& tok, int& chunk) {
+  tok = w.tok0 + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
   chunk = (kk >> 3) + ((lane >> 3) & 1);
 }
+// The accumulator element c of tile (mi, ni) (mma C layout): row .. + lane / 4 (+ 8 for c >= 2), item
+// .. + 2 (lane % 4) (+ 1 for odd c); rr = c / 2, cj = c % 2.
+GI_HD int acc_row(const WarpTile& w, int mi, int lane, int rr) { return w.row0 + mi * 16 + (lane >> 2) + rr * 8; }
+GI_HD int acc_tok(const WarpTile& w, int ni, int lane, int cj) { return w.tok0 + ni * 8 + (lane & 3) * 2 + cj; }
 // The activation copy: 2 terms x 64 tokens x 4 chunks = 512 16-byte copies, 4 per thread (v = 0..3):
 // a quarter warp copies 2 tokens' 64 bytes.
 GI_HD void x_task(int tid, int v, int& term, int& tok, int& chunk) {

@@ -107,7 +107,10 @@ TEST_F(GemmGroupV2Lanes, CopiesDecodesAndSumsCoverTheirTilesOnce) {
 TEST_F(GemmGroupV2Lanes, FragmentsHoldTheMmaOperandsAfterTheSwizzle) {
   // Fill the tiles through the kernel's writers (x_task copies, one decoded row per thread), then read
   // them back through its ldmatrix addressing: every register half must hold the element the
-  // mma.m16n8k16 layout puts there (A: row g / g + 8, k 2q, 2q + 1 / + 8; B: k 2q.. / + 8, item g).
+  // mma.m16n8k16 layout puts there (A: row g / g + 8, k 2q, 2q + 1 / + 8; B: k 2q.. / + 8, item g), and
+  // the accumulator indexing (acc_row, acc_tok) must name the A row and B item that the mma combines
+  // into each C element (C: row g / g + 8, item 2q, 2q + 1). Both warp layouts (tiles of more than 32
+  // items and of 32 or fewer).
   Tiles tl;
   for (int tid = 0; tid < g2::kThreads; ++tid)
     for (int v = 0; v < 4; ++v) {
@@ -121,78 +124,115 @@ TEST_F(GemmGroupV2Lanes, FragmentsHoldTheMmaOperandsAfterTheSwizzle) {
       for (int i = 0; i < 8; ++i) tl.a[g2::swz(tid, c) + i] = tag(0, tid, 8 * c + i);
   std::vector<uint32_t> xh(tl.x.begin(), tl.x.begin() + g2::kBN * g2::kBK),
       xl(tl.x.begin() + g2::kBN * g2::kBK, tl.x.end());
-  std::set<uint32_t> a_seen, b_seen;
-  for (int warp = 0; warp < g2::kThreads / 32; ++warp) {
-    const int wm = warp >> 1, wn = warp & 1;
-    for (int kk = 0; kk < g2::kBK; kk += 16) {
-      for (int mi = 0; mi < g2::kMI; ++mi) {
-        int addr[32];
-        for (int l = 0; l < 32; ++l) {
-          int r, c;
-          g2::a_lane(wm, mi, kk, l, r, c);
-          addr[l] = g2::swz(r, c);
-        }
-        for (int m = 0; m < 4; ++m) {  // conflict-free phases: 8 rows on 8 bank groups
-          std::set<int> groups;
-          for (int k = 0; k < 8; ++k) groups.insert(group16(addr[8 * m + k]));
-          ASSERT_EQ(groups.size(), 8u) << "A ldmatrix phase";
-        }
-        uint32_t got[32][4][2];
-        ldmatrix(tl.a, addr, got);
-        for (int t = 0; t < 32; ++t)
-          for (int m = 0; m < 4; ++m)
-            for (int h = 0; h < 2; ++h) {
-              const int row = wm * g2::kWarpM + mi * 16 + t / 4 + 8 * (m & 1), k = kk + 2 * (t % 4) + h + 8 * (m >> 1);
-              ASSERT_EQ(got[t][m][h], tag(0, row, k)) << "A warp " << warp << " mi " << mi << " lane " << t;
-              a_seen.insert(got[t][m][h] | (wn << 30));
-            }
-      }
-      for (int nj = 0; nj < g2::kNI / 2; ++nj) {
-        int addr[32];
-        for (int l = 0; l < 32; ++l) {
-          int tk, c;
-          g2::b_lane(wn, nj, kk, l, tk, c);
-          addr[l] = g2::swz(tk, c);
-        }
-        for (int m = 0; m < 4; ++m) {
-          std::set<int> groups;
-          for (int k = 0; k < 8; ++k) groups.insert(group16(addr[8 * m + k]));
-          ASSERT_EQ(groups.size(), 8u) << "B ldmatrix phase";
-        }
-        for (int term = 0; term < 2; ++term) {
+  for (int count : {64, 33, 32}) {
+    std::set<uint32_t> a_seen, b_seen;
+    for (int warp = 0; warp < g2::kThreads / 32; ++warp) {
+      const g2::WarpTile w = g2::warp_tile(warp, count);
+      ASSERT_LE(w.m_act, g2::kMI);
+      ASSERT_LE(w.n_act, g2::kNI);
+      for (int kk = 0; kk < g2::kBK; kk += 16) {
+        int row_of[g2::kMI][16], item_of[g2::kNI][8];  // A row of fragment row g, B item of column n
+        for (int mi = 0; mi < w.m_act; ++mi) {
+          int addr[32];
+          for (int l = 0; l < 32; ++l) {
+            int r, c;
+            g2::a_lane(w, mi, kk, l, r, c);
+            addr[l] = g2::swz(r, c);
+          }
+          for (int m = 0; m < 4; ++m) {  // conflict-free phases: 8 rows on 8 bank groups
+            std::set<int> groups;
+            for (int k = 0; k < 8; ++k) groups.insert(group16(addr[8 * m + k]));
+            ASSERT_EQ(groups.size(), 8u) << "A ldmatrix phase";
+          }
           uint32_t got[32][4][2];
-          ldmatrix(term ? xl : xh, addr, got);
+          ldmatrix(tl.a, addr, got);
           for (int t = 0; t < 32; ++t)
-            for (int m = 0; m < 4; ++m)  // registers q, q + 1 of n-tile 2 nj + (m >> 1): b0 (m even), b1
+            for (int m = 0; m < 4; ++m)
               for (int h = 0; h < 2; ++h) {
-                const int ni = 2 * nj + (m >> 1), item = wn * g2::kWarpN + ni * 8 + t / 4;
-                const int k = kk + 2 * (t % 4) + h + 8 * (m & 1);
-                ASSERT_EQ(got[t][m][h], tag(term, item, k)) << "B warp " << warp << " nj " << nj << " lane " << t;
-                b_seen.insert(got[t][m][h] | (wm << 30));
+                const int g = t / 4 + 8 * (m & 1), k = kk + 2 * (t % 4) + h + 8 * (m >> 1);
+                const uint32_t v = got[t][m][h];
+                ASSERT_EQ(v & 0xff, static_cast<uint32_t>(k)) << "A column, warp " << warp << " lane " << t;
+                if (t % 4 == 0 && m < 2 && h == 0) row_of[mi][g] = static_cast<int>((v >> 8) & 0xfff);
+                ASSERT_EQ(v, tag(0, row_of[mi][g], k)) << "A row, warp " << warp << " lane " << t;
+                a_seen.insert(v);
               }
+          for (int g = 0; g < 16; ++g) ASSERT_EQ(row_of[mi][g], w.row0 + mi * 16 + g);
         }
+        for (int nj = 0; 2 * nj < w.n_act; ++nj) {
+          int addr[32];
+          for (int l = 0; l < 32; ++l) {
+            int tk, c;
+            g2::b_lane(w, nj, kk, l, tk, c);
+            addr[l] = g2::swz(tk, c);
+          }
+          for (int m = 0; m < 4; ++m) {
+            std::set<int> groups;
+            for (int k = 0; k < 8; ++k) groups.insert(group16(addr[8 * m + k]));
+            ASSERT_EQ(groups.size(), 8u) << "B ldmatrix phase";
+          }
+          for (int term = 0; term < 2; ++term) {
+            uint32_t got[32][4][2];
+            ldmatrix(term ? xl : xh, addr, got);
+            for (int t = 0; t < 32; ++t)
+              for (int m = 0; m < 4; ++m)  // registers q, q + 1 of n-tile 2 nj + (m >> 1): b0 (m even), b1
+                for (int h = 0; h < 2; ++h) {
+                  const int ni = 2 * nj + (m >> 1), n = t / 4, k = kk + 2 * (t % 4) + h + 8 * (m & 1);
+                  const uint32_t v = got[t][m][h];
+                  ASSERT_EQ(v >> 20, static_cast<uint32_t>(term));
+                  ASSERT_EQ(v & 0xff, static_cast<uint32_t>(k)) << "B column, warp " << warp << " lane " << t;
+                  if (t % 4 == 0 && (m & 1) == 0 && h == 0) item_of[ni][n] = static_cast<int>((v >> 8) & 0xfff);
+                  ASSERT_EQ(v, tag(term, item_of[ni][n], k)) << "B item, warp " << warp << " lane " << t;
+                  b_seen.insert(v);
+                }
+          }
+        }
+        // The accumulator names: C element (lane t, c) of tile (mi, ni) = A row g = t / 4 + 8 (c / 2) of
+        // slab mi times B item n = 2 (t % 4) + c % 2 of n-tile ni.
+        for (int mi = 0; mi < w.m_act; ++mi)
+          for (int ni = 0; ni < w.n_act; ++ni)
+            for (int t = 0; t < 32; ++t)
+              for (int c = 0; c < 4; ++c) {
+                ASSERT_EQ(g2::acc_row(w, mi, t, c >> 1), row_of[mi][t / 4 + 8 * (c >> 1)]);
+                ASSERT_EQ(g2::acc_tok(w, ni, t, c & 1), item_of[ni][2 * (t % 4) + (c & 1)]);
+              }
       }
     }
+    // The active warps read every row of A, and the item rows (both terms) of their pair-tiles: those
+    // below the count, rounded up to 16 per warp (an ldmatrix.x4 takes two 8-item tiles).
+    std::set<int> items;
+    for (int warp = 0; warp < 4; ++warp) {
+      const g2::WarpTile w = g2::warp_tile(warp, count);
+      for (int j = w.tok0; j < w.tok0 + 16 * ((w.n_act + 1) / 2); ++j) items.insert(j);
+      ASSERT_LE(*items.rbegin(), g2::kBN - 1);
+      ASSERT_GE(w.tok0 + 8 * w.n_act, std::min(count, w.tok0 + g2::kWarpN));
+    }
+    EXPECT_EQ(a_seen.size(), size_t{g2::kBM} * g2::kBK) << count;
+    EXPECT_EQ(b_seen.size(), size_t{2} * items.size() * g2::kBK) << count;
   }
-  // Each warp pair along the other dimension reads the whole tile once.
-  EXPECT_EQ(a_seen.size(), size_t{2} * g2::kBM * g2::kBK);
-  EXPECT_EQ(b_seen.size(), size_t{2} * 2 * g2::kBN * g2::kBK);
 }
 
-TEST_F(GemmGroupV2Lanes, OutputsCoverTheBlockTileOnce) {
-  // The accumulator of (warp, lane, mi, ni, c): row wm 64 + mi 16 + lane / 4 + 8 (c / 2), item
-  // wn 32 + ni 8 + 2 (lane % 4) + c % 2 (the mma C layout), as the promotion and the stores index it.
-  std::vector<int> seen(g2::kBM * g2::kBN, 0);
-  for (int warp = 0; warp < 4; ++warp)
-    for (int lane = 0; lane < 32; ++lane)
-      for (int mi = 0; mi < g2::kMI; ++mi)
-        for (int ni = 0; ni < g2::kNI; ++ni)
-          for (int c = 0; c < 4; ++c) {
-            const int r = (warp >> 1) * g2::kWarpM + mi * 16 + (lane >> 2) + (c >> 1) * 8;
-            const int j = (warp & 1) * g2::kWarpN + ni * 8 + (lane & 3) * 2 + (c & 1);
-            seen[r * g2::kBN + j]++;
-          }
-  for (int s : seen) ASSERT_EQ(s, 1);
+TEST_F(GemmGroupV2Lanes, OutputsCoverTheTileOnceForEveryCount) {
+  // For every item count, the active accumulators (m_act slabs, n_act item tiles of each warp) cover
+  // each (row, item < count) exactly once, and nothing past the count padded to 8.
+  for (int count = 1; count <= g2::kBN; ++count) {
+    std::vector<int> seen(g2::kBM * g2::kBN, 0);
+    for (int warp = 0; warp < 4; ++warp) {
+      const g2::WarpTile w = g2::warp_tile(warp, count);
+      for (int lane = 0; lane < 32; ++lane)
+        for (int mi = 0; mi < w.m_act; ++mi)
+          for (int ni = 0; ni < w.n_act; ++ni)
+            for (int c = 0; c < 4; ++c) {
+              const int r = g2::acc_row(w, mi, lane, c >> 1), j = g2::acc_tok(w, ni, lane, c & 1);
+              ASSERT_GE(r, 0);
+              ASSERT_LT(r, g2::kBM);
+              ASSERT_LT(j, (count + 7) / 8 * 8) << "count " << count;
+              seen[r * g2::kBN + j]++;
+            }
+    }
+    for (int r = 0; r < g2::kBM; ++r)
+      for (int j = 0; j < count; ++j) ASSERT_EQ(seen[r * g2::kBN + j], 1) << "count " << count;
+    for (int v : seen) ASSERT_LE(v, 1);
+  }
 }
 
 TEST_F(GemmGroupV2Lanes, WritesAndRawReadsAreConflictFree) {
