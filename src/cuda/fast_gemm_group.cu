@@ -296,7 +296,7 @@ bool gemm_group_v2() { return v2_flag(); }
 bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                      int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
   // Raw rows are read as 4-byte words and activations as 16-byte chunks.
-  if (W.cols % g2::kUnitCols != 0 || W.cols > k8 || k8 % 8 != 0 || W.row_bytes % 4 != 0 ||
+  if (W.cols <= 0 || W.cols % g2::kUnitCols != 0 || W.cols > k8 || k8 % 8 != 0 || W.row_bytes % 4 != 0 ||
       reinterpret_cast<uintptr_t>(W.data) % 4 != 0 || reinterpret_cast<uintptr_t>(Xb) % 16 != 0 ||
       p.max_tiles > 65535 || W.cols > (int64_t{1} << 30))
     return false;

@@ -12,7 +12,8 @@
 // are those of the first kernel, bit for bit). kFold (the CPU error model only) folds IQ2_XXS's 4-bit
 // sub-block scale (|grid (2s+1)| <= 1333) and Q4_K's 6-bit sub-scale (15 x 63 = 945) into the integers,
 // exact in FP16, leaving one scale per 256 columns: the model shows that promoting the longer partials
-// this would allow costs accuracy (gemm int model "v2" lines), so the kernel promotes every k-tile.
+// this would allow costs accuracy ("gemm folded model" lines of test_gemm_int.cpp), so the kernel
+// promotes every k-tile.
 #pragma once
 #include <cstdint>
 
