@@ -22,6 +22,7 @@
 #include "cuda/fast_kernels.h"
 #include "cuda/gemm_group_v2.h"
 #include "cuda/mma_f16.cuh"
+#include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -78,6 +79,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                   const int32_t* __restrict__ tiles, const int32_t* __restrict__ n_tiles,
                   const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off, bool gather, int32_t src_div,
                   bool scatter, float* __restrict__ Y, int64_t ys) {
+  pdl_wait();
   using F = g2::Fmt<T>;
   using S = g2::Smem<T>;
   constexpr int kMins = F::kMins, kXTerm = kBN * kBK, kXStage = 2 * kXTerm, kATile = kBM * kBK;
