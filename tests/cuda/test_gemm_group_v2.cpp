@@ -434,7 +434,7 @@ TEST_F(GemmGroupV2, MatchesFirstKernelBitwiseAndReference) {
   // to item rows) products, on a ragged row count (not a multiple of 128) and on rows of 2 units whose
   // bytes are no multiple of 16. Output rows carry 3 padding floats and the output 5 spare rows: all
   // must stay poisoned.
-  const std::vector<int> counts = {0, 1, 63, 64, 65, 200, 7, 133};
+  const std::vector<int> counts = {0, 1, 63, 64, 65, 200, 7, 134};  // 534 items = 89 tokens x 6
   const int n_exp = static_cast<int>(counts.size());
   const int64_t items = std::accumulate(counts.begin(), counts.end(), int64_t{0}), k = 6;
   ASSERT_EQ(items % k, 0);
