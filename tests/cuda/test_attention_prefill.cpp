@@ -304,24 +304,24 @@ TEST(AttentionPrefillModel, LaneReplayMatchesDoubleReference) {
   std::shuffle(order.begin(), order.end(), rng);
   struct Case {
     int n_rows;
-    bool exact;
+    int exact_from;    // rows from here on are exact in FP16, the ones before fp32
     float sink_shift;  // added to N(0,1) sinks: +40 makes the sink dominate every head
   };
-  for (const Case& cs : {Case{1, true, 0}, Case{33, true, 0}, Case{75, false, 0}, Case{32, false, 40},
-                         Case{160, true, 0}, Case{50, true, 40}, Case{64, true, -40}}) {
+  for (const Case& cs : {Case{1, 0, 0}, Case{33, 0, 0}, Case{75, 75, 0}, Case{32, 32, 40}, Case{160, 0, 0},
+                         Case{50, 0, 40}, Case{64, 0, -40}, Case{130, 40, 0}}) {
     for (int h = 0; h < kH; ++h) sinks[h] = nd(rng) + cs.sink_shift;
     std::vector<const float*> rows;
-    for (int r = 0; r < cs.n_rows; ++r) rows.push_back((cs.exact ? pool16 : pool).data() + order[r] * kD);
+    for (int r = 0; r < cs.n_rows; ++r) rows.push_back((r >= cs.exact_from ? pool16 : pool).data() + order[r] * kD);
     int lo_skip = 0, lo_full = 0;
     const auto got = replay(q.data(), rows, sinks.data(), false, &lo_skip);
     const auto ref = reference(q.data(), rows, sinks.data());
     const double e = rel_err_d(got, ref);
-    const int n_tiles = (cs.n_rows + ap::kTile - 1) / ap::kTile;
-    std::printf("lane replay: %3d rows (%s), sink shift %+3.0f: rel err %.2e, %d of %d tiles with lo terms\n",
-                cs.n_rows, cs.exact ? "exact in FP16" : "fp32", cs.sink_shift, e, lo_skip, n_tiles);
+    const int n_tiles = (cs.n_rows + ap::kTile - 1) / ap::kTile, fp32_tiles = (cs.exact_from + ap::kTile - 1) / ap::kTile;
+    std::printf("lane replay: %3d rows (fp32 below %3d), sink shift %+3.0f: rel err %.2e, %d of %d tiles with lo terms\n",
+                cs.n_rows, cs.exact_from, cs.sink_shift, e, lo_skip, n_tiles);
     EXPECT_LT(e, 2e-6) << cs.n_rows << " rows";
-    EXPECT_EQ(lo_skip, cs.exact ? 0 : n_tiles);
-    if (cs.exact) {  // the full three-mma path adds exact zeros: the same bits
+    EXPECT_EQ(lo_skip, fp32_tiles);
+    if (cs.exact_from == 0) {  // the full three-mma path adds exact zeros: the same bits
       const auto full = replay(q.data(), rows, sinks.data(), true, &lo_full);
       EXPECT_EQ(lo_full, n_tiles);
       EXPECT_EQ(0, std::memcmp(full.data(), got.data(), got.size() * 4)) << cs.n_rows << " rows";
@@ -380,17 +380,19 @@ class AttentionPrefill : public cuda_test::CudaKernelTest {
   static constexpr int kSwa = 128, kTopK = 512;
 
   float round16(float x) { return h2f(hi16(x)); }
-  void make(Batch& b, int ratio, int64_t n, int64_t pos0, bool with_sel, bool exact, float sink_shift) {
+  // rows exact in FP16 (official numerics): none, all, only the raw ones, only the compressed ones
+  enum Exact { kNone, kAll, kRaw, kComp };
+  void make(Batch& b, int ratio, int64_t n, int64_t pos0, bool with_sel, int exact, float sink_shift) {
     b.ratio = ratio, b.n = n, b.pos0 = pos0, b.with_sel = with_sel && ratio == 4;
     b.n_old = std::min<int64_t>(kSwa - 1, pos0);
     b.n_comp = ratio ? (pos0 + n) / ratio : 0;
     b.q = randn(static_cast<size_t>(n * kH * kD));
     b.hist = randn(static_cast<size_t>((b.n_old + n) * kD), 0.5f);
     b.comp = randn(static_cast<size_t>(std::max<int64_t>(b.n_comp, 1) * kD), 0.5f);
-    if (exact) {
+    if (exact == kAll || exact == kRaw)
       for (auto& x : b.hist) x = round16(x);
+    if (exact == kAll || exact == kComp)
       for (auto& x : b.comp) x = round16(x);
-    }
     b.sinks = randn(kH);
     for (auto& s : b.sinks) s += sink_shift;
     b.sel.assign(static_cast<size_t>(n * kTopK), -1);
@@ -436,21 +438,23 @@ TEST_F(AttentionPrefill, MatchesReferenceKernel) {
   struct Case {
     int ratio;
     int64_t n, pos0;
-    bool sel, exact;
+    bool sel;
+    int exact;
     float sink_shift;
   };
-  for (const Case& cs : {Case{0, 9, 0, false, true, 0},       // positions 0..8: 1..9 rows
-                         Case{0, 33, 40, false, false, 0},     // windows filling up past 128
-                         Case{0, 130, 9000, false, true, 0},   // full windows
-                         Case{4, 33, 2500, true, true, 0},     // indexer lists (512 rows, some 510/511)
-                         Case{4, 130, 2000, true, false, 0},   // lists of every visible row (500..511), then selections
-                         Case{4, 9, 1, false, true, 0},        // ratio 4 from the start, no list
-                         Case{4, 37, 300, false, true, 0},     // every compressed row (75..84)
-                         Case{128, 130, 9000, false, true, 0},  // 70..71 compressed rows
-                         Case{128, 33, 60000, false, false, 0},  // 468..469 compressed rows
-                         Case{0, 33, 500, false, true, 40},    // the sink dominates every head
-                         Case{4, 9, 2500, true, false, 40},
-                         Case{128, 33, 9000, false, true, -40}}) {  // the sink negligible
+  for (const Case& cs : {Case{0, 9, 0, false, kAll, 0},          // positions 0..8: 1..9 rows
+                         Case{0, 33, 40, false, kNone, 0},        // windows filling up past 128
+                         Case{0, 130, 9000, false, kAll, 0},      // full windows
+                         Case{4, 33, 2500, true, kAll, 0},        // indexer lists (512 rows, some 510/511)
+                         Case{4, 130, 2000, true, kRaw, 0},       // lists of every visible row (500..511), then selections
+                         Case{4, 9, 1, false, kAll, 0},           // ratio 4 from the start, no list
+                         Case{4, 37, 300, false, kComp, 0},       // every compressed row (75..84)
+                         Case{128, 130, 9000, false, kAll, 0},    // 70..71 compressed rows
+                         Case{128, 33, 60000, false, kRaw, 0},    // 468..469 compressed rows
+                         Case{128, 33, 60000, false, kNone, 0},
+                         Case{0, 33, 500, false, kAll, 40},       // the sink dominates every head
+                         Case{4, 9, 2500, true, kNone, 40},
+                         Case{128, 33, 9000, false, kAll, -40}}) {  // the sink negligible
     Batch b;
     make(b, cs.ratio, cs.n, cs.pos0, cs.sel, cs.exact, cs.sink_shift);
     const auto ref = reference(b);
@@ -458,13 +462,14 @@ TEST_F(AttentionPrefill, MatchesReferenceKernel) {
     const auto again = prefill(b, false);
     EXPECT_EQ(0, std::memcmp(got.data(), again.data(), got.size() * 4)) << "run to run";
     const auto full = prefill(b, true);
-    if (cs.exact) {
+    if (cs.exact == kAll) {
       EXPECT_EQ(0, std::memcmp(got.data(), full.data(), got.size() * 4)) << "skip == 3 mma";
     }
     const double e = rel_err(got, ref), ef = rel_err(full, ref);
+    static const char* const kExact[] = {"fp32 rows", "rows exact in FP16", "raw rows exact", "compressed rows exact"};
     std::printf("prefill ratio %3d, pos %5lld, %3lld queries, %s%s, sink %+3.0f: rel err %.2e (3 mma %.2e)\n",
-                cs.ratio, (long long)cs.pos0, (long long)cs.n, cs.exact ? "rows exact in FP16" : "fp32 rows",
-                b.with_sel ? ", lists" : "", cs.sink_shift, e, ef);
+                cs.ratio, (long long)cs.pos0, (long long)cs.n, kExact[cs.exact], b.with_sel ? ", lists" : "",
+                cs.sink_shift, e, ef);
     EXPECT_LT(e, 2e-5) << "ratio " << cs.ratio << " pos " << cs.pos0 << " n " << cs.n;
     EXPECT_LT(ef, 2e-5) << "ratio " << cs.ratio << " pos " << cs.pos0 << " n " << cs.n;
   }
@@ -476,7 +481,7 @@ TEST_F(AttentionPrefill, QueryBitsIndependentOfItsBatch) {
   for (int ratio : {0, 4, 128}) {
     Batch b;
     const int64_t pos0 = ratio == 128 ? 9000 : 2600;
-    make(b, ratio, 37, pos0, true, true, 0);
+    make(b, ratio, 37, pos0, true, kRaw, 0);  // tiles with and without lo terms
     const auto whole = prefill(b, false);
     Batch c;  // queries 10..14: the same values re-laid out
     const int64_t off = 10;
@@ -497,7 +502,7 @@ TEST_F(AttentionPrefill, QueryBitsIndependentOfItsBatch) {
 // attention_prefill_set(false, ...) (FLASHSTAR_ATTN_PREFILL_V2=0).
 TEST_F(AttentionPrefill, DispatchFollowsTheSwitch) {
   Batch b;
-  make(b, 4, 33, 2500, true, true, 0);
+  make(b, 4, 33, 2500, true, kAll, 0);
   const auto ref = reference(b);
   const auto direct = prefill(b, false);
   auto run = [&](bool v2) {
