@@ -27,11 +27,14 @@
 // and its mma is skipped per tile (the staging ORs the lo bits; __syncthreads_or). A tile with a nonzero
 // lo term (clean numerics), or every tile when the full-mma switch is on, also stages the lo term (into
 // the other buffer, so its next tile is staged after it instead of during it) and adds Q hi.K lo to the
-// scores and P hi.V lo to the outputs. The skipped products are exact zeros, and an mma that adds only
-// zero products returns its accumulator unchanged (the products are exact, the sum is aligned to the
-// largest addend: with every product zero that is the accumulator itself; tensor_core_model.h), so
-// skipping gives the same bits as the full three-mma arithmetic; FLASHSTAR_ATTN_PREFILL_3MMA=1 (or
-// attention_prefill_set) forces the full path to check that on the device.
+// scores and P hi.V lo to the outputs. The skipped products are exact zeros (x times +-0), and an mma
+// that adds only zero products returns its accumulator unchanged: the products are exact and the sum is
+// aligned to its largest addend, which is then the accumulator itself, a normal fp32 value that the
+// alignment leaves whole (tests/cuda/tensor_core_model.h; IEEE c + 0 = c for c != 0). The exceptions would
+// be an accumulator of exactly -0 or a subnormal one flushed by the hardware, which scores and outputs of
+// O(1) do not reach. So skipping gives the same bits as the full three-mma arithmetic;
+// FLASHSTAR_ATTN_PREFILL_3MMA=1 (or attention_prefill_set) forces the full path to check that on the
+// device.
 //
 // Deterministic: fixed k order in every mma chain, fixed quad reductions, no atomics.
 #include <cuda_fp16.h>
@@ -110,7 +113,7 @@ __device__ __forceinline__ void store_rows(const Rows<kR>& f, uint16_t* buf, int
         kLo ? make_uint2(l01, l23) : make_uint2(h01, h23);
   }
 }
-// A whole tile at once (the prologue and the lo path, where nothing else overlaps it).
+// A whole tile at once (the lo path, where nothing else overlaps it).
 template <bool kLo>
 __device__ __forceinline__ void stage_tile(const float* const* ptr, uint16_t* buf, int tid, uint32_t& flag) {
 #pragma unroll 1
@@ -195,7 +198,11 @@ __global__ void __launch_bounds__(kThreads, 1) attn_prefill_kernel(AttentionArgs
 
   if (warp < 2 && warp < n_tiles) ptrs[warp * kTile + lane] = rm.row(static_cast<int64_t>(warp) * kTile + lane);
   __syncthreads();
-  {  // Q in two terms, and the first tile's hi terms
+  uint32_t flag = 0;  // the lo terms staged by this thread for the next tile
+  {  // the first tile's hi terms and Q in two terms, the tile's loads in flight with Q's
+    Rows<kStageRounds> top, bottom;  // rows 0..15, 16..31
+    load_rows(top, ptrs, 0, tid);
+    load_rows(bottom, ptrs, 2 * kStageRounds, tid);
     const float* q = a.q + t * kHeads * kDim;
 #pragma unroll 2  // nothing else is live yet: 16 loads in flight
     for (int r0 = 0; r0 < kHeads; r0 += 16) {
@@ -212,9 +219,9 @@ __global__ void __launch_bounds__(kThreads, 1) attn_prefill_kernel(AttentionArgs
         *reinterpret_cast<uint2*>(ql + off) = make_uint2(f16x2_lo(v.x, v.y, h01), f16x2_lo(v.z, v.w, h23));
       }
     }
+    store_rows<false>(top, kbuf, 0, tid, flag);
+    store_rows<false>(bottom, kbuf, 2 * kStageRounds, tid, flag);
   }
-  uint32_t flag = 0;  // the lo terms staged by this thread for the next tile
-  stage_tile<false>(ptrs, kbuf, tid, flag);
 
   const int m0 = warp_heads(warp), d0 = warp_dims(warp);
   // the lane's ldmatrix addresses: Q at (heads m0.., dim d0), a row buffer at (row 0, dim d0) for the

@@ -38,6 +38,7 @@ static_assert(kXOff % 16 == 0 && kPOff % 16 == 0 && kKOff % 16 == 0, "aligned pi
 // Staging (Q rows and row tiles): in round i, thread tid moves the float4 at column tid % 128 of row
 // base + 2 i + tid / 128; 8 rounds cover 16 rows.
 constexpr int kStageRounds = 8;
+static_assert(kTile == 2 * (2 * kStageRounds) && kThreads == 256, "a tile is two staging blocks of 16 rows");
 FS_AP_HD int stage_row(int tid, int i) { return 2 * i + (tid >> 7); }
 FS_AP_HD int stage_col4(int tid) { return tid & 127; }
 
