@@ -382,11 +382,15 @@ bool attention_prefill(const AttentionArgs& a, cudaStream_t s) {
   // rows and Q by float4, the output by float2
   if (a.n <= 0 || a.n > 0x7fffffff || a.n_head != kHeads || a.head_dim != kDim) return false;
   if (!aligned(a.q, 16) || !aligned(a.hist, 16) || (a.ratio && !aligned(a.comp, 16)) || !aligned(a.out, 8)) return false;
-  static bool attr = false;
-  if (!attr) {
-    FS_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    attr = true;
-  }
+  // 212 KiB of shared memory: a device that cannot give it (before Hopper) keeps the three launches.
+  static const bool smem_ok = [] {
+    if (cudaFuncSetAttribute(attn_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes) ==
+        cudaSuccess)
+      return true;
+    (void)cudaGetLastError();  // not an error of a later launch
+    return false;
+  }();
+  if (!smem_ok) return false;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(kDim)));
   attn_prefill_kernel<<<static_cast<unsigned>(a.n), kThreads, kSmemBytes, s>>>(a, scale, full_mma_flag() ? 1 : 0);
   FS_CUDA_LAUNCH_CHECK();

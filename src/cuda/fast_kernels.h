@@ -102,7 +102,8 @@ bool sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cu
 // FLASHSTAR_ATTN_PREFILL_V2=0 or attention_prefill_set(false, ...)). A query's output depends on its own
 // rows only. Rows exact in FP16 (official numerics) skip the K lo term's mma; full_mma (or
 // FLASHSTAR_ATTN_PREFILL_3MMA=1) always runs it, which must give the same bits on such rows. Returns
-// false, launching nothing, for a shape or alignment it does not take. Never applies the output RoPE.
+// false, launching nothing, for a shape, alignment or device (212 KiB of shared memory a block) it does
+// not take. Never applies the output RoPE.
 bool attention_prefill(const AttentionArgs& a, cudaStream_t s);
 void attention_prefill_set(bool v2, bool full_mma);
 bool attention_prefill_v2();
