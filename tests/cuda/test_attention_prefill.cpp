@@ -356,7 +356,13 @@ namespace {
 
 class AttentionPrefill : public cuda_test::CudaKernelTest {
  protected:
-  void TearDown() override { cuda::fast::attention_prefill_set(true, false); }
+  // the switches as the environment set them, for the tests that run after these
+  void SetUp() override {
+    CudaKernelTest::SetUp();
+    v2_ = cuda::fast::attention_prefill_v2(), full_ = cuda::fast::attention_prefill_full_mma();
+  }
+  void TearDown() override { cuda::fast::attention_prefill_set(v2_, full_); }
+  bool v2_ = true, full_ = false;
 
   // A batch of n queries at pos0 with its rows on the device: hist holds the saved window (up to 127 rows)
   // and the batch's own rows; comp the compressed rows; sel (ratio 4, with_sel) the indexer lists.
