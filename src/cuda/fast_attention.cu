@@ -402,6 +402,7 @@ bool sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cu
   if (a.n <= 0) return false;
   const int64_t warps = a.n * a.n_head;
   if (attention_decode_path(a)) return flash_decode_attention(a, scratch, max_rows, s, scratch_floats);
+  if (attention_prefill_v2() && attention_prefill(a, s)) return false;  // fast_attention_prefill.cu
   const dim3 g1(static_cast<unsigned>(a.n), static_cast<unsigned>((max_rows + kRowsTile - 1) / kRowsTile));
   attn_scores_kernel<<<g1, 128, 0, s>>>(a, scratch, max_rows);
   FS_CUDA_LAUNCH_CHECK();

@@ -106,6 +106,17 @@ bool attention_decode_path(const AttentionArgs& a);  // the flash-decoding kerne
 // Returns true when it also applied the inverse RoPE asked for by a.out_rope_freq (the decode path does).
 bool sink_attention(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s,
                     int64_t scratch_floats = 0);
+// Prefill attention as one flash-attention launch (fast_attention_prefill.cu): a block per query, 64 heads
+// x 512 dims only, any query count (sink_attention takes it for more than 8 queries unless
+// FLASHSTAR_ATTN_PREFILL_V2=0 or attention_prefill_set(false, ...)). A query's output depends on its own
+// rows only. Rows exact in FP16 (official numerics) skip the K lo term's mma; full_mma (or
+// FLASHSTAR_ATTN_PREFILL_3MMA=1) always runs it, which must give the same bits on such rows. Returns
+// false, launching nothing, for a shape, alignment or device (212 KiB of shared memory a block) it does
+// not take. Never applies the output RoPE.
+bool attention_prefill(const AttentionArgs& a, cudaStream_t s);
+void attention_prefill_set(bool v2, bool full_mma);
+bool attention_prefill_v2();
+bool attention_prefill_full_mma();
 // Indexer top-k (same contract as cuda::indexer_select): scores on the tensor cores, radix select.
 bool indexer_supported(int n_heads, int head_dim, int64_t n);
 void indexer_select(const float* iq, const float* iw, float wscale, const float* idx_rows, int n_heads, int head_dim,
