@@ -24,4 +24,14 @@ std::vector<DeviceInfo> list_devices() {
   return out;
 }
 
+int current_sm_count() {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      throw Error("cannot query the CUDA device's multiprocessor count");
+    return n;
+  }();
+  return sms;
+}
+
 }  // namespace flashstar::cuda

@@ -10,6 +10,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/fast_attention_rows.cuh"
 #include "cuda/fast_kernels.h"
+#include "cuda/mma_f16.cuh"
 #include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
@@ -18,41 +19,25 @@ namespace {
 constexpr int kHeads = 64;  // queries' heads handled by one block (4 warps x 16)
 constexpr int kRowsTile = 64, kKc = 32, kLdh = kKc + 8;
 
-__device__ __forceinline__ uint32_t h2(float a, float b) {
-  const __half2 h = __floats2half2_rn(a, b);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
 // hi and lo FP16 terms of (a, b)
 __device__ __forceinline__ void h2split(float a, float b, uint32_t& hi, uint32_t& lo) {
-  hi = h2(a, b);
-  const __half2 h = *reinterpret_cast<const __half2*>(&hi);
-  lo = h2(a - __low2float(h), b - __high2float(h));
+  hi = mma::pack_f16(a, b);
+  lo = mma::pack_f16_lo(a, b, hi);
 }
 // acc += a.b with both in two terms (small products first)
 __device__ __forceinline__ void mma3(float (&d)[4], const uint32_t (&ah)[4], const uint32_t (&al)[4], uint32_t bh0,
                                      uint32_t bh1, uint32_t bl0, uint32_t bl1);
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
 __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
   const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ void mma3(float (&d)[4], const uint32_t (&ah)[4], const uint32_t (&al)[4], uint32_t bh0,
                                      uint32_t bh1, uint32_t bl0, uint32_t bl1) {
-  mma16816(d, al, bh0, bh1);
-  mma16816(d, ah, bl0, bl1);
-  mma16816(d, ah, bh0, bh1);
+  mma::mma_f16(d, al, bh0, bh1);
+  mma::mma_f16(d, ah, bl0, bl1);
+  mma::mma_f16(d, ah, bh0, bh1);
 }
 
 // S[h][j] (h < 64, j < 64 rows of the tile) = q_h . row_j over `dim` values, into acc (warp w: heads
@@ -83,14 +68,14 @@ __device__ void scores_tile(const float* q, int64_t q_stride, const float* const
 #pragma unroll
     for (int kk = 0; kk < kKc; kk += 16) {
       uint32_t a[4], al[4];
-      ldsm_x4(a, qs + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
-      ldsm_x4(al, qs + kHeads * kLdh + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
+      mma::ldmatrix_x4(a, qs + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
+      mma::ldmatrix_x4(al, qs + kHeads * kLdh + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
 #pragma unroll
       for (int nj = 0; nj < 4; ++nj) {
         uint32_t b[4], bl[4];
         const int off = (nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * kLdh + kk + ((lane >> 3) & 1) * 8;
-        ldsm_x4(b, ks + off);
-        ldsm_x4(bl, ks + kRowsTile * kLdh + off);
+        mma::ldmatrix_x4(b, ks + off);
+        mma::ldmatrix_x4(bl, ks + kRowsTile * kLdh + off);
         mma3(acc[2 * nj], a, al, b[0], b[1], bl[0], bl[1]);
         mma3(acc[2 * nj + 1], a, al, b[2], b[3], bl[2], bl[3]);
       }
@@ -194,8 +179,8 @@ __global__ void __launch_bounds__(128) attn_pv_kernel(AttentionArgs a, const flo
 #pragma unroll
     for (int kk = 0; kk < kKc; kk += 16) {
       uint32_t af[4], afl[4];
-      ldsm_x4(af, ps + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
-      ldsm_x4(afl, ps + kHeads * kLdh + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
+      mma::ldmatrix_x4(af, ps + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
+      mma::ldmatrix_x4(afl, ps + kHeads * kLdh + (warp * 16 + (lane & 15)) * kLdh + kk + (lane >> 4) * 8);
 #pragma unroll
       for (int nj = 0; nj < 4; ++nj) {
         uint32_t b[4], bl[4];

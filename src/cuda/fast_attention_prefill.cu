@@ -46,6 +46,7 @@
 #include "cuda/fast_attention_prefill.h"
 #include "cuda/fast_attention_rows.cuh"
 #include "cuda/fast_kernels.h"
+#include "cuda/mma_f16.cuh"
 #include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
@@ -53,15 +54,8 @@ namespace {
 
 using namespace attn_prefill;
 
-__device__ __forceinline__ uint32_t f16x2(float a, float b) {
-  const __half2 h = __floats2half2_rn(a, b);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-// The FP16 residuals (a, b) - hi.
-__device__ __forceinline__ uint32_t f16x2_lo(float a, float b, uint32_t hi) {
-  const __half2 h = *reinterpret_cast<const __half2*>(&hi);
-  return f16x2(a - __low2float(h), b - __high2float(h));
-}
+using mma::pack_f16;
+using mma::pack_f16_lo;
 // ldmatrix from shared-window byte addresses (32-bit: lane bases plus compile-time step offsets)
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -106,8 +100,8 @@ __device__ __forceinline__ void store_rows(const Rows<kR>& f, uint16_t* buf, int
 #pragma unroll
   for (int i = 0; i < kR; ++i) {
     const float4 v = f.v[i];
-    const uint32_t h01 = f16x2(v.x, v.y), h23 = f16x2(v.z, v.w);
-    const uint32_t l01 = f16x2_lo(v.x, v.y, h01), l23 = f16x2_lo(v.z, v.w, h23);
+    const uint32_t h01 = pack_f16(v.x, v.y), h23 = pack_f16(v.z, v.w);
+    const uint32_t l01 = pack_f16_lo(v.x, v.y, h01), l23 = pack_f16_lo(v.z, v.w, h23);
     flag |= (l01 | l23) & 0x7fff7fffu;
     *reinterpret_cast<uint2*>(buf + (row0 + stage_row(tid, i)) * kLd + 4 * stage_col4(tid)) =
         kLo ? make_uint2(l01, l23) : make_uint2(h01, h23);
@@ -156,15 +150,15 @@ __device__ __forceinline__ void pv_steps(float (&o)[kOutTiles][4], const float (
 #pragma unroll
   for (int kk = kFrom; kk < kTo; ++kk) {
     uint32_t ph[4], pl[4];
-    ph[0] = f16x2(p[2 * kk][0], p[2 * kk][1]);          // (row g, k 2c..2c+1)
-    ph[1] = f16x2(p[2 * kk][2], p[2 * kk][3]);          // (row g + 8, k 2c..)
-    ph[2] = f16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]);  // (row g, k 2c + 8..)
-    ph[3] = f16x2(p[2 * kk + 1][2], p[2 * kk + 1][3]);  // (row g + 8, k 2c + 8..)
+    ph[0] = pack_f16(p[2 * kk][0], p[2 * kk][1]);          // (row g, k 2c..2c+1)
+    ph[1] = pack_f16(p[2 * kk][2], p[2 * kk][3]);          // (row g + 8, k 2c..)
+    ph[2] = pack_f16(p[2 * kk + 1][0], p[2 * kk + 1][1]);  // (row g, k 2c + 8..)
+    ph[3] = pack_f16(p[2 * kk + 1][2], p[2 * kk + 1][3]);  // (row g + 8, k 2c + 8..)
     if (!kLoPass) {
-      pl[0] = f16x2_lo(p[2 * kk][0], p[2 * kk][1], ph[0]);
-      pl[1] = f16x2_lo(p[2 * kk][2], p[2 * kk][3], ph[1]);
-      pl[2] = f16x2_lo(p[2 * kk + 1][0], p[2 * kk + 1][1], ph[2]);
-      pl[3] = f16x2_lo(p[2 * kk + 1][2], p[2 * kk + 1][3], ph[3]);
+      pl[0] = pack_f16_lo(p[2 * kk][0], p[2 * kk][1], ph[0]);
+      pl[1] = pack_f16_lo(p[2 * kk][2], p[2 * kk][3], ph[1]);
+      pl[2] = pack_f16_lo(p[2 * kk + 1][0], p[2 * kk + 1][1], ph[2]);
+      pl[3] = pack_f16_lo(p[2 * kk + 1][2], p[2 * kk + 1][3], ph[3]);
     }
 #pragma unroll
     for (int nj = 0; nj < kOutTiles / 2; ++nj) {
@@ -214,9 +208,9 @@ __global__ void __launch_bounds__(kThreads, 1) attn_prefill_kernel(AttentionArgs
       for (int i = 0; i < kStageRounds; ++i) {
         const float4 v = f.v[i];
         const int off = (r0 + stage_row(tid, i)) * kLd + 4 * stage_col4(tid);
-        const uint32_t h01 = f16x2(v.x, v.y), h23 = f16x2(v.z, v.w);
+        const uint32_t h01 = pack_f16(v.x, v.y), h23 = pack_f16(v.z, v.w);
         *reinterpret_cast<uint2*>(qh + off) = make_uint2(h01, h23);
-        *reinterpret_cast<uint2*>(ql + off) = make_uint2(f16x2_lo(v.x, v.y, h01), f16x2_lo(v.z, v.w, h23));
+        *reinterpret_cast<uint2*>(ql + off) = make_uint2(pack_f16_lo(v.x, v.y, h01), pack_f16_lo(v.z, v.w, h23));
       }
     }
     store_rows<false>(top, kbuf, 0, tid, flag);

@@ -15,6 +15,7 @@
 #include "cuda/weight_dispatch.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_quant.cuh"
+#include "cuda/mma_f16.cuh"
 #include "cuda/gemm_int_weights.h"
 #include "quant/quant.h"
 #include "cuda/pdl.cuh"
@@ -33,15 +34,8 @@ constexpr float kWScale = 1024.0f;
 
 // FP16 operands: 10 mantissa bits where BF16 has 7, so 8x less rounding; the range is ample for
 // normalised activations and dequantized weights (tiny weights go subnormal, an absolute error of 2^-24).
-__device__ __forceinline__ uint32_t pack_f16(float a, float b) {
-  const __half2 h = __floats2half2_rn(a, b);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-// The FP16 residuals a - hi(a), b - hi(b) of pack_f16(a, b) = hi.
-__device__ __forceinline__ uint32_t pack_f16_lo(float a, float b, uint32_t hi) {
-  const __half2 h = *reinterpret_cast<const __half2*>(&hi);
-  return pack_f16(a - __low2float(h), b - __high2float(h));
-}
+using mma::pack_f16;
+using mma::pack_f16_lo;
 
 template <GgmlType T>
 __device__ __forceinline__ void weight4(const uint8_t* row, int e, float (&w)[4], const Iq2Tables* tab) {
@@ -59,19 +53,8 @@ __device__ __forceinline__ void weight4(const uint8_t* row, int e, float (&w)[4]
   }
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using mma::ldmatrix_x4;
+using mma::mma_f16;
 
 // Token rows of a tile: dense products take consecutive tokens; grouped products take the items the
 // plan lists for one expert.

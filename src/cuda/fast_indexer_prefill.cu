@@ -26,9 +26,11 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "cuda/device_info.h"
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/indexer_prefill_map.h"
+#include "cuda/mma_f16.cuh"
 #include "cuda/pdl.cuh"
 
 namespace flashstar::cuda::fast {
@@ -36,15 +38,10 @@ namespace {
 
 using namespace ipf;
 
-__device__ __forceinline__ uint32_t half2_bits(float a, float b) {
-  const __half2 h = __floats2half2_rn(a, b);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
 // hi and lo FP16 terms of (a, b), as fast_attention.cu splits them
 __device__ __forceinline__ void split2(float a, float b, uint32_t& hi, uint32_t& lo) {
-  hi = half2_bits(a, b);
-  const __half2 h = *reinterpret_cast<const __half2*>(&hi);
-  lo = half2_bits(a - __low2float(h), b - __high2float(h));
+  hi = mma::pack_f16(a, b);
+  lo = mma::pack_f16_lo(a, b, hi);
 }
 // 8 values into an hi chunk and a lo chunk; nz collects the lo bits (the sign of a zero ignored)
 __device__ __forceinline__ void split8(const float4& x0, const float4& x1, uint4& hi, uint4& lo, uint32_t& nz) {
@@ -55,18 +52,6 @@ __device__ __forceinline__ void split8(const float4& x0, const float4& x1, uint4
   nz |= (lo.x | lo.y | lo.z | lo.w) & 0x7fff7fffu;
 }
 
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // The next K tile's fp32 values into registers (rows at or past `rows_end` as zeros): issued before
 // the current tile's product so that their latency hides behind it.
@@ -110,25 +95,25 @@ __device__ __forceinline__ void tile_product(float (&acc)[2][8][4], const uint16
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
       const int off = a_ldsm_row(lane, mt) * kLd + k0 + a_ldsm_col(lane);
-      ldsm_x4(a[mt], khi + off);
-      if (!kExact) ldsm_x4(al[mt], klo + off);
+      mma::ldmatrix_x4(a[mt], khi + off);
+      if (!kExact) mma::ldmatrix_x4(al[mt], klo + off);
     }
 #pragma unroll
     for (int nj = 0; nj < 4; ++nj) {
       uint32_t b[4], bl[4];
       const int off = b_ldsm_row(lane, nj) * kLd + k0 + b_ldsm_col(lane);
-      ldsm_x4(b, qhi + off);
-      if (!kExact) ldsm_x4(bl, qlo + off);
+      mma::ldmatrix_x4(b, qhi + off);
+      if (!kExact) mma::ldmatrix_x4(bl, qlo + off);
 #pragma unroll
       for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           float (&d)[4] = acc[mt][2 * nj + h];
           if (!kExact) {
-            mma16816(d, a[mt], bl[2 * h], bl[2 * h + 1]);   // Q lo . K hi
-            mma16816(d, al[mt], b[2 * h], b[2 * h + 1]);   // Q hi . K lo
+            mma::mma_f16(d, a[mt], bl[2 * h], bl[2 * h + 1]);   // Q lo . K hi
+            mma::mma_f16(d, al[mt], b[2 * h], b[2 * h + 1]);   // Q hi . K lo
           }
-          mma16816(d, a[mt], b[2 * h], b[2 * h + 1]);      // Q hi . K hi
+          mma::mma_f16(d, a[mt], b[2 * h], b[2 * h + 1]);      // Q hi . K hi
         }
     }
   }
@@ -251,17 +236,7 @@ int& mode_flag() {
   return mode;
 }
 
-int sm_count() {
-  static int sms = 0;
-  if (!sms) {
-    int dev = 0;
-    FS_CUDA_CHECK(cudaGetDevice(&dev));
-    FS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  }
-  return sms;
-}
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
@@ -278,7 +253,7 @@ bool indexer_scores_prefill(const float* iq, const float* iw, float wscale, cons
   if (tiles <= 0) return true;                                 // no query sees a row: nothing to score
   // Row splits only when the groups alone leave SMs idle (few queries); each split keeps 4 tiles or
   // more: staging the group's Q converts as much as 4 K tiles do, small next to their products.
-  const int64_t want = 2 * static_cast<int64_t>(sm_count());
+  const int64_t want = 2 * static_cast<int64_t>(current_sm_count());
   int64_t splits = 1;
   if (groups < want) splits = std::min<int64_t>((want + groups - 1) / groups, std::max<int64_t>(1, tiles / 4));
   splits = std::min<int64_t>(splits, 65535);

@@ -1,6 +1,7 @@
 // Float-weight matrix-vector products for decode: the tiling and its summation order are described in
 // fast_matvec_float.h. Block b of a launch belongs to the matrix whose block range holds it; within a
 // matrix, consecutive blocks are the column parts of one row block.
+#include "cuda/device_info.h"
 #include "cuda/fast_matvec_float.h"
 
 #include <cuda_fp16.h>
@@ -176,17 +177,7 @@ void launch_t(const Jobs& J, dim3 grid, cudaStream_t s) {
   FS_CUDA_LAUNCH_CHECK();
 }
 
-int sm_count() {
-  static int sms = 0;
-  if (!sms) {
-    int dev = 0;
-    FS_CUDA_CHECK(cudaGetDevice(&dev));
-    FS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  }
-  return sms;
-}
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 int64_t elems_of(GgmlType t) {
   switch (t) {
@@ -219,7 +210,7 @@ bool plan_and_launch(const MatvecOut* outs, int n_mats, const float* X, int64_t 
     const int64_t row_blocks = (o.n_rows + J.g.rows_per_block - 1) / J.g.rows_per_block;
     // Only one token group (decode) splits: prefill chunks of any size > kFMaxTok then add in the same
     // order (whole and chunked prefill stay bitwise equal), whatever the workspace holds.
-    int parts = groups == 1 ? float_parts(J.g, row_blocks, sm_count()) : 1;
+    int parts = groups == 1 ? float_parts(J.g, row_blocks, current_sm_count()) : 1;
     if (parts > 1 && (!work || wused + parts * n_tok * o.n_rows > work_floats ||
                       tickets + row_blocks * groups > kFTickets)) {
       if (split_or_fail) return false;

@@ -24,6 +24,7 @@
 // broadcast). Per weight: a byte permute that puts the int8 (offset by 128 through one xor per four
 // weights) into the mantissa of 2^23, a subtract, and one fma per token; the block scale multiplies
 // the 32-term sum once.
+#include "cuda/device_info.h"
 #include "cuda/fast_matvec_q8.h"
 
 #include <cuda_fp16.h>
@@ -402,7 +403,6 @@ bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
   return true;
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Shapes the kernel takes: 256-column pieces 16-byte aligned in every row, float4 activation loads,
 // and copy offsets (31 rows of stride) within 32 bits.

@@ -30,6 +30,7 @@
 // swiglu (the reference element's roundings); block 0 may write the transformed rows out.
 //
 // Deterministic: integer sums are exact, float sums in a fixed order, no atomics, no workspace.
+#include "cuda/device_info.h"
 #include "cuda/fast_matvec_q8_mma.h"
 
 #include <algorithm>
@@ -532,7 +533,6 @@ bool launch_plain(const Args& a, int64_t cols, cudaStream_t s) {
 }
 
 // The layout fast_matvec_q8.cu's takes() asks of a Q8_0 product (the public entries below check it here).
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 bool layout_ok(const DMat& W, const float* X, int64_t xs) {
   return W.type == GgmlType::Q8_0 && W.cols > 0 && W.cols % kPieceCols == 0 && W.row_bytes % 16 == 0 &&
          W.row_bytes >= static_cast<size_t>(W.cols / 32 * 34) && W.row_bytes < (size_t{1} << 27) &&
@@ -579,7 +579,6 @@ bool q8_decode_pair(const DMat& W0, int64_t n0, float* Y0, int64_t ys0, const DM
 
 bool q8_decode_act(const DMat& W, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, const Q8Act& act,
                    float* Y, int64_t ys, cudaStream_t s) {
-  using q8m::aligned16;
   const int64_t cols = W.cols;
   if (n_tok < 1 || n_tok > q8m::kMaxTok || n_rows <= 0 || n_rows > W.rows || !q8m::layout_ok(W, X, xs)) return false;
   q8m::Args a = q8m::plain_args(X, n_tok, xs, static_cast<int64_t>(W.row_bytes));

@@ -1,8 +1,22 @@
-// Warp-level tensor-core and async-copy instructions for the prefill GEMM kernels (sm_80+ PTX).
+// Warp-level tensor-core and async-copy instructions, and the two-term FP16 split, shared by the prefill
+// GEMM, attention and indexer kernels (sm_80+ PTX).
 #pragma once
+#include <cuda_fp16.h>
+
 #include <cstdint>
 
 namespace flashstar::cuda::mma {
+
+// Two floats as packed FP16, rounded to nearest: the hi term of the two-term split x = hi + lo.
+__device__ __forceinline__ uint32_t pack_f16(float a, float b) {
+  const __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+// The lo term: the FP16 residuals a - hi(a), b - hi(b) of pack_f16(a, b) = hi.
+__device__ __forceinline__ uint32_t pack_f16_lo(float a, float b, uint32_t hi) {
+  const __half2 h = *reinterpret_cast<const __half2*>(&hi);
+  return pack_f16(a - __low2float(h), b - __high2float(h));
+}
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
