@@ -49,31 +49,12 @@ namespace emma {
 using eplan::Fmt;
 using eplan::kRows;
 
-// Aligned loads (the host side reads byte by byte).
-EMMA_HD uint32_t ld32(const uint8_t* p) {
-#ifdef __CUDA_ARCH__
-  return *reinterpret_cast<const uint32_t*>(p);
-#else
-  return p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
-#endif
-}
-EMMA_HD uint32_t ld16(const uint8_t* p) {
-#ifdef __CUDA_ARCH__
-  return *reinterpret_cast<const uint16_t*>(p);
-#else
-  return p[0] | (p[1] << 8);
-#endif
-}
 using digits::as_f32;
 using digits::as_u32;
+using digits::half_f32;
+using digits::ld16;
+using digits::ld32;
 using digits::prmt;
-EMMA_HD float half_f32(uint32_t h) {
-#ifdef __CUDA_ARCH__
-  return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
-#else
-  return f16_to_f32(static_cast<uint16_t>(h));
-#endif
-}
 // Low 32 bits of (hi:lo) >> (n & 31).
 EMMA_HD uint32_t fshr(uint32_t lo, uint32_t hi, uint32_t n) {
 #ifdef __CUDA_ARCH__

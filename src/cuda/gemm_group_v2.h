@@ -23,7 +23,7 @@
 
 namespace flashstar::cuda::gemm_v2 {
 
-using gemm_int::h2f;
+using gemm_int::half_f32;
 using gemm_int::prmt;
 
 // Block tile: 128 weight rows x 64 items (kMoeTileTokens), k-tiles of 32 columns, 4 warps as 2 (rows) x 2
@@ -225,7 +225,7 @@ struct Decode<GgmlType::IQ2_XXS, kFold> {
     const int hb = a2 + 2 + 8 * j, k = hb >> 2, sh = 8 * (hb & 3);
     const uint32_t w0 = rw[k], w1 = rw[k + 1], w2 = rw[k + 2];
     const uint32_t qs = funnel(w0, w1, sh), sg = funnel(w1, w2, sh);
-    const float d = h2f((rw[0] >> (8 * a2)) & 0xffffu);
+    const float d = half_f32((rw[0] >> (8 * a2)) & 0xffffu);
     // The dequantizer's d (0.5 + s) 0.25, or, folded, d / 8 with (2s + 1) in the integers.
     o.scale = kFold ? d * 0.125f : d * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
     o.min0 = o.min1 = 0.0f;
@@ -259,8 +259,8 @@ struct Decode<GgmlType::Q2_K, kFold> {  // the 4-bit scale is always in the inte
     const uint32_t scw = rw[2 * h + (step >> 1)] >> (16 * (step & 1));
     const uint32_t sc0 = scw & 255u, sc1 = (scw >> 8) & 255u;
     const uint32_t dd = rw[20];
-    const float dmin = h2f(dd >> 16);
-    o.scale = h2f(dd & 0xffffu);
+    const float dmin = half_f32(dd >> 16);
+    o.scale = half_f32(dd & 0xffffu);
     o.min0 = dmin * static_cast<float>(sc0 >> 4), o.min1 = dmin * static_cast<float>(sc1 >> 4);
     GI_UNROLL
     for (int i = 0; i < 8; ++i) {
@@ -288,8 +288,8 @@ struct Decode<GgmlType::Q4_K, kFold> {
       m = (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4);
     }
     const uint32_t dd = rw[0];
-    o.scale = kFold ? h2f(dd & 0xffffu) : h2f(dd & 0xffffu) * static_cast<float>(sc);
-    o.min0 = o.min1 = h2f(dd >> 16) * static_cast<float>(m);
+    o.scale = kFold ? half_f32(dd & 0xffffu) : half_f32(dd & 0xffffu) * static_cast<float>(sc);
+    o.min0 = o.min1 = half_f32(dd >> 16) * static_cast<float>(m);
     const uint32_t sc2 = int_h2(static_cast<uint32_t>(sc));
     GI_UNROLL
     for (int i = 0; i < 8; ++i) {
@@ -306,7 +306,7 @@ struct Decode<GgmlType::Q8_0, kFold> {  // nothing to fold: d is per 32 columns
   static GI_HD void run(const uint32_t* rw, int, int j, const uint32_t*, Tile32& o) {
     // The unit is 8 blocks of 34 bytes (d, then 32 signed bytes); block j is this k-tile.
     const int db = 34 * j, qb = db + 2, k = qb >> 2, sh = 8 * (qb & 3);
-    o.scale = h2f((rw[db >> 2] >> (8 * (db & 3))) & 0xffffu);
+    o.scale = half_f32((rw[db >> 2] >> (8 * (db & 3))) & 0xffffu);
     o.min0 = o.min1 = 0.0f;
     GI_UNROLL
     for (int i = 0; i < 8; ++i) gemm_int::bytes_s(funnel(rw[k + i], rw[k + i + 1], sh), o.h[2 * i], o.h[2 * i + 1]);

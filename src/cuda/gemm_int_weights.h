@@ -62,31 +62,11 @@ struct Piece {
   float min;    // of these 16 columns (0 where the format has none)
 };
 
-GI_HD uint32_t ld16(const uint8_t* p) {
-#ifdef __CUDA_ARCH__
-  return *reinterpret_cast<const uint16_t*>(p);
-#else
-  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8);
-#endif
-}
+using digits::half_f32;
+using digits::ld16;
+using digits::ld32;
 GI_HD uint32_t ld32_2(const uint8_t* p) { return ld16(p) | (ld16(p + 2) << 16); }  // 2-byte aligned
-GI_HD uint32_t ld32(const uint8_t* p) {                                             // 4-byte aligned
-#ifdef __CUDA_ARCH__
-  return *reinterpret_cast<const uint32_t*>(p);
-#else
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-#endif
-}
-GI_HD float h2f(uint32_t h) {
-#ifdef __CUDA_ARCH__
-  return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
-#else
-  return f16_to_f32(static_cast<uint16_t>(h));
-#endif
-}
-GI_HD float f16(const uint8_t* p) { return h2f(ld16(p)); }
+GI_HD float f16(const uint8_t* p) { return half_f32(ld16(p)); }
 
 // The byte permute shared with the INT8 digit kernels (its selectors here have bit 3 of each nibble clear).
 using digits::prmt;
@@ -201,8 +181,8 @@ GI_HD float sum8(const uint32_t (&hi)[4], const uint32_t (&lo)[4]) {
   float e[8];
   GI_UNROLL
   for (int i = 0; i < 4; ++i) {
-    e[2 * i] = h2f(hi[i] & 0xffff) + h2f(lo[i] & 0xffff);
-    e[2 * i + 1] = h2f(hi[i] >> 16) + h2f(lo[i] >> 16);
+    e[2 * i] = half_f32(hi[i] & 0xffff) + half_f32(lo[i] & 0xffff);
+    e[2 * i + 1] = half_f32(hi[i] >> 16) + half_f32(lo[i] >> 16);
   }
   return ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));
 }

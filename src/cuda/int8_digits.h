@@ -1,14 +1,17 @@
 // Activations as four signed base-256 digits for the INT8 tensor-core kernels (fast_expert_mma.cu,
 // fast_matvec_q8_mma.cu): per 256-column piece an exponent E of its largest |x|, Y = rint(x 2^(29-E))
 // (|Y| <= 2^30), each byte of Y + 0x80808080 xor 0x80 a signed digit, so the int32 sums of digit
-// products are exact. Also the bit tools both kernels use. Host-compilable, so that CPU tests can replay
+// products are exact. Also the bit tools and block-scale loads the integer kernels share (fast_gemm too). Host-compilable, so that CPU tests can replay
 // the lane mappings.
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "common/half.h"
+
 #if defined(__CUDACC__)
+#include <cuda_fp16.h>
 #define I8D_HD __host__ __device__ __forceinline__
 #define I8D_UNROLL _Pragma("unroll")
 #else
@@ -30,6 +33,22 @@ I8D_HD uint32_t ld32(const uint8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
   return v;
+#endif
+}
+// A 2-byte aligned load of a little-endian 16-bit value.
+I8D_HD uint32_t ld16(const uint8_t* p) {
+#ifdef __CUDA_ARCH__
+  return *reinterpret_cast<const uint16_t*>(p);
+#else
+  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8);
+#endif
+}
+// The float of FP16 bits (block scales).
+I8D_HD float half_f32(uint32_t h) {
+#ifdef __CUDA_ARCH__
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+#else
+  return f16_to_f32(static_cast<uint16_t>(h));
 #endif
 }
 // PRMT: byte i of the result is byte (s >> 4i) & 7 of (b:a). Every selector the kernels use has bit 3 of
