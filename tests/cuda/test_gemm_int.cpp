@@ -88,6 +88,33 @@ void decode(GgmlType t, const uint8_t* row, int64_t cols, std::vector<float>& in
 }
 int mins_of(GgmlType t) { return t == GgmlType::Q2_K ? 2 : t == GgmlType::Q4_K ? 1 : 0; }
 
+// One 32-column k-tile of integer weights as the kernels run it: per 16-column half, W x_lo then W x_hi
+// into the tensor-core partial `part`, and the half's activation sum s[h] as the kernel forms it (two
+// threads' sum8 of 8 columns each, then added).
+void tile_partial(const std::vector<float>& ints, const std::vector<float>& x, int64_t k0, float& part,
+                  float (&s)[2]) {
+  double p[16];
+  for (int kk = 0; kk < 32; kk += 16) {
+    float hi[16], lo[16];
+    for (int i = 0; i < 16; ++i) split16(x[k0 + kk + i], hi[i], lo[i]);
+    for (int i = 0; i < 16; ++i) p[i] = static_cast<double>(ints[k0 + kk + i]) * lo[i];
+    part = mma_model(part, p, 16);
+    for (int i = 0; i < 16; ++i) p[i] = static_cast<double>(ints[k0 + kk + i]) * hi[i];
+    part = mma_model(part, p, 16);
+    float half8[2];
+    for (int h = 0; h < 2; ++h) {
+      uint32_t wh[4], wl[4];
+      for (int i = 0; i < 4; ++i) {
+        const int c = 8 * h + 2 * i;
+        wh[i] = f32_to_f16(hi[c]) | (static_cast<uint32_t>(f32_to_f16(hi[c + 1])) << 16);
+        wl[i] = f32_to_f16(lo[c]) | (static_cast<uint32_t>(f32_to_f16(lo[c + 1])) << 16);
+      }
+      half8[h] = gi::sum8(wh, wl);
+    }
+    s[kk / 16] = half8[0] + half8[1];
+  }
+}
+
 // Row dot products as the kernels compute them. x: cols activations of one token; w: the dequantized row.
 float model_int(GgmlType t, const std::vector<float>& ints, const std::vector<float>& scale,
                 const std::vector<float>& mins, const std::vector<float>& x) {
@@ -95,27 +122,7 @@ float model_int(GgmlType t, const std::vector<float>& ints, const std::vector<fl
   float acc = 0.0f;
   for (int64_t k0 = 0; k0 < cols; k0 += 32) {
     float part = 0.0f, s[2];
-    double p[16];
-    for (int kk = 0; kk < 32; kk += 16) {
-      float hi[16], lo[16];
-      for (int i = 0; i < 16; ++i) split16(x[k0 + kk + i], hi[i], lo[i]);
-      for (int i = 0; i < 16; ++i) p[i] = static_cast<double>(ints[k0 + kk + i]) * lo[i];
-      part = mma_model(part, p, 16);
-      for (int i = 0; i < 16; ++i) p[i] = static_cast<double>(ints[k0 + kk + i]) * hi[i];
-      part = mma_model(part, p, 16);
-      // The kernel's activation sums: two threads' sum8 of 8 columns each, then added.
-      float half8[2];
-      for (int h = 0; h < 2; ++h) {
-        uint32_t wh[4], wl[4];
-        for (int i = 0; i < 4; ++i) {
-          const int c = 8 * h + 2 * i;
-          wh[i] = f32_to_f16(hi[c]) | (static_cast<uint32_t>(f32_to_f16(hi[c + 1])) << 16);
-          wl[i] = f32_to_f16(lo[c]) | (static_cast<uint32_t>(f32_to_f16(lo[c + 1])) << 16);
-        }
-        half8[h] = gi::sum8(wh, wl);
-      }
-      s[kk / 16] = half8[0] + half8[1];
-    }
+    tile_partial(ints, x, k0, part, s);
     const float nm0 = -mins[k0 / 16], nm1 = -mins[k0 / 16 + 1];
     switch (mins_of(t)) {
       case 0: acc = gi::promote<0>(acc, part, scale[k0 / 32], nm0, nm1, s[0], s[1]); break;
@@ -192,26 +199,7 @@ float model_v2(GgmlType t, const std::vector<float>& ints, const std::vector<flo
   float acc = 0.0f, part = 0.0f;
   for (int64_t k0 = 0; k0 < cols; k0 += 32) {
     float s[2];
-    double p[16];
-    for (int kk = 0; kk < 32; kk += 16) {
-      float hi[16], lo[16];
-      for (int i = 0; i < 16; ++i) split16(x[k0 + kk + i], hi[i], lo[i]);
-      for (int i = 0; i < 16; ++i) p[i] = static_cast<double>(ints[k0 + kk + i]) * lo[i];
-      part = mma_model(part, p, 16);
-      for (int i = 0; i < 16; ++i) p[i] = static_cast<double>(ints[k0 + kk + i]) * hi[i];
-      part = mma_model(part, p, 16);
-      float half8[2];
-      for (int h = 0; h < 2; ++h) {
-        uint32_t wh[4], wl[4];
-        for (int i = 0; i < 4; ++i) {
-          const int c = 8 * h + 2 * i;
-          wh[i] = f32_to_f16(hi[c]) | (static_cast<uint32_t>(f32_to_f16(hi[c + 1])) << 16);
-          wl[i] = f32_to_f16(lo[c]) | (static_cast<uint32_t>(f32_to_f16(lo[c + 1])) << 16);
-        }
-        half8[h] = gi::sum8(wh, wl);
-      }
-      s[kk / 16] = half8[0] + half8[1];
-    }
+    tile_partial(ints, x, k0, part, s);
     const float nm0 = -mins[k0 / 16], nm1 = -mins[k0 / 16 + 1];
     if ((k0 / 32 + 1) % group == 0) {
       acc = gi::promote<0>(acc, part, scale[k0 / 32], 0.0f, 0.0f, 0.0f, 0.0f);
