@@ -14,6 +14,14 @@
 // One barrier per k-tile: the decode of k-tile t + 1 and the mma of k-tile t share an iteration.
 // Every output element is still one thread's fixed sequence of mma and fp32 operations (the same as the
 // first kernel's, bitwise), deterministic, no atomics, and independent of the other items in its tile.
+//
+// The dense products of integer weights (fast::gemm) run the same tile code (v2_tile) on consecutive
+// tokens: the first dense kernel (Nsight, 4096-token prefill: 42% of the kernel time) stalled on its
+// register-staged loads one k-tile ahead. Blocks of 256 rows x 64 tokens (8 warps: the ~220 registers
+// a thread allow no more an SM) carry half the activation bytes per mma of 128-row blocks, which
+// matters because the activations' two FP16 terms (4 bytes an element) outweigh Q8_0 weights (1.06):
+// per 512 mma an SM reads 18 KB from L2, not 26. FLASHSTAR_GEMM_DENSE_V2=128 runs 128-row blocks (two
+// an SM, each with its own barrier) for comparison.
 #include <algorithm>
 #include <cstdlib>
 
@@ -29,12 +37,10 @@ namespace {
 
 namespace g2 = gemm_v2;
 using g2::kBK;
-using g2::kBM;
 using g2::kBN;
 using g2::kMI;
 using g2::kNI;
 using g2::kStages;
-using g2::kThreads;
 static_assert(kBN == kMoeTileTokens, "a block takes one plan tile");
 
 __device__ uint32_t g_v2_sel[256];
@@ -72,18 +78,37 @@ __device__ __forceinline__ void mma_ktile(float (&part)[kMI][kNI][4], const uint
   }
 }
 
-template <GgmlType T>
-__global__ void __launch_bounds__(kThreads, 2)
-    gemm_group_v2(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t rows_per_mat,
-                  const int32_t* __restrict__ offset, const int32_t* __restrict__ items,
-                  const int32_t* __restrict__ tiles, const int32_t* __restrict__ n_tiles,
-                  const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off, bool gather, int32_t src_div,
-                  bool scatter, float* __restrict__ Y, int64_t ys) {
-  pdl_wait();
-  using F = g2::Fmt<T>;
-  using S = g2::Smem<T>;
-  constexpr int kMins = F::kMins, kXTerm = kBN * kBK, kXStage = 2 * kXTerm, kATile = kBM * kBK;
-  if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
+// p, with the compiler unable to see how it was made: a base pointer that the raw copies then offset by
+// 32-bit amounts, where the compiler would otherwise redo the 64-bit base arithmetic in every copy.
+__device__ __forceinline__ const uint8_t* opaque(const uint8_t* p) {
+  asm("" : "+l"(p));
+  return p;
+}
+
+// A block's tile: rows m0 .. m0 + G::kBM - 1 of the matrix at Wm (n_rows rows) times `count` items from
+// plan position (or token) `first`; item j's activations are row x_row(j) of Xb, its outputs row y_row(j)
+// of Y. Dense products: consecutive tokens, no gather or scatter.
+struct Tile {
+  const uint8_t* Wm;
+  int64_t n_rows, m0;
+  const int32_t* items;  // plan order's item ids (null for dense products)
+  int64_t first;
+  int count;
+  bool gather, scatter;
+  int32_t src_div;
+  __device__ int64_t x_row(int j) const { return gather ? items[first + j] / src_div : first + j; }
+  __device__ int64_t y_row(int j) const { return scatter ? items[first + j] : first + j; }
+};
+
+// One block tile; tile_of() names it (called where the grouped kernel always read its plan tile, so
+// that this kernel's code stays what it was before the dense kernel shared it).
+template <GgmlType T, class G, class TileOf>
+__device__ __forceinline__ void v2_tile(size_t row_bytes, int K, const uint16_t* __restrict__ Xb, int64_t k8,
+                                        int64_t lo_off, float* __restrict__ Y, int64_t ys, TileOf tile_of) {
+  using F = g2::FmtOf<T, G>;
+  using S = g2::Smem<T, G>;
+  constexpr int kMins = F::kMins, kXTerm = kBN * kBK, kXStage = 2 * kXTerm, kATile = G::kBM * kBK;
+  constexpr int kThreads = G::kThreads;
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* Xs = reinterpret_cast<uint16_t*>(smem);                // [stage][term][kBN x kBK], swizzled
   uint16_t* As = reinterpret_cast<uint16_t*>(smem + S::off_a);     // [2][kBM x kBK], swizzled
@@ -93,11 +118,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   uint32_t* Sel = reinterpret_cast<uint32_t*>(smem + S::off_tab);  // [256]
 
   const int tid = threadIdx.x, lane = tid & 31;
-  const int32_t tile = tiles[blockIdx.y], e = tile >> 16;
-  const int64_t first = offset[e] + static_cast<int64_t>(tile & 0xffff) * kBN;
-  const int count = static_cast<int>(offset[e + 1] - first < kBN ? offset[e + 1] - first : kBN);
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
-  const uint8_t* Wm = W + static_cast<size_t>(e) * static_cast<size_t>(rows_per_mat) * row_bytes;
+  const Tile it = tile_of();
+  const uint8_t* __restrict__ Wm = it.Wm;
+  const int64_t n_rows = it.n_rows, m0 = it.m0;
+  const int count = it.count;
   const int nk = K / kBK;
   const g2::WarpTile w = g2::warp_tile(tid >> 5, count);  // warp-uniform
 
@@ -105,14 +129,14 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int i = tid; i < 256; i += kThreads) Sel[i] = g_v2_sel[i];
 
   // The activation copies of this thread (gemm_v2::x_task): item rows past the tile's count are zero-filled.
-  const uint16_t* xsrc[4];
-  uint32_t xdst[4], xbytes[4];
+  const uint16_t* xsrc[G::kXCopies];
+  uint32_t xdst[G::kXCopies], xbytes[G::kXCopies];
 #pragma unroll
-  for (int v = 0; v < 4; ++v) {
+  for (int v = 0; v < G::kXCopies; ++v) {
     int term, tok, chunk;
-    g2::x_task(tid, v, term, tok, chunk);
+    g2::x_task<G>(tid, v, term, tok, chunk);
     const bool ok = tok < count;
-    const int64_t xr = !ok ? 0 : gather ? items[first + tok] / src_div : first + tok;
+    const int64_t xr = !ok ? 0 : it.x_row(tok);
     xsrc[v] = Xb + term * lo_off + xr * k8 + chunk * 8;
     xdst[v] = mma::smem_addr(Xs + term * kXTerm + g2::swz(tok, chunk));
     xbytes[v] = ok ? 16u : 0u;
@@ -120,42 +144,44 @@ __global__ void __launch_bounds__(kThreads, 2)
   auto load_x = [&](int t) {
     const uint32_t st = static_cast<uint32_t>(g2::x_stage(t) * kXStage * 2);
 #pragma unroll
-    for (int v = 0; v < 4; ++v) mma::cp_async16(xdst[v] + st, xsrc[v] + t * kBK, xbytes[v]);
+    for (int v = 0; v < G::kXCopies; ++v) mma::cp_async16(xdst[v] + st, xsrc[v] + t * kBK, xbytes[v]);
   };
   // A unit's raw words for all kBM rows (rows past the matrix repeat its last row; never stored).
+  const uint8_t* __restrict__ Wb = opaque(Wm + static_cast<size_t>(m0) * row_bytes);
+  const int rows_left = n_rows - m0 < G::kBM ? static_cast<int>(n_rows - m0) : G::kBM;
   auto load_raw = [&](int u) {
     const uint32_t base = mma::smem_addr(Raw + g2::raw_buf(u) * S::kRawBuf);
-    const size_t ub = static_cast<size_t>(u) * F::kBytes - g2::unit_a2<T>(u);
+    const uint32_t ub = static_cast<uint32_t>(u * F::kBytes - g2::unit_a2<T, G::kUnitCols>(u));
 #pragma unroll 4
     for (int v = 0; v < F::kWords; ++v) {
-      int row, word;
-      g2::raw_task<T>(tid, v, row, word);
-      const int64_t gr = m0 + row < rows_per_mat ? m0 + row : rows_per_mat - 1;
-      mma::cp_async4(base + 4u * static_cast<uint32_t>(row * F::kStride + word),
-                     Wm + static_cast<size_t>(gr) * row_bytes + ub + 4 * word);
+      int row, word, slot;
+      g2::raw_task<T, G>(tid, v, row, word, slot);
+      mma::cp_async4(base + 4u * static_cast<uint32_t>(slot),
+                     Wb + g2::raw_src(row, word, rows_left, static_cast<uint32_t>(row_bytes), ub));
     }
   };
   auto load = [&](int t) {  // one commit group per k-tile, empty past the end (keeps the wait counts)
     if (t < nk) {
       load_x(t);
-      if (g2::starts_unit(t)) load_raw(g2::unit_of(t));
+      if (g2::starts_unit<G>(t)) load_raw(g2::unit_of<G>(t));
     }
     mma::cp_async_commit();
   };
   // Row tid's k-tile t: FP16 integers, scale and minima; with minima also the token sums of its 16-column
   // halves (the first kernel's order: each 8-column half by gemm_int::sum8, then the two added).
   auto decode = [&](int t) {
-    const int u = g2::unit_of(t);
+    const int u = g2::unit_of<G>(t);
     g2::Tile32 o;
-    g2::Decode<T>::run(Raw + g2::raw_buf(u) * S::kRawBuf + tid * F::kStride, g2::unit_a2<T>(u), t % g2::kTilesPerUnit,
-                       Sel, o);
+    g2::Decode<T>::run(Raw + g2::raw_buf(u) * S::kRawBuf + tid * F::kStride, g2::unit_a2<T, G::kUnitCols>(u),
+                       t % G::kTilesPerUnit, Sel, o);
     uint16_t* a = As + g2::tile_buf(t) * kATile;
 #pragma unroll
     for (int c = 0; c < 4; ++c)
       *reinterpret_cast<uint4*>(a + g2::swz(tid, c)) =
           make_uint4(o.h[4 * c], o.h[4 * c + 1], o.h[4 * c + 2], o.h[4 * c + 3]);
-    Rows[g2::tile_buf(t) * kBM + tid] = make_float4(o.scale, -o.min0, -o.min1, 0.0f);
+    Rows[g2::tile_buf(t) * G::kBM + tid] = make_float4(o.scale, -o.min0, -o.min1, 0.0f);
     if constexpr (kMins > 0) {
+      if (kThreads > g2::kSumTasks && tid >= g2::kSumTasks) return;  // the first kSumTasks threads sum
       int tok, half;
       g2::sum_task(tid, tok, half);
       const uint16_t* xh = Xs + g2::x_stage(t) * kXStage;
@@ -207,7 +233,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (kt + 1 < nk) decode(kt + 1);
     // Rows r0 = .. + lane / 4 and r0 + 8 of each slab; items j0 = .. + 2 (lane % 4) and j0 + 1 of each ni.
     float sc[kMI][2], n0[kMI][2] = {}, n1[kMI][2] = {};
-    const float4* rs = Rows + g2::tile_buf(kt) * kBM;
+    const float4* rs = Rows + g2::tile_buf(kt) * G::kBM;
 #pragma unroll
     for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
@@ -247,15 +273,51 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int cj = 0; cj < 2; ++cj) {
       const int j = g2::acc_tok(w, ni, lane, cj);
       if (ni >= w.n_act || j >= count) continue;
-      float* y = Y + (scatter ? items[first + j] : first + j) * ys;
+      float* y = Y + it.y_row(j) * ys;
 #pragma unroll
       for (int mi = 0; mi < kMI; ++mi)
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
           const int64_t r = m0 + g2::acc_row(w, mi, lane, rr);
-          if (mi < w.m_act && r < rows_per_mat) y[r] = acc[mi][ni][rr * 2 + cj];
+          if (mi < w.m_act && r < n_rows) y[r] = acc[mi][ni][rr * 2 + cj];
         }
     }
+}
+
+template <GgmlType T>
+__global__ void __launch_bounds__(g2::GroupGeo::kThreads, 2)
+    gemm_group_v2(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t rows_per_mat,
+                  const int32_t* __restrict__ offset, const int32_t* __restrict__ items,
+                  const int32_t* __restrict__ tiles, const int32_t* __restrict__ n_tiles,
+                  const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off, bool gather, int32_t src_div,
+                  bool scatter, float* __restrict__ Y, int64_t ys) {
+  pdl_wait();
+  if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
+  v2_tile<T, g2::GroupGeo>(row_bytes, K, Xb, k8, lo_off, Y, ys, [&] {
+    const int32_t tile = tiles[blockIdx.y], e = tile >> 16;
+    const int64_t first = offset[e] + static_cast<int64_t>(tile & 0xffff) * kBN;
+    const int count = static_cast<int>(offset[e + 1] - first < kBN ? offset[e + 1] - first : kBN);
+    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * g2::GroupGeo::kBM;
+    return Tile{W + static_cast<size_t>(e) * static_cast<size_t>(rows_per_mat) * row_bytes,
+                rows_per_mat, m0, items, first, count, gather, scatter, src_div};
+  });
+}
+
+// Dense: rows [0, n_rows) of W (the caller's row0 applied) times tokens [0, n_tok); block b takes row
+// block and token tile g2::dense_tile(b).
+template <GgmlType T, class G>
+__global__ void __launch_bounds__(G::kThreads, G::kBlocksPerSm)
+    dense_v2(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t n_rows, int n_rb, int n_tt,
+             const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off, int64_t n_tok, float* __restrict__ Y,
+             int64_t ys) {
+  pdl_wait();
+  v2_tile<T, G>(row_bytes, K, Xb, k8, lo_off, Y, ys, [&] {
+    int rb, tt;
+    g2::dense_tile<G>(static_cast<int>(blockIdx.x), n_rb, n_tt, rb, tt);
+    const int64_t first = static_cast<int64_t>(tt) * kBN;
+    const int count = static_cast<int>(n_tok - first < kBN ? n_tok - first : kBN);
+    return Tile{W, n_rows, static_cast<int64_t>(rb) * G::kBM, nullptr, first, count, false, false, 1};
+  });
 }
 
 bool& v2_flag() {
@@ -266,22 +328,88 @@ bool& v2_flag() {
   return on;
 }
 
+// The dense kernel's block rows: 256 (default), 128 (FLASHSTAR_GEMM_DENSE_V2=128), or 0, off
+// (FLASHSTAR_GEMM_DENSE_V2=0: the first kernel, for A/B comparisons on the device).
+int& dense_rows_flag() {
+  static int rows = [] {
+    const char* v = std::getenv("FLASHSTAR_GEMM_DENSE_V2");
+    return !v ? 256 : v[0] == '0' ? 0 : std::atoi(v) == 128 ? 128 : 256;
+  }();
+  return rows;
+}
+
+// A kernel's dynamic shared memory (beyond the default 48 KB) and all of the unified L1 as shared
+// memory, so that the blocks an SM is meant to hold fit; once per kernel.
+template <class Kernel>
+void smem_attrs(Kernel k, int bytes) {
+  FS_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  FS_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                     cudaSharedmemCarveoutMaxShared));
+}
+
 template <GgmlType T>
-void launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
-            bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
-  constexpr int sm = g2::Smem<T>::bytes;
-  static bool attr = false;
-  if (!attr) {
-    FS_CUDA_CHECK(cudaFuncSetAttribute(gemm_group_v2<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
-    FS_CUDA_CHECK(cudaFuncSetAttribute(gemm_group_v2<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                       cudaSharedmemCarveoutMaxShared));
-    attr = true;
+struct GroupLaunch {
+  static void run(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
+                  int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+    using G = g2::GroupGeo;
+    constexpr int sm = g2::Smem<T, G>::bytes;
+    static const bool attr = (smem_attrs(gemm_group_v2<T>, sm), true);
+    (void)attr;
+    const dim3 grid(static_cast<unsigned>((rows_per_mat + G::kBM - 1) / G::kBM), static_cast<unsigned>(p.max_tiles));
+    gemm_group_v2<T><<<grid, G::kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat,
+                                                   p.offset, p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8, gather,
+                                                   src_div, scatter, Y, ys);
+    FS_CUDA_LAUNCH_CHECK();
   }
-  const dim3 grid(static_cast<unsigned>((rows_per_mat + kBM - 1) / kBM), static_cast<unsigned>(p.max_tiles));
-  gemm_group_v2<T><<<grid, kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat, p.offset,
-                                              p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8, gather, src_div,
-                                              scatter, Y, ys);
+};
+
+// The dense geometry: Q8_0 in 128-column units (4 k-tiles; 256-column units would take 141 KB of raw
+// staging at 256 rows and keep 128-row blocks at one an SM, where these fit two), the other formats in
+// their 256-column blocks.
+template <GgmlType T, int BM>
+using DenseGeo = g2::Geo<BM, T == GgmlType::Q8_0 ? 128 : 256>;
+
+template <GgmlType T, int BM>
+void dense_launch(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y,
+                  int64_t ys, int n_rb, int n_tt, cudaStream_t s) {
+  using G = DenseGeo<T, BM>;
+  constexpr int sm = g2::Smem<T, G>::bytes;
+  static const bool attr = (smem_attrs(dense_v2<T, G>, sm), true);
+  (void)attr;
+  dense_v2<T, G><<<n_rb * n_tt, G::kThreads, sm, s>>>(W.data + static_cast<size_t>(row0) * W.row_bytes, W.row_bytes,
+                                                      static_cast<int>(W.cols), n_rows, n_rb, n_tt, Xb, W.cols,
+                                                      n_tok * W.cols, n_tok, Y, ys);
   FS_CUDA_LAUNCH_CHECK();
+}
+
+template <GgmlType T>
+struct DenseLaunch {
+  static void run(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y,
+                  int64_t ys, int bm, int n_rb, int n_tt, cudaStream_t s) {
+    if (bm == 128) return dense_launch<T, 128>(W, row0, n_rows, Xb, n_tok, Y, ys, n_rb, n_tt, s);
+    dense_launch<T, 256>(W, row0, n_rows, Xb, n_tok, Y, ys, n_rb, n_tt, s);
+  }
+};
+
+// Launch<T>::run(args...) for the formats these kernels decode; false, launching nothing, for the others.
+template <template <GgmlType> class Launch, typename... Args>
+bool int_dispatch(GgmlType t, Args&&... args) {
+  switch (t) {
+    case GgmlType::IQ2_XXS: Launch<GgmlType::IQ2_XXS>::run(args...); return true;
+    case GgmlType::Q2_K: Launch<GgmlType::Q2_K>::run(args...); return true;
+    case GgmlType::Q4_K: Launch<GgmlType::Q4_K>::run(args...); return true;
+    case GgmlType::Q8_0: Launch<GgmlType::Q8_0>::run(args...); return true;
+    default: return false;
+  }
+}
+
+// Raw rows are read as 4-byte words (whole 256-column units, byte offsets in 32 bits) and activations
+// as 16-byte chunks.
+bool v2_takes(const DMat& W, const uint16_t* Xb, int64_t k8) {
+  return W.cols > 0 && W.cols % 256 == 0 && W.cols <= k8 && k8 % 8 == 0 && W.row_bytes % 4 == 0 &&
+         W.row_bytes <= g2::kMaxRowBytes &&
+         reinterpret_cast<uintptr_t>(W.data) % 4 == 0 && reinterpret_cast<uintptr_t>(Xb) % 16 == 0 &&
+         W.cols <= (int64_t{1} << 30);
 }
 
 }  // namespace
@@ -297,27 +425,21 @@ bool gemm_group_v2() { return v2_flag(); }
 
 bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                      int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
-  // Raw rows are read as 4-byte words and activations as 16-byte chunks.
-  if (W.cols <= 0 || W.cols % g2::kUnitCols != 0 || W.cols > k8 || k8 % 8 != 0 || W.row_bytes % 4 != 0 ||
-      reinterpret_cast<uintptr_t>(W.data) % 4 != 0 || reinterpret_cast<uintptr_t>(Xb) % 16 != 0 ||
-      p.max_tiles > 65535 || W.cols > (int64_t{1} << 30))
-    return false;
-  switch (W.type) {
-    case GgmlType::IQ2_XXS:
-      launch<GgmlType::IQ2_XXS>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
-      return true;
-    case GgmlType::Q2_K:
-      launch<GgmlType::Q2_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
-      return true;
-    case GgmlType::Q4_K:
-      launch<GgmlType::Q4_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
-      return true;
-    case GgmlType::Q8_0:
-      launch<GgmlType::Q8_0>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
-      return true;
-    default:
-      return false;
-  }
+  if (!v2_takes(W, Xb, k8) || p.max_tiles > 65535) return false;
+  return int_dispatch<GroupLaunch>(W.type, W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+}
+
+void gemm_set_dense_v2(int block_rows) { dense_rows_flag() = block_rows == 0 ? 0 : block_rows == 128 ? 128 : 256; }
+int gemm_dense_v2_rows() { return dense_rows_flag(); }
+
+bool gemm_dense_v2(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y,
+                   int64_t ys, cudaStream_t s) {
+  const int bm = dense_rows_flag();
+  if (bm == 0 || !v2_takes(W, Xb, W.cols) || n_rows <= 0 || n_tok <= 0) return false;
+  const int64_t n_rb = (n_rows + bm - 1) / bm, n_tt = (n_tok + kBN - 1) / kBN;
+  if (n_rb * n_tt > INT32_MAX) return false;  // one-dimensional grid, int block indices
+  return int_dispatch<DenseLaunch>(W.type, W, row0, n_rows, Xb, n_tok, Y, ys, bm, static_cast<int>(n_rb),
+                                   static_cast<int>(n_tt), s);
 }
 
 }  // namespace flashstar::cuda::fast

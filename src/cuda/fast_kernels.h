@@ -95,6 +95,15 @@ void gemm_set_group_v2(bool on);
 bool gemm_group_v2();
 bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                      int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s);
+// The dense products of those formats run on the second grouped kernel's tiles (fast_gemm_group.cu),
+// the first kernel's bits, in blocks of 256 weight rows (one an SM) or 128 (two), unless
+// FLASHSTAR_GEMM_DENSE_V2=0 or gemm_set_dense_v2(0) puts the first kernel back (=128 / 128: 128-row
+// blocks). gemm_dense_v2 is that kernel alone, gemm's contract (false, launching nothing, where it does
+// not take the call: off, other types, misaligned rows or activations).
+void gemm_set_dense_v2(int block_rows);
+int gemm_dense_v2_rows();
+bool gemm_dense_v2(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y,
+                   int64_t ys, cudaStream_t s);
 
 // Sink attention (same contract as cuda::sink_attention): scores and P.V on the tensor cores with the
 // 64 heads of a query as the M side; scratch holds the scores, then the probabilities. Up to 8 queries

@@ -1,9 +1,9 @@
-// The second grouped expert GEMM (fast_gemm_group.cu): its tile geometry, the lane and shared-memory
-// mappings, and the weight decoding from raw words, all host-compilable so that CPU tests replay every
-// index mapping and decode bitwise against the dequantizer.
+// The second grouped expert GEMM and the dense GEMM on its tiles (fast_gemm_group.cu): their tile
+// geometry, the lane and shared-memory mappings, and the weight decoding from raw words, all
+// host-compilable so that CPU tests replay every index mapping and decode bitwise against the dequantizer.
 //
-// Raw weights reach shared memory as 4-byte words (cp.async, 4 bytes each): per row and per 256-column
-// unit, the words covering the unit's bytes (a 66-byte IQ2_XXS block may start 2 bytes into its first
+// Raw weights reach shared memory as 4-byte words (cp.async, 4 bytes each): per row and per unit (256
+// columns; the dense kernel's Q8_0: 128), the words covering the unit's bytes (a 66-byte IQ2_XXS block may start 2 bytes into its first
 // word). Rows sit at an odd word stride, so the 32 lanes of a warp, one row each, read the same field of
 // 32 rows from 32 different banks, and the copy's consecutive words go to consecutive banks.
 //
@@ -26,45 +26,61 @@ namespace flashstar::cuda::gemm_v2 {
 using gemm_int::half_f32;
 using gemm_int::prmt;
 
-// Block tile: 128 weight rows x 64 items (kMoeTileTokens), k-tiles of 32 columns, 4 warps as 2 (rows) x 2
-// (items), each warp 64 rows x 32 items (4 x 4 mma tiles; warp_tile below): per 16 columns a warp loads
-// 4 A and 4 B fragments (ldmatrix.x4) for 32 mma, half the shared-memory reads per mma of a 32 x 32 tile.
-constexpr int kBM = 128, kBN = 64, kBK = 32, kThreads = 128, kStages = 4;
-constexpr int kUnitCols = 256, kTilesPerUnit = kUnitCols / kBK;
+// Block tile: G::kBM weight rows (Geo below) x 64 items (kMoeTileTokens), k-tiles of 32 columns, warps of
+// 64 rows x 32 items (4 x 4 mma tiles; warp_tile below): per 16 columns a warp loads 4 A and 4 B
+// fragments (ldmatrix.x4) for 32 mma, half the shared-memory reads per mma of a 32 x 32 tile.
+constexpr int kBN = 64, kBK = 32, kStages = 4;
 constexpr int kWarpM = 64, kWarpN = 32, kMI = kWarpM / 16, kNI = kWarpN / 8;
 
-// Raw words per row and 256-column unit (kWords), their odd row stride in shared memory (kStride), and
-// the minimum terms per k-tile (0, 1 for all 32 columns, 2 for each 16).
-template <GgmlType T>
+// The block geometry: BM weight rows, one thread per row (it decodes that row's k-tiles), so BM / 32
+// warps as BM / 64 (rows) x 2 (items); raw weights staged in units of UnitCols columns. The grouped
+// kernel runs 128 rows (2 blocks an SM) in 256-column units; the dense kernel (many tokens a matrix)
+// 256 rows by default, which halves the activation traffic per mma (fast_gemm_group.cu).
+template <int BM, int UnitCols>
+struct Geo {
+  static_assert(BM % kWarpM == 0 && UnitCols % kBK == 0, "whole warp tiles and k-tiles");
+  static constexpr int kBM = BM, kThreads = BM, kUnitCols = UnitCols, kTilesPerUnit = UnitCols / kBK;
+  static constexpr int kBlocksPerSm = 256 / BM;  // the registers of 8 warps (~220 a thread)
+  static constexpr int kXCopies = 2 * kBN * (kBK / 8) / kThreads;  // 16-byte activation copies a k-tile
+};
+using GroupGeo = Geo<128, 256>;
+
+// Raw words per row and unit (kWords), their odd row stride in shared memory (kStride), and the minimum
+// terms per k-tile (0, 1 for all 32 columns, 2 for each 16). The K-quant and IQ2_XXS blocks span 256
+// columns, so their units do; Q8_0 (34-byte blocks of 32 columns) takes any even number of blocks.
+template <GgmlType T, int UnitCols = 256>
 struct Fmt;
 template <>
-struct Fmt<GgmlType::IQ2_XXS> {
+struct Fmt<GgmlType::IQ2_XXS, 256> {
   static constexpr int kBytes = 66, kWords = 17, kStride = 17, kMins = 0;
 };
 template <>
-struct Fmt<GgmlType::Q2_K> {
+struct Fmt<GgmlType::Q2_K, 256> {
   static constexpr int kBytes = 84, kWords = 21, kStride = 21, kMins = 2;
 };
 template <>
-struct Fmt<GgmlType::Q4_K> {
+struct Fmt<GgmlType::Q4_K, 256> {
   static constexpr int kBytes = 144, kWords = 36, kStride = 37, kMins = 1;
 };
-template <>
-struct Fmt<GgmlType::Q8_0> {
-  static constexpr int kBytes = 272, kWords = 68, kStride = 69, kMins = 0;
+template <int UnitCols>
+struct Fmt<GgmlType::Q8_0, UnitCols> {
+  static_assert(UnitCols % 64 == 0, "whole words: an even number of 34-byte blocks");
+  static constexpr int kBytes = UnitCols / 32 * 34, kWords = kBytes / 4, kStride = kWords | 1, kMins = 0;
 };
+template <GgmlType T, class G>
+using FmtOf = Fmt<T, G::kUnitCols>;
 
 // Shared memory (bytes): X tiles [kStages][2 terms][kBN][kBK] halves, decoded weights [2][kBM][kBK]
 // halves, raw words [2][kBM * kStride + 4], row factors [2][kBM] float4 (scale, -min0, -min1), token sums
 // [2][2][kBN] floats, the IQ2_XXS selector table [256] words. The 4 spare raw words absorb the decoder's
 // read of one word past the last row (a word it then shifts out).
-template <GgmlType T>
+template <GgmlType T, class G>
 struct Smem {
   static constexpr int kX = kStages * 2 * kBN * kBK * 2;
-  static constexpr int kA = 2 * kBM * kBK * 2;
-  static constexpr int kRawBuf = kBM * Fmt<T>::kStride + 4;  // words
+  static constexpr int kA = 2 * G::kBM * kBK * 2;
+  static constexpr int kRawBuf = G::kBM * FmtOf<T, G>::kStride + 4;  // words
   static constexpr int kRaw = 2 * kRawBuf * 4;
-  static constexpr int kRows = 2 * kBM * 16;
+  static constexpr int kRows = 2 * G::kBM * 16;
   static constexpr int kSums = 2 * 2 * kBN * 4;
   static constexpr int kTab = 256 * 4;
   static constexpr int off_a = kX, off_raw = off_a + kA, off_rows = off_raw + kRaw, off_sums = off_rows + kRows,
@@ -78,13 +94,21 @@ struct Smem {
 // iteration kt waits until at most kLoopPending groups are in flight (k-tile kt + 1 landed), passes the
 // barrier, issues k-tile kt + kStages - 1, runs the mma of k-tile kt, decodes k-tile kt + 1 and promotes
 // k-tile kt. A k-tile's group carries its activations and, for the first k-tile of a unit, the unit's
-// raw words.
+// raw words. Two raw buffers suffice for units of 2 k-tiles or more: unit u + 2 is issued in the
+// iteration after the one that decodes unit u's last k-tile.
 constexpr int kProloguePending = kStages - 2, kLoopPending = kStages - 3;
-GI_HD int x_stage(int t) { return t % kStages; }                  // activation ring slot of k-tile t
-GI_HD int tile_buf(int t) { return t & 1; }                       // decoded tile, row factors, sums
-GI_HD int unit_of(int t) { return t / kTilesPerUnit; }            // the raw unit holding k-tile t
-GI_HD int raw_buf(int unit) { return unit & 1; }                  // its raw buffer
-GI_HD bool starts_unit(int t) { return t % kTilesPerUnit == 0; }  // k-tile t's group loads its unit
+GI_HD int x_stage(int t) { return t % kStages; }  // activation ring slot of k-tile t
+GI_HD int tile_buf(int t) { return t & 1; }       // decoded tile, row factors, sums
+GI_HD int raw_buf(int unit) { return unit & 1; }  // a raw unit's buffer
+template <class G>
+GI_HD int unit_of(int t) {  // the raw unit holding k-tile t
+  static_assert(G::kTilesPerUnit >= 2, "two raw buffers");
+  return t / G::kTilesPerUnit;
+}
+template <class G>
+GI_HD bool starts_unit(int t) {  // k-tile t's group loads its unit
+  return t % G::kTilesPerUnit == 0;
+}
 
 // ---- Shared-memory tile layout. Rows of 32 halves (64 bytes, four 16-byte chunks); chunk c of row r sits
 // at position c ^ ((r >> 1) & 3). An ldmatrix phase reads 8 consecutive rows at one logical chunk: the
@@ -93,8 +117,8 @@ GI_HD bool starts_unit(int t) { return t % kTilesPerUnit == 0; }  // k-tile t's 
 // per quarter warp, or 8 rows at one chunk) are conflict-free the same way.
 GI_HD int swz(int row, int chunk) { return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 3); }
 
-// A warp's share of the block tile. Tiles of more than 32 items: warp (wm, wn) = (warp / 2, warp % 2)
-// owns rows 64 wm .. + 63 and items 32 wn .. + 31. Tiles of 32 items or fewer (an expert's last, partial
+// A warp's share of the block tile (any number of 64-row warp pairs). Tiles of more than 32 items: warp
+// (wm, wn) = (warp / 2, warp % 2) owns rows 64 wm .. + 63 and items 32 wn .. + 31. Tiles of 32 items or fewer (an expert's last, partial
 // tile: with ~96 items per expert, often half full) would leave the wn = 1 warps idle and their SM
 // quarters' tensor cores with half the work; instead each warp owns 32 rows (64 wm + 32 wn ..) of items
 // 0..31. Only the mma tiles holding items below the count run (n_act of the 8-item tiles, m_act of the
@@ -132,21 +156,46 @@ GI_HD void b_lane(const WarpTile& w, int nj, int kk, int lane, int& tok, int& ch
 // .. + 2 (lane % 4) (+ 1 for odd c); rr = c / 2, cj = c % 2.
 GI_HD int acc_row(const WarpTile& w, int mi, int lane, int rr) { return w.row0 + mi * 16 + (lane >> 2) + rr * 8; }
 GI_HD int acc_tok(const WarpTile& w, int ni, int lane, int cj) { return w.tok0 + ni * 8 + (lane & 3) * 2 + cj; }
-// The activation copy: 2 terms x 64 tokens x 4 chunks = 512 16-byte copies, 4 per thread (v = 0..3):
-// a quarter warp copies 2 tokens' 64 bytes.
+// The activation copy: 2 terms x 64 tokens x 4 chunks = 512 16-byte copies, G::kXCopies per thread
+// (v = 0 ..): a quarter warp copies 2 tokens' 64 bytes.
+template <class G>
 GI_HD void x_task(int tid, int v, int& term, int& tok, int& chunk) {
-  const int q = tid + kThreads * v;
+  const int q = tid + G::kThreads * v;
   chunk = q & 3, tok = (q >> 2) & (kBN - 1), term = q >> 8;
 }
 // The raw copy: task q = tid + kThreads * v (v < kWords) is word q % kWords of row q / kWords, stored at
-// word q / kWords * kStride + q % kWords.
-template <GgmlType T>
-GI_HD void raw_task(int tid, int v, int& row, int& word) {
-  const int q = tid + kThreads * v;
-  row = q / Fmt<T>::kWords, word = q % Fmt<T>::kWords;
+// word slot = row * kStride + word of the buffer (= q + row (kStride - kWords): one multiply-add).
+template <GgmlType T, class G>
+GI_HD void raw_task(int tid, int v, int& row, int& word, int& slot) {
+  using F = FmtOf<T, G>;
+  const int q = tid + G::kThreads * v;
+  row = q / F::kWords, word = q - row * F::kWords, slot = q + row * (F::kStride - F::kWords);
 }
-// The token sums (formats with minima): thread -> token tid / 2, 16-column half tid % 2.
+// A raw copy's source in bytes from the block's first row: unit_byte (the unit's first word) + 4 word
+// into row `row`, where rows past the matrix (row >= rows_left) repeat its last row (their outputs are
+// never stored). 32-bit arithmetic: each copy computes this (8 or more copies a thread and k-tile), and
+// the block spans at most 256 rows of kMaxRowBytes.
+constexpr uint32_t kMaxRowBytes = 1u << 22;
+GI_HD uint32_t raw_src(int row, int word, int rows_left, uint32_t row_bytes, uint32_t unit_byte) {
+  return static_cast<uint32_t>(row < rows_left ? row : rows_left - 1) * row_bytes + unit_byte +
+         4u * static_cast<uint32_t>(word);
+}
+// The token sums (formats with minima): thread tid < kSumTasks -> token tid / 2, 16-column half tid % 2.
+constexpr int kSumTasks = 2 * kBN;
 GI_HD void sum_task(int tid, int& tok, int& half) { tok = tid >> 1, half = tid & 1; }
+
+// Dense products: block b of a 1-D grid -> (row block rb, token tile tt) of n_rb x n_tt. The row blocks
+// go in bands of kBandRows rows, the row block varying fastest inside a band: the ~one block an SM that
+// run at once share a band's weights (2048 rows) and ~132 / band token tiles, which L2 then serves to
+// all of them, and a band's weights stay in L2 while it sweeps the tokens.
+constexpr int kBandRows = 2048;
+template <class G>
+GI_HD void dense_tile(int b, int n_rb, int n_tt, int& rb, int& tt) {
+  constexpr int kBand = kBandRows / G::kBM;
+  const int band = b / (kBand * n_tt), in = b - band * kBand * n_tt;
+  const int rows = n_rb - band * kBand < kBand ? n_rb - band * kBand : kBand;
+  rb = band * kBand + in % rows, tt = in / rows;
+}
 
 // ---- Bit helpers (device instructions, host replays).
 GI_HD uint32_t funnel(uint32_t lo, uint32_t hi, int sh) {  // (hi:lo) >> sh, sh in 0..31
@@ -304,7 +353,7 @@ struct Decode<GgmlType::Q4_K, kFold> {
 template <bool kFold>
 struct Decode<GgmlType::Q8_0, kFold> {  // nothing to fold: d is per 32 columns
   static GI_HD void run(const uint32_t* rw, int, int j, const uint32_t*, Tile32& o) {
-    // The unit is 8 blocks of 34 bytes (d, then 32 signed bytes); block j is this k-tile.
+    // The unit is 34-byte blocks (d, then 32 signed bytes); block j is this k-tile.
     const int db = 34 * j, qb = db + 2, k = qb >> 2, sh = 8 * (qb & 3);
     o.scale = half_f32((rw[db >> 2] >> (8 * (db & 3))) & 0xffffu);
     o.min0 = o.min1 = 0.0f;
@@ -314,9 +363,9 @@ struct Decode<GgmlType::Q8_0, kFold> {  // nothing to fold: d is per 32 columns
 };
 
 // The byte offset of a unit inside its first raw word (rows are 4-byte aligned).
-template <GgmlType T>
+template <GgmlType T, int UnitCols = 256>
 GI_HD int unit_a2(int unit) {
-  return (unit * Fmt<T>::kBytes) & 3;
+  return (unit * Fmt<T, UnitCols>::kBytes) & 3;
 }
 
 }  // namespace flashstar::cuda::gemm_v2

@@ -153,9 +153,10 @@ float model_split(const std::vector<float>& w, const std::vector<float>& x) {
   return acc * (1.0f / 1024.0f);
 }
 
-// The second grouped kernel's decode of a whole row (gemm_group_v2.h): integers (folded: with the
-// sub-block scales in them), the scale of each 32-column k-tile and the minima of each 16 columns.
-template <GgmlType T, bool kFold>
+// The second grouped kernel's decode of a whole row (gemm_group_v2.h) in raw units of U columns:
+// integers (folded: with the sub-block scales in them), the scale of each 32-column k-tile and the
+// minima of each 16 columns.
+template <GgmlType T, bool kFold, int U = 256>
 void decode_row_v2(const uint8_t* row, int64_t cols, std::vector<float>& ints, std::vector<float>& scale,
                    std::vector<float>& mins) {
   namespace g2 = cuda::gemm_v2;
@@ -163,15 +164,16 @@ void decode_row_v2(const uint8_t* row, int64_t cols, std::vector<float>& ints, s
   static const bool ok = g2::iq2_sel_table(sel);
   EXPECT_TRUE(ok);
   ints.resize(cols), scale.resize(cols / 32), mins.resize(cols / 16);
-  for (int64_t u = 0; u < cols / 256; ++u) {
-    uint32_t rw[g2::Fmt<T>::kStride + 4] = {};
-    const int a2 = g2::unit_a2<T>(static_cast<int>(u));
-    const uint8_t* first = row + u * g2::Fmt<T>::kBytes - a2;  // rows start 4-byte aligned
-    std::memcpy(rw, first, static_cast<size_t>(a2 + g2::Fmt<T>::kBytes));
-    for (int j = 0; j < 8; ++j) {
+  using F = g2::Fmt<T, U>;
+  for (int64_t u = 0; u < cols / U; ++u) {
+    uint32_t rw[F::kStride + 4] = {};
+    const int a2 = g2::unit_a2<T, U>(static_cast<int>(u));
+    const uint8_t* first = row + u * F::kBytes - a2;  // rows start 4-byte aligned
+    std::memcpy(rw, first, static_cast<size_t>(a2 + F::kBytes));
+    for (int j = 0; j < U / 32; ++j) {
       g2::Tile32 o;
       g2::Decode<T, kFold>::run(rw, a2, j, sel, o);
-      const int64_t c0 = u * 256 + 32 * j;
+      const int64_t c0 = u * U + 32 * j;
       for (int i = 0; i < 16; ++i) {
         ints[c0 + 2 * i] = f16_to_f32(static_cast<uint16_t>(o.h[i] & 0xffff));
         ints[c0 + 2 * i + 1] = f16_to_f32(static_cast<uint16_t>(o.h[i] >> 16));
@@ -327,6 +329,12 @@ TEST_F(GemmIntModel, V2TilesDecodeToThePiecesBitwise) {
         for (int64_t c = 0; c < cols; ++c) ASSERT_EQ(f32_to_bits(ints[c]), f32_to_bits(i1[c])) << type_name(t) << " col " << c;
         for (int64_t k = 0; k < cols / 32; ++k) ASSERT_EQ(f32_to_bits(scale[k]), f32_to_bits(s1[k])) << type_name(t);
         for (int64_t k = 0; k < cols / 16; ++k) ASSERT_EQ(f32_to_bits(mins[k]), f32_to_bits(m1[k])) << type_name(t);
+        if (t == GgmlType::Q8_0) {  // the dense kernel's 128-column units: the same numbers
+          std::vector<float> i2, s2, m2;
+          decode_row_v2<GgmlType::Q8_0, false, 128>(wq.data() + r * rb, cols, i2, s2, m2);
+          ASSERT_EQ(0, std::memcmp(i2.data(), ints.data(), ints.size() * 4)) << "Q8_0, 128-column units";
+          ASSERT_EQ(0, std::memcmp(s2.data(), scale.data(), scale.size() * 4)) << "Q8_0, 128-column units";
+        }
         decode_v2<true>(t, wq.data() + r * rb, cols, ints, scale, mins);
         for (int64_t c = 0; c < cols; ++c) {
           ASSERT_EQ(ints[c], std::trunc(ints[c])) << type_name(t);
@@ -347,17 +355,19 @@ TEST_F(GemmIntModel, V2DecodeIgnoresTheWordsPastTheUnit) {
   uint32_t sel[256];
   ASSERT_TRUE(g2::iq2_sel_table(sel));
   for (uint32_t i = 0; i < 128; ++i) ASSERT_EQ(g2::iq2_signs(i), quant::kIq2xsSigns[i]) << i;
-  auto check = [&](auto tag) {
+  auto check = [&](auto tag, auto unit) {
     constexpr GgmlType T = decltype(tag)::value;
+    constexpr int U = decltype(unit)::value;
+    using F = g2::Fmt<T, U>;
     const auto wq = random_weights(T, 1, 512);
     for (int u = 0; u < 2; ++u) {
-      const int a2 = g2::unit_a2<T>(u);
-      ASSERT_LE(a2 + g2::Fmt<T>::kBytes, 4 * g2::Fmt<T>::kWords);
-      uint32_t w1[g2::Fmt<T>::kStride + 4], w2[g2::Fmt<T>::kStride + 4];
-      for (int i = 0; i < g2::Fmt<T>::kStride + 4; ++i) w1[i] = 0xDEADBEEFu * (i + 1), w2[i] = ~w1[i];
-      std::memcpy(w1, wq.data() + u * g2::Fmt<T>::kBytes - a2, a2 + g2::Fmt<T>::kBytes);
-      std::memcpy(w2, w1, a2 + g2::Fmt<T>::kBytes);
-      for (int j = 0; j < 8; ++j) {
+      const int a2 = g2::unit_a2<T, U>(u);
+      ASSERT_LE(a2 + F::kBytes, 4 * F::kWords);
+      uint32_t w1[F::kStride + 4], w2[F::kStride + 4];
+      for (int i = 0; i < F::kStride + 4; ++i) w1[i] = 0xDEADBEEFu * (i + 1), w2[i] = ~w1[i];
+      std::memcpy(w1, wq.data() + u * F::kBytes - a2, a2 + F::kBytes);
+      std::memcpy(w2, w1, a2 + F::kBytes);
+      for (int j = 0; j < U / 32; ++j) {
         g2::Tile32 o1, o2;
         g2::Decode<T>::run(w1, a2, j, sel, o1);
         g2::Decode<T>::run(w2, a2, j, sel, o2);
@@ -368,10 +378,12 @@ TEST_F(GemmIntModel, V2DecodeIgnoresTheWordsPastTheUnit) {
       }
     }
   };
-  check(std::integral_constant<GgmlType, GgmlType::IQ2_XXS>{});
-  check(std::integral_constant<GgmlType, GgmlType::Q2_K>{});
-  check(std::integral_constant<GgmlType, GgmlType::Q4_K>{});
-  check(std::integral_constant<GgmlType, GgmlType::Q8_0>{});
+  using U256 = std::integral_constant<int, 256>;
+  check(std::integral_constant<GgmlType, GgmlType::IQ2_XXS>{}, U256{});
+  check(std::integral_constant<GgmlType, GgmlType::Q2_K>{}, U256{});
+  check(std::integral_constant<GgmlType, GgmlType::Q4_K>{}, U256{});
+  check(std::integral_constant<GgmlType, GgmlType::Q8_0>{}, U256{});
+  check(std::integral_constant<GgmlType, GgmlType::Q8_0>{}, std::integral_constant<int, 128>{});  // dense units
 }
 
 TEST_F(GemmIntModel, LongerPartialsCostAccuracy) {
@@ -424,18 +436,7 @@ class GemmInt : public cuda_test::CudaKernelTest {
     if (!IsSkipped()) cuda::fast::init_tables();
   }
   void TearDown() override { cuda::fast::gemm_set_int_weights(true); }
-  // Activations with heavy tails inside the FP16 range (the split copy's range).
-  std::vector<float> acts(int64_t rows, int64_t cols) {
-    auto x = randn(static_cast<size_t>(rows * cols));
-    std::uniform_int_distribution<int> pick(0, 255);
-    for (auto& v : x) {
-      const int k = pick(rng_);
-      if (k == 0) v *= 1000.0f;
-      else if (k < 5) v *= 30.0f;
-      else if (k == 255) v = 0.0f;
-    }
-    return x;
-  }
+  std::vector<float> acts(int64_t rows, int64_t cols) { return tailed_acts(static_cast<size_t>(rows * cols)); }
 };
 
 }  // namespace
