@@ -17,11 +17,11 @@
 //
 // The dense products of integer weights (fast::gemm) run the same tile code (v2_tile) on consecutive
 // tokens: the first dense kernel (Nsight, 4096-token prefill: 42% of the kernel time) stalled on its
-// register-staged loads one k-tile ahead. Blocks of 256 rows x 64 tokens (8 warps: the ~220 registers
-// a thread allow no more an SM) carry half the activation bytes per mma of 128-row blocks, which
-// matters because the activations' two FP16 terms (4 bytes an element) outweigh Q8_0 weights (1.06):
-// per 512 mma an SM reads 18 KB from L2, not 26. FLASHSTAR_GEMM_DENSE_V2=128 runs 128-row blocks (two
-// an SM, each with its own barrier) for comparison.
+// register-staged loads one k-tile ahead. Blocks of 128 rows x 64 tokens, two an SM (each with its own
+// barrier), are the default: measured on the H200 (GemmDenseV2.DISABLED_TimesBothKernelsOnTheModelShapes,
+// all seven model shapes) they beat 256-row blocks (one an SM, half the activation bytes per mma read
+// from L2) by 4-13%, so the second block's latency hiding outweighs the L2 traffic.
+// FLASHSTAR_GEMM_DENSE_V2=256 runs the 256-row blocks for comparison.
 #include <algorithm>
 #include <cstdlib>
 
@@ -328,12 +328,12 @@ bool& v2_flag() {
   return on;
 }
 
-// The dense kernel's block rows: 256 (default), 128 (FLASHSTAR_GEMM_DENSE_V2=128), or 0, off
+// The dense kernel's block rows: 128 (default), 256 (FLASHSTAR_GEMM_DENSE_V2=256), or 0, off
 // (FLASHSTAR_GEMM_DENSE_V2=0: the first kernel, for A/B comparisons on the device).
 int& dense_rows_flag() {
   static int rows = [] {
     const char* v = std::getenv("FLASHSTAR_GEMM_DENSE_V2");
-    return !v ? 256 : v[0] == '0' ? 0 : std::atoi(v) == 128 ? 128 : 256;
+    return !v ? 128 : v[0] == '0' ? 0 : std::atoi(v) == 256 ? 256 : 128;
   }();
   return rows;
 }
@@ -429,7 +429,7 @@ bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, cons
   return int_dispatch<GroupLaunch>(W.type, W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
 }
 
-void gemm_set_dense_v2(int block_rows) { dense_rows_flag() = block_rows == 0 ? 0 : block_rows == 128 ? 128 : 256; }
+void gemm_set_dense_v2(int block_rows) { dense_rows_flag() = block_rows == 0 ? 0 : block_rows == 256 ? 256 : 128; }
 int gemm_dense_v2_rows() { return dense_rows_flag(); }
 
 bool gemm_dense_v2(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y,

@@ -96,8 +96,8 @@ bool gemm_group_v2();
 bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                      int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s);
 // The dense products of those formats run on the second grouped kernel's tiles (fast_gemm_group.cu),
-// the first kernel's bits, in blocks of 256 weight rows (one an SM) or 128 (two), unless
-// FLASHSTAR_GEMM_DENSE_V2=0 or gemm_set_dense_v2(0) puts the first kernel back (=128 / 128: 128-row
+// the first kernel's bits, in blocks of 128 weight rows (two an SM) or 256 (one), unless
+// FLASHSTAR_GEMM_DENSE_V2=0 or gemm_set_dense_v2(0) puts the first kernel back (=256 / 256: 256-row
 // blocks). gemm_dense_v2 is that kernel alone, gemm's contract (false, launching nothing, where it does
 // not take the call: off, other types, misaligned rows or activations).
 void gemm_set_dense_v2(int block_rows);

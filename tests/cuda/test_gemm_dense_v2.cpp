@@ -70,7 +70,7 @@ class GemmDenseV2 : public cuda_test::CudaKernelTest {
       }
     return out;
   }
-  int saved_ = 256;
+  int saved_ = 128;
 };
 
 }  // namespace
