@@ -226,13 +226,16 @@ __global__ void __launch_bounds__(wq::kThreads, 1)
     mma::cp_async_wait<0>();  // chunks c, c + 1 landed (this thread's copies; the barrier: everyone's)
     fence_proxy_async();
     __syncthreads();
-    load(c + wq::kChunksPerIter);
     // k-tiles t .. t + 3 alternate between the partials p0 and p1: the tensor core runs one k-tile while
     // the warps promote the previous one. Nothing stays in flight across iterations (the compiler
     // serialises all wgmma when an accumulator is in flight over the loop's back edge).
     const int t = 2 * c;
     decode_a(a_addr(t), lane, f0);
     mma_ktile(p0, f0, b_addr(t));
+    // The next iteration's copies go out once the tensor core has work (they fill the stages of chunks
+    // c - 2, c - 1, which nothing reads any more), not between the barrier and the first wgmma; here p1
+    // is dead (promoted), so their addresses find registers.
+    load(c + wq::kChunksPerIter);
     decode_a(a_addr(t + 1), lane, f1);
     mma_ktile(p1, f1, b_addr(t + 1));
     wg_wait<1>();
