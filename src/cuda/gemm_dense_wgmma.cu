@@ -15,7 +15,7 @@
 // shared memory and makes exact FP16 integers with a byte permute and a subtraction (gemm_int::bytes_s).
 // Two partial accumulators alternate: the tensor core runs k-tile t + 1 while the warps promote k-tile t
 // (wgmma.wait_group 1). Activations (both terms) arrive by 16-byte cp.async in a 4-stage ring of 64-column
-// chunks (128-byte swizzle), raw weights in 256-column units (two buffers); one barrier per chunk.
+// chunks (128-byte swizzle), raw weights in 256-column units (two buffers); one barrier per 2 chunks.
 // Deterministic: each output element is one thread's fixed sequence of wgmma and FMAs; no split-k, no
 // atomics; a token's outputs do not depend on the other tokens of its tile.
 #include <algorithm>
