@@ -1,0 +1,113 @@
+// The dense Q8_0 prefill product on Hopper's warpgroup MMA (gemm_dense_wgmma.cu): its tile geometry, the
+// shared-memory layouts, the wgmma matrix descriptor and the register-fragment mappings, host-compilable
+// so that CPU tests (tests/cuda/test_gemm_dense_wgmma.cpp) replay every address the kernel forms against
+// the PTX ISA's definitions of the layouts, without a GPU.
+//
+// Numerics are those of gemm_int_weights.h: weights as exact FP16 integers, activations as two FP16 terms,
+// per 32-column k-tile a partial sum started from zero in the tensor core (W x_lo then W x_hi per
+// 16-column step, as the mma.sync kernels do), promoted into an fp32 running sum with the k-tile's scale
+// in one FMA (gemm_int::promote<0>).
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define WG_HD __host__ __device__ __forceinline__
+#else
+#define WG_HD inline
+#endif
+
+namespace flashstar::cuda::wgmma_q8 {
+
+// Block: 128 weight rows (two consumer warpgroups of 64 rows, one m64 wgmma each) x 128 tokens (the
+// wgmma N), 256 threads. Activations are staged 64 columns (two k-tiles) at a time: a token's 64 FP16
+// values are one 128-byte row, the width of the 128-byte swizzle, so a stage is the canonical K-major
+// SWIZZLE_128B layout. Raw Q8_0 weights are staged in units of 256 columns: 8 blocks of 34 bytes = 272
+// bytes a row, a multiple of 16, so they arrive by 16-byte cp.async like the activations.
+constexpr int kBM = 128, kBN = 128, kThreads = 256;
+constexpr int kChunkCols = 64, kStages = 4, kChunksPerIter = 2;  // activation stages; chunks an iteration
+constexpr int kUnitCols = 256, kUnitBytes = 272, kChunksPerUnit = kUnitCols / kChunkCols;
+constexpr int kTermBytes = kBN * kChunkCols * 2;  // one term's tile of a stage: 16 KB
+constexpr int kStageBytes = 2 * kTermBytes;       // hi, then lo
+constexpr int kRawBytes = kBM * kUnitBytes;       // one raw unit buffer (two of them)
+constexpr int kSmemUsed = kStages * kStageBytes + 2 * kRawBytes;
+constexpr int kSmemBytes = kSmemUsed + 1024;  // the swizzle atoms need 1024-byte alignment: slack to align
+constexpr int kXCopies = 2 * kBN * (kChunkCols / 8) / kThreads;  // 16-byte activation copies a chunk: 8
+constexpr int kRawCopies = kBM * (kUnitBytes / 16);              // 16-byte raw copies a unit: 2176
+constexpr int kRawPerThread = (kRawCopies + kThreads - 1) / kThreads;
+static_assert(kSmemBytes <= 227 * 1024, "one block an SM");
+static_assert(kStages == 2 * kChunksPerIter, "an iteration's chunks and the next iteration's");
+static_assert(kChunksPerUnit % kChunksPerIter == 0, "a raw unit starts an iteration");
+
+// ---- Activation tiles (B operand, K-major): token n's 16-byte chunk c (columns 8c .. 8c + 7 of the
+// stage) at n * 128 + ((c ^ (n % 8)) << 4) from the tile's 1024-byte aligned base: the 128-byte swizzle
+// (address bits 4..6 xor bits 7..9), which makes the cp.async writes and the tensor core's reads of 8
+// consecutive tokens hit all 32 banks.
+WG_HD uint32_t b_off(int tok, int chunk) {
+  return static_cast<uint32_t>(tok * 128 + ((chunk ^ (tok & 7)) << 4));
+}
+
+// The wgmma matrix descriptor (PTX ISA, "matrix descriptor format"): bits 0-13 start address >> 4,
+// 16-29 leading-dimension byte offset >> 4, 32-45 stride-dimension byte offset >> 4, 49-51 base offset
+// (0: the atoms are 1024-byte aligned), 62-63 swizzle mode (1: 128-byte). K-major with the 128-byte
+// swizzle: 8-row core-matrix groups 1024 bytes apart (SBO), the leading offset unused (a k16 step's 32
+// bytes lie inside the 128-byte row; 1 by convention). A k16 step at column kk starts kk * 2 bytes
+// further: the hardware applies the swizzle to the address it forms, as the writer did.
+constexpr uint32_t kSbo = 1024;
+WG_HD uint64_t desc_b(uint32_t smem_byte_addr) {
+  return static_cast<uint64_t>((smem_byte_addr & 0x3FFFFu) >> 4) | (static_cast<uint64_t>(1) << 16) |
+         (static_cast<uint64_t>(kSbo >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
+}
+// The shared-memory byte the tensor core reads for element (n, k) (k < 16) of a K-major operand given
+// by descriptor d with the 128-byte swizzle: the canonical layout's address start + (n / 8) SBO +
+// (n % 8) 128 + 2 k, then bits 4..6 xor bits 7..9. Host replay of the PTX ISA's definition (tests).
+inline uint32_t desc_element_addr(uint64_t d, int n, int k) {
+  const uint32_t start = static_cast<uint32_t>(d & 0x3FFFu) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((d >> 32) & 0x3FFFu) << 4;
+  const uint32_t a = start + static_cast<uint32_t>(n / 8) * sbo + static_cast<uint32_t>(n % 8) * 128 + 2u * k;
+  return a ^ (((a >> 7) & 7u) << 4);
+}
+
+// ---- A operand from registers (the m64k16 FP16 fragment: warp w of the warpgroup holds rows 16 w ..
+// 16 w + 15, laid out as mma.m16n8k16's A): register r (0..3) of lane l holds row 16 w + l / 4 + 8 (r % 2)
+// and columns 2 (l % 4) + 8 (r / 2) + {0 (low half), 1 (high half)} of the k16 step.
+WG_HD int a_row(int warp_in_wg, int lane, int r) { return 16 * warp_in_wg + (lane >> 2) + 8 * (r & 1); }
+WG_HD int a_col(int lane, int r, int half) { return 2 * (lane & 3) + 8 * (r >> 1) + half; }
+// The m64nN fp32 accumulator: element i (0 .. N / 2 - 1) of lane l in warp w is row 16 w + l / 4 +
+// 8 ((i / 2) % 2), column 8 (i / 4) + 2 (l % 4) + i % 2.
+WG_HD int d_row(int warp_in_wg, int lane, int i) { return 16 * warp_in_wg + (lane >> 2) + 8 * ((i >> 1) & 1); }
+WG_HD int d_col(int lane, int i) { return 8 * (i >> 2) + 2 * (lane & 3) + (i & 1); }
+
+// ---- Raw weights: row r of a unit buffer at r * 272; k-tile j (0..7) of the unit is the 34-byte block
+// at 34 j (FP16 scale, then 32 int8). Row stride 272 bytes = 68 words (4 banks apart): the 8 rows of a
+// warp's 2-byte reads (4 lanes a row, 8 consecutive bytes) fall on 8 disjoint bank ranges.
+WG_HD uint32_t raw_scale_off(int row, int j) { return static_cast<uint32_t>(row * kUnitBytes + 34 * j); }
+WG_HD uint32_t raw_q_off(int row, int j, int col) {  // col 0..31 of the k-tile; even cols are 2-byte aligned
+  return static_cast<uint32_t>(row * kUnitBytes + 34 * j + 2 + col);
+}
+// The raw copy task q (0 .. kRawCopies - 1): row q / 17, 16-byte chunk q % 17 of the row's 272 bytes.
+WG_HD void raw_task(int q, int& row, int& chunk) { row = q / 17, chunk = q - 17 * (q / 17); }
+// The activation copy task v (0 .. kXCopies - 1) of thread tid: term v / 4, token tid / 8 + 32 (v % 4),
+// chunk tid % 8 (8 consecutive lanes copy one token's 128 contiguous bytes).
+WG_HD void x_task(int tid, int v, int& term, int& tok, int& chunk) {
+  term = v >> 2, tok = (tid >> 3) + 32 * (v & 3), chunk = tid & 7;
+}
+
+// ---- The pipeline, per iteration of 2 chunks (c, c + 1 = k-tiles 2c .. 2c + 3): chunk c's activations go to
+// stage c % 4, and chunk 4u also brings raw unit u into buffer u % 2, all in one commit group issued one
+// iteration ahead. Iteration c: wait for every group (this iteration's landed), barrier, issue chunks
+// c + 2, c + 3 into the stages of chunks c - 2, c - 1 (the previous iteration waited for all its wgmma
+// before the barrier, so they are free), then the 4 k-tiles. Raw buffer u % 2, issued at the iteration of
+// chunk 4u - 2, was last read by chunk 4u - 5.
+WG_HD int stage_of(int chunk) { return chunk % kStages; }
+WG_HD int raw_buf_of(int chunk) { return (chunk / kChunksPerUnit) & 1; }
+
+// ---- Dense tile order: block b -> (row block rb, token tile tt); row blocks vary fastest inside bands of
+// 2048 rows, so the blocks resident at once share a band's weights and a few token tiles through L2.
+constexpr int kBandRows = 2048, kBand = kBandRows / kBM;
+WG_HD void dense_tile(int b, int n_rb, int n_tt, int& rb, int& tt) {
+  const int band = b / (kBand * n_tt), in = b - band * kBand * n_tt;
+  const int rows = n_rb - band * kBand < kBand ? n_rb - band * kBand : kBand;
+  rb = band * kBand + in % rows, tt = in / rows;
+}
+
+}  // namespace flashstar::cuda::wgmma_q8

@@ -1,0 +1,433 @@
+// The dense Q8_0 products on warpgroup MMA (gemm_dense_wgmma.cu). CPU tests (no device): the shared-memory
+// layouts, the wgmma descriptor and the register fragments (gemm_dense_wgmma.h) replayed against the PTX
+// ISA's definitions: every element the tensor core reads through a descriptor is the one the copies
+// wrote there, every A-fragment byte is the weight of its row and column, the copy tasks and the
+// accumulator cover their tiles once, the pipeline never rewrites a buffer in use. GPU tests: the model's
+// dense shapes and ragged ones (1 .. 4096 tokens, rows no multiple of the block, row0 > 0, wider output
+// rows whose padding must stay poisoned) against the reference matmul (fp32-class bound of the mma.sync
+// kernels' tests), against a CPU fp64 product and the CPU replay of the per-k-tile error model on sampled
+// outputs; the max relative difference to the mma.sync kernel printed; bitwise repeats; a token's outputs
+// independent of its tile mates; the calls it declines. A timing of the model shapes at 4096 tokens
+// against dense_v2 (DISABLED_: run with --gtest_also_run_disabled_tests).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "common/half.h"
+#include "cuda/fast_kernels.h"
+#include "cuda/gemm_dense_wgmma.h"
+#include "cuda/gemm_int_weights.h"
+#include "cuda_test_fixture.h"
+#include "tensor_core_model.h"
+
+using namespace flashstar;
+namespace wq = flashstar::cuda::wgmma_q8;
+using cuda_test::mma_model;
+using cuda_test::split16;
+
+// ---- CPU: layouts and descriptors.
+
+TEST(GemmDenseWgmmaLayout, DescriptorsReadWhatTheCopiesWrote) {
+  // Shared memory as the copies leave it: byte -> (stage, term, token, column of the chunk).
+  const uint32_t base = 3 * 1024;  // any 1024-byte aligned start (the kernel aligns its dynamic base)
+  std::map<uint32_t, std::array<int, 4>> owner;
+  std::set<std::array<int, 3>> tasks;
+  for (int st = 0; st < wq::kStages; ++st)
+    for (int tid = 0; tid < wq::kThreads; ++tid)
+      for (int v = 0; v < wq::kXCopies; ++v) {
+        int term, tok, ch;
+        wq::x_task(tid, v, term, tok, ch);
+        ASSERT_LT(tok, wq::kBN);
+        if (st == 0) {
+          ASSERT_TRUE(tasks.insert({term, tok, ch}).second) << "copy task twice";
+        }
+        // The kernel's address: thread base b_off(tid / 8, ch) plus the token offset of copy v.
+        const uint32_t a = base + st * wq::kStageBytes + term * wq::kTermBytes + wq::b_off(tid >> 3, ch) +
+                           (tok - (tid >> 3)) * 128;
+        ASSERT_EQ(a, base + st * wq::kStageBytes + term * wq::kTermBytes + wq::b_off(tok, ch));
+        ASSERT_EQ(a % 16, 0u);
+        for (int e = 0; e < 8; ++e)
+          ASSERT_TRUE(owner.emplace(a + 2 * e, std::array<int, 4>{st, term, tok, 8 * ch + e}).second)
+              << "two copies write one byte";
+      }
+  ASSERT_EQ(tasks.size(), size_t(2 * wq::kBN * 8));
+  // The tensor core's reads: k-tile half h of a stage, k16 step s, element (n, k).
+  for (int st = 0; st < wq::kStages; ++st)
+    for (int term = 0; term < 2; ++term)
+      for (int h = 0; h < 2; ++h)
+        for (int s = 0; s < 2; ++s) {
+          const uint32_t hi_addr = base + st * wq::kStageBytes + 64 * h;
+          // As the kernel forms it: the descriptor of the term's tile at the k-tile, plus 2 a step.
+          const uint64_t d = wq::desc_b(hi_addr + term * wq::kTermBytes) + 2 * s;
+          ASSERT_EQ(d, wq::desc_b(hi_addr + term * wq::kTermBytes + 32 * s)) << "the start field carried";
+          ASSERT_EQ((d >> 62) & 3, 1u);
+          for (int n = 0; n < wq::kBN; ++n)
+            for (int k = 0; k < 16; ++k) {
+              const auto it = owner.find(wq::desc_element_addr(d, n, k));
+              ASSERT_TRUE(it != owner.end()) << "reads a byte no copy wrote";
+              const std::array<int, 4> want{st, term, n, 32 * h + 16 * s + k};
+              ASSERT_EQ(it->second, want) << "stage " << st << " term " << term << " n " << n << " k " << k;
+            }
+        }
+}
+
+TEST(GemmDenseWgmmaLayout, FragmentsAndRawCopiesCoverTheirTiles) {
+  // Raw copies: every 16-byte chunk of 128 rows x 272 bytes once.
+  std::set<std::pair<int, int>> raw;
+  for (int q = 0; q < wq::kRawCopies; ++q) {
+    int row, ch;
+    wq::raw_task(q, row, ch);
+    ASSERT_TRUE(row < wq::kBM && ch < 17 && raw.insert({row, ch}).second);
+  }
+  ASSERT_EQ(raw.size(), size_t(wq::kBM * 17));
+  ASSERT_EQ(wq::kRawPerThread * wq::kThreads >= wq::kRawCopies, true);
+  // A fragments: the kernel's byte (row r0's block + 8 rows for odd r, + 2 + 16 s + 2 (lane % 4), + 8 for
+  // r >= 2, + 1 for the high half) is raw_q_off of the fragment's row and column, and every (row,
+  // column) of the warpgroup's 64 x 16 step once.
+  for (int s = 0; s < 2; ++s) {
+    std::set<std::pair<int, int>> seen;
+    for (int w = 0; w < 4; ++w)
+      for (int lane = 0; lane < 32; ++lane)
+        for (int r = 0; r < 4; ++r)
+          for (int half = 0; half < 2; ++half) {
+            const int row = wq::a_row(w, lane, r), col = wq::a_col(lane, r, half);
+            ASSERT_TRUE(seen.insert({row, col}).second);
+            const int r0 = wq::a_row(w, lane, 0);
+            for (int j = 0; j < 8; ++j) {
+              const uint32_t kernel = wq::raw_scale_off(r0, j) + (r & 1) * 8 * wq::kUnitBytes + 2 + 16 * s +
+                                      2 * (lane & 3) + 8 * (r >> 1) + half;
+              ASSERT_EQ(kernel, wq::raw_q_off(row, j, 16 * s + col));
+              ASSERT_EQ(wq::raw_scale_off(r0, j) + (r & 1) * 8 * wq::kUnitBytes, wq::raw_scale_off(row, j));
+            }
+          }
+    ASSERT_EQ(seen.size(), size_t(64 * 16));
+  }
+  // The accumulator: 64 rows x 128 tokens once; its rows are the fragment rows (the promotion's scales).
+  std::set<std::pair<int, int>> acc;
+  for (int w = 0; w < 4; ++w)
+    for (int lane = 0; lane < 32; ++lane)
+      for (int i = 0; i < 64; ++i) {
+        ASSERT_TRUE(acc.insert({wq::d_row(w, lane, i), wq::d_col(lane, i)}).second);
+        ASSERT_EQ(wq::d_row(w, lane, i), wq::a_row(w, lane, (i >> 1) & 1));
+      }
+  ASSERT_EQ(acc.size(), size_t(64 * 128));
+  // Scale and integers of the raw bytes are the Q8_0 block's.
+  for (int j = 0; j < 8; ++j) ASSERT_EQ(wq::raw_q_off(0, j, 0), wq::raw_scale_off(0, j) + 2);
+}
+
+TEST(GemmDenseWgmmaLayout, PipelineNeverRewritesABufferInUse) {
+  // Replays the copy and read schedule: what each stage and raw buffer holds when an iteration reads it.
+  for (int nc : {4, 8, 16, 32, 128}) {
+    std::vector<int> stage(wq::kStages, -1), rawbuf(2, -1);
+    auto issue = [&](int c) {
+      for (int h = 0; h < wq::kChunksPerIter && c + h < nc; ++h) stage[wq::stage_of(c + h)] = c + h;
+      if (c < nc && c % wq::kChunksPerUnit == 0) rawbuf[wq::raw_buf_of(c)] = c / wq::kChunksPerUnit;
+    };
+    issue(0);
+    for (int c = 0; c < nc; c += wq::kChunksPerIter) {
+      // After the barrier: the previous iteration's reads are over; this iteration issues, then reads.
+      const std::vector<int> before = stage, raw_before = rawbuf;
+      issue(c + wq::kChunksPerIter);
+      for (int h = 0; h < wq::kChunksPerIter; ++h) {
+        ASSERT_EQ(before[wq::stage_of(c + h)], c + h) << "chunk not loaded";
+        ASSERT_EQ(stage[wq::stage_of(c + h)], c + h) << "chunk overwritten while read";
+        ASSERT_EQ(rawbuf[wq::raw_buf_of(c + h)], (c + h) / wq::kChunksPerUnit) << "raw unit overwritten or missing";
+      }
+      (void)raw_before;
+    }
+  }
+}
+
+TEST(GemmDenseWgmmaLayout, TileOrderCoversEveryTileOnce) {
+  for (int n_rb : {1, 4, 8, 16, 17, 32, 256})
+    for (int n_tt : {1, 2, 32, 33}) {
+      std::set<std::pair<int, int>> seen;
+      for (int b = 0; b < n_rb * n_tt; ++b) {
+        int rb, tt;
+        wq::dense_tile(b, n_rb, n_tt, rb, tt);
+        ASSERT_TRUE(rb >= 0 && rb < n_rb && tt >= 0 && tt < n_tt && seen.insert({rb, tt}).second);
+      }
+    }
+}
+
+// ---- GPU.
+
+namespace {
+
+class GemmDenseWgmma : public cuda_test::CudaKernelTest {
+ protected:
+  void SetUp() override {
+    CudaKernelTest::SetUp();
+    if (IsSkipped()) return;
+    cuda::fast::init_tables();
+    saved_on_ = cuda::fast::gemm_wgmma();
+    saved_rows_ = cuda::fast::gemm_dense_v2_rows();
+  }
+  void TearDown() override {
+    cuda::fast::gemm_set_wgmma(saved_on_);
+    cuda::fast::gemm_set_dense_v2(saved_rows_);
+  }
+  struct Problem {
+    int64_t rows, cols, n_tok, row0, ys, total;
+    std::vector<uint8_t> wq;
+    cuda::DeviceArray<uint8_t> w;
+    cuda::DMat W;
+    std::vector<float> x;
+    cuda::DeviceArray<uint16_t> xb;
+  };
+  Problem make(int64_t rows, int64_t cols, int64_t n_tok, int64_t row0, int64_t pad) {
+    Problem p{rows, cols, n_tok, row0, rows + pad, row0 + rows + 5, {}, {}, {}, {}, {}};
+    p.wq = random_weights(GgmlType::Q8_0, p.total, cols);
+    p.w = up(p.wq);
+    p.W = cuda::DMat{GgmlType::Q8_0, p.w.get(), cols, p.total, row_bytes(GgmlType::Q8_0, cols)};
+    p.x = tailed_acts(static_cast<size_t>(n_tok * cols));
+    auto dx = up(p.x);
+    p.xb = cuda::DeviceArray<uint16_t>(static_cast<size_t>(2 * n_tok * cols));
+    cuda::fast::to_f16(dx.get(), n_tok, cols, cols, p.xb.get(), nullptr);
+    return p;
+  }
+  // fast::gemm with the wgmma kernel on (or the default dense_v2 with it off), into a NaN-poisoned buffer
+  // of n_tok + 2 token rows of ys floats.
+  std::vector<float> run(const Problem& p, bool wgmma) {
+    cuda::fast::gemm_set_wgmma(wgmma);
+    cuda::fast::gemm_set_dense_v2(128);
+    auto y = poisoned<float>(static_cast<size_t>((p.n_tok + 2) * p.ys));
+    EXPECT_TRUE(cuda::fast::gemm(p.W, p.row0, p.rows, p.xb.get(), p.n_tok, y.get(), p.ys, nullptr));
+    return down(y);
+  }
+  // The [n_tok][rows] outputs; counts writes outside them.
+  static std::vector<float> outputs(const Problem& p, const std::vector<float>& y, int64_t& stray) {
+    std::vector<float> out;
+    stray = 0;
+    for (int64_t j = 0; j < p.n_tok + 2; ++j)
+      for (int64_t r = 0; r < p.ys; ++r) {
+        const float v = y[j * p.ys + r];
+        if (j < p.n_tok && r < p.rows) out.push_back(v);
+        else stray += f32_to_bits(v) != 0xffffffffu;
+      }
+    return out;
+  }
+  bool saved_on_ = false;
+  int saved_rows_ = 128;
+};
+
+// One dot product of Q8_0 row `wrow` (raw bytes) with activations x, in fp64 (dequantized weights) and
+// as the kernels compute it: per 32-column k-tile a partial from zero, per 16 columns W x_lo then W x_hi
+// (mma_model: the tensor core's aligned, truncated sums), promoted with the block scale in one FMA.
+void dot_q8(const uint8_t* wrow, const float* x, int64_t cols, double& exact, double& mag, float& model) {
+  exact = 0, mag = 0, model = 0.0f;
+  for (int64_t k0 = 0; k0 < cols; k0 += 32) {
+    const uint8_t* b = wrow + (k0 / 32) * 34;
+    uint16_t hs;
+    std::memcpy(&hs, b, 2);
+    const float d = f16_to_f32(hs);
+    float part = 0.0f;
+    for (int kk = 0; kk < 32; kk += 16) {
+      double pl[16], ph[16];
+      for (int i = 0; i < 16; ++i) {
+        const float q = static_cast<float>(static_cast<int8_t>(b[2 + kk + i]));
+        float hi, lo;
+        split16(x[k0 + kk + i], hi, lo);
+        pl[i] = double(q) * lo, ph[i] = double(q) * hi;
+        const double w = double(d * q);  // the dequantizer's weight (an exact product)
+        exact += w * x[k0 + kk + i], mag += std::fabs(w * x[k0 + kk + i]);
+      }
+      part = mma_model(part, pl, 16);
+      part = mma_model(part, ph, 16);
+    }
+    model = cuda::gemm_int::promote<0>(model, part, d, 0.f, 0.f, 0.f, 0.f);
+  }
+}
+
+}  // namespace
+
+TEST_F(GemmDenseWgmma, ModelShapesMatchReferenceAndErrorModel) {
+  struct Case {
+    const char* name;
+    int64_t rows, cols, n_tok, row0, pad;
+  };
+  const Case cases[] = {
+      {"q_a", 1024, 4096, 4096, 0, 0},        {"kv", 512, 4096, 4095, 0, 0},
+      {"q_b", 32768, 1024, 100, 0, 0},        {"q_b", 32768, 1024, 1, 0, 0},
+      {"out_a group", 1024, 4096, 17, 3072, 7168},  // rows 3072.. of 8 groups, outputs 8192 wide
+      {"out_b", 4096, 8192, 300, 0, 0},       {"gate/up_sh", 2048, 4096, 4095, 0, 0},
+      {"down_sh", 4096, 2048, 4096, 0, 0},    {"ragged", 200, 1024, 9, 3, 3},
+      {"ragged", 777, 2048, 33, 5, 1},        {"ragged", 130, 256, 129, 1, 0},
+      {"ragged", 64, 8192, 65, 1, 0},
+  };
+  for (const Case& c : cases) {
+    const Problem p = make(c.rows, c.cols, c.n_tok, c.row0, c.pad);
+    // Taken by the wgmma kernel itself (not a fallback).
+    {
+      cuda::fast::gemm_set_wgmma(true);
+      auto y = poisoned<float>(static_cast<size_t>((p.n_tok + 2) * p.ys));
+      ASSERT_TRUE(cuda::fast::gemm_dense_wgmma(p.W, p.row0, p.rows, p.xb.get(), p.n_tok, y.get(), p.ys, nullptr))
+          << c.name << ": declined";
+      FS_CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    int64_t stray_a = 0, stray_b = 0, stray_v = 0;
+    const auto a = outputs(p, run(p, true), stray_a), b = outputs(p, run(p, true), stray_b);
+    const auto v2 = outputs(p, run(p, false), stray_v);
+    ASSERT_EQ(stray_a, 0) << c.name << ": wrote outside the outputs";
+    ASSERT_EQ(stray_v, 0);
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_TRUE(std::isfinite(a[i])) << c.name << ": output " << i << " unwritten";
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << c.name << ": repeat not bitwise";
+    // The reference matmul over all outputs.
+    auto dx = up(p.x);
+    auto ref = poisoned<float>(static_cast<size_t>(c.n_tok * c.rows));
+    cuda::matmul(p.W, c.row0, c.rows, dx.get(), c.n_tok, c.cols, ref.get(), c.rows, nullptr);
+    const auto r = down(ref);
+    const double e = rel_err(a, r), ev2 = rel_err(v2, r);
+    // Against the mma.sync kernel (dense_v2: gemm_dense's bits): normwise, and the largest difference
+    // over the outputs' rms (elementwise ratios explode where an output nearly cancels).
+    double rms_v2 = 0, max_v2 = 0;
+    for (float v : v2) rms_v2 += double(v) * v;
+    rms_v2 = std::sqrt(rms_v2 / std::max<size_t>(v2.size(), 1));
+    for (size_t i = 0; i < a.size(); ++i) max_v2 = std::max(max_v2, std::fabs(double(a[i]) - v2[i]));
+    max_v2 /= std::max(rms_v2, 1e-30);
+    const double d_v2 = rel_err(a, v2);
+    // Sampled outputs against fp64 and the error model (the first and last token and row always).
+    std::mt19937 g(static_cast<uint32_t>(c.rows * 31 + c.n_tok));
+    std::uniform_int_distribution<int64_t> pr(0, c.rows - 1), pt(0, c.n_tok - 1);
+    const size_t rb = row_bytes(GgmlType::Q8_0, c.cols);
+    double n2_ref = 0, e2_ref = 0, n2_model = 0, e2_model = 0, max_model = 0, max_ref = 0;
+    for (int sidx = 0; sidx < 1500; ++sidx) {
+      const int64_t row = sidx == 0 ? 0 : sidx == 1 ? c.rows - 1 : pr(g);
+      const int64_t tok = sidx == 0 ? 0 : sidx == 1 ? c.n_tok - 1 : pt(g);
+      double exact, mag;
+      float model;
+      dot_q8(p.wq.data() + (c.row0 + row) * rb, p.x.data() + tok * c.cols, c.cols, exact, mag, model);
+      const double got = a[tok * c.rows + row];
+      e2_ref += (got - exact) * (got - exact), n2_ref += exact * exact;
+      e2_model += (got - model) * (got - model), n2_model += double(model) * model;
+      if (mag > 0) {
+        max_ref = std::max(max_ref, std::fabs(got - exact) / mag);
+        max_model = std::max(max_model, std::fabs(got - model) / mag);
+      }
+    }
+    const double e_cpu = std::sqrt(e2_ref / std::max(n2_ref, 1e-30)), e_model = std::sqrt(e2_model / std::max(n2_model, 1e-30));
+    std::printf("wgmma %-11s %5lld x %4lld (row0 %4lld), %4lld tokens: rel err %.2e (dense_v2 %.2e); sampled: vs fp64 "
+                "%.2e (max %.2e of sum|wx|), vs error model %.2e (max %.2e); vs dense_v2 %.2e (max %.2e of rms)\n",
+                c.name, (long long)c.rows, (long long)c.cols, (long long)c.row0, (long long)c.n_tok, e, ev2, e_cpu,
+                max_ref, e_model, max_model, d_v2, max_v2);
+    EXPECT_LT(e, 3e-6) << c.name;
+    EXPECT_LT(e_cpu, 3e-6) << c.name;
+    EXPECT_LT(max_ref, 1e-6) << c.name;
+    // The replay models the tensor core's sums; the hardware may cut a bit differently, not more coarsely.
+    EXPECT_LT(e_model, 3e-6) << c.name;
+    EXPECT_LT(max_model, 1e-6) << c.name;
+  }
+}
+
+TEST_F(GemmDenseWgmma, TokenOutputDoesNotDependOnItsTileMates) {
+  const Problem all = make(300, 1024, 300, 4, 0);
+  int64_t stray = 0;
+  const auto y_all = outputs(all, run(all, true), stray);
+  for (const int64_t first : {int64_t{0}, int64_t{100}, int64_t{250}})
+    for (const int64_t n : {int64_t{37}, int64_t{1}, int64_t{50}}) {
+      if (first + n > all.n_tok) continue;
+      Problem part{all.rows, all.cols, n, all.row0, all.ys, all.total, {}, {}, all.W, {}, {}};
+      part.x.assign(all.x.begin() + first * all.cols, all.x.begin() + (first + n) * all.cols);
+      auto dx = up(part.x);
+      part.xb = cuda::DeviceArray<uint16_t>(static_cast<size_t>(2 * n * all.cols));
+      cuda::fast::to_f16(dx.get(), n, all.cols, all.cols, part.xb.get(), nullptr);
+      const auto y = outputs(part, run(part, true), stray);
+      ASSERT_EQ(0, std::memcmp(y.data(), &y_all[first * all.rows], y.size() * 4)) << "tokens " << first << " + " << n;
+    }
+}
+
+TEST_F(GemmDenseWgmma, DeclinesWhatItDoesNotTake) {
+  cuda::fast::gemm_set_wgmma(true);
+  auto y = poisoned<float>(1 << 20);
+  cuda::DeviceArray<uint16_t> xb(1 << 20);
+  auto w = up(random_weights(GgmlType::Q8_0, 64, 512));
+  const cuda::DMat q8{GgmlType::Q8_0, w.get(), 512, 64, row_bytes(GgmlType::Q8_0, 512)};
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(q8, 0, 64, xb.get() + 1, 16, y.get(), 64, nullptr)) << "misaligned X";
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(q8, 0, 65, xb.get(), 16, y.get(), 64, nullptr)) << "rows past W";
+  const cuda::DMat narrow{GgmlType::Q8_0, w.get(), 224, 64, row_bytes(GgmlType::Q8_0, 224)};
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(narrow, 0, 64, xb.get(), 16, y.get(), 64, nullptr)) << "cols % 256";
+  auto wk = up(random_weights(GgmlType::Q4_K, 64, 512));
+  const cuda::DMat q4{GgmlType::Q4_K, wk.get(), 512, 64, row_bytes(GgmlType::Q4_K, 512)};
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(q4, 0, 64, xb.get(), 16, y.get(), 64, nullptr)) << "Q4_K";
+  cuda::fast::gemm_set_wgmma(false);
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(q8, 0, 64, xb.get(), 16, y.get(), 64, nullptr)) << "off";
+  const auto h = down(y);
+  for (float v : h) ASSERT_EQ(f32_to_bits(v), 0xffffffffu) << "a declined call wrote";
+}
+
+TEST_F(GemmDenseWgmma, DISABLED_TimesModelShapes) {
+  // The dense Q8_0 products of one layer at 4096 tokens (out_a: 8 groups of a 8192-row matrix, each on its
+  // own input): median of 9 timed runs after a warm-up, inputs rotating over 3 activation sets so that
+  // they do not sit in L2 from the previous run. wgmma vs dense_v2 at 128-row blocks.
+  struct Shape {
+    const char* name;
+    int64_t rows, cols;
+    int groups, per_layer;
+  };
+  const Shape shapes[] = {{"q_a", 1024, 4096, 1, 1},      {"kv", 512, 4096, 1, 1},
+                          {"q_b", 32768, 1024, 1, 1},     {"out_a", 1024, 4096, 8, 1},
+                          {"out_b", 4096, 8192, 1, 1},    {"gate/up_sh", 2048, 4096, 1, 2},
+                          {"down_sh", 4096, 2048, 1, 1}};
+  const int64_t n_tok = 4096;
+  constexpr int kSets = 3, kRuns = 9;
+  double layer[2] = {0, 0}, flops = 0;
+  cudaEvent_t e0, e1;
+  FS_CUDA_CHECK(cudaEventCreate(&e0));
+  FS_CUDA_CHECK(cudaEventCreate(&e1));
+  for (const Shape& sh : shapes) {
+    const int64_t total = sh.rows * sh.groups;
+    auto w = up(random_weights(GgmlType::Q8_0, total, sh.cols));
+    const cuda::DMat W{GgmlType::Q8_0, w.get(), sh.cols, total, row_bytes(GgmlType::Q8_0, sh.cols)};
+    std::vector<cuda::DeviceArray<uint16_t>> xb;
+    for (int s = 0; s < kSets * sh.groups; ++s) {
+      auto dx = up(randn(static_cast<size_t>(n_tok * sh.cols)));
+      xb.emplace_back(static_cast<size_t>(2 * n_tok * sh.cols));
+      cuda::fast::to_f16(dx.get(), n_tok, sh.cols, sh.cols, xb.back().get(), nullptr);
+    }
+    cuda::DeviceArray<float> y(static_cast<size_t>(n_tok * total));
+    float med[2];
+    for (int m = 0; m < 2; ++m) {
+      cuda::fast::gemm_set_wgmma(m == 0);
+      cuda::fast::gemm_set_dense_v2(128);
+      auto once = [&](int set) {
+        for (int g = 0; g < sh.groups; ++g) {
+          const uint16_t* x = xb[set * sh.groups + g].get();
+          if (m == 0)
+            ASSERT_TRUE(cuda::fast::gemm_dense_wgmma(W, g * sh.rows, sh.rows, x, n_tok, y.get() + g * sh.rows, total, nullptr));
+          else
+            ASSERT_TRUE(cuda::fast::gemm_dense_v2(W, g * sh.rows, sh.rows, x, n_tok, y.get() + g * sh.rows, total, nullptr));
+        }
+      };
+      for (int s = 0; s < kSets; ++s) once(s);
+      std::vector<float> ms(kRuns);
+      for (int r = 0; r < kRuns; ++r) {
+        FS_CUDA_CHECK(cudaEventRecord(e0));
+        once(r % kSets);
+        FS_CUDA_CHECK(cudaEventRecord(e1));
+        FS_CUDA_CHECK(cudaEventSynchronize(e1));
+        FS_CUDA_CHECK(cudaEventElapsedTime(&ms[r], e0, e1));
+      }
+      std::sort(ms.begin(), ms.end());
+      med[m] = ms[kRuns / 2];
+      layer[m] += med[m] * sh.per_layer;
+    }
+    const double tf = 2.0 * n_tok * total * sh.cols / 1e12;
+    flops += tf * sh.per_layer;
+    std::printf("dense %-10s %5lld x %4lld%s, 4096 tokens: wgmma %.3f ms (%.0f TFLOP/s useful), dense_v2 %.3f ms (%.0f); "
+                "%.2fx\n",
+                sh.name, (long long)sh.rows, (long long)sh.cols, sh.groups > 1 ? " x 8" : "", med[0], tf / med[0] * 1e3,
+                med[1], tf / med[1] * 1e3, med[1] / med[0]);
+  }
+  FS_CUDA_CHECK(cudaEventDestroy(e0));
+  FS_CUDA_CHECK(cudaEventDestroy(e1));
+  std::printf("dense Q8_0 products of a layer, 4096 tokens: wgmma %.2f ms (%.0f TFLOP/s), dense_v2 %.2f ms (%.0f); %.2fx\n",
+              layer[0], flops / layer[0] * 1e3, layer[1], flops / layer[1] * 1e3, layer[1] / layer[0]);
+}
