@@ -105,8 +105,9 @@ int gemm_dense_v2_rows();
 bool gemm_dense_v2(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y,
                    int64_t ys, cudaStream_t s);
 // The dense Q8_0 products on warpgroup MMA (gemm_dense_wgmma.cu, sm_90a): the same per-32-column
-// promotion, not the same bits as the mma.sync kernels. Off by default; FLASHSTAR_GEMM_WGMMA=1 or
-// gemm_set_wgmma(true) turns it on, ahead of the dense kernels above. gemm_dense_wgmma is that kernel
+// promotion and, as measured, the same bits as the mma.sync kernels. On by default, ahead of the dense
+// kernels above, for more than 64 tokens (fewer: a 128-token tile mostly idle; dense_v2 takes them);
+// FLASHSTAR_GEMM_WGMMA=0 or gemm_set_wgmma(false) turns it off. gemm_dense_wgmma is that kernel
 // alone, gemm's contract (false, launching nothing, where it does not take the call: off, other types,
 // columns no multiple of 256, misaligned rows or activations, not a Hopper).
 void gemm_set_wgmma(bool on);

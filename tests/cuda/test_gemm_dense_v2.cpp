@@ -28,8 +28,13 @@ class GemmDenseV2 : public cuda_test::CudaKernelTest {
     if (IsSkipped()) return;
     cuda::fast::init_tables();
     saved_ = cuda::fast::gemm_dense_v2_rows();
+    saved_wgmma_ = cuda::fast::gemm_wgmma();
+    cuda::fast::gemm_set_wgmma(false);  // gemm() would take the warpgroup kernel ahead of these
   }
-  void TearDown() override { cuda::fast::gemm_set_dense_v2(saved_); }
+  void TearDown() override {
+    cuda::fast::gemm_set_dense_v2(saved_);
+    cuda::fast::gemm_set_wgmma(saved_wgmma_);
+  }
 
   // Weights of `total` rows, the activations' FP16 copy, the reference; products of rows [row0, row0 +
   // rows) into outputs of ys >= rows floats a token and 2 spare token rows, NaN-poisoned.
@@ -71,6 +76,7 @@ class GemmDenseV2 : public cuda_test::CudaKernelTest {
     return out;
   }
   int saved_ = 128;
+  bool saved_wgmma_ = true;
 };
 
 }  // namespace
