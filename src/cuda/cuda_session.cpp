@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "cpu/ops.h"
 #include "cuda/cuda_util.h"
+#include "cuda/fast_expert_mma.h"
 #include "cuda/fast_hc_pre.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_matvec_float.h"
@@ -641,9 +642,8 @@ class CudaSession final : public Session {
       if (routes_[Route::Moe] && fast::matvec_items(W, rows, sel_, div, X, xs, items, Y, ys, s_, mv_work_, kMvWork)) return;
       matmul_items(W, rows, sel_, div, X, xs, items, Y, ys, s_);
     };
-    items_mm(L.gate_exps, d_.FF, int32_t(d_.K), fn_, d_.D, G_, d_.FF);
-    items_mm(L.up_exps, d_.FF, int32_t(d_.K), fn_, d_.D, U_, d_.FF);
-    swiglu(G_, U_, items, d_.FF, lim, wsel_, s_);
+    fast::expert_gate_up_swiglu(routes_[Route::Moe], L.gate_exps, L.up_exps, d_.FF, sel_, int32_t(d_.K), fn_, d_.D,
+                                items, lim, wsel_, G_, U_, s_, mv_work_, kMvWork);
     items_mm(L.down_exps, d_.D, 1, G_, d_.FF, slot_, d_.D);
   }
 

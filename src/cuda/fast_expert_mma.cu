@@ -26,19 +26,34 @@
 // part order in shared memory. Nothing is atomic: results are bitwise reproducible. IQ2_XXS runs one
 // 24-warp block an SM (tables stored once a block, no alignment padding): gate / up at decode take 6 items
 // x 4 parts of 1024 columns, so a warp's chain is 32 steps and an SM holds 24 warps (was 64 and 12).
+//
+// Gate + up + swiglu in one launch (expert_gate_up_fused): at decode the gate and up launches read the same
+// activation row and are each bound by their latency (about 18 us for 13 MB), and the swiglu launch
+// between them and down costs a launch of its own. Fused, one launch ramp instead of three and twice the
+// bytes in flight. A row's sum depends only on the column parts (fast_expert_plan.h: plan_pair keeps the
+// plain plan's), so each matrix's sums are those of its own launch and the swiglu is cuda::swiglu's
+// element (swiglu_el.cuh): the output is bitwise that of the three launches. Mode 1 puts both matrices'
+// warps in a block (the sums meet in shared memory); mode 2 gives each matrix its own blocks of one launch
+// and the later of a row group's two blocks (a ticket, last_block.cuh) reads both back from L2.
 #include "cuda/fast_expert_mma.h"
 
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <utility>
+#include <vector>
 
 #include "common/half.h"
 #include "cuda/cuda_util.h"
 #include "cuda/fast_expert_plan.h"
+#include "cuda/fast_kernels.h"
 #include "cuda/int8_digits.h"
 #include "quant/quant.h"
+#include "cuda/last_block.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/swiglu_el.cuh"
 
 namespace flashstar::cuda::fast {
 // Named (not anonymous) so that a host-side check of the lane mapping can include this file.
@@ -207,6 +222,11 @@ struct Params : eplan::Split {
   int src_div, nb;  // nb: 256-column blocks per row
   bool fast;        // rows 16-byte aligned: whole chunks by 16-byte copies
   uint32_t one;     // 1 (see Lane::one)
+  // Fused gate + up (after the plain product's fields, which keep their offsets):
+  const uint8_t* W2;  // the up matrix (W the gate; same type, width and row bytes)
+  float* Y2;          // mode 2: the up rows, read back by the row group's last block
+  const float* w;     // weight per item (may be null)
+  float lim;          // the swiglu clamp
 };
 
 template <int N>  // 16 (bypassing L1) or 4 bytes
@@ -317,7 +337,37 @@ __device__ __forceinline__ void q2_block(const uint8_t* pg, const uint8_t* pg8, 
   mins[0] = fmaf(rg.dmin, rg.mins, mins[0]), mins[1] = fmaf(rg8.dmin, rg8.mins, mins[1]);
 }
 
-template <GgmlType T>
+// Row-group tickets of fused mode 2 (a gate block and an up block each), zero between launches.
+constexpr int kMaxTickets = 16384;
+__device__ int g_pair_tickets[kMaxTickets];
+
+// The fused launch's swiglu over the block's G T 16 rows, after every warp's sums are stored: mode 1 reads
+// both matrices' sums from res (gate rows first), mode 2 runs in the last of the row group's two blocks and
+// reads both from global memory (L2, where the other block's fenced stores are). The element is
+// cuda::swiglu's, times the item's weight as that kernel multiplies it.
+template <int kPair>
+__device__ __forceinline__ void pair_swiglu(const Params& p, const float* res, int64_t i0, int64_t i1, int64_t bx,
+                                            int64_t by) {
+  int* ticket = g_pair_tickets + by * (gridDim.x >> 1) + bx;
+  if constexpr (kPair == 1) __syncthreads();
+  else if (!last_to_finish(ticket, 2)) return;
+  const int n = p.G * p.T * kRows;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int q = i / kRows;
+    const int64_t item = i0 + q / p.T, r = (bx * p.T + q % p.T) * kRows + i % kRows;
+    if (item >= i1 || r >= p.rpm) continue;
+    const int64_t o = item * p.ys + r;
+    const float g = kPair == 1 ? res[i] : __ldcg(p.Y + o), u = kPair == 1 ? res[n + i] : __ldcg(p.Y2 + o);
+    const float y = swiglu_el(g, u, p.lim);
+    p.Y[o] = p.w ? __fmul_rn(y, p.w[item]) : y;  // the reference multiplies by 1 without a weight: exact
+  }
+  if (kPair == 2 && threadIdx.x == 0) *ticket = 0;
+}
+
+// kPair 0: Y = W x per item. 1 and 2 (fused): Y = swiglu(W x, W2 x), each matrix's sums bitwise those of a
+// kPair 0 launch (same column parts, fast_expert_plan.h: plan_pair); 1: a block's warps are (matrix, item,
+// tile, part), 2: block 2 x computes the gate rows of row group x, block 2 x + 1 the up rows.
+template <GgmlType T, int kPair>
 __global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel(const Params p) {
   pdl_wait();
   extern __shared__ __align__(16) uint8_t smem[];
@@ -331,12 +381,16 @@ __global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel
   const int64_t by = p.y0 + blockIdx.y, grp = by / p.cpg;
   const int64_t g0 = grp * p.src_div, i0 = g0 + (by % p.cpg) * p.G;
   const int64_t i1 = lmin(lmin(i0 + p.G, g0 + p.src_div), p.n_items);
-  const int kp = warp % p.KS, q = warp / p.KS;
-  const int64_t item = i0 + q / p.T, r0 = (static_cast<int64_t>(blockIdx.x) * p.T + q % p.T) * kRows;
+  const int kp = warp % p.KS, qm = warp / p.KS, gt = p.G * p.T;
+  const int m = kPair == 1 ? qm / gt : kPair == 2 ? static_cast<int>(blockIdx.x & 1) : 0;  // 1: the up matrix
+  const int q = kPair == 1 ? qm % gt : qm;
+  const int64_t bx = kPair == 2 ? blockIdx.x >> 1 : blockIdx.x;
+  const int64_t item = i0 + q / p.T, r0 = (bx * p.T + q % p.T) * kRows;
   const bool live = item < i1 && r0 < p.rpm;
   const int c0 = kp * p.cpp, nc = live ? max(0, min(p.nchunk, c0 + p.cpp) - c0) : 0;
   uint8_t* ring = smem + p.off_ring + static_cast<size_t>(warp) * p.NS * kRows * p.CS;
-  const uint8_t* rows = live ? p.W + static_cast<size_t>(p.mat[item]) * p.rpm * p.row_bytes : p.W;
+  const uint8_t* W = m ? p.W2 : p.W;
+  const uint8_t* rows = live ? W + static_cast<size_t>(p.mat[item]) * p.rpm * p.row_bytes : W;
   for (int j = 0; j < min(nc, p.NS); ++j) stage<T>(p, rows, r0, c0 + j, ring + j * kRows * p.CS, lane);
 
   // While the weights are in flight: tables, and the activation row in digits.
@@ -408,21 +462,25 @@ __global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel
       mins[0] += __shfl_xor_sync(0xffffffffu, mins[0], o), mins[1] += __shfl_xor_sync(0xffffffffu, mins[1], o);
     y0 -= mins[0], y1 -= mins[1];
   }
-  float* out = p.Y + (live ? item : 0) * p.ys + r0;
+  // Fused mode 1 keeps the sums in shared memory (res, by matrix, item and tile) for the swiglu.
+  float* res = reinterpret_cast<float*>(smem + p.off_res);
+  float* out = kPair == 1 ? res + qm * kRows : (m ? p.Y2 : p.Y) + (live ? item : 0) * p.ys + r0;
   if (p.KS == 1) {
     if (live && L.t == 0) {
       if (r0 + L.g < p.rpm) out[L.g] = y0;
       if (r0 + L.g + 8 < p.rpm) out[L.g + 8] = y1;
     }
-    return;
+    if constexpr (kPair == 0) return;
+  } else {
+    if (L.t == 0) part[warp * kRows + L.g] = y0, part[warp * kRows + L.g + 8] = y1;
+    __syncthreads();
+    if (live && kp == 0 && lane < kRows && r0 + lane < p.rpm) {
+      float v = part[warp * kRows + lane];
+      for (int k = 1; k < p.KS; ++k) v += part[(warp + k) * kRows + lane];  // parts in order
+      out[lane] = v;
+    }
   }
-  if (L.t == 0) part[warp * kRows + L.g] = y0, part[warp * kRows + L.g + 8] = y1;
-  __syncthreads();
-  if (live && kp == 0 && lane < kRows && r0 + lane < p.rpm) {
-    float v = part[warp * kRows + lane];
-    for (int k = 1; k < p.KS; ++k) v += part[(warp + k) * kRows + lane];  // parts in order
-    out[lane] = v;
-  }
+  if constexpr (kPair != 0) pair_swiglu<kPair>(p, res, i0, i1, bx, by);
 }
 
 }  // namespace emma
@@ -443,31 +501,80 @@ DeviceLimits device_limits() {
   return lim;
 }
 
-template <GgmlType T>
+// Dynamic shared memory a block may have, set on the kernel once: the card's limit, less the fused kernels'
+// static shared memory (mode 2's last-block flag; the plain kernel keeps the budget its plans were made for).
+template <GgmlType T, int kPair>
+size_t smem_budget(const DeviceLimits& lim) {
+  static const size_t budget = [&] {
+    size_t b = static_cast<size_t>(lim.smem);
+    if (kPair != 0) {
+      cudaFuncAttributes a{};
+      FS_CUDA_CHECK(cudaFuncGetAttributes(&a, emma::expert_mma_kernel<T, kPair>));
+      b -= a.sharedSizeBytes;
+    }
+    FS_CUDA_CHECK(cudaFuncSetAttribute(emma::expert_mma_kernel<T, kPair>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(b)));
+    return b;
+  }();
+  return budget;
+}
+
+template <GgmlType T, int kPair>
 bool launch(Params p, int64_t n_groups, cudaStream_t s) {
   const DeviceLimits lim = device_limits();
-  if (!eplan::plan<T>(p.rpm, p.n_items, p.src_div, p.nb, n_groups, lim.sms, static_cast<size_t>(lim.smem), p))
-    return false;
-  const size_t sm = p.smem;
-  static bool attr = false;
-  if (!attr) {
-    FS_CUDA_CHECK(
-        cudaFuncSetAttribute(emma::expert_mma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim.smem));
-    attr = true;
-  }
+  const size_t plain = static_cast<size_t>(lim.smem), budget = smem_budget<T, kPair>(lim);
+  const bool planned = kPair == 0
+                           ? eplan::plan<T>(p.rpm, p.n_items, p.src_div, p.nb, n_groups, lim.sms, plain, p)
+                           : eplan::plan_pair<T>(kPair, p.rpm, p.n_items, p.src_div, p.nb, n_groups, lim.sms, plain,
+                                                 budget, p);
+  if (!planned) return false;
   const int64_t gx = eplan::cdiv(eplan::cdiv(p.rpm, emma::kRows), p.T), gy = n_groups * p.cpg;
-  if (gx > 0x7fffffff || p.warps() > eplan::kMaxWarps<T>) return false;
-  const unsigned threads = static_cast<unsigned>(p.G * p.T * p.KS * 32);
+  if ((kPair == 2 ? 2 * gx : gx) > 0x7fffffff || p.warps() > eplan::kMaxWarps<T>) return false;
+  if (kPair == 2 && gx * gy > emma::kMaxTickets) return false;
+  const unsigned threads = static_cast<unsigned>(p.warps() * 32);
   for (int64_t y0 = 0; y0 < gy; y0 += 65535) {
     p.y0 = y0;
-    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(std::min<int64_t>(65535, gy - y0)));
-    emma::expert_mma_kernel<T><<<grid, threads, sm, s>>>(p);
+    const dim3 grid(static_cast<unsigned>(kPair == 2 ? 2 * gx : gx),
+                    static_cast<unsigned>(std::min<int64_t>(65535, gy - y0)));
+    emma::expert_mma_kernel<T, kPair><<<grid, threads, p.smem, s>>>(p);
     FS_CUDA_LAUNCH_CHECK();
   }
   return true;
 }
 
 bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+
+// What expert_matvec takes of a call besides the sizes (rows_per_mat, n_items).
+bool takes(const DMat& W, int32_t src_div, const int32_t* mat, const float* X, int64_t xs, const float* Y) {
+  if (!expert_matvec_supported(W) || src_div < 1 || !mat || !X || !Y) return false;
+  return aligned(W.data, W.type == GgmlType::Q2_K ? 4 : 2) && aligned(X, 16) && xs % 4 == 0 && aligned(Y, 4) &&
+         aligned(mat, 4);
+}
+
+Params params(const DMat& W, int64_t rows_per_mat, const int32_t* mat, int32_t src_div, const float* X, int64_t xs,
+              int64_t n_items, float* Y, int64_t ys) {
+  Params p{};
+  p.W = W.data, p.row_bytes = W.row_bytes, p.rpm = rows_per_mat, p.n_items = n_items, p.xs = xs, p.ys = ys;
+  p.mat = mat, p.X = X, p.Y = Y, p.src_div = src_div, p.nb = static_cast<int>(W.cols / 256);
+  p.fast = W.row_bytes % 16 == 0 && aligned(W.data, 16);
+  p.one = 1;
+  return p;
+}
+
+template <int kPair>
+bool launch_type(GgmlType t, const Params& p, int64_t n_groups, cudaStream_t s) {
+  return t == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS, kPair>(p, n_groups, s)
+                                : launch<GgmlType::Q2_K, kPair>(p, n_groups, s);
+}
+
+// FLASHSTAR_EXPERT_FUSED: 0, 1 (the default) or 2; anything else is 1.
+int& fused_mode_flag() {
+  static int mode = [] {
+    const char* v = std::getenv("FLASHSTAR_EXPERT_FUSED");
+    return v && (v[0] == '0' || v[0] == '2') && v[1] == 0 ? v[0] - '0' : 1;
+  }();
+  return mode;
+}
 }  // namespace
 
 void init_expert_tables() {
@@ -477,6 +584,8 @@ void init_expert_tables() {
   emma::build_tables(grid, sign);
   FS_CUDA_CHECK(cudaMemcpyToSymbol(emma::g_grid, grid, sizeof(grid)));
   FS_CUDA_CHECK(cudaMemcpyToSymbol(emma::g_sign, sign, sizeof(sign)));
+  const std::vector<int> zeros(emma::kMaxTickets, 0);
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(emma::g_pair_tickets, zeros.data(), zeros.size() * sizeof(int)));
   done = true;
 }
 
@@ -488,20 +597,44 @@ bool expert_matvec_supported(const DMat& W) {
 
 bool expert_matvec(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
                    int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s) {
-  if (!expert_matvec_supported(W) || src_div < 1 || !mat_of_item || !X || !Y) return false;
-  if (!aligned(W.data, W.type == GgmlType::Q2_K ? 4 : 2) || !aligned(X, 16) || xs % 4 != 0 || !aligned(Y, 4) ||
-      !aligned(mat_of_item, 4))
+  if (!takes(W, src_div, mat_of_item, X, xs, Y)) return false;
+  if (n_items <= 0 || rows_per_mat <= 0) return true;
+  init_expert_tables();
+  return launch_type<0>(W.type, params(W, rows_per_mat, mat_of_item, src_div, X, xs, n_items, Y, ys),
+                        eplan::cdiv(n_items, src_div), s);
+}
+
+int expert_fused_mode() { return fused_mode_flag(); }
+void expert_set_fused_mode(int mode) { fused_mode_flag() = mode; }
+
+bool expert_gate_up_fused(const DMat& Wg, const DMat& Wu, int64_t rows_per_mat, const int32_t* mat_of_item,
+                          int32_t src_div, const float* X, int64_t xs, int64_t n_items, float lim, const float* w,
+                          float* G, float* U, cudaStream_t s) {
+  const int mode = expert_fused_mode();
+  if ((mode != 1 && mode != 2) || Wg.type != Wu.type || Wg.cols != Wu.cols ||
+      !takes(Wg, src_div, mat_of_item, X, xs, G) || !takes(Wu, src_div, mat_of_item, X, xs, U) || !aligned(w, 4))
     return false;
   if (n_items <= 0 || rows_per_mat <= 0) return true;
   init_expert_tables();
-  Params p{};
-  p.W = W.data, p.row_bytes = W.row_bytes, p.rpm = rows_per_mat, p.n_items = n_items, p.xs = xs, p.ys = ys;
-  p.mat = mat_of_item, p.X = X, p.Y = Y, p.src_div = src_div, p.nb = static_cast<int>(W.cols / 256);
-  p.fast = W.row_bytes % 16 == 0 && aligned(W.data, 16);
-  p.one = 1;
+  Params p = params(Wg, rows_per_mat, mat_of_item, src_div, X, xs, n_items, G, rows_per_mat);
+  p.W2 = Wu.data, p.Y2 = U, p.w = w, p.lim = lim;
+  p.fast = p.fast && aligned(Wu.data, 16);  // one staging for both (it does not change the sums)
   const int64_t n_groups = eplan::cdiv(n_items, src_div);
-  return W.type == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS>(p, n_groups, s)
-                                     : launch<GgmlType::Q2_K>(p, n_groups, s);
+  return mode == 1 ? launch_type<1>(Wg.type, p, n_groups, s) : launch_type<2>(Wg.type, p, n_groups, s);
+}
+
+void expert_gate_up_swiglu(bool fast_route, const DMat& Wg, const DMat& Wu, int64_t rows_per_mat,
+                           const int32_t* mat_of_item, int32_t src_div, const float* X, int64_t xs, int64_t n_items,
+                           float lim, const float* w, float* G, float* U, cudaStream_t s, float* work,
+                           int64_t work_floats) {
+  if (fast_route &&
+      expert_gate_up_fused(Wg, Wu, rows_per_mat, mat_of_item, src_div, X, xs, n_items, lim, w, G, U, s))
+    return;
+  for (const auto& [W, Y] : {std::pair{&Wg, G}, std::pair{&Wu, U}})
+    if (!fast_route ||
+        !matvec_items(*W, rows_per_mat, mat_of_item, src_div, X, xs, n_items, Y, rows_per_mat, s, work, work_floats))
+      matmul_items(*W, rows_per_mat, mat_of_item, src_div, X, xs, n_items, Y, rows_per_mat, s);
+  swiglu(G, U, n_items, rows_per_mat, lim, w, s);
 }
 
 }  // namespace flashstar::cuda::fast

@@ -55,15 +55,19 @@ static_assert(Fmt<GgmlType::IQ2_XXS>::groups_cover() && Fmt<GgmlType::Q2_K>::gro
 static_assert(Fmt<GgmlType::IQ2_XXS>::kChunk % 2 == 0, "blocks are consumed in pairs (the sign words' parity)");
 
 // Block shape and dynamic shared memory: [IQ2_XXS sign table 16 KB][grid table 32 KB][digits][sx: per-block
-// scales][sum: Q2_K per-16-column sums of x][part: column-part results][ring: the warps' weight buffers].
+// scales][sum: Q2_K per-16-column sums of x][part: column-part results][res: fused mode 1's row sums of both
+// matrices][ring: the warps' weight buffers].
 struct Split {
-  int G = 0, T = 0, KS = 0;  // items, 16-row tiles per item, column parts: warp = (item, tile, part)
+  int G = 0, T = 0, KS = 0;  // items, 16-row tiles per item, column parts: warp = (matrix, item, tile, part)
   int cpg = 0;               // item chunks per group of src_div items
   int CB = 0, nchunk = 0, cpp = 0, NS = 0, CS = 0;  // blocks per chunk, chunks per row and per part, buffers per
                                                     // warp, chunk row bytes
   int off_grid = 0, off_terms = 0, off_sx = 0, off_sum = 0, off_part = 0, off_ring = 0;  // sign table at 0
   size_t smem = 0;
-  EPLAN_HD int warps() const { return G * T * KS; }
+  int M = 1;        // matrices a block computes (2 in fused mode 1: gate and up)
+  int pair = 0;     // fused gate + up mode (0: a plain product)
+  int off_res = 0;  // fused mode 1: the row sums of both matrices
+  EPLAN_HD int warps() const { return M * G * T * KS; }
 };
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -76,7 +80,8 @@ inline size_t layout(Split& s, bool iq2, int nb) {
   s.off_sx = s.off_terms + nb * 1024;
   s.off_sum = (s.off_sx + 4 * nb + 15) / 16 * 16;
   s.off_part = s.off_sum + (iq2 ? 0 : 64 * nb);
-  s.off_ring = s.off_part + s.warps() * kRows * 4;
+  s.off_res = s.off_part + s.warps() * kRows * 4;
+  s.off_ring = s.off_res + (s.pair == 1 ? s.M * s.G * s.T * kRows * 4 : 0);
   s.smem = static_cast<size_t>(s.off_ring) + static_cast<size_t>(s.warps()) * s.NS * kRows * s.CS;
   return s.smem;
 }
@@ -87,6 +92,7 @@ template <GgmlType T>
 bool plan(int64_t rpm, int64_t n_items, int64_t src_div, int nb, int64_t n_groups, int sms, size_t smem, Split& s) {
   using F = Fmt<T>;
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
+  s.M = 1, s.pair = 0;
   s.CB = F::kChunk;
   s.nchunk = static_cast<int>(cdiv(nb, s.CB));
   s.CS = (std::min(s.CB, nb) * F::kBytes + F::kSlack + 15) / 16 * 16;
@@ -108,6 +114,37 @@ bool plan(int64_t rpm, int64_t n_items, int64_t src_div, int nb, int64_t n_group
     else if (s.T > 1) --s.T;
     else if (s.G > 1) s.G = (s.G + 1) / 2, s.cpg = static_cast<int>(cdiv(std::min<int64_t>(src_div, n_items), s.G));
     else return false;
+  }
+  return true;
+}
+
+// Fused gate + up (fast_expert_mma.cu: expert_gate_up_fused). A row's sum depends on the column parts alone
+// (parts added in part order), so the fused split keeps the KS of the plain product's plan (same arguments,
+// smem_plain its budget) and the results are bitwise those of two plain launches; only the block shape
+// changes. Mode 1: a block holds both matrices' warps for G items, so T, then G, shrink until 2 G T KS fits the
+// launch bounds (decode: 3 items x 2 matrices x 4 parts = 24 warps, 256 blocks). Mode 2: a block per matrix
+// of at most kPairWarps warps, several blocks an SM (decode: 2 items x 4 parts, 2 x 128 x 3 blocks). Then
+// buffers, tiles and items shrink until smem (the fused kernel's own budget) holds the block.
+constexpr int kPairWarps = 8;
+template <GgmlType T>
+bool plan_pair(int pair, int64_t rpm, int64_t n_items, int64_t src_div, int nb, int64_t n_groups, int sms,
+               size_t smem_plain, size_t smem, Split& s) {
+  if ((pair != 1 && pair != 2) || !plan<T>(rpm, n_items, src_div, nb, n_groups, sms, smem_plain, s)) return false;
+  const int64_t per_group = std::min<int64_t>(src_div, n_items);
+  s.pair = pair, s.M = pair == 1 ? 2 : 1;
+  const int cap = pair == 1 ? kMaxWarps<T> : std::min(kPairWarps, kMaxWarps<T>);
+  auto shrink_rows = [&] {  // false when a block is down to one tile of one item
+    if (s.T > 1) --s.T;
+    else if (s.G > 1) s.G = (s.G + 1) / 2, s.cpg = static_cast<int>(cdiv(per_group, s.G));
+    else return false;
+    return true;
+  };
+  while (s.warps() > cap)
+    if (!shrink_rows()) return false;
+  s.NS = 2;
+  while (layout(s, T == GgmlType::IQ2_XXS, nb) > smem) {
+    if (s.NS > 1) --s.NS;
+    else if (!shrink_rows()) return false;
   }
   return true;
 }

@@ -38,6 +38,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/swiglu_el.cuh"
 
 namespace flashstar::cuda::fast {
 namespace q8m {
@@ -221,20 +222,6 @@ __device__ void norm_scales(const Args& a, int dim, double* red, float (&sc)[NT]
     sc[t] = static_cast<float>(
         __ddiv_rn(1.0, __dsqrt_rn(__dadd_rn(__ddiv_rn(ss, static_cast<double>(dim)), static_cast<double>(a.eps)))));
   }
-}
-
-// The reference swiglu_kernel's element (ref_ops.cu, compiled without contraction): every rounding
-// spelled out, so that this file's contraction cannot fuse expf's last product into the 1 + e.
-__device__ __forceinline__ float swiglu_el(float g, float u, float lim) {
-  const float gg = fminf(g, lim), uu = fminf(fmaxf(u, -lim), lim);
-  float sg;
-  if (gg >= 0) {
-    sg = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-gg)));
-  } else {
-    const float e = expf(gg);
-    sg = __fdiv_rn(e, __fadd_rn(1.0f, e));
-  }
-  return __fmul_rn(__fmul_rn(gg, sg), uu);
 }
 
 template <int NT>

@@ -119,3 +119,73 @@ TEST(ExpertPlan, RandomShapesFitAndCoverEveryChunk) {
     ASSERT_GE(static_cast<int64_t>(s.cpg) * s.G, std::min<int64_t>(div, items));
   }
 }
+
+// The fused gate + up splits (plan_pair): decode shapes of both modes, and on random shapes the plain
+// plan's column parts (so each row sums in the same order, the bitwise equality the fused launch claims),
+// warps within the launch bounds (mode 2: kPairWarps), shared memory within the budget, every item
+// of a group in one item chunk.
+TEST(ExpertPlan, PairDecodeShapes) {
+  eplan::Split s;
+  // Mode 1: 3 items x 2 matrices x 4 parts (24 warps, the plain block's), 128 x 2 blocks.
+  ASSERT_TRUE(eplan::plan_pair<GgmlType::IQ2_XXS>(1, 2048, 6, 6, 16, 1, kSms, kSmem, kSmem, s));
+  EXPECT_EQ(s.M, 2);
+  EXPECT_EQ(s.G, 3);
+  EXPECT_EQ(s.T, 1);
+  EXPECT_EQ(s.KS, 4);
+  EXPECT_EQ(s.cpg, 2);
+  EXPECT_EQ(s.NS, 1);
+  EXPECT_EQ(s.warps(), 24);
+  EXPECT_EQ(s.smem, 171584u + 384u);  // the plain block + both matrices' 3 x 16 row sums
+  // Mode 2: a block per matrix, 2 items x 4 parts (8 warps), two blocks an SM; 2 x 128 x 3 blocks.
+  ASSERT_TRUE(eplan::plan_pair<GgmlType::IQ2_XXS>(2, 2048, 6, 6, 16, 1, kSms, kSmem, kSmem - 16, s));
+  EXPECT_EQ(s.M, 1);
+  EXPECT_EQ(s.G, 2);
+  EXPECT_EQ(s.KS, 4);
+  EXPECT_EQ(s.cpg, 3);
+  EXPECT_EQ(s.warps(), 8);
+  EXPECT_EQ(s.smem, 100928u);
+  EXPECT_LE(2 * (s.smem + 1024), kSmem + 1024) << "two blocks an SM";
+  // Q2_K gate / up (2 parts in the plain plan): mode 1 3 items x 2 x 2, mode 2 3 items x 2.
+  ASSERT_TRUE(eplan::plan_pair<GgmlType::Q2_K>(1, 2048, 6, 6, 16, 1, kSms, kSmem, kSmem, s));
+  EXPECT_EQ(s.KS, 2);
+  EXPECT_EQ(s.warps(), 12);
+  ASSERT_TRUE(eplan::plan_pair<GgmlType::Q2_K>(2, 2048, 6, 6, 16, 1, kSms, kSmem, kSmem, s));
+  EXPECT_EQ(s.KS, 2);
+  EXPECT_EQ(s.warps(), 6);
+  EXPECT_FALSE(eplan::plan_pair<GgmlType::IQ2_XXS>(0, 2048, 6, 6, 16, 1, kSms, kSmem, kSmem, s));
+}
+
+TEST(ExpertPlan, PairKeepsThePlainColumnParts) {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> nbd(1, 80), rowsd(1, 5000), itemsd(1, 100), divd(1, 12);
+  int fused = 0;
+  for (int trial = 0; trial < 4000; ++trial) {
+    const bool iq2 = trial & 1;
+    const int pair = 1 + (trial >> 1 & 1);
+    const int nb = nbd(rng), rows = rowsd(rng), items = itemsd(rng), div = divd(rng);
+    const size_t smem = trial % 3 == 0 ? 101376 : kSmem, budget = smem - 16 * (pair == 2);
+    const int64_t groups = eplan::cdiv(items, div);
+    eplan::Split plain, s;
+    const bool ok = iq2 ? eplan::plan_pair<GgmlType::IQ2_XXS>(pair, rows, items, div, nb, groups, kSms, smem, budget, s)
+                        : eplan::plan_pair<GgmlType::Q2_K>(pair, rows, items, div, nb, groups, kSms, smem, budget, s);
+    const bool plain_ok = iq2 ? eplan::plan<GgmlType::IQ2_XXS>(rows, items, div, nb, groups, kSms, smem, plain)
+                              : eplan::plan<GgmlType::Q2_K>(rows, items, div, nb, groups, kSms, smem, plain);
+    if (!plain_ok) {
+      ASSERT_FALSE(ok);
+    }
+    if (!ok) continue;
+    ++fused;
+    ASSERT_EQ(s.KS, plain.KS);
+    ASSERT_EQ(s.cpp, plain.cpp);
+    ASSERT_EQ(s.nchunk, plain.nchunk);
+    ASSERT_EQ(s.M, pair == 1 ? 2 : 1);
+    ASSERT_LE(s.smem, budget);
+    ASSERT_LE(s.warps(), pair == 2 ? eplan::kPairWarps
+                                   : iq2 ? eplan::kMaxWarps<GgmlType::IQ2_XXS> : eplan::kMaxWarps<GgmlType::Q2_K>);
+    ASSERT_GE(s.NS, 1);
+    ASSERT_LE(s.NS, s.cpp);
+    ASSERT_GE(static_cast<int64_t>(s.cpg) * s.G, std::min<int64_t>(div, items));
+    ASSERT_GE(s.off_ring - s.off_res, pair == 1 ? 2 * s.G * s.T * 16 * 4 : 0);
+  }
+  EXPECT_GT(fused, 3000);
+}
