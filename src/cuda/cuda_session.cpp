@@ -17,7 +17,6 @@
 #include "cuda/fast_hc_pre.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_matvec_float.h"
-#include "cuda/fast_matvec_q8.h"
 #include "cuda/gemm_cublas.h"
 #include "cuda/pdl_graph.h"
 #include "cuda/ref_kernels.h"
@@ -549,14 +548,11 @@ class CudaSession final : public Session {
     prof_.stage("attn.out", s_);
     const int64_t GD = c_.group_dim();
     // At decode all groups in one launch: item t * groups + g is token t's group g (rows of heads_ and
-    // low_ are contiguous by group). The Q8_0 kernel takes the group from the item itself (no table), so
-    // it starts on its weights before the attention has finished.
-    const bool one_launch =
-        routes_[Route::OutA] && n <= kSmallN && d_.QD == GD * c_.n_out_group &&
-        d_.OL == int64_t(c_.o_lora) * c_.n_out_group &&
-        (fast::q8_decode_groups(L.out_a, c_.o_lora, int32_t(c_.n_out_group), heads_, GD, n * c_.n_out_group, low_,
-                                c_.o_lora, s_) ||
-         fast::matvec_items(L.out_a, c_.o_lora, group_ids_, 1, heads_, GD, n * c_.n_out_group, low_, c_.o_lora, s_));
+    // low_ are contiguous by group).
+    const bool one_launch = routes_[Route::OutA] && n <= kSmallN && d_.QD == GD * c_.n_out_group &&
+                            d_.OL == int64_t(c_.o_lora) * c_.n_out_group &&
+                            fast::matvec_items(L.out_a, c_.o_lora, group_ids_, 1, heads_, GD, n * c_.n_out_group, low_,
+                                               c_.o_lora, s_);
     for (uint32_t g = 0; !one_launch && g < c_.n_out_group; ++g)
       mm(Route::OutA, L.out_a, int64_t(g) * c_.o_lora, c_.o_lora, heads_ + g * GD, n, d_.QD, low_ + g * c_.o_lora, d_.OL);
     mm(Route::DenseQ8, L.out_b, 0, d_.D, low_, n, d_.OL, out_, d_.D);

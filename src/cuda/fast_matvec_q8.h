@@ -24,24 +24,4 @@ bool q8_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int6
 bool q8_matvec_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
                      int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s);
 
-// Items whose matrix follows from the item alone: Y[i] = W.rows((i % n_groups) * rows_per_mat, +rows_per_mat)
-// . X[i] (the grouped attention output at decode, one activation row per item), on the INT8 kernel only
-// (false, launching nothing, where it does not take the call), bitwise equal to q8_matvec_items with that
-// table. With no table to read, the kernel fetches its first weights before it waits for the previous
-// kernel (pdl.cuh).
-bool q8_decode_groups(const DMat& W, int64_t rows_per_mat, int32_t n_groups, const float* X, int64_t xs,
-                      int64_t n_items, float* Y, int64_t ys, cudaStream_t s);
-
-// The INT8 kernel's geometry, for A/B comparisons on the device (every setting computes the same bits):
-// warps a block (8: two blocks an SM in clusters of two where the call's shared memory lets two fit, else
-// 16; 16: one block an SM), the same for products of more than 128 MiB of weights (the output head), and
-// the stages each warp asks L2 for ahead of its copies (0-8). From FLASHSTAR_Q8_STREAM_WARPS (8),
-// FLASHSTAR_Q8_STREAM_HEAD_WARPS (16) and FLASHSTAR_Q8_STREAM_L2AHEAD (2), read once; q8_stream_set
-// replaces them (tests) for the launches made after it.
-struct Q8StreamSettings {
-  int warps = 8, head_warps = 16, l2_ahead = 2;
-};
-void q8_stream_set(const Q8StreamSettings& st);
-Q8StreamSettings q8_stream_settings();
-
 }  // namespace flashstar::cuda::fast

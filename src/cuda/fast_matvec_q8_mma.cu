@@ -12,20 +12,13 @@
 // weight (the fp32 kernel: ~4.1).
 //
 // Geometry: a stage is one 256-column piece of a 16-row tile (4352 bytes, 272 16-byte cp.async copies,
-// 8.5 per lane); a unit is a tile x all columns. The grid has min(units, SMs) partitions, each a contiguous
-// unit range whose (unit, piece) sequence is cut into kSplit = 16 contiguous k-ranges; a unit cut between
-// ranges leaves per-row partial sums in shared memory, added in range order (as fast_matvec_q8.cu). A
-// partition is one block of 16 warps, a range each (FLASHSTAR_Q8_STREAM_WARPS=16), or by default a cluster
-// of two 8-warp blocks (ranges 0-7 and 8-15; a unit cut between the two is added through distributed
-// shared memory): the same ranges, so the same sums bit for bit, whatever the warps. Two blocks an SM
-// (72 KB + digits each, within 113 KB) can start and finish apart, the ramp of one overlapping the
-// stream of the other. Each warp is a ring of 2 stages (139 KB an SM in flight) and asks L2 for the
-// stage FLASHSTAR_Q8_STREAM_L2AHEAD (default 2) stages past each one it copies (a bulk prefetch: no
-// shared memory or registers held), so more weight bytes are on their way than the rings hold. Before
-// streaming, each block converts the activation rows and pieces its ranges read into digits in shared
-// memory (the weight copies of the first stages are already in flight): plain products one row per
-// token, items the rows of their first to last item (q8_mma_items refuses shapes where a partition would
-// need more than fit).
+// 8.5 per lane); a unit is a tile x all columns. One block of 16 warps per SM, each warp a ring of 2
+// stages (139 KB per SM in flight at most). Blocks take contiguous unit ranges, each block's (unit, piece)
+// sequence is cut into 16 contiguous warp ranges; a unit cut between warps leaves per-row partial sums in
+// shared memory, added in warp order (as fast_matvec_q8.cu). Before streaming, the block converts the
+// activation rows its units read into digits in shared memory (the weight copies of the first stages are
+// already in flight): plain products one row per token, items the rows of their first to last item
+// (q8_mma_items refuses shapes where a block would need more than fit).
 //
 // Pairs (q8_decode_pair): two matrices over the same X in one launch. Each keeps the partition a launch
 // of its own would have (grid min(units, SMs), the same block and warp cuts), so its sums are bitwise
@@ -34,20 +27,16 @@
 // gate + up: 128 blocks of two units), the copies of the second already in flight during the first: one
 // launch ramp instead of two. Activation transforms (q8_decode_act) act on X while its digits are made:
 // RMS norm (every block forms the per-token scale as rms_norm_vec does, in its order and roundings) and
-// swiglu (the reference element's roundings); partition 0 may write the transformed rows out.
+// swiglu (the reference element's roundings); block 0 may write the transformed rows out.
 //
 // Deterministic: integer sums are exact, float sums in a fixed order, no atomics, no workspace.
 #include "cuda/device_info.h"
 #include "cuda/fast_matvec_q8_mma.h"
 
-#include <cooperative_groups.h>
-
 #include <algorithm>
-#include <cstdlib>
 
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
-#include "cuda/fast_matvec_q8.h"
 #include "cuda/pdl.cuh"
 #include "cuda/swiglu_el.cuh"
 
@@ -55,19 +44,15 @@ namespace flashstar::cuda::fast {
 namespace q8m {
 namespace {
 
-constexpr int kSplit = 16;  // k-ranges of a partition, whatever the warps of a block: the order of the sums
-constexpr int kStages = 2;
+constexpr int kWarps = 16, kThreads = 32 * kWarps, kStages = 2;
 constexpr int kCopiesFull = kStageBytes / 16 / 32;  // 8 copies every lane makes per stage ...
 constexpr int kCopies = kCopiesFull + 1;            // ... and a ninth for lanes 0-15 (272 in all)
 static_assert(kCopiesFull * 32 + 16 == kStageBytes / 16);
-template <int W>
-constexpr int kRingBytes = W * kStages * kStageBytes;
-template <int W>
-constexpr int kPartBytes = 2 * W * 2 * 2 * kRows * 4;  // [job][warp][first / last unit][token][row]
+constexpr int kRingBytes = kWarps * kStages * kStageBytes;
+constexpr int kPartBytes = 2 * kWarps * 2 * 2 * kRows * 4;  // [job][warp][first / last unit][token][row]
 constexpr int kMaxTok = 2;
 constexpr int kNormThreads = 512;  // rms_norm_vec's block size limit (fast_ops.cu)
-constexpr int kMaxAhead = 8;       // L2 look-ahead limit, in stages
-static_assert(kNormThreads <= 32 * kSplit && 2 * kMaxTok * kSplit * 8 <= kPartBytes<8>);
+static_assert(kThreads >= kNormThreads && 2 * kMaxTok * kWarps * 8 <= kPartBytes);
 enum : int { kActPlain = 0, kActNorm = 1, kActSwiglu = 2 };
 
 // One weight matrix of a launch (a pair has two): its rows, output, and its own partition (grid blocks
@@ -80,17 +65,15 @@ struct Mat {
   int64_t ys;
   int upg;    // units per group
   int units;  // all units
-  int grid;   // partitions
+  int grid;   // blocks of its partition
 };
 
 struct Args {
   Mat m[2];
   int nm;        // matrices: 1, or 2 (a pair, same X)
-  bool overlay;  // pair: partition b runs share b of both (else partitions [0, grid0) matrix 0, then matrix 1)
-  bool items;    // one group per item (matrix mat[i], or i % ngrp), activation row i / src_div
+  bool overlay;  // pair: block b runs share b of both (else blocks [0, grid0) matrix 0, then matrix 1)
   int64_t rb;    // row stride in bytes (the same for both)
-  const int32_t* mat;  // matrix of each item; null for plain products (one group of nt tokens) and ngrp
-  int ngrp;            // items: matrix i % ngrp (no table: known before the previous kernel ends)
+  const int32_t* mat;  // matrix of each item; null for plain products (one group of nt tokens)
   int32_t src_div;
   const float* X;
   int64_t xs;
@@ -98,14 +81,13 @@ struct Args {
   int k;           // pieces per row: stages per unit
   int slot_bytes;  // digits of one activation row: k * kDigitBytes
   int off_sc;      // shared-memory offset of the scales [slot][piece][half]
-  int ahead;       // L2 look-ahead in stages (0: none)
   // Activation transform (plain products only), applied to X before the digits.
   int act;
   const float* aw;  // norm: weight per column (may be null); swiglu: weight per token (may be null)
   float eps, lim;
   const float* up;  // swiglu: the up rows (X holds the gate rows)
   int64_t ups;
-  float* aout;  // where partition 0 writes the transformed rows (may be null)
+  float* aout;  // where block 0 writes the transformed rows (may be null)
   int64_t aos;
 };
 
@@ -118,12 +100,6 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// Into L2 only: nothing waits for it, so it adds bytes in flight without holding shared memory.
-__device__ __forceinline__ void l2_prefetch(const void* gmem, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(gmem), "r"(bytes));
-#endif
-}
 
 // c = A B with a zero accumulator (A rows g / g + 8 in a0 / a1 at k-slots 4t.., a2 / a3 at 16+4t..).
 __device__ __forceinline__ void mma0(uint32_t (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -133,17 +109,17 @@ __device__ __forceinline__ void mma0(uint32_t (&c)[4], uint32_t a0, uint32_t a1,
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0u));
 }
 
-// A partition's share of one matrix: matrix m's units [u0, u1), of which k-range `split` streams stages
-// [pa, pb) of the (unit, piece) sequence.
+// A block's share of one matrix: matrix m's units [u0, u1), of which this warp streams stages [pa, pb)
+// of the (unit, piece) sequence.
 struct Job {
   int m, u0, u1, pa, pb;
 };
-__device__ __forceinline__ int job_count(const Args& a, int b) {
+__device__ __forceinline__ int job_count(const Args& a) {
   if (a.nm == 1 || !a.overlay) return 1;
-  return (b < a.m[0].grid) + (b < a.m[1].grid);
+  return (static_cast<int>(blockIdx.x) < a.m[0].grid) + (static_cast<int>(blockIdx.x) < a.m[1].grid);
 }
-__device__ __forceinline__ Job job_at(const Args& a, int j, int split, int b) {
-  int m = 0;
+__device__ __forceinline__ Job job_at(const Args& a, int j, int warp) {
+  int b = static_cast<int>(blockIdx.x), m = 0;
   if (a.nm == 2) {
     if (a.overlay) m = (j == 0 && b < a.m[0].grid) ? 0 : 1;
     else if (b >= a.m[0].grid) m = 1, b -= a.m[0].grid;
@@ -154,8 +130,8 @@ __device__ __forceinline__ Job job_at(const Args& a, int j, int split, int b) {
   r.u0 = static_cast<int>(static_cast<int64_t>(mt.units) * b / mt.grid);
   r.u1 = static_cast<int>(static_cast<int64_t>(mt.units) * (b + 1) / mt.grid);
   const int L = (r.u1 - r.u0) * a.k;
-  r.pa = static_cast<int>(static_cast<int64_t>(L) * split / kSplit);
-  r.pb = static_cast<int>(static_cast<int64_t>(L) * (split + 1) / kSplit);
+  r.pa = static_cast<int>(static_cast<int64_t>(L) * warp / kWarps);
+  r.pb = static_cast<int>(static_cast<int64_t>(L) * (warp + 1) / kWarps);
   return r;
 }
 
@@ -175,55 +151,44 @@ __device__ __forceinline__ Unit unit_at(const Args& a, int m, int u) {
   r.base = min(r.first, max(n - kRows, int64_t{0}));
   return r;
 }
-// The first byte of unit u's window in W.
-__device__ __forceinline__ const uint8_t* unit_rows(const Args& a, int m, int u) {
-  const Unit un = unit_at(a, m, u);
-  const int64_t w0 = !a.items ? a.m[m].row0 : static_cast<int64_t>(a.ngrp ? un.g % a.ngrp : a.mat[un.g]) * a.m[0].n;
-  return a.m[m].W + (w0 + un.base) * a.rb;
-}
 
-// The copy side of a warp's pipeline: the next stage to fetch, across the partition's jobs.
+// The copy side of a warp's pipeline: the next stage to fetch, across the block's jobs.
 struct Fetch {
   int j, m, u, k, left;  // job, its matrix, unit, piece; stages left in the job
   const uint8_t* rows;   // the unit's window in W; null until looked up
 };
-// Moves f to the next job with stages for this k-range, once its current one is done.
-__device__ __forceinline__ void next_job(const Args& a, Fetch& f, int nj, int split, int b) {
+// Moves f to the next job with stages for this warp, once its current one is done.
+__device__ __forceinline__ void next_job(const Args& a, Fetch& f, int nj, int warp) {
   while (f.left == 0 && ++f.j < nj) {
-    const Job jb = job_at(a, f.j, split, b);
+    const Job jb = job_at(a, f.j, warp);
     f.m = jb.m, f.u = jb.u0 + jb.pa / a.k, f.k = jb.pa % a.k, f.left = jb.pb - jb.pa, f.rows = nullptr;
   }
 }
-// L2 prefetch of the stage d after f's (d < f.left: within the job). Lanes 0-15 a row each; poff: the
-// lane's row offset (the copies' clamp for short groups).
-__device__ __forceinline__ void prefetch_ahead(const Args& a, const Fetch& f, int d, uint32_t poff, int lane) {
-  int k = f.k + d, u = f.u;
-  while (k >= a.k) k -= a.k, ++u;
-  const uint8_t* rows = (u == f.u && f.rows) ? f.rows : unit_rows(a, f.m, u);
-  if (lane < kRows) l2_prefetch(rows + poff + static_cast<int64_t>(k) * kPieceBytes, kPieceBytes);
-}
-__device__ __forceinline__ void fetch(const Args& a, Fetch& f, const uint32_t (&goff)[kCopies], uint32_t poff,
-                                      uint8_t* dst, int lane, int nj, int split, int b) {
-  if (!f.rows) f.rows = unit_rows(a, f.m, f.u);
+__device__ __forceinline__ void fetch(const Args& a, Fetch& f, const uint32_t (&goff)[kCopies], uint8_t* dst,
+                                      int lane, int nj, int warp) {
+  if (!f.rows) {
+    const Unit un = unit_at(a, f.m, f.u);
+    const int64_t w0 = a.mat ? static_cast<int64_t>(a.mat[un.g]) * a.m[0].n : a.m[f.m].row0;
+    f.rows = a.m[f.m].W + (w0 + un.base) * a.rb;
+  }
   const uint8_t* src = f.rows + static_cast<int64_t>(f.k) * kPieceBytes;
   asm("" : "+l"(src));  // one 64-bit add per copy, not the stage offset folded into each
 #pragma unroll
   for (int i = 0; i < kCopiesFull; ++i) cp_async16(dst + i * 512, src + goff[i]);
   if (lane < 16) cp_async16(dst + kCopiesFull * 512, src + goff[kCopiesFull]);
-  if (a.ahead > 0 && a.ahead < f.left) prefetch_ahead(a, f, a.ahead, poff, lane);
   if (++f.k == a.k) f.k = 0, ++f.u, f.rows = nullptr;
   --f.left;
-  next_job(a, f, nj, split, b);
+  next_job(a, f, nj, warp);
 }
 
 // The per-token 1 / rms exactly as rms_norm_vec (fast_ops.cu) forms it for a row of dim values: nth =
 // norm_threads(dim) threads, each with four double partial sums of float squares (x^2 by DFMA onto y^2,
 // then z, w: the contraction fast_ops.cu compiles to, written out so that it cannot differ), a shuffle
-// tree per warp, the warps' sums in warp order. A block of fewer threads plays several of those threads
-// in turn (same lanes, so the same shuffles); threads past nth only take part in the barrier.
-template <int NT, int W>
+// tree per warp, the warps' sums in warp order. Threads past nth only take part in the barrier.
+template <int NT>
 __device__ void norm_scales(const Args& a, int dim, double* red, float (&sc)[NT]) {
   const int n4 = dim / 4, nth = min(kNormThreads, max(32, (n4 + 31) / 32 * 32));
+  const int tid = static_cast<int>(threadIdx.x);
   auto sq4 = [](float4 v) {
     double d = __dmul_rn(static_cast<double>(v.y), static_cast<double>(v.y));
     d = __fma_rn(static_cast<double>(v.x), static_cast<double>(v.x), d);
@@ -232,74 +197,45 @@ __device__ void norm_scales(const Args& a, int dim, double* red, float (&sc)[NT]
   };
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
-    for (int tid = static_cast<int>(threadIdx.x); tid < nth; tid += 32 * W) {
-      const float4* xr = reinterpret_cast<const float4*>(a.X + t * a.xs);
-      double acc[4] = {0, 0, 0, 0};
-      int i = tid;
-      for (; i + 3 * nth < n4; i += 4 * nth) {
-        float4 v[4];
+    if (tid >= nth) continue;
+    const float4* xr = reinterpret_cast<const float4*>(a.X + t * a.xs);
+    double acc[4] = {0, 0, 0, 0};
+    int i = tid;
+    for (; i + 3 * nth < n4; i += 4 * nth) {
+      float4 v[4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) v[u] = xr[i + u * nth];
+      for (int u = 0; u < 4; ++u) v[u] = xr[i + u * nth];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) acc[u] = __dadd_rn(acc[u], sq4(v[u]));
-      }
-      for (; i < n4; i += nth) acc[0] = __dadd_rn(acc[0], sq4(xr[i]));
-      double s = __dadd_rn(__dadd_rn(acc[0], acc[1]), __dadd_rn(acc[2], acc[3]));
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) s = __dadd_rn(s, __shfl_xor_sync(0xffffffffu, s, o));
-      if ((tid & 31) == 0) red[t * kSplit + (tid >> 5)] = s;
+      for (int u = 0; u < 4; ++u) acc[u] = __dadd_rn(acc[u], sq4(v[u]));
     }
+    for (; i < n4; i += nth) acc[0] = __dadd_rn(acc[0], sq4(xr[i]));
+    double s = __dadd_rn(__dadd_rn(acc[0], acc[1]), __dadd_rn(acc[2], acc[3]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s = __dadd_rn(s, __shfl_xor_sync(0xffffffffu, s, o));
+    if ((tid & 31) == 0) red[t * kWarps + (tid >> 5)] = s;
   }
   __syncthreads();
 #pragma unroll
   for (int t = 0; t < NT; ++t) {
     double ss = 0;
-    for (int w = 0; w < nth / 32; ++w) ss = __dadd_rn(ss, red[t * kSplit + w]);
+    for (int w = 0; w < nth / 32; ++w) ss = __dadd_rn(ss, red[t * kWarps + w]);
     sc[t] = static_cast<float>(
         __ddiv_rn(1.0, __dsqrt_rn(__dadd_rn(__ddiv_rn(ss, static_cast<double>(dim)), static_cast<double>(a.eps)))));
   }
 }
 
-// All blocks of a partition (one, or the cluster of two) at one point; release / acquire of their shared
-// memory writes.
-template <int R>
-__device__ __forceinline__ void partition_sync() {
-  if constexpr (R == 1) {
-    __syncthreads();
-  } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cooperative_groups::this_cluster().sync();
-#else
-    __trap();  // never launched: the host asks for cluster support
-#endif
-  }
-}
-// Block rank r's copy of this block's shared array p (r == own rank: p itself).
-template <int R>
-__device__ __forceinline__ const float* rank_ptr(const float* p, int r, int own) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (R > 1)
-    if (r != own) return cooperative_groups::this_cluster().map_shared_rank(const_cast<float*>(p), r);
-#endif
-  return p;
-}
-
-// W warps a block; a partition is R = 16 / W blocks (a cluster when 2) of consecutive blockIdx.x.
-template <int NT, int W>
-__global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) q8_mma_stream(const Args a) {
-  // PDL-PROLOGUE: weights are constants (the matrix of a group is i % ngrp), so the first stages are
-  // fetched before pdl_wait() and stream in while the previous kernel finishes; rows picked by a table
-  // (the experts', by the routing) wait first.
+template <int NT>
+__global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
+  // PDL-PROLOGUE: dense weights are constants, so their first stages are fetched before pdl_wait() and
+  // stream in while the previous kernel finishes; the experts' rows depend on the routing: wait first.
   if (a.mat) pdl_wait();
-  constexpr int R = kSplit / W;
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int pb = static_cast<int>(blockIdx.x) / R, rk = static_cast<int>(blockIdx.x) % R, split = rk * W + warp;
-  const int K = a.k, nj = job_count(a, pb);
+  const int K = a.k, nj = job_count(a);
   const uint8_t* ring = smem + warp * (kStages * kStageBytes);
   uint8_t* ring_dst = smem + warp * (kStages * kStageBytes) + lane * 16;
-  float* part = reinterpret_cast<float*>(smem + kRingBytes<W>);
-  uint8_t* dig = smem + kRingBytes<W> + kPartBytes<W>;
+  float* part = reinterpret_cast<float*>(smem + kRingBytes);
+  uint8_t* dig = smem + kRingBytes + kPartBytes;
   float* scl = reinterpret_cast<float*>(smem + a.off_sc);
 
   // Copy i of this lane moves stage bytes 16 (32 i + lane): row r, 16-byte word w of its piece. Rows past
@@ -311,52 +247,38 @@ __global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) q8_mma_stream(const Ar
     const int idx = min(32 * i + lane, kStageBytes / 16 - 1), r = idx / 17, w = idx - 17 * r;
     goff[i] = static_cast<uint32_t>(min(static_cast<int64_t>(r), a.m[0].n - 1) * a.rb + 16 * w);
   }
-  const uint32_t poff = static_cast<uint32_t>(min(static_cast<int64_t>(lane & 15), a.m[0].n - 1) * a.rb);
-  int total = 0;  // this k-range's stages over all jobs
+  int total = 0;  // this warp's stages over all jobs
   for (int j = 0; j < nj; ++j) {
-    const Job jb = job_at(a, j, split, pb);
+    const Job jb = job_at(a, j, warp);
     total += jb.pb - jb.pa;
   }
   Fetch f{-1, 0, 0, 0, 0, nullptr};
-  next_job(a, f, nj, split, pb);
-  for (int d = kStages; d < a.ahead && d < f.left; ++d) prefetch_ahead(a, f, d, poff, lane);
+  next_job(a, f, nj, warp);
 #pragma unroll
   for (int i = 0; i < kStages; ++i) {
-    if (i < total) fetch(a, f, goff, poff, ring_dst + i * kStageBytes, lane, nj, split, pb);
+    if (i < total) fetch(a, f, goff, ring_dst + i * kStageBytes, lane, nj, warp);
     cp_async_commit();
   }
   if (!a.mat) pdl_wait();
 
-  // While those are in flight: the digits the block's k-ranges read, one warp per (row, piece): activation
-  // rows [x0, x0 + nsl), pieces [pc0, pc0 + npc) mod K (all of them once a range spans a unit).
-  const Job j0 = job_at(a, 0, split, pb);
-  int x0 = 0, nsl = 0, pc0 = 0, npc = K;
-  for (int j = 0; j < nj; ++j) {
-    const Job jb = job_at(a, j, rk * W, pb);
-    const int L = (jb.u1 - jb.u0) * K;
-    const int sa = static_cast<int>(static_cast<int64_t>(L) * (rk * W) / kSplit);
-    const int sb = static_cast<int>(static_cast<int64_t>(L) * (rk * W + W) / kSplit);
-    if (sa >= sb) continue;
-    const int c0 = sb - sa < K ? sa % K : 0, cn = sb - sa < K ? sb - sa : K;
-    if (nsl == 0) pc0 = c0, npc = cn;
-    else if (c0 != pc0 || cn != npc) pc0 = 0, npc = K;
-    nsl = NT;
-    if (a.items) {  // one matrix, one job
-      const int upg = a.m[0].upg;
-      x0 = ((jb.u0 + sa / K) / upg) / a.src_div;
-      nsl = ((jb.u0 + (sb - 1) / K) / upg) / a.src_div - x0 + 1;
-    }
+  // While those are in flight: the activation rows [x0, x0 + nsl) as digits, one warp per (row, piece).
+  const Job j0 = job_at(a, 0, warp);
+  int x0 = 0, nsl = NT;
+  if (a.mat) {
+    const int upg = a.m[0].upg;
+    x0 = (j0.u0 / upg) / a.src_div;
+    nsl = ((j0.u1 - 1) / upg) / a.src_div - x0 + 1;
   }
   float nsc[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) nsc[t] = 1.0f;
-  if (a.act == kActNorm) norm_scales<NT, W>(a, K * kPieceCols, reinterpret_cast<double*>(part), nsc);
+  if (a.act == kActNorm) norm_scales<NT>(a, K * kPieceCols, reinterpret_cast<double*>(part), nsc);
   {
     const int j = lane >> 2, t = lane & 3;
     const XCols xc = x_cols(j, t);
-    const bool write_out = a.aout && pb == 0;
-    for (int w = warp; w < nsl * npc; w += W) {
-      const int sl = w / npc, pc = (pc0 + w - sl * npc) % K, row = x0 + sl, col = pc * kPieceCols + 32 * j;
+    const bool write_out = a.aout && blockIdx.x == 0;
+    for (int w = warp; w < nsl * K; w += kWarps) {
+      const int sl = w / K, pc = w - sl * K, row = x0 + sl, col = pc * kPieceCols + 32 * j;
       auto ld8 = [&](const float* b, float (&v)[8]) {
         const float2 p = __ldg(reinterpret_cast<const float2*>(b + xc.lo));
         const float2 q = __ldg(reinterpret_cast<const float2*>(b + xc.lo + 2));
@@ -412,10 +334,10 @@ __global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) q8_mma_stream(const Ar
   const uint32_t sel = even_hi_sel(t);
   // Token slot of this lane's B columns (g / 4) and C columns (t / 2): with one token, all read slot 0.
   const int bslot = NT == 2 ? g >> 2 : 0, cslot = NT == 2 ? tok : 0;
-  auto unit_slot = [&](const Unit& v) { return a.items ? v.g / a.src_div - x0 : 0; };
+  auto unit_slot = [&](const Unit& v) { return a.mat ? v.g / a.src_div - x0 : 0; };
   int it = 0;  // stages computed so far (all jobs): the ring slot
   for (int jj = 0; jj < nj; ++jj) {
-    const Job jb = jj == 0 ? j0 : job_at(a, jj, split, pb);
+    const Job jb = jj == 0 ? j0 : job_at(a, jj, warp);
     if (jb.pa >= jb.pb) continue;
     const int64_t n = a.m[jb.m].n, ys = a.m[jb.m].ys;
     float* const Ym = a.m[jb.m].Y;
@@ -427,7 +349,7 @@ __global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) q8_mma_stream(const Ar
     int us = unit_slot(un);
     const uint8_t* bl = dig + (us + bslot) * a.slot_bytes + b_offset(g, t);
     const float* sl = scl + (us + cslot) * K * 2 + h;
-    float* yu = Ym + (a.items ? un.g : 0) * ys;
+    float* yu = Ym + (a.mat ? un.g : 0) * ys;
     for (int p = jb.pa; p < jb.pb; ++p, ++it) {
       cp_async_wait<kStages - 1>();  // this lane's copies of stage it have landed ...
       __syncwarp();                  // ... and every other lane's
@@ -453,8 +375,7 @@ __global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) q8_mma_stream(const Ar
         acc0 = fmaf(s0, sc, acc0), acc1 = fmaf(s1, sc, acc1);
       }
       __syncwarp();  // every lane is done with this slot ...
-      if (it + kStages < total)  // ... refill it
-        fetch(a, f, goff, poff, ring_dst + (it % kStages) * kStageBytes, lane, nj, split, pb);
+      if (it + kStages < total) fetch(a, f, goff, ring_dst + (it % kStages) * kStageBytes, lane, nj, warp);  // ... refill it
       cp_async_commit();
       if (ck == K - 1 || p == jb.pb - 1) {  // this warp's part of unit cu is done
         // Digit halves h = 0, 1 are lanes t, t ^ 1: their sum is the row's value for token t / 2.
@@ -469,7 +390,7 @@ __global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) q8_mma_stream(const Ar
             if (r >= un.first && r < n) yu[tok * ys + r] = v0;
             if (r + 8 >= un.first && r + 8 < n) yu[tok * ys + r + 8] = v1;
           } else {
-            float* pp = part + (((jj * W + warp) * 2 + ps) * 2 + tok) * kRows;
+            float* pp = part + (((jj * kWarps + warp) * 2 + ps) * 2 + tok) * kRows;
             pp[g] = v0, pp[g + 8] = v1;
           }
         }
@@ -480,7 +401,7 @@ __global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) q8_mma_stream(const Ar
           us = unit_slot(un);
           bl = dig + (us + bslot) * a.slot_bytes + b_offset(g, t);
           sl = scl + (us + cslot) * K * 2 + h;
-          yu = Ym + (a.items ? un.g : 0) * ys;
+          yu = Ym + (a.mat ? un.g : 0) * ys;
         }
       } else {
         ++ck;
@@ -488,12 +409,11 @@ __global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) q8_mma_stream(const Ar
     }
   }
   cp_async_wait<0>();
-  partition_sync<R>();
-  // Per job, a unit that starts in this k-range and ends past it: add the parts of the following ranges
-  // (each holds it as its first unit, slot 0; ranges of the other block of a cluster in its shared
-  // memory) in range order, and write the rows.
+  __syncthreads();
+  // Per job, a unit that starts in this warp's range and ends past it: add the parts of the following
+  // warps (each holds it as its first unit, slot 0) in warp order, and write the rows.
   for (int jj = 0; jj < nj; ++jj) {
-    const Job jb = job_at(a, jj, split, pb);
+    const Job jb = job_at(a, jj, warp);
     if (jb.pa >= jb.pb) continue;
     const int L = (jb.u1 - jb.u0) * K;
     const int ul = jb.u0 + (jb.pb - 1) / K, s0 = (ul - jb.u0) * K, s1 = s0 + K;
@@ -501,159 +421,86 @@ __global__ void __launch_bounds__(32 * W, W == 8 ? 2 : 1) q8_mma_stream(const Ar
     const int ps = ul == jb.u0 + jb.pa / K ? 0 : 1;
     const Unit ue = unit_at(a, jb.m, ul);
     const int64_t n = a.m[jb.m].n, ys = a.m[jb.m].ys;
-    float* ye = a.m[jb.m].Y + (a.items ? ue.g : 0) * ys;
+    float* ye = a.m[jb.m].Y + (a.mat ? ue.g : 0) * ys;
     for (int o = lane; o < kRows * a.nt; o += 32) {
       const int row = o % kRows, tk = o / kRows;
-      float v = part[(((jj * W + warp) * 2 + ps) * 2 + tk) * kRows + row];
-      for (int w = split + 1; w < kSplit; ++w) {
-        const int qa = static_cast<int>(static_cast<int64_t>(L) * w / kSplit);
-        const int qb = static_cast<int>(static_cast<int64_t>(L) * (w + 1) / kSplit);
+      float v = part[(((jj * kWarps + warp) * 2 + ps) * 2 + tk) * kRows + row];
+      for (int w = warp + 1; w < kWarps; ++w) {
+        const int qa = static_cast<int>(static_cast<int64_t>(L) * w / kWarps);
+        const int qb = static_cast<int>(static_cast<int64_t>(L) * (w + 1) / kWarps);
         if (qa >= s1) break;
-        if (qb > qa) v += rank_ptr<R>(part, w / W, rk)[(((jj * W + w % W) * 2) * 2 + tk) * kRows + row];
+        if (qb > qa) v += part[(((jj * kWarps + w) * 2) * 2 + tk) * kRows + row];
       }
       const int64_t r = ue.base + row;
       if (r >= ue.first && r < n) ye[tk * ys + r] = v;
     }
   }
-  // The other block of the cluster reads this one's parts: neither leaves before both are done.
-  if constexpr (R > 1) partition_sync<R>();
-}
-
-
-// A launch of 8-warp blocks in clusters of two (at: the attribute it points to).
-cudaLaunchConfig_t pair_launch(unsigned blocks, size_t smem, cudaStream_t s, cudaLaunchAttribute& at) {
-  at = cudaLaunchAttribute{};
-  at.id = cudaLaunchAttributeClusterDimension;
-  at.val.clusterDim.x = 2, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
-  cudaLaunchConfig_t c{};
-  c.gridDim = dim3(blocks), c.blockDim = dim3(32 * 8), c.dynamicSmemBytes = smem, c.stream = s;
-  c.attrs = &at, c.numAttrs = 1;
-  return c;
 }
 
 struct Device {
-  int sms = 0, smem = 0;  // multiprocessors (0: cannot run here); dynamic shared memory a block may opt into
-  int pair_smem = 0;      // 8 warps: the most dynamic shared memory at which two blocks fit an SM (0: never)
+  int sms = 0, smem = 0;  // multiprocessors; dynamic shared memory a block may opt into
 };
-// Asked once per kernel; its shared-memory limit raised to the device's.
-template <int NT, int W>
+// Asked once; the kernels' shared-memory limit raised to the device's. sms = 0: cannot run here.
+template <int NT>
 const Device& device() {
   static const Device d = [] {
     Device r;
-    int dev = 0, per_sm = 0, sm_bytes = 0, reserved = 0, cluster = 0;
+    int dev = 0, per_sm = 0;
     auto ok = [](cudaError_t e) { return e == cudaSuccess; };
-    const auto kernel = q8_mma_stream<NT, W>;
     if (!ok(cudaGetDevice(&dev)) || !ok(cudaDeviceGetAttribute(&r.sms, cudaDevAttrMultiProcessorCount, dev)) ||
         !ok(cudaDeviceGetAttribute(&r.smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) ||
-        !ok(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, r.smem)) ||
-        !ok(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+        !ok(cudaFuncSetAttribute(q8_mma_stream<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, r.smem)) ||
+        !ok(cudaFuncSetAttribute(q8_mma_stream<NT>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                  static_cast<int>(cudaSharedmemCarveoutMaxShared))) ||
-        !ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * W, kRingBytes<W> + kPartBytes<W>)) ||
+        !ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, q8_mma_stream<NT>, kThreads,
+                                                          kRingBytes + kPartBytes)) ||
         per_sm < 1)
       r.sms = 0;
-    if (W == 8 && r.sms > 0) {
-      // Two blocks an SM, and a cluster of two for every SM at once (a grid of min(units, SMs) partitions
-      // in one wave): else the 16-warp kernel takes every call.
-      if (ok(cudaDeviceGetAttribute(&cluster, cudaDevAttrClusterLaunch, dev)) && cluster &&
-          ok(cudaDeviceGetAttribute(&sm_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev)) &&
-          ok(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev)))
-        r.pair_smem = std::min(r.smem, sm_bytes / 2 - reserved) / 16 * 16;
-      // Static or system shared memory the attributes do not tell: step down until two blocks fit.
-      for (int i = 0; i < 4 && r.pair_smem > 0; ++i, r.pair_smem -= 1024)
-        if (ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * W, r.pair_smem)) && per_sm >= 2)
-          break;
-      int clusters = 0;
-      cudaLaunchAttribute at;
-      const cudaLaunchConfig_t cfg = pair_launch(2 * static_cast<unsigned>(r.sms),
-                                                 static_cast<size_t>(std::max(r.pair_smem, 0)), nullptr, at);
-      if (r.pair_smem < kRingBytes<W> + kPartBytes<W> ||
-          !ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * W, r.pair_smem)) || per_sm < 2 ||
-          !ok(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg)) || clusters < r.sms)
-        r.pair_smem = 0;
-    }
     (void)cudaGetLastError();
     return r;
   }();
   return d;
 }
 
-template <int W>
 size_t smem_bytes(int slots, int k) {
-  return static_cast<size_t>(kRingBytes<W> + kPartBytes<W>) + static_cast<size_t>(slots) * k * (kDigitBytes + 8);
+  return static_cast<size_t>(kRingBytes + kPartBytes) + static_cast<size_t>(slots) * k * (kDigitBytes + 8);
 }
-
-// The settings (FLASHSTAR_Q8_STREAM_WARPS, _HEAD_WARPS, _L2AHEAD), read once; q8_stream_set replaces them.
-Q8StreamSettings& settings() {
-  static Q8StreamSettings st = [] {
-    Q8StreamSettings r;
-    auto env = [](const char* name, int def) {
-      const char* v = std::getenv(name);
-      return v && *v ? std::atoi(v) : def;
-    };
-    r.warps = env("FLASHSTAR_Q8_STREAM_WARPS", 8) == 16 ? 16 : 8;
-    r.head_warps = env("FLASHSTAR_Q8_STREAM_HEAD_WARPS", 16) == 8 ? 8 : 16;
-    r.l2_ahead = std::clamp(env("FLASHSTAR_Q8_STREAM_L2AHEAD", 2), 0, kMaxAhead);
-    return r;
-  }();
-  return st;
-}
-int g_last_warps = 0;
-
-// Products past this many weight bytes (the output head) take head_warps.
-constexpr int64_t kHeadBytes = int64_t{128} << 20;
 
 // Units and grids of the matrices, and the activation rows a block converts; false where the kernel does
-// not take the shape. groups: items (matrix 0 of an items call), else 1. What is taken is the 16-warp
-// kernel's choice, so that the settings never change which kernel computes a product.
+// not take the shape. groups: items (matrix 0 of an items call), else 1.
 template <int NT>
 bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
-  const Device& dev = device<NT, 16>();
+  const Device& dev = device<NT>();
   if (dev.sms <= 0) return false;
   const int64_t k = cols / kPieceCols;
-  int64_t bytes = 0;
   for (int m = 0; m < a.nm; ++m) {
     Mat& mt = a.m[m];
     const int64_t upg = (mt.n + kRows - 1) / kRows, units = (m == 0 ? groups : 1) * upg;
     if (mt.n >= (int64_t{1} << 31) || units >= (int64_t{1} << 30) || k * units >= (int64_t{1} << 30)) return false;
     mt.upg = static_cast<int>(upg), mt.units = static_cast<int>(units);
     mt.grid = static_cast<int>(std::min<int64_t>(units, dev.sms));
-    bytes += units * kRows * a.rb;
   }
   a.k = static_cast<int>(k);
-  // A pair: both partitions side by side where they fit the device at once, else overlaid (partition b
-  // runs share b of matrix 0, then of matrix 1, its copies for the second already in flight during the
-  // first).
+  // A pair: both partitions side by side where they fit the device at once, else overlaid (block b runs
+  // share b of matrix 0, then of matrix 1, its copies for the second already in flight during the first).
   a.overlay = a.nm == 2 && a.m[0].grid + a.m[1].grid > dev.sms;
   const int grid = a.nm == 1 ? a.m[0].grid : a.overlay ? std::max(a.m[0].grid, a.m[1].grid) : a.m[0].grid + a.m[1].grid;
   int slots = NT;
-  if (a.items) {  // distinct activation rows of each partition's units (as the kernel cuts them)
+  if (a.mat) {  // distinct activation rows of each block's units (as the kernel cuts them)
     slots = 1;
     const int64_t units = a.m[0].units, upg = a.m[0].upg;
     for (int b = 0; b < grid; ++b) {
       const int64_t u0 = units * b / grid, u1 = units * (b + 1) / grid;
       if (u0 < u1) slots = std::max<int64_t>(slots, ((u1 - 1) / upg) / a.src_div - (u0 / upg) / a.src_div + 1);
-      if (smem_bytes<16>(slots, a.k) > static_cast<size_t>(dev.smem)) return false;
+      if (smem_bytes(slots, a.k) > static_cast<size_t>(dev.smem)) return false;
     }
   }
-  if (smem_bytes<16>(slots, a.k) > static_cast<size_t>(dev.smem)) return false;
-  const Q8StreamSettings& st = settings();
-  const Device& d8 = device<NT, 8>();
-  const size_t sm8 = smem_bytes<8>(slots, a.k);
-  const bool eight = (bytes > kHeadBytes ? st.head_warps : st.warps) == 8 && d8.sms > 0 &&
-                     sm8 <= static_cast<size_t>(d8.pair_smem);
+  const size_t sm = smem_bytes(slots, a.k);
+  if (sm > static_cast<size_t>(dev.smem)) return false;
   a.slot_bytes = a.k * kDigitBytes;
-  a.ahead = st.l2_ahead;
-  if (eight) {
-    a.off_sc = kRingBytes<8> + kPartBytes<8> + slots * a.slot_bytes;
-    cudaLaunchAttribute at;
-    const cudaLaunchConfig_t cfg = pair_launch(2 * static_cast<unsigned>(grid), sm8, s, at);
-    FS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, q8_mma_stream<NT, 8>, a));
-  } else {
-    a.off_sc = kRingBytes<16> + kPartBytes<16> + slots * a.slot_bytes;
-    q8_mma_stream<NT, 16><<<grid, 32 * 16, smem_bytes<16>(slots, a.k), s>>>(a);
-  }
+  a.off_sc = kRingBytes + kPartBytes + slots * a.slot_bytes;
+  q8_mma_stream<NT><<<grid, kThreads, sm, s>>>(a);
   FS_CUDA_LAUNCH_CHECK();
-  g_last_warps = eight ? 8 : 16;
   return true;
 }
 
@@ -700,29 +547,9 @@ bool q8_mma_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_ite
   if (rows_per_mat <= 0 || n_items <= 0 || src_div < 1 || !mat_of_item) return false;
   q8m::Args a = q8m::plain_args(X, 1, xs, static_cast<int64_t>(W.row_bytes));
   a.m[0] = q8m::plain_mat(W, 0, rows_per_mat, Y, ys);
-  a.items = true, a.mat = mat_of_item, a.src_div = src_div;
+  a.mat = mat_of_item, a.src_div = src_div;
   return q8m::run<1>(a, W.cols, n_items, s);
 }
-
-bool q8_decode_groups(const DMat& W, int64_t rows_per_mat, int32_t n_groups, const float* X, int64_t xs,
-                      int64_t n_items, float* Y, int64_t ys, cudaStream_t s) {
-  if (rows_per_mat <= 0 || n_items <= 0 || n_groups < 1 || !q8m::layout_ok(W, X, xs) ||
-      rows_per_mat * n_groups > W.rows)
-    return false;
-  q8m::Args a = q8m::plain_args(X, 1, xs, static_cast<int64_t>(W.row_bytes));
-  a.m[0] = q8m::plain_mat(W, 0, rows_per_mat, Y, ys);
-  a.items = true, a.ngrp = n_groups;
-  return q8m::run<1>(a, W.cols, n_items, s);
-}
-
-void q8_stream_set(const Q8StreamSettings& st) {
-  Q8StreamSettings& cur = q8m::settings();
-  cur.warps = st.warps == 16 ? 16 : 8;
-  cur.head_warps = st.head_warps == 8 ? 8 : 16;
-  cur.l2_ahead = std::clamp(st.l2_ahead, 0, q8m::kMaxAhead);
-}
-Q8StreamSettings q8_stream_settings() { return q8m::settings(); }
-int q8_mma_last_warps() { return q8m::g_last_warps; }
 
 bool q8_decode_pair(const DMat& W0, int64_t n0, float* Y0, int64_t ys0, const DMat& W1, int64_t n1, float* Y1,
                     int64_t ys1, const float* X, int64_t n_tok, int64_t xs, cudaStream_t s) {
@@ -755,7 +582,7 @@ bool q8_decode_act(const DMat& W, int64_t n_rows, const float* X, int64_t n_tok,
       break;
     default: break;
   }
-  if (act.out) {  // other blocks read X (and up) while partition 0 writes out
+  if (act.out) {  // other blocks read X (and up) while block 0 writes out
     if (!aligned16(act.out) || act.out_stride % 4 || act.out_stride < 0 ||
         !q8m::disjoint(act.out, act.out_stride, X, xs, n_tok, cols) ||
         (act.up && !q8m::disjoint(act.out, act.out_stride, act.up, act.up_stride, n_tok, cols)))

@@ -39,8 +39,6 @@ bool q8_mma_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, 
                    int64_t ys, cudaStream_t s);
 bool q8_mma_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
                   int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s);
-// Warps a block of the last launch made (8 or 16; 0 before any): tests check which variant ran.
-int q8_mma_last_warps();
 
 namespace q8m {
 
