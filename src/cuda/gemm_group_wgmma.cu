@@ -14,8 +14,8 @@
 // warpgroup; the same copies, shared-memory layout and barrier schedule (gemm_group_wgmma.h says why v2's
 // swizzled tiles are wgmma's 64-byte swizzle). Per k-tile the warpgroup issues 8 wgmma (2 row halves x
 // 2 k16 steps x lo, hi) m64n64k16, or m64n32k16 for a tile of 32 items or fewer, decodes the next k-tile
-// while they run, waits, and promotes. Two blocks an SM (shared memory ~77 KB each), whose promotions and
-// tensor work overlap each other.
+// while they run, waits, and promotes. Blocks an SM: three for IQ2_XXS (73 KB of shared memory, 162
+// registers), two for Q2_K (77 KB, 199 registers); one block's promotion overlaps another's tensor work.
 // Deterministic: each output element is one thread's fixed sequence of wgmma and FMAs; no split-k, no
 // atomics; an item's outputs do not depend on the other items of its tile (zero-filled past the count).
 #include <algorithm>
@@ -118,7 +118,7 @@ __device__ __forceinline__ const uint8_t* opaque(const uint8_t* p) {
 
 // Grid: (row blocks of the expert matrices, plan tiles); the same arguments as gemm_group_v2.
 template <GgmlType T>
-__global__ void __launch_bounds__(gw::kThreads, 2)
+__global__ void __launch_bounds__(gw::kThreads, gw::blocks_per_sm(T))
     group_wgmma(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t rows_per_mat,
                 const int32_t* __restrict__ offset, const int32_t* __restrict__ items, const int32_t* __restrict__ tiles,
                 const int32_t* __restrict__ n_tiles, const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off,
@@ -315,7 +315,7 @@ template <GgmlType T>
 void launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
             bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
   constexpr int sm = g2::Smem<T, G>::bytes + static_cast<int>(gw::kAlign);
-  static_assert(2 * (sm + 1024) <= 228 * 1024, "two blocks an SM");
+  static_assert(gw::blocks_per_sm(T) * (sm + 1024) <= 228 * 1024, "the blocks an SM fit its shared memory");
   static const bool attr = [] {
     FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
     FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma<T>, cudaFuncAttributePreferredSharedMemoryCarveout,

@@ -52,6 +52,10 @@ WG_HD uint64_t desc_tile(uint32_t tile, int s) {
   return wgmma::desc(tile + 32u * static_cast<uint32_t>(s), kSbo, wgmma::kSwizzle64B);
 }
 
+// Resident blocks an SM (the kernel's __launch_bounds__): IQ2_XXS fits three (73 KB of shared memory each,
+// 162 registers a thread under the cap of 170), Q2_K two (77 KB; 199 registers).
+constexpr int blocks_per_sm(GgmlType t) { return t == GgmlType::IQ2_XXS ? 3 : 2; }
+
 // The items a tile's wgmma span: 64, or 32 when the tile holds 32 or fewer.
 WG_HD int n_of(int count) { return count > 32 ? 64 : 32; }
 
