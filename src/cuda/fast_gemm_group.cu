@@ -418,6 +418,7 @@ void init_gemm_group_tables() {
   uint32_t sel[256];
   if (!g2::iq2_sel_table(sel)) fail("IQ2_XXS grid bytes outside {8, 25, 43}");
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_v2_sel, sel, sizeof(sel)));
+  init_gemm_group_wgmma_tables();  // the wgmma grouped kernel's own copy (gemm_group_wgmma.cu)
 }
 
 void gemm_set_group_v2(bool on) { v2_flag() = on; }

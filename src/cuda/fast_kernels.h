@@ -15,6 +15,7 @@ namespace flashstar::cuda::fast {
 void init_tables();
 void init_gemm_tables();  // part of init_tables (the GEMM unit's own copy)
 void init_gemm_group_tables();  // part of init_gemm_tables (the second grouped kernel's selector table)
+void init_gemm_group_wgmma_tables();  // part of init_gemm_group_tables (the wgmma grouped kernel's copy)
 
 // Weight-streaming matrix-vector products for few tokens (decode): each warp owns four weight rows,
 // stages them through shared memory with 16-byte async copies and reuses every activation load for the
@@ -95,6 +96,17 @@ void gemm_set_group_v2(bool on);
 bool gemm_group_v2();
 bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                      int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s);
+// The grouped products of those formats on warpgroup MMA (gemm_group_wgmma.cu, sm_90a): v2's tiles,
+// decoding and per-32-column promotion, meant to give v2's bits (as the dense wgmma kernel gives
+// dense_v2's). On by default, ahead of v2 in gemm_grouped; FLASHSTAR_GEMM_GROUP_WGMMA=0 or
+// gemm_set_group_wgmma(false) turns it off. gemm_grouped_wgmma is that kernel alone, gemm_grouped's
+// contract (false, launching nothing, where it does not take the call: off, other types, columns no
+// multiple of 256, misaligned rows or activations, not a Hopper).
+void gemm_set_group_wgmma(bool on);
+bool gemm_group_wgmma();
+bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
+                        int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
+                        cudaStream_t s);
 // The dense products of those formats run on the second grouped kernel's tiles (fast_gemm_group.cu),
 // the first kernel's bits, in blocks of 128 weight rows (two an SM) or 256 (one), unless
 // FLASHSTAR_GEMM_DENSE_V2=0 or gemm_set_dense_v2(0) puts the first kernel back (=256 / 256: 256-row

@@ -10,11 +10,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define WG_HD __host__ __device__ __forceinline__
-#else
-#define WG_HD inline
-#endif
+#include "cuda/wgmma_tile.cuh"
 
 namespace flashstar::cuda::wgmma_q8 {
 
@@ -46,36 +42,20 @@ WG_HD uint32_t b_off(int tok, int chunk) {
   return static_cast<uint32_t>(tok * 128 + ((chunk ^ (tok & 7)) << 4));
 }
 
-// The wgmma matrix descriptor (PTX ISA, "matrix descriptor format"): bits 0-13 start address >> 4,
-// 16-29 leading-dimension byte offset >> 4, 32-45 stride-dimension byte offset >> 4, 49-51 base offset
-// (0: the atoms are 1024-byte aligned), 62-63 swizzle mode (1: 128-byte). K-major with the 128-byte
-// swizzle: 8-row core-matrix groups 1024 bytes apart (SBO), the leading offset unused (a k16 step's 32
-// bytes lie inside the 128-byte row; 1 by convention). A k16 step at column kk starts kk * 2 bytes
-// further: the hardware applies the swizzle to the address it forms, as the writer did.
+// The B descriptor (wgmma_tile.cuh): K-major with the 128-byte swizzle, 8-row core-matrix groups 1024
+// bytes apart (SBO); a k16 step's 32 bytes lie inside the 128-byte row.
 constexpr uint32_t kSbo = 1024;
-WG_HD uint64_t desc_b(uint32_t smem_byte_addr) {
-  return static_cast<uint64_t>((smem_byte_addr & 0x3FFFFu) >> 4) | (static_cast<uint64_t>(1) << 16) |
-         (static_cast<uint64_t>(kSbo >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
-}
-// The shared-memory byte the tensor core reads for element (n, k) (k < 16) of a K-major operand given
-// by descriptor d with the 128-byte swizzle: the canonical layout's address start + (n / 8) SBO +
-// (n % 8) 128 + 2 k, then bits 4..6 xor bits 7..9. Host replay of the PTX ISA's definition (tests).
-inline uint32_t desc_element_addr(uint64_t d, int n, int k) {
-  const uint32_t start = static_cast<uint32_t>(d & 0x3FFFu) << 4;
-  const uint32_t sbo = static_cast<uint32_t>((d >> 32) & 0x3FFFu) << 4;
-  const uint32_t a = start + static_cast<uint32_t>(n / 8) * sbo + static_cast<uint32_t>(n % 8) * 128 + 2u * k;
-  return a ^ (((a >> 7) & 7u) << 4);
-}
+WG_HD uint64_t desc_b(uint32_t smem_byte_addr) { return wgmma::desc(smem_byte_addr, kSbo, wgmma::kSwizzle128B); }
+using wgmma::desc_element_addr;
 
 // ---- A operand from registers (the m64k16 FP16 fragment: warp w of the warpgroup holds rows 16 w ..
 // 16 w + 15, laid out as mma.m16n8k16's A): register r (0..3) of lane l holds row 16 w + l / 4 + 8 (r % 2)
 // and columns 2 (l % 4) + 8 (r / 2) + {0 (low half), 1 (high half)} of the k16 step.
 WG_HD int a_row(int warp_in_wg, int lane, int r) { return 16 * warp_in_wg + (lane >> 2) + 8 * (r & 1); }
 WG_HD int a_col(int lane, int r, int half) { return 2 * (lane & 3) + 8 * (r >> 1) + half; }
-// The m64nN fp32 accumulator: element i (0 .. N / 2 - 1) of lane l in warp w is row 16 w + l / 4 +
-// 8 ((i / 2) % 2), column 8 (i / 4) + 2 (l % 4) + i % 2.
-WG_HD int d_row(int warp_in_wg, int lane, int i) { return 16 * warp_in_wg + (lane >> 2) + 8 * ((i >> 1) & 1); }
-WG_HD int d_col(int lane, int i) { return 8 * (i >> 2) + 2 * (lane & 3) + (i & 1); }
+// The m64nN fp32 accumulator (wgmma_tile.cuh).
+using wgmma::d_col;
+using wgmma::d_row;
 
 // ---- Raw weights: row r of a unit buffer at r * 272; k-tile j (0..7) of the unit is the 34-byte block
 // at 34 j (FP16 scale, then 32 int8). Row stride 272 bytes = 68 words (4 banks apart): the 8 rows of a

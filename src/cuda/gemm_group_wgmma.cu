@@ -1,0 +1,366 @@
+// The grouped expert products (routed experts, prefill) on warpgroup MMA (wgmma, sm_90a) with the second
+// grouped kernel's numerics contract (fast_gemm_group.cu, gemm_group_v2.h): weights as the same exact
+// FP16 integers (gemm_v2::Decode), activations as hi + lo FP16 terms, every 32-column k-tile's partial
+// started from zero in the tensor core, per 16 columns W x_lo then W x_hi (v2's order), promoted into the
+// fp32 running sum by gemm_int::promote with the row's scale and minima and the token sums of each
+// 16-column half computed as v2 computes them (gemm_int::sum8 twice, added). The dense kernel measured
+// HGMMA's k-tile sums bitwise equal to HMMA's, so this kernel is meant to give v2's bits.
+//
+// Why: v2 (~70-83 TFLOP/s useful) is bound by issuing ldmatrix and mma.sync from its warps; wgmma reads
+// both operands from shared memory and runs a 64 x 64 x 16 product an instruction, so the warps only copy,
+// decode, sum and promote.
+//
+// Block: v2's (128 rows x one plan tile of 64 items, 128 threads, one decoding thread a row), now one
+// warpgroup; the same copies, shared-memory layout and barrier schedule (gemm_group_wgmma.h says why v2's
+// swizzled tiles are wgmma's 64-byte swizzle). Per k-tile the warpgroup issues 8 wgmma (2 row halves x
+// 2 k16 steps x lo, hi) m64n64k16, or m64n32k16 for a tile of 32 items or fewer, decodes the next k-tile
+// while they run, waits, and promotes. Blocks an SM: three for IQ2_XXS (73 KB of shared memory, 162
+// registers), two for Q2_K (77 KB, 199 registers); one block's promotion overlaps another's tensor work.
+// Deterministic: each output element is one thread's fixed sequence of wgmma and FMAs; no split-k, no
+// atomics; an item's outputs do not depend on the other items of its tile (zero-filled past the count).
+#include <algorithm>
+#include <cstdlib>
+#include <type_traits>
+
+#include "common/error.h"
+#include "cuda/cuda_util.h"
+#include "cuda/fast_kernels.h"
+#include "cuda/gemm_group_wgmma.h"
+#include "cuda/mma_f16.cuh"
+#include "cuda/pdl.cuh"
+
+namespace flashstar::cuda::fast {
+namespace {
+
+namespace g2 = gemm_v2;
+namespace gw = wgmma_group;
+using G = g2::GroupGeo;
+constexpr int kBN = gw::kBN, kBK = gw::kBK;
+
+__device__ uint32_t g_wg_sel[256];  // the IQ2_XXS selector table (gemm_v2::iq2_sel_table)
+
+// The running sums and the k-tile partials: [row half][N / 2 elements of the m64nN accumulator]; N = 32
+// uses the first 16 of each half.
+struct Accum {
+  float acc[2][32], part[2][32];
+};
+
+#if FS_WGMMA
+template <int N>
+__device__ __forceinline__ float (&head(float (&d)[32]))[N / 2] {
+  return *reinterpret_cast<float(*)[N / 2]>(&d);
+}
+
+// One k-tile's 8 wgmma: A = decoded tile at a_tile (rows 0..127), B = the stage's hi tile at x_hi and lo
+// at x_hi + kXTermBytes; per half, per k16 step W x_lo then W x_hi, the first overwriting the partial.
+template <int N>
+__device__ __forceinline__ void mma_ktile(Accum& a, uint32_t a_tile, uint32_t x_hi) {
+  wgmma::pin(a.part[0]);
+  wgmma::pin(a.part[1]);
+  wgmma::fence();
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const uint64_t da = gw::desc_tile(a_tile + static_cast<uint32_t>(h * gw::kHalfRows) * gw::kRowBytes, s);
+      const uint64_t dl = gw::desc_tile(x_hi + gw::kXTermBytes, s), dh = gw::desc_tile(x_hi, s);
+      if constexpr (N == 64) {
+        wgmma::mma_ss_n64(a.part[h], da, dl, s);
+        wgmma::mma_ss_n64(a.part[h], da, dh, 1);
+      } else {
+        wgmma::mma_ss_n32(head<N>(a.part[h]), da, dl, s);
+        wgmma::mma_ss_n32(head<N>(a.part[h]), da, dh, 1);
+      }
+    }
+  wgmma::commit();
+}
+
+// The k-tile's partials into the running sums: rows (scale, -min0, -min1) from rows[], token sums of the
+// two 16-column halves from sums[half * kBN + item] (formats with minima), gemm_int::promote as v2.
+template <int N, int kMins>
+__device__ __forceinline__ void promote(Accum& a, const float4* rows, const float* sums, int warp, int lane) {
+  wgmma::pin(a.part[0]);
+  wgmma::pin(a.part[1]);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sc[2], n0[2] = {0.f, 0.f}, n1[2] = {0.f, 0.f};
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const float4 f = rows[gw::acc_row(h, warp, lane, 2 * rr)];
+      sc[rr] = f.x;
+      if constexpr (kMins > 0) n0[rr] = f.y, n1[rr] = f.z;
+    }
+#pragma unroll
+    for (int g = 0; g < N / 8; ++g) {
+      float2 s0 = make_float2(0.f, 0.f), s1 = s0;
+      if constexpr (kMins > 0) {
+        const int j = gw::acc_item(lane, 4 * g);
+        s0 = *reinterpret_cast<const float2*>(sums + j);
+        s1 = *reinterpret_cast<const float2*>(sums + kBN + j);
+      }
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int i = 4 * g + c;
+        a.acc[h][i] = gemm_int::promote<kMins>(a.acc[h][i], a.part[h][i], sc[c >> 1], n0[c >> 1], n1[c >> 1],
+                                               c & 1 ? s0.y : s0.x, c & 1 ? s1.y : s1.x);
+      }
+    }
+  }
+}
+#endif  // FS_WGMMA
+
+// p, with the compiler unable to see how it was made (v2's trick: the raw copies then offset it by 32-bit
+// amounts instead of redoing 64-bit base arithmetic in every copy).
+__device__ __forceinline__ const uint8_t* opaque(const uint8_t* p) {
+  asm("" : "+l"(p));
+  return p;
+}
+
+// Grid: (row blocks of the expert matrices, plan tiles); the same arguments as gemm_group_v2.
+template <GgmlType T>
+__global__ void __launch_bounds__(gw::kThreads, gw::blocks_per_sm(T))
+    group_wgmma(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t rows_per_mat,
+                const int32_t* __restrict__ offset, const int32_t* __restrict__ items, const int32_t* __restrict__ tiles,
+                const int32_t* __restrict__ n_tiles, const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off,
+                bool gather, int32_t src_div, bool scatter, float* __restrict__ Y, int64_t ys) {
+  pdl_wait();
+#if FS_WGMMA
+  if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
+  using F = g2::FmtOf<T, G>;
+  using S = g2::Smem<T, G>;
+  constexpr int kMins = F::kMins, kXTerm = kBN * kBK, kXStage = 2 * kXTerm, kATile = G::kBM * kBK;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // The swizzle atoms need 512-byte alignment (the launch adds the slack).
+  const uint32_t base0 = mma::smem_addr(smem_raw), sbase = (base0 + gw::kAlign - 1) & ~(gw::kAlign - 1);
+  unsigned char* smem = smem_raw + (sbase - base0);
+  uint16_t* Xs = reinterpret_cast<uint16_t*>(smem);                // [stage][term][kBN x kBK], swizzled
+  uint16_t* As = reinterpret_cast<uint16_t*>(smem + S::off_a);     // [2][kBM x kBK], swizzled
+  uint32_t* Raw = reinterpret_cast<uint32_t*>(smem + S::off_raw);  // [2][kRawBuf]
+  float4* Rows = reinterpret_cast<float4*>(smem + S::off_rows);    // [2][kBM]: scale, -min0, -min1
+  float* Sums = reinterpret_cast<float*>(smem + S::off_sums);      // [2][half][kBN]
+  uint32_t* Sel = reinterpret_cast<uint32_t*>(smem + S::off_tab);  // [256]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int32_t tile = tiles[blockIdx.y], e = tile >> 16;
+  const int64_t first = offset[e] + static_cast<int64_t>(tile & 0xffff) * kBN;
+  const int count = static_cast<int>(offset[e + 1] - first < kBN ? offset[e + 1] - first : kBN);
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * G::kBM, n_rows = rows_per_mat;
+  const uint8_t* __restrict__ Wm = W + static_cast<size_t>(e) * static_cast<size_t>(rows_per_mat) * row_bytes;
+  const int nk = K / kBK;
+  const bool n64 = gw::n_of(count) == 64;  // block-uniform
+
+  if constexpr (T == GgmlType::IQ2_XXS)
+    for (int i = tid; i < 256; i += G::kThreads) Sel[i] = g_wg_sel[i];
+
+  // v2's copies (gemm_v2::x_task, raw_task): item rows past the count zero-filled; rows past the matrix
+  // repeat its last row (never stored).
+  const uint16_t* xsrc[G::kXCopies];
+  uint32_t xdst[G::kXCopies], xbytes[G::kXCopies];
+#pragma unroll
+  for (int v = 0; v < G::kXCopies; ++v) {
+    int term, tok, chunk;
+    g2::x_task<G>(tid, v, term, tok, chunk);
+    const bool ok = tok < count;
+    const int64_t xr = !ok ? 0 : gather ? items[first + tok] / src_div : first + tok;
+    xsrc[v] = Xb + term * lo_off + xr * k8 + chunk * 8;
+    xdst[v] = mma::smem_addr(Xs + term * kXTerm + g2::swz(tok, chunk));
+    xbytes[v] = ok ? 16u : 0u;
+  }
+  const uint8_t* __restrict__ Wb = opaque(Wm + static_cast<size_t>(m0) * row_bytes);
+  const int rows_left = n_rows - m0 < G::kBM ? static_cast<int>(n_rows - m0) : G::kBM;
+  auto load = [&](int t) {  // one commit group per k-tile, empty past the end (keeps the wait counts)
+    if (t < nk) {
+      const uint32_t st = static_cast<uint32_t>(g2::x_stage(t) * kXStage * 2);
+#pragma unroll
+      for (int v = 0; v < G::kXCopies; ++v) mma::cp_async16(xdst[v] + st, xsrc[v] + t * kBK, xbytes[v]);
+      if (g2::starts_unit<G>(t)) {
+        const int u = g2::unit_of<G>(t);
+        const uint32_t base = mma::smem_addr(Raw + g2::raw_buf(u) * S::kRawBuf);
+        const uint32_t ub = static_cast<uint32_t>(u * F::kBytes - g2::unit_a2<T, G::kUnitCols>(u));
+#pragma unroll 4
+        for (int v = 0; v < F::kWords; ++v) {
+          int row, word, slot;
+          g2::raw_task<T, G>(tid, v, row, word, slot);
+          mma::cp_async4(base + 4u * static_cast<uint32_t>(slot),
+                         Wb + g2::raw_src(row, word, rows_left, static_cast<uint32_t>(row_bytes), ub));
+        }
+      }
+    }
+    mma::cp_async_commit();
+  };
+  // v2's decode: row tid's k-tile t into FP16 integers (tile buffer t % 2), its scale and negated minima;
+  // with minima the token sums of the 16-column halves (sum8 per 8 columns, the two added).
+  auto decode = [&](int t) {
+    const int u = g2::unit_of<G>(t);
+    g2::Tile32 o;
+    g2::Decode<T>::run(Raw + g2::raw_buf(u) * S::kRawBuf + tid * F::kStride, g2::unit_a2<T, G::kUnitCols>(u),
+                       t % G::kTilesPerUnit, Sel, o);
+    uint16_t* a = As + g2::tile_buf(t) * kATile;
+#pragma unroll
+    for (int c = 0; c < 4; ++c)
+      *reinterpret_cast<uint4*>(a + g2::swz(tid, c)) =
+          make_uint4(o.h[4 * c], o.h[4 * c + 1], o.h[4 * c + 2], o.h[4 * c + 3]);
+    Rows[g2::tile_buf(t) * G::kBM + tid] = make_float4(o.scale, -o.min0, -o.min1, 0.0f);
+    if constexpr (kMins > 0) {
+      static_assert(g2::kSumTasks <= G::kThreads, "every sum task has a thread");
+      if (tid >= g2::kSumTasks) return;
+      int tok, half;
+      g2::sum_task(tid, tok, half);
+      const uint16_t* xh = Xs + g2::x_stage(t) * kXStage;
+      float s8[2];
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const uint4 hv4 = *reinterpret_cast<const uint4*>(xh + g2::swz(tok, 2 * half + k));
+        const uint4 lv4 = *reinterpret_cast<const uint4*>(xh + kXTerm + g2::swz(tok, 2 * half + k));
+        const uint32_t hv[4] = {hv4.x, hv4.y, hv4.z, hv4.w}, lv[4] = {lv4.x, lv4.y, lv4.z, lv4.w};
+        s8[k] = gemm_int::sum8(hv, lv);
+      }
+      Sums[(g2::tile_buf(t) * 2 + half) * kBN + tok] = s8[0] + s8[1];
+    }
+  };
+
+#pragma unroll
+  for (int t = 0; t < g2::kStages - 1; ++t) load(t);
+  mma::cp_async_wait<g2::kProloguePending>();  // k-tile 0 landed (this thread's copies; the barrier: everyone's)
+  __syncthreads();
+  decode(0);
+
+  Accum a;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) a.acc[h][i] = 0.0f;
+  for (int kt = 0; kt < nk; ++kt) {
+    // k-tile kt + 1 landed; everyone is past k-tile kt - 1 (its wgmma waited for), so its buffers and the
+    // raw unit two units back may be overwritten. The fence: this thread's cp.async data and decoded
+    // tile, written by the generic proxy, are next read by the tensor core.
+    mma::cp_async_wait<g2::kLoopPending>();
+    wgmma::fence_proxy_async();
+    __syncthreads();
+    load(kt + g2::kStages - 1);
+
+    const uint32_t a_tile = gw::a_tile_off<T>(g2::tile_buf(kt), 0) + sbase;
+    const uint32_t x_hi = gw::x_tile_off(g2::x_stage(kt), 0) + sbase;
+    if (n64)
+      mma_ktile<64>(a, a_tile, x_hi);
+    else
+      mma_ktile<32>(a, a_tile, x_hi);
+    // The next k-tile's decode (ALU work) while the tensor core runs this one.
+    if (kt + 1 < nk) decode(kt + 1);
+    wgmma::wait<0>();
+    const float4* rs = Rows + g2::tile_buf(kt) * G::kBM;
+    const float* ss = Sums + g2::tile_buf(kt) * 2 * kBN;
+    if (n64)
+      promote<64, kMins>(a, rs, ss, warp, lane);
+    else
+      promote<32, kMins>(a, rs, ss, warp, lane);
+  }
+
+  // Element i of half h: block row acc_row, item acc_item; every (row < n_rows, item < count) once.
+  auto store = [&](auto n_tag) {
+    constexpr int N = decltype(n_tag)::value;
+#pragma unroll
+    for (int g = 0; g < N / 8; ++g)
+#pragma unroll
+      for (int cj = 0; cj < 2; ++cj) {
+        const int j = gw::acc_item(lane, 4 * g + cj);
+        if (j >= count) continue;
+        float* y = Y + (scatter ? static_cast<int64_t>(items[first + j]) : first + j) * ys;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int rr = 0; rr < 2; ++rr) {
+            const int i = 4 * g + 2 * rr + cj;
+            const int64_t r = m0 + gw::acc_row(h, warp, lane, i);
+            if (r < n_rows) y[r] = a.acc[h][i];
+          }
+      }
+  };
+  if (n64)
+    store(std::integral_constant<int, 64>{});
+  else
+    store(std::integral_constant<int, 32>{});
+#else
+  (void)W, (void)row_bytes, (void)K, (void)rows_per_mat, (void)offset, (void)items, (void)tiles, (void)n_tiles;
+  (void)Xb, (void)k8, (void)lo_off, (void)gather, (void)src_div, (void)scatter, (void)Y, (void)ys;
+  __trap();  // not built for sm_90a: the host never launches it (group_wgmma_device below)
+#endif
+}
+
+// On by default (meant to be bitwise equal to v2, as the dense wgmma kernel is to dense_v2);
+// FLASHSTAR_GEMM_GROUP_WGMMA=0 (or gemm_set_group_wgmma(false)) puts v2 back.
+bool& flag() {
+  static bool on = [] {
+    const char* v = std::getenv("FLASHSTAR_GEMM_GROUP_WGMMA");
+    return !(v && v[0] == '0');
+  }();
+  return on;
+}
+
+// Whether the device is a Hopper with this kernel's sm_90a code, once.
+bool group_wgmma_device() {
+  static const bool ok = [] {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
+    cudaFuncAttributes fa{};
+    if (cudaFuncGetAttributes(&fa, group_wgmma<GgmlType::Q2_K>) != cudaSuccess) return false;
+    return major == 9 && minor == 0 && fa.binaryVersion == 90;
+  }();
+  return ok;
+}
+
+template <GgmlType T>
+void launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
+            bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+  constexpr int sm = g2::Smem<T, G>::bytes + static_cast<int>(gw::kAlign);
+  static_assert(gw::blocks_per_sm(T) * (sm + 1024) <= 228 * 1024, "the blocks an SM fit its shared memory");
+  static const bool attr = [] {
+    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
+    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                       cudaSharedmemCarveoutMaxShared));
+    return true;
+  }();
+  (void)attr;
+  const dim3 grid(static_cast<unsigned>((rows_per_mat + G::kBM - 1) / G::kBM), static_cast<unsigned>(p.max_tiles));
+  group_wgmma<T><<<grid, gw::kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat, p.offset,
+                                                p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8, gather, src_div,
+                                                scatter, Y, ys);
+  FS_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void init_gemm_group_wgmma_tables() {
+  uint32_t sel[256];
+  if (!g2::iq2_sel_table(sel)) fail("IQ2_XXS grid bytes outside {8, 25, 43}");
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(g_wg_sel, sel, sizeof(sel)));
+}
+
+void gemm_set_group_wgmma(bool on) { flag() = on; }
+bool gemm_group_wgmma() { return flag(); }
+
+bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
+                        int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
+                        cudaStream_t s) {
+  if (!flag() || rows_per_mat <= 0 || p.max_tiles <= 0 || p.max_tiles > 65535) return false;
+  // v2's conditions: whole 256-column units read as 4-byte words (byte offsets in 32 bits), activations
+  // as 16-byte chunks.
+  if (W.cols <= 0 || W.cols % 256 != 0 || W.cols > k8 || k8 % 8 != 0 || W.row_bytes % 4 != 0 ||
+      W.row_bytes > g2::kMaxRowBytes || reinterpret_cast<uintptr_t>(W.data) % 4 != 0 ||
+      reinterpret_cast<uintptr_t>(Xb) % 16 != 0 || W.cols > (int64_t{1} << 30) ||
+      (rows_per_mat + G::kBM - 1) / G::kBM > INT32_MAX)
+    return false;
+  // The model's routed-expert formats only: Q4_K and Q8_0 compiled here get their wgmma serialised by
+  // ptxas (C7511, register pressure around their decode), so v2 keeps them.
+  if (W.type != GgmlType::IQ2_XXS && W.type != GgmlType::Q2_K) return false;
+  if (!group_wgmma_device()) return false;
+  if (W.type == GgmlType::IQ2_XXS)
+    launch<GgmlType::IQ2_XXS>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+  else
+    launch<GgmlType::Q2_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+  return true;
+}
+
+}  // namespace flashstar::cuda::fast

@@ -1,0 +1,376 @@
+// The grouped expert products on warpgroup MMA (gemm_group_wgmma.cu, gemm_group_wgmma.h, wgmma_tile.cuh).
+// CPU tests (no device): the 64-byte-swizzle descriptors over the second grouped kernel's tiles read,
+// for every operand element, the byte that v2's writers (activation copies, one decoded row a thread)
+// put there; the accumulator covers the tile once for both item widths, and the promotion's row factors
+// and token sums are those of each element's row and item. GPU tests: the model's expert shapes (IQ2_XXS
+// gate and up 4096 -> 2048, Q2_K down 2048 -> 4096, 256 experts, 6 a token) at 4096, 300 and 17 tokens
+// with skewed routing (experts with 0, 1 and thousands of items) into NaN-poisoned outputs, every element
+// checked: bitwise equal to v2 (gemm_set_group_wgmma(false)), bitwise repeat, the gemm_grouped route
+// takes it, close to the reference; the calls it declines. A timing at 4096 tokens against v2
+// (DISABLED_: run with --gtest_also_run_disabled_tests).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "cuda/fast_kernels.h"
+#include "cuda/gemm_group_wgmma.h"
+#include "cuda_test_fixture.h"
+
+using namespace flashstar;
+namespace g2 = flashstar::cuda::gemm_v2;
+namespace gw = flashstar::cuda::wgmma_group;
+namespace wg = flashstar::cuda::wgmma;
+
+// ---- CPU: layouts and descriptors.
+
+TEST(GemmGroupWgmmaLayout, DescriptorsReadWhatV2sWritersWrote) {
+  constexpr GgmlType T = GgmlType::IQ2_XXS;
+  using G = gw::G;
+  const uint32_t base = 7 * gw::kAlign;  // any 512-byte aligned start (the kernel aligns its dynamic base)
+  // Shared memory as the writers leave it: byte -> (kind 0 activations / 1 weights, stage or buffer, term,
+  // row or item, column).
+  std::map<uint32_t, std::array<int, 5>> owner;
+  for (int st = 0; st < g2::kStages; ++st)
+    for (int tid = 0; tid < G::kThreads; ++tid)
+      for (int v = 0; v < G::kXCopies; ++v) {
+        int term, tok, chunk;
+        g2::x_task<G>(tid, v, term, tok, chunk);
+        // The kernel's destination: Xs + term * kXTerm + swz(tok, chunk) halves, plus the stage.
+        const uint32_t a = base + st * gw::kXStageBytes + 2u * (term * g2::kBN * g2::kBK + g2::swz(tok, chunk));
+        ASSERT_EQ(a - 2u * g2::swz(tok, chunk), base + gw::x_tile_off(st, term));
+        for (int e = 0; e < 8; ++e)
+          ASSERT_TRUE(owner.emplace(a + 2 * e, std::array<int, 5>{0, st, term, tok, 8 * chunk + e}).second);
+      }
+  for (int buf = 0; buf < 2; ++buf)
+    for (int tid = 0; tid < G::kBM; ++tid)
+      for (int c = 0; c < 4; ++c) {
+        // decode(): As + tile_buf * kATile + swz(tid, c) halves, 16 bytes.
+        const uint32_t a = base + gw::a_tile_off<T>(buf, 0) + 2u * g2::swz(tid, c);
+        for (int e = 0; e < 8; ++e)
+          ASSERT_TRUE(owner.emplace(a + 2 * e, std::array<int, 5>{1, buf, 0, tid, 8 * c + e}).second);
+      }
+  for (int s = 0; s < 2; ++s) {
+    // B: each stage and term, the 64 items (N = 32 reads the first 32 of them).
+    for (int st = 0; st < g2::kStages; ++st)
+      for (int term = 0; term < 2; ++term) {
+        const uint64_t d = gw::desc_tile(base + gw::x_tile_off(st, term), s);
+        ASSERT_EQ(d >> 62, uint64_t{wg::kSwizzle64B});
+        ASSERT_EQ((d >> 32) & 0x3FFF, uint64_t{gw::kSbo >> 4});
+        for (int n = 0; n < gw::kBN; ++n)
+          for (int k = 0; k < 16; ++k) {
+            const auto it = owner.find(wg::desc_element_addr(d, n, k));
+            ASSERT_TRUE(it != owner.end()) << "reads a byte no copy wrote";
+            const std::array<int, 5> want{0, st, term, n, 16 * s + k};
+            ASSERT_EQ(it->second, want) << "stage " << st << " term " << term << " n " << n << " k " << k;
+          }
+      }
+    // A: each buffer, both 64-row halves as the kernel addresses them.
+    for (int buf = 0; buf < 2; ++buf)
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t tile = base + gw::a_tile_off<T>(buf, 0) + static_cast<uint32_t>(h * gw::kHalfRows) * gw::kRowBytes;
+        ASSERT_EQ(tile, base + gw::a_tile_off<T>(buf, h * gw::kHalfRows));
+        const uint64_t d = gw::desc_tile(tile, s);
+        for (int m = 0; m < gw::kHalfRows; ++m)
+          for (int k = 0; k < 16; ++k) {
+            const auto it = owner.find(wg::desc_element_addr(d, m, k));
+            ASSERT_TRUE(it != owner.end());
+            const std::array<int, 5> want{1, buf, 0, gw::kHalfRows * h + m, 16 * s + k};
+            ASSERT_EQ(it->second, want) << "buf " << buf << " half " << h << " m " << m << " k " << k;
+          }
+      }
+  }
+}
+
+TEST(GemmGroupWgmmaLayout, Swizzle128ReplayIsTheDenseKernels) {
+  // The generalised replay (wgmma_tile.cuh) in 128-byte mode is the formula the dense kernel was checked
+  // against: start + (n / 8) SBO + (n % 8) 128 + 2 k, bits 4..6 xor bits 7..9.
+  for (uint32_t start : {0u, 1024u, 4096u + 64u, 8192u + 32u})
+    for (int n = 0; n < 128; ++n)
+      for (int k = 0; k < 16; ++k) {
+        const uint64_t d = wg::desc(start, 1024, wg::kSwizzle128B);
+        const uint32_t a = start + static_cast<uint32_t>(n / 8) * 1024 + static_cast<uint32_t>(n % 8) * 128 + 2u * k;
+        ASSERT_EQ(wg::desc_element_addr(d, n, k), a ^ (((a >> 7) & 7u) << 4));
+      }
+}
+
+TEST(GemmGroupWgmmaLayout, AccumulatorsCoverTheTileAndPromoteWithTheirRowAndItem) {
+  for (int n : {64, 32}) {
+    std::set<std::pair<int, int>> seen;
+    for (int h = 0; h < 2; ++h)
+      for (int w = 0; w < 4; ++w)
+        for (int lane = 0; lane < 32; ++lane)
+          for (int i = 0; i < n / 2; ++i) {
+            const int r = gw::acc_row(h, w, lane, i), j = gw::acc_item(lane, i);
+            ASSERT_TRUE(r >= 0 && r < gw::kBM && j >= 0 && j < n);
+            ASSERT_TRUE(seen.insert({r, j}).second) << "element twice";
+            // promote(): row factors of rows acc_row(.., 2 rr) with rr = (i / 2) % 2; token sums at
+            // acc_item(lane, 4 g) + (i % 2); store(): item acc_item(lane, 4 g + cj), row of i = 4 g + 2 rr + cj.
+            ASSERT_EQ(r, gw::acc_row(h, w, lane, 2 * ((i >> 1) & 1)));
+            ASSERT_EQ(j, gw::acc_item(lane, 4 * (i / 4)) + (i & 1));
+            ASSERT_EQ(j, gw::acc_item(lane, 4 * (i / 4) + (i & 1)));
+          }
+    ASSERT_EQ(seen.size(), size_t(gw::kBM) * n);
+  }
+  for (int count = 1; count <= gw::kBN; ++count) {
+    ASSERT_GE(gw::n_of(count), count);
+    ASSERT_TRUE(gw::n_of(count) == 64 || gw::n_of(count) == 32);
+  }
+}
+
+// ---- GPU.
+
+namespace {
+
+class GemmGroupWgmma : public cuda_test::CudaKernelTest {
+ protected:
+  void SetUp() override {
+    CudaKernelTest::SetUp();
+    if (IsSkipped()) return;
+    cuda::fast::init_tables();
+    saved_ = cuda::fast::gemm_group_wgmma();
+  }
+  void TearDown() override {
+    cuda::fast::gemm_set_group_wgmma(saved_);
+    cuda::fast::gemm_set_group_v2(true);
+  }
+
+  struct Plan {
+    cuda::DeviceArray<int32_t> sel, ints;
+    cuda::fast::MoePlan p{};
+    std::vector<int32_t> order;
+  };
+  Plan plan(const std::vector<int32_t>& sel, int n_exp) {
+    Plan pl;
+    const int64_t items = static_cast<int64_t>(sel.size());
+    pl.sel = up(sel);
+    const int max_tiles = cuda::fast::moe_max_tiles(items, n_exp);
+    pl.ints = cuda::DeviceArray<int32_t>(static_cast<size_t>(n_exp + n_exp + 1 + items + max_tiles + 1));
+    auto& p = pl.p;
+    p.count = pl.ints.get(), p.offset = p.count + n_exp, p.items = p.offset + n_exp + 1;
+    p.tiles = p.items + items, p.n_tiles = p.tiles + max_tiles, p.max_tiles = max_tiles;
+    cuda::fast::moe_plan(pl.sel.get(), items, n_exp, p, nullptr);
+    pl.order.resize(static_cast<size_t>(items));
+    FS_CUDA_CHECK(cudaDeviceSynchronize());
+    FS_CUDA_CHECK(cudaMemcpy(pl.order.data(), p.items, items * 4, cudaMemcpyDeviceToHost));
+    return pl;
+  }
+  // k distinct experts a token. Skewed: experts 0..9 never, expert 10 exactly once (token 0's last slot),
+  // 11..13 hot (most tokens), 14..29 warm, the rest rare; uniform draws every expert alike.
+  std::vector<int32_t> routing(int64_t n_tok, int n_exp, int k, bool skewed) {
+    std::vector<double> wt(static_cast<size_t>(n_exp), 1.0);
+    if (skewed)
+      for (int e = 0; e < n_exp; ++e) wt[e] = e < 11 ? 0.0 : e < 14 ? 200.0 : e < 30 ? 20.0 : 1.0;
+    std::discrete_distribution<int> pick(wt.begin(), wt.end());
+    std::vector<int32_t> sel;
+    for (int64_t t = 0; t < n_tok; ++t) {
+      std::vector<int32_t> mine;
+      while (static_cast<int>(mine.size()) < k) {
+        const int e = pick(rng_);
+        if (std::find(mine.begin(), mine.end(), e) == mine.end()) mine.push_back(e);
+      }
+      if (skewed && t == 0) mine.back() = 10;
+      sel.insert(sel.end(), mine.begin(), mine.end());
+    }
+    return sel;
+  }
+  bool saved_ = true;
+};
+
+struct Product {
+  const char* name;
+  GgmlType t;
+  int64_t rows, cols;
+  bool gather;  // gate/up: gathered token rows, outputs in plan order; down: plan-order rows, scattered
+};
+constexpr Product kProducts[] = {{"gate", GgmlType::IQ2_XXS, 2048, 4096, true},
+                                 {"up", GgmlType::IQ2_XXS, 2048, 4096, true},
+                                 {"down", GgmlType::Q2_K, 4096, 2048, false}};
+constexpr int kExperts = 256, kPerTok = 6;
+
+}  // namespace
+
+TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
+  for (const Product& pr : kProducts) {
+    const auto wq = random_weights(pr.t, int64_t{kExperts} * pr.rows, pr.cols);  // fresh per product
+    auto dw = up(wq);
+    const cuda::DMat W{pr.t, dw.get(), pr.cols, kExperts * pr.rows, row_bytes(pr.t, pr.cols)};
+    for (const int64_t n_tok : {int64_t{4096}, int64_t{300}, int64_t{17}}) {
+      const auto sel = routing(n_tok, kExperts, kPerTok, true);
+      const int64_t items = static_cast<int64_t>(sel.size());
+      Plan pl = plan(sel, kExperts);
+      const int64_t x_rows = pr.gather ? n_tok : items, ys = pr.rows + 3, y_rows = items + 2;
+      const auto x = tailed_acts(static_cast<size_t>(x_rows * pr.cols));
+      auto dx = up(x);
+      cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * pr.cols));
+      cuda::fast::to_f16(dx.get(), x_rows, pr.cols, pr.cols, xb.get(), nullptr);
+      const int32_t src_div = pr.gather ? kPerTok : 1;
+      // 0, 1: the wgmma kernel alone, twice; 2: the gemm_grouped route with it on; 3: v2 (it off).
+      std::vector<float> out[4];
+      for (int rep = 0; rep < 4; ++rep) {
+        cuda::fast::gemm_set_group_wgmma(rep < 3);
+        auto y = poisoned<float>(static_cast<size_t>(y_rows * ys));
+        if (rep < 2)
+          ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
+                                                     !pr.gather, y.get(), ys, nullptr))
+              << pr.name << ": declined";
+        else if (rep == 2)
+          ASSERT_TRUE(cuda::fast::gemm_grouped(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
+                                               !pr.gather, y.get(), ys, nullptr));
+        else
+          ASSERT_TRUE(cuda::fast::gemm_grouped_v2(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
+                                                  !pr.gather, y.get(), ys, nullptr));
+        out[rep] = down(y);
+      }
+      cuda::fast::gemm_set_group_wgmma(true);
+      // Every output written (finite), nothing else touched.
+      int64_t unwritten = 0, stray = 0, differ = 0;
+      double max_diff = 0, rms = 0;
+      for (int64_t yr = 0; yr < y_rows; ++yr)
+        for (int64_t j = 0; j < ys; ++j) {
+          const size_t i = static_cast<size_t>(yr * ys + j);
+          const float a = out[0][i], v = out[3][i];
+          if (yr < items && j < pr.rows) {
+            unwritten += !std::isfinite(a);
+            if (f32_to_bits(a) != f32_to_bits(v)) {
+              ++differ;
+              if (std::isfinite(a) && std::isfinite(v)) max_diff = std::max(max_diff, std::fabs(double(a) - v));
+            }
+            rms += std::isfinite(v) ? double(v) * v : 0.0;
+          } else {
+            stray += f32_to_bits(a) != 0xffffffffu;
+          }
+        }
+      rms = std::sqrt(rms / std::max<double>(1.0, double(items * pr.rows)));
+      // Reference per item (matmul_items: item i's input row i / src_div, output row i).
+      std::vector<float> x_items(static_cast<size_t>(items * pr.cols));
+      if (pr.gather) {
+        x_items.assign(x.begin(), x.end());
+      } else {
+        for (int64_t pos = 0; pos < items; ++pos)
+          std::memcpy(&x_items[pl.order[pos] * pr.cols], &x[pos * pr.cols], pr.cols * 4);
+      }
+      std::vector<float> got, want;
+      {
+        auto dxi = up(x_items);
+        auto ref = poisoned<float>(static_cast<size_t>(items * pr.rows));
+        cuda::matmul_items(W, pr.rows, pl.sel.get(), src_div, dxi.get(), pr.cols, items, ref.get(), pr.rows, nullptr);
+        const auto r = down(ref);
+        got.reserve(static_cast<size_t>(items * pr.rows)), want.reserve(got.capacity());
+        for (int64_t pos = 0; pos < items; ++pos) {
+          const int64_t item = pl.order[pos], yrow = pr.gather ? pos : item;
+          for (int64_t j = 0; j < pr.rows; ++j) got.push_back(out[0][yrow * ys + j]), want.push_back(r[item * pr.rows + j]);
+        }
+      }
+      const double e = rel_err(got, want);
+      std::printf("group wgmma %-4s %-8s %4lld x %4lld, %4lld tokens (%6lld items): rel err %.2e; differs from v2 in "
+                  "%lld of %lld (max |diff| %.2e of rms %.2e)\n",
+                  pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, (long long)n_tok, (long long)items,
+                  e, (long long)differ, (long long)(items * pr.rows), max_diff, rms);
+      ASSERT_EQ(unwritten, 0) << pr.name << " " << n_tok << ": outputs unwritten";
+      ASSERT_EQ(stray, 0) << pr.name << " " << n_tok << ": wrote outside the outputs";
+      ASSERT_EQ(0, std::memcmp(out[0].data(), out[1].data(), out[0].size() * 4)) << pr.name << ": repeat";
+      ASSERT_EQ(0, std::memcmp(out[0].data(), out[2].data(), out[0].size() * 4)) << pr.name << ": gemm_grouped route";
+      EXPECT_LT(e, 3e-6) << pr.name << " " << n_tok;
+      ASSERT_EQ(0, std::memcmp(out[0].data(), out[3].data(), out[0].size() * 4))
+          << pr.name << " " << n_tok << ": not v2's bits";
+    }
+  }
+}
+
+TEST_F(GemmGroupWgmma, DeclinesWhatItDoesNotTake) {
+  const std::vector<int32_t> sel = routing(20, 8, kPerTok, false);
+  Plan pl = plan(sel, 8);
+  auto y = poisoned<float>(1 << 20);
+  cuda::DeviceArray<uint16_t> xb(1 << 20);
+  auto w = up(random_weights(GgmlType::Q2_K, 8 * 64, 512));
+  const cuda::DMat q2{GgmlType::Q2_K, w.get(), 512, 8 * 64, row_bytes(GgmlType::Q2_K, 512)};
+  auto call = [&](const cuda::DMat& W, const uint16_t* x, int64_t k8) {
+    return cuda::fast::gemm_grouped_wgmma(W, 64, pl.p, x, k8, 20, true, kPerTok, false, y.get(), 64, nullptr);
+  };
+  cuda::fast::gemm_set_group_wgmma(true);
+  EXPECT_FALSE(call(q2, xb.get() + 1, 512)) << "misaligned X";
+  EXPECT_FALSE(call(q2, xb.get(), 256)) << "k8 below the columns";
+  auto wk = up(random_weights(GgmlType::Q4_K, 8 * 64, 512));
+  EXPECT_FALSE(call(cuda::DMat{GgmlType::Q4_K, wk.get(), 512, 8 * 64, row_bytes(GgmlType::Q4_K, 512)}, xb.get(), 512))
+      << "Q4_K (v2 keeps it)";
+  auto w8 = up(random_weights(GgmlType::Q8_0, 8 * 64, 512));
+  EXPECT_FALSE(call(cuda::DMat{GgmlType::Q8_0, w8.get(), 512, 8 * 64, row_bytes(GgmlType::Q8_0, 512)}, xb.get(), 512))
+      << "Q8_0 (v2 keeps it)";
+  auto wf = up(random_weights(GgmlType::F16, 8 * 64, 512));
+  EXPECT_FALSE(call(cuda::DMat{GgmlType::F16, wf.get(), 512, 8 * 64, row_bytes(GgmlType::F16, 512)}, xb.get(), 512))
+      << "F16";
+  cuda::fast::gemm_set_group_wgmma(false);
+  EXPECT_FALSE(call(q2, xb.get(), 512)) << "off";
+  cuda::fast::gemm_set_group_wgmma(true);
+  const auto h = down(y);
+  for (float v : h) ASSERT_EQ(f32_to_bits(v), 0xffffffffu) << "a declined call wrote";
+  EXPECT_TRUE(call(q2, xb.get(), 512)) << "the same call, taken";
+  FS_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
+  // One layer's routed-expert products at 4096 tokens (256 experts, 6 a token, uniform distinct routing):
+  // median of 9 timed runs after a warm-up, wgmma vs v2.
+  const int64_t n_tok = 4096;
+  constexpr int kRuns = 9;
+  const auto sel = routing(n_tok, kExperts, kPerTok, false);
+  const int64_t items = static_cast<int64_t>(sel.size());
+  Plan pl = plan(sel, kExperts);
+  cudaEvent_t e0, e1;
+  FS_CUDA_CHECK(cudaEventCreate(&e0));
+  FS_CUDA_CHECK(cudaEventCreate(&e1));
+  double total[2] = {0, 0}, flops = 0;
+  for (const Product& pr : kProducts) {
+    auto w = up(random_weights(pr.t, int64_t{kExperts} * pr.rows, pr.cols));
+    const cuda::DMat W{pr.t, w.get(), pr.cols, kExperts * pr.rows, row_bytes(pr.t, pr.cols)};
+    const int64_t x_rows = pr.gather ? n_tok : items;
+    auto dx = up(randn(static_cast<size_t>(x_rows * pr.cols)));
+    cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * pr.cols));
+    cuda::fast::to_f16(dx.get(), x_rows, pr.cols, pr.cols, xb.get(), nullptr);
+    cuda::DeviceArray<float> y(static_cast<size_t>(items * pr.rows));
+    float med[2];
+    for (int m = 0; m < 2; ++m) {
+      cuda::fast::gemm_set_group_wgmma(m == 0);
+      auto once = [&] {
+        const int32_t src_div = pr.gather ? kPerTok : 1;
+        if (m == 0)
+          ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
+                                                     !pr.gather, y.get(), pr.rows, nullptr));
+        else
+          ASSERT_TRUE(cuda::fast::gemm_grouped_v2(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
+                                                  !pr.gather, y.get(), pr.rows, nullptr));
+      };
+      once();
+      std::vector<float> ms(kRuns);
+      for (int r = 0; r < kRuns; ++r) {
+        FS_CUDA_CHECK(cudaEventRecord(e0));
+        once();
+        FS_CUDA_CHECK(cudaEventRecord(e1));
+        FS_CUDA_CHECK(cudaEventSynchronize(e1));
+        FS_CUDA_CHECK(cudaEventElapsedTime(&ms[r], e0, e1));
+      }
+      std::sort(ms.begin(), ms.end());
+      med[m] = ms[kRuns / 2];
+      total[m] += med[m];
+    }
+    const double tf = 2.0 * items * pr.rows * pr.cols / 1e12;
+    flops += tf;
+    std::printf("group %-4s %-8s %4lld x %4lld, 4096 tokens: wgmma %.3f ms (%.0f TFLOP/s useful), v2 %.3f ms (%.0f); "
+                "%.2fx\n",
+                pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, med[0], tf / med[0] * 1e3, med[1],
+                tf / med[1] * 1e3, med[1] / med[0]);
+  }
+  cuda::fast::gemm_set_group_wgmma(true);
+  FS_CUDA_CHECK(cudaEventDestroy(e0));
+  FS_CUDA_CHECK(cudaEventDestroy(e1));
+  std::printf("routed-expert products of a layer, 4096 tokens: wgmma %.2f ms (%.0f TFLOP/s), v2 %.2f ms (%.0f); %.2fx\n",
+              total[0], flops / total[0] * 1e3, total[1], flops / total[1] * 1e3, total[1] / total[0]);
+}
