@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Per-kernel GPU time of the decode step (Nsight Compute, one metric: gpu__time_duration), on a
 # full-dimension synthetic q2 model with few layers: kernels of (prefill P + D decode steps) minus those
-# of (prefill P alone), grouped by kernel name. Prints a table of the top kernels per decode token.
+# of (prefill P alone), grouped by kernel name. Prints a table of the top kernels per decode token; the
+# prefill run's own per-kernel table goes to $OUT/prefill-kernels.txt.
 set -uo pipefail
 BIN=${BIN:-.gpubin}
 FS=$BIN/flashstar
@@ -46,6 +47,12 @@ rows = []
 for k, (n, t, g) in pd.items():
     n0, t0, _ = p.get(k, [0, 0.0, ''])
     if n - n0 > 0: rows.append(((t - t0) / d, (n - n0) / d, k, g))
+# the prefill alone (run p), per kernel name: where a P-token prefill spends its kernel time
+with open(sys.argv[4].replace('last-step', 'prefill-kernels'), 'w') as f:
+    ptot = sum(t for n, t, g in p.values())
+    f.write(f'prefill of the p run: {ptot / 1e3:.2f} ms of kernel time in {sum(n for n, t, g in p.values())} launches\n')
+    for k, (n, t, g) in sorted(p.items(), key=lambda kv: -kv[1][1])[:40]:
+        f.write(f'{t / 1e3:9.3f} ms {100 * t / ptot:5.1f}% {n:5d}  {k[:90]}\n')
 rows.sort(reverse=True)
 tot = sum(r[0] for r in rows); launches = sum(r[1] for r in rows)
 print(f'decode per token: {tot:.1f} us of kernel time in {launches:.0f} launches')

@@ -163,6 +163,11 @@ TEST_F(FastKernels, GroupedExpertGemmMatchesReference) {
       std::memcpy(&unperm[order[pos] * FF], &gp[pos * FF], FF * 4);
     }
     for (int s : seen) ASSERT_EQ(s, 1);
+    // The plan's order: by expert, items ascending within one (the products' bits depend on it).
+    for (int64_t pos = 1; pos < items; ++pos) {
+      const int32_t a = order[pos - 1], b = order[pos];
+      ASSERT_TRUE(sel[a] < sel[b] || (sel[a] == sel[b] && a < b)) << "plan position " << pos;
+    }
     const double eg = rel_err(unperm, rr);
     // down: plan-ordered input rows, output scattered back to item rows.
     cuda::fast::to_f16(dg.get(), items, Fd, Fd, xb.get(), nullptr);

