@@ -104,6 +104,15 @@ bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, cons
 // multiple of 256, misaligned rows or activations, not a Hopper).
 void gemm_set_group_wgmma(bool on);
 bool gemm_group_wgmma();
+// Its kernel variant (wgmma_group::kVariants in gemm_group_wgmma.h): FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT,
+// default 0; out-of-range values select 0.
+void gemm_set_group_wgmma_variant(int v);
+int gemm_group_wgmma_variant();
+// Internal to gemm_group_wgmma*.cu: the paired kernel (variant 1) and its selector table.
+void group_wgmma_pair_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
+                             int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
+                             cudaStream_t s);
+void init_group_wgmma_pair_table(const uint32_t* sel);
 bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                         int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
                         cudaStream_t s);

@@ -296,6 +296,16 @@ bool& flag() {
   }();
   return on;
 }
+// The kernel variant (gemm_group_wgmma.h, kVariants): FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT=N, default 0
+// (the measured kernel) until the timing test picks another.
+int& variant() {
+  static int v = [] {
+    const char* s = std::getenv("FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT");
+    const int n = s ? std::atoi(s) : 0;
+    return n >= 0 && n < gw::kVariants ? n : 0;
+  }();
+  return v;
+}
 
 // Whether the device is a Hopper with this kernel's sm_90a code, once.
 bool group_wgmma_device() {
@@ -336,9 +346,12 @@ void init_gemm_group_wgmma_tables() {
   uint32_t sel[256];
   if (!g2::iq2_sel_table(sel)) fail("IQ2_XXS grid bytes outside {8, 25, 43}");
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_wg_sel, sel, sizeof(sel)));
+  init_group_wgmma_pair_table(sel);
 }
 
 void gemm_set_group_wgmma(bool on) { flag() = on; }
+void gemm_set_group_wgmma_variant(int v) { variant() = v >= 0 && v < gw::kVariants ? v : 0; }
+int gemm_group_wgmma_variant() { return variant(); }
 bool gemm_group_wgmma() { return flag(); }
 
 bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
@@ -356,7 +369,9 @@ bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, c
   // ptxas (C7511, register pressure around their decode), so v2 keeps them.
   if (W.type != GgmlType::IQ2_XXS && W.type != GgmlType::Q2_K) return false;
   if (!group_wgmma_device()) return false;
-  if (W.type == GgmlType::IQ2_XXS)
+  if (variant() == 1)
+    group_wgmma_pair_launch(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+  else if (W.type == GgmlType::IQ2_XXS)
     launch<GgmlType::IQ2_XXS>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   else
     launch<GgmlType::Q2_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);

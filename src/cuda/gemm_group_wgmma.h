@@ -68,4 +68,101 @@ WG_HD int acc_item(int lane, int i) { return wgmma::d_col(lane, i); }
 // iteration t (wgmma.wait_group 0 before the promotion): so each buffer is read by the tensor core in the
 // barrier phase where v2's ldmatrix read it, and v2's buffer schedule holds unchanged.
 
+// ---- Variant 1, the paired kernel (gemm_group_wgmma_pair.cu). Why: the kernel above is bound by its
+// warps' instructions, not the tensor core (SASS per warp and k-tile, IQ2_XXS: ~195 decode, ~130 copies
+// and barrier, ~60 wgmma issue, ~70 promotion; about 68% of the issue slots at the measured 3.22 ms,
+// the tensor core ~36% busy). Decode and raw copies are per weight, so they amortise over the items a
+// block multiplies: an expert holds ~96 items at 4096 tokens, two plan tiles of 64, which v0 decodes
+// twice. The paired block takes plan tiles 2i and 2i + 1 of one expert together (up to 128 items;
+// blocks of odd tiles exit at once), 128 rows, two warpgroups (warpgroup w: rows 64 w .. + 63, all
+// items, wgmma m64nNk16 with N = 32, 64, 96 or 128 by the count), and decodes each k-tile once with two
+// threads a row (16 columns each). Every output element is still one thread's sequence of the same
+// 4 wgmma k16 halves (lo, hi per k16 step) and promote(), so v2's bits.
+namespace wgmma_pair {
+constexpr int kBM = 128, kThreads = 256, kBN = 2 * gemm_v2::kBN, kBK = gemm_v2::kBK;
+constexpr uint32_t kXTermBytes = kBN * kBK * 2, kXStageBytes = 2 * kXTermBytes, kATileBytes = kBM * kBK * 2;
+static_assert(kXTermBytes % kAlign == 0 && kATileBytes % kAlign == 0, "every operand starts an atom");
+// Shared memory: X [kStages][term][kBN x kBK], A [2][kBM x kBK] (both swizzled as v2's), raw [2][kRawBuf],
+// rows [2][kBM] float4, sums [2][half][kBN], selector table [256].
+template <GgmlType T>
+struct Smem {
+  using F = gemm_v2::FmtOf<T, G>;
+  static constexpr int kX = gemm_v2::kStages * static_cast<int>(kXStageBytes);
+  static constexpr int kA = 2 * static_cast<int>(kATileBytes);
+  static constexpr int kRawBuf = kBM * F::kStride + 4;  // words
+  static constexpr int off_a = kX, off_raw = off_a + kA, off_rows = off_raw + 2 * kRawBuf * 4,
+                       off_sums = off_rows + 2 * kBM * 16, off_tab = off_sums + 2 * 2 * kBN * 4, bytes = off_tab + 1024;
+  static_assert(off_raw % 512 == 0 && off_rows % 16 == 0, "aligned");
+};
+// The activation copy: 2 terms x 128 items x 4 chunks = 1024 16-byte copies, 4 a thread.
+constexpr int kXCopies = 2 * kBN * (kBK / 8) / kThreads;
+WG_HD void x_task(int tid, int v, int& term, int& tok, int& chunk) {
+  const int q = tid + kThreads * v;
+  chunk = q & 3, tok = (q >> 2) & (kBN - 1), term = q >> 9;
+}
+// Decoding thread tid: row tid % 128, columns 16 c .. + 15 of the k-tile with c = tid / 128 (a warp: 32
+// consecutive rows at one c, so v2's conflict-free bank pattern). Token sums (formats with minima): item
+// tid / 2, 16-column half tid % 2.
+WG_HD int dec_row(int tid) { return tid & (kBM - 1); }
+WG_HD int dec_half(int tid) { return tid >> 7; }
+
+// Columns 16 c .. 16 c + 15 of gemm_v2::Decode<T>::run's Tile32 (h[0..7] = its h[8 c .. 8 c + 7]) and the
+// same scale and minima: the same expressions restricted to that half (the CPU test compares them).
+template <GgmlType T>
+struct Decode16;
+template <>
+struct Decode16<GgmlType::IQ2_XXS> {
+  static WG_HD void run(const uint32_t* rw, int a2, int j, int c, const uint32_t* sel, uint32_t (&h)[8],
+                        float& scale, float& min0, float& min1) {
+    using namespace gemm_v2;
+    const int hb = a2 + 2 + 8 * j, k = hb >> 2, sh = 8 * (hb & 3);
+    const uint32_t w0 = rw[k], w1 = rw[k + 1], w2 = rw[k + 2];
+    const uint32_t qs = funnel(w0, w1, sh), sg = funnel(w1, w2, sh);
+    const float d = half_f32((rw[0] >> (8 * a2)) & 0xffffu);
+    scale = d * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
+    min0 = min1 = 0.0f;
+    const uint32_t m2 = 0x3C003C00u, nb2 = hfma2_bits(m2, 0xE400E400u, 0u);
+    GI_UNROLL
+    for (int ee = 0; ee < 2; ++ee) {
+      const int e = 2 * c + ee;
+      const uint32_t t = sel[(qs >> (8 * e)) & 255u];
+      const uint32_t s8 = iq2_signs((sg >> (7 * e)) & 127u);
+      const uint32_t lo = (t & 0x0F0F0F0Fu) | 0x40404040u, hi = ((t >> 4) & 0x0F0F0F0Fu) | 0x40404040u;
+      const uint32_t sl[4] = {lo, lo >> 16, hi, hi >> 16};
+      GI_UNROLL
+      for (int p = 0; p < 4; ++p) {
+        const uint32_t v = hfma2_bits(prmt(kGridBytes, 0x64646464u, sl[p]), m2, nb2);
+        const uint32_t neg = (s8 * ((1u << (15 - 2 * p)) + (1u << (30 - 2 * p)))) & 0x80008000u;
+        h[4 * ee + p] = v ^ neg;
+      }
+    }
+  }
+};
+template <>
+struct Decode16<GgmlType::Q2_K> {
+  static WG_HD void run(const uint32_t* rw, int, int j, int c, const uint32_t*, uint32_t (&h)[8], float& scale,
+                        float& min0, float& min1) {
+    using namespace gemm_v2;
+    const int hh = j >> 2, step = j & 3;
+    const uint32_t scw = rw[2 * hh + (step >> 1)] >> (16 * (step & 1));
+    const uint32_t sc0 = scw & 255u, sc1 = (scw >> 8) & 255u;
+    const uint32_t dd = rw[20];
+    const float dmin = half_f32(dd >> 16);
+    scale = half_f32(dd & 0xffffu);
+    min0 = dmin * static_cast<float>(sc0 >> 4), min1 = dmin * static_cast<float>(sc1 >> 4);
+    const uint32_t scc = (c ? sc1 : sc0) & 15u;
+    GI_UNROLL
+    for (int ii = 0; ii < 4; ++ii) {
+      const uint32_t q = (rw[4 + 8 * hh + 4 * c + ii] >> (2 * step)) & 0x03030303u;
+      gemm_int::bytes_u(q * scc, h[2 * ii], h[2 * ii + 1]);
+    }
+  }
+};
+}  // namespace wgmma_pair
+
+// Run-time variants (FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT, gemm_set_group_wgmma_variant): 0 the kernel
+// above; 1 the paired kernel. (Tried and dropped: v0 with each row half's wgmma its own commit group,
+// half 0 promoted under half 1's wgmma: ptxas serialised the wgmma, C7511, with the n64 / n32 branches.)
+constexpr int kVariants = 2;
+
 }  // namespace flashstar::cuda::wgmma_group

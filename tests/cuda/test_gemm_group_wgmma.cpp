@@ -31,6 +31,40 @@ namespace wg = flashstar::cuda::wgmma;
 
 // ---- CPU: layouts and descriptors.
 
+// The paired kernel's half-k-tile decode (two threads a row) is v2's Decode, half by half, bit for bit.
+TEST(GemmGroupWgmmaLayout, PairHalfDecodeIsV2sDecode) {
+  namespace g2 = cuda::gemm_v2;
+  namespace gp = cuda::wgmma_group::wgmma_pair;
+  uint32_t sel[256];
+  ASSERT_TRUE(g2::iq2_sel_table(sel));
+  std::mt19937 rng(7);
+  auto check = [&](auto tag, int a2) {
+    constexpr GgmlType T = decltype(tag)::value;
+    for (int trial = 0; trial < 200; ++trial) {
+      uint32_t rw[48];
+      for (uint32_t& w : rw) w = rng();
+      // Finite FP16 scales (d, dmin): clear the exponent's top bit.
+      for (uint32_t& w : rw) w &= 0xBFFFBFFFu;
+      for (int j = 0; j < 8; ++j) {
+        g2::Tile32 o;
+        g2::Decode<T>::run(rw, a2, j, sel, o);
+        for (int c = 0; c < 2; ++c) {
+          uint32_t h[8];
+          float sc, m0, m1;
+          gp::Decode16<T>::run(rw, a2, j, c, sel, h, sc, m0, m1);
+          for (int i = 0; i < 8; ++i) ASSERT_EQ(h[i], o.h[8 * c + i]) << "j " << j << " c " << c << " i " << i;
+          ASSERT_EQ(f32_to_bits(sc), f32_to_bits(o.scale));
+          ASSERT_EQ(f32_to_bits(m0), f32_to_bits(o.min0));
+          ASSERT_EQ(f32_to_bits(m1), f32_to_bits(o.min1));
+        }
+      }
+    }
+  };
+  check(std::integral_constant<GgmlType, GgmlType::IQ2_XXS>{}, 0);
+  check(std::integral_constant<GgmlType, GgmlType::IQ2_XXS>{}, 2);
+  check(std::integral_constant<GgmlType, GgmlType::Q2_K>{}, 0);
+}
+
 TEST(GemmGroupWgmmaLayout, DescriptorsReadWhatV2sWritersWrote) {
   constexpr GgmlType T = GgmlType::IQ2_XXS;
   using G = gw::G;
@@ -136,9 +170,11 @@ class GemmGroupWgmma : public cuda_test::CudaKernelTest {
     if (IsSkipped()) return;
     cuda::fast::init_tables();
     saved_ = cuda::fast::gemm_group_wgmma();
+    saved_var_ = cuda::fast::gemm_group_wgmma_variant();
   }
   void TearDown() override {
     cuda::fast::gemm_set_group_wgmma(saved_);
+    cuda::fast::gemm_set_group_wgmma_variant(saved_var_);
     cuda::fast::gemm_set_group_v2(true);
   }
 
@@ -182,6 +218,7 @@ class GemmGroupWgmma : public cuda_test::CudaKernelTest {
     return sel;
   }
   bool saved_ = true;
+  int saved_var_ = 0;
 };
 
 struct Product {
@@ -212,6 +249,9 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
       cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * pr.cols));
       cuda::fast::to_f16(dx.get(), x_rows, pr.cols, pr.cols, xb.get(), nullptr);
       const int32_t src_div = pr.gather ? kPerTok : 1;
+      // Every kernel variant (wgmma_group::kVariants) against v2 on the same weights and activations.
+      for (int var = 0; var < cuda::wgmma_group::kVariants; ++var) {
+      cuda::fast::gemm_set_group_wgmma_variant(var);
       // 0, 1: the wgmma kernel alone, twice; 2: the gemm_grouped route with it on; 3: v2 (it off).
       std::vector<float> out[4];
       for (int rep = 0; rep < 4; ++rep) {
@@ -270,9 +310,9 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
         }
       }
       const double e = rel_err(got, want);
-      std::printf("group wgmma %-4s %-8s %4lld x %4lld, %4lld tokens (%6lld items): rel err %.2e; differs from v2 in "
-                  "%lld of %lld (max |diff| %.2e of rms %.2e)\n",
-                  pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, (long long)n_tok, (long long)items,
+      std::printf("group wgmma variant %d %-4s %-8s %4lld x %4lld, %4lld tokens (%6lld items): rel err %.2e; differs "
+                  "from v2 in %lld of %lld (max |diff| %.2e of rms %.2e)\n",
+                  var, pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, (long long)n_tok, (long long)items,
                   e, (long long)differ, (long long)(items * pr.rows), max_diff, rms);
       ASSERT_EQ(unwritten, 0) << pr.name << " " << n_tok << ": outputs unwritten";
       ASSERT_EQ(stray, 0) << pr.name << " " << n_tok << ": wrote outside the outputs";
@@ -280,7 +320,9 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
       ASSERT_EQ(0, std::memcmp(out[0].data(), out[2].data(), out[0].size() * 4)) << pr.name << ": gemm_grouped route";
       EXPECT_LT(e, 3e-6) << pr.name << " " << n_tok;
       ASSERT_EQ(0, std::memcmp(out[0].data(), out[3].data(), out[0].size() * 4))
-          << pr.name << " " << n_tok << ": not v2's bits";
+          << pr.name << " " << n_tok << " variant " << var << ": not v2's bits";
+      }
+      cuda::fast::gemm_set_group_wgmma_variant(0);
     }
   }
 }
@@ -318,7 +360,8 @@ TEST_F(GemmGroupWgmma, DeclinesWhatItDoesNotTake) {
 
 TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
   // One layer's routed-expert products at 4096 tokens (256 experts, 6 a token, uniform distinct routing):
-  // median of 9 timed runs after a warm-up, wgmma vs v2.
+  // median of 9 timed runs after a warm-up, every wgmma variant and v2, on the same weights (one line per
+  // variant and product: one run picks the variant).
   const int64_t n_tok = 4096;
   constexpr int kRuns = 9;
   const auto sel = routing(n_tok, kExperts, kPerTok, false);
@@ -327,7 +370,8 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
   cudaEvent_t e0, e1;
   FS_CUDA_CHECK(cudaEventCreate(&e0));
   FS_CUDA_CHECK(cudaEventCreate(&e1));
-  double total[2] = {0, 0}, flops = 0;
+  constexpr int kV = cuda::wgmma_group::kVariants;
+  double total[kV + 1] = {}, flops = 0;
   for (const Product& pr : kProducts) {
     auto w = up(random_weights(pr.t, int64_t{kExperts} * pr.rows, pr.cols));
     const cuda::DMat W{pr.t, w.get(), pr.cols, kExperts * pr.rows, row_bytes(pr.t, pr.cols)};
@@ -336,12 +380,13 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
     cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * pr.cols));
     cuda::fast::to_f16(dx.get(), x_rows, pr.cols, pr.cols, xb.get(), nullptr);
     cuda::DeviceArray<float> y(static_cast<size_t>(items * pr.rows));
-    float med[2];
-    for (int m = 0; m < 2; ++m) {
-      cuda::fast::gemm_set_group_wgmma(m == 0);
+    float med[kV + 1];
+    for (int m = 0; m <= kV; ++m) {  // m < kV: variant m; kV: v2
+      cuda::fast::gemm_set_group_wgmma(m < kV);
+      cuda::fast::gemm_set_group_wgmma_variant(m < kV ? m : 0);
       auto once = [&] {
         const int32_t src_div = pr.gather ? kPerTok : 1;
-        if (m == 0)
+        if (m < kV)
           ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
                                                      !pr.gather, y.get(), pr.rows, nullptr));
         else
@@ -363,14 +408,16 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
     }
     const double tf = 2.0 * items * pr.rows * pr.cols / 1e12;
     flops += tf;
-    std::printf("group %-4s %-8s %4lld x %4lld, 4096 tokens: wgmma %.3f ms (%.0f TFLOP/s useful), v2 %.3f ms (%.0f); "
-                "%.2fx\n",
-                pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, med[0], tf / med[0] * 1e3, med[1],
-                tf / med[1] * 1e3, med[1] / med[0]);
+    for (int m = 0; m <= kV; ++m)
+      std::printf("group %-4s %-8s %4lld x %4lld, 4096 tokens: %s%d %.3f ms (%.0f TFLOP/s useful), %.2fx v2\n", pr.name,
+                  type_name(pr.t), (long long)pr.rows, (long long)pr.cols, m < kV ? "variant " : "v2", m < kV ? m : 2,
+                  med[m], tf / med[m] * 1e3, med[kV] / med[m]);
   }
   cuda::fast::gemm_set_group_wgmma(true);
+  cuda::fast::gemm_set_group_wgmma_variant(0);
   FS_CUDA_CHECK(cudaEventDestroy(e0));
   FS_CUDA_CHECK(cudaEventDestroy(e1));
-  std::printf("routed-expert products of a layer, 4096 tokens: wgmma %.2f ms (%.0f TFLOP/s), v2 %.2f ms (%.0f); %.2fx\n",
-              total[0], flops / total[0] * 1e3, total[1], flops / total[1] * 1e3, total[1] / total[0]);
+  for (int m = 0; m <= kV; ++m)
+    std::printf("routed-expert products of a layer, 4096 tokens: %s%d %.2f ms (%.0f TFLOP/s), %.2fx v2\n",
+                m < kV ? "variant " : "v2", m < kV ? m : 2, total[m], flops / total[m] * 1e3, total[kV] / total[m]);
 }
