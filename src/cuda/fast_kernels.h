@@ -97,15 +97,16 @@ bool gemm_group_v2();
 bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                      int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s);
 // The grouped products of those formats on warpgroup MMA (gemm_group_wgmma.cu, sm_90a): v2's tiles,
-// decoding and per-32-column promotion, meant to give v2's bits (as the dense wgmma kernel gives
-// dense_v2's). On by default, ahead of v2 in gemm_grouped; FLASHSTAR_GEMM_GROUP_WGMMA=0 or
+// decoding and per-32-column promotion, and v2's bits (0 differing elements on the model shapes, H200,
+// 2026-12-01; as the dense wgmma kernel gives dense_v2's). On by default, ahead of v2 in gemm_grouped; FLASHSTAR_GEMM_GROUP_WGMMA=0 or
 // gemm_set_group_wgmma(false) turns it off. gemm_grouped_wgmma is that kernel alone, gemm_grouped's
 // contract (false, launching nothing, where it does not take the call: off, other types, columns no
 // multiple of 256, misaligned rows or activations, not a Hopper).
 void gemm_set_group_wgmma(bool on);
 bool gemm_group_wgmma();
 // Its kernel variant (wgmma_group::kVariants in gemm_group_wgmma.h): FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT,
-// default 0; out-of-range values select 0.
+// default 0; out-of-range values select 0. Variant 1 (paired tiles) was 7% faster on a layer's products at
+// 4 096 tokens but no faster in the 43-layer bench (slower on 2 048-token chunks): not the default.
 void gemm_set_group_wgmma_variant(int v);
 int gemm_group_wgmma_variant();
 // Internal to gemm_group_wgmma*.cu: the paired kernel (variant 1) and its selector table.
