@@ -78,13 +78,6 @@ __device__ __forceinline__ void mma_ktile(float (&part)[kMI][kNI][4], const uint
   }
 }
 
-// p, with the compiler unable to see how it was made: a base pointer that the raw copies then offset by
-// 32-bit amounts, where the compiler would otherwise redo the 64-bit base arithmetic in every copy.
-__device__ __forceinline__ const uint8_t* opaque(const uint8_t* p) {
-  asm("" : "+l"(p));
-  return p;
-}
-
 // A block's tile: rows m0 .. m0 + G::kBM - 1 of the matrix at Wm (n_rows rows) times `count` items from
 // plan position (or token) `first`; item j's activations are row x_row(j) of Xb, its outputs row y_row(j)
 // of Y. Dense products: consecutive tokens, no gather or scatter.
@@ -131,69 +124,27 @@ __device__ __forceinline__ void v2_tile(size_t row_bytes, int K, const uint16_t*
   // The activation copies of this thread (gemm_v2::x_task): item rows past the tile's count are zero-filled.
   const uint16_t* xsrc[G::kXCopies];
   uint32_t xdst[G::kXCopies], xbytes[G::kXCopies];
-#pragma unroll
-  for (int v = 0; v < G::kXCopies; ++v) {
-    int term, tok, chunk;
-    g2::x_task<G>(tid, v, term, tok, chunk);
-    const bool ok = tok < count;
-    const int64_t xr = !ok ? 0 : it.x_row(tok);
-    xsrc[v] = Xb + term * lo_off + xr * k8 + chunk * 8;
-    xdst[v] = mma::smem_addr(Xs + term * kXTerm + g2::swz(tok, chunk));
-    xbytes[v] = ok ? 16u : 0u;
-  }
-  auto load_x = [&](int t) {
-    const uint32_t st = static_cast<uint32_t>(g2::x_stage(t) * kXStage * 2);
-#pragma unroll
-    for (int v = 0; v < G::kXCopies; ++v) mma::cp_async16(xdst[v] + st, xsrc[v] + t * kBK, xbytes[v]);
-  };
+  g2::x_copies<kBN>([&](int v, int& term, int& tok, int& chunk) { g2::x_task<G>(tid, v, term, tok, chunk); },
+                    [&](int tok) { return it.x_row(tok); }, count, Xb, k8, lo_off, Xs, xsrc, xdst, xbytes);
   // A unit's raw words for all kBM rows (rows past the matrix repeat its last row; never stored).
-  const uint8_t* __restrict__ Wb = opaque(Wm + static_cast<size_t>(m0) * row_bytes);
+  const uint8_t* __restrict__ Wb = g2::opaque(Wm + static_cast<size_t>(m0) * row_bytes);
   const int rows_left = n_rows - m0 < G::kBM ? static_cast<int>(n_rows - m0) : G::kBM;
-  auto load_raw = [&](int u) {
-    const uint32_t base = mma::smem_addr(Raw + g2::raw_buf(u) * S::kRawBuf);
-    const uint32_t ub = static_cast<uint32_t>(u * F::kBytes - g2::unit_a2<T, G::kUnitCols>(u));
-#pragma unroll 4
-    for (int v = 0; v < F::kWords; ++v) {
-      int row, word, slot;
-      g2::raw_task<T, G>(tid, v, row, word, slot);
-      mma::cp_async4(base + 4u * static_cast<uint32_t>(slot),
-                     Wb + g2::raw_src(row, word, rows_left, static_cast<uint32_t>(row_bytes), ub));
-    }
-  };
   auto load = [&](int t) {  // one commit group per k-tile, empty past the end (keeps the wait counts)
     if (t < nk) {
-      load_x(t);
-      if (g2::starts_unit<G>(t)) load_raw(g2::unit_of<G>(t));
+      g2::x_issue<kBN>(xsrc, xdst, xbytes, t);
+      if (g2::starts_unit<G>(t)) g2::load_raw<T, G>(Raw, Wb, rows_left, row_bytes, tid, g2::unit_of<G>(t));
     }
     mma::cp_async_commit();
   };
   // Row tid's k-tile t: FP16 integers, scale and minima; with minima also the token sums of its 16-column
-  // halves (the first kernel's order: each 8-column half by gemm_int::sum8, then the two added).
+  // halves.
   auto decode = [&](int t) {
-    const int u = g2::unit_of<G>(t);
-    g2::Tile32 o;
-    g2::Decode<T>::run(Raw + g2::raw_buf(u) * S::kRawBuf + tid * F::kStride, g2::unit_a2<T, G::kUnitCols>(u),
-                       t % G::kTilesPerUnit, Sel, o);
-    uint16_t* a = As + g2::tile_buf(t) * kATile;
-#pragma unroll
-    for (int c = 0; c < 4; ++c)
-      *reinterpret_cast<uint4*>(a + g2::swz(tid, c)) =
-          make_uint4(o.h[4 * c], o.h[4 * c + 1], o.h[4 * c + 2], o.h[4 * c + 3]);
-    Rows[g2::tile_buf(t) * G::kBM + tid] = make_float4(o.scale, -o.min0, -o.min1, 0.0f);
+    g2::decode_row<T, G>(Raw, Sel, As, Rows, tid, t);
     if constexpr (kMins > 0) {
       if (kThreads > g2::kSumTasks && tid >= g2::kSumTasks) return;  // the first kSumTasks threads sum
       int tok, half;
       g2::sum_task(tid, tok, half);
-      const uint16_t* xh = Xs + g2::x_stage(t) * kXStage;
-      float s8[2];
-#pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const uint4 h = *reinterpret_cast<const uint4*>(xh + g2::swz(tok, 2 * half + k));
-        const uint4 l = *reinterpret_cast<const uint4*>(xh + kXTerm + g2::swz(tok, 2 * half + k));
-        const uint32_t hv[4] = {h.x, h.y, h.z, h.w}, lv[4] = {l.x, l.y, l.z, l.w};
-        s8[k] = gemm_int::sum8(hv, lv);
-      }
-      Sums[(g2::tile_buf(t) * 2 + half) * kBN + tok] = s8[0] + s8[1];
+      g2::tok_sum<kBN>(Xs, Sums, t, tok, half);
     }
   };
 

@@ -20,6 +20,9 @@
 #include "cuda/gemm_int_weights.h"
 #include "quant/quant.h"
 #include "quant/types.h"
+#if defined(__CUDACC__)
+#include "cuda/mma_f16.cuh"
+#endif
 
 namespace flashstar::cuda::gemm_v2 {
 
@@ -255,6 +258,32 @@ inline bool iq2_sel_table(uint32_t (&out)[256]) {
 // kIq2xsSigns[i] == i | parity(i) << 7).
 GI_HD uint32_t iq2_signs(uint32_t idx7) { return idx7 | (static_cast<uint32_t>(popc(idx7) & 1) << 7); }
 
+// IQ2_XXS sub-block j of a unit (rw: the row's raw words, a2: the unit's first byte in rw[0]): 4 grid
+// indices (qs), then 4 x 7 sign bits and the 4-bit scale s (sg), at byte 2 + 8j; d the block scale.
+// Shared by Decode below and the paired wgmma kernel's half-tile decode (gemm_group_wgmma.h, Decode16).
+GI_HD void iq2_sub(const uint32_t* rw, int a2, int j, uint32_t& qs, uint32_t& sg, float& d) {
+  const int hb = a2 + 2 + 8 * j, k = hb >> 2, sh = 8 * (hb & 3);
+  const uint32_t w0 = rw[k], w1 = rw[k + 1], w2 = rw[k + 2];
+  qs = funnel(w0, w1, sh), sg = funnel(w1, w2, sh);
+  d = half_f32((rw[0] >> (8 * a2)) & 0xffffu);
+}
+// Grid entry e of a sub-block: its 8 weights as 4 FP16 pairs into h[0..3], g m negated by the entry's
+// sign bits (m2: the multiplier m in both lanes, nb2: -1024 m in both lanes; sel: the selector table).
+GI_HD void iq2_entry(const uint32_t* sel, uint32_t qs, uint32_t sg, int e, uint32_t m2, uint32_t nb2, uint32_t* h) {
+  const uint32_t t = sel[(qs >> (8 * e)) & 255u];
+  const uint32_t s8 = iq2_signs((sg >> (7 * e)) & 127u);
+  const uint32_t lo = (t & 0x0F0F0F0Fu) | 0x40404040u, hi = ((t >> 4) & 0x0F0F0F0Fu) | 0x40404040u;
+  const uint32_t sl[4] = {lo, lo >> 16, hi, hi >> 16};
+  GI_UNROLL
+  for (int p = 0; p < 4; ++p) {
+    // (1024 + g) m - 1024 m = g m, one rounding of an integer below 2048: exact.
+    const uint32_t v = hfma2_bits(prmt(kGridBytes, 0x64646464u, sl[p]), m2, nb2);
+    // Sign bits 2p and 2p + 1 of s8 to bits 15 and 31 (the two shifted copies never overlap).
+    const uint32_t neg = (s8 * ((1u << (15 - 2 * p)) + (1u << (30 - 2 * p)))) & 0x80008000u;
+    h[p] = v ^ neg;
+  }
+}
+
 // One decoded k-tile of one row: h[i] holds columns 2i (low half) and 2i + 1 as FP16 integers; the
 // weight is scale * int - min (min0 for columns 0..15, min1 for 16..31; Q4_K: min0 == min1).
 struct Tile32 {
@@ -270,11 +299,9 @@ struct Decode;
 template <bool kFold>
 struct Decode<GgmlType::IQ2_XXS, kFold> {
   static GI_HD void run(const uint32_t* rw, int a2, int j, const uint32_t* sel, Tile32& o) {
-    // Sub-block j: 4 grid indices, then 4 x 7 sign bits and the 4-bit scale s, at byte 2 + 8j.
-    const int hb = a2 + 2 + 8 * j, k = hb >> 2, sh = 8 * (hb & 3);
-    const uint32_t w0 = rw[k], w1 = rw[k + 1], w2 = rw[k + 2];
-    const uint32_t qs = funnel(w0, w1, sh), sg = funnel(w1, w2, sh);
-    const float d = half_f32((rw[0] >> (8 * a2)) & 0xffffu);
+    uint32_t qs, sg;
+    float d;
+    iq2_sub(rw, a2, j, qs, sg, d);
     // The dequantizer's d (0.5 + s) 0.25, or, folded, d / 8 with (2s + 1) in the integers.
     o.scale = kFold ? d * 0.125f : d * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
     o.min0 = o.min1 = 0.0f;
@@ -282,20 +309,7 @@ struct Decode<GgmlType::IQ2_XXS, kFold> {
     // -1024 m in both lanes (exact: at most 5 significant bits).
     const uint32_t nb2 = hfma2_bits(m2, 0xE400E400u, 0u);
     GI_UNROLL
-    for (int e = 0; e < 4; ++e) {
-      const uint32_t t = sel[(qs >> (8 * e)) & 255u];
-      const uint32_t s8 = iq2_signs((sg >> (7 * e)) & 127u);
-      const uint32_t lo = (t & 0x0F0F0F0Fu) | 0x40404040u, hi = ((t >> 4) & 0x0F0F0F0Fu) | 0x40404040u;
-      const uint32_t sl[4] = {lo, lo >> 16, hi, hi >> 16};
-      GI_UNROLL
-      for (int p = 0; p < 4; ++p) {
-        // (1024 + g) m - 1024 m = g m, one rounding of an integer below 2048: exact.
-        const uint32_t v = hfma2_bits(prmt(kGridBytes, 0x64646464u, sl[p]), m2, nb2);
-        // Sign bits 2p and 2p + 1 of s8 to bits 15 and 31 (the two shifted copies never overlap).
-        const uint32_t neg = (s8 * ((1u << (15 - 2 * p)) + (1u << (30 - 2 * p)))) & 0x80008000u;
-        o.h[4 * e + p] = v ^ neg;
-      }
-    }
+    for (int e = 0; e < 4; ++e) iq2_entry(sel, qs, sg, e, m2, nb2, o.h + 4 * e);
   }
 };
 
@@ -367,5 +381,96 @@ template <GgmlType T, int UnitCols = 256>
 GI_HD int unit_a2(int unit) {
   return (unit * Fmt<T, UnitCols>::kBytes) & 3;
 }
+
+#if defined(__CUDACC__)
+// ---- Device pieces of the kernels on these tiles (v2_tile in fast_gemm_group.cu and the warpgroup
+// kernels gemm_group_wgmma.cu, gemm_group_wgmma_pair.cu), written once so that their copies, decode
+// and token sums stay the same code (and the same bits).
+
+// p, with the compiler unable to see how it was made: a base pointer that the raw copies then offset by
+// 32-bit amounts, where the compiler would otherwise redo the 64-bit base arithmetic in every copy.
+__device__ __forceinline__ const uint8_t* opaque(const uint8_t* p) {
+  asm("" : "+l"(p));
+  return p;
+}
+
+// A thread's 16-byte activation copies of every k-tile (kCopies; task(v, term, tok, chunk) names copy v)
+// into stage x_stage(t) of Xs ([stage][term][kN x kBK], swizzled): item tok's row x_row(tok) of Xb (the
+// lo term lo_off further), items past the count zero-filled. x_copies forms the addresses once (src,
+// dst, bytes: the kernel's registers), x_issue issues k-tile t's copies.
+template <int kN, int kCopies, class Task, class XRow>
+__device__ __forceinline__ void x_copies(Task task, XRow x_row, int count, const uint16_t* Xb, int64_t k8,
+                                         int64_t lo_off, uint16_t* Xs, const uint16_t* (&src)[kCopies],
+                                         uint32_t (&dst)[kCopies], uint32_t (&bytes)[kCopies]) {
+#pragma unroll
+  for (int v = 0; v < kCopies; ++v) {
+    int term, tok, chunk;
+    task(v, term, tok, chunk);
+    const bool ok = tok < count;
+    const int64_t xr = !ok ? 0 : x_row(tok);
+    src[v] = Xb + term * lo_off + xr * k8 + chunk * 8;
+    dst[v] = mma::smem_addr(Xs + term * (kN * kBK) + swz(tok, chunk));
+    bytes[v] = ok ? 16u : 0u;
+  }
+}
+template <int kN, int kCopies>
+__device__ __forceinline__ void x_issue(const uint16_t* const (&src)[kCopies], const uint32_t (&dst)[kCopies],
+                                        const uint32_t (&bytes)[kCopies], int t) {
+  const uint32_t st = static_cast<uint32_t>(x_stage(t) * (2 * kN * kBK) * 2);
+#pragma unroll
+  for (int v = 0; v < kCopies; ++v) mma::cp_async16(dst[v] + st, src[v] + t * kBK, bytes[v]);
+}
+
+// Raw unit u's words for all G::kBM rows of the block (first row at Wb; rows past the matrix repeat its
+// last row, never stored) into raw buffer raw_buf(u) of Raw, thread tid's share (raw_task).
+template <GgmlType T, class G>
+__device__ __forceinline__ void load_raw(uint32_t* Raw, const uint8_t* __restrict__ Wb, int rows_left,
+                                         size_t row_bytes, int tid, int u) {
+  using F = FmtOf<T, G>;
+  const uint32_t base = mma::smem_addr(Raw + raw_buf(u) * Smem<T, G>::kRawBuf);
+  const uint32_t ub = static_cast<uint32_t>(u * F::kBytes - unit_a2<T, G::kUnitCols>(u));
+#pragma unroll 4
+  for (int v = 0; v < F::kWords; ++v) {
+    int row, word, slot;
+    raw_task<T, G>(tid, v, row, word, slot);
+    mma::cp_async4(base + 4u * static_cast<uint32_t>(slot),
+                   Wb + raw_src(row, word, rows_left, static_cast<uint32_t>(row_bytes), ub));
+  }
+}
+
+// Row `row`'s k-tile t into FP16 integers (decoded tile buffer tile_buf(t) of As, swizzled) and its
+// scale and negated minima (Rows[tile_buf(t)][row]).
+template <GgmlType T, class G>
+__device__ __forceinline__ void decode_row(const uint32_t* Raw, const uint32_t* Sel, uint16_t* As, float4* Rows,
+                                           int row, int t) {
+  const int u = unit_of<G>(t);
+  Tile32 o;
+  Decode<T>::run(Raw + raw_buf(u) * Smem<T, G>::kRawBuf + row * FmtOf<T, G>::kStride, unit_a2<T, G::kUnitCols>(u),
+                 t % G::kTilesPerUnit, Sel, o);
+  uint16_t* a = As + tile_buf(t) * (G::kBM * kBK);
+#pragma unroll
+  for (int c = 0; c < 4; ++c)
+    *reinterpret_cast<uint4*>(a + swz(row, c)) = make_uint4(o.h[4 * c], o.h[4 * c + 1], o.h[4 * c + 2], o.h[4 * c + 3]);
+  Rows[tile_buf(t) * G::kBM + row] = make_float4(o.scale, -o.min0, -o.min1, 0.0f);
+}
+
+// Item tok's activation sum over 16-column half `half` of k-tile t (hi + lo terms of stage x_stage(t),
+// kN items a stage; each 8-column half by gemm_int::sum8, then the two added: the first kernel's
+// order) into Sums[tile_buf(t)][half][tok].
+template <int kN>
+__device__ __forceinline__ void tok_sum(const uint16_t* Xs, float* Sums, int t, int tok, int half) {
+  constexpr int kXTerm = kN * kBK, kXStage = 2 * kXTerm;
+  const uint16_t* xh = Xs + x_stage(t) * kXStage;
+  float s8[2];
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const uint4 h = *reinterpret_cast<const uint4*>(xh + swz(tok, 2 * half + k));
+    const uint4 l = *reinterpret_cast<const uint4*>(xh + kXTerm + swz(tok, 2 * half + k));
+    const uint32_t hv[4] = {h.x, h.y, h.z, h.w}, lv[4] = {l.x, l.y, l.z, l.w};
+    s8[k] = gemm_int::sum8(hv, lv);
+  }
+  Sums[(tile_buf(t) * 2 + half) * kN + tok] = s8[0] + s8[1];
+}
+#endif  // __CUDACC__
 
 }  // namespace flashstar::cuda::gemm_v2

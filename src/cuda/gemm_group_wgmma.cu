@@ -46,11 +46,6 @@ struct Accum {
 };
 
 #if FS_WGMMA
-template <int N>
-__device__ __forceinline__ float (&head(float (&d)[32]))[N / 2] {
-  return *reinterpret_cast<float(*)[N / 2]>(&d);
-}
-
 // One k-tile's 8 wgmma: A = decoded tile at a_tile (rows 0..127), B = the stage's hi tile at x_hi and lo
 // at x_hi + kXTermBytes; per half, per k16 step W x_lo then W x_hi, the first overwriting the partial.
 template <int N>
@@ -64,13 +59,8 @@ __device__ __forceinline__ void mma_ktile(Accum& a, uint32_t a_tile, uint32_t x_
     for (int s = 0; s < 2; ++s) {
       const uint64_t da = gw::desc_tile(a_tile + static_cast<uint32_t>(h * gw::kHalfRows) * gw::kRowBytes, s);
       const uint64_t dl = gw::desc_tile(x_hi + gw::kXTermBytes, s), dh = gw::desc_tile(x_hi, s);
-      if constexpr (N == 64) {
-        wgmma::mma_ss_n64(a.part[h], da, dl, s);
-        wgmma::mma_ss_n64(a.part[h], da, dh, 1);
-      } else {
-        wgmma::mma_ss_n32(head<N>(a.part[h]), da, dl, s);
-        wgmma::mma_ss_n32(head<N>(a.part[h]), da, dh, 1);
-      }
+      wgmma::mma_ss<N>(a.part[h], da, dl, s);
+      wgmma::mma_ss<N>(a.part[h], da, dh, 1);
     }
   wgmma::commit();
 }
@@ -82,39 +72,10 @@ __device__ __forceinline__ void promote(Accum& a, const float4* rows, const floa
   wgmma::pin(a.part[0]);
   wgmma::pin(a.part[1]);
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float sc[2], n0[2] = {0.f, 0.f}, n1[2] = {0.f, 0.f};
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      const float4 f = rows[gw::acc_row(h, warp, lane, 2 * rr)];
-      sc[rr] = f.x;
-      if constexpr (kMins > 0) n0[rr] = f.y, n1[rr] = f.z;
-    }
-#pragma unroll
-    for (int g = 0; g < N / 8; ++g) {
-      float2 s0 = make_float2(0.f, 0.f), s1 = s0;
-      if constexpr (kMins > 0) {
-        const int j = gw::acc_item(lane, 4 * g);
-        s0 = *reinterpret_cast<const float2*>(sums + j);
-        s1 = *reinterpret_cast<const float2*>(sums + kBN + j);
-      }
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int i = 4 * g + c;
-        a.acc[h][i] = gemm_int::promote<kMins>(a.acc[h][i], a.part[h][i], sc[c >> 1], n0[c >> 1], n1[c >> 1],
-                                               c & 1 ? s0.y : s0.x, c & 1 ? s1.y : s1.x);
-      }
-    }
-  }
+  for (int h = 0; h < 2; ++h)
+    gw::promote_rows<N, kMins, kBN>(a.acc[h], a.part[h], rows, sums, gw::kHalfRows * h, warp, lane);
 }
 #endif  // FS_WGMMA
-
-// p, with the compiler unable to see how it was made (v2's trick: the raw copies then offset it by 32-bit
-// amounts instead of redoing 64-bit base arithmetic in every copy).
-__device__ __forceinline__ const uint8_t* opaque(const uint8_t* p) {
-  asm("" : "+l"(p));
-  return p;
-}
 
 // Grid: (row blocks of the expert matrices, plan tiles); the same arguments as gemm_group_v2.
 template <GgmlType T>
@@ -128,7 +89,7 @@ __global__ void __launch_bounds__(gw::kThreads, gw::blocks_per_sm(T))
   if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
   using F = g2::FmtOf<T, G>;
   using S = g2::Smem<T, G>;
-  constexpr int kMins = F::kMins, kXTerm = kBN * kBK, kXStage = 2 * kXTerm, kATile = G::kBM * kBK;
+  constexpr int kMins = F::kMins;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // The swizzle atoms need 512-byte alignment (the launch adds the slack).
   const uint32_t base0 = mma::smem_addr(smem_raw), sbase = (base0 + gw::kAlign - 1) & ~(gw::kAlign - 1);
@@ -156,66 +117,28 @@ __global__ void __launch_bounds__(gw::kThreads, gw::blocks_per_sm(T))
   // repeat its last row (never stored).
   const uint16_t* xsrc[G::kXCopies];
   uint32_t xdst[G::kXCopies], xbytes[G::kXCopies];
-#pragma unroll
-  for (int v = 0; v < G::kXCopies; ++v) {
-    int term, tok, chunk;
-    g2::x_task<G>(tid, v, term, tok, chunk);
-    const bool ok = tok < count;
-    const int64_t xr = !ok ? 0 : gather ? items[first + tok] / src_div : first + tok;
-    xsrc[v] = Xb + term * lo_off + xr * k8 + chunk * 8;
-    xdst[v] = mma::smem_addr(Xs + term * kXTerm + g2::swz(tok, chunk));
-    xbytes[v] = ok ? 16u : 0u;
-  }
-  const uint8_t* __restrict__ Wb = opaque(Wm + static_cast<size_t>(m0) * row_bytes);
+  g2::x_copies<kBN>([&](int v, int& term, int& tok, int& chunk) { g2::x_task<G>(tid, v, term, tok, chunk); },
+                    [&](int tok) { return gather ? items[first + tok] / src_div : first + tok; }, count, Xb, k8,
+                    lo_off, Xs, xsrc, xdst, xbytes);
+  const uint8_t* __restrict__ Wb = g2::opaque(Wm + static_cast<size_t>(m0) * row_bytes);
   const int rows_left = n_rows - m0 < G::kBM ? static_cast<int>(n_rows - m0) : G::kBM;
   auto load = [&](int t) {  // one commit group per k-tile, empty past the end (keeps the wait counts)
     if (t < nk) {
-      const uint32_t st = static_cast<uint32_t>(g2::x_stage(t) * kXStage * 2);
-#pragma unroll
-      for (int v = 0; v < G::kXCopies; ++v) mma::cp_async16(xdst[v] + st, xsrc[v] + t * kBK, xbytes[v]);
-      if (g2::starts_unit<G>(t)) {
-        const int u = g2::unit_of<G>(t);
-        const uint32_t base = mma::smem_addr(Raw + g2::raw_buf(u) * S::kRawBuf);
-        const uint32_t ub = static_cast<uint32_t>(u * F::kBytes - g2::unit_a2<T, G::kUnitCols>(u));
-#pragma unroll 4
-        for (int v = 0; v < F::kWords; ++v) {
-          int row, word, slot;
-          g2::raw_task<T, G>(tid, v, row, word, slot);
-          mma::cp_async4(base + 4u * static_cast<uint32_t>(slot),
-                         Wb + g2::raw_src(row, word, rows_left, static_cast<uint32_t>(row_bytes), ub));
-        }
-      }
+      g2::x_issue<kBN>(xsrc, xdst, xbytes, t);
+      if (g2::starts_unit<G>(t)) g2::load_raw<T, G>(Raw, Wb, rows_left, row_bytes, tid, g2::unit_of<G>(t));
     }
     mma::cp_async_commit();
   };
   // v2's decode: row tid's k-tile t into FP16 integers (tile buffer t % 2), its scale and negated minima;
-  // with minima the token sums of the 16-column halves (sum8 per 8 columns, the two added).
+  // with minima the token sums of the 16-column halves.
   auto decode = [&](int t) {
-    const int u = g2::unit_of<G>(t);
-    g2::Tile32 o;
-    g2::Decode<T>::run(Raw + g2::raw_buf(u) * S::kRawBuf + tid * F::kStride, g2::unit_a2<T, G::kUnitCols>(u),
-                       t % G::kTilesPerUnit, Sel, o);
-    uint16_t* a = As + g2::tile_buf(t) * kATile;
-#pragma unroll
-    for (int c = 0; c < 4; ++c)
-      *reinterpret_cast<uint4*>(a + g2::swz(tid, c)) =
-          make_uint4(o.h[4 * c], o.h[4 * c + 1], o.h[4 * c + 2], o.h[4 * c + 3]);
-    Rows[g2::tile_buf(t) * G::kBM + tid] = make_float4(o.scale, -o.min0, -o.min1, 0.0f);
+    g2::decode_row<T, G>(Raw, Sel, As, Rows, tid, t);
     if constexpr (kMins > 0) {
       static_assert(g2::kSumTasks <= G::kThreads, "every sum task has a thread");
       if (tid >= g2::kSumTasks) return;
       int tok, half;
       g2::sum_task(tid, tok, half);
-      const uint16_t* xh = Xs + g2::x_stage(t) * kXStage;
-      float s8[2];
-#pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const uint4 hv4 = *reinterpret_cast<const uint4*>(xh + g2::swz(tok, 2 * half + k));
-        const uint4 lv4 = *reinterpret_cast<const uint4*>(xh + kXTerm + g2::swz(tok, 2 * half + k));
-        const uint32_t hv[4] = {hv4.x, hv4.y, hv4.z, hv4.w}, lv[4] = {lv4.x, lv4.y, lv4.z, lv4.w};
-        s8[k] = gemm_int::sum8(hv, lv);
-      }
-      Sums[(g2::tile_buf(t) * 2 + half) * kBN + tok] = s8[0] + s8[1];
+      g2::tok_sum<kBN>(Xs, Sums, t, tok, half);
     }
   };
 

@@ -115,27 +115,14 @@ struct Decode16<GgmlType::IQ2_XXS> {
   static WG_HD void run(const uint32_t* rw, int a2, int j, int c, const uint32_t* sel, uint32_t (&h)[8],
                         float& scale, float& min0, float& min1) {
     using namespace gemm_v2;
-    const int hb = a2 + 2 + 8 * j, k = hb >> 2, sh = 8 * (hb & 3);
-    const uint32_t w0 = rw[k], w1 = rw[k + 1], w2 = rw[k + 2];
-    const uint32_t qs = funnel(w0, w1, sh), sg = funnel(w1, w2, sh);
-    const float d = half_f32((rw[0] >> (8 * a2)) & 0xffffu);
+    uint32_t qs, sg;
+    float d;
+    iq2_sub(rw, a2, j, qs, sg, d);
     scale = d * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;
     min0 = min1 = 0.0f;
     const uint32_t m2 = 0x3C003C00u, nb2 = hfma2_bits(m2, 0xE400E400u, 0u);
     GI_UNROLL
-    for (int ee = 0; ee < 2; ++ee) {
-      const int e = 2 * c + ee;
-      const uint32_t t = sel[(qs >> (8 * e)) & 255u];
-      const uint32_t s8 = iq2_signs((sg >> (7 * e)) & 127u);
-      const uint32_t lo = (t & 0x0F0F0F0Fu) | 0x40404040u, hi = ((t >> 4) & 0x0F0F0F0Fu) | 0x40404040u;
-      const uint32_t sl[4] = {lo, lo >> 16, hi, hi >> 16};
-      GI_UNROLL
-      for (int p = 0; p < 4; ++p) {
-        const uint32_t v = hfma2_bits(prmt(kGridBytes, 0x64646464u, sl[p]), m2, nb2);
-        const uint32_t neg = (s8 * ((1u << (15 - 2 * p)) + (1u << (30 - 2 * p)))) & 0x80008000u;
-        h[4 * ee + p] = v ^ neg;
-      }
-    }
+    for (int ee = 0; ee < 2; ++ee) iq2_entry(sel, qs, sg, 2 * c + ee, m2, nb2, h + 4 * ee);
   }
 };
 template <>
@@ -159,6 +146,39 @@ struct Decode16<GgmlType::Q2_K> {
   }
 };
 }  // namespace wgmma_pair
+
+#if FS_WGMMA
+// One m64nN accumulator's k-tile partials into its running sums (both kernels' promotion, v2's
+// arithmetic): element i is row row0 + d_row(w, lane, i), item d_col(lane, i); rows[row] holds (scale,
+// -min0, -min1), sums[half * kSumStride + item] the token sums of the 16-column halves (formats with
+// minima).
+template <int N, int kMins, int kSumStride, int M>
+__device__ __forceinline__ void promote_rows(float (&acc)[M], const float (&part)[M], const float4* rows,
+                                             const float* sums, int row0, int w, int lane) {
+  float sc[2], n0[2] = {0.f, 0.f}, n1[2] = {0.f, 0.f};
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const float4 f = rows[row0 + wgmma::d_row(w, lane, 2 * rr)];
+    sc[rr] = f.x;
+    if constexpr (kMins > 0) n0[rr] = f.y, n1[rr] = f.z;
+  }
+#pragma unroll
+  for (int g = 0; g < N / 8; ++g) {
+    float2 s0 = make_float2(0.f, 0.f), s1 = s0;
+    if constexpr (kMins > 0) {
+      const int j = wgmma::d_col(lane, 4 * g);
+      s0 = *reinterpret_cast<const float2*>(sums + j);
+      s1 = *reinterpret_cast<const float2*>(sums + kSumStride + j);
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int i = 4 * g + c;
+      acc[i] = gemm_int::promote<kMins>(acc[i], part[i], sc[c >> 1], n0[c >> 1], n1[c >> 1], c & 1 ? s0.y : s0.x,
+                                        c & 1 ? s1.y : s1.x);
+    }
+  }
+}
+#endif  // FS_WGMMA
 
 // Run-time variants (FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT, gemm_set_group_wgmma_variant): 0 the kernel
 // above; 1 the paired kernel. (Tried and dropped: v0 with each row half's wgmma its own commit group,

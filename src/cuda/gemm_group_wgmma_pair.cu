@@ -27,22 +27,6 @@ constexpr int kBN = gp::kBN, kBK = gp::kBK, kBM = gp::kBM;
 __device__ uint32_t g_wgp_sel[256];  // the IQ2_XXS selector table
 
 #if FS_WGMMA
-template <int N>
-__device__ __forceinline__ float (&head(float (&d)[64]))[N / 2] {
-  return *reinterpret_cast<float(*)[N / 2]>(&d);
-}
-template <int N>
-__device__ __forceinline__ void mma_n(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
-  if constexpr (N == 128)
-    wgmma::mma_ss_n128(d, da, db, scale_d);
-  else if constexpr (N == 96)
-    wgmma::mma_ss_n96(head<96>(d), da, db, scale_d);
-  else if constexpr (N == 64)
-    wgmma::mma_ss_n64(head<64>(d), da, db, scale_d);
-  else
-    wgmma::mma_ss_n32(head<32>(d), da, db, scale_d);
-}
-
 // One k-tile of this warpgroup's 64 rows (a_tile) x N items: per k16 step W x_lo (the first overwriting
 // the partial) then W x_hi, as v2 and v0.
 template <int N>
@@ -52,8 +36,8 @@ __device__ __forceinline__ void mma_ktile(float (&part)[64], uint32_t a_tile, ui
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
     const uint64_t da = gw::desc_tile(a_tile, s);
-    mma_n<N>(part, da, gw::desc_tile(x_hi + gp::kXTermBytes, s), s);
-    mma_n<N>(part, da, gw::desc_tile(x_hi, s), 1);
+    wgmma::mma_ss<N>(part, da, gw::desc_tile(x_hi + gp::kXTermBytes, s), s);
+    wgmma::mma_ss<N>(part, da, gw::desc_tile(x_hi, s), 1);
   }
   wgmma::commit();
 }
@@ -64,28 +48,7 @@ template <int N, int kMins>
 __device__ __forceinline__ void promote(float (&acc)[64], float (&part)[64], const float4* rows, const float* sums,
                                         int wq, int lane) {
   wgmma::pin(part);
-  float sc[2], n0[2] = {0.f, 0.f}, n1[2] = {0.f, 0.f};
-#pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    const float4 f = rows[wgmma::d_row(wq, lane, 2 * rr)];
-    sc[rr] = f.x;
-    if constexpr (kMins > 0) n0[rr] = f.y, n1[rr] = f.z;
-  }
-#pragma unroll
-  for (int g = 0; g < N / 8; ++g) {
-    float2 s0 = make_float2(0.f, 0.f), s1 = s0;
-    if constexpr (kMins > 0) {
-      const int j = wgmma::d_col(lane, 4 * g);
-      s0 = *reinterpret_cast<const float2*>(sums + j);
-      s1 = *reinterpret_cast<const float2*>(sums + kBN + j);
-    }
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int i = 4 * g + c;
-      acc[i] = gemm_int::promote<kMins>(acc[i], part[i], sc[c >> 1], n0[c >> 1], n1[c >> 1], c & 1 ? s0.y : s0.x,
-                                        c & 1 ? s1.y : s1.x);
-    }
-  }
+  gw::promote_rows<N, kMins, kBN>(acc, part, rows, sums, 0, wq, lane);
 }
 
 // f(integral_constant<N>) for the block's wgmma width N = 32 nsel (block-uniform).
@@ -101,11 +64,6 @@ __device__ __forceinline__ void with_n(int nsel, Fn&& f) {
     f(std::integral_constant<int, 32>{});
 }
 #endif  // FS_WGMMA
-
-__device__ __forceinline__ const uint8_t* opaque(const uint8_t* p) {
-  asm("" : "+l"(p));
-  return p;
-}
 
 // Grid: (row blocks, plan tiles) as v0; the blocks of odd plan tiles exit (their items are the previous
 // tile's block's second half).
@@ -123,7 +81,7 @@ __global__ void __launch_bounds__(gp::kThreads, 1)
   if (tile & 1) return;
   using F = g2::FmtOf<T, G>;
   using S = gp::Smem<T>;
-  constexpr int kMins = F::kMins, kXTerm = kBN * kBK, kXStage = 2 * kXTerm, kATile = kBM * kBK;
+  constexpr int kMins = F::kMins, kATile = kBM * kBK;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t base0 = mma::smem_addr(smem_raw), sbase = (base0 + gw::kAlign - 1) & ~(gw::kAlign - 1);
   unsigned char* smem = smem_raw + (sbase - base0);
@@ -148,24 +106,15 @@ __global__ void __launch_bounds__(gp::kThreads, 1)
 
   const uint16_t* xsrc[gp::kXCopies];
   uint32_t xdst[gp::kXCopies], xbytes[gp::kXCopies];
-#pragma unroll
-  for (int v = 0; v < gp::kXCopies; ++v) {
-    int term, tok, chunk;
-    gp::x_task(tid, v, term, tok, chunk);
-    const bool ok = tok < count;
-    const int64_t xr = !ok ? 0 : gather ? items[first + tok] / src_div : first + tok;
-    xsrc[v] = Xb + term * lo_off + xr * k8 + chunk * 8;
-    xdst[v] = mma::smem_addr(Xs + term * kXTerm + g2::swz(tok, chunk));
-    xbytes[v] = ok ? 16u : 0u;
-  }
-  const uint8_t* __restrict__ Wb = opaque(Wm + static_cast<size_t>(m0) * row_bytes);
+  g2::x_copies<kBN>([&](int v, int& term, int& tok, int& chunk) { gp::x_task(tid, v, term, tok, chunk); },
+                    [&](int tok) { return gather ? items[first + tok] / src_div : first + tok; }, count, Xb, k8,
+                    lo_off, Xs, xsrc, xdst, xbytes);
+  const uint8_t* __restrict__ Wb = g2::opaque(Wm + static_cast<size_t>(m0) * row_bytes);
   const int rows_left = n_rows - m0 < kBM ? static_cast<int>(n_rows - m0) : kBM;
   constexpr int kRawTasks = kBM * F::kWords, kRawCopies = (kRawTasks + gp::kThreads - 1) / gp::kThreads;
   auto load = [&](int t) {  // one commit group per k-tile, empty past the end (keeps the wait counts)
     if (t < nk) {
-      const uint32_t st = static_cast<uint32_t>(g2::x_stage(t) * kXStage * 2);
-#pragma unroll
-      for (int v = 0; v < gp::kXCopies; ++v) mma::cp_async16(xdst[v] + st, xsrc[v] + t * kBK, xbytes[v]);
+      g2::x_issue<kBN>(xsrc, xdst, xbytes, t);
       if (g2::starts_unit<G>(t)) {
         const int u = g2::unit_of<G>(t);
         const uint32_t base = mma::smem_addr(Raw + g2::raw_buf(u) * S::kRawBuf);
@@ -195,17 +144,7 @@ __global__ void __launch_bounds__(gp::kThreads, 1)
       *reinterpret_cast<uint4*>(a + g2::swz(drow, 2 * dc + cc)) = make_uint4(h[4 * cc], h[4 * cc + 1], h[4 * cc + 2], h[4 * cc + 3]);
     if (dc == 0) Rows[g2::tile_buf(t) * kBM + drow] = make_float4(sc, -mn0, -mn1, 0.0f);
     if constexpr (kMins > 0) {
-      const int tok = tid >> 1, half = tid & 1;  // 2 kBN tasks, one a thread
-      const uint16_t* xh = Xs + g2::x_stage(t) * kXStage;
-      float s8[2];
-#pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const uint4 hv4 = *reinterpret_cast<const uint4*>(xh + g2::swz(tok, 2 * half + k));
-        const uint4 lv4 = *reinterpret_cast<const uint4*>(xh + kXTerm + g2::swz(tok, 2 * half + k));
-        const uint32_t hv[4] = {hv4.x, hv4.y, hv4.z, hv4.w}, lv[4] = {lv4.x, lv4.y, lv4.z, lv4.w};
-        s8[k] = gemm_int::sum8(hv, lv);
-      }
-      Sums[(g2::tile_buf(t) * 2 + half) * kBN + tok] = s8[0] + s8[1];
+      g2::tok_sum<kBN>(Xs, Sums, t, tid >> 1, tid & 1);  // 2 kBN tasks, one a thread: item tid / 2, half tid % 2
     }
   };
   static_assert(2 * kBN == gp::kThreads, "one sum task a thread");

@@ -140,6 +140,27 @@ __device__ __forceinline__ void mma_ss_n128(float (&d)[64], uint64_t desc_a, uin
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
+
+// The first N / 2 elements of an accumulator array of M (>= N / 2) floats: the m64nN operand that a
+// narrower instruction takes from a wider array.
+template <int N, int M>
+__device__ __forceinline__ float (&head(float (&d)[M]))[N / 2] {
+  static_assert(N / 2 <= M, "a head of the array");
+  return *reinterpret_cast<float(*)[N / 2]>(&d);
+}
+// d (+)= A B, m64nNk16 (N = 32, 64, 96, 128) with both operands from shared memory, on the first N / 2
+// elements of d; one call for the kernels that pick N at compile time.
+template <int N, int M>
+__device__ __forceinline__ void mma_ss(float (&d)[M], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  if constexpr (N == 128)
+    mma_ss_n128(head<128>(d), desc_a, desc_b, scale_d);
+  else if constexpr (N == 96)
+    mma_ss_n96(head<96>(d), desc_a, desc_b, scale_d);
+  else if constexpr (N == 64)
+    mma_ss_n64(head<64>(d), desc_a, desc_b, scale_d);
+  else
+    mma_ss_n32(head<32>(d), desc_a, desc_b, scale_d);
+}
 #endif  // FS_WGMMA
 
 }  // namespace flashstar::cuda::wgmma
