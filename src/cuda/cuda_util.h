@@ -1,8 +1,9 @@
-// CUDA error handling and device memory ownership for the backend.
+// CUDA error handling, device memory ownership, and the kernel switches' environment and device checks.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdlib>
 #include <utility>
 
 #include "common/error.h"
@@ -57,5 +58,24 @@ class DeviceArray {
   T* p_ = nullptr;
   size_t n_ = 0;
 };
+
+// A kernel switch from the environment: on unless `name` is set and starts with '0' (callers read it
+// once, into their flag).
+inline bool env_on(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v && v[0] == '0');
+}
+
+// Whether the current device is a Hopper (9.0) and `kernel` was built for it (binary version 90): the
+// warpgroup-MMA kernels exist only in the sm_90a code and trap elsewhere.
+inline bool sm90_kernel(const void* kernel) {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
+  cudaFuncAttributes fa{};
+  if (cudaFuncGetAttributes(&fa, kernel) != cudaSuccess) return false;
+  return major == 9 && minor == 0 && fa.binaryVersion == 90;
+}
 
 }  // namespace flashstar::cuda

@@ -350,10 +350,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_prefill_kernel(AttentionArgs
 }
 
 bool& v2_flag() {
-  static bool on = [] {
-    const char* v = std::getenv("FLASHSTAR_ATTN_PREFILL_V2");
-    return !(v && v[0] == '0');
-  }();
+  static bool on = env_on("FLASHSTAR_ATTN_PREFILL_V2");
   return on;
 }
 bool& full_mma_flag() {

@@ -324,10 +324,7 @@ bool shape_ok(const DMat& W) {
 // Integer weights (two mma per step) for the formats gemm_int::Traits takes, unless FLASHSTAR_GEMM_INT=0
 // or gemm_set_int_weights(false) puts the three-mma split back (for A/B comparisons on the device).
 bool& int_weights_flag() {
-  static bool on = [] {
-    const char* v = std::getenv("FLASHSTAR_GEMM_INT");
-    return !(v && v[0] == '0');
-  }();
+  static bool on = env_on("FLASHSTAR_GEMM_INT");
   return on;
 }
 

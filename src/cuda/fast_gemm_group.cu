@@ -272,10 +272,7 @@ __global__ void __launch_bounds__(G::kThreads, G::kBlocksPerSm)
 }
 
 bool& v2_flag() {
-  static bool on = [] {
-    const char* v = std::getenv("FLASHSTAR_GEMM_GROUP_V2");
-    return !(v && v[0] == '0');
-  }();
+  static bool on = env_on("FLASHSTAR_GEMM_GROUP_V2");
   return on;
 }
 

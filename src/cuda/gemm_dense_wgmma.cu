@@ -240,24 +240,13 @@ __global__ void __launch_bounds__(wq::kThreads, 1)
 // On by default: bitwise equal to dense_v2 (GemmDenseWgmma tests, 4L logits; H200, 2026-12-01) and 2.1x
 // faster. FLASHSTAR_GEMM_WGMMA=0 (or gemm_set_wgmma(false)) puts the mma.sync kernels back.
 bool& wgmma_flag() {
-  static bool on = [] {
-    const char* v = std::getenv("FLASHSTAR_GEMM_WGMMA");
-    return !(v && v[0] == '0');
-  }();
+  static bool on = env_on("FLASHSTAR_GEMM_WGMMA");
   return on;
 }
 
 // Whether the device is a Hopper (the kernel's code exists only for sm_90a), once.
 bool wgmma_device() {
-  static const bool ok = [] {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
-    cudaFuncAttributes fa{};
-    if (cudaFuncGetAttributes(&fa, dense_wgmma_q8) != cudaSuccess) return false;
-    return major == 9 && minor == 0 && fa.binaryVersion == 90;
-  }();
+  static const bool ok = sm90_kernel(reinterpret_cast<const void*>(dense_wgmma_q8));
   return ok;
 }
 

@@ -213,10 +213,7 @@ __global__ void __launch_bounds__(gw::kThreads, gw::blocks_per_sm(T))
 // On by default (meant to be bitwise equal to v2, as the dense wgmma kernel is to dense_v2);
 // FLASHSTAR_GEMM_GROUP_WGMMA=0 (or gemm_set_group_wgmma(false)) puts v2 back.
 bool& flag() {
-  static bool on = [] {
-    const char* v = std::getenv("FLASHSTAR_GEMM_GROUP_WGMMA");
-    return !(v && v[0] == '0');
-  }();
+  static bool on = env_on("FLASHSTAR_GEMM_GROUP_WGMMA");
   return on;
 }
 // The kernel variant (gemm_group_wgmma.h, kVariants): FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT=N, default 0
@@ -232,15 +229,7 @@ int& variant() {
 
 // Whether the device is a Hopper with this kernel's sm_90a code, once.
 bool group_wgmma_device() {
-  static const bool ok = [] {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
-    cudaFuncAttributes fa{};
-    if (cudaFuncGetAttributes(&fa, group_wgmma<GgmlType::Q2_K>) != cudaSuccess) return false;
-    return major == 9 && minor == 0 && fa.binaryVersion == 90;
-  }();
+  static const bool ok = sm90_kernel(reinterpret_cast<const void*>(group_wgmma<GgmlType::Q2_K>));
   return ok;
 }
 
