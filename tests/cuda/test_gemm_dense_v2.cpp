@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "cuda/fast_kernels.h"
-#include "cuda_test_fixture.h"
+#include "gemm_test_util.h"
 
 using namespace flashstar;
 
@@ -21,10 +21,10 @@ namespace {
 
 constexpr int kModes[] = {256, 128};  // the dense kernel's block rows (0: the first kernel)
 
-class GemmDenseV2 : public cuda_test::CudaKernelTest {
+class GemmDenseV2 : public cuda_test::GemmKernelTest {
  protected:
   void SetUp() override {
-    CudaKernelTest::SetUp();
+    GemmKernelTest::SetUp();
     if (IsSkipped()) return;
     cuda::fast::init_tables();
     saved_ = cuda::fast::gemm_dense_v2_rows();
@@ -36,44 +36,12 @@ class GemmDenseV2 : public cuda_test::CudaKernelTest {
     cuda::fast::gemm_set_wgmma(saved_wgmma_);
   }
 
-  // Weights of `total` rows, the activations' FP16 copy, the reference; products of rows [row0, row0 +
-  // rows) into outputs of ys >= rows floats a token and 2 spare token rows, NaN-poisoned.
-  struct Problem {
-    GgmlType t;
-    int64_t rows, cols, n_tok, row0, ys;
-    cuda::DeviceArray<uint8_t> w;
-    cuda::DMat W;
-    std::vector<float> x;
-    cuda::DeviceArray<uint16_t> xb;
-  };
-  Problem make(GgmlType t, int64_t rows, int64_t cols, int64_t n_tok, int64_t row0, int64_t pad) {
-    Problem p{t, rows, cols, n_tok, row0, rows + pad, {}, {}, {}, {}};
-    p.w = up(random_weights(t, row0 + rows + 5, cols));
-    p.W = cuda::DMat{t, p.w.get(), cols, row0 + rows + 5, row_bytes(t, cols)};
-    p.x = tailed_acts(static_cast<size_t>(n_tok * cols));
-    auto dx = up(p.x);
-    p.xb = cuda::DeviceArray<uint16_t>(static_cast<size_t>(2 * n_tok * cols));
-    cuda::fast::to_f16(dx.get(), n_tok, cols, cols, p.xb.get(), nullptr);
-    return p;
-  }
   // The product through fast::gemm with the dense kernel at `mode` block rows (0: the first kernel).
   std::vector<float> run(const Problem& p, int mode) {
     cuda::fast::gemm_set_dense_v2(mode);
     auto y = poisoned<float>(static_cast<size_t>((p.n_tok + 2) * p.ys));
     EXPECT_TRUE(cuda::fast::gemm(p.W, p.row0, p.rows, p.xb.get(), p.n_tok, y.get(), p.ys, nullptr));
     return down(y);
-  }
-  // Token-major [n_tok][rows] outputs from the poisoned buffer; counts writes outside them.
-  static std::vector<float> outputs(const Problem& p, const std::vector<float>& y, int64_t& stray) {
-    std::vector<float> out;
-    stray = 0;
-    for (int64_t j = 0; j < p.n_tok + 2; ++j)
-      for (int64_t r = 0; r < p.ys; ++r) {
-        const float v = y[j * p.ys + r];
-        if (j < p.n_tok && r < p.rows) out.push_back(v);
-        else stray += f32_to_bits(v) != 0xffffffffu;
-      }
-    return out;
   }
   int saved_ = 128;
   bool saved_wgmma_ = true;
@@ -131,11 +99,7 @@ TEST_F(GemmDenseV2, TokenOutputDoesNotDependOnItsTileMates) {
       for (const int64_t first : {int64_t{100}, int64_t{290}})
         for (const int64_t n : {int64_t{37}, int64_t{9}}) {
           if (first + n > all.n_tok) continue;
-          Problem part{t, all.rows, all.cols, n, all.row0, all.ys, {}, all.W, {}, {}};
-          part.x.assign(all.x.begin() + first * all.cols, all.x.begin() + (first + n) * all.cols);
-          auto dx = up(part.x);
-          part.xb = cuda::DeviceArray<uint16_t>(static_cast<size_t>(2 * n * all.cols));
-          cuda::fast::to_f16(dx.get(), n, all.cols, all.cols, part.xb.get(), nullptr);
+          const Problem part = slice(all, first, n);
           const auto y = outputs(part, run(part, mode), stray);
           ASSERT_EQ(0, std::memcmp(y.data(), &y_all[first * all.rows], y.size() * 4))
               << type_name(t) << " " << mode << "-row blocks, tokens " << first << " + " << n;

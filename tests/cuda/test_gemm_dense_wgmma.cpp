@@ -25,7 +25,7 @@
 #include "cuda/fast_kernels.h"
 #include "cuda/gemm_dense_wgmma.h"
 #include "cuda/gemm_int_weights.h"
-#include "cuda_test_fixture.h"
+#include "gemm_test_util.h"
 #include "tensor_core_model.h"
 
 using namespace flashstar;
@@ -162,10 +162,10 @@ TEST(GemmDenseWgmmaLayout, TileOrderCoversEveryTileOnce) {
 
 namespace {
 
-class GemmDenseWgmma : public cuda_test::CudaKernelTest {
+class GemmDenseWgmma : public cuda_test::GemmKernelTest {
  protected:
   void SetUp() override {
-    CudaKernelTest::SetUp();
+    GemmKernelTest::SetUp();
     if (IsSkipped()) return;
     cuda::fast::init_tables();
     saved_on_ = cuda::fast::gemm_wgmma();
@@ -175,25 +175,6 @@ class GemmDenseWgmma : public cuda_test::CudaKernelTest {
     cuda::fast::gemm_set_wgmma(saved_on_);
     cuda::fast::gemm_set_dense_v2(saved_rows_);
   }
-  struct Problem {
-    int64_t rows, cols, n_tok, row0, ys, total;
-    std::vector<uint8_t> wq;
-    cuda::DeviceArray<uint8_t> w;
-    cuda::DMat W;
-    std::vector<float> x;
-    cuda::DeviceArray<uint16_t> xb;
-  };
-  Problem make(int64_t rows, int64_t cols, int64_t n_tok, int64_t row0, int64_t pad) {
-    Problem p{rows, cols, n_tok, row0, rows + pad, row0 + rows + 5, {}, {}, {}, {}, {}};
-    p.wq = random_weights(GgmlType::Q8_0, p.total, cols);
-    p.w = up(p.wq);
-    p.W = cuda::DMat{GgmlType::Q8_0, p.w.get(), cols, p.total, row_bytes(GgmlType::Q8_0, cols)};
-    p.x = tailed_acts(static_cast<size_t>(n_tok * cols));
-    auto dx = up(p.x);
-    p.xb = cuda::DeviceArray<uint16_t>(static_cast<size_t>(2 * n_tok * cols));
-    cuda::fast::to_f16(dx.get(), n_tok, cols, cols, p.xb.get(), nullptr);
-    return p;
-  }
   // fast::gemm with the wgmma kernel on (or the default dense_v2 with it off), into a NaN-poisoned buffer
   // of n_tok + 2 token rows of ys floats.
   std::vector<float> run(const Problem& p, bool wgmma) {
@@ -202,18 +183,6 @@ class GemmDenseWgmma : public cuda_test::CudaKernelTest {
     auto y = poisoned<float>(static_cast<size_t>((p.n_tok + 2) * p.ys));
     EXPECT_TRUE(cuda::fast::gemm(p.W, p.row0, p.rows, p.xb.get(), p.n_tok, y.get(), p.ys, nullptr));
     return down(y);
-  }
-  // The [n_tok][rows] outputs; counts writes outside them.
-  static std::vector<float> outputs(const Problem& p, const std::vector<float>& y, int64_t& stray) {
-    std::vector<float> out;
-    stray = 0;
-    for (int64_t j = 0; j < p.n_tok + 2; ++j)
-      for (int64_t r = 0; r < p.ys; ++r) {
-        const float v = y[j * p.ys + r];
-        if (j < p.n_tok && r < p.rows) out.push_back(v);
-        else stray += f32_to_bits(v) != 0xffffffffu;
-      }
-    return out;
   }
   bool saved_on_ = false;
   int saved_rows_ = 128;
@@ -264,7 +233,7 @@ TEST_F(GemmDenseWgmma, ModelShapesMatchReferenceAndErrorModel) {
       {"ragged", 64, 8192, 65, 1, 0},
   };
   for (const Case& c : cases) {
-    const Problem p = make(c.rows, c.cols, c.n_tok, c.row0, c.pad);
+    const Problem p = make(GgmlType::Q8_0, c.rows, c.cols, c.n_tok, c.row0, c.pad);
     // Taken by the wgmma kernel itself (not a fallback).
     {
       cuda::fast::gemm_set_wgmma(true);
@@ -331,17 +300,13 @@ TEST_F(GemmDenseWgmma, ModelShapesMatchReferenceAndErrorModel) {
 }
 
 TEST_F(GemmDenseWgmma, TokenOutputDoesNotDependOnItsTileMates) {
-  const Problem all = make(300, 1024, 300, 4, 0);
+  const Problem all = make(GgmlType::Q8_0, 300, 1024, 300, 4, 0);
   int64_t stray = 0;
   const auto y_all = outputs(all, run(all, true), stray);
   for (const int64_t first : {int64_t{0}, int64_t{100}, int64_t{250}})
     for (const int64_t n : {int64_t{37}, int64_t{1}, int64_t{50}}) {
       if (first + n > all.n_tok) continue;
-      Problem part{all.rows, all.cols, n, all.row0, all.ys, all.total, {}, {}, all.W, {}, {}};
-      part.x.assign(all.x.begin() + first * all.cols, all.x.begin() + (first + n) * all.cols);
-      auto dx = up(part.x);
-      part.xb = cuda::DeviceArray<uint16_t>(static_cast<size_t>(2 * n * all.cols));
-      cuda::fast::to_f16(dx.get(), n, all.cols, all.cols, part.xb.get(), nullptr);
+      const Problem part = slice(all, first, n);
       const auto y = outputs(part, run(part, true), stray);
       ASSERT_EQ(0, std::memcmp(y.data(), &y_all[first * all.rows], y.size() * 4)) << "tokens " << first << " + " << n;
     }

@@ -22,7 +22,7 @@
 
 #include "cuda/fast_kernels.h"
 #include "cuda/gemm_group_v2.h"
-#include "cuda_test_fixture.h"
+#include "gemm_test_util.h"
 
 using namespace flashstar;
 namespace g2 = flashstar::cuda::gemm_v2;
@@ -464,10 +464,10 @@ TEST_F(GemmGroupV2Lanes, PipelineNeverReadsUnlandedOrOverwritesLiveBuffers) {
 
 namespace {
 
-class GemmGroupV2 : public cuda_test::CudaKernelTest {
+class GemmGroupV2 : public cuda_test::GemmKernelTest {
  protected:
   void SetUp() override {
-    CudaKernelTest::SetUp();
+    GemmKernelTest::SetUp();
     if (!IsSkipped()) cuda::fast::init_tables();
     cuda::fast::gemm_set_group_wgmma(false);  // gemm_grouped would take the warpgroup kernel ahead of both
   }
@@ -478,27 +478,6 @@ class GemmGroupV2 : public cuda_test::CudaKernelTest {
 
   std::vector<float> acts(int64_t n) { return tailed_acts(static_cast<size_t>(n)); }
 
-  // A device plan for the routing `sel` (expert of each item), with the plan order on the host.
-  struct Plan {
-    cuda::DeviceArray<int32_t> sel, ints;
-    cuda::fast::MoePlan p{};
-    std::vector<int32_t> order;
-  };
-  Plan plan(const std::vector<int32_t>& sel, int n_exp) {
-    Plan pl;
-    const int64_t items = static_cast<int64_t>(sel.size());
-    pl.sel = up(sel);
-    const int max_tiles = cuda::fast::moe_max_tiles(items, n_exp);
-    pl.ints = cuda::DeviceArray<int32_t>(static_cast<size_t>(n_exp + n_exp + 1 + items + max_tiles + 1));
-    auto& p = pl.p;
-    p.count = pl.ints.get(), p.offset = p.count + n_exp, p.items = p.offset + n_exp + 1;
-    p.tiles = p.items + items, p.n_tiles = p.tiles + max_tiles, p.max_tiles = max_tiles;
-    cuda::fast::moe_plan(pl.sel.get(), items, n_exp, p, nullptr);
-    pl.order.resize(static_cast<size_t>(items));
-    FS_CUDA_CHECK(cudaDeviceSynchronize());
-    FS_CUDA_CHECK(cudaMemcpy(pl.order.data(), p.items, items * 4, cudaMemcpyDeviceToHost));
-    return pl;
-  }
   // Routing with exactly counts[e] items per expert, items in random order.
   std::vector<int32_t> routing(const std::vector<int>& counts) {
     std::vector<int32_t> sel;

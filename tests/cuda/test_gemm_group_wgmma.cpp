@@ -22,7 +22,7 @@
 
 #include "cuda/fast_kernels.h"
 #include "cuda/gemm_group_wgmma.h"
-#include "cuda_test_fixture.h"
+#include "gemm_test_util.h"
 
 using namespace flashstar;
 namespace g2 = flashstar::cuda::gemm_v2;
@@ -163,10 +163,10 @@ TEST(GemmGroupWgmmaLayout, AccumulatorsCoverTheTileAndPromoteWithTheirRowAndItem
 
 namespace {
 
-class GemmGroupWgmma : public cuda_test::CudaKernelTest {
+class GemmGroupWgmma : public cuda_test::GemmKernelTest {
  protected:
   void SetUp() override {
-    CudaKernelTest::SetUp();
+    GemmKernelTest::SetUp();
     if (IsSkipped()) return;
     cuda::fast::init_tables();
     saved_ = cuda::fast::gemm_group_wgmma();
@@ -178,26 +178,6 @@ class GemmGroupWgmma : public cuda_test::CudaKernelTest {
     cuda::fast::gemm_set_group_v2(true);
   }
 
-  struct Plan {
-    cuda::DeviceArray<int32_t> sel, ints;
-    cuda::fast::MoePlan p{};
-    std::vector<int32_t> order;
-  };
-  Plan plan(const std::vector<int32_t>& sel, int n_exp) {
-    Plan pl;
-    const int64_t items = static_cast<int64_t>(sel.size());
-    pl.sel = up(sel);
-    const int max_tiles = cuda::fast::moe_max_tiles(items, n_exp);
-    pl.ints = cuda::DeviceArray<int32_t>(static_cast<size_t>(n_exp + n_exp + 1 + items + max_tiles + 1));
-    auto& p = pl.p;
-    p.count = pl.ints.get(), p.offset = p.count + n_exp, p.items = p.offset + n_exp + 1;
-    p.tiles = p.items + items, p.n_tiles = p.tiles + max_tiles, p.max_tiles = max_tiles;
-    cuda::fast::moe_plan(pl.sel.get(), items, n_exp, p, nullptr);
-    pl.order.resize(static_cast<size_t>(items));
-    FS_CUDA_CHECK(cudaDeviceSynchronize());
-    FS_CUDA_CHECK(cudaMemcpy(pl.order.data(), p.items, items * 4, cudaMemcpyDeviceToHost));
-    return pl;
-  }
   // k distinct experts a token. Skewed: experts 0..9 never, expert 10 exactly once (token 0's last slot),
   // 11..13 hot (most tokens), 14..29 warm, the rest rare; uniform draws every expert alike.
   std::vector<int32_t> routing(int64_t n_tok, int n_exp, int k, bool skewed) {
