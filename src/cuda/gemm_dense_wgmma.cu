@@ -132,7 +132,8 @@ __device__ __forceinline__ void load_a(uint32_t w_tile, int wg, int warp_in_wg, 
     for (int i = 0; i < 4; ++i) {
       if constexpr (T == GgmlType::F16 && kWTerms == 1) {
         const uint32_t scale = kWScaleH2;
-        const __half2 v = __hmul2_rn(*reinterpret_cast<const __half2*>(&r[i]), *reinterpret_cast<const __half2*>(&scale));
+        const __half2 v =
+            __hmul2_rn(*reinterpret_cast<const __half2*>(&r[i]), *reinterpret_cast<const __half2*>(&scale));
         f.a[0][s][i] = *reinterpret_cast<const uint32_t*>(&v);
       } else {
         float w0, w1;
@@ -253,7 +254,8 @@ __global__ void __launch_bounds__(wq::kThreads, 1)
             // Rows past the matrix repeat its last row (their outputs are never stored).
             const uint32_t src = static_cast<uint32_t>(row < rows_left ? row : rows_left - 1) * row_bytes +
                                  static_cast<uint32_t>((c + h) * wq::kChunkCols * 2 + 16 * ch);
-            mma::cp_async16(xd + st + static_cast<uint32_t>(2 * wq::kTermBytes + (row - (tid >> 3)) * 128), Wb + src, 16u);
+            mma::cp_async16(xd + st + static_cast<uint32_t>(2 * wq::kTermBytes + (row - (tid >> 3)) * 128), Wb + src,
+                            16u);
           }
         }
       }

@@ -462,7 +462,8 @@ TEST_F(GemmDenseWgmma, FloatWeightsBitwiseEqualToMmaSync) {
                   c.t == GgmlType::F16 ? mode : 3, (long long)differ, a.size(), e, ems);
       ASSERT_EQ(unwritten, 0) << c.name;
       EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << c.name << ": repeat not bitwise";
-      EXPECT_EQ(0, std::memcmp(a.data(), ms.data(), a.size() * 4)) << c.name << " mode " << mode << ": not mma.sync's bits";
+      EXPECT_EQ(0, std::memcmp(a.data(), ms.data(), a.size() * 4))
+          << c.name << " mode " << mode << ": not mma.sync's bits";
       EXPECT_LT(e, 3e-6) << c.name;
     }
     // Through gemm (more than 64 tokens: the warpgroup kernel, whatever FLASHSTAR_GEMM_INT says).
