@@ -506,7 +506,11 @@ bool gemm(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64
           cudaStream_t s) {
   if (!shape_ok(W)) return false;
   if (n_rows <= 0 || n_tok <= 0) return true;
-  if (int_weights_flag() && n_tok > 64 && gemm_dense_wgmma(W, row0, n_rows, Xb, n_tok, Y, ys, s)) return true;
+  // The Q8_0 warpgroup kernel has the integer-weight numerics (FLASHSTAR_GEMM_INT=0 turns them off); the
+  // float-weight ones have gemm_dense<T, false>'s, which float weights always take.
+  if ((int_weights_flag() || W.type != GgmlType::Q8_0) && n_tok > 64 &&
+      gemm_dense_wgmma(W, row0, n_rows, Xb, n_tok, Y, ys, s))
+    return true;
   if (int_weights_flag() && gemm_dense_v2(W, row0, n_rows, Xb, n_tok, Y, ys, s)) return true;
   dispatch_weight_type<DenseLaunch>(W.type, W, row0, n_rows, Xb, n_tok, Y, ys, s);
   return true;

@@ -126,14 +126,20 @@ void gemm_set_dense_v2(int block_rows);
 int gemm_dense_v2_rows();
 bool gemm_dense_v2(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y,
                    int64_t ys, cudaStream_t s);
-// The dense Q8_0 products on warpgroup MMA (gemm_dense_wgmma.cu, sm_90a): the same per-32-column
-// promotion and, as measured, the same bits as the mma.sync kernels. On by default, ahead of the dense
-// kernels above, for more than 64 tokens (fewer: a 128-token tile mostly idle; dense_v2 takes them);
-// FLASHSTAR_GEMM_WGMMA=0 or gemm_set_wgmma(false) turns it off. gemm_dense_wgmma is that kernel
-// alone, gemm's contract (false, launching nothing, where it does not take the call: off, other types,
-// columns no multiple of 256, misaligned rows or activations, not a Hopper).
+// The dense Q8_0, F16 and BF16 products on warpgroup MMA (gemm_dense_wgmma.cu, sm_90a): the mma.sync
+// kernels' terms, order and per-32-column promotion and, as measured for Q8_0, their bits (F16 / BF16:
+// gemm_dense<T, false>'s three-product split; F16 issues the two of its hi term, its lo term being zero).
+// On by default, ahead of the dense kernels above, for more than 64 tokens (fewer: a 128-token tile
+// mostly idle; dense_v2 / gemm_dense take them); FLASHSTAR_GEMM_WGMMA=0 or gemm_set_wgmma(false) turns
+// all of it off, FLASHSTAR_GEMM_WGMMA_F16=0 or gemm_set_wgmma_f16(0) the float weights alone (3: F16 issues
+// all three products, its zero lo-weight ones too; any other value: 2, the default; BF16 always issues
+// three). gemm_dense_wgmma is that kernel alone, gemm's contract (false, launching nothing, where it does
+// not take the call: off, other types, columns no multiple of 256 (Q8_0) or 128 (F16, BF16), misaligned
+// rows or activations, not a Hopper).
 void gemm_set_wgmma(bool on);
 bool gemm_wgmma();
+void gemm_set_wgmma_f16(int mode);
+int gemm_wgmma_f16();
 bool gemm_dense_wgmma(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64_t n_tok, float* Y,
                       int64_t ys, cudaStream_t s);
 

@@ -1,17 +1,20 @@
-// The dense Q8_0 prefill product on Hopper's warpgroup MMA (gemm_dense_wgmma.cu): its tile geometry, the
-// shared-memory layouts, the wgmma matrix descriptor and the register-fragment mappings, host-compilable
-// so that CPU tests (tests/cuda/test_gemm_dense_wgmma.cpp) replay every address the kernel forms against
-// the PTX ISA's definitions of the layouts, without a GPU.
+// The dense prefill products on Hopper's warpgroup MMA (gemm_dense_wgmma.cu): Q8_0 weights and the float
+// (F16, BF16) ones. Their tile geometry, the shared-memory layouts, the wgmma matrix descriptor and the
+// register-fragment mappings, host-compilable so that CPU tests (tests/cuda/test_gemm_dense_wgmma.cpp)
+// replay every address the kernel forms against the PTX ISA's definitions of the layouts, without a GPU.
 //
-// Numerics are those of gemm_int_weights.h: weights as exact FP16 integers, activations as two FP16 terms,
-// per 32-column k-tile a partial sum started from zero in the tensor core (W x_lo then W x_hi per
-// 16-column step, as the mma.sync kernels do), promoted into an fp32 running sum with the k-tile's scale
-// in one FMA (gemm_int::promote<0>).
+// Numerics are the mma.sync kernels' (fast_gemm.cu), per 32-column k-tile a partial sum started from
+// zero in the tensor core, promoted into an fp32 running sum. Q8_0 (gemm_int_weights.h): weights as exact
+// FP16 integers, activations as two FP16 terms, W x_lo then W x_hi per 16-column step, promoted with the
+// k-tile's scale in one FMA (gemm_int::promote<0>). Float weights (gemm_dense<T, false>): weights scaled
+// by 2^10 and split in two FP16 terms too, w_lo x_hi, w_hi x_lo, w_hi x_hi per step, promoted by a plain
+// add, the sums scaled back by 2^-10 at the end.
 #pragma once
 #include <cstdint>
 
 #include "cuda/wgmma_tile.cuh"
 
+// (Named for the first weight type it served; the float weights share its tiles and pipeline.)
 namespace flashstar::cuda::wgmma_q8 {
 
 // Block: 128 weight rows (two consumer warpgroups of 64 rows, one m64 wgmma each) x 128 tokens (the
@@ -72,12 +75,32 @@ WG_HD void x_task(int tid, int v, int& term, int& tok, int& chunk) {
   term = v >> 2, tok = (tid >> 3) + 32 * (v & 3), chunk = tid & 7;
 }
 
+// ---- Float weights (F16, BF16): a chunk's 128 rows x 64 columns (128 bytes a row, like a token's
+// activations) are a third tile of the stage, after the two activation terms, in the same 128-byte
+// swizzled layout: row r's 16-byte chunk c at b_off(r, c). They are copied by the activation copy tasks
+// of term 0 (x_task with v < 4: rows tid / 8 + 32 v, chunk tid % 8) and read into the A fragments by
+// ldmatrix, so a stage holds all of a chunk's operands and no raw units exist.
+constexpr int kFStageBytes = 3 * kTermBytes;  // x hi, x lo, w: 48 KB
+constexpr int kFSmemBytes = kStages * kFStageBytes + 1024;
+constexpr int kWCopies = kBM * (kChunkCols / 8) / kThreads;  // 16-byte weight copies a chunk a thread: 4
+static_assert(kFSmemBytes <= 227 * 1024, "one block an SM");
+static_assert(kWCopies == kXCopies / 2 && kBM == kBN, "the weight copies are term 0's tasks");
+// Element (row, col) of a weight tile (col 0..63 of the chunk): its byte offset.
+WG_HD uint32_t w_elem_off(int row, int col) { return b_off(row, col >> 3) + 2u * static_cast<uint32_t>(col & 7); }
+// ldmatrix.x4 of k16 step s of k-tile half h (columns 32 h + 16 s ..): lane l gives the row address of
+// matrix l / 8, rows 16 w + l % 16 of warp w's 16 (in the block: 64 wg + ..), the 8 columns from
+// 32 h + 16 s + 8 (l / 16). Matrices 0..3 are then the A registers 0..3 of the m64k16 fragment (rows + 8
+// for odd r, columns + 8 for r >= 2), each lane receiving row l / 4, columns 2 (l % 4) + {0, 1}.
+WG_HD uint32_t a_ldm_off(int wg, int warp_in_wg, int lane, int h, int s) {
+  return b_off(64 * wg + 16 * warp_in_wg + (lane & 15), 4 * h + 2 * s + (lane >> 4));
+}
+
 // ---- The pipeline, per iteration of 2 chunks (c, c + 1 = k-tiles 2c .. 2c + 3): chunk c's activations go to
 // stage c % 4, and chunk 4u also brings raw unit u into buffer u % 2, all in one commit group issued one
 // iteration ahead. Iteration c: wait for every group (this iteration's landed), barrier, issue chunks
 // c + 2, c + 3 into the stages of chunks c - 2, c - 1 (the previous iteration waited for all its wgmma
 // before the barrier, so they are free), then the 4 k-tiles. Raw buffer u % 2, issued at the iteration of
-// chunk 4u - 2, was last read by chunk 4u - 5.
+// chunk 4u - 2, was last read by chunk 4u - 5. Float weights travel with their chunk's activations.
 WG_HD int stage_of(int chunk) { return chunk % kStages; }
 WG_HD int raw_buf_of(int chunk) { return (chunk / kChunksPerUnit) & 1; }
 

@@ -1,14 +1,17 @@
-// The dense Q8_0 products on warpgroup MMA (gemm_dense_wgmma.cu). CPU tests (no device): the shared-memory
-// layouts, the wgmma descriptor and the register fragments (gemm_dense_wgmma.h) replayed against the PTX
-// ISA's definitions: every element the tensor core reads through a descriptor is the one the copies
+// The dense products on warpgroup MMA (gemm_dense_wgmma.cu): Q8_0 and float (F16, BF16) weights. CPU
+// tests (no device): the shared-memory layouts, the wgmma descriptor and the register fragments
+// (gemm_dense_wgmma.h) replayed against the PTX ISA's definitions: every element the tensor core reads
+// through a descriptor, and every element ldmatrix gives a float-weight A fragment, is the one the copies
 // wrote there, every A-fragment byte is the weight of its row and column, the copy tasks and the
 // accumulator cover their tiles once, the pipeline never rewrites a buffer in use. GPU tests: the model's
 // dense shapes and ragged ones (1 .. 4096 tokens, rows no multiple of the block, row0 > 0, wider output
 // rows whose padding must stay poisoned) against the reference matmul (fp32-class bound of the mma.sync
 // kernels' tests), against a CPU fp64 product and the CPU replay of the per-k-tile error model on sampled
 // outputs; the max relative difference to the mma.sync kernel printed; bitwise repeats; a token's outputs
-// independent of its tile mates; the calls it declines. A timing of the model shapes at 4096 tokens
-// against dense_v2 (DISABLED_: run with --gtest_also_run_disabled_tests).
+// independent of its tile mates; the calls it declines. Float weights: the compressor's, indexer's and
+// router's shapes and ragged ones, weights with subnormal, tiny and large values, bitwise equal to the
+// mma.sync kernel (gemm_dense<T, false>) in both F16 variants. Timings of the model shapes at 4096 tokens
+// against the mma.sync kernels (DISABLED_: run with --gtest_also_run_disabled_tests).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -38,44 +41,98 @@ using cuda_test::split16;
 TEST(GemmDenseWgmmaLayout, DescriptorsReadWhatTheCopiesWrote) {
   // Shared memory as the copies leave it: byte -> (stage, term, token, column of the chunk).
   const uint32_t base = 3 * 1024;  // any 1024-byte aligned start (the kernel aligns its dynamic base)
-  std::map<uint32_t, std::array<int, 4>> owner;
-  std::set<std::array<int, 3>> tasks;
-  for (int st = 0; st < wq::kStages; ++st)
-    for (int tid = 0; tid < wq::kThreads; ++tid)
-      for (int v = 0; v < wq::kXCopies; ++v) {
-        int term, tok, ch;
-        wq::x_task(tid, v, term, tok, ch);
-        ASSERT_LT(tok, wq::kBN);
-        if (st == 0) {
-          ASSERT_TRUE(tasks.insert({term, tok, ch}).second) << "copy task twice";
+  // Q8_0 stages hold the two activation terms; float-weight stages a weight tile after them (the same
+  // term offsets: the activations' reads must not depend on the stride).
+  for (const uint32_t stage_bytes : {uint32_t(wq::kStageBytes), uint32_t(wq::kFStageBytes)}) {
+    ASSERT_EQ(stage_bytes % 1024, 0u) << "every stage's tiles on the swizzle atoms' alignment";
+    std::map<uint32_t, std::array<int, 4>> owner;
+    std::set<std::array<int, 3>> tasks;
+    for (int st = 0; st < wq::kStages; ++st)
+      for (int tid = 0; tid < wq::kThreads; ++tid)
+        for (int v = 0; v < wq::kXCopies; ++v) {
+          int term, tok, ch;
+          wq::x_task(tid, v, term, tok, ch);
+          ASSERT_LT(tok, wq::kBN);
+          if (st == 0) {
+            ASSERT_TRUE(tasks.insert({term, tok, ch}).second) << "copy task twice";
+          }
+          // The kernel's address: thread base b_off(tid / 8, ch) plus the token offset of copy v.
+          const uint32_t a = base + st * stage_bytes + term * wq::kTermBytes + wq::b_off(tid >> 3, ch) +
+                             (tok - (tid >> 3)) * 128;
+          ASSERT_EQ(a, base + st * stage_bytes + term * wq::kTermBytes + wq::b_off(tok, ch));
+          ASSERT_EQ(a % 16, 0u);
+          for (int e = 0; e < 8; ++e)
+            ASSERT_TRUE(owner.emplace(a + 2 * e, std::array<int, 4>{st, term, tok, 8 * ch + e}).second)
+                << "two copies write one byte";
         }
-        // The kernel's address: thread base b_off(tid / 8, ch) plus the token offset of copy v.
-        const uint32_t a = base + st * wq::kStageBytes + term * wq::kTermBytes + wq::b_off(tid >> 3, ch) +
-                           (tok - (tid >> 3)) * 128;
-        ASSERT_EQ(a, base + st * wq::kStageBytes + term * wq::kTermBytes + wq::b_off(tok, ch));
-        ASSERT_EQ(a % 16, 0u);
-        for (int e = 0; e < 8; ++e)
-          ASSERT_TRUE(owner.emplace(a + 2 * e, std::array<int, 4>{st, term, tok, 8 * ch + e}).second)
-              << "two copies write one byte";
+    ASSERT_EQ(tasks.size(), size_t(2 * wq::kBN * 8));
+    // The tensor core's reads: k-tile half h of a stage, k16 step s, element (n, k).
+    for (int st = 0; st < wq::kStages; ++st)
+      for (int term = 0; term < 2; ++term)
+        for (int h = 0; h < 2; ++h)
+          for (int s = 0; s < 2; ++s) {
+            const uint32_t hi_addr = base + st * stage_bytes + 64 * h;
+            // As the kernel forms it: the descriptor of the term's tile at the k-tile, plus 2 a step.
+            const uint64_t d = wq::desc_b(hi_addr + term * wq::kTermBytes) + 2 * s;
+            ASSERT_EQ(d, wq::desc_b(hi_addr + term * wq::kTermBytes + 32 * s)) << "the start field carried";
+            ASSERT_EQ((d >> 62) & 3, 1u);
+            for (int n = 0; n < wq::kBN; ++n)
+              for (int k = 0; k < 16; ++k) {
+                const auto it = owner.find(wq::desc_element_addr(d, n, k));
+                ASSERT_TRUE(it != owner.end()) << "reads a byte no copy wrote";
+                const std::array<int, 4> want{st, term, n, 32 * h + 16 * s + k};
+                ASSERT_EQ(it->second, want) << "stage " << st << " term " << term << " n " << n << " k " << k;
+              }
+          }
+  }
+}
+
+TEST(GemmDenseWgmmaLayout, FloatWeightTilesAndLdmatrixFragments) {
+  // A stage's weight tile as the copies leave it: byte -> (row, column of the chunk), each once.
+  const uint32_t base = 5 * 1024, tile = base + 2 * wq::kTermBytes;
+  std::map<uint32_t, std::pair<int, int>> owner;
+  for (int tid = 0; tid < wq::kThreads; ++tid)
+    for (int v = 0; v < wq::kWCopies; ++v) {
+      int term, row, ch;
+      wq::x_task(tid, v, term, row, ch);
+      ASSERT_EQ(term, 0);
+      ASSERT_LT(row, wq::kBM);
+      // The kernel's destination: the thread's activation base plus the weight tile and the row offset.
+      const uint32_t a = tile + wq::b_off(tid >> 3, ch) + (row - (tid >> 3)) * 128;
+      ASSERT_EQ(a, tile + wq::b_off(row, ch));
+      for (int e = 0; e < 8; ++e) {
+        ASSERT_EQ(a + 2 * e, tile + wq::w_elem_off(row, 8 * ch + e));
+        ASSERT_TRUE(owner.emplace(a + 2 * e, std::make_pair(row, 8 * ch + e)).second) << "two copies write one byte";
+        ASSERT_LT(a + 2 * e, base + uint32_t(wq::kFStageBytes)) << "past the stage";
       }
-  ASSERT_EQ(tasks.size(), size_t(2 * wq::kBN * 8));
-  // The tensor core's reads: k-tile half h of a stage, k16 step s, element (n, k).
-  for (int st = 0; st < wq::kStages; ++st)
-    for (int term = 0; term < 2; ++term)
+    }
+  ASSERT_EQ(owner.size(), size_t(wq::kBM * wq::kChunkCols));
+  // ldmatrix.x4 (PTX ISA): lanes 8 i .. 8 i + 7 give the row addresses of matrix i; lane l receives into
+  // register i the two 16-bit elements at byte 4 (l % 4) of matrix i's row l / 4. Each must be the A
+  // fragment's element (a_row, a_col) of its step; the 8 rows of a matrix fall on 8 distinct 16-byte bank
+  // groups (no conflicts).
+  for (int wg = 0; wg < 2; ++wg)
+    for (int w = 0; w < 4; ++w)
       for (int h = 0; h < 2; ++h)
         for (int s = 0; s < 2; ++s) {
-          const uint32_t hi_addr = base + st * wq::kStageBytes + 64 * h;
-          // As the kernel forms it: the descriptor of the term's tile at the k-tile, plus 2 a step.
-          const uint64_t d = wq::desc_b(hi_addr + term * wq::kTermBytes) + 2 * s;
-          ASSERT_EQ(d, wq::desc_b(hi_addr + term * wq::kTermBytes + 32 * s)) << "the start field carried";
-          ASSERT_EQ((d >> 62) & 3, 1u);
-          for (int n = 0; n < wq::kBN; ++n)
-            for (int k = 0; k < 16; ++k) {
-              const auto it = owner.find(wq::desc_element_addr(d, n, k));
-              ASSERT_TRUE(it != owner.end()) << "reads a byte no copy wrote";
-              const std::array<int, 4> want{st, term, n, 32 * h + 16 * s + k};
-              ASSERT_EQ(it->second, want) << "stage " << st << " term " << term << " n " << n << " k " << k;
-            }
+          uint32_t addr[32];
+          for (int l = 0; l < 32; ++l) {
+            addr[l] = tile + wq::a_ldm_off(wg, w, l, h, s);
+            ASSERT_EQ(addr[l] % 16, 0u);
+          }
+          for (int i = 0; i < 4; ++i) {
+            std::set<uint32_t> groups;
+            for (int l = 8 * i; l < 8 * i + 8; ++l) groups.insert((addr[l] >> 4) & 7);
+            ASSERT_EQ(groups.size(), 8u) << "bank conflict";
+          }
+          for (int l = 0; l < 32; ++l)
+            for (int r = 0; r < 4; ++r)
+              for (int half = 0; half < 2; ++half) {
+                const auto it = owner.find(addr[8 * r + l / 4] + 4 * (l % 4) + 2 * half);
+                ASSERT_TRUE(it != owner.end());
+                const std::pair<int, int> want{64 * wg + wq::a_row(w, l, r), 32 * h + 16 * s + wq::a_col(l, r, half)};
+                ASSERT_EQ(it->second, want) << "wg " << wg << " warp " << w << " lane " << l << " reg " << r;
+              }
         }
 }
 
@@ -170,10 +227,14 @@ class GemmDenseWgmma : public cuda_test::GemmKernelTest {
     cuda::fast::init_tables();
     saved_on_ = cuda::fast::gemm_wgmma();
     saved_rows_ = cuda::fast::gemm_dense_v2_rows();
+    saved_f16_ = cuda::fast::gemm_wgmma_f16();
+    saved_int_ = cuda::fast::gemm_int_weights();
   }
   void TearDown() override {
     cuda::fast::gemm_set_wgmma(saved_on_);
     cuda::fast::gemm_set_dense_v2(saved_rows_);
+    cuda::fast::gemm_set_wgmma_f16(saved_f16_);
+    cuda::fast::gemm_set_int_weights(saved_int_);
   }
   // fast::gemm with the wgmma kernel on (or the default dense_v2 with it off), into a NaN-poisoned buffer
   // of n_tok + 2 token rows of ys floats.
@@ -184,8 +245,34 @@ class GemmDenseWgmma : public cuda_test::GemmKernelTest {
     EXPECT_TRUE(cuda::fast::gemm(p.W, p.row0, p.rows, p.xb.get(), p.n_tok, y.get(), p.ys, nullptr));
     return down(y);
   }
+  // The warpgroup kernel alone (gemm_dense_wgmma, any token count; F16 variant f16_mode), into a
+  // NaN-poisoned buffer as run().
+  std::vector<float> run_wgmma(const Problem& p, int f16_mode) {
+    cuda::fast::gemm_set_wgmma(true);
+    cuda::fast::gemm_set_wgmma_f16(f16_mode);
+    auto y = poisoned<float>(static_cast<size_t>((p.n_tok + 2) * p.ys));
+    EXPECT_TRUE(cuda::fast::gemm_dense_wgmma(p.W, p.row0, p.rows, p.xb.get(), p.n_tok, y.get(), p.ys, nullptr))
+        << "declined";
+    return down(y);
+  }
+  // Float weights with the values that test the split: F16 subnormals (their 2^10-scaled hi term is the
+  // least normal), signed zeros, the largest weights whose scaled term is finite (63.97); BF16 weights
+  // below 2^-24 (a non-zero lo term, or none left at all), and the same large ones. About 1 in 61.
+  void spice(Problem& p) {
+    const size_t n = p.wq.size() / 2;
+    static const float f16s[] = {5.96e-8f, -1.2e-7f, 3.0e-5f, 0.0f, -0.0f, 63.96875f, -40.0f, 6.1035e-5f};
+    static const float bf16s[] = {3.0e-9f, -7.1e-9f, 2.5e-8f, 1.0e-30f, -0.0f, 60.0f, -1.1e-7f, 6.0e-8f};
+    for (size_t i = 0, k = 0; i < n; i += 61, ++k) {
+      const float v = p.t == GgmlType::F16 ? f16s[k % 8] : bf16s[k % 8];
+      const uint16_t h = p.t == GgmlType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+      std::memcpy(&p.wq[2 * i], &h, 2);
+    }
+    p.w = up(p.wq);
+    p.W.data = p.w.get();
+  }
   bool saved_on_ = false;
-  int saved_rows_ = 128;
+  int saved_rows_ = 128, saved_f16_ = 2;
+  bool saved_int_ = true;
 };
 
 // One dot product of Q8_0 row `wrow` (raw bytes) with activations x, in fp64 (dequantized weights) and
@@ -331,6 +418,109 @@ TEST_F(GemmDenseWgmma, DeclinesWhatItDoesNotTake) {
   for (float v : h) ASSERT_EQ(f32_to_bits(v), 0xffffffffu) << "a declined call wrote";
 }
 
+TEST_F(GemmDenseWgmma, FloatWeightsBitwiseEqualToMmaSync) {
+  // The compressor's (kv and gate: 2 x 512 rows on ratio-4 layers, 512 on ratio-128 ones), the indexer's
+  // (its compressor's 2 x 128, proj 64 heads, q_b 64 x 128 over q_lora) and the router's (256 experts)
+  // F16 projections, ragged ones, and BF16 (the converter's --outtype bf16).
+  struct Case {
+    const char* name;
+    GgmlType t;
+    int64_t rows, cols, n_tok, row0, pad;
+  };
+  const Case cases[] = {
+      {"comp kv r4", GgmlType::F16, 1024, 4096, 4096, 0, 0}, {"comp gate r128", GgmlType::F16, 512, 4096, 4095, 0, 0},
+      {"idx comp kv", GgmlType::F16, 256, 4096, 300, 0, 0},  {"idx proj", GgmlType::F16, 64, 4096, 17, 0, 0},
+      {"idx q_b", GgmlType::F16, 8192, 1024, 4096, 0, 0},    {"gate_inp", GgmlType::F16, 256, 4096, 4095, 0, 0},
+      {"ragged", GgmlType::F16, 200, 1024, 300, 3, 3},       {"ragged", GgmlType::F16, 777, 2048, 17, 5, 1},
+      {"ragged", GgmlType::F16, 130, 256, 129, 1, 0},        {"ragged", GgmlType::F16, 1, 512, 65, 0, 0},
+      {"comp kv", GgmlType::BF16, 1024, 4096, 300, 0, 0},    {"idx q_b", GgmlType::BF16, 8192, 1024, 17, 0, 0},
+      {"ragged", GgmlType::BF16, 200, 1024, 4095, 3, 3},     {"ragged", GgmlType::BF16, 130, 256, 4096, 1, 0},
+  };
+  for (const Case& c : cases) {
+    Problem p = make(c.t, c.rows, c.cols, c.n_tok, c.row0, c.pad);
+    spice(p);
+    int64_t stray = 0;
+    const auto ms = outputs(p, run(p, false), stray);  // gemm_dense<T, false>
+    ASSERT_EQ(stray, 0);
+    auto dx = up(p.x);
+    auto ref = poisoned<float>(static_cast<size_t>(c.n_tok * c.rows));
+    cuda::matmul(p.W, c.row0, c.rows, dx.get(), c.n_tok, c.cols, ref.get(), c.rows, nullptr);
+    const auto r = down(ref);
+    for (const int mode : c.t == GgmlType::F16 ? std::vector<int>{2, 3} : std::vector<int>{2}) {
+      const auto a = outputs(p, run_wgmma(p, mode), stray);
+      ASSERT_EQ(stray, 0) << c.name << ": wrote outside the outputs";
+      const auto b = outputs(p, run_wgmma(p, mode), stray);
+      int64_t differ = 0, unwritten = 0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        differ += f32_to_bits(a[i]) != f32_to_bits(ms[i]);
+        unwritten += f32_to_bits(a[i]) == 0xffffffffu;
+      }
+      const double e = rel_err(a, r), ems = rel_err(ms, r);
+      std::printf("wgmma %-4s %-14s %5lld x %4lld (row0 %lld), %4lld tokens, %d products a step: %lld of %zu differ "
+                  "from mma.sync; rel err %.2e (mma.sync %.2e)\n",
+                  type_name(c.t), c.name, (long long)c.rows, (long long)c.cols, (long long)c.row0, (long long)c.n_tok,
+                  c.t == GgmlType::F16 ? mode : 3, (long long)differ, a.size(), e, ems);
+      ASSERT_EQ(unwritten, 0) << c.name;
+      EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << c.name << ": repeat not bitwise";
+      EXPECT_EQ(0, std::memcmp(a.data(), ms.data(), a.size() * 4))
+          << c.name << " mode " << mode << ": not mma.sync's bits";
+      EXPECT_LT(e, 3e-6) << c.name;
+    }
+    // Through gemm (more than 64 tokens: the warpgroup kernel, whatever FLASHSTAR_GEMM_INT says).
+    if (c.n_tok > 64) {
+      cuda::fast::gemm_set_wgmma_f16(2);
+      cuda::fast::gemm_set_int_weights(false);
+      const auto g = outputs(p, run(p, true), stray);
+      cuda::fast::gemm_set_int_weights(saved_int_);
+      EXPECT_EQ(0, std::memcmp(g.data(), ms.data(), g.size() * 4)) << c.name << ": gemm";
+    }
+  }
+}
+
+TEST_F(GemmDenseWgmma, FloatWeightsSwitchesTileMatesAndDeclines) {
+  Problem all = make(GgmlType::F16, 300, 1024, 300, 4, 0);
+  spice(all);
+  int64_t stray = 0;
+  const auto y_all = outputs(all, run_wgmma(all, 2), stray);
+  for (const int64_t first : {int64_t{0}, int64_t{100}, int64_t{250}})
+    for (const int64_t n : {int64_t{37}, int64_t{1}, int64_t{50}}) {
+      if (first + n > all.n_tok) continue;
+      const Problem part = slice(all, first, n);
+      const auto y = outputs(part, run_wgmma(part, 2), stray);
+      ASSERT_EQ(0, std::memcmp(y.data(), &y_all[first * all.rows], y.size() * 4)) << "tokens " << first << " + " << n;
+    }
+  auto y = poisoned<float>(1 << 20);
+  cuda::DeviceArray<uint16_t> xb(1 << 20);
+  auto w = up(random_weights(GgmlType::F16, 64, 512));
+  const cuda::DMat f16{GgmlType::F16, w.get(), 512, 64, row_bytes(GgmlType::F16, 512)};
+  cuda::fast::gemm_set_wgmma(true);
+  cuda::fast::gemm_set_wgmma_f16(0);
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(f16, 0, 64, xb.get(), 16, y.get(), 64, nullptr)) << "F16 off";
+  auto q = up(random_weights(GgmlType::Q8_0, 64, 512));
+  const cuda::DMat q8{GgmlType::Q8_0, q.get(), 512, 64, row_bytes(GgmlType::Q8_0, 512)};
+  auto yq = poisoned<float>(16 * 64);
+  EXPECT_TRUE(cuda::fast::gemm_dense_wgmma(q8, 0, 64, xb.get(), 16, yq.get(), 64, nullptr)) << "Q8_0 stays on";
+  cuda::fast::gemm_set_wgmma_f16(2);
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(f16, 0, 64, xb.get() + 1, 16, y.get(), 64, nullptr)) << "misaligned X";
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(f16, 0, 65, xb.get(), 16, y.get(), 64, nullptr)) << "rows past W";
+  const cuda::DMat narrow{GgmlType::F16, w.get(), 448, 64, row_bytes(GgmlType::F16, 512)};
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(narrow, 0, 64, xb.get(), 16, y.get(), 64, nullptr)) << "cols % 128";
+  auto wf = up(random_weights(GgmlType::F32, 64, 512));
+  const cuda::DMat f32{GgmlType::F32, wf.get(), 512, 64, row_bytes(GgmlType::F32, 512)};
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(f32, 0, 64, xb.get(), 16, y.get(), 64, nullptr)) << "F32";
+  cuda::fast::gemm_set_wgmma(false);
+  EXPECT_FALSE(cuda::fast::gemm_dense_wgmma(f16, 0, 64, xb.get(), 16, y.get(), 64, nullptr)) << "all off";
+  for (float v : down(y)) ASSERT_EQ(f32_to_bits(v), 0xffffffffu) << "a declined call wrote";
+  // 384 columns (three chunk pairs): taken by the kernel alone (gemm's kernels want 256-column units).
+  Problem odd = make(GgmlType::F16, 96, 384, 200, 0, 0);
+  const auto a = outputs(odd, run_wgmma(odd, 2), stray);
+  auto dx = up(odd.x);
+  auto ref = poisoned<float>(static_cast<size_t>(200 * 96));
+  cuda::matmul(odd.W, 0, 96, dx.get(), 200, 384, ref.get(), 96, nullptr);
+  EXPECT_EQ(stray, 0);
+  EXPECT_LT(rel_err(a, down(ref)), 3e-6) << "384 columns";
+}
+
 TEST_F(GemmDenseWgmma, DISABLED_TimesModelShapes) {
   // The dense Q8_0 products of one layer at 4096 tokens (out_a: 8 groups of a 8192-row matrix, each on its
   // own input): median of 9 timed runs after a warm-up, inputs rotating over 3 activation sets so that
@@ -398,4 +588,71 @@ TEST_F(GemmDenseWgmma, DISABLED_TimesModelShapes) {
   FS_CUDA_CHECK(cudaEventDestroy(e1));
   std::printf("dense Q8_0 products of a layer, 4096 tokens: wgmma %.2f ms (%.0f TFLOP/s), dense_v2 %.2f ms (%.0f); %.2fx\n",
               layer[0], flops / layer[0] * 1e3, layer[1], flops / layer[1] * 1e3, layer[1] / layer[0]);
+}
+
+TEST_F(GemmDenseWgmma, DISABLED_TimesF16Shapes) {
+  // The F16 projections at 4096 tokens: median of 9 timed runs after a warm-up, inputs rotating over 3
+  // activation sets. The warpgroup kernel with two products a step (the default) and three, against the
+  // mma.sync kernel (gemm_dense<F16, false>). The 4-layer synthetic model's prefill runs 12 of them:
+  // the router on every layer, the compressor and indexer on the ratio-4 layer, the compressor on the
+  // ratio-128 one.
+  struct Shape {
+    const char* name;
+    int64_t rows, cols;
+    int in_4l;  // launches in a 4-layer 4096-token prefill
+  };
+  const Shape shapes[] = {{"comp kv/gate r4", 1024, 4096, 2}, {"comp kv/gate r128", 512, 4096, 2},
+                          {"idx comp kv/gate", 256, 4096, 2}, {"idx proj", 64, 4096, 1},
+                          {"idx q_b", 8192, 1024, 1},         {"gate_inp", 256, 4096, 4}};
+  const int64_t n_tok = 4096;
+  constexpr int kSets = 3, kRuns = 9, kModes = 3;
+  double total[kModes] = {0, 0, 0}, flops = 0;
+  cudaEvent_t e0, e1;
+  FS_CUDA_CHECK(cudaEventCreate(&e0));
+  FS_CUDA_CHECK(cudaEventCreate(&e1));
+  for (const Shape& sh : shapes) {
+    auto w = up(random_weights(GgmlType::F16, sh.rows, sh.cols));
+    const cuda::DMat W{GgmlType::F16, w.get(), sh.cols, sh.rows, row_bytes(GgmlType::F16, sh.cols)};
+    std::vector<cuda::DeviceArray<uint16_t>> xb;
+    for (int s = 0; s < kSets; ++s) {
+      auto dx = up(randn(static_cast<size_t>(n_tok * sh.cols)));
+      xb.emplace_back(static_cast<size_t>(2 * n_tok * sh.cols));
+      cuda::fast::to_f16(dx.get(), n_tok, sh.cols, sh.cols, xb.back().get(), nullptr);
+    }
+    cuda::DeviceArray<float> y(static_cast<size_t>(n_tok * sh.rows));
+    float med[kModes];
+    for (int m = 0; m < kModes; ++m) {  // wgmma 2 products, wgmma 3, mma.sync
+      cuda::fast::gemm_set_wgmma(m < 2);
+      cuda::fast::gemm_set_wgmma_f16(m == 1 ? 3 : 2);
+      auto once = [&](int set) {
+        if (m < 2)
+          ASSERT_TRUE(cuda::fast::gemm_dense_wgmma(W, 0, sh.rows, xb[set].get(), n_tok, y.get(), sh.rows, nullptr));
+        else
+          ASSERT_TRUE(cuda::fast::gemm(W, 0, sh.rows, xb[set].get(), n_tok, y.get(), sh.rows, nullptr));
+      };
+      for (int s = 0; s < kSets; ++s) once(s);
+      std::vector<float> ms(kRuns);
+      for (int r = 0; r < kRuns; ++r) {
+        FS_CUDA_CHECK(cudaEventRecord(e0));
+        once(r % kSets);
+        FS_CUDA_CHECK(cudaEventRecord(e1));
+        FS_CUDA_CHECK(cudaEventSynchronize(e1));
+        FS_CUDA_CHECK(cudaEventElapsedTime(&ms[r], e0, e1));
+      }
+      std::sort(ms.begin(), ms.end());
+      med[m] = ms[kRuns / 2];
+      total[m] += med[m] * sh.in_4l;
+    }
+    const double tf = 2.0 * n_tok * sh.rows * sh.cols / 1e12;
+    flops += tf * sh.in_4l;
+    std::printf("F16 %-17s %5lld x %4lld, 4096 tokens: wgmma %.3f ms (%.0f TFLOP/s useful), 3 products %.3f ms (%.0f), "
+                "mma.sync %.3f ms (%.0f); %.2fx\n",
+                sh.name, (long long)sh.rows, (long long)sh.cols, med[0], tf / med[0] * 1e3, med[1], tf / med[1] * 1e3,
+                med[2], tf / med[2] * 1e3, med[2] / med[0]);
+  }
+  FS_CUDA_CHECK(cudaEventDestroy(e0));
+  FS_CUDA_CHECK(cudaEventDestroy(e1));
+  std::printf("F16 products of a 4-layer 4096-token prefill (12 launches): wgmma %.2f ms (%.0f TFLOP/s), 3 products "
+              "%.2f ms, mma.sync %.2f ms (%.0f); %.2fx\n",
+              total[0], flops / total[0] * 1e3, total[1], total[2], flops / total[2] * 1e3, total[2] / total[0]);
 }
