@@ -131,9 +131,9 @@ bool gemm_dense_v2(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* 
 // gemm_dense<T, false>'s three-product split; F16 issues the two of its hi term, its lo term being zero).
 // On by default, ahead of the dense kernels above, for more than 64 tokens (fewer: a 128-token tile
 // mostly idle; dense_v2 / gemm_dense take them); FLASHSTAR_GEMM_WGMMA=0 or gemm_set_wgmma(false) turns
-// all of it off, FLASHSTAR_GEMM_WGMMA_F16=0 or gemm_set_wgmma_f16(0) the float weights alone (3: F16 issues
-// all three products, its zero lo-weight ones too; any other value: 2, the default; BF16 always issues
-// three). gemm_dense_wgmma is that kernel alone, gemm's contract (false, launching nothing, where it does
+// all of it off. The float weights are off by default until their bits are checked on a GPU (written
+// without one): FLASHSTAR_GEMM_WGMMA_F16=2 or gemm_set_wgmma_f16(2) turns them on (F16 issues the two
+// products of its hi term, its lo term being zero; BF16 always three), =3 makes F16 issue all three. gemm_dense_wgmma is that kernel alone, gemm's contract (false, launching nothing, where it does
 // not take the call: off, other types, columns no multiple of 256 (Q8_0) or 128 (F16, BF16), misaligned
 // rows or activations, not a Hopper).
 void gemm_set_wgmma(bool on);
