@@ -109,6 +109,11 @@ bool gemm_group_wgmma();
 // 4 096 tokens but no faster in the 43-layer bench (slower on 2 048-token chunks): not the default.
 void gemm_set_group_wgmma_variant(int v);
 int gemm_group_wgmma_variant();
+// Its k-tile decoders (variant 0): 1 (default) gemm_v2::DecodeFast (gemm_group_decode.h), 0 v2's
+// gemm_v2::Decode, 2 DecodeFast for IQ2_XXS and v2's for Q2_K; the same bits.
+// FLASHSTAR_GEMM_GROUP_DECODE=N or gemm_set_group_decode(N).
+void gemm_set_group_decode(int v);
+int gemm_group_decode();
 // Internal to gemm_group_wgmma*.cu: the paired kernel (variant 1) and its selector table.
 void group_wgmma_pair_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                              int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,

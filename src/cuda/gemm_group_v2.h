@@ -295,6 +295,8 @@ struct Tile32 {
 // 0); j: the k-tile within the unit (0..7); sel: the IQ2_XXS selector table.
 template <GgmlType T, bool kFold = false>
 struct Decode;
+template <GgmlType T>
+struct DecodeFast;  // gemm_group_decode.h
 
 template <bool kFold>
 struct Decode<GgmlType::IQ2_XXS, kFold> {
@@ -439,15 +441,31 @@ __device__ __forceinline__ void load_raw(uint32_t* Raw, const uint8_t* __restric
 }
 
 // Row `row`'s k-tile t into FP16 integers (decoded tile buffer tile_buf(t) of As, swizzled) and its
-// scale and negated minima (Rows[tile_buf(t)][row]).
-template <GgmlType T, class G>
+// scale and negated minima (Rows[tile_buf(t)][row]). kFast: DecodeFast (gemm_group_decode.h, the same
+// Tile32 in fewer instructions, each 16-byte chunk stored as it is made; Sel is then its table), which
+// the caller includes.
+template <GgmlType T, class G, bool kFast = false>
 __device__ __forceinline__ void decode_row(const uint32_t* Raw, const uint32_t* Sel, uint16_t* As, float4* Rows,
                                            int row, int t) {
   const int u = unit_of<G>(t);
-  Tile32 o;
-  Decode<T>::run(Raw + raw_buf(u) * Smem<T, G>::kRawBuf + row * FmtOf<T, G>::kStride, unit_a2<T, G::kUnitCols>(u),
-                 t % G::kTilesPerUnit, Sel, o);
+  const uint32_t* rw = Raw + raw_buf(u) * Smem<T, G>::kRawBuf + row * FmtOf<T, G>::kStride;
   uint16_t* a = As + tile_buf(t) * (G::kBM * kBK);
+  if constexpr (kFast) {
+    float scale, min0, min1;
+    DecodeFast<T>::run(rw, unit_a2<T, G::kUnitCols>(u), t % G::kTilesPerUnit, Sel, scale, min0, min1,
+                       [&](int c, uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3) {
+                         *reinterpret_cast<uint4*>(a + swz(row, c)) = make_uint4(w0, w1, w2, w3);
+                       });
+    // Without minima the promotion reads the scale alone (gemm_group_wgmma.h, promote_rows): one word,
+    // not a float4 (three registers less at the end of the decode).
+    if constexpr (FmtOf<T, G>::kMins == 0)
+      Rows[tile_buf(t) * G::kBM + row].x = scale;
+    else
+      Rows[tile_buf(t) * G::kBM + row] = make_float4(scale, -min0, -min1, 0.0f);
+    return;
+  }
+  Tile32 o;
+  Decode<T>::run(rw, unit_a2<T, G::kUnitCols>(u), t % G::kTilesPerUnit, Sel, o);
 #pragma unroll
   for (int c = 0; c < 4; ++c)
     *reinterpret_cast<uint4*>(a + swz(row, c)) = make_uint4(o.h[4 * c], o.h[4 * c + 1], o.h[4 * c + 2], o.h[4 * c + 3]);

@@ -25,6 +25,7 @@
 #include "common/error.h"
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
+#include "cuda/gemm_group_decode.h"
 #include "cuda/gemm_group_wgmma.h"
 #include "cuda/mma_f16.cuh"
 #include "cuda/pdl.cuh"
@@ -38,6 +39,7 @@ using G = g2::GroupGeo;
 constexpr int kBN = gw::kBN, kBK = gw::kBK;
 
 __device__ uint32_t g_wg_sel[256];  // the IQ2_XXS selector table (gemm_v2::iq2_sel_table)
+__device__ uint32_t g_wg_fast[g2::kIq2FastWords];  // DecodeFast's IQ2_XXS table (gemm_v2::iq2_fast_table)
 
 // The running sums and the k-tile partials: [row half][N / 2 elements of the m64nN accumulator]; N = 32
 // uses the first 16 of each half.
@@ -77,8 +79,10 @@ __device__ __forceinline__ void promote(Accum& a, const float4* rows, const floa
 }
 #endif  // FS_WGMMA
 
-// Grid: (row blocks of the expert matrices, plan tiles); the same arguments as gemm_group_v2.
-template <GgmlType T>
+// Grid: (row blocks of the expert matrices, plan tiles); the same arguments as gemm_group_v2. kFast: the
+// k-tiles decoded by gemm_v2::DecodeFast (gemm_group_decode.h; the same tile bits in fewer instructions)
+// instead of gemm_v2::Decode (FLASHSTAR_GEMM_GROUP_DECODE=0).
+template <GgmlType T, bool kFast>
 __global__ void __launch_bounds__(gw::kThreads, gw::blocks_per_sm(T))
     group_wgmma(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t rows_per_mat,
                 const int32_t* __restrict__ offset, const int32_t* __restrict__ items, const int32_t* __restrict__ tiles,
@@ -99,7 +103,12 @@ __global__ void __launch_bounds__(gw::kThreads, gw::blocks_per_sm(T))
   uint32_t* Raw = reinterpret_cast<uint32_t*>(smem + S::off_raw);  // [2][kRawBuf]
   float4* Rows = reinterpret_cast<float4*>(smem + S::off_rows);    // [2][kBM]: scale, -min0, -min1
   float* Sums = reinterpret_cast<float*>(smem + S::off_sums);      // [2][half][kBN]
-  uint32_t* Sel = reinterpret_cast<uint32_t*>(smem + S::off_tab);  // [256]
+  // The decoders' IQ2_XXS table. DecodeFast's sits in static shared memory, whose address the compiler
+  // knows, so each lookup is one LDS with the table's address as its immediate (no base register add);
+  // the dynamic region then ends before off_tab (launch()).
+  constexpr bool kFastTab = kFast && T == GgmlType::IQ2_XXS;
+  __shared__ __align__(16) uint32_t fast_tab[kFastTab ? g2::kIq2FastWords : 4];
+  uint32_t* Sel = kFastTab ? fast_tab : reinterpret_cast<uint32_t*>(smem + S::off_tab);  // [256] or [768]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int32_t tile = tiles[blockIdx.y], e = tile >> 16;
@@ -110,7 +119,9 @@ __global__ void __launch_bounds__(gw::kThreads, gw::blocks_per_sm(T))
   const int nk = K / kBK;
   const bool n64 = gw::n_of(count) == 64;  // block-uniform
 
-  if constexpr (T == GgmlType::IQ2_XXS)
+  if constexpr (kFastTab)
+    for (int i = tid; i < g2::kIq2FastWords; i += G::kThreads) Sel[i] = g_wg_fast[i];
+  else if constexpr (T == GgmlType::IQ2_XXS)
     for (int i = tid; i < 256; i += G::kThreads) Sel[i] = g_wg_sel[i];
 
   // v2's copies (gemm_v2::x_task, raw_task): item rows past the count zero-filled; rows past the matrix
@@ -132,7 +143,7 @@ __global__ void __launch_bounds__(gw::kThreads, gw::blocks_per_sm(T))
   // v2's decode: row tid's k-tile t into FP16 integers (tile buffer t % 2), its scale and negated minima;
   // with minima the token sums of the 16-column halves.
   auto decode = [&](int t) {
-    g2::decode_row<T, G>(Raw, Sel, As, Rows, tid, t);
+    g2::decode_row<T, G, kFast>(Raw, Sel, As, Rows, tid, t);
     if constexpr (kMins > 0) {
       static_assert(g2::kSumTasks <= G::kThreads, "every sum task has a thread");
       if (tid >= g2::kSumTasks) return;
@@ -227,37 +238,56 @@ int& variant() {
   return v;
 }
 
+// The k-tile decoders of variant 0 (FLASHSTAR_GEMM_GROUP_DECODE): 1 (default) gemm_v2::DecodeFast for both
+// formats, 0 gemm_v2::Decode (v2's) for both, 2 DecodeFast for IQ2_XXS and v2's for Q2_K (whose decode
+// the new one does not shorten: gemm_group_decode.h). All give the same bits (the CPU test compares the
+// tiles, the GPU test the products against v2); the switch is there to time them.
+int& decode_mode() {
+  static int v = [] {
+    const char* s = std::getenv("FLASHSTAR_GEMM_GROUP_DECODE");
+    const int n = s ? std::atoi(s) : 1;
+    return n >= 0 && n <= 2 ? n : 1;
+  }();
+  return v;
+}
+
 // Whether the device is a Hopper with this kernel's sm_90a code, once.
 bool group_wgmma_device() {
-  static const bool ok = sm90_kernel(reinterpret_cast<const void*>(group_wgmma<GgmlType::Q2_K>));
+  static const bool ok = sm90_kernel(reinterpret_cast<const void*>(group_wgmma<GgmlType::Q2_K, true>));
   return ok;
 }
 
-template <GgmlType T>
+template <GgmlType T, bool kFast>
 void launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
             bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
-  constexpr int sm = g2::Smem<T, G>::bytes + static_cast<int>(gw::kAlign);
-  static_assert(gw::blocks_per_sm(T) * (sm + 1024) <= 228 * 1024, "the blocks an SM fit its shared memory");
+  // DecodeFast's IQ2_XXS table is static (the kernel's fast_tab), so the dynamic region stops at off_tab.
+  constexpr bool kFastTab = kFast && T == GgmlType::IQ2_XXS;
+  using S = g2::Smem<T, G>;
+  constexpr int sm = (kFastTab ? S::off_tab : S::bytes) + static_cast<int>(gw::kAlign);
+  constexpr int st = kFastTab ? g2::kIq2FastWords * 4 : 16;
+  static_assert(S::off_tab + S::kTab == S::bytes, "the table is the last region");
+  static_assert(gw::blocks_per_sm(T) * (sm + st + 1024) <= 228 * 1024, "the blocks an SM fit its shared memory");
   static const bool attr = [] {
-    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
-    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
+    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma<T, kFast>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
+    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma<T, kFast>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                        cudaSharedmemCarveoutMaxShared));
     return true;
   }();
   (void)attr;
   const dim3 grid(static_cast<unsigned>((rows_per_mat + G::kBM - 1) / G::kBM), static_cast<unsigned>(p.max_tiles));
-  group_wgmma<T><<<grid, gw::kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat, p.offset,
-                                                p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8, gather, src_div,
-                                                scatter, Y, ys);
+  group_wgmma<T, kFast><<<grid, gw::kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat,
+                                                       p.offset, p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8,
+                                                       gather, src_div, scatter, Y, ys);
   FS_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 void init_gemm_group_wgmma_tables() {
-  uint32_t sel[256];
-  if (!g2::iq2_sel_table(sel)) fail("IQ2_XXS grid bytes outside {8, 25, 43}");
+  uint32_t sel[256], fast[g2::kIq2FastWords];
+  if (!g2::iq2_sel_table(sel) || !g2::iq2_fast_table(fast)) fail("IQ2_XXS grid bytes outside {8, 25, 43}");
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_wg_sel, sel, sizeof(sel)));
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(g_wg_fast, fast, sizeof(fast)));
   init_group_wgmma_pair_table(sel);
 }
 
@@ -265,6 +295,8 @@ void gemm_set_group_wgmma(bool on) { flag() = on; }
 void gemm_set_group_wgmma_variant(int v) { variant() = v >= 0 && v < gw::kVariants ? v : 0; }
 int gemm_group_wgmma_variant() { return variant(); }
 bool gemm_group_wgmma() { return flag(); }
+void gemm_set_group_decode(int v) { decode_mode() = v >= 0 && v <= 2 ? v : 1; }
+int gemm_group_decode() { return decode_mode(); }
 
 bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                         int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
@@ -283,10 +315,14 @@ bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, c
   if (!group_wgmma_device()) return false;
   if (variant() == 1)
     group_wgmma_pair_launch(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+  else if (W.type == GgmlType::IQ2_XXS && decode_mode() != 0)
+    launch<GgmlType::IQ2_XXS, true>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   else if (W.type == GgmlType::IQ2_XXS)
-    launch<GgmlType::IQ2_XXS>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+    launch<GgmlType::IQ2_XXS, false>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+  else if (decode_mode() == 1)
+    launch<GgmlType::Q2_K, true>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   else
-    launch<GgmlType::Q2_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+    launch<GgmlType::Q2_K, false>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   return true;
 }
 

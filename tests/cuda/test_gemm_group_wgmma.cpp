@@ -6,8 +6,9 @@
 // gate and up 4096 -> 2048, Q2_K down 2048 -> 4096, 256 experts, 6 a token) at 4096, 300 and 17 tokens
 // with skewed routing (experts with 0, 1 and thousands of items) into NaN-poisoned outputs, every element
 // checked: bitwise equal to v2 (gemm_set_group_wgmma(false)), bitwise repeat, the gemm_grouped route
-// takes it, close to the reference; the calls it declines. A timing at 4096 tokens against v2
-// (DISABLED_: run with --gtest_also_run_disabled_tests).
+// takes it, close to the reference, for each variant and both k-tile decoders (gemm_set_group_decode);
+// the calls it declines. A timing at 4096 tokens against v2 (DISABLED_: run with
+// --gtest_also_run_disabled_tests).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -171,10 +172,12 @@ class GemmGroupWgmma : public cuda_test::GemmKernelTest {
     cuda::fast::init_tables();
     saved_ = cuda::fast::gemm_group_wgmma();
     saved_var_ = cuda::fast::gemm_group_wgmma_variant();
+    saved_dec_ = cuda::fast::gemm_group_decode();
   }
   void TearDown() override {
     cuda::fast::gemm_set_group_wgmma(saved_);
     cuda::fast::gemm_set_group_wgmma_variant(saved_var_);
+    cuda::fast::gemm_set_group_decode(saved_dec_);
     cuda::fast::gemm_set_group_v2(true);
   }
 
@@ -198,8 +201,17 @@ class GemmGroupWgmma : public cuda_test::GemmKernelTest {
     return sel;
   }
   bool saved_ = true;
-  int saved_var_ = 0;
+  int saved_var_ = 0, saved_dec_ = 1;
 };
+
+// The kernel configurations checked and timed: variant 0 with the new decode (gemm_group_decode.h, the
+// default) and with v2's (FLASHSTAR_GEMM_GROUP_DECODE=0), then each further variant (its own decode).
+struct Config {
+  int variant, decode;
+  const char* name;
+};
+constexpr Config kConfigs[] = {{0, 1, "variant 0 decode 1"}, {0, 0, "variant 0 decode 0"}, {1, 1, "variant 1"}};
+static_assert(sizeof(kConfigs) / sizeof(kConfigs[0]) == cuda::wgmma_group::kVariants + 1, "every variant once");
 
 struct Product {
   const char* name;
@@ -229,9 +241,11 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
       cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * pr.cols));
       cuda::fast::to_f16(dx.get(), x_rows, pr.cols, pr.cols, xb.get(), nullptr);
       const int32_t src_div = pr.gather ? kPerTok : 1;
-      // Every kernel variant (wgmma_group::kVariants) against v2 on the same weights and activations.
-      for (int var = 0; var < cuda::wgmma_group::kVariants; ++var) {
+      // Every kernel configuration (variants, decoders) against v2 on the same weights and activations.
+      for (const Config& cfg : kConfigs) {
+      const int var = cfg.variant;
       cuda::fast::gemm_set_group_wgmma_variant(var);
+      cuda::fast::gemm_set_group_decode(cfg.decode);
       // 0, 1: the wgmma kernel alone, twice; 2: the gemm_grouped route with it on; 3: v2 (it off).
       std::vector<float> out[4];
       for (int rep = 0; rep < 4; ++rep) {
@@ -290,9 +304,9 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
         }
       }
       const double e = rel_err(got, want);
-      std::printf("group wgmma variant %d %-4s %-8s %4lld x %4lld, %4lld tokens (%6lld items): rel err %.2e; differs "
+      std::printf("group wgmma %s %-4s %-8s %4lld x %4lld, %4lld tokens (%6lld items): rel err %.2e; differs "
                   "from v2 in %lld of %lld (max |diff| %.2e of rms %.2e)\n",
-                  var, pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, (long long)n_tok, (long long)items,
+                  cfg.name, pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, (long long)n_tok, (long long)items,
                   e, (long long)differ, (long long)(items * pr.rows), max_diff, rms);
       ASSERT_EQ(unwritten, 0) << pr.name << " " << n_tok << ": outputs unwritten";
       ASSERT_EQ(stray, 0) << pr.name << " " << n_tok << ": wrote outside the outputs";
@@ -300,9 +314,10 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
       ASSERT_EQ(0, std::memcmp(out[0].data(), out[2].data(), out[0].size() * 4)) << pr.name << ": gemm_grouped route";
       EXPECT_LT(e, 3e-6) << pr.name << " " << n_tok;
       ASSERT_EQ(0, std::memcmp(out[0].data(), out[3].data(), out[0].size() * 4))
-          << pr.name << " " << n_tok << " variant " << var << ": not v2's bits";
+          << pr.name << " " << n_tok << " " << cfg.name << ": not v2's bits";
       }
       cuda::fast::gemm_set_group_wgmma_variant(0);
+      cuda::fast::gemm_set_group_decode(1);
     }
   }
 }
@@ -340,8 +355,8 @@ TEST_F(GemmGroupWgmma, DeclinesWhatItDoesNotTake) {
 
 TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
   // One layer's routed-expert products at 4096 tokens (256 experts, 6 a token, uniform distinct routing):
-  // median of 9 timed runs after a warm-up, every wgmma variant and v2, on the same weights (one line per
-  // variant and product: one run picks the variant).
+  // median of 9 timed runs after a warm-up, every wgmma configuration (kConfigs: variant 0 with the new
+  // and with v2's decode, variant 1) and v2, on the same weights (one line per configuration and product).
   const int64_t n_tok = 4096;
   constexpr int kRuns = 9;
   const auto sel = routing(n_tok, kExperts, kPerTok, false);
@@ -350,7 +365,7 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
   cudaEvent_t e0, e1;
   FS_CUDA_CHECK(cudaEventCreate(&e0));
   FS_CUDA_CHECK(cudaEventCreate(&e1));
-  constexpr int kV = cuda::wgmma_group::kVariants;
+  constexpr int kV = static_cast<int>(sizeof(kConfigs) / sizeof(kConfigs[0]));
   double total[kV + 1] = {}, flops = 0;
   for (const Product& pr : kProducts) {
     auto w = up(random_weights(pr.t, int64_t{kExperts} * pr.rows, pr.cols));
@@ -361,9 +376,10 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
     cuda::fast::to_f16(dx.get(), x_rows, pr.cols, pr.cols, xb.get(), nullptr);
     cuda::DeviceArray<float> y(static_cast<size_t>(items * pr.rows));
     float med[kV + 1];
-    for (int m = 0; m <= kV; ++m) {  // m < kV: variant m; kV: v2
+    for (int m = 0; m <= kV; ++m) {  // m < kV: kConfigs[m]; kV: v2
       cuda::fast::gemm_set_group_wgmma(m < kV);
-      cuda::fast::gemm_set_group_wgmma_variant(m < kV ? m : 0);
+      cuda::fast::gemm_set_group_wgmma_variant(m < kV ? kConfigs[m].variant : 0);
+      cuda::fast::gemm_set_group_decode(m < kV ? kConfigs[m].decode : 1);
       auto once = [&] {
         const int32_t src_div = pr.gather ? kPerTok : 1;
         if (m < kV)
@@ -389,15 +405,16 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
     const double tf = 2.0 * items * pr.rows * pr.cols / 1e12;
     flops += tf;
     for (int m = 0; m <= kV; ++m)
-      std::printf("group %-4s %-8s %4lld x %4lld, 4096 tokens: %s%d %.3f ms (%.0f TFLOP/s useful), %.2fx v2\n", pr.name,
-                  type_name(pr.t), (long long)pr.rows, (long long)pr.cols, m < kV ? "variant " : "v2", m < kV ? m : 2,
+      std::printf("group %-4s %-8s %4lld x %4lld, 4096 tokens: %-18s %.3f ms (%.0f TFLOP/s useful), %.2fx v2\n",
+                  pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, m < kV ? kConfigs[m].name : "v2",
                   med[m], tf / med[m] * 1e3, med[kV] / med[m]);
   }
   cuda::fast::gemm_set_group_wgmma(true);
   cuda::fast::gemm_set_group_wgmma_variant(0);
+  cuda::fast::gemm_set_group_decode(1);
   FS_CUDA_CHECK(cudaEventDestroy(e0));
   FS_CUDA_CHECK(cudaEventDestroy(e1));
   for (int m = 0; m <= kV; ++m)
-    std::printf("routed-expert products of a layer, 4096 tokens: %s%d %.2f ms (%.0f TFLOP/s), %.2fx v2\n",
-                m < kV ? "variant " : "v2", m < kV ? m : 2, total[m], flops / total[m] * 1e3, total[kV] / total[m]);
+    std::printf("routed-expert products of a layer, 4096 tokens: %-18s %.2f ms (%.0f TFLOP/s), %.2fx v2\n",
+                m < kV ? kConfigs[m].name : "v2", total[m], flops / total[m] * 1e3, total[kV] / total[m]);
 }
