@@ -109,8 +109,9 @@ bool gemm_group_wgmma();
 // 4 096 tokens but no faster in the 43-layer bench (slower on 2 048-token chunks): not the default.
 void gemm_set_group_wgmma_variant(int v);
 int gemm_group_wgmma_variant();
-// Its k-tile decoders (variant 0): 1 (default) gemm_v2::DecodeFast (gemm_group_decode.h), 0 v2's
-// gemm_v2::Decode, 2 DecodeFast for IQ2_XXS and v2's for Q2_K; the same bits.
+// Its k-tile decoders (variant 0): 0 (default, the measured kernel) v2's gemm_v2::Decode, 1
+// gemm_v2::DecodeFast (gemm_group_decode.h), 2 DecodeFast for IQ2_XXS and v2's for Q2_K; the same tile
+// bits (CPU-checked; the GPU check is pending).
 // FLASHSTAR_GEMM_GROUP_DECODE=N or gemm_set_group_decode(N).
 void gemm_set_group_decode(int v);
 int gemm_group_decode();
