@@ -66,6 +66,14 @@ inline bool env_on(const char* name) {
   return !(v && v[0] == '0');
 }
 
+// A kernel switch with values lo..hi from the environment (read once by callers): fallback when `name` is
+// unset or out of range.
+inline int env_choice(const char* name, int lo, int hi, int fallback) {
+  const char* v = std::getenv(name);
+  const int n = v ? std::atoi(v) : fallback;
+  return n >= lo && n <= hi ? n : fallback;
+}
+
 // Whether the current device is a Hopper (9.0) and `kernel` was built for it (binary version 90): the
 // warpgroup-MMA kernels exist only in the sm_90a code and trap elsewhere.
 inline bool sm90_kernel(const void* kernel) {
