@@ -537,9 +537,6 @@ TEST_F(GemmDenseWgmma, DISABLED_TimesModelShapes) {
   const int64_t n_tok = 4096;
   constexpr int kSets = 3, kRuns = 9;
   double layer[2] = {0, 0}, flops = 0;
-  cudaEvent_t e0, e1;
-  FS_CUDA_CHECK(cudaEventCreate(&e0));
-  FS_CUDA_CHECK(cudaEventCreate(&e1));
   for (const Shape& sh : shapes) {
     const int64_t total = sh.rows * sh.groups;
     auto w = up(random_weights(GgmlType::Q8_0, total, sh.cols));
@@ -564,17 +561,7 @@ TEST_F(GemmDenseWgmma, DISABLED_TimesModelShapes) {
             ASSERT_TRUE(cuda::fast::gemm_dense_v2(W, g * sh.rows, sh.rows, x, n_tok, y.get() + g * sh.rows, total, nullptr));
         }
       };
-      for (int s = 0; s < kSets; ++s) once(s);
-      std::vector<float> ms(kRuns);
-      for (int r = 0; r < kRuns; ++r) {
-        FS_CUDA_CHECK(cudaEventRecord(e0));
-        once(r % kSets);
-        FS_CUDA_CHECK(cudaEventRecord(e1));
-        FS_CUDA_CHECK(cudaEventSynchronize(e1));
-        FS_CUDA_CHECK(cudaEventElapsedTime(&ms[r], e0, e1));
-      }
-      std::sort(ms.begin(), ms.end());
-      med[m] = ms[kRuns / 2];
+      med[m] = median_ms(kSets, kRuns, once);
       layer[m] += med[m] * sh.per_layer;
     }
     const double tf = 2.0 * n_tok * total * sh.cols / 1e12;
@@ -584,8 +571,6 @@ TEST_F(GemmDenseWgmma, DISABLED_TimesModelShapes) {
                 sh.name, (long long)sh.rows, (long long)sh.cols, sh.groups > 1 ? " x 8" : "", med[0], tf / med[0] * 1e3,
                 med[1], tf / med[1] * 1e3, med[1] / med[0]);
   }
-  FS_CUDA_CHECK(cudaEventDestroy(e0));
-  FS_CUDA_CHECK(cudaEventDestroy(e1));
   std::printf("dense Q8_0 products of a layer, 4096 tokens: wgmma %.2f ms (%.0f TFLOP/s), dense_v2 %.2f ms (%.0f); %.2fx\n",
               layer[0], flops / layer[0] * 1e3, layer[1], flops / layer[1] * 1e3, layer[1] / layer[0]);
 }
@@ -607,9 +592,6 @@ TEST_F(GemmDenseWgmma, DISABLED_TimesF16Shapes) {
   const int64_t n_tok = 4096;
   constexpr int kSets = 3, kRuns = 9, kModes = 3;
   double total[kModes] = {0, 0, 0}, flops = 0;
-  cudaEvent_t e0, e1;
-  FS_CUDA_CHECK(cudaEventCreate(&e0));
-  FS_CUDA_CHECK(cudaEventCreate(&e1));
   for (const Shape& sh : shapes) {
     auto w = up(random_weights(GgmlType::F16, sh.rows, sh.cols));
     const cuda::DMat W{GgmlType::F16, w.get(), sh.cols, sh.rows, row_bytes(GgmlType::F16, sh.cols)};
@@ -630,17 +612,7 @@ TEST_F(GemmDenseWgmma, DISABLED_TimesF16Shapes) {
         else
           ASSERT_TRUE(cuda::fast::gemm(W, 0, sh.rows, xb[set].get(), n_tok, y.get(), sh.rows, nullptr));
       };
-      for (int s = 0; s < kSets; ++s) once(s);
-      std::vector<float> ms(kRuns);
-      for (int r = 0; r < kRuns; ++r) {
-        FS_CUDA_CHECK(cudaEventRecord(e0));
-        once(r % kSets);
-        FS_CUDA_CHECK(cudaEventRecord(e1));
-        FS_CUDA_CHECK(cudaEventSynchronize(e1));
-        FS_CUDA_CHECK(cudaEventElapsedTime(&ms[r], e0, e1));
-      }
-      std::sort(ms.begin(), ms.end());
-      med[m] = ms[kRuns / 2];
+      med[m] = median_ms(kSets, kRuns, once);
       total[m] += med[m] * sh.in_4l;
     }
     const double tf = 2.0 * n_tok * sh.rows * sh.cols / 1e12;
@@ -650,8 +622,6 @@ TEST_F(GemmDenseWgmma, DISABLED_TimesF16Shapes) {
                 sh.name, (long long)sh.rows, (long long)sh.cols, med[0], tf / med[0] * 1e3, med[1], tf / med[1] * 1e3,
                 med[2], tf / med[2] * 1e3, med[2] / med[0]);
   }
-  FS_CUDA_CHECK(cudaEventDestroy(e0));
-  FS_CUDA_CHECK(cudaEventDestroy(e1));
   std::printf("F16 products of a 4-layer 4096-token prefill (12 launches): wgmma %.2f ms (%.0f TFLOP/s), 3 products "
               "%.2f ms, mma.sync %.2f ms (%.0f); %.2fx\n",
               total[0], flops / total[0] * 1e3, total[1], total[2], flops / total[2] * 1e3, total[2] / total[0]);

@@ -317,7 +317,7 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
           << pr.name << " " << n_tok << " " << cfg.name << ": not v2's bits";
       }
       cuda::fast::gemm_set_group_wgmma_variant(0);
-      cuda::fast::gemm_set_group_decode(1);
+      cuda::fast::gemm_set_group_decode(0);
     }
   }
 }
@@ -362,9 +362,6 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
   const auto sel = routing(n_tok, kExperts, kPerTok, false);
   const int64_t items = static_cast<int64_t>(sel.size());
   Plan pl = plan(sel, kExperts);
-  cudaEvent_t e0, e1;
-  FS_CUDA_CHECK(cudaEventCreate(&e0));
-  FS_CUDA_CHECK(cudaEventCreate(&e1));
   constexpr int kV = static_cast<int>(sizeof(kConfigs) / sizeof(kConfigs[0]));
   double total[kV + 1] = {}, flops = 0;
   for (const Product& pr : kProducts) {
@@ -379,8 +376,8 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
     for (int m = 0; m <= kV; ++m) {  // m < kV: kConfigs[m]; kV: v2
       cuda::fast::gemm_set_group_wgmma(m < kV);
       cuda::fast::gemm_set_group_wgmma_variant(m < kV ? kConfigs[m].variant : 0);
-      cuda::fast::gemm_set_group_decode(m < kV ? kConfigs[m].decode : 1);
-      auto once = [&] {
+      cuda::fast::gemm_set_group_decode(m < kV ? kConfigs[m].decode : 0);
+      auto once = [&](int) {
         const int32_t src_div = pr.gather ? kPerTok : 1;
         if (m < kV)
           ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
@@ -389,17 +386,7 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
           ASSERT_TRUE(cuda::fast::gemm_grouped_v2(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
                                                   !pr.gather, y.get(), pr.rows, nullptr));
       };
-      once();
-      std::vector<float> ms(kRuns);
-      for (int r = 0; r < kRuns; ++r) {
-        FS_CUDA_CHECK(cudaEventRecord(e0));
-        once();
-        FS_CUDA_CHECK(cudaEventRecord(e1));
-        FS_CUDA_CHECK(cudaEventSynchronize(e1));
-        FS_CUDA_CHECK(cudaEventElapsedTime(&ms[r], e0, e1));
-      }
-      std::sort(ms.begin(), ms.end());
-      med[m] = ms[kRuns / 2];
+      med[m] = median_ms(1, kRuns, once);
       total[m] += med[m];
     }
     const double tf = 2.0 * items * pr.rows * pr.cols / 1e12;
@@ -409,12 +396,7 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
                   pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, m < kV ? kConfigs[m].name : "v2",
                   med[m], tf / med[m] * 1e3, med[kV] / med[m]);
   }
-  cuda::fast::gemm_set_group_wgmma(true);
-  cuda::fast::gemm_set_group_wgmma_variant(0);
-  cuda::fast::gemm_set_group_decode(1);
-  FS_CUDA_CHECK(cudaEventDestroy(e0));
-  FS_CUDA_CHECK(cudaEventDestroy(e1));
-  for (int m = 0; m <= kV; ++m)
+  for (int m = 0; m <= kV; ++m)  // the switches: restored by TearDown
     std::printf("routed-expert products of a layer, 4096 tokens: %-18s %.2f ms (%.0f TFLOP/s), %.2fx v2\n",
                 m < kV ? kConfigs[m].name : "v2", total[m], flops / total[m] * 1e3, total[kV] / total[m]);
 }
