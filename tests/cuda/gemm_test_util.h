@@ -14,6 +14,18 @@ namespace flashstar::cuda_test {
 
 class GemmKernelTest : public CudaKernelTest {
  protected:
+  // The dense Q8_0 products of one layer of the full-size model, for the timing tests: out_a is `groups`
+  // row groups of one matrix, each on its own input; per_layer counts the shared expert's gate and up.
+  struct LayerShape {
+    const char* name;
+    int64_t rows, cols;
+    int groups, per_layer;
+  };
+  static constexpr LayerShape kLayerDenseShapes[] = {
+      {"q_a", 1024, 4096, 1, 1},   {"kv", 512, 4096, 1, 1},     {"q_b", 32768, 1024, 1, 1},
+      {"out_a", 1024, 4096, 8, 1}, {"out_b", 4096, 8192, 1, 1}, {"gate/up_sh", 2048, 4096, 1, 2},
+      {"down_sh", 4096, 2048, 1, 1}};
+
   // Weights of `total` rows (wq: their raw bytes), the activations and their FP16 copy (xb); products of
   // rows [row0, row0 + rows) into outputs of ys >= rows floats a token and 2 spare token rows.
   struct Problem {

@@ -113,22 +113,14 @@ TEST_F(GemmDenseV2, DISABLED_TimesBothKernelsOnTheModelShapes) {
   // groups, rows g * 1024 of one matrix, each on its own input), out_b, shared expert gate and up, down.
   // Prints the first kernel's time and the dense kernel's at 256- and 128-row blocks, per product and
   // per layer; checks only that the default is faster over the layer.
-  struct Shape {
-    const char* name;
-    int64_t rows, cols;
-    int groups, per_layer;
-  };
-  const Shape shapes[] = {{"q_a", 1024, 4096, 1, 1},      {"kv", 512, 4096, 1, 1},
-                          {"q_b", 32768, 1024, 1, 1},     {"out_a", 1024, 4096, 8, 1},
-                          {"out_b", 4096, 8192, 1, 1},    {"gate/up_sh", 2048, 4096, 1, 2},
-                          {"down_sh", 4096, 2048, 1, 1}};
+  const auto& shapes = kLayerDenseShapes;
   const int64_t n_tok = 4096;
   const int modes[] = {0, 256, 128};
   double layer[3] = {0, 0, 0}, flops = 0;
   cudaEvent_t e0, e1;
   FS_CUDA_CHECK(cudaEventCreate(&e0));
   FS_CUDA_CHECK(cudaEventCreate(&e1));
-  for (const Shape& sh : shapes) {
+  for (const LayerShape& sh : shapes) {
     const int64_t total = sh.rows * sh.groups;
     auto w = up(random_weights(GgmlType::Q8_0, total, sh.cols));
     const cuda::DMat W{GgmlType::Q8_0, w.get(), sh.cols, total, row_bytes(GgmlType::Q8_0, sh.cols)};

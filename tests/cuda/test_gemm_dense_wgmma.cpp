@@ -525,19 +525,11 @@ TEST_F(GemmDenseWgmma, DISABLED_TimesModelShapes) {
   // The dense Q8_0 products of one layer at 4096 tokens (out_a: 8 groups of a 8192-row matrix, each on its
   // own input): median of 9 timed runs after a warm-up, inputs rotating over 3 activation sets so that
   // they do not sit in L2 from the previous run. wgmma vs dense_v2 at 128-row blocks.
-  struct Shape {
-    const char* name;
-    int64_t rows, cols;
-    int groups, per_layer;
-  };
-  const Shape shapes[] = {{"q_a", 1024, 4096, 1, 1},      {"kv", 512, 4096, 1, 1},
-                          {"q_b", 32768, 1024, 1, 1},     {"out_a", 1024, 4096, 8, 1},
-                          {"out_b", 4096, 8192, 1, 1},    {"gate/up_sh", 2048, 4096, 1, 2},
-                          {"down_sh", 4096, 2048, 1, 1}};
+  const auto& shapes = kLayerDenseShapes;
   const int64_t n_tok = 4096;
   constexpr int kSets = 3, kRuns = 9;
   double layer[2] = {0, 0}, flops = 0;
-  for (const Shape& sh : shapes) {
+  for (const LayerShape& sh : shapes) {
     const int64_t total = sh.rows * sh.groups;
     auto w = up(random_weights(GgmlType::Q8_0, total, sh.cols));
     const cuda::DMat W{GgmlType::Q8_0, w.get(), sh.cols, total, row_bytes(GgmlType::Q8_0, sh.cols)};
