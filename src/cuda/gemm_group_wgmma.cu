@@ -236,8 +236,9 @@ int& variant() {
 // The k-tile decoders of variant 0 (FLASHSTAR_GEMM_GROUP_DECODE): 0 (default: the kernel measured on the
 // H200) gemm_v2::Decode (v2's) for both formats, 1 gemm_v2::DecodeFast for both, 2 DecodeFast for IQ2_XXS
 // and v2's for Q2_K (whose decode the new one does not shorten: gemm_group_decode.h). All give the same
-// tile bits (the CPU test compares the tiles; the GPU test, not yet run, the products against v2); 1 or 2
-// becomes the default once the GPU run shows its bits and its time.
+// bits (CPU: the tiles; H200: the products against v2 and 4L logits). 0 stays the default: on the H200
+// DecodeFast's IQ2_XXS gate took 3.42 ms against 3.20 (fewer instructions, but its two shared-memory
+// tables' lookups cost more than the register decode's extra ALU work).
 int& decode_mode() {
   static int v = env_choice("FLASHSTAR_GEMM_GROUP_DECODE", 0, 2, 0);
   return v;
