@@ -1,0 +1,48 @@
+#include "cuda/decode_fork.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "common/error.h"
+#include "cuda/cuda_util.h"
+
+namespace flashstar::cuda {
+
+unsigned DecodeFork::requested() {
+  const char* v = std::getenv("FLASHSTAR_DECODE_FORK");
+  if (!v || !*v || std::strcmp(v, "0") == 0) return 0;
+  if (std::strcmp(v, "attn") == 0) return kAttn;
+  if (std::strcmp(v, "ffn") == 0) return kFfn;
+  return kAttn | kFfn;
+}
+
+DecodeFork::DecodeFork(unsigned parts) : parts_(parts) {
+  if (!parts_) return;  // nothing to fork: no second stream
+  FS_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+  FS_CUDA_CHECK(cudaEventCreateWithFlags(&fork_ev_, cudaEventDisableTiming));
+  FS_CUDA_CHECK(cudaEventCreateWithFlags(&join_ev_, cudaEventDisableTiming));
+}
+
+DecodeFork::~DecodeFork() {
+  if (fork_ev_) cudaEventDestroy(fork_ev_);
+  if (join_ev_) cudaEventDestroy(join_ev_);
+  if (side_) cudaStreamDestroy(side_);
+}
+
+void DecodeFork::open(cudaStream_t main) {
+  if (!side_) fail("internal: a decode fork opened with the fork switched off");
+  if (lanes_) fail("internal: decode forks do not nest");
+  // The event's state is taken at the wait, so one event serves every fork of the step.
+  FS_CUDA_CHECK(cudaEventRecord(fork_ev_, main));
+  FS_CUDA_CHECK(cudaStreamWaitEvent(side_, fork_ev_, 0));
+  lanes_.emplace(main, side_);
+}
+
+void DecodeFork::join(cudaStream_t main) {
+  if (!lanes_) fail("internal: a decode fork joined without being opened");
+  FS_CUDA_CHECK(cudaEventRecord(join_ev_, side_));
+  FS_CUDA_CHECK(cudaStreamWaitEvent(main, join_ev_, 0));
+  lanes_.reset();
+}
+
+}  // namespace flashstar::cuda
