@@ -10,6 +10,10 @@
 
 #include "common/error.h"
 #include "cuda/cuda_session.h"
+#include "cuda/cuda_util.h"
+#include "cuda/decode_fork.h"
+#include "cuda/pdl_graph.h"
+#include "cuda/ref_kernels.h"
 #include "cuda/stream_lanes.h"
 #include "engine/session.h"
 #include "../test_models.h"
@@ -85,6 +89,72 @@ TEST(TicketLanes, SideStreamTakesItsOwnLaneAndStrangersFail) {
   }
   EXPECT_EQ(cuda::ticket_lane(side), 0);
   EXPECT_THROW(cuda::TicketFork(main, main), Error);
+}
+
+// A graph of 16 fork / join diamonds of library kernels (each reads what the one before wrote, the
+// fork's two branches read the same rows, the join reads both and the next diamond overwrites what both
+// branches read) with every kernel edge programmatic, fork and join edges included: the same bits as
+// the kernels one by one on one stream. Prints how many edges the driver took.
+TEST(DecodeFork, ProgrammaticForkJoinEdgesKeepTheOrder) {
+  if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device";
+  constexpr int64_t kRows = 64, kDim = 4096, kN = kRows * kDim;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> hx(kN), hw(2 * kDim);
+  for (auto& v : hx) v = nd(rng);
+  for (auto& v : hw) v = 1.0f + 0.1f * nd(rng);
+  cuda::DeviceArray<float> x(kN), a(kN), h(kN), b(kN), b2(kN), c(kN), out(kN), w(2 * kDim);
+  FS_CUDA_CHECK(cudaMemcpy(w.get(), hw.data(), hw.size() * 4, cudaMemcpyHostToDevice));
+  cudaStream_t s = nullptr;
+  FS_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cuda::DecodeFork fork(cuda::DecodeFork::kAttn | cuda::DecodeFork::kFfn);
+  auto norm = [&](const float* in, const float* wt, float* o, cudaStream_t st) {
+    cuda::rms_norm_rows(in, kDim, wt, o, kDim, kRows, kDim, 1e-6f, st);
+  };
+  // forked: the branches on two streams (fork / join edges under capture); else all on s
+  auto pass = [&](bool forked) {
+    FS_CUDA_CHECK(cudaMemcpyAsync(a.get(), x.get(), kN * 4, cudaMemcpyDeviceToDevice, s));
+    for (int i = 0; i < 16; ++i) {
+      norm(a.get(), nullptr, h.get(), s);  // overwrites what both branches of the diamond before read
+      if (forked) fork.open(s);
+      const cudaStream_t side = forked ? fork.side() : s;
+      norm(h.get(), w.get(), b.get(), side);  // the longer branch: h -> b -> b2 -> b -> b2
+      for (int k = 0; k < 3; ++k) norm(k % 2 ? b2.get() : b.get(), w.get(), k % 2 ? b.get() : b2.get(), side);
+      norm(h.get(), w.get() + kDim, c.get(), s);
+      if (forked) fork.join(s);
+      cuda::sum_slots(b2.get(), c.get(), kRows, 1, kDim, out.get(), s);
+      norm(out.get(), nullptr, a.get(), s);
+    }
+  };
+  auto result = [&] {
+    std::vector<float> h(kN);
+    FS_CUDA_CHECK(cudaStreamSynchronize(s));
+    FS_CUDA_CHECK(cudaMemcpy(h.data(), a.get(), kN * 4, cudaMemcpyDeviceToHost));
+    return h;
+  };
+  FS_CUDA_CHECK(cudaMemcpy(x.get(), hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
+  pass(false);
+  const auto serial = result();
+  for (bool fan : {true, false}) {
+    cudaGraph_t g = nullptr;
+    FS_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    pass(true);
+    FS_CUDA_CHECK(cudaStreamEndCapture(s, &g));
+    const int changed = cuda::pdl_edges(g, fan);
+    std::printf("fan %d: %d of 143 kernel edges programmatic (64 of them fork / join edges)\n", int(fan), changed);
+    cudaGraphExec_t e = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&e, g, 0);
+    cudaGraphDestroy(g);
+    ASSERT_EQ(err, cudaSuccess) << "the driver refused the programmatic graph (the session then falls back): "
+                                << cudaGetErrorString(err);
+    for (int rep = 0; rep < 3; ++rep) {
+      FS_CUDA_CHECK(cudaMemsetAsync(a.get(), 0, kN * 4, s));
+      FS_CUDA_CHECK(cudaGraphLaunch(e, s));
+      EXPECT_EQ(first_difference(serial, result()), serial.size()) << "fan " << fan << ", run " << rep;
+    }
+    cudaGraphExecDestroy(e);
+  }
+  cudaStreamDestroy(s);
 }
 
 // The tiny model takes the plain launches (its 8 heads are not the decode graph's kernels): fork on,
