@@ -59,8 +59,10 @@ class CudaSession final : public Session {
     }
     if (plan.total() + (256ull << 20) > free_b)
       fail("the model does not fit this GPU: %s (try a smaller --ctx or --chunk)", plan.describe(free_b, total_b).c_str());
-    FS_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
-    fork_ = std::make_unique<DecodeFork>(DecodeFork::requested());
+    const unsigned fork_parts = DecodeFork::requested();
+    main_priority_ = DecodeFork::main_priority(fork_parts);  // 0: the default priority
+    FS_CUDA_CHECK(cudaStreamCreateWithPriority(&s_, cudaStreamNonBlocking, main_priority_));
+    fork_ = std::make_unique<DecodeFork>(fork_parts);
     init_quant_tables();
     fast::init_tables();
     upload_weights();
@@ -722,7 +724,7 @@ class CudaSession final : public Session {
         throw;
       }
       FS_CUDA_CHECK(cudaStreamEndCapture(s_, &g));
-      cudaGraphExec_t e = instantiate_decode_graph(g, pdl_on_);
+      cudaGraphExec_t e = instantiate_decode_graph(g, pdl_on_, main_priority_ != 0);
       it = graphs_.emplace(key, e).first;
     }
     FS_CUDA_CHECK(cudaGraphLaunch(it->second, s_));
@@ -751,6 +753,7 @@ class CudaSession final : public Session {
   float* mv_work_ = nullptr;    // the current lane's split workspace: the main lane's, or side_work_ in on_side
   float* side_work_ = nullptr;
   std::unique_ptr<DecodeFork> fork_;  // the decode fork's side stream (FLASHSTAR_DECODE_FORK)
+  int main_priority_ = 0;             // s_'s priority (DecodeFork::main_priority)
   DeviceArray<uint8_t> weights_, vectors_;
   DeviceArray<float> state_, scratch_;
   DeviceArray<int32_t> ints_;

@@ -16,6 +16,14 @@ unsigned DecodeFork::requested() {
   return kAttn | kFfn;
 }
 
+int DecodeFork::main_priority(unsigned parts) {
+  const char* v = std::getenv("FLASHSTAR_DECODE_FORK_PRIO");
+  if (!parts || !v || std::strcmp(v, "1") != 0) return 0;
+  int least = 0, greatest = 0;
+  FS_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  return greatest;
+}
+
 DecodeFork::DecodeFork(unsigned parts) : parts_(parts) {
   if (!parts_) return;  // nothing to fork: no second stream
   FS_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));

@@ -26,6 +26,11 @@ class DecodeFork {
   // The chains the switch forks: FLASHSTAR_DECODE_FORK=0 (default) none, 1 both, attn or ffn one.
   enum Part : unsigned { kAttn = 1, kFfn = 2 };
   static unsigned requested();
+  // FLASHSTAR_DECODE_FORK_PRIO=1 (default 0, an A/B switch): the main stream, whose branch is the longer
+  // one in both halves, gets the device's greatest stream priority and the decode graph keeps it per node
+  // (cudaGraphInstantiateFlagUseNodePriority), so the block scheduler serves the critical path first when
+  // both branches have blocks waiting. 0 when the fork is off.
+  static int main_priority(unsigned parts);
 
   explicit DecodeFork(unsigned parts);
   ~DecodeFork();

@@ -76,7 +76,8 @@ int pdl_edges(cudaGraph_t g, bool fan) {
   return changed;
 }
 
-cudaGraphExec_t instantiate_decode_graph(cudaGraph_t g, bool pdl) {
+cudaGraphExec_t instantiate_decode_graph(cudaGraph_t g, bool pdl, bool node_priority) {
+  const unsigned long long flags = node_priority ? cudaGraphInstantiateFlagUseNodePriority : 0;
   // The captured graph is kept until a programmatic one has instantiated. A driver that takes each
   // programmatic edge but refuses the graph as a whole gets the fork / join edges full, then no
   // programmatic edges at all (a line on stderr each time).
@@ -87,7 +88,7 @@ cudaGraphExec_t instantiate_decode_graph(cudaGraph_t g, bool pdl) {
     if (pdl_edges(g, fan) == 0 && captured) cudaGraphDestroy(captured), captured = nullptr;
   }
   cudaGraphExec_t e = nullptr;
-  cudaError_t err = cudaGraphInstantiate(&e, g, 0);
+  cudaError_t err = cudaGraphInstantiate(&e, g, flags);
   cudaGraphDestroy(g);
   while (err != cudaSuccess && captured) {
     cudaGetLastError();
@@ -101,7 +102,7 @@ cudaGraphExec_t instantiate_decode_graph(cudaGraph_t g, bool pdl) {
       pdl_edges(next, false);
     }
     e = nullptr;
-    err = cudaGraphInstantiate(&e, next, 0);
+    err = cudaGraphInstantiate(&e, next, flags);
     cudaGraphDestroy(next);
   }
   if (captured) cudaGraphDestroy(captured);

@@ -17,6 +17,7 @@ bool pdl_fan_requested();
 // Instantiates a captured decode graph and destroys g: with pdl, its edges made programmatic first. A
 // driver that takes each programmatic edge but refuses the graph as a whole gets the fork / join edges
 // full, then the graph as captured (a line on stderr each time). Throws only when that fails too.
-cudaGraphExec_t instantiate_decode_graph(cudaGraph_t g, bool pdl);
+// node_priority: the kernels keep the priorities of the streams they were captured on.
+cudaGraphExec_t instantiate_decode_graph(cudaGraph_t g, bool pdl, bool node_priority = false);
 
 }  // namespace flashstar::cuda

@@ -175,6 +175,8 @@ TEST(DecodeFork, PlainLaunchesBitwiseEqualToSerial) {
     const auto forked = decode_logits(*model, o, toks, 40, f, nullptr);
     EXPECT_EQ(first_difference(serial, forked), serial.size()) << "FLASHSTAR_DECODE_FORK=" << f;
   }
+  ScopedEnv prio("FLASHSTAR_DECODE_FORK_PRIO", "1");
+  EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 40, "1", nullptr)), serial.size()) << "prio";
 }
 
 // The decode graph needs the full-dimension kernels: a model from `flashstar synth --preset flash
@@ -195,6 +197,10 @@ TEST(DecodeFork, GraphAndPlainBitwiseEqualToSerialOnFlashShapes) {
   EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 1980, "0", "1")), serial.size()) << "serial graph";
   EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 1980, "1", "0")), serial.size()) << "forked plain";
   EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 1980, "1", "1")), serial.size()) << "forked graph";
+  {  // the main stream at the greatest priority, kept per graph node
+    ScopedEnv prio("FLASHSTAR_DECODE_FORK_PRIO", "1");
+    EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 1980, "1", "1")), serial.size()) << "prio";
+  }
   // the fork and join edges kept full dependencies (FLASHSTAR_PDL_FAN=0)
   ScopedEnv fan("FLASHSTAR_PDL_FAN", "0");
   EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 1980, "1", "1")), serial.size()) << "fan edges full";
