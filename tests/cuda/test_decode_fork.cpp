@@ -127,10 +127,10 @@ TEST(DecodeFork, ProgrammaticForkJoinEdgesKeepTheOrder) {
     }
   };
   auto result = [&] {
-    std::vector<float> h(kN);
+    std::vector<float> host(kN);
     FS_CUDA_CHECK(cudaStreamSynchronize(s));
-    FS_CUDA_CHECK(cudaMemcpy(h.data(), a.get(), kN * 4, cudaMemcpyDeviceToHost));
-    return h;
+    FS_CUDA_CHECK(cudaMemcpy(host.data(), a.get(), kN * 4, cudaMemcpyDeviceToHost));
+    return host;
   };
   FS_CUDA_CHECK(cudaMemcpy(x.get(), hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
   pass(false);
