@@ -387,6 +387,13 @@ class CudaSession final : public Session {
                 int(d_.IHD), int(IW), n_rot, eps, RowKind::Indexer, official, pos_dev_});
   }
 
+  // The indexer's queries from qr_: projection, RoPE and (official numerics) the FP4 simulation, into iq_.
+  void indexer_query(const DLayer& L, int64_t pos0, int64_t n, int n_rot, const double* freq, bool official) {
+    mm(Route::F16Proj, L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD);
+    rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
+    if (official) qat(iq_, n * d_.NIH, d_.IHD);
+  }
+
   // At decode a half-layer's hyper-connection post is left pending (pending_) and applied by the next
   // hc_pre's one launch (fast_hc_pre.h); the same condition as that launch's route. Whatever reads X_
   // otherwise (the reference hc_pre, the output head) flushes it first with the kernels it replaces.
@@ -454,6 +461,9 @@ class CudaSession final : public Session {
     // layer's compressor state, none of which the q / kv path reads or writes; the join comes before the
     // first reader (the indexer's pick, else the attention core).
     const bool fork = r && forking(DecodeFork::kAttn, n);
+    // and the indexer's queries (from qr_ alone, written by q_b; they write only iq_, which nothing reads
+    // before the indexer's pick) beside norm+RoPE of the heads and the kv row
+    const bool fork_idx = use_indexer && forking(DecodeFork::kIdx, n);
     if (fork) {
       fork_->open(s_);
       on_side([&] {
@@ -476,6 +486,11 @@ class CudaSession final : public Session {
       norm_rows(q_raw, d_.QL, L.q_a_norm, qr_, d_.QL, n, d_.QL, eps);
       mm(Route::DenseQ8, L.q_b, 0, d_.QD, qr_, n, d_.QL, q_, d_.QD);
     }
+    if (fork_idx) {
+      if (fork) fork_->side_waits(s_);  // after the compressor chain, once q_b is done
+      else fork_->open(s_);
+      on_side([&] { indexer_query(L, pos0, n, n_rot, freq, official); });
+    }
     const bool fused = routes_[Route::FusedOps];
     // the query heads and the cached kv row: one launch (each row as its own norm_rope_rows call)
     fast::NormRopeJob qj, kvj;
@@ -491,12 +506,8 @@ class CudaSession final : public Session {
     prof_.stage("attn.compress", s_);
     if (r && !fork) compress_rows(L, pos0, n, n_rot, eps, official);
     prof_.stage("attn.indexer", s_);
-    if (use_indexer) {  // the indexer's queries: from qr_ alone, so still beside the compressor branch
-      mm(Route::F16Proj, L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD);
-      rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
-      if (official) qat(iq_, n * d_.NIH, d_.IHD);
-    }
-    if (fork) fork_->join(s_);
+    if (use_indexer && !fork_idx) indexer_query(L, pos0, n, n_rot, freq, official);
+    if (fork || fork_idx) fork_->join(s_);
     if (use_indexer) {
       const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.IHD * d_.NIH)));
       if (routes_[Route::Attention] && fast::indexer_supported(int(d_.NIH), int(d_.IHD), n))

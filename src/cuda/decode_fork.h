@@ -23,8 +23,9 @@ namespace flashstar::cuda {
 
 class DecodeFork {
  public:
-  // The chains the switch forks: FLASHSTAR_DECODE_FORK=0 (default) none, 1 both, attn or ffn one.
-  enum Part : unsigned { kAttn = 1, kFfn = 2 };
+  // The chains the switch forks: FLASHSTAR_DECODE_FORK=0 (default) none, 1 all, else a comma-separated
+  // list of attn (the compressor chain), idx (the indexer's queries) and ffn (the shared expert).
+  enum Part : unsigned { kAttn = 1, kFfn = 2, kIdx = 4 };
   static unsigned requested();
   // FLASHSTAR_DECODE_FORK_PRIO=1 (default 0, an A/B switch): the main stream, whose branch is the longer
   // one in both halves, gets the device's greatest stream priority and the decode graph keeps it per node
@@ -42,12 +43,15 @@ class DecodeFork {
   bool is_open() const { return lanes_.has_value(); }
   void open(cudaStream_t main);
   void join(cudaStream_t main);
+  // Inside an open fork: what is enqueued on the side stream from now on also waits for everything
+  // enqueued on the main stream so far (the side branch goes on with work that needs the main's results).
+  void side_waits(cudaStream_t main);
   void abandon() { lanes_.reset(); }  // a pass cut short by an error (the streams are synchronized by the caller)
 
  private:
   unsigned parts_ = 0;
   cudaStream_t side_ = nullptr;
-  cudaEvent_t fork_ev_ = nullptr, join_ev_ = nullptr;
+  cudaEvent_t fork_ev_ = nullptr, join_ev_ = nullptr, mid_ev_ = nullptr;
   std::optional<TicketFork> lanes_;
 };
 

@@ -158,7 +158,7 @@ TEST(DecodeFork, ProgrammaticForkJoinEdgesKeepTheOrder) {
 }
 
 // The tiny model takes the plain launches (its 8 heads are not the decode graph's kernels): fork on,
-// each chain alone and off, over 110 decode steps that cross compressed-row boundaries of both ratios
+// each chain alone, two of them and off, over 110 decode steps that cross compressed-row boundaries of both ratios
 // and the indexer's start.
 TEST(DecodeFork, PlainLaunchesBitwiseEqualToSerial) {
   if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device";
@@ -171,7 +171,7 @@ TEST(DecodeFork, PlainLaunchesBitwiseEqualToSerial) {
   const auto toks = tokens(150, model->config().n_vocab, 23);
   const auto serial = decode_logits(*model, o, toks, 40, "0", nullptr);
   ASSERT_EQ(serial.size(), 110u * model->config().n_vocab);
-  for (const char* f : {"1", "attn", "ffn"}) {
+  for (const char* f : {"1", "attn", "idx", "ffn", "attn,ffn"}) {
     const auto forked = decode_logits(*model, o, toks, 40, f, nullptr);
     EXPECT_EQ(first_difference(serial, forked), serial.size()) << "FLASHSTAR_DECODE_FORK=" << f;
   }
