@@ -203,5 +203,6 @@ TEST(DecodeFork, GraphAndPlainBitwiseEqualToSerialOnFlashShapes) {
   }
   // the fork and join edges kept full dependencies (FLASHSTAR_PDL_FAN=0)
   ScopedEnv fan("FLASHSTAR_PDL_FAN", "0");
-  EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 1980, "1", "1")), serial.size()) << "fan edges full";
+  EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 1980, "1", "1")), serial.size())
+      << "fan edges full";
 }
