@@ -82,12 +82,17 @@ if cmp -s "$WORK/t-fast.f32" "$WORK/t-fast-c43.f32"; then row "fast routes chunk
 python3 -c "
 import json, random; random.seed(11)
 json.dump({'tokens': [random.randrange(129280) for _ in range(2100)]}, open('$WORK/r2100.json', 'w'))"
-for g in 1 0; do
-  FLASHSTAR_CUDA_GRAPH=$g run "$FS" logits -m "$WORK/flash4.gguf" --tokens "$WORK/r2100.json" -o "$WORK/g-$g.f32" \
-    --backend cuda --decode-from 1980 --chunk 1000
-done
-if cmp -s "$WORK/g-1.f32" "$WORK/g-0.f32"; then row "decode CUDA graph == plain launches (bitwise)" PASS "120 steps"
+# and the decode fork (FLASHSTAR_DECODE_FORK=1: the step's independent chains on a second stream) in
+# both against the serial graph
+for g in 1 0; do for f in 0 1; do
+  FLASHSTAR_CUDA_GRAPH=$g FLASHSTAR_DECODE_FORK=$f run "$FS" logits -m "$WORK/flash4.gguf" --tokens "$WORK/r2100.json" \
+    -o "$WORK/g-$g-$f.f32" --backend cuda --decode-from 1980 --chunk 1000
+done; done
+if cmp -s "$WORK/g-1-0.f32" "$WORK/g-0-0.f32"; then row "decode CUDA graph == plain launches (bitwise)" PASS "120 steps"
 else row "decode CUDA graph == plain launches (bitwise)" FAIL ""; fi
+if cmp -s "$WORK/g-1-0.f32" "$WORK/g-1-1.f32" && cmp -s "$WORK/g-1-0.f32" "$WORK/g-0-1.f32"; then
+  row "decode fork == serial, graph and plain (bitwise)" PASS "120 steps"
+else row "decode fork == serial, graph and plain (bitwise)" FAIL ""; fi
 rm -f "$WORK"/g-*.f32
 # a short prompt at a context that is no multiple of anything (scratch buffers sized by it): prefill then
 # decode on the full-dimension shapes, fast routes and reference path

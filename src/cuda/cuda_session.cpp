@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "cpu/ops.h"
 #include "cuda/cuda_util.h"
+#include "cuda/decode_fork.h"
 #include "cuda/fast_expert_mma.h"
 #include "cuda/fast_hc_pre.h"
 #include "cuda/fast_kernels.h"
@@ -20,8 +21,10 @@
 #include "cuda/gemm_cublas.h"
 #include "cuda/pdl_graph.h"
 #include "cuda/ref_kernels.h"
+#include "cuda/session_layer.h"
 #include "cuda/session_plan.h"
 #include "cuda/stage_profiler.h"
+#include "cuda/upload.h"
 
 namespace flashstar::cuda {
 
@@ -56,7 +59,10 @@ class CudaSession final : public Session {
     }
     if (plan.total() + (256ull << 20) > free_b)
       fail("the model does not fit this GPU: %s (try a smaller --ctx or --chunk)", plan.describe(free_b, total_b).c_str());
-    FS_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
+    const unsigned fork_parts = DecodeFork::requested();
+    main_priority_ = DecodeFork::main_priority(fork_parts);  // 0: the default priority
+    FS_CUDA_CHECK(cudaStreamCreateWithPriority(&s_, cudaStreamNonBlocking, main_priority_));
+    fork_ = std::make_unique<DecodeFork>(fork_parts);
     init_quant_tables();
     fast::init_tables();
     upload_weights();
@@ -126,21 +132,6 @@ class CudaSession final : public Session {
   const std::vector<float>& last_logits() const override { return logits_; }
 
  private:
-  struct DLayer {
-    DMat hc_attn_fn, q_a, q_b, kv, out_a, out_b, comp_kv, comp_gate, idx_q_b, idx_proj, idx_comp_kv, idx_comp_gate;
-    DMat hc_ffn_fn, gate_inp, gate_exps, up_exps, down_exps, gate_sh, up_sh, down_sh;
-    const float *hc_attn_scale = nullptr, *hc_attn_base = nullptr, *attn_norm = nullptr, *q_a_norm = nullptr,
-                *kv_a_norm = nullptr, *sinks = nullptr, *comp_ape = nullptr, *comp_norm = nullptr,
-                *idx_comp_ape = nullptr, *idx_comp_norm = nullptr, *hc_ffn_scale = nullptr, *hc_ffn_base = nullptr,
-                *ffn_norm = nullptr, *exp_probs_b = nullptr;
-    const int32_t* tid2eid = nullptr;
-    // state
-    float *hist = nullptr, *comp = nullptr, *comp_kv_st = nullptr, *comp_sc_st = nullptr;
-    float *idx = nullptr, *idx_kv_st = nullptr, *idx_sc_st = nullptr;
-    int64_t n_raw = 0;
-    size_t comp_state_floats = 0, idx_state_floats = 0;
-  };
-
   DMat dev(const Matrix& mat) const {
     DMat d;
     if (!mat.present()) return d;
@@ -156,33 +147,7 @@ class CudaSession final : public Session {
     const gguf::File& f = m_.file();
     const size_t total = f.size() - f.data_offset();
     weights_.resize(total);
-    constexpr size_t kStage = 256ull << 20;
-    void* stage[2];
-    cudaEvent_t done[2];
-    for (int i = 0; i < 2; ++i) {
-      FS_CUDA_CHECK(cudaHostAlloc(&stage[i], kStage, cudaHostAllocDefault));
-      FS_CUDA_CHECK(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming));
-    }
-    const bool progress = opts_.verbose || total > (2ull << 30);
-    size_t off = 0;
-    for (int k = 0; off < total; ++k) {
-      const int b = k & 1;
-      const size_t n = std::min(kStage, total - off);
-      FS_CUDA_CHECK(cudaEventSynchronize(done[b]));  // the copy that last used this stage has finished
-      std::memcpy(stage[b], f.base() + f.data_offset() + off, n);
-      FS_CUDA_CHECK(cudaMemcpyAsync(weights_.get() + off, stage[b], n, cudaMemcpyHostToDevice, s_));
-      FS_CUDA_CHECK(cudaEventRecord(done[b], s_));
-      off += n;
-      if (progress)
-        std::fprintf(stderr, "\rloading weights to the GPU: %5.1f%% (%.1f / %.1f GiB)", 100.0 * off / total,
-                     off / double(1ull << 30), total / double(1ull << 30));
-    }
-    FS_CUDA_CHECK(cudaStreamSynchronize(s_));
-    if (progress) std::fprintf(stderr, "\n");
-    for (int i = 0; i < 2; ++i) {
-      cudaFreeHost(stage[i]);
-      cudaEventDestroy(done[i]);
-    }
+    upload_bytes(weights_.get(), f.base() + f.data_offset(), total, s_, opts_.verbose || total > (2ull << 30));
   }
 
   void upload_vectors() {
@@ -236,6 +201,7 @@ class CudaSession final : public Session {
     for (uint32_t il = 0; il < c_.n_layer; ++il) {
       DLayer& L = layers_[il];
       const uint32_t r = c_.ratio(il);
+      L.ratio = r;
       L.hist = p, p += (c_.n_swa + d_.C) * d_.HD;
       if (r) {
         const size_t w = c_.compressor_width(r, c_.head_dim), rows = (r == 4 ? 2 : 1) * r;
@@ -275,6 +241,7 @@ class CudaSession final : public Session {
     wplan_ = take(C * d_.K);
     comp_tmp_ = take(2 * d_.STATE);
     mv_work_ = take(kMvWork);
+    side_work_ = take(kMvWork);  // the decode fork's side lane: its split products never share mv_work_
     const int64_t n_group_ids = kSmallN * c_.n_out_group;
     ints_.resize(static_cast<size_t>(C * (2 * d_.K + 1 + c_.idx_top_k) + d_.MOE_INTS + n_group_ids));
     sel_ = ints_.get(), tok_ = sel_ + C * d_.K, idx_sel_ = tok_ + C;
@@ -299,22 +266,7 @@ class CudaSession final : public Session {
   }
 
   void upload_state(const KvState& st) {
-    for (uint32_t il = 0; il < c_.n_layer; ++il) {
-      DLayer& L = layers_[il];
-      const LayerState& S = st.layers[il];
-      L.n_raw = static_cast<int64_t>(S.raw.size()) / d_.HD;
-      FS_CUDA_CHECK(cudaMemcpy(L.hist, S.raw.data(), S.raw.size() * 4, cudaMemcpyHostToDevice));
-      if (L.comp) {
-        FS_CUDA_CHECK(cudaMemcpy(L.comp, S.comp.data(), S.comp.size() * 4, cudaMemcpyHostToDevice));
-        FS_CUDA_CHECK(cudaMemcpy(L.comp_kv_st, S.comp_state.kv.data(), L.comp_state_floats * 4, cudaMemcpyHostToDevice));
-        FS_CUDA_CHECK(cudaMemcpy(L.comp_sc_st, S.comp_state.score.data(), L.comp_state_floats * 4, cudaMemcpyHostToDevice));
-      }
-      if (L.idx) {
-        FS_CUDA_CHECK(cudaMemcpy(L.idx, S.idx.data(), S.idx.size() * 4, cudaMemcpyHostToDevice));
-        FS_CUDA_CHECK(cudaMemcpy(L.idx_kv_st, S.idx_state.kv.data(), L.idx_state_floats * 4, cudaMemcpyHostToDevice));
-        FS_CUDA_CHECK(cudaMemcpy(L.idx_sc_st, S.idx_state.score.data(), L.idx_state_floats * 4, cudaMemcpyHostToDevice));
-      }
-    }
+    for (uint32_t il = 0; il < c_.n_layer; ++il) upload_layer_state(layers_[il], st.layers[il], d_.HD);
   }
 
   KvState download_state() const {
@@ -324,24 +276,7 @@ class CudaSession final : public Session {
     st.tokens = tokens_;
     st.logits = logits_;
     const int64_t N = static_cast<int64_t>(tokens_.size());
-    for (uint32_t il = 0; il < c_.n_layer; ++il) {
-      const DLayer& L = layers_[il];
-      LayerState& S = st.layers[il];
-      S.raw.resize(static_cast<size_t>(L.n_raw * d_.HD));
-      FS_CUDA_CHECK(cudaMemcpy(S.raw.data(), L.hist, S.raw.size() * 4, cudaMemcpyDeviceToHost));
-      if (L.comp) {
-        S.comp.resize(static_cast<size_t>(N / S.ratio * d_.HD));
-        FS_CUDA_CHECK(cudaMemcpy(S.comp.data(), L.comp, S.comp.size() * 4, cudaMemcpyDeviceToHost));
-        FS_CUDA_CHECK(cudaMemcpy(S.comp_state.kv.data(), L.comp_kv_st, L.comp_state_floats * 4, cudaMemcpyDeviceToHost));
-        FS_CUDA_CHECK(cudaMemcpy(S.comp_state.score.data(), L.comp_sc_st, L.comp_state_floats * 4, cudaMemcpyDeviceToHost));
-      }
-      if (L.idx) {
-        S.idx.resize(static_cast<size_t>(N / 4 * d_.IHD));
-        FS_CUDA_CHECK(cudaMemcpy(S.idx.data(), L.idx, S.idx.size() * 4, cudaMemcpyDeviceToHost));
-        FS_CUDA_CHECK(cudaMemcpy(S.idx_state.kv.data(), L.idx_kv_st, L.idx_state_floats * 4, cudaMemcpyDeviceToHost));
-        FS_CUDA_CHECK(cudaMemcpy(S.idx_state.score.data(), L.idx_sc_st, L.idx_state_floats * 4, cudaMemcpyDeviceToHost));
-      }
-    }
+    for (uint32_t il = 0; il < c_.n_layer; ++il) download_layer_state(layers_[il], st.layers[il], N, d_.HD, d_.IHD);
     return st;
   }
 
@@ -398,6 +333,65 @@ class CudaSession final : public Session {
     if (routes_[Route::FusedOps] && (a.n > 1 || completes) && fast::compressor_supported(a))
       fast::compressor_chunk(a, comp_tmp_, s_);
     else compressor_chunk(a, s_);
+  }
+
+  // Whether this pass runs chain `p` of a layer on the fork's side stream (decode_fork.h): one token only
+  // (prefill keeps its serial order), and not under the profiler, which times one stream's stages.
+  bool forking(DecodeFork::Part p, int64_t n) const { return fork_->on(p) && n == 1 && !prof_.on(); }
+  // Enqueues f's launches on the side stream with the side lane's split workspace (the helpers launch
+  // on s_ and split into mv_work_), then puts the main lane back, also when f throws.
+  template <class F>
+  void on_side(F&& f) {
+    if (!fork_->is_open()) fail("internal: a side branch outside an open decode fork");
+    struct Back {
+      CudaSession* me;
+      cudaStream_t s;
+      float* w;
+      ~Back() { me->s_ = s, me->mv_work_ = w; }
+    } back{this, s_, mv_work_};
+    s_ = fork_->side(), mv_work_ = side_work_;
+    f();
+  }
+
+  // The compressor's (and on ratio-4 layers the indexer's) projections of an_: at decode one launch for
+  // all of them (the same input, latency-bound products), else one per matrix.
+  void compressor_proj(const DLayer& L, int64_t n, const uint16_t* an_b) {
+    const uint32_t r = L.ratio;
+    const int64_t W_ = c_.compressor_width(r, c_.head_dim), IW = r == 4 ? c_.compressor_width(4, c_.idx_head_dim) : 0;
+    const fast::MatvecOut proj[] = {{&L.comp_kv, 0, W_, ckv_, W_}, {&L.comp_gate, 0, W_, cg_, W_},
+                                    {&L.idx_comp_kv, 0, IW, ikv_, IW}, {&L.idx_comp_gate, 0, IW, ig_, IW},
+                                    {&L.idx_proj, 0, d_.NIH, iw_, d_.NIH}};
+    auto joint = [&](int first, int count) {
+      return routes_[Route::F16Proj] && n <= kSmallN &&
+             fast::float_matvec_multi(proj + first, count, an_, n, d_.D, s_, mv_work_, kMvWork);
+    };
+    const bool all_joint = r == 4 && joint(0, 5);
+    if (!all_joint && !joint(0, 2)) {
+      mm(Route::F16Proj, L.comp_kv, 0, W_, an_, n, d_.D, ckv_, W_, an_b);
+      mm(Route::F16Proj, L.comp_gate, 0, W_, an_, n, d_.D, cg_, W_, an_b);
+    }
+    if (r == 4 && !all_joint && !joint(2, 3)) {
+      mm(Route::F16Proj, L.idx_comp_kv, 0, IW, an_, n, d_.D, ikv_, IW, an_b);
+      mm(Route::F16Proj, L.idx_comp_gate, 0, IW, an_, n, d_.D, ig_, IW, an_b);
+      mm(Route::F16Proj, L.idx_proj, 0, d_.NIH, an_, n, d_.D, iw_, d_.NIH, an_b);
+    }
+  }
+  // The chunk's compressed rows and slot states (L.comp; on ratio-4 layers also L.idx) from the projections.
+  void compress_rows(DLayer& L, int64_t pos0, int64_t n, int n_rot, float eps, bool official) {
+    const uint32_t r = L.ratio;
+    const int64_t W_ = c_.compressor_width(r, c_.head_dim), IW = r == 4 ? c_.compressor_width(4, c_.idx_head_dim) : 0;
+    compress({L.comp_kv_st, L.comp_sc_st, ckv_, cg_, L.comp_ape, L.comp_norm, freq_comp_, L.comp, pos0, n, int(r),
+              int(d_.HD), int(W_), n_rot, eps, RowKind::Attention, official, pos_dev_});
+    if (r == 4)
+      compress({L.idx_kv_st, L.idx_sc_st, ikv_, ig_, L.idx_comp_ape, L.idx_comp_norm, freq_comp_, L.idx, pos0, n, 4,
+                int(d_.IHD), int(IW), n_rot, eps, RowKind::Indexer, official, pos_dev_});
+  }
+
+  // The indexer's queries from qr_: projection, RoPE and (official numerics) the FP4 simulation, into iq_.
+  void indexer_query(const DLayer& L, int64_t pos0, int64_t n, int n_rot, const double* freq, bool official) {
+    mm(Route::F16Proj, L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD);
+    rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
+    if (official) qat(iq_, n * d_.NIH, d_.IHD);
   }
 
   // At decode a half-layer's hyper-connection post is left pending (pending_) and applied by the next
@@ -461,6 +455,22 @@ class CudaSession final : public Session {
     prof_.stage("attn.proj", s_);
     const uint16_t* an_b = prep(an_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj});
     float* kv = L.hist + L.n_raw * d_.HD;  // the chunk's raw rows follow the saved window
+    const bool use_indexer = r == 4 && (pos0 + n) / 4 > static_cast<int64_t>(c_.idx_top_k);
+    // Decode fork: the compressor chain (its projections of an_, then the compressed rows and slot states
+    // of L.comp and L.idx) reads only an_ and writes only ckv_, cg_, ikv_, ig_, iw_, comp_tmp_ and the
+    // layer's compressor state, none of which the q / kv path reads or writes; the join comes before the
+    // first reader (the indexer's pick, else the attention core).
+    const bool fork = r && forking(DecodeFork::kAttn, n);
+    // and the indexer's queries (from qr_ alone, written by q_b; they write only iq_, which nothing reads
+    // before the indexer's pick) beside norm+RoPE of the heads and the kv row
+    const bool fork_idx = use_indexer && forking(DecodeFork::kIdx, n);
+    if (fork) {
+      fork_->open(s_);
+      on_side([&] {
+        compressor_proj(L, n, an_b);
+        compress_rows(L, pos0, n, n_rot, eps, official);
+      });
+    }
     // Decode: q_a and kv in one launch, and q_a_norm applied inside q_b's product, which reads q_a's raw
     // rows from heads_ (free until the attention core) and writes the normed rows to qr_ for the indexer.
     const bool dq8 = routes_[Route::DenseQ8], fuse_qb = dq8 && routes_[Route::FusedOps] && n <= 2;
@@ -469,32 +479,17 @@ class CudaSession final : public Session {
       mm(Route::DenseQ8, L.q_a, 0, d_.QL, an_, n, d_.D, q_raw, d_.QL, an_b);
       mm(Route::DenseQ8, L.kv, 0, d_.HD, an_, n, d_.D, kv, d_.HD, an_b);
     }
-    const int64_t W_ = r ? c_.compressor_width(r, c_.head_dim) : 0;
-    const int64_t IW = r == 4 ? c_.compressor_width(4, c_.idx_head_dim) : 0;
-    // The compressor's (and the indexer's) projections of an_: at decode one launch for all of them
-    // (the same input, latency-bound products), else one per matrix.
-    const fast::MatvecOut proj[] = {{&L.comp_kv, 0, W_, ckv_, W_}, {&L.comp_gate, 0, W_, cg_, W_},
-                                    {&L.idx_comp_kv, 0, IW, ikv_, IW}, {&L.idx_comp_gate, 0, IW, ig_, IW},
-                                    {&L.idx_proj, 0, d_.NIH, iw_, d_.NIH}};
-    auto joint = [&](int first, int count) {
-      return routes_[Route::F16Proj] && n <= kSmallN &&
-             fast::float_matvec_multi(proj + first, count, an_, n, d_.D, s_, mv_work_, kMvWork);
-    };
-    const bool all_joint = r == 4 && joint(0, 5);
-    if (r && !all_joint && !joint(0, 2)) {
-      mm(Route::F16Proj, L.comp_kv, 0, W_, an_, n, d_.D, ckv_, W_, an_b);
-      mm(Route::F16Proj, L.comp_gate, 0, W_, an_, n, d_.D, cg_, W_, an_b);
-    }
-    if (r == 4 && !all_joint && !joint(2, 3)) {
-      mm(Route::F16Proj, L.idx_comp_kv, 0, IW, an_, n, d_.D, ikv_, IW, an_b);
-      mm(Route::F16Proj, L.idx_comp_gate, 0, IW, an_, n, d_.D, ig_, IW, an_b);
-      mm(Route::F16Proj, L.idx_proj, 0, d_.NIH, an_, n, d_.D, iw_, d_.NIH, an_b);
-    }
+    if (r && !fork) compressor_proj(L, n, an_b);
     fast::Q8Act qn;
     qn.kind = fast::Q8Act::Kind::RmsNorm, qn.w = L.q_a_norm, qn.eps = eps, qn.out = qr_, qn.out_stride = d_.QL;
     if (!fuse_qb || !fast::q8_decode_act(L.q_b, d_.QD, q_raw, n, d_.QL, qn, q_, d_.QD, s_)) {
       norm_rows(q_raw, d_.QL, L.q_a_norm, qr_, d_.QL, n, d_.QL, eps);
       mm(Route::DenseQ8, L.q_b, 0, d_.QD, qr_, n, d_.QL, q_, d_.QD);
+    }
+    if (fork_idx) {
+      if (fork) fork_->side_waits(s_);  // after the compressor chain, once q_b is done
+      else fork_->open(s_);
+      on_side([&] { indexer_query(L, pos0, n, n_rot, freq, official); });
     }
     const bool fused = routes_[Route::FusedOps];
     // the query heads and the cached kv row: one launch (each row as its own norm_rope_rows call)
@@ -508,23 +503,12 @@ class CudaSession final : public Session {
       rope(kv, n, d_.HD, 1, d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
       finish(kv, n, d_.HD, d_.HD, n_rot, RowKind::Attention, official);
     }
-
-    bool use_indexer = false;
     prof_.stage("attn.compress", s_);
-    if (r) {
-      compress({L.comp_kv_st, L.comp_sc_st, ckv_, cg_, L.comp_ape, L.comp_norm, freq_comp_, L.comp, pos0, n, int(r),
-                int(d_.HD), int(W_), n_rot, eps, RowKind::Attention, official, pos_dev_});
-      if (r == 4) {
-        compress({L.idx_kv_st, L.idx_sc_st, ikv_, ig_, L.idx_comp_ape, L.idx_comp_norm, freq_comp_, L.idx, pos0,
-                          n, 4, int(d_.IHD), int(IW), n_rot, eps, RowKind::Indexer, official, pos_dev_});
-        use_indexer = (pos0 + n) / 4 > static_cast<int64_t>(c_.idx_top_k);
-      }
-    }
+    if (r && !fork) compress_rows(L, pos0, n, n_rot, eps, official);
     prof_.stage("attn.indexer", s_);
+    if (use_indexer && !fork_idx) indexer_query(L, pos0, n, n_rot, freq, official);
+    if (fork || fork_idx) fork_->join(s_);
     if (use_indexer) {
-      mm(Route::F16Proj, L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD);
-      rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
-      if (official) qat(iq_, n * d_.NIH, d_.IHD);
       const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.IHD * d_.NIH)));
       if (routes_[Route::Attention] && fast::indexer_supported(int(d_.NIH), int(d_.IHD), n))
         fast::indexer_select(iq_, iw_, wscale, L.idx, int(d_.NIH), int(d_.IHD), pos0, n, 4, int(c_.idx_top_k),
@@ -577,6 +561,16 @@ class CudaSession final : public Session {
     const float lim = c_.swiglu_clamp[il];
     prof_.stage("hc", s_);
     hc_pre(L.hc_ffn_fn, L.hc_ffn_scale, L.hc_ffn_base, L.ffn_norm, n, xin_, fn_);
+    // Decode fork: the shared expert reads only fn_ and writes only SG_, SU_ and shared_, which the
+    // router, route and routed experts never touch; the join comes before the slot sum reads shared_.
+    const bool fork = c_.n_expert_shared && forking(DecodeFork::kFfn, n);
+    if (fork) {
+      fork_->open(s_);
+      on_side([&] {
+        shared_gate_up(L, n, nullptr);  // one token: no FP16 copy of fn_ (prep)
+        shared_down(L, n, lim);
+      });
+    }
     prof_.stage("ffn.router", s_);
     const uint16_t* fn_b = prep(fn_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj, Route::Moe});
     mm(Route::F16Proj, L.gate_inp, 0, d_.E, fn_, n, d_.D, rl_, d_.E, fn_b);
@@ -591,26 +585,13 @@ class CudaSession final : public Session {
     // The shared expert first: its gate/up read the same FP16 copy of fn_ as the routed gate/up.
     // (the down projections overwrite that copy, so they come after every gate/up).
     prof_.stage("ffn.shared", s_);
-    const float* shared = nullptr;
-    const bool dq8 = routes_[Route::DenseQ8];
-    if (c_.n_expert_shared &&
-        (!dq8 || !fast::q8_decode_pair(L.gate_sh, d_.FF, SG_, d_.FF, L.up_sh, d_.FF, SU_, d_.FF, fn_, n, d_.D, s_))) {
-      mm(Route::DenseQ8, L.gate_sh, 0, d_.FF, fn_, n, d_.D, SG_, d_.FF, fn_b);
-      mm(Route::DenseQ8, L.up_sh, 0, d_.FF, fn_, n, d_.D, SU_, d_.FF, fn_b);
-    }
+    if (c_.n_expert_shared && !fork) shared_gate_up(L, n, fn_b);
     prof_.stage("ffn.moe", s_);
     routed_experts(L, n, items, lim, fn_b);
     prof_.stage("ffn.shared", s_);
-    if (c_.n_expert_shared) {
-      // Decode: the swiglu inside the down product's activation digits (SG_ is read by nothing after).
-      fast::Q8Act sw;
-      sw.kind = fast::Q8Act::Kind::Swiglu, sw.lim = lim, sw.up = SU_, sw.up_stride = d_.FF;
-      if (!dq8 || !fast::q8_decode_act(L.down_sh, d_.D, SG_, n, d_.FF, sw, shared_, d_.D, s_)) {
-        swiglu(SG_, SU_, n, d_.FF, lim, nullptr, s_);
-        mm(Route::DenseQ8, L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D);
-      }
-      shared = shared_;
-    }
+    if (c_.n_expert_shared && !fork) shared_down(L, n, lim);
+    if (fork) fork_->join(s_);
+    const float* shared = c_.n_expert_shared ? shared_ : nullptr;
     prof_.stage("ffn.sum", s_);
     if (fold_post(n)) {  // slot_ and shared_ are read by nothing else before the next hc_pre
       pending_.kind = fast::HcPost::Kind::Slots, pending_.f = slot_, pending_.shared = shared;
@@ -621,6 +602,24 @@ class CudaSession final : public Session {
       return;
     sum_slots(slot_, shared, n, int(d_.K), d_.D, out_, s_);
     hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
+  }
+
+  // The shared expert's gate and up rows (SG_, SU_) of fn_, and its down product (shared_).
+  void shared_gate_up(const DLayer& L, int64_t n, const uint16_t* fn_b) {
+    if (!routes_[Route::DenseQ8] ||
+        !fast::q8_decode_pair(L.gate_sh, d_.FF, SG_, d_.FF, L.up_sh, d_.FF, SU_, d_.FF, fn_, n, d_.D, s_)) {
+      mm(Route::DenseQ8, L.gate_sh, 0, d_.FF, fn_, n, d_.D, SG_, d_.FF, fn_b);
+      mm(Route::DenseQ8, L.up_sh, 0, d_.FF, fn_, n, d_.D, SU_, d_.FF, fn_b);
+    }
+  }
+  void shared_down(const DLayer& L, int64_t n, float lim) {
+    // Decode: the swiglu inside the down product's activation digits (SG_ is read by nothing after).
+    fast::Q8Act sw;
+    sw.kind = fast::Q8Act::Kind::Swiglu, sw.lim = lim, sw.up = SU_, sw.up_stride = d_.FF;
+    if (!routes_[Route::DenseQ8] || !fast::q8_decode_act(L.down_sh, d_.D, SG_, n, d_.FF, sw, shared_, d_.D, s_)) {
+      swiglu(SG_, SU_, n, d_.FF, lim, nullptr, s_);
+      mm(Route::DenseQ8, L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D);
+    }
   }
 
   void routed_experts(const DLayer& L, int64_t n, int64_t items, float lim, const uint16_t* fn_b) {
@@ -667,6 +666,7 @@ class CudaSession final : public Session {
     prof_.set_prefix(n == 1 ? "dec " : "pre ");
     prof_.stage("embed", s_);
     pending_ = {};  // (a pass cut short by an error) the embedding rewrites X_
+    fork_->abandon();
     embed(embd_, tok_, n, int(c_.n_hc), X_, s_);
     for (uint32_t il = 0; il < c_.n_layer; ++il) {
       attention_half(il, pos0, n);
@@ -729,16 +729,13 @@ class CudaSession final : public Session {
         pos_dev_ = nullptr;
       } catch (...) {
         pos_dev_ = nullptr;
+        fork_->abandon();
         cudaStreamEndCapture(s_, &g);
         if (g) cudaGraphDestroy(g);
         throw;
       }
       FS_CUDA_CHECK(cudaStreamEndCapture(s_, &g));
-      if (pdl_on_) pdl_edges(g);
-      cudaGraphExec_t e = nullptr;
-      const cudaError_t err = cudaGraphInstantiate(&e, g, 0);
-      cudaGraphDestroy(g);
-      FS_CUDA_CHECK(err);
+      cudaGraphExec_t e = instantiate_decode_graph(g, pdl_on_, main_priority_ != 0);
       it = graphs_.emplace(key, e).first;
     }
     FS_CUDA_CHECK(cudaGraphLaunch(it->second, s_));
@@ -756,7 +753,7 @@ class CudaSession final : public Session {
   Dims d_;
   RouteSet routes_;
   StageProfiler prof_;
-  cudaStream_t s_ = nullptr;
+  cudaStream_t s_ = nullptr;  // the session's stream; the fork's side stream while on_side runs
   DeviceArray<uint16_t> xb_buf_;
   uint16_t* xb_ = nullptr;
   DeviceArray<uint8_t> cublas_buf_;            // declared before cublas_, which uses it until destroyed
@@ -764,7 +761,10 @@ class CudaSession final : public Session {
   fast::MoePlan plan_{};
   float* wplan_ = nullptr;
   float* comp_tmp_ = nullptr;
-  float* mv_work_ = nullptr;
+  float* mv_work_ = nullptr;    // the current lane's split workspace: the main lane's, or side_work_ in on_side
+  float* side_work_ = nullptr;
+  std::unique_ptr<DecodeFork> fork_;  // the decode fork's side stream (FLASHSTAR_DECODE_FORK)
+  int main_priority_ = 0;             // s_'s priority (DecodeFork::main_priority)
   DeviceArray<uint8_t> weights_, vectors_;
   DeviceArray<float> state_, scratch_;
   DeviceArray<int32_t> ints_;

@@ -18,6 +18,7 @@
 #include "cuda/warp_reduce.cuh"
 #include "cuda/ref_numerics.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/stream_lanes.h"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -29,7 +30,8 @@ constexpr int kMaxSplits = 24;  // row splits of a (query, head group); <= 32: a
 constexpr int kThreads = 256;   // P.V: thread = (head half: 4 heads, float4 of the head dims)
 constexpr int kStat = 2 * kGroup;  // per split: max[8], sum[8]
 
-__device__ int g_fd_tickets[kTok * 64 / kGroup];
+// One set per ticket lane (stream_lanes.h): launches on a decode fork's two streams never share one.
+__device__ int g_fd_tickets[kTicketLanes][kTok * 64 / kGroup];
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -70,7 +72,7 @@ __device__ __forceinline__ float comp(const float4& v, int k) {
 }
 
 // work: parts [n][groups][splits][8][hd], then stats [n][groups][splits][16].
-__global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_in, float* work) {
+__global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_in, float* work, int tlane) {
   pdl_wait();
   extern __shared__ __align__(16) float4 fd_sm[];  // rows kChunk x hd4, then queries kGroup x hd4
   __shared__ const float4* rowp[kChunk];
@@ -222,7 +224,7 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
       float* st = work + n_parts * kGroup * hd + (base + z) * kStat;
       st[warp] = m_run, st[kGroup + warp] = l_run;
     }
-    if (!last_to_finish(&g_fd_tickets[ticket], live)) return;
+    if (!last_to_finish(&g_fd_tickets[tlane][ticket], live)) return;
   }
   // the combine (with one split, just the sink): warp h weighs head h's splits, lane = split
   {
@@ -269,7 +271,7 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
 #pragma unroll
     for (int k = 0; k < 4; ++k) reinterpret_cast<float4*>(out + (4 * hh + k) * hd)[c] = o[k];
   }
-  if (live > 1 && tid == 0) g_fd_tickets[ticket] = 0;
+  if (live > 1 && tid == 0) g_fd_tickets[tlane][ticket] = 0;
 }
 
 }  // namespace
@@ -295,7 +297,7 @@ bool flash_decode_attention(const AttentionArgs& args, float* scratch, int64_t m
     smem_set = smem;
   }
   const dim3 grid(static_cast<unsigned>(a.n), static_cast<unsigned>(groups), static_cast<unsigned>(splits));
-  flash_decode_kernel<<<grid, kThreads, smem, s>>>(a, scratch);
+  flash_decode_kernel<<<grid, kThreads, smem, s>>>(a, scratch, ticket_lane(s));
   FS_CUDA_LAUNCH_CHECK();
   return a.out_rope_freq != nullptr;
 }

@@ -53,6 +53,7 @@
 #include "quant/quant.h"
 #include "cuda/last_block.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/stream_lanes.h"
 #include "cuda/swiglu_el.cuh"
 
 namespace flashstar::cuda::fast {
@@ -227,6 +228,7 @@ struct Params : eplan::Split {
   float* Y2;          // mode 2: the up rows, read back by the row group's last block
   const float* w;     // weight per item (may be null)
   float lim;          // the swiglu clamp
+  int lane;           // mode 2: the ticket lane of the launch's stream (stream_lanes.h)
 };
 
 template <int N>  // 16 (bypassing L1) or 4 bytes
@@ -337,9 +339,10 @@ __device__ __forceinline__ void q2_block(const uint8_t* pg, const uint8_t* pg8, 
   mins[0] = fmaf(rg.dmin, rg.mins, mins[0]), mins[1] = fmaf(rg8.dmin, rg8.mins, mins[1]);
 }
 
-// Row-group tickets of fused mode 2 (a gate block and an up block each), zero between launches.
+// Row-group tickets of fused mode 2 (a gate block and an up block each), zero between launches; one set
+// per ticket lane (stream_lanes.h), so launches on a decode fork's two streams never share one.
 constexpr int kMaxTickets = 16384;
-__device__ int g_pair_tickets[kMaxTickets];
+__device__ int g_pair_tickets[kTicketLanes * kMaxTickets];
 
 // The fused launch's swiglu over the block's G T 16 rows, after every warp's sums are stored: mode 1 reads
 // both matrices' sums from res (gate rows first), mode 2 runs in the last of the row group's two blocks and
@@ -348,7 +351,7 @@ __device__ int g_pair_tickets[kMaxTickets];
 template <int kPair>
 __device__ __forceinline__ void pair_swiglu(const Params& p, const float* res, int64_t i0, int64_t i1, int64_t bx,
                                             int64_t by) {
-  int* ticket = g_pair_tickets + by * (gridDim.x >> 1) + bx;
+  int* ticket = g_pair_tickets + p.lane * kMaxTickets + by * (gridDim.x >> 1) + bx;
   if constexpr (kPair == 1) __syncthreads();
   else if (!last_to_finish(ticket, 2)) return;
   const int n = p.G * p.T * kRows;
@@ -584,7 +587,7 @@ void init_expert_tables() {
   emma::build_tables(grid, sign);
   FS_CUDA_CHECK(cudaMemcpyToSymbol(emma::g_grid, grid, sizeof(grid)));
   FS_CUDA_CHECK(cudaMemcpyToSymbol(emma::g_sign, sign, sizeof(sign)));
-  const std::vector<int> zeros(emma::kMaxTickets, 0);
+  const std::vector<int> zeros(kTicketLanes * emma::kMaxTickets, 0);
   FS_CUDA_CHECK(cudaMemcpyToSymbol(emma::g_pair_tickets, zeros.data(), zeros.size() * sizeof(int)));
   done = true;
 }
@@ -617,7 +620,7 @@ bool expert_gate_up_fused(const DMat& Wg, const DMat& Wu, int64_t rows_per_mat, 
   if (n_items <= 0 || rows_per_mat <= 0) return true;
   init_expert_tables();
   Params p = params(Wg, rows_per_mat, mat_of_item, src_div, X, xs, n_items, G, rows_per_mat);
-  p.W2 = Wu.data, p.Y2 = U, p.w = w, p.lim = lim;
+  p.W2 = Wu.data, p.Y2 = U, p.w = w, p.lim = lim, p.lane = ticket_lane(s);
   p.fast = p.fast && aligned(Wu.data, 16);  // one staging for both (it does not change the sums)
   const int64_t n_groups = eplan::cdiv(n_items, src_div);
   return mode == 1 ? launch_type<1>(Wg.type, p, n_groups, s) : launch_type<2>(Wg.type, p, n_groups, s);

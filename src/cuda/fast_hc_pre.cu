@@ -25,6 +25,7 @@
 #include "cuda/last_block.cuh"
 #include "cuda/warp_reduce.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/stream_lanes.h"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -38,7 +39,8 @@ static_assert(int64_t(kTailThreads) * 4 * kTailPer >= kMaxDim, "the tail covers 
 static_assert(kStreams == kHc && kColsPerPart * kHc == kPartCols && kColsPerPart % 4 == 0, "a part: 64 columns x 4 streams");
 static_assert(kMaxTok * kColsPerPart <= kThreads && kMaxTok * kSplit <= kThreads, "a thread per staged column");
 
-__device__ int g_hc_pre_ticket;
+// One ticket per ticket lane (stream_lanes.h): launches on a decode fork's two streams never share it.
+__device__ int g_hc_pre_ticket[kTicketLanes];
 
 struct Params {
   const uint8_t* fn;
@@ -50,7 +52,7 @@ struct Params {
   HcPost::Kind post_kind;
   int post_k;
   int64_t d;
-  int n, parts, iters;
+  int n, parts, iters, lane;
   float norm_eps, hc_eps;
 };
 
@@ -172,8 +174,8 @@ __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
     if (l < lines) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p.norm_w + l * 32));
   }
   part_sums<T, NT>(p, s_x, s_sp, s_dot, s_ss);
-  if (!last_to_finish(&g_hc_pre_ticket, p.parts)) return;
-  if (tid == 0) g_hc_pre_ticket = 0;  // every block has taken its ticket
+  if (!last_to_finish(&g_hc_pre_ticket[p.lane], p.parts)) return;
+  if (tid == 0) g_hc_pre_ticket[p.lane] = 0;  // every block has taken its ticket
 
   // Thread tt of the tail holds float4s tt, tt + kTailThreads, ... of a row; its stream values and norm
   // weights are loaded now, in flight while the parts are added (the streams through L2: other blocks
@@ -322,7 +324,7 @@ bool hc_pre(const HcPreArgs& a, cudaStream_t s) {
   p.X = a.X, p.scale = a.scale, p.base = a.base, p.norm_w = a.norm_w;
   p.mix = a.mix, p.split = a.split, p.xin = a.xin, p.normed = a.normed, p.work = a.work;
   p.d = a.d, p.n = static_cast<int>(a.n_tok), p.parts = static_cast<int>(kHc * a.d / kPartCols), p.iters = a.iters;
-  p.norm_eps = a.norm_eps, p.hc_eps = a.hc_eps;
+  p.norm_eps = a.norm_eps, p.hc_eps = a.hc_eps, p.lane = ticket_lane(s);
   p.post_kind = a.post.kind, p.post_f = a.post.f, p.post_shared = a.post.shared, p.post_split = a.post.split;
   p.post_k = a.post.k;
   if (a.fn.type == GgmlType::F16) launch<GgmlType::F16>(p, s);

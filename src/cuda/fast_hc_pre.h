@@ -69,8 +69,8 @@ struct HcPreArgs {
 bool hc_pre_supported(const HcPreArgs& a);
 // One launch applying the pending post (when given) and computing mix (when asked), split, xin and normed;
 // false (nothing launched, X untouched) when not supported.
-// The blocks share one ticket per process: two of these launches must not run at once on two streams
-// (the session runs one stream).
+// The blocks share one ticket per process and ticket lane (stream_lanes.h): launches on a decode fork's
+// two streams take different ones; two sessions' streams must not run it at once.
 bool hc_pre(const HcPreArgs& a, cudaStream_t s);
 
 namespace hcp {

@@ -14,6 +14,7 @@
 #include "cuda/last_block.cuh"
 #include "quant/quant.h"
 #include "cuda/pdl.cuh"
+#include "cuda/stream_lanes.h"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -57,15 +58,16 @@ __device__ __forceinline__ Work work_of(const int32_t* mat_of_item, int64_t rows
 // Short matrices split their columns over blockIdx.z parts (enough blocks to fill the card); each part
 // writes partial sums to `work` ([part][token][row]) and the last part of a row block to finish (an
 // integer ticket per row block) adds them in part order: the same sums as a separate reduction kernel,
-// one launch fewer. The tickets return to zero after each product; they are shared by the process, so
-// split products must not run on two streams at once (a session runs one stream; the server one session).
+// one launch fewer. The tickets return to zero after each product; they are shared by the process, one
+// row per ticket lane (stream_lanes.h), so split products on a decode fork's two streams never share one.
 constexpr int kMaxSplitBlocks = 264;
-__device__ int g_split_tickets[kMaxSplitBlocks];
+__device__ int g_split_tickets[kTicketLanes][kMaxSplitBlocks];
 
 struct Split {
   int parts;
   float* work;
   int64_t n_tok;  // tokens (or items) of the whole product
+  int lane = 0;   // ticket lane of the launch's stream
 };
 
 template <int NT>
@@ -93,7 +95,8 @@ __device__ __forceinline__ void finish(float (&acc)[kRowsPerWarp][NT], int64_t r
 // the order depends on the part count alone, not on how many tokens the product has.
 constexpr int kSumLanes = 8;
 __device__ void reduce_if_last(const Split& sp, int64_t n_rows, const Work& wk, float* Y, int64_t ys, int kRows) {
-  if (!last_to_finish(&g_split_tickets[blockIdx.x], sp.parts)) return;
+  int* const ticket = &g_split_tickets[sp.lane][blockIdx.x];
+  if (!last_to_finish(ticket, sp.parts)) return;
   const int64_t rb = static_cast<int64_t>(blockIdx.x) * kRows;
   const int sub = threadIdx.x % kSumLanes, groups = blockDim.x / kSumLanes;
   const int outputs = kRows * wk.nt, passes = (outputs + groups - 1) / groups;
@@ -108,7 +111,7 @@ __device__ void reduce_if_last(const Split& sp, int64_t n_rows, const Work& wk, 
     for (int off = kSumLanes / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     if (live && sub == 0) Y[t * ys + r] = v;
   }
-  if (threadIdx.x == 0) g_split_tickets[blockIdx.x] = 0;
+  if (threadIdx.x == 0) *ticket = 0;
 }
 
 // Decode steps of 8 weights sharing one scale (Q8_0: a quarter block; IQ2_XXS: one grid entry): the scale
@@ -374,7 +377,7 @@ bool run(const DMat& W, int64_t row0, int64_t n_rows, const int32_t* mat, int64_
          cudaStream_t s) {
   if (!supported(W, X, xs)) return false;
   // Enough blocks for every multiprocessor twice over: split the columns of short matrices.
-  Split sp{1, work, mat ? grid_y : n_tok};
+  Split sp{1, work, mat ? grid_y : n_tok, ticket_lane(s)};
   // Only one group of tokens (decode) splits, and the part count depends on the matrix alone, so a
   // token's result never depends on how many tokens share its product.
   const int64_t rpb = rows_per_block_of(W.type), blocks = (n_rows + rpb - 1) / rpb;
@@ -395,7 +398,7 @@ void init_tables() {
   if (done) return;
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_iq2_grid, quant::kIq2xxsGrid, sizeof(g_iq2_grid)));
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_iq2_signs, quant::kIq2xsSigns, sizeof(g_iq2_signs)));
-  const int zeros[kMaxSplitBlocks] = {};
+  const int zeros[kTicketLanes][kMaxSplitBlocks] = {};
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_split_tickets, zeros, sizeof(zeros)));
   init_gemm_tables();
   init_expert_tables();

@@ -11,15 +11,16 @@
 #include "cuda/cuda_util.h"
 #include "cuda/last_block.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/stream_lanes.h"
 
 namespace flashstar::cuda::fast {
 namespace {
 
 // One integer ticket per (matrix row block, token group) of a split product. They return to zero after
-// each product; shared by the process, so split products must not run on two streams at once (a
-// session runs one stream).
+// each product; shared by the process, one copy per ticket lane (stream_lanes.h), so split products on
+// a decode fork's two streams never share one.
 constexpr int kFTickets = 4096;
-__device__ int g_float_tickets[kFTickets];
+__device__ int g_float_tickets[kTicketLanes * kFTickets];
 
 struct MatJob {
   const uint8_t* w;  // row 0 of the product (row0 applied)
@@ -201,6 +202,7 @@ bool plan_and_launch(const MatvecOut* outs, int n_mats, const float* X, int64_t 
   J.x = X, J.xs = xs, J.n_tok = n_tok, J.n_mats = n_mats, J.units = static_cast<int>(cols / e);
   J.g = float_geom(J.units);
   int64_t blocks = 0, tickets = 0, wused = 0;
+  const int lane_ticket0 = ticket_lane(s) * kFTickets;
   for (int i = 0; i < n_mats; ++i) {
     const MatvecOut& o = outs[i];
     const DMat& W = *o.W;
@@ -220,7 +222,7 @@ bool plan_and_launch(const MatvecOut* outs, int n_mats, const float* X, int64_t 
     m.w = W.data + static_cast<size_t>(o.row0) * W.row_bytes, m.row_bytes = W.row_bytes;
     m.y = o.Y, m.ys = o.ys, m.rows = static_cast<int>(o.n_rows), m.parts = parts;
     m.tiles_per_part = (J.g.tiles_per_row + parts - 1) / parts;
-    m.block0 = static_cast<int>(blocks), m.ticket0 = static_cast<int>(tickets);
+    m.block0 = static_cast<int>(blocks), m.ticket0 = lane_ticket0 + static_cast<int>(tickets);
     m.work = parts > 1 ? work + wused : nullptr;
     blocks += row_blocks * parts;
     if (parts > 1) tickets += row_blocks * groups, wused += parts * n_tok * o.n_rows;

@@ -6,9 +6,18 @@ namespace flashstar::cuda {
 
 // Makes every plain kernel-to-kernel edge of g programmatic from the upstream kernel's launch-completion
 // port: the downstream kernel is launched once all upstream blocks have started, and waits in
-// pdl_wait() for the upstream completion. Returns the number of edges changed; 0 when the driver refuses
-// (the graph is then left as captured). FLASHSTAR_PDL=0 turns it off.
-int pdl_edges(cudaGraph_t g);
+// pdl_wait() for the upstream completion. With fan, also the fork and join edges (those of a node with
+// several successors or predecessors; pdl_graph.cpp says why that is sound), else those stay full.
+// Returns the number of edges changed; a refused chain edge leaves it and the rest as captured, a
+// refused fork / join edge leaves the other fork / join edges full. FLASHSTAR_PDL=v reports the counts.
+int pdl_edges(cudaGraph_t g, bool fan);
+// FLASHSTAR_PDL=0 turns the conversion off; FLASHSTAR_PDL_FAN=0 keeps the fork / join edges full.
 bool pdl_requested();
+bool pdl_fan_requested();
+// Instantiates a captured decode graph and destroys g: with pdl, its edges made programmatic first. A
+// driver that takes each programmatic edge but refuses the graph as a whole gets the fork / join edges
+// full, then the graph as captured (a line on stderr each time). Throws only when that fails too.
+// node_priority: the kernels keep the priorities of the streams they were captured on.
+cudaGraphExec_t instantiate_decode_graph(cudaGraph_t g, bool pdl, bool node_priority = false);
 
 }  // namespace flashstar::cuda

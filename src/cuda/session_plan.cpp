@@ -58,7 +58,7 @@ size_t Dims::scratch_floats() const {
   return static_cast<size_t>(C * HC * 2 + C * MIX + C * SPLIT + C * D * 5 + C * QL + C * QD * 2 + C * 2 * 2 * HD +
                              C * 2 * 2 * IHD + C * NIH * IHD + C * NIH + C * OL + C * E + C * K + C * K * FF * 2 +
                              C * K * D + C * FF * 2 + C * IDXCAP + C * H * MAXROWS + kHeadRows * V + C * NHC +
-                             SWA * HD + C * K + 2 * STATE + kMvWork) +
+                             SWA * HD + C * K + 2 * STATE + 2 * kMvWork) +
          kScratchPieces * kScratchAlign;
 }
 

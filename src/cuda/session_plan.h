@@ -14,7 +14,9 @@ constexpr int64_t kHeadRows = 128;  // logits rows computed per output-head pass
 // Up to this many tokens (or for matrices this short) the fast routes stream weights through the
 // matrix-vector kernels; above it they run tensor-core products.
 constexpr int64_t kSmallN = 8, kMinGemmRows = 64;
-constexpr int64_t kMvWork = 1 << 20;  // floats of partial sums for split matrix-vector products
+// Floats of partial sums for split matrix-vector products, per lane (the session plans two: the decode
+// fork's side branch has its own).
+constexpr int64_t kMvWork = 1 << 20;
 
 inline size_t f32b(int64_t n) { return static_cast<size_t>(n) * sizeof(float); }
 

@@ -1,0 +1,68 @@
+#include "cuda/decode_fork.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "common/error.h"
+#include "cuda/cuda_util.h"
+
+namespace flashstar::cuda {
+
+unsigned DecodeFork::requested() {
+  const char* v = std::getenv("FLASHSTAR_DECODE_FORK");
+  if (!v || !*v || std::strcmp(v, "0") == 0) return 0;
+  const std::string list = std::string(",") + v + ",";
+  unsigned parts = 0;
+  for (const auto& [name, part] : {std::pair{"attn", kAttn}, std::pair{"idx", kIdx}, std::pair{"ffn", kFfn}})
+    if (list.find(std::string(",") + name + ",") != std::string::npos) parts |= part;
+  return parts ? parts : kAttn | kIdx | kFfn;  // 1 (or anything else): all
+}
+
+int DecodeFork::main_priority(unsigned parts) {
+  const char* v = std::getenv("FLASHSTAR_DECODE_FORK_PRIO");
+  if (!parts || !v || std::strcmp(v, "1") != 0) return 0;
+  int least = 0, greatest = 0;
+  FS_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  return greatest;
+}
+
+DecodeFork::DecodeFork(unsigned parts) : parts_(parts) {
+  if (!parts_) return;  // nothing to fork: no second stream
+  FS_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+  FS_CUDA_CHECK(cudaEventCreateWithFlags(&fork_ev_, cudaEventDisableTiming));
+  FS_CUDA_CHECK(cudaEventCreateWithFlags(&join_ev_, cudaEventDisableTiming));
+  FS_CUDA_CHECK(cudaEventCreateWithFlags(&mid_ev_, cudaEventDisableTiming));
+}
+
+DecodeFork::~DecodeFork() {
+  if (fork_ev_) cudaEventDestroy(fork_ev_);
+  if (join_ev_) cudaEventDestroy(join_ev_);
+  if (mid_ev_) cudaEventDestroy(mid_ev_);
+  if (side_) cudaStreamDestroy(side_);
+}
+
+void DecodeFork::open(cudaStream_t main) {
+  if (!side_) fail("internal: a decode fork opened with the fork switched off");
+  if (lanes_) fail("internal: decode forks do not nest");
+  // The event's state is taken at the wait, so one event serves every fork of the step.
+  FS_CUDA_CHECK(cudaEventRecord(fork_ev_, main));
+  FS_CUDA_CHECK(cudaStreamWaitEvent(side_, fork_ev_, 0));
+  lanes_.emplace(main, side_);
+}
+
+void DecodeFork::side_waits(cudaStream_t main) {
+  if (!lanes_) fail("internal: a decode fork's side branch waits outside the fork");
+  FS_CUDA_CHECK(cudaEventRecord(mid_ev_, main));
+  FS_CUDA_CHECK(cudaStreamWaitEvent(side_, mid_ev_, 0));
+}
+
+void DecodeFork::join(cudaStream_t main) {
+  if (!lanes_) fail("internal: a decode fork joined without being opened");
+  FS_CUDA_CHECK(cudaEventRecord(join_ev_, side_));
+  FS_CUDA_CHECK(cudaStreamWaitEvent(main, join_ev_, 0));
+  lanes_.reset();
+}
+
+}  // namespace flashstar::cuda

@@ -1,0 +1,58 @@
+// A decode step's independent chains as parallel branches (FLASHSTAR_DECODE_FORK).
+//
+// One token's step is a chain of latency-bound launches (~5 us of ramp and tail each). Where a chain of
+// kernels depends only on what the main stream has already computed and nothing on the main stream
+// reads its outputs until a later point, the session runs it on a side stream between open() and
+// join(): open() makes the side stream wait for everything enqueued on the main stream so far, join()
+// makes the main stream wait for everything enqueued on the side stream. Under stream capture the two
+// become the decode graph's fork and join edges; in plain launches they are ordinary event waits. The
+// kernels and their inputs are those of the serial order, so the results are bitwise the same; only
+// the schedule changes.
+//
+// Shared state while a fork is open: every process-wide ticket array has a copy per stream
+// (stream_lanes.h, set up here), and the side branch uses its own split-product workspace (the
+// session's side lane). Forks do not nest, and every open() is followed by join() or abandon().
+#pragma once
+#include <cuda_runtime.h>
+
+#include <optional>
+
+#include "cuda/stream_lanes.h"
+
+namespace flashstar::cuda {
+
+class DecodeFork {
+ public:
+  // The chains the switch forks: FLASHSTAR_DECODE_FORK=0 (default) none, 1 all, else a comma-separated
+  // list of attn (the compressor chain), idx (the indexer's queries) and ffn (the shared expert).
+  enum Part : unsigned { kAttn = 1, kFfn = 2, kIdx = 4 };
+  static unsigned requested();
+  // FLASHSTAR_DECODE_FORK_PRIO=1 (default 0, an A/B switch): the main stream, whose branch is the longer
+  // one in both halves, gets the device's greatest stream priority and the decode graph keeps it per node
+  // (cudaGraphInstantiateFlagUseNodePriority), so the block scheduler serves the critical path first when
+  // both branches have blocks waiting. 0 when the fork is off.
+  static int main_priority(unsigned parts);
+
+  explicit DecodeFork(unsigned parts);
+  ~DecodeFork();
+  DecodeFork(const DecodeFork&) = delete;
+  DecodeFork& operator=(const DecodeFork&) = delete;
+
+  bool on(Part p) const { return (parts_ & p) != 0; }
+  cudaStream_t side() const { return side_; }
+  bool is_open() const { return lanes_.has_value(); }
+  void open(cudaStream_t main);
+  void join(cudaStream_t main);
+  // Inside an open fork: what is enqueued on the side stream from now on also waits for everything
+  // enqueued on the main stream so far (the side branch goes on with work that needs the main's results).
+  void side_waits(cudaStream_t main);
+  void abandon() { lanes_.reset(); }  // a pass cut short by an error (the streams are synchronized by the caller)
+
+ private:
+  unsigned parts_ = 0;
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t fork_ev_ = nullptr, join_ev_ = nullptr, mid_ev_ = nullptr;
+  std::optional<TicketFork> lanes_;
+};
+
+}  // namespace flashstar::cuda

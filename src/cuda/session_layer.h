@@ -1,0 +1,32 @@
+// A layer of the CUDA session: its matrices and vectors on the device, and its KV state there.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/ref_kernels.h"
+#include "engine/kv_state.h"
+
+namespace flashstar::cuda {
+
+struct DLayer {
+  DMat hc_attn_fn, q_a, q_b, kv, out_a, out_b, comp_kv, comp_gate, idx_q_b, idx_proj, idx_comp_kv, idx_comp_gate;
+  DMat hc_ffn_fn, gate_inp, gate_exps, up_exps, down_exps, gate_sh, up_sh, down_sh;
+  const float *hc_attn_scale = nullptr, *hc_attn_base = nullptr, *attn_norm = nullptr, *q_a_norm = nullptr,
+              *kv_a_norm = nullptr, *sinks = nullptr, *comp_ape = nullptr, *comp_norm = nullptr,
+              *idx_comp_ape = nullptr, *idx_comp_norm = nullptr, *hc_ffn_scale = nullptr, *hc_ffn_base = nullptr,
+              *ffn_norm = nullptr, *exp_probs_b = nullptr;
+  const int32_t* tid2eid = nullptr;
+  // state
+  float *hist = nullptr, *comp = nullptr, *comp_kv_st = nullptr, *comp_sc_st = nullptr;
+  float *idx = nullptr, *idx_kv_st = nullptr, *idx_sc_st = nullptr;
+  int64_t n_raw = 0;
+  uint32_t ratio = 0;  // the compression ratio (0: none)
+  size_t comp_state_floats = 0, idx_state_floats = 0;
+};
+
+// The layer's state from S (the raw window, compressed rows and slot states; synchronous copies).
+void upload_layer_state(DLayer& L, const LayerState& S, int64_t head_dim);
+// The layer's state into S (S initialized for the layer) after n_tokens tokens; synchronous copies.
+void download_layer_state(const DLayer& L, LayerState& S, int64_t n_tokens, int64_t head_dim, int64_t idx_head_dim);
+
+}  // namespace flashstar::cuda
