@@ -11,8 +11,10 @@
 namespace flashstar::cuda {
 
 unsigned DecodeFork::requested() {
+  // Default: the attention half's chains (the FFN's shared-expert branch gained less on the H200).
   const char* v = std::getenv("FLASHSTAR_DECODE_FORK");
-  if (!v || !*v || std::strcmp(v, "0") == 0) return 0;
+  if (!v || !*v) return kAttn | kIdx;
+  if (std::strcmp(v, "0") == 0) return 0;
   const std::string list = std::string(",") + v + ",";
   unsigned parts = 0;
   for (const auto& [name, part] : {std::pair{"attn", kAttn}, std::pair{"idx", kIdx}, std::pair{"ffn", kFfn}})

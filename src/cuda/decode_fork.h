@@ -23,7 +23,7 @@ namespace flashstar::cuda {
 
 class DecodeFork {
  public:
-  // The chains the switch forks: FLASHSTAR_DECODE_FORK=0 (default) none, 1 all, else a comma-separated
+  // The chains the switch forks: unset attn,idx (the default), 0 none, 1 all, else a comma-separated
   // list of attn (the compressor chain), idx (the indexer's queries) and ffn (the shared expert).
   enum Part : unsigned { kAttn = 1, kFfn = 2, kIdx = 4 };
   static unsigned requested();
