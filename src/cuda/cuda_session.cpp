@@ -19,6 +19,7 @@
 #include "cuda/fast_matvec_float.h"
 #include "cuda/gemm_cublas.h"
 #include "cuda/pdl_graph.h"
+#include "cuda/prefill_small.h"
 #include "cuda/ref_kernels.h"
 #include "cuda/session_plan.h"
 #include "cuda/stage_profiler.h"
@@ -348,6 +349,7 @@ class CudaSession final : public Session {
   // FP16 copy of X for the tensor-core products that follow, when one of `rs` will take that path.
   const uint16_t* prep(const float* X, int64_t n, int64_t k, int64_t xs, std::initializer_list<Route> rs) {
     if (n <= kSmallN) return nullptr;
+    if (X == xb_of_) return xb_of_ = nullptr, xb_;  // hc_pre's prefill path made it
     for (Route r : rs)
       if (routes_[r]) {
         fast::to_f16(X, n, k, xs, xb_, s_);
@@ -403,10 +405,12 @@ class CudaSession final : public Session {
   // At decode a half-layer's hyper-connection post is left pending (pending_) and applied by the next
   // hc_pre's one launch (fast_hc_pre.h); the same condition as that launch's route. Whatever reads X_
   // otherwise (the reference hc_pre, the output head) flushes it first with the kernels it replaces.
+  // Prefill (FLASHSTAR_PREFILL_SMALL, default on) defers it too, to fast::hc_pre_prefill's first launch.
   bool fold_post(int64_t n) const {
-    return routes_[Route::FusedOps] && routes_[Route::F16Proj] && n <= fast::hcp::kMaxTok && c_.n_hc == 4 &&
-           d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix;
+    return routes_[Route::FusedOps] && routes_[Route::F16Proj] && (n <= fast::hcp::kMaxTok || small_prefill(n)) &&
+           c_.n_hc == 4 && d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix;
   }
+  bool small_prefill(int64_t n) const { return prefill_small_ && n > kSmallN; }
   void flush_post(int64_t n) {
     const fast::HcPost q = pending_;
     pending_ = {};
@@ -434,6 +438,14 @@ class CudaSession final : public Session {
       a.work = mv_work_, a.work_floats = kMvWork;
       if (d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix && fast::hc_pre(a, s_)) {
         pending_ = {};
+        return;
+      }
+      fast::HcPrefillArgs b;  // prefill: the same outputs, and the FP16 copy of normed that prep() returns
+      b.fn = fn, b.X = X_, b.post = pending_, b.scale = scale, b.base = base, b.norm_w = norm_w, b.mix = mix_;
+      b.split = split_, b.xin = out, b.normed = normed, b.xb = xb_, b.row_scale = flat_, b.n = n, b.d = d_.D;
+      b.iters = iters, b.norm_eps = rms_eps, b.hc_eps = eps;
+      if (small_prefill(n) && n_hc == 4 && d_.MIX == fast::hcp::kMix && fast::hc_pre_prefill(b, s_)) {
+        pending_ = {}, xb_of_ = normed;
         return;
       }
     }
@@ -606,8 +618,10 @@ class CudaSession final : public Session {
       fast::Q8Act sw;
       sw.kind = fast::Q8Act::Kind::Swiglu, sw.lim = lim, sw.up = SU_, sw.up_stride = d_.FF;
       if (!dq8 || !fast::q8_decode_act(L.down_sh, d_.D, SG_, n, d_.FF, sw, shared_, d_.D, s_)) {
-        swiglu(SG_, SU_, n, d_.FF, lim, nullptr, s_);
-        mm(Route::DenseQ8, L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D);
+        // prefill: the SwiGLU writes the down product's FP16 copy too (bitwise to_f16's)
+        const bool f16 = small_prefill(n) && dq8 && fast::swiglu_f16(SG_, SU_, n, d_.FF, lim, nullptr, SG_, xb_, s_);
+        if (!f16) swiglu(SG_, SU_, n, d_.FF, lim, nullptr, s_);
+        mm(Route::DenseQ8, L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D, f16 ? xb_ : nullptr);
       }
       shared = shared_;
     }
@@ -633,8 +647,10 @@ class CudaSession final : public Session {
       fast::gemm_grouped(L.gate_exps, d_.FF, plan_, fn_b, D8, n, true, int32_t(d_.K), false, G_, d_.FF, s_);
       fast::gemm_grouped(L.up_exps, d_.FF, plan_, fn_b, D8, n, true, int32_t(d_.K), false, U_, d_.FF, s_);
       fast::moe_gather(wsel_, plan_, items, wplan_, s_);
-      swiglu(G_, U_, items, d_.FF, lim, wplan_, s_);
-      fast::to_f16(G_, items, d_.FF, d_.FF, xb_, s_);
+      if (!prefill_small_ || !fast::swiglu_f16(G_, U_, items, d_.FF, lim, wplan_, nullptr, xb_, s_)) {
+        swiglu(G_, U_, items, d_.FF, lim, wplan_, s_);
+        fast::to_f16(G_, items, d_.FF, d_.FF, xb_, s_);
+      }
       fast::gemm_grouped(L.down_exps, d_.D, plan_, xb_, F8, items, false, 1, true, slot_, d_.D, s_);
       return;
     }
@@ -778,6 +794,8 @@ class CudaSession final : public Session {
   int32_t *sel_, *tok_, *idx_sel_, *group_ids_ = nullptr;
   // decode graphs: one per step shape (graph_key); the position and token they read, the logits they write
   bool graphs_on_ = true, graph_kernels_ = false, pdl_on_ = pdl_requested();
+  const bool prefill_small_ = fast::prefill_small_requested();  // FLASHSTAR_PREFILL_SMALL=0: the old kernels
+  const float* xb_of_ = nullptr;  // the activations xb_ holds the FP16 copy of, made ahead of prep()
   std::vector<uint32_t> ratios_;  // the distinct compression ratios of the layers
   fast::HcPost pending_;          // the post the next hc_pre applies (decode), or none
   std::map<uint64_t, cudaGraphExec_t> graphs_;
