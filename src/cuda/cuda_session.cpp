@@ -444,7 +444,7 @@ class CudaSession final : public Session {
       b.fn = fn, b.X = X_, b.post = pending_, b.scale = scale, b.base = base, b.norm_w = norm_w, b.mix = mix_;
       b.split = split_, b.xin = out, b.normed = normed, b.xb = xb_, b.row_scale = flat_, b.n = n, b.d = d_.D;
       b.iters = iters, b.norm_eps = rms_eps, b.hc_eps = eps;
-      if (small_prefill(n) && n_hc == 4 && d_.MIX == fast::hcp::kMix && fast::hc_pre_prefill(b, s_)) {
+      if (small_prefill(n) && fold_post(n) && fast::hc_pre_prefill(b, s_)) {
         pending_ = {}, xb_of_ = normed;
         return;
       }
@@ -513,7 +513,8 @@ class CudaSession final : public Session {
     fast::NormRopeJob qj, kvj;
     qj.x = q_, qj.rows = n * d_.H, qj.rows_per_pos = int(d_.H);
     kvj.x = kv, kvj.rows = n, kvj.w = L.kv_a_norm, kvj.fp8 = official;
-    if (!fused || !fast::norm_rope_pair(qj, kvj, d_.HD, eps, n_rot, freq, pos0, pos_dev_, s_)) {
+    if (!fused || !(small_prefill(n) ? fast::norm_rope_pair_prefill(qj, kvj, d_.HD, eps, n_rot, freq, pos0, s_)
+                                      : fast::norm_rope_pair(qj, kvj, d_.HD, eps, n_rot, freq, pos0, pos_dev_, s_))) {
       norm_rows(q_, d_.HD, nullptr, q_, d_.HD, n * d_.H, d_.HD, eps);
       rope(q_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
       norm_rows(kv, d_.HD, L.kv_a_norm, kv, d_.HD, n, d_.HD, eps);

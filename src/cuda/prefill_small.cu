@@ -75,6 +75,7 @@ __global__ void __launch_bounds__(kNormThreads, 2) post_scale_kernel(PostScaleAr
     __syncthreads();
   }
   float4* X4 = reinterpret_cast<float4*>(a.X + t * kHc * a.d);
+#pragma unroll 1
   for (int64_t c = threadIdx.x; c < d4; c += blockDim.x) {
     float4 x[kHc];
 #pragma unroll
@@ -367,7 +368,7 @@ bool hc_pre_prefill(const HcPrefillArgs& a, cudaStream_t s) {
   const int64_t d = a.d, n = a.n;
   const HcPost& q = a.post;
   // every piece's conditions first: nothing is launched unless all of them run
-  if (n <= 0 || n > 0x7fffffff || d <= 0 || d % 8 || kHc * d * sizeof(float) > 200 * 1024) return false;
+  if (n <= 0 || (n + 7) / 8 > 65535 || d <= 0 || d % 8 || kHc * d * sizeof(float) > 200 * 1024) return false;
   if (!a.X || !al16(a.X) || !a.scale || !a.base || !a.mix || !a.split || !a.row_scale || !a.xin || !a.normed) return false;
   if (!al16(a.xin) || !al16(a.normed) || (a.norm_w && !al16(a.norm_w)) || (a.xb && !al16(a.xb))) return false;
   if (a.fn.rows != kSplit || a.fn.cols != kHc * d || !hc_mix_tiles_supported(a.fn, kHc * d)) return false;

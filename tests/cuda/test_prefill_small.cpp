@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <cstdio>
 #include <functional>
@@ -314,4 +315,54 @@ TEST_F(PrefillSmall, DISABLED_Times) {
       }),
       time_ms([&] { cuda::fast::swiglu_f16(g.get(), u.get(), n * k, ff, 7.0f, wsel.get(), nullptr, xb.get(), nullptr); }),
       3 * mbG);
+}
+
+// The query heads on a warp a row: every row as norm_rope_pair's block kernel leaves it (both sets, with
+// and without a weight, FP8 kv rows), and the fallback for widths the warp kernel does not take.
+TEST_F(PrefillSmall, NormRopePairPrefillBitwiseEqualsPair) {
+  const int n_rot = 64, heads = 64;
+  std::vector<double> freq(n_rot / 2);
+  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  auto dfreq = up(freq);
+  for (int64_t dim : {512, 256}) {
+    for (int64_t n : {1, 17, 300}) {
+      const auto q = up(randn(static_cast<size_t>(n * heads * dim), 3.0f));
+      const auto kv = up(randn(static_cast<size_t>(n * dim), 3.0f));
+      auto w = up(randn(static_cast<size_t>(dim)));
+      for (bool weighted : {false, true}) {
+        for (bool fp8 : {false, true}) {
+          auto q_ref = copy(q), kv_ref = copy(kv), q_got = copy(q), kv_got = copy(kv);
+          auto job = [&](float* qx, float* kx, cuda::fast::NormRopeJob& a, cuda::fast::NormRopeJob& b) {
+            a.x = qx, a.rows = n * heads, a.rows_per_pos = heads, a.w = weighted ? w.get() : nullptr;
+            b.x = kx, b.rows = n, b.w = w.get(), b.fp8 = fp8;
+          };
+          cuda::fast::NormRopeJob a, b, c, e;
+          job(q_ref.get(), kv_ref.get(), a, b);
+          job(q_got.get(), kv_got.get(), c, e);
+          ASSERT_TRUE(cuda::fast::norm_rope_pair(a, b, dim, kEps, n_rot, dfreq.get(), 5000, nullptr, nullptr));
+          ASSERT_TRUE(cuda::fast::norm_rope_pair_prefill(c, e, dim, kEps, n_rot, dfreq.get(), 5000, nullptr));
+          EXPECT_TRUE(same(q_ref, q_got)) << "q, dim " << dim << " tokens " << n << " weighted " << weighted;
+          EXPECT_TRUE(same(kv_ref, kv_got)) << "kv, dim " << dim << " tokens " << n << " fp8 " << fp8;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(PrefillSmall, DISABLED_TimesNormRope) {
+  const int64_t n = 4096, heads = 64, dim = 512;
+  const int n_rot = 64;
+  std::vector<double> freq(n_rot / 2);
+  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  auto dfreq = up(freq);
+  auto q = up(randn(static_cast<size_t>(n * heads * dim))), kv = up(randn(static_cast<size_t>(n * dim)));
+  auto w = up(randn(static_cast<size_t>(dim)));
+  cuda::fast::NormRopeJob a, b;
+  a.x = q.get(), a.rows = n * heads, a.rows_per_pos = int(heads);
+  b.x = kv.get(), b.rows = n, b.w = w.get(), b.fp8 = true;
+  const double old_ms = time_ms([&] { cuda::fast::norm_rope_pair(a, b, dim, kEps, n_rot, dfreq.get(), 0, nullptr, nullptr); });
+  const double new_ms = time_ms([&] { cuda::fast::norm_rope_pair_prefill(a, b, dim, kEps, n_rot, dfreq.get(), 0, nullptr); });
+  const double mb = 2.0 * n * (heads + 1) * dim * 4 / 1e6;
+  std::printf("%-44s old %8.1f us   new %8.1f us   (%6.0f MB: %5.2f TB/s new)\n", "norm + RoPE (q heads + kv row)",
+              old_ms * 1e3, new_ms * 1e3, mb, mb / 1e6 / (new_ms * 1e-3));
 }
