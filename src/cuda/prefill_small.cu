@@ -258,13 +258,18 @@ bool smem_ok(Kernel k, size_t bytes, size_t& granted) {
 
 }  // namespace
 
-bool prefill_small_requested() {
-  static const bool on = [] {
+namespace {
+bool& prefill_small_flag() {
+  static bool on = [] {
     const char* v = std::getenv("FLASHSTAR_PREFILL_SMALL");
     return !v || *v != '0';
   }();
   return on;
 }
+}  // namespace
+
+bool prefill_small_requested() { return prefill_small_flag(); }
+void prefill_small_set(bool on) { prefill_small_flag() = on; }
 
 bool hc_post_scale(const HcPost& post, float* X, int64_t d, int64_t n, float eps, float* scale, cudaStream_t s) {
   if (d <= 0 || d % 4 || !al16(X) || n > 0x7fffffff || !scale) return false;

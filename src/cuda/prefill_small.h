@@ -18,8 +18,10 @@
 
 namespace flashstar::cuda::fast {
 
-// FLASHSTAR_PREFILL_SMALL (default on; "0" off), read once per process.
+// FLASHSTAR_PREFILL_SMALL (default on; "0" off), read once per process; prefill_small_set overrides it
+// (tests). A session reads it when it starts; fast::to_f16 at each call (its 8-value kernel, fast_gemm.cu).
 bool prefill_small_requested();
+void prefill_small_set(bool on);
 
 // Per token t of n (4 streams of d values at X + t * 4 d): applies `post` (when its kind is not None) to
 // X as hc_post / sum_slots_post would (stored), and writes scale[t], the 1 / rms of the token's 4 d

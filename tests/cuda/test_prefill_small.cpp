@@ -366,3 +366,40 @@ TEST_F(PrefillSmall, DISABLED_TimesNormRope) {
   std::printf("%-44s old %8.1f us   new %8.1f us   (%6.0f MB: %5.2f TB/s new)\n", "norm + RoPE (q heads + kv row)",
               old_ms * 1e3, new_ms * 1e3, mb, mb / 1e6 / (new_ms * 1e-3));
 }
+
+// to_f16's 8-values-a-thread kernel against the scalar one (FLASHSTAR_PREFILL_SMALL=0's), strided rows,
+// widths it takes and one it leaves to the scalar kernel (not a multiple of 8).
+TEST_F(PrefillSmall, ToF16Vec8BitwiseEqualsScalar) {
+  const bool was = cuda::fast::prefill_small_requested();
+  for (int64_t k : {4096, 2048, 1032, 1036}) {
+    for (int64_t n : {1, 17, 300}) {
+      const int64_t xs = k + 4, k8 = (k + 7) / 8 * 8;
+      auto X = up(tailed_acts(static_cast<size_t>(n * xs)));
+      auto ref = poisoned<uint16_t>(static_cast<size_t>(2 * n * k8)), got = poisoned<uint16_t>(static_cast<size_t>(2 * n * k8));
+      cuda::fast::prefill_small_set(false);
+      cuda::fast::to_f16(X.get(), n, k, xs, ref.get(), nullptr);
+      cuda::fast::prefill_small_set(true);
+      cuda::fast::to_f16(X.get(), n, k, xs, got.get(), nullptr);
+      EXPECT_TRUE(same(ref, got)) << "k " << k << " rows " << n;
+    }
+  }
+  cuda::fast::prefill_small_set(was);
+}
+
+TEST_F(PrefillSmall, DISABLED_TimesToF16) {
+  const bool was = cuda::fast::prefill_small_requested();
+  for (int64_t k : {4096, 2048}) {
+    const int64_t n = k == 4096 ? 4096 : 4096 * 6;
+    auto X = up(randn(static_cast<size_t>(n * k)));
+    auto out = poisoned<uint16_t>(static_cast<size_t>(2 * n * k));
+    cuda::fast::prefill_small_set(false);
+    const double old_ms = time_ms([&] { cuda::fast::to_f16(X.get(), n, k, k, out.get(), nullptr); });
+    cuda::fast::prefill_small_set(true);
+    const double new_ms = time_ms([&] { cuda::fast::to_f16(X.get(), n, k, k, out.get(), nullptr); });
+    const double mb = n * k * 8.0 / 1e6;
+    std::printf("to_f16 %5lld x %-5lld                          old %8.1f us   new %8.1f us   (%6.0f MB: %5.2f TB/s new)\n",
+                static_cast<long long>(n), static_cast<long long>(k), old_ms * 1e3, new_ms * 1e3, mb,
+                mb / 1e6 / (new_ms * 1e-3));
+  }
+  cuda::fast::prefill_small_set(was);
+}
