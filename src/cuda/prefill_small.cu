@@ -105,37 +105,40 @@ __global__ void __launch_bounds__(kNormThreads, 2) post_scale_kernel(PostScaleAr
 
 constexpr int kMixRows = 8, kMixTok = 8;
 
-// Thread (warp c, lane) is the decode kernel's column warp c, lane `lane`: it adds the same units in the
-// same order (tile by tile, kFUnits a tile), so every partial is that kernel's, then the same xor tree
-// and the same warp order. A unit past the row adds the +0 the decode kernel's zero loads give.
-template <GgmlType T>
+// Warp w is the decode kernel's column warp c = w % WC of warp row w / WC (WC = float_geom's wc; one warp
+// row when a row spans 8 column warps): each lane adds the same units in the same order (tile by tile,
+// kFUnits a tile), so every partial is that kernel's, then the same xor tree and the same column-warp
+// order. A unit past the row adds the +0 the decode kernel's zero loads give. A warp row takes
+// kMixRows / (8 / WC) of the block's rows.
+template <GgmlType T, int WC>
 __global__ void __launch_bounds__(kFThreads, 1)
     mix_tiles_kernel(const uint8_t* w, size_t row_bytes, int n_rows, const float* X, int64_t xs, const float* scale,
                      int64_t n_tok, float* Y, int64_t ys, int units, FloatGeom g) {
   pdl_wait();
-  constexpr int E = kElems<T>;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int row_base = static_cast<int>(blockIdx.x) * kMixRows;
+  constexpr int E = kElems<T>, R = kMixRows * WC / kFWarps;
+  static_assert(R >= 1 && kFWarps % WC == 0, "warp rows split the block's rows");
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = warp % WC, wrow = warp / WC;
+  const int row_base = static_cast<int>(blockIdx.x) * kMixRows + wrow * R;
   const int64_t t0 = static_cast<int64_t>(blockIdx.y) * kMixTok;
   const int nt = static_cast<int>(n_tok - t0 < kMixTok ? n_tok - t0 : kMixTok);
-  const uint8_t* rowp[kMixRows];
+  const uint8_t* rowp[R];
 #pragma unroll
-  for (int r = 0; r < kMixRows; ++r)  // rows past the end read the last row and are never stored
+  for (int r = 0; r < R; ++r)  // rows past the end read the last row and are never stored
     rowp[r] = w + static_cast<size_t>(row_base + r < n_rows ? row_base + r : n_rows - 1) * row_bytes;
   float sc[kMixTok];
 #pragma unroll
   for (int t = 0; t < kMixTok; ++t) sc[t] = scale && t < nt ? scale[t0 + t] : 1.0f;
   const float* xb = X + t0 * xs;
 
-  float acc[kMixRows][kMixTok] = {};
+  float acc[R][kMixTok] = {};
   for (int tile = 0; tile < g.tiles_per_row; ++tile) {
 #pragma unroll
     for (int u = 0; u < kFUnits; ++u) {
-      const int64_t unit = float_unit(g, tile, warp, u, lane);
+      const int64_t unit = float_unit(g, tile, c, u, lane);
       const bool on = unit < units;
-      float wf[kMixRows][E];
+      float wf[R][E];
 #pragma unroll
-      for (int r = 0; r < kMixRows; ++r) {
+      for (int r = 0; r < R; ++r) {
         const uint4 v = on ? __ldg(reinterpret_cast<const uint4*>(rowp[r] + unit * 16)) : make_uint4(0, 0, 0, 0);
         unpack<T>(v, wf[r]);
       }
@@ -151,7 +154,7 @@ __global__ void __launch_bounds__(kFThreads, 1)
           xv[4 * q] = v.x, xv[4 * q + 1] = v.y, xv[4 * q + 2] = v.z, xv[4 * q + 3] = v.w;
         }
 #pragma unroll
-        for (int r = 0; r < kMixRows; ++r) {
+        for (int r = 0; r < R; ++r) {
           float s = wf[r][0] * xv[0];
 #pragma unroll
           for (int k = 1; k < E; ++k) s = fmaf(wf[r][k], xv[k], s);
@@ -161,9 +164,9 @@ __global__ void __launch_bounds__(kFThreads, 1)
     }
   }
 
-  __shared__ float red[kFWarps][kMixRows][kMixTok];
+  __shared__ float red[kFWarps][R][kMixTok];
 #pragma unroll
-  for (int r = 0; r < kMixRows; ++r)
+  for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int t = 0; t < kMixTok; ++t) {
       float v = acc[r][t];
@@ -173,11 +176,23 @@ __global__ void __launch_bounds__(kFThreads, 1)
     }
   __syncthreads();
   for (int o = threadIdx.x; o < kMixRows * kMixTok; o += blockDim.x) {
-    const int r = o % kMixRows, t = o / kMixRows, row = row_base + r;
+    const int rl = o % kMixRows, t = o / kMixRows, wr = rl / R, r = rl % R;
+    const int row = static_cast<int>(blockIdx.x) * kMixRows + rl;
     if (t >= nt || row >= n_rows) continue;
-    float v = red[0][r][t];
-    for (int c = 1; c < kFWarps; ++c) v += red[c][r][t];
+    float v = red[wr * WC][r][t];
+    for (int cc = 1; cc < WC; ++cc) v += red[wr * WC + cc][r][t];
     Y[(t0 + t) * ys + row] = v;
+  }
+}
+
+template <GgmlType T>
+void mix_launch(dim3 grid, const uint8_t* w, size_t rb, int nr, const float* X, int64_t xs, const float* scale,
+                int64_t n_tok, float* Y, int64_t ys, int units, const FloatGeom& g, cudaStream_t s) {
+  switch (g.wc) {
+    case 1: mix_tiles_kernel<T, 1><<<grid, kFThreads, 0, s>>>(w, rb, nr, X, xs, scale, n_tok, Y, ys, units, g); break;
+    case 2: mix_tiles_kernel<T, 2><<<grid, kFThreads, 0, s>>>(w, rb, nr, X, xs, scale, n_tok, Y, ys, units, g); break;
+    case 4: mix_tiles_kernel<T, 4><<<grid, kFThreads, 0, s>>>(w, rb, nr, X, xs, scale, n_tok, Y, ys, units, g); break;
+    default: mix_tiles_kernel<T, 8><<<grid, kFThreads, 0, s>>>(w, rb, nr, X, xs, scale, n_tok, Y, ys, units, g); break;
   }
 }
 
@@ -313,7 +328,7 @@ bool hc_mix_tiles_supported(const DMat& W, int64_t xs) {
   if (!W.data || W.cols <= 0 || W.cols % e || W.cols / e >= (1ll << 30) || W.row_bytes % 16 || !al16(W.data) ||
       xs % 4 || xs < W.cols)
     return false;
-  return float_geom(W.cols / e).wc == kFWarps;  // a single row of column warps, as the thread map assumes
+  return true;
 }
 
 bool hc_mix_tiles(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t xs, const float* scale,
@@ -330,15 +345,9 @@ bool hc_mix_tiles(const DMat& W, int64_t row0, int64_t n_rows, const float* X, i
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(groups));  // row blocks of a tile adjacent
   const int nr = static_cast<int>(n_rows);
   switch (W.type) {
-    case GgmlType::F32:
-      mix_tiles_kernel<GgmlType::F32><<<grid, kFThreads, 0, s>>>(w, W.row_bytes, nr, X, xs, scale, n_tok, Y, ys, units, g);
-      break;
-    case GgmlType::F16:
-      mix_tiles_kernel<GgmlType::F16><<<grid, kFThreads, 0, s>>>(w, W.row_bytes, nr, X, xs, scale, n_tok, Y, ys, units, g);
-      break;
-    default:
-      mix_tiles_kernel<GgmlType::BF16><<<grid, kFThreads, 0, s>>>(w, W.row_bytes, nr, X, xs, scale, n_tok, Y, ys, units, g);
-      break;
+    case GgmlType::F32: mix_launch<GgmlType::F32>(grid, w, W.row_bytes, nr, X, xs, scale, n_tok, Y, ys, units, g, s); break;
+    case GgmlType::F16: mix_launch<GgmlType::F16>(grid, w, W.row_bytes, nr, X, xs, scale, n_tok, Y, ys, units, g, s); break;
+    default: mix_launch<GgmlType::BF16>(grid, w, W.row_bytes, nr, X, xs, scale, n_tok, Y, ys, units, g, s); break;
   }
   FS_CUDA_LAUNCH_CHECK();
   return true;

@@ -34,8 +34,8 @@ bool hc_post_scale(const HcPost& post, float* X, int64_t d, int64_t n, float eps
 // W.cols floats at stride xs: bitwise what rms_norm_rows (no weight) then fast::matvec of the normed rows
 // computes for more than 8 tokens (fast_matvec_float.cu, one column part: each lane adds its 16-byte units
 // in column order, the xor tree over the warp, the 8 column warps in order), but 8 rows x 8 tokens a block
-// so every weight load serves 8 tokens and every activation load 8 rows. F32 / F16 / BF16 weights whose
-// rows span at least 257 units (the kernel's geometry has 8 column warps, as the decode kernel's then).
+// so every weight load serves 8 tokens and every activation load 8 rows (the decode kernel's block
+// geometry, float_geom: 1-8 column warps side by side). F32 / F16 / BF16 weights.
 bool hc_mix_tiles_supported(const DMat& W, int64_t xs);
 bool hc_mix_tiles(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t xs, const float* scale,
                   int64_t n_tok, float* Y, int64_t ys, cudaStream_t s);
