@@ -23,6 +23,7 @@
 #include "cuda/ref_kernels.h"
 #include "cuda/session_plan.h"
 #include "cuda/stage_profiler.h"
+#include "cuda/weight_upload.h"
 
 namespace flashstar::cuda {
 
@@ -60,7 +61,7 @@ class CudaSession final : public Session {
     FS_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
     init_quant_tables();
     fast::init_tables();
-    upload_weights();
+    upload_weights(m_.file(), weights_, s_, opts_.verbose);
     upload_vectors();
     alloc_state_and_scratch();
     graphs_on_ = graphs_requested();
@@ -151,39 +152,6 @@ class CudaSession final : public Session {
     d.rows = mat.rows;
     d.row_bytes = mat.row_bytes;
     return d;
-  }
-
-  void upload_weights() {
-    const gguf::File& f = m_.file();
-    const size_t total = f.size() - f.data_offset();
-    weights_.resize(total);
-    constexpr size_t kStage = 256ull << 20;
-    void* stage[2];
-    cudaEvent_t done[2];
-    for (int i = 0; i < 2; ++i) {
-      FS_CUDA_CHECK(cudaHostAlloc(&stage[i], kStage, cudaHostAllocDefault));
-      FS_CUDA_CHECK(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming));
-    }
-    const bool progress = opts_.verbose || total > (2ull << 30);
-    size_t off = 0;
-    for (int k = 0; off < total; ++k) {
-      const int b = k & 1;
-      const size_t n = std::min(kStage, total - off);
-      FS_CUDA_CHECK(cudaEventSynchronize(done[b]));  // the copy that last used this stage has finished
-      std::memcpy(stage[b], f.base() + f.data_offset() + off, n);
-      FS_CUDA_CHECK(cudaMemcpyAsync(weights_.get() + off, stage[b], n, cudaMemcpyHostToDevice, s_));
-      FS_CUDA_CHECK(cudaEventRecord(done[b], s_));
-      off += n;
-      if (progress)
-        std::fprintf(stderr, "\rloading weights to the GPU: %5.1f%% (%.1f / %.1f GiB)", 100.0 * off / total,
-                     off / double(1ull << 30), total / double(1ull << 30));
-    }
-    FS_CUDA_CHECK(cudaStreamSynchronize(s_));
-    if (progress) std::fprintf(stderr, "\n");
-    for (int i = 0; i < 2; ++i) {
-      cudaFreeHost(stage[i]);
-      cudaEventDestroy(done[i]);
-    }
   }
 
   void upload_vectors() {
@@ -536,7 +504,9 @@ class CudaSession final : public Session {
     prof_.stage("attn.indexer", s_);
     if (use_indexer) {
       mm(Route::F16Proj, L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD);
-      rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
+      if (!small_prefill(n) || !fast::rope_prefill(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1,
+                                                   false, s_))
+        rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
       if (official) qat(iq_, n * d_.NIH, d_.IHD);
       const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.IHD * d_.NIH)));
       if (routes_[Route::Attention] && fast::indexer_supported(int(d_.NIH), int(d_.IHD), n))
@@ -557,7 +527,9 @@ class CudaSession final : public Session {
     if (routes_[Route::Attention] && fast::attention_supported(a))
       roped = fast::sink_attention(a, att_scratch_, d_.MAXROWS, s_, d_.C * d_.H * d_.MAXROWS);
     else sink_attention(a, att_scratch_, d_.MAXROWS, s_);
-    if (!roped) rope(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, true, s_, pos_dev_);
+    if (!roped && (!small_prefill(n) || !fast::rope_prefill(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1,
+                                                            true, s_)))
+      rope(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, true, s_, pos_dev_);
     prof_.stage("attn.out", s_);
     const int64_t GD = c_.group_dim();
     // At decode all groups in one launch: item t * groups + g is token t's group g (rows of heads_ and

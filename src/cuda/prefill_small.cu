@@ -257,6 +257,31 @@ __global__ void swiglu_f16_kernel(const float* g, const float* u, int64_t n_item
   }
 }
 
+// ---- RoPE of many heads a row: the angles once a row -------------------------------------------------
+
+// rope_kernel of ref_ops.cu computes cos and sin in double for every (row, head, pair): 64 times over for
+// the same angles at 64 heads (8.4 M double sincos a 4 096-token chunk). Here a block per row forms the
+// row's n_rot / 2 rotations once (d_rope_cs of the same angle expression) and every (head, pair) applies
+// its own with d_rotate: rope_kernel's d_rope_pair is exactly these two steps, so the bits are its
+// (and this file is compiled as ref_ops.cu is, for the double cos / sin).
+constexpr int kRopeThreads = 256, kMaxRopePairs = 256;
+__global__ void __launch_bounds__(kRopeThreads) rope_rows_kernel(float* x, int64_t row_stride, int n_heads,
+                                                                  int64_t head_dim, int n_rot, const double* freq,
+                                                                  int64_t pos0, int64_t pos_step, bool inverse) {
+  pdl_wait();
+  __shared__ float2 cs[kMaxRopePairs];
+  const int64_t r = blockIdx.x;
+  const int half = n_rot / 2;
+  for (int p = threadIdx.x; p < half; p += blockDim.x)
+    cs[p] = d_rope_cs(static_cast<double>(pos0 + r * pos_step) * freq[p], inverse);
+  __syncthreads();
+  for (int k = threadIdx.x; k < n_heads * half; k += blockDim.x) {
+    const int h = k / half, p = k % half;
+    float* tail = x + r * row_stride + h * head_dim + head_dim - n_rot;
+    d_rotate(tail[2 * p], tail[2 * p + 1], cs[p]);
+  }
+}
+
 bool al16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Dynamic shared memory beyond the default 48 KiB, set once per kernel (bytes only grow).
@@ -374,6 +399,17 @@ bool swiglu_f16(const float* g, const float* u, int64_t n_items, int64_t ff, flo
   const int64_t n4 = n_items * ff / 4;
   const int64_t blocks = std::min<int64_t>((n4 + 255) / 256, 132 * 16);
   swiglu_f16_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(g, u, n_items, ff, lim, w, out, xb);
+  FS_CUDA_LAUNCH_CHECK();
+  return true;
+}
+
+bool rope_prefill(float* x, int64_t n_rows, int64_t row_stride, int n_heads, int64_t head_dim, int n_rot,
+                  const double* freq, int64_t pos0, int64_t pos_step, bool inverse, cudaStream_t s) {
+  if (n_rot < 0 || n_rot % 2 || n_rot / 2 > kMaxRopePairs || n_rot > head_dim || n_heads < 0 || n_rows > 0x7fffffff)
+    return false;
+  if (n_rows <= 0 || n_heads == 0 || n_rot == 0) return true;
+  rope_rows_kernel<<<static_cast<unsigned>(n_rows), kRopeThreads, 0, s>>>(x, row_stride, n_heads, head_dim, n_rot, freq,
+                                                                          pos0, pos_step, inverse);
   FS_CUDA_LAUNCH_CHECK();
   return true;
 }

@@ -53,6 +53,11 @@ bool hc_sum_norm(const float* X, const float* split, int64_t d, const float* w, 
 bool swiglu_f16(const float* g, const float* u, int64_t n_items, int64_t ff, float lim, const float* w, float* out,
                 uint16_t* xb, cudaStream_t s);
 
+// rope (ref_kernels.h) without a device position: each row's rotations formed once and applied to all of
+// its heads, bitwise rope_kernel's (the same d_rope_cs and d_rotate). n_rot / 2 up to 256 pairs.
+bool rope_prefill(float* x, int64_t n_rows, int64_t row_stride, int n_heads, int64_t head_dim, int n_rot,
+                  const double* freq, int64_t pos0, int64_t pos_step, bool inverse, cudaStream_t s);
+
 // The hyper-connection pre step of a prefill chunk (more than 8 tokens; fast_hc_pre.h runs decode's)
 // as four launches: hc_post_scale (the pending post and the flattened norm's scales), hc_mix_tiles,
 // fast::hc_split, hc_sum_norm. Bitwise what the session otherwise runs: the post (hc_post or

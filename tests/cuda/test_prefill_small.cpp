@@ -403,3 +403,47 @@ TEST_F(PrefillSmall, DISABLED_TimesToF16) {
   }
   cuda::fast::prefill_small_set(was);
 }
+
+// The rotations formed once a row against rope_kernel: the attention output's inverse RoPE (64 heads of
+// 512) and the indexer queries' (64 of 128), positions far out (large angles), strided rows.
+TEST_F(PrefillSmall, RopePrefillBitwiseEqualsRope) {
+  const int n_rot = 64;
+  std::vector<double> freq(n_rot / 2);
+  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  auto dfreq = up(freq);
+  struct Shape {
+    int heads;
+    int64_t hd;
+    bool inverse;
+  };
+  for (const Shape sh : {Shape{64, 512, true}, Shape{64, 128, false}, Shape{3, 96, true}}) {
+    for (int64_t n : {1, 17, 300}) {
+      for (int64_t pos0 : {0, 123457}) {
+        const int64_t stride = sh.heads * sh.hd + 4;
+        const auto x = up(randn(static_cast<size_t>(n * stride)));
+        auto ref = copy(x), got = copy(x);
+        cuda::rope(ref.get(), n, stride, sh.heads, sh.hd, n_rot, dfreq.get(), pos0, 1, sh.inverse, nullptr);
+        ASSERT_TRUE(cuda::fast::rope_prefill(got.get(), n, stride, sh.heads, sh.hd, n_rot, dfreq.get(), pos0, 1, sh.inverse,
+                                             nullptr));
+        EXPECT_TRUE(same(ref, got)) << "heads " << sh.heads << " x " << sh.hd << " tokens " << n << " pos0 " << pos0;
+      }
+    }
+  }
+}
+
+TEST_F(PrefillSmall, DISABLED_TimesRope) {
+  const int64_t n = 4096;
+  const int n_rot = 64;
+  std::vector<double> freq(n_rot / 2);
+  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  auto dfreq = up(freq);
+  for (int64_t hd : {512, 128}) {
+    auto x = up(randn(static_cast<size_t>(n * 64 * hd)));
+    const double old_ms = time_ms([&] { cuda::rope(x.get(), n, 64 * hd, 64, hd, n_rot, dfreq.get(), 0, 1, true, nullptr); });
+    const double new_ms =
+        time_ms([&] { cuda::fast::rope_prefill(x.get(), n, 64 * hd, 64, hd, n_rot, dfreq.get(), 0, 1, true, nullptr); });
+    const double mb = 2.0 * n * 64 * n_rot * 4 / 1e6;
+    std::printf("rope 4096 x 64 heads x %-4lld                     old %8.1f us   new %8.1f us   (%6.0f MB: %5.2f TB/s new)\n",
+                static_cast<long long>(hd), old_ms * 1e3, new_ms * 1e3, mb, mb / 1e6 / (new_ms * 1e-3));
+  }
+}
