@@ -418,7 +418,8 @@ bool hc_pre_prefill(const HcPrefillArgs& a, cudaStream_t s) {
   const int64_t d = a.d, n = a.n;
   const HcPost& q = a.post;
   // every piece's conditions first: nothing is launched unless all of them run
-  if (n <= 0 || (n + 7) / 8 > 65535 || d <= 0 || d % 8 || kHc * d * sizeof(float) > 200 * 1024) return false;
+  // (d up to 12 288: hc_sum_norm's row then fits the default 48 KiB of shared memory and cannot refuse)
+  if (n <= 0 || (n + 7) / 8 > 65535 || d <= 0 || d % 8 || d > 12288) return false;
   if (!a.X || !al16(a.X) || !a.scale || !a.base || !a.mix || !a.split || !a.row_scale || !a.xin || !a.normed) return false;
   if (!al16(a.xin) || !al16(a.normed) || (a.norm_w && !al16(a.norm_w)) || (a.xb && !al16(a.xb))) return false;
   if (a.fn.rows != kSplit || a.fn.cols != kHc * d || !hc_mix_tiles_supported(a.fn, kHc * d)) return false;

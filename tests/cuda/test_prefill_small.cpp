@@ -120,7 +120,8 @@ TEST_F(PrefillSmall, PostScaleBitwiseEqualsPostAndNorm) {
 // kernel with the scale applied on the fly, and both without a scale.
 TEST_F(PrefillSmall, MixTilesBitwiseEqualsMatvec) {
   for (GgmlType t : {GgmlType::F16, GgmlType::F32, GgmlType::BF16}) {
-    for (int64_t d : {4096, 1032}) {  // 1032 x 4: a last tile with a single unit of F16 / BF16 rows
+    // 1032 x 4: a last tile with 4 units of F16 / BF16 rows; 256 and 64: 2 and 1 column warps (the tiny model)
+    for (int64_t d : {4096, 1032, 256, 64}) {
       const int64_t cols = kHc * d, xs = cols;
       for (int64_t rows : {24, 13}) {
         auto dw = up(random_weights(t, rows, cols));
