@@ -259,6 +259,7 @@ TEST_F(PrefillSmall, HcPrePrefillBitwiseEqualsTheOldLaunches) {
 }
 
 TEST_F(PrefillSmall, DISABLED_Times) {
+  const bool was = cuda::fast::prefill_small_requested();
   const int64_t n = 4096, d = 4096, cols = kHc * d, ff = 2048, k = 6;
   auto dw = up(random_weights(GgmlType::F16, kSplit, cols));
   const cuda::DMat W{GgmlType::F16, dw.get(), cols, kSplit, row_bytes(GgmlType::F16, cols)};
@@ -301,18 +302,43 @@ TEST_F(PrefillSmall, DISABLED_Times) {
         cuda::fast::hc_split_sum(mix.get(), kSplit, sc.get(), base.get(), kHc, kIters, kEps, split.get(), X.get(), d,
                                  xin.get(), n, nullptr);
         cuda::fast::rms_norm_rows(xin.get(), d, w.get(), nrm.get(), d, n, d, kEps, nullptr);
+        cuda::fast::prefill_small_set(false);  // the scalar to_f16, as before
         cuda::fast::to_f16(nrm.get(), n, d, d, xb.get(), nullptr);
+        cuda::fast::prefill_small_set(was);
       }),
       time_ms([&] {
         cuda::fast::hc_split(mix.get(), kSplit, sc.get(), base.get(), kHc, kIters, kEps, split.get(), n, nullptr);
         cuda::fast::hc_sum_norm(X.get(), split.get(), d, w.get(), kEps, n, xin.get(), nrm.get(), xb.get(), nullptr);
       }),
       mbX + 3 * mbD);
+  for (const cuda::fast::HcPost* post : {&plain, &sl}) {  // the whole hc_pre: the session's old launches vs one call
+    cuda::fast::HcPrefillArgs a;
+    a.fn = W, a.X = X.get(), a.post = *post, a.scale = sc.get(), a.base = base.get(), a.norm_w = w.get();
+    a.mix = mix.get(), a.split = split.get(), a.xin = xin.get(), a.normed = nrm.get(), a.xb = xb.get();
+    a.row_scale = rs.get(), a.n = n, a.d = d, a.iters = kIters, a.norm_eps = kEps, a.hc_eps = kEps;
+    const bool slots = post == &sl;
+    row(slots ? "hc_pre with the slots post (FFN half's end)" : "hc_pre with the plain post (attention's end)",
+        time_ms([&] {
+          if (slots) cuda::fast::sum_slots_post(sl.f, shared.get(), int(k), X.get(), split.get(), kHc, d, n, nullptr);
+          else cuda::hc_post(f.get(), X.get(), split.get(), kHc, d, n, nullptr);
+          cuda::fast::rms_norm_rows(X.get(), cols, nullptr, flat.get(), cols, n, cols, kEps, nullptr);
+          cuda::fast::matvec(W, 0, kSplit, flat.get(), n, cols, mix.get(), kSplit, nullptr);
+          cuda::fast::hc_split_sum(mix.get(), kSplit, sc.get(), base.get(), kHc, kIters, kEps, split.get(), X.get(), d,
+                                   xin.get(), n, nullptr);
+          cuda::fast::rms_norm_rows(xin.get(), d, w.get(), nrm.get(), d, n, d, kEps, nullptr);
+          cuda::fast::prefill_small_set(false);
+          cuda::fast::to_f16(nrm.get(), n, d, d, xb.get(), nullptr);
+          cuda::fast::prefill_small_set(was);
+        }),
+        time_ms([&] { cuda::fast::hc_pre_prefill(a, nullptr); }), 3 * mbX + (slots ? 7 : 1) * mbD + 3 * mbD);
+  }
   const double mbG = n * k * ff * 4 / 1e6;
   row("routed swiglu + to_f16 (24576 x 2048)",
       time_ms([&] {
         cuda::swiglu(g.get(), u.get(), n * k, ff, 7.0f, wsel.get(), nullptr);
+        cuda::fast::prefill_small_set(false);  // the scalar to_f16, as before
         cuda::fast::to_f16(g.get(), n * k, ff, ff, xb.get(), nullptr);
+        cuda::fast::prefill_small_set(was);
       }),
       time_ms([&] { cuda::fast::swiglu_f16(g.get(), u.get(), n * k, ff, 7.0f, wsel.get(), nullptr, xb.get(), nullptr); }),
       3 * mbG);
