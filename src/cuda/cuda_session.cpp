@@ -20,11 +20,12 @@
 #include "cuda/fast_matvec_float.h"
 #include "cuda/gemm_cublas.h"
 #include "cuda/pdl_graph.h"
+#include "cuda/prefill_small.h"
 #include "cuda/ref_kernels.h"
 #include "cuda/session_layer.h"
 #include "cuda/session_plan.h"
 #include "cuda/stage_profiler.h"
-#include "cuda/upload.h"
+#include "cuda/weight_upload.h"
 
 namespace flashstar::cuda {
 
@@ -65,7 +66,7 @@ class CudaSession final : public Session {
     fork_ = std::make_unique<DecodeFork>(fork_parts);
     init_quant_tables();
     fast::init_tables();
-    upload_weights();
+    upload_weights(m_.file(), weights_, s_, opts_.verbose);
     upload_vectors();
     alloc_state_and_scratch();
     graphs_on_ = graphs_requested();
@@ -141,13 +142,6 @@ class CudaSession final : public Session {
     d.rows = mat.rows;
     d.row_bytes = mat.row_bytes;
     return d;
-  }
-
-  void upload_weights() {
-    const gguf::File& f = m_.file();
-    const size_t total = f.size() - f.data_offset();
-    weights_.resize(total);
-    upload_bytes(weights_.get(), f.base() + f.data_offset(), total, s_, opts_.verbose || total > (2ull << 30));
   }
 
   void upload_vectors() {
@@ -283,6 +277,7 @@ class CudaSession final : public Session {
   // FP16 copy of X for the tensor-core products that follow, when one of `rs` will take that path.
   const uint16_t* prep(const float* X, int64_t n, int64_t k, int64_t xs, std::initializer_list<Route> rs) {
     if (n <= kSmallN) return nullptr;
+    if (X == xb_of_) return xb_of_ = nullptr, xb_;  // hc_pre's prefill path made it
     for (Route r : rs)
       if (routes_[r]) {
         fast::to_f16(X, n, k, xs, xb_, s_);
@@ -390,17 +385,21 @@ class CudaSession final : public Session {
   // The indexer's queries from qr_: projection, RoPE and (official numerics) the FP4 simulation, into iq_.
   void indexer_query(const DLayer& L, int64_t pos0, int64_t n, int n_rot, const double* freq, bool official) {
     mm(Route::F16Proj, L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD);
-    rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
+    if (!small_prefill(n) || !fast::rope_prefill(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1,
+                                                 false, s_))
+      rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
     if (official) qat(iq_, n * d_.NIH, d_.IHD);
   }
 
   // At decode a half-layer's hyper-connection post is left pending (pending_) and applied by the next
   // hc_pre's one launch (fast_hc_pre.h); the same condition as that launch's route. Whatever reads X_
   // otherwise (the reference hc_pre, the output head) flushes it first with the kernels it replaces.
+  // Prefill (FLASHSTAR_PREFILL_SMALL, default on) defers it too, to fast::hc_pre_prefill's first launch.
   bool fold_post(int64_t n) const {
-    return routes_[Route::FusedOps] && routes_[Route::F16Proj] && n <= fast::hcp::kMaxTok && c_.n_hc == 4 &&
-           d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix;
+    return routes_[Route::FusedOps] && routes_[Route::F16Proj] && (n <= fast::hcp::kMaxTok || small_prefill(n)) &&
+           c_.n_hc == 4 && d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix;
   }
+  bool small_prefill(int64_t n) const { return prefill_small_ && n > kSmallN; }
   void flush_post(int64_t n) {
     const fast::HcPost q = pending_;
     pending_ = {};
@@ -428,6 +427,14 @@ class CudaSession final : public Session {
       a.work = mv_work_, a.work_floats = kMvWork;
       if (d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix && fast::hc_pre(a, s_)) {
         pending_ = {};
+        return;
+      }
+      fast::HcPrefillArgs b;  // prefill: the same outputs, and the FP16 copy of normed that prep() returns
+      b.fn = fn, b.X = X_, b.post = pending_, b.scale = scale, b.base = base, b.norm_w = norm_w, b.mix = mix_;
+      b.split = split_, b.xin = out, b.normed = normed, b.xb = xb_, b.row_scale = flat_, b.n = n, b.d = d_.D;
+      b.iters = iters, b.norm_eps = rms_eps, b.hc_eps = eps;
+      if (small_prefill(n) && fold_post(n) && fast::hc_pre_prefill(b, s_)) {
+        pending_ = {}, xb_of_ = normed;
         return;
       }
     }
@@ -496,7 +503,8 @@ class CudaSession final : public Session {
     fast::NormRopeJob qj, kvj;
     qj.x = q_, qj.rows = n * d_.H, qj.rows_per_pos = int(d_.H);
     kvj.x = kv, kvj.rows = n, kvj.w = L.kv_a_norm, kvj.fp8 = official;
-    if (!fused || !fast::norm_rope_pair(qj, kvj, d_.HD, eps, n_rot, freq, pos0, pos_dev_, s_)) {
+    if (!fused || !(small_prefill(n) ? fast::norm_rope_pair_prefill(qj, kvj, d_.HD, eps, n_rot, freq, pos0, s_)
+                                      : fast::norm_rope_pair(qj, kvj, d_.HD, eps, n_rot, freq, pos0, pos_dev_, s_))) {
       norm_rows(q_, d_.HD, nullptr, q_, d_.HD, n * d_.H, d_.HD, eps);
       rope(q_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
       norm_rows(kv, d_.HD, L.kv_a_norm, kv, d_.HD, n, d_.HD, eps);
@@ -528,7 +536,9 @@ class CudaSession final : public Session {
     if (routes_[Route::Attention] && fast::attention_supported(a))
       roped = fast::sink_attention(a, att_scratch_, d_.MAXROWS, s_, d_.C * d_.H * d_.MAXROWS);
     else sink_attention(a, att_scratch_, d_.MAXROWS, s_);
-    if (!roped) rope(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, true, s_, pos_dev_);
+    if (!roped && (!small_prefill(n) || !fast::rope_prefill(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1,
+                                                            true, s_)))
+      rope(heads_, n, d_.QD, int(d_.H), d_.HD, n_rot, freq, pos0, 1, true, s_, pos_dev_);
     prof_.stage("attn.out", s_);
     const int64_t GD = c_.group_dim();
     // At decode all groups in one launch: item t * groups + g is token t's group g (rows of heads_ and
@@ -616,9 +626,12 @@ class CudaSession final : public Session {
     // Decode: the swiglu inside the down product's activation digits (SG_ is read by nothing after).
     fast::Q8Act sw;
     sw.kind = fast::Q8Act::Kind::Swiglu, sw.lim = lim, sw.up = SU_, sw.up_stride = d_.FF;
-    if (!routes_[Route::DenseQ8] || !fast::q8_decode_act(L.down_sh, d_.D, SG_, n, d_.FF, sw, shared_, d_.D, s_)) {
-      swiglu(SG_, SU_, n, d_.FF, lim, nullptr, s_);
-      mm(Route::DenseQ8, L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D);
+    const bool dq8 = routes_[Route::DenseQ8];
+    if (!dq8 || !fast::q8_decode_act(L.down_sh, d_.D, SG_, n, d_.FF, sw, shared_, d_.D, s_)) {
+      // prefill: the SwiGLU writes the down product's FP16 copy too (bitwise to_f16's)
+      const bool f16 = small_prefill(n) && dq8 && fast::swiglu_f16(SG_, SU_, n, d_.FF, lim, nullptr, SG_, xb_, s_);
+      if (!f16) swiglu(SG_, SU_, n, d_.FF, lim, nullptr, s_);
+      mm(Route::DenseQ8, L.down_sh, 0, d_.D, SG_, n, d_.FF, shared_, d_.D, f16 ? xb_ : nullptr);
     }
   }
 
@@ -632,8 +645,10 @@ class CudaSession final : public Session {
       fast::gemm_grouped(L.gate_exps, d_.FF, plan_, fn_b, D8, n, true, int32_t(d_.K), false, G_, d_.FF, s_);
       fast::gemm_grouped(L.up_exps, d_.FF, plan_, fn_b, D8, n, true, int32_t(d_.K), false, U_, d_.FF, s_);
       fast::moe_gather(wsel_, plan_, items, wplan_, s_);
-      swiglu(G_, U_, items, d_.FF, lim, wplan_, s_);
-      fast::to_f16(G_, items, d_.FF, d_.FF, xb_, s_);
+      if (!prefill_small_ || !fast::swiglu_f16(G_, U_, items, d_.FF, lim, wplan_, nullptr, xb_, s_)) {
+        swiglu(G_, U_, items, d_.FF, lim, wplan_, s_);
+        fast::to_f16(G_, items, d_.FF, d_.FF, xb_, s_);
+      }
       fast::gemm_grouped(L.down_exps, d_.D, plan_, xb_, F8, items, false, 1, true, slot_, d_.D, s_);
       return;
     }
@@ -778,6 +793,8 @@ class CudaSession final : public Session {
   int32_t *sel_, *tok_, *idx_sel_, *group_ids_ = nullptr;
   // decode graphs: one per step shape (graph_key); the position and token they read, the logits they write
   bool graphs_on_ = true, graph_kernels_ = false, pdl_on_ = pdl_requested();
+  const bool prefill_small_ = fast::prefill_small_requested();  // FLASHSTAR_PREFILL_SMALL=0: the old kernels
+  const float* xb_of_ = nullptr;  // the activations xb_ holds the FP16 copy of, made ahead of prep()
   std::vector<uint32_t> ratios_;  // the distinct compression ratios of the layers
   fast::HcPost pending_;          // the post the next hc_pre applies (decode), or none
   std::map<uint64_t, cudaGraphExec_t> graphs_;

@@ -19,6 +19,7 @@
 #include "cuda/gemm_int_weights.h"
 #include "quant/quant.h"
 #include "cuda/pdl.cuh"
+#include "cuda/prefill_small.h"
 
 namespace flashstar::cuda::fast {
 
@@ -397,6 +398,25 @@ __global__ void to_f16_kernel(const float* X, int64_t k, int64_t xs, int64_t k8,
   }
 }
 
+// to_f16_kernel with a thread per 8 values (two float4 loads, one 16-byte store per term) where k is a
+// multiple of 8 and the rows are 16-byte aligned: the same pack_f16 / pack_f16_lo on the same pairs, so the
+// same bits; the scalar kernel's two 4-byte loads and stores per thread left its 2 GB a prefill layer
+// short of the card's bandwidth (FLASHSTAR_PREFILL_SMALL=0 puts it back).
+__global__ void to_f16_vec8_kernel(const float* X, int64_t k, int64_t xs, uint16_t* out, int64_t lo_off) {
+  pdl_wait();
+  const int64_t row = blockIdx.y, per_row = k / 8;
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < per_row;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float4* p = reinterpret_cast<const float4*>(X + row * xs + 8 * c);
+    const float4 a = p[0], b = p[1];
+    const uint4 hi = make_uint4(pack_f16(a.x, a.y), pack_f16(a.z, a.w), pack_f16(b.x, b.y), pack_f16(b.z, b.w));
+    *reinterpret_cast<uint4*>(out + row * k + 8 * c) = hi;
+    *reinterpret_cast<uint4*>(out + lo_off + row * k + 8 * c) =
+        make_uint4(pack_f16_lo(a.x, a.y, hi.x), pack_f16_lo(a.z, a.w, hi.y), pack_f16_lo(b.x, b.y, hi.z),
+                   pack_f16_lo(b.z, b.w, hi.w));
+  }
+}
+
 // Per expert, in one block each: count, then (after the scan) write its items in item order.
 __global__ void moe_count_kernel(const int32_t* sel, int64_t n_items, int32_t* count) {
   pdl_wait();
@@ -489,6 +509,16 @@ void moe_plan(const int32_t* sel, int64_t n_items, int n_expert, const MoePlan& 
 void to_f16(const float* X, int64_t n, int64_t k, int64_t xs, uint16_t* out, cudaStream_t s) {
   if (n <= 0) return;
   const int64_t k8 = (k + 7) / 8 * 8;
+  if (k8 == k && xs % 4 == 0 && reinterpret_cast<uintptr_t>(X) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
+      prefill_small_requested()) {
+    for (int64_t r0 = 0; r0 < n; r0 += 65535) {
+      const dim3 grid(static_cast<unsigned>(std::min<int64_t>((k / 8 + 255) / 256, 64)),
+                      static_cast<unsigned>(std::min<int64_t>(65535, n - r0)));
+      to_f16_vec8_kernel<<<grid, 256, 0, s>>>(X + r0 * xs, k, xs, out + r0 * k, n * k);
+      FS_CUDA_LAUNCH_CHECK();
+    }
+    return;
+  }
   for (int64_t r0 = 0; r0 < n; r0 += 65535) {
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>((k8 / 2 + 255) / 256, 64)),
                     static_cast<unsigned>(std::min<int64_t>(65535, n - r0)));

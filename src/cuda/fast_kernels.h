@@ -220,6 +220,11 @@ struct NormRopeJob {
 };
 bool norm_rope_pair(const NormRopeJob& a, const NormRopeJob& b, int64_t dim, float eps, int n_rot, const double* freq,
                     int64_t pos0, const int64_t* pos_dev, cudaStream_t s);
+// norm_rope_pair for prefill (no device position): set a (the query heads) on a warp per row when its rows
+// are 512 wide without the FP8 finish, bitwise the block kernel's rows (fast_ops.cu), set b on
+// norm_rope_pair; otherwise norm_rope_pair of both. Same return as norm_rope_pair.
+bool norm_rope_pair_prefill(const NormRopeJob& a, const NormRopeJob& b, int64_t dim, float eps, int n_rot,
+                            const double* freq, int64_t pos0, cudaStream_t s);
 // hc_split then hc_weighted_sum in one launch (a block per token), and sum_slots then hc_post in one:
 // bitwise equal to the reference kernels they replace (n_hc = 4 only).
 bool hc_split_sum(const float* mix, int64_t ms, const float* scale, const float* base, int n_hc, int iters, float eps,

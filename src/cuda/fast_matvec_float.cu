@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "cuda/cuda_util.h"
+#include "cuda/float_unpack.cuh"
 #include "cuda/last_block.cuh"
 #include "cuda/pdl.cuh"
 #include "cuda/stream_lanes.h"
@@ -37,27 +38,6 @@ struct Jobs {
   int n_mats, units;
   FloatGeom g;
 };
-
-template <GgmlType T>
-constexpr int kElems = T == GgmlType::F32 ? 4 : 8;  // elements per 16-byte unit
-
-template <GgmlType T>
-__device__ __forceinline__ void unpack(const uint4& v, float (&w)[kElems<T>]) {
-  if constexpr (T == GgmlType::F32) {
-    w[0] = __uint_as_float(v.x), w[1] = __uint_as_float(v.y), w[2] = __uint_as_float(v.z), w[3] = __uint_as_float(v.w);
-  } else {
-    const uint32_t p[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (T == GgmlType::F16) {
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&p[i]));
-        w[2 * i] = f.x, w[2 * i + 1] = f.y;
-      } else {
-        w[2 * i] = __uint_as_float(p[i] << 16), w[2 * i + 1] = __uint_as_float(p[i] & 0xffff0000u);
-      }
-    }
-  }
-}
 
 // Weights are read once per product: keep them out of L1 so the activations stay there.
 __device__ __forceinline__ uint4 ld_stream(const uint8_t* p) {

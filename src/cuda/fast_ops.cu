@@ -9,6 +9,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/ref_numerics.cuh"
+#include "cuda/row_rms.cuh"
 #include "cuda/row_sim_par.cuh"
 #include "cuda/pdl.cuh"
 
@@ -83,47 +84,6 @@ __global__ void __launch_bounds__(kMaxExperts) route_block_kernel(float* logits,
   }
 }
 
-constexpr int kNormThreads = 512;
-
-// 1 / rms of the row (double partial sums of float squares in a fixed order that depends on the row
-// width and the block size alone); every thread gets it.
-__device__ float row_rms_scale(const float4* xr, int64_t dim, float eps, double* red) {
-  const int64_t n4 = dim / 4;
-  double acc[4] = {0, 0, 0, 0};
-  const int64_t nt = blockDim.x;
-  int64_t i = threadIdx.x;
-  for (; i + 3 * nt < n4; i += 4 * nt) {
-    float4 v[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = xr[i + u * nt];
-#pragma unroll
-    for (int u = 0; u < 4; ++u)
-      acc[u] += static_cast<double>(v[u].x) * v[u].x + static_cast<double>(v[u].y) * v[u].y +
-                static_cast<double>(v[u].z) * v[u].z + static_cast<double>(v[u].w) * v[u].w;
-  }
-  for (; i < n4; i += nt) {
-    const float4 v = xr[i];
-    acc[0] += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y + static_cast<double>(v.z) * v.z +
-              static_cast<double>(v.w) * v.w;
-  }
-  double t = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-  for (int off = 16; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = t;
-  __syncthreads();
-  double ss = 0;
-  for (int k = 0; k < static_cast<int>(nt / 32); ++k) ss += red[k];
-  return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(dim) + eps));
-}
-__device__ __forceinline__ float4 scaled(float4 v, float scale, const float4* wr, int64_t j) {
-  if (wr) {
-    const float4 g = wr[j];
-    v.x = v.x * scale * g.x, v.y = v.y * scale * g.y, v.z = v.z * scale * g.z, v.w = v.w * scale * g.w;
-  } else {
-    v.x *= scale, v.y *= scale, v.z *= scale, v.w *= scale;
-  }
-  return v;
-}
-
 __global__ void __launch_bounds__(kNormThreads) rms_norm_vec(const float* x, int64_t xs, const float* w, float* y,
                                                              int64_t ys, int64_t dim, float eps) {
   pdl_wait();
@@ -174,9 +134,51 @@ __global__ void __launch_bounds__(kNormThreads) norm_rope_pair_kernel(NormRopeJo
   norm_rope_row(j.x + r * dim, dim, j.w, eps, pos0 + r / j.rows_per_pos, n_rot, freq, j.fp8);
 }
 
-int norm_threads(int64_t dim) {
-  // a thread per float4 of the row, up to kNormThreads (the sum order depends on the row width alone)
-  return static_cast<int>(std::min<int64_t>(kNormThreads, std::max<int64_t>(32, (dim / 4 + 31) / 32 * 32)));
+
+// Prefill's query heads (262 144 rows of 512 at 4 096 tokens): norm_rope_pair_kernel gives each row a
+// block of 128 threads, one float4 each, three block barriers, and a 32-thread RoPE step while the other
+// 96 wait, so it ran at ~2.2 TB/s. Here a warp takes a row, 8 rows a block: lane l holds float4s
+// l, l + 32, ... (those of the block kernel's threads l, l + 32, ...), so each of the block kernel's warp
+// sums is formed by the same xor tree over the same 32 values and they are added in the same order from
+// 0: the scale, the scaled row and the rotation (d_rope_pair on the same values) are bitwise the block
+// kernel's. Rows of 128 K values with no FP8 finish (the block kernel's one-float4-a-thread case).
+constexpr int kRopeWarps = 8;
+template <int K>
+__global__ void __launch_bounds__(32 * kRopeWarps) norm_rope_warp_kernel(NormRopeJob j, float eps, int n_rot,
+                                                                         const double* freq, int64_t pos0) {
+  pdl_wait();
+  constexpr int kDim = 128 * K;
+  __shared__ __align__(16) float rows[kRopeWarps][kDim];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kRopeWarps + warp;
+  if (r >= j.rows) return;  // warp-uniform; nothing below synchronises the block
+  float4* xr = reinterpret_cast<float4*>(j.x + r * kDim);
+  float4 v[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = xr[k * 32 + lane];
+  double ss = 0;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {  // row_rms_scale of thread k * 32 + lane, then its warp's tree
+    double acc[4] = {0, 0, 0, 0};
+    acc[0] += static_cast<double>(v[k].x) * v[k].x + static_cast<double>(v[k].y) * v[k].y +
+              static_cast<double>(v[k].z) * v[k].z + static_cast<double>(v[k].w) * v[k].w;
+    double t = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (int off = 16; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
+    ss += t;
+  }
+  const float scale = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(kDim) + eps));
+  const float4* wr = reinterpret_cast<const float4*>(j.w);
+  float4* r4 = reinterpret_cast<float4*>(rows[warp]);
+#pragma unroll
+  for (int k = 0; k < K; ++k) r4[k * 32 + lane] = scaled(v[k], scale, wr, k * 32 + lane);
+  __syncwarp();
+  float* tail = rows[warp] + kDim - n_rot;
+  const int64_t pos = pos0 + r / j.rows_per_pos;
+  for (int p = lane; p < n_rot / 2; p += 32)
+    d_rope_pair(tail[2 * p], tail[2 * p + 1], static_cast<double>(pos) * freq[p], false);
+  __syncwarp();
+#pragma unroll
+  for (int k = 0; k < K; ++k) xr[k * 32 + lane] = r4[k * 32 + lane];
 }
 
 }  // namespace
@@ -210,6 +212,21 @@ bool norm_rope_rows(float* x, int64_t n_rows, int64_t dim, const float* w, float
   NormRopeJob a;
   a.x = x, a.rows = n_rows, a.w = w, a.rows_per_pos = rows_per_pos, a.fp8 = fp8_rows;
   return norm_rope_pair(a, NormRopeJob{}, dim, eps, n_rot, freq, pos0, pos_dev, s);
+}
+
+bool norm_rope_pair_prefill(const NormRopeJob& a, const NormRopeJob& b, int64_t dim, float eps, int n_rot,
+                            const double* freq, int64_t pos0, cudaStream_t s) {
+  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  // norm_rope_pair's conditions for b alone (it then takes b), and the warp kernel's for a
+  const bool b_ok = dim % 4 == 0 && dim <= kMaxFusedDim && al(b.x) && (!b.w || al(b.w)) && b.rows_per_pos >= 1 &&
+                    b.rows >= 0 && b.rows <= 0x7fffffff && n_rot >= 0 && n_rot % 2 == 0 && n_rot <= dim;
+  const bool a_ok = dim == 512 && !a.fp8 && al(a.x) && (!a.w || al(a.w)) && a.rows_per_pos >= 1 && a.rows > 0 &&
+                    (a.rows + kRopeWarps - 1) / kRopeWarps <= 0x7fffffff;
+  if (!a_ok || !b_ok) return norm_rope_pair(a, b, dim, eps, n_rot, freq, pos0, nullptr, s);
+  norm_rope_warp_kernel<4><<<static_cast<unsigned>((a.rows + kRopeWarps - 1) / kRopeWarps), 32 * kRopeWarps, 0, s>>>(
+      a, eps, n_rot, freq, pos0);
+  FS_CUDA_LAUNCH_CHECK();
+  return norm_rope_pair(NormRopeJob{}, b, dim, eps, n_rot, freq, pos0, nullptr, s);
 }
 
 bool route_supported(int n_expert, int k) { return n_expert <= kMaxExperts && k <= n_expert && k <= 32; }

@@ -1,14 +1,15 @@
-#include "cuda/upload.h"
+// The model's tensor data to the device (weight_upload.h).
+#include "cuda/weight_upload.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 
-#include "cuda/cuda_util.h"
-
 namespace flashstar::cuda {
 
-void upload_bytes(uint8_t* dst, const uint8_t* src, size_t total, cudaStream_t s, bool progress) {
+void upload_weights(const gguf::File& f, DeviceArray<uint8_t>& dst, cudaStream_t s, bool verbose) {
+  const size_t total = f.size() - f.data_offset();
+  dst.resize(total);
   constexpr size_t kStage = 256ull << 20;
   void* stage[2];
   cudaEvent_t done[2];
@@ -16,13 +17,14 @@ void upload_bytes(uint8_t* dst, const uint8_t* src, size_t total, cudaStream_t s
     FS_CUDA_CHECK(cudaHostAlloc(&stage[i], kStage, cudaHostAllocDefault));
     FS_CUDA_CHECK(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming));
   }
+  const bool progress = verbose || total > (2ull << 30);
   size_t off = 0;
   for (int k = 0; off < total; ++k) {
     const int b = k & 1;
     const size_t n = std::min(kStage, total - off);
     FS_CUDA_CHECK(cudaEventSynchronize(done[b]));  // the copy that last used this stage has finished
-    std::memcpy(stage[b], src + off, n);
-    FS_CUDA_CHECK(cudaMemcpyAsync(dst + off, stage[b], n, cudaMemcpyHostToDevice, s));
+    std::memcpy(stage[b], f.base() + f.data_offset() + off, n);
+    FS_CUDA_CHECK(cudaMemcpyAsync(dst.get() + off, stage[b], n, cudaMemcpyHostToDevice, s));
     FS_CUDA_CHECK(cudaEventRecord(done[b], s));
     off += n;
     if (progress)
