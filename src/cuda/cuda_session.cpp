@@ -145,19 +145,8 @@ class CudaSession final : public Session {
   }
 
   void upload_vectors() {
-    // All small vectors in one device array; offsets are resolved after the copy.
-    std::vector<uint8_t> blob;
-    std::vector<std::pair<size_t, const void**>> fix;
-    auto add = [&](const void* p, size_t bytes, const void** dst) {
-      if (!bytes) return;
-      const size_t off = (blob.size() + 255) & ~size_t(255);
-      blob.resize(off + bytes);
-      std::memcpy(blob.data() + off, p, bytes);
-      fix.push_back({off, dst});
-    };
-    auto addf = [&](const std::vector<float>& v, const float** dst) {
-      add(v.data(), v.size() * 4, reinterpret_cast<const void**>(dst));
-    };
+    VectorBlob b;
+    auto addf = [&](const std::vector<float>& v, const float** dst) { b.add(v, dst); };
     layers_.resize(c_.n_layer);
     for (uint32_t il = 0; il < c_.n_layer; ++il) {
       const LayerWeights& w = m_.layers[il];
@@ -173,15 +162,13 @@ class CudaSession final : public Session {
       addf(w.comp_ape, &L.comp_ape), addf(w.comp_norm, &L.comp_norm), addf(w.idx_comp_ape, &L.idx_comp_ape);
       addf(w.idx_comp_norm, &L.idx_comp_norm), addf(w.hc_ffn_scale, &L.hc_ffn_scale);
       addf(w.hc_ffn_base, &L.hc_ffn_base), addf(w.ffn_norm, &L.ffn_norm), addf(w.exp_probs_b, &L.exp_probs_b);
-      add(w.tid2eid.data(), w.tid2eid.size() * 4, reinterpret_cast<const void**>(&L.tid2eid));
+      b.add(w.tid2eid.data(), w.tid2eid.size() * 4, reinterpret_cast<const void**>(&L.tid2eid));
     }
     addf(m_.output_hc_scale, &out_hc_scale_), addf(m_.output_hc_base, &out_hc_base_), addf(m_.output_norm, &out_norm_);
     const cpu::Rope rp = cpu::Rope::make(c_, false), rc = cpu::Rope::make(c_, true);
-    add(rp.freq.data(), rp.freq.size() * 8, reinterpret_cast<const void**>(&freq_plain_));
-    add(rc.freq.data(), rc.freq.size() * 8, reinterpret_cast<const void**>(&freq_comp_));
-    vectors_.resize(blob.size());
-    FS_CUDA_CHECK(cudaMemcpy(vectors_.get(), blob.data(), blob.size(), cudaMemcpyHostToDevice));
-    for (auto& [off, dst] : fix) *dst = vectors_.get() + off;
+    b.add(rp.freq.data(), rp.freq.size() * 8, reinterpret_cast<const void**>(&freq_plain_));
+    b.add(rc.freq.data(), rc.freq.size() * 8, reinterpret_cast<const void**>(&freq_comp_));
+    b.upload(vectors_);
     out_hc_fn_ = dev(m_.output_hc_fn);
     output_ = dev(m_.output);
     embd_ = dev(m_.token_embd);

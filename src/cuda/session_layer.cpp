@@ -1,8 +1,24 @@
 #include "cuda/session_layer.h"
 
+#include <cstring>
+
 #include "cuda/cuda_util.h"
 
 namespace flashstar::cuda {
+
+void VectorBlob::add(const void* p, size_t bytes, const void** dst) {
+  if (!bytes) return;
+  const size_t off = (blob_.size() + 255) & ~size_t(255);
+  blob_.resize(off + bytes);
+  std::memcpy(blob_.data() + off, p, bytes);
+  fix_.push_back({off, dst});
+}
+
+void VectorBlob::upload(DeviceArray<uint8_t>& device) {
+  device.resize(blob_.size());
+  FS_CUDA_CHECK(cudaMemcpy(device.get(), blob_.data(), blob_.size(), cudaMemcpyHostToDevice));
+  for (auto& [off, dst] : fix_) *dst = device.get() + off;
+}
 
 void upload_layer_state(DLayer& L, const LayerState& S, int64_t head_dim) {
   constexpr auto h2d = cudaMemcpyHostToDevice;

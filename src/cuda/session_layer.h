@@ -2,7 +2,10 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
+#include "cuda/cuda_util.h"
 #include "cuda/ref_kernels.h"
 #include "engine/kv_state.h"
 
@@ -22,6 +25,22 @@ struct DLayer {
   int64_t n_raw = 0;
   uint32_t ratio = 0;  // the compression ratio (0: none)
   size_t comp_state_floats = 0, idx_state_floats = 0;
+};
+
+// The session's small vectors (norm weights, biases, RoPE tables, ...) gathered into one host blob, each
+// on a 256-byte boundary, then copied to one device array: one upload and one allocation for hundreds of
+// vectors. upload() points every registered pointer at its vector's device copy.
+class VectorBlob {
+ public:
+  void add(const void* p, size_t bytes, const void** dst);
+  void add(const std::vector<float>& v, const float** dst) {
+    add(v.data(), v.size() * 4, reinterpret_cast<const void**>(dst));
+  }
+  void upload(DeviceArray<uint8_t>& device);
+
+ private:
+  std::vector<uint8_t> blob_;
+  std::vector<std::pair<size_t, const void**>> fix_;
 };
 
 // The layer's state from S (the raw window, compressed rows and slot states; synchronous copies).
