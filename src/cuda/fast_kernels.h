@@ -120,6 +120,11 @@ void group_wgmma_pair_launch(const DMat& W, int64_t rows_per_mat, const MoePlan&
                              int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
                              cudaStream_t s);
 void init_group_wgmma_pair_table(const uint32_t* sel);
+// ... and the register-decoded kernel (variant 2, gemm_group_wgmma_reg.cu): false where it declines.
+bool group_wgmma_reg_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
+                            int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
+                            cudaStream_t s);
+void init_group_wgmma_reg_table();
 bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                         int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
                         cudaStream_t s);

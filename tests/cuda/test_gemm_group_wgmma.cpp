@@ -205,12 +205,16 @@ class GemmGroupWgmma : public cuda_test::GemmKernelTest {
 };
 
 // The kernel configurations checked and timed: variant 0 with the new decode (gemm_group_decode.h, the
-// default) and with v2's (FLASHSTAR_GEMM_GROUP_DECODE=0), then each further variant (its own decode).
+// default) and with v2's (FLASHSTAR_GEMM_GROUP_DECODE=0), then each further variant (its own decode;
+// variant 2: the register-decoded kernel, gemm_group_wgmma_reg.cu).
 struct Config {
   int variant, decode;
   const char* name;
 };
-constexpr Config kConfigs[] = {{0, 1, "variant 0 decode 1"}, {0, 0, "variant 0 decode 0"}, {1, 1, "variant 1"}};
+constexpr Config kConfigs[] = {{0, 1, "variant 0 decode 1"},
+                               {0, 0, "variant 0 decode 0"},
+                               {1, 1, "variant 1"},
+                               {2, 0, "variant 2"}};
 static_assert(sizeof(kConfigs) / sizeof(kConfigs[0]) == cuda::wgmma_group::kVariants + 1, "every variant once");
 
 struct Product {

@@ -1,0 +1,341 @@
+// Variant 2 of the grouped expert products on warpgroup MMA (FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT=2;
+// gemm_group_wgmma_reg.h says why and what): the dense Q8_0 kernel's structure (gemm_dense_wgmma.cu) for
+// the routed experts' IQ2_XXS and Q2_K weights, with v2's bits.
+//
+// Block: an expert's plan tiles 2i and 2i + 1 (up to 128 items; blocks of odd tiles exit at once) x 128
+// weight rows, two warpgroups of 64 rows, 1 block an SM. Per k-tile each thread decodes its A fragments
+// (2 rows x 8 columns) from the raw bytes into registers and its warpgroup issues 4 wgmma m64nNk16 (per
+// 16-column step W x_lo, the first overwriting the partial, then W x_hi) with N = 32, 64, 96 or 128 by
+// the item count. Activations (hi and lo FP16 terms) of the gathered rows (gate / up: token item / div;
+// down: the item's row) arrive by 16-byte cp.async in the dense kernel's 4-stage ring of 64-column chunks
+// (128-byte swizzle), zero-filled past the count; raw weights by 4-byte cp.async in v2's layout, 256-column
+// units in two buffers. One barrier per 4 k-tiles (Q2_K: two, the token sums between them). Two partial
+// accumulators alternate, so the promotion of k-tile t (gemm_int::promote with the scale and minima the
+// thread decoded for its rows) runs under the wgmma of t + 1 (wgmma.wait_group 1). Deterministic: each
+// output element is one thread's fixed sequence of wgmma and FMAs; no split-k, no atomics; an item's
+// outputs do not depend on the other items of its block.
+#include <type_traits>
+
+#include "common/error.h"
+#include "cuda/cuda_util.h"
+#include "cuda/fast_kernels.h"
+#include "cuda/gemm_group_wgmma_reg.h"
+#include "cuda/mma_f16.cuh"
+#include "cuda/pdl.cuh"
+
+namespace flashstar::cuda::fast {
+namespace {
+
+namespace g2 = gemm_v2;
+namespace gr = wgmma_reg;
+namespace dq = wgmma_q8;
+using G = g2::GroupGeo;
+constexpr int kBM = gr::kBM, kBN = gr::kBN;
+
+__device__ uint16_t g_wgr_tab[1024];  // the IQ2_XXS pair table (gr::iq2_pair_table)
+
+#if FS_WGMMA
+// One k-tile's A fragments and the row factors of the thread's two rows (rr = 0: R, 1: R + 8).
+struct Frag {
+  uint32_t a[2][4];
+  float sc[2], n0[2], n1[2];
+};
+
+// k-tile j of the unit whose row-R words are at rw (row R + 8 is 8 rows further).
+template <GgmlType T>
+__device__ __forceinline__ void decode(const uint32_t* rw, int a2, int j, int q, const uint16_t* tab, Frag& f) {
+  constexpr int kStride = g2::FmtOf<T, G>::kStride;
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    uint32_t h[4];
+    gr::FragDecode<T>::run(rw + rr * 8 * kStride, a2, j, q, tab, h, f.sc[rr], f.n0[rr], f.n1[rr]);
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      int s, r;
+      gr::frag_reg(m, rr, s, r);
+      f.a[s][r] = h[m];
+    }
+  }
+}
+
+// The wgmma of one k-tile into part (N / 2 elements used), hi_addr: the stage's hi tile plus the k-tile's
+// 64-byte column offset; per k16 step (32 bytes along the 128-byte rows: + 2 in the descriptor's start
+// field) W x_lo, then W x_hi, as v2.
+template <int N, int M>
+__device__ __forceinline__ void mma_ktile(float (&part)[M], const Frag& f, uint32_t hi_addr) {
+  const uint64_t d_hi = dq::desc_b(hi_addr), d_lo = dq::desc_b(hi_addr + gr::kTermBytes);
+  wgmma::pin(part);
+  wgmma::fence();
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    wgmma::mma_rs<N>(part, f.a[s], d_lo + 2 * s, s);
+    wgmma::mma_rs<N>(part, f.a[s], d_hi + 2 * s, 1);
+  }
+  wgmma::commit();
+}
+
+// The k-tile's partial into the running sums: element i is row R + 8 acc_rr(i), item d_col(lane, i);
+// sums: this k-tile's [half][item] (formats with minima).
+template <int N, int kMins, int M>
+__device__ __forceinline__ void promote(float (&acc)[M], float (&part)[M], const Frag& f, const float* sums,
+                                        int lane) {
+  wgmma::pin(part);
+#pragma unroll
+  for (int g = 0; g < N / 8; ++g) {
+    float2 s0 = make_float2(0.f, 0.f), s1 = s0;
+    if constexpr (kMins > 0) {
+      const int j = wgmma::d_col(lane, 4 * g);
+      s0 = *reinterpret_cast<const float2*>(sums + j);
+      s1 = *reinterpret_cast<const float2*>(sums + kBN + j);
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int i = 4 * g + c, rr = gr::acc_rr(i);
+      acc[i] = gemm_int::promote<kMins>(acc[i], part[i], f.sc[rr], f.n0[rr], f.n1[rr], c & 1 ? s0.y : s0.x,
+                                        c & 1 ? s1.y : s1.x);
+    }
+  }
+}
+
+// f(integral_constant<N>) for the block's wgmma width N = 32 nsel (block-uniform): one k-loop per width
+// (a branch per width inside one loop makes ptxas serialise the wgmma, as variant 1 found).
+template <class Fn>
+__device__ __forceinline__ void with_n(int nsel, Fn&& f) {
+  if (nsel == 4)
+    f(std::integral_constant<int, 128>{});
+  else if (nsel == 3)
+    f(std::integral_constant<int, 96>{});
+  else if (nsel == 2)
+    f(std::integral_constant<int, 64>{});
+  else
+    f(std::integral_constant<int, 32>{});
+}
+#endif  // FS_WGMMA
+
+// Grid: (row blocks, plan tiles), the arguments of gemm_grouped_wgmma.
+template <GgmlType T>
+__global__ void __launch_bounds__(gr::kThreads, 1)
+    group_wgmma_reg(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t rows_per_mat,
+                    const int32_t* __restrict__ offset, const int32_t* __restrict__ items,
+                    const int32_t* __restrict__ tiles, const int32_t* __restrict__ n_tiles,
+                    const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off, bool gather, int32_t src_div,
+                    bool scatter, float* __restrict__ Y, int64_t ys) {
+  pdl_wait();
+#if FS_WGMMA
+  if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
+  const int32_t tile = tiles[blockIdx.y];
+  if (tile & 1) return;
+  using F = g2::FmtOf<T, G>;
+  using S = gr::Smem<T>;
+  constexpr int kMins = F::kMins;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t base0 = mma::smem_addr(smem_raw), sbase = (base0 + 1023u) & ~1023u;  // swizzle atoms
+  unsigned char* smem = smem_raw + (sbase - base0);
+  const uint32_t xs = sbase;
+  uint32_t* Raw = reinterpret_cast<uint32_t*>(smem + S::off_raw);  // [2][kRawBuf]
+  float* Sums = reinterpret_cast<float*>(smem + S::off_sums);      // [4 k-tiles][half][kBN]
+  uint16_t* Tab = reinterpret_cast<uint16_t*>(smem + S::off_tab);  // [256][4]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+  const int e = tile >> 16;
+  const int64_t first = offset[e] + static_cast<int64_t>(tile & 0xffff) * gr::kPlanTile;
+  const int count = static_cast<int>(offset[e + 1] - first < kBN ? offset[e + 1] - first : kBN);
+  const int n_used = 32 * ((count + 31) >> 5);  // the wgmma N: items past it are never read
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n_rows = rows_per_mat;
+  const uint8_t* __restrict__ Wm = W + static_cast<size_t>(e) * static_cast<size_t>(rows_per_mat) * row_bytes;
+  const int nc = K / gr::kChunkCols;
+
+  if constexpr (T == GgmlType::IQ2_XXS)
+    for (int i = tid; i < 512; i += gr::kThreads)
+      reinterpret_cast<uint32_t*>(Tab)[i] = reinterpret_cast<const uint32_t*>(g_wgr_tab)[i];
+
+  // The activation rows of this thread's copy tasks (dq::x_task: items tid / 8 + 32 v, v = 0..3); -1 past
+  // the count (zero-filled).
+  int xrow[4];
+#pragma unroll
+  for (int v = 0; v < 4; ++v) {
+    const int tok = (tid >> 3) + 32 * v;
+    xrow[v] = tok >= count ? -1 : gather ? items[first + tok] / src_div : static_cast<int>(first + tok);
+  }
+  const uint16_t* __restrict__ xt = Xb + (tid & 7) * 8;
+  const uint32_t xd = xs + dq::b_off(tid >> 3, tid & 7);
+  const uint8_t* __restrict__ Wb = g2::opaque(Wm + static_cast<size_t>(m0) * row_bytes);
+  const int rows_left = n_rows - m0 < kBM ? static_cast<int>(n_rows - m0) : kBM;
+  // One commit group per iteration: chunks c, c + 1 and, at a unit's first chunk, its raw words; empty
+  // past the end (keeps the wait counts).
+  auto load = [&](int c) {
+    if (c < nc) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t st = static_cast<uint32_t>(gr::stage_of(c + h)) * gr::kStageBytes;
+#pragma unroll
+        for (int v = 0; v < 2 * 4; ++v) {
+          int term, tok, ch;
+          dq::x_task(tid, v, term, tok, ch);
+          if (tok >= n_used) continue;
+          const int r = xrow[v & 3];
+          // b_off(tok, ch) = b_off(tid / 8, ch) + 128 * 32 (v % 4): the swizzle depends on tok % 8 only.
+          mma::cp_async16(xd + st + static_cast<uint32_t>(term * gr::kTermBytes + (tok - (tid >> 3)) * 128),
+                          xt + term * lo_off + static_cast<int64_t>(r < 0 ? 0 : r) * k8 + (c + h) * gr::kChunkCols,
+                          r < 0 ? 0u : 16u);
+        }
+      }
+      if (c % gr::kChunksPerUnit == 0) {
+        const int u = c / gr::kChunksPerUnit;
+        const uint32_t base = mma::smem_addr(Raw + (u & 1) * S::kRawBuf);
+        const uint32_t ub = static_cast<uint32_t>(u * F::kBytes - g2::unit_a2<T, G::kUnitCols>(u));
+#pragma unroll
+        for (int v = 0; v < gr::kRawCopies<T>; ++v) {
+          const int q = tid + gr::kThreads * v;
+          if ((kBM * F::kWords) % gr::kThreads != 0 && q >= kBM * F::kWords) break;
+          const int row = q / F::kWords, word = q - row * F::kWords;
+          mma::cp_async4(base + 4u * static_cast<uint32_t>(q),
+                         Wb + g2::raw_src(row, word, rows_left, static_cast<uint32_t>(row_bytes), ub));
+        }
+      }
+    }
+    mma::cp_async_commit();
+  };
+
+  // The fragment rows: R = 64 wg + a_row(warp % 4, lane, 0) and R + 8; pair q = lane % 4.
+  const int q = lane & 3;
+  const int r0 = 64 * wg + dq::a_row(warp & 3, lane, 0);
+  auto frag = [&](int t, Frag& f) {
+    const int u = t / G::kTilesPerUnit;
+    decode<T>(Raw + (u & 1) * S::kRawBuf + r0 * F::kStride, g2::unit_a2<T, G::kUnitCols>(u), t % G::kTilesPerUnit,
+              q, Tab, f);
+  };
+  auto b_addr = [&](int t) {  // the hi tile of k-tile t's chunk, at the k-tile's 64-byte column offset
+    return xs + static_cast<uint32_t>(gr::stage_of(t >> 1)) * gr::kStageBytes + static_cast<uint32_t>(64 * (t & 1));
+  };
+  // Token sums of k-tiles t0 .. t0 + 3 (chunks t0 / 2, + 1), items below n_used.
+  auto sums = [&](int t0) {
+    const int item = gr::sum_item(tid), half = gr::sum_half(tid);
+    if (item >= n_used) return;
+#pragma unroll
+    for (int i = 0; i < gr::kTilesPerIter; ++i) {
+      const int t = t0 + i;
+      const unsigned char* st = smem + gr::stage_of(t >> 1) * gr::kStageBytes;
+      float s8[2];
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const uint32_t off = dq::b_off(item, gr::sum_chunk(t, half, k));
+        const uint4 hv = *reinterpret_cast<const uint4*>(st + off);
+        const uint4 lv = *reinterpret_cast<const uint4*>(st + gr::kTermBytes + off);
+        const uint32_t h4[4] = {hv.x, hv.y, hv.z, hv.w}, l4[4] = {lv.x, lv.y, lv.z, lv.w};
+        s8[k] = gemm_int::sum8(h4, l4);
+      }
+      Sums[gr::sum_index(i, half, item)] = s8[0] + s8[1];
+    }
+  };
+
+  with_n(n_used >> 5, [&](auto n_tag) {
+    constexpr int N = decltype(n_tag)::value;
+    float acc[N / 2], p0[N / 2], p1[N / 2];
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) acc[i] = 0.0f;
+    Frag f0, f1;
+    load(0);
+    for (int c = 0; c < nc; c += gr::kChunksPerIter) {
+      mma::cp_async_wait<0>();  // chunks c, c + 1 landed (this thread's copies; the barrier: everyone's)
+      wgmma::fence_proxy_async();
+      __syncthreads();
+      // As the dense kernel: k-tiles t .. t + 3 alternate between p0 and p1, nothing in flight across
+      // iterations; the next iteration's copies go out once the tensor core has work (into the stages of
+      // chunks c - 2, c - 1 and, at a unit's start, the raw buffer of unit u - 2, all read before this
+      // iteration's barrier).
+      const int t = 2 * c;
+      frag(t, f0);
+      mma_ktile<N>(p0, f0, b_addr(t));
+      load(c + gr::kChunksPerIter);
+      const float* sm = Sums;
+      if constexpr (kMins > 0) {
+        // The iteration's token sums, then a barrier before any promotion reads them (the previous
+        // iteration's promotions finished before this iteration's first barrier).
+        sums(t);
+        __syncthreads();
+      }
+      frag(t + 1, f1);
+      mma_ktile<N>(p1, f1, b_addr(t + 1));
+      wgmma::wait<1>();
+      promote<N, kMins>(acc, p0, f0, sm + gr::sum_index(0, 0, 0), lane);
+      frag(t + 2, f0);
+      mma_ktile<N>(p0, f0, b_addr(t + 2));
+      wgmma::wait<1>();
+      promote<N, kMins>(acc, p1, f1, sm + gr::sum_index(1, 0, 0), lane);
+      frag(t + 3, f1);
+      mma_ktile<N>(p1, f1, b_addr(t + 3));
+      wgmma::wait<1>();
+      promote<N, kMins>(acc, p0, f0, sm + gr::sum_index(2, 0, 0), lane);
+      wgmma::wait<0>();
+      promote<N, kMins>(acc, p1, f1, sm + gr::sum_index(3, 0, 0), lane);
+    }
+
+    // Element i: row 64 wg + d_row(warp % 4, lane, i), item d_col(lane, i); every (row < n_rows,
+    // item < count) once.
+#pragma unroll
+    for (int g = 0; g < N / 8; ++g)
+#pragma unroll
+      for (int cj = 0; cj < 2; ++cj) {
+        const int j = wgmma::d_col(lane, 4 * g + cj);
+        if (j >= count) continue;
+        float* y = Y + (scatter ? static_cast<int64_t>(items[first + j]) : first + j) * ys;
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int i = 4 * g + 2 * rr + cj;
+          const int64_t r = m0 + 64 * wg + wgmma::d_row(warp & 3, lane, i);
+          if (r < n_rows) y[r] = acc[i];
+        }
+      }
+  });
+#else
+  (void)W, (void)row_bytes, (void)K, (void)rows_per_mat, (void)offset, (void)items, (void)tiles, (void)n_tiles;
+  (void)Xb, (void)k8, (void)lo_off, (void)gather, (void)src_div, (void)scatter, (void)Y, (void)ys;
+  __trap();  // not built for sm_90a: the host never launches it (gemm_grouped_wgmma checks the device)
+#endif
+}
+
+template <GgmlType T>
+void launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
+            bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+  constexpr int sm = gr::Smem<T>::bytes + 1024;  // + the slack to align the base to 1024 bytes
+  static_assert(sm + 1024 <= 227 * 1024, "one block an SM fits");
+  static const bool attr = [] {
+    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
+    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                       cudaSharedmemCarveoutMaxShared));
+    return true;
+  }();
+  (void)attr;
+  const dim3 grid(static_cast<unsigned>((rows_per_mat + kBM - 1) / kBM), static_cast<unsigned>(p.max_tiles));
+  group_wgmma_reg<T><<<grid, gr::kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat,
+                                                    p.offset, p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8,
+                                                    gather, src_div, scatter, Y, ys);
+  FS_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void init_group_wgmma_reg_table() {
+  uint16_t tab[1024];
+  if (!gr::iq2_pair_table(tab)) fail("IQ2_XXS grid bytes outside {8, 25, 43}");
+  FS_CUDA_CHECK(cudaMemcpyToSymbol(g_wgr_tab, tab, sizeof(tab)));
+}
+
+// Called by gemm_grouped_wgmma (gemm_group_wgmma.cu) after its checks (IQ2_XXS or Q2_K, 256-column units,
+// 4-byte raw words, 16-byte activation rows, a Hopper); false (nothing launched) for what it does not take.
+bool group_wgmma_reg_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
+                            int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
+                            cudaStream_t s) {
+  // Whole iterations of 4 k-tiles (implied by the 256-column units); token rows and item rows as int.
+  if (W.cols % (gr::kTilesPerIter * 32) != 0 || x_rows > INT32_MAX) return false;
+  if (W.type == GgmlType::IQ2_XXS)
+    launch<GgmlType::IQ2_XXS>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+  else if (W.type == GgmlType::Q2_K)
+    launch<GgmlType::Q2_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+  else
+    return false;
+  return true;
+}
+
+}  // namespace flashstar::cuda::fast
