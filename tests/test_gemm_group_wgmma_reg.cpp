@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <map>
 #include <random>
+#include <set>
+#include <vector>
 #include <type_traits>
 
 #include "common/half.h"
@@ -52,13 +54,14 @@ void random_row(std::mt19937& rng, uint32_t* rw, int n) {
 
 // One row's k-tile j: every pair q's fragment values against v2's Tile32, and the row factors.
 template <GgmlType T>
-void check_row(const uint32_t* rw, int a2, int j, const uint16_t* tab, const uint32_t* sel, const char* what) {
+void check_row(const uint32_t* rw, int a2, int j, const unsigned char* tab, const uint32_t* sel, const char* what,
+               int g = 5) {
   g2::Tile32 o;
   g2::Decode<T>::run(rw, a2, j, sel, o);
   for (int q = 0; q < 4; ++q) {
     uint32_t h[4];
     float sc, n0, n1;
-    gr::FragDecode<T>::run(rw, a2, j, q, tab, h, sc, n0, n1);
+    gr::FragDecode<T>::run(rw, a2, j, 4 * g + q, tab, h, sc, n0, n1);
     for (int m = 0; m < 4; ++m)
       ASSERT_EQ(h[m], o.h[4 * m + q]) << what << ": j " << j << " q " << q << " m " << m << " a2 " << a2;
     ASSERT_EQ(f32_to_bits(sc), f32_to_bits(o.scale)) << what;
@@ -69,12 +72,20 @@ void check_row(const uint32_t* rw, int a2, int j, const uint16_t* tab, const uin
   }
 }
 
+// The global pair table, its replication as the kernel's fill leaves it in shared memory, and v2's
+// selector table.
 struct Tables {
-  uint16_t tab[1024];
+  uint16_t t16[1024];
+  std::vector<unsigned char> tab = std::vector<unsigned char>(gr::kTabBytes, 0xEE);
   uint32_t sel[256];
   Tables() {
-    EXPECT_TRUE(gr::iq2_pair_table(tab));
+    EXPECT_TRUE(gr::iq2_pair_table(t16));
     EXPECT_TRUE(g2::iq2_sel_table(sel));
+    for (int i = 0; i < gr::kTabFillTasks; ++i)
+      for (int b = 0; b < 16; ++b) {  // 16 bytes: entry i / 4's 8 bytes, twice
+        const uint16_t v = t16[4 * (i >> 2) + ((b & 7) >> 1)];
+        tab[gr::iq2_fill_off(i) + b] = static_cast<unsigned char>(b & 1 ? v >> 8 : v & 255);
+      }
   }
 };
 
@@ -119,6 +130,23 @@ TEST(GemmGroupWgmmaReg, FragmentsAreThePtxLayout) {
   for (const auto& kv : seen) ASSERT_EQ(kv.second, 1);
 }
 
+TEST(GemmGroupWgmmaReg, PairTableCopiesAreConflictFree) {
+  // Every row group's copy of every entry where the lookups read it (256 idx + 8 g + 2 q, the PRMT
+  // offset), and the 8 groups of a warp on 8 different bank pairs whatever entries they read.
+  Tables t;
+  for (int idx = 0; idx < 256; ++idx)
+    for (int lane = 0; lane < 32; ++lane) {
+      const uint32_t qs = static_cast<uint32_t>(idx) << 16;  // grid index in byte 2
+      const uint32_t off = gr::iq2_tab_off(qs, 2, gr::iq2_lane_off(lane));
+      ASSERT_EQ(off, 256u * idx + 8u * (lane >> 2) + 2u * (lane & 3));
+      ASSERT_EQ(t.tab[off] | (t.tab[off + 1] << 8), t.t16[4 * idx + (lane & 3)]);
+      ASSERT_EQ((off / 4) % 32, uint32_t(2 * (lane >> 2) + ((lane & 3) >> 1))) << "bank";
+    }
+  std::set<uint32_t> filled;
+  for (int i = 0; i < gr::kTabFillTasks; ++i) ASSERT_TRUE(filled.insert(gr::iq2_fill_off(i)).second);
+  ASSERT_LE(gr::iq2_fill_off(gr::kTabFillTasks - 1) + 16, uint32_t(gr::kTabBytes));
+}
+
 TEST(GemmGroupWgmmaReg, DecodersAreV2sTileOnRandomBlocks) {
   Tables t;
   std::mt19937 rng(11);
@@ -126,9 +154,9 @@ TEST(GemmGroupWgmmaReg, DecodersAreV2sTileOnRandomBlocks) {
     uint32_t rw[32];
     random_row(rng, rw, 32);
     for (int j = 0; j < 8; ++j) {
-      check_row<GgmlType::IQ2_XXS>(rw, 0, j, t.tab, t.sel, "IQ2_XXS a2 0");
-      check_row<GgmlType::IQ2_XXS>(rw, 2, j, t.tab, t.sel, "IQ2_XXS a2 2");
-      check_row<GgmlType::Q2_K>(rw, 0, j, t.tab, t.sel, "Q2_K");
+      check_row<GgmlType::IQ2_XXS>(rw, 0, j, t.tab.data(), t.sel, "IQ2_XXS a2 0", trial & 7);
+      check_row<GgmlType::IQ2_XXS>(rw, 2, j, t.tab.data(), t.sel, "IQ2_XXS a2 2", (trial + 3) & 7);
+      check_row<GgmlType::Q2_K>(rw, 0, j, t.tab.data(), t.sel, "Q2_K");
       if (HasFatalFailure()) return;
     }
   }
@@ -154,7 +182,7 @@ TEST(GemmGroupWgmmaReg, Iq2EveryEntrySignAndSlot) {
       uint32_t rw[20];
       for (int w = 0; w < 20; ++w)
         rw[w] = bytes[4 * w] | (bytes[4 * w + 1] << 8) | (bytes[4 * w + 2] << 16) | (uint32_t(bytes[4 * w + 3]) << 24);
-      check_row<GgmlType::IQ2_XXS>(rw, a2, j, t.tab, t.sel, "IQ2_XXS entry x signs");
+      check_row<GgmlType::IQ2_XXS>(rw, a2, j, t.tab.data(), t.sel, "IQ2_XXS entry x signs", s & 7);
       if (HasFatalFailure()) return;
     }
 }
@@ -169,7 +197,7 @@ TEST(GemmGroupWgmmaReg, Q2kEveryScaleByte) {
       uint8_t* sc = reinterpret_cast<uint8_t*>(rw);  // little-endian words: byte pos of the block
       sc[pos] = static_cast<uint8_t>(v);
       sc[pos ^ 1] = static_cast<uint8_t>(255 - v);
-      for (int j = 0; j < 8; ++j) check_row<GgmlType::Q2_K>(rw, 0, j, t.tab, t.sel, "Q2_K scale byte");
+      for (int j = 0; j < 8; ++j) check_row<GgmlType::Q2_K>(rw, 0, j, t.tab.data(), t.sel, "Q2_K scale byte");
       if (HasFatalFailure()) return;
     }
 }
@@ -223,15 +251,32 @@ TEST(GemmGroupWgmmaReg, CopiesDescriptorsAndSumsMeetOnTheStages) {
               ASSERT_EQ(owner.at(a), want);
             }
   }
-  // Sum tasks: one a thread, every (item, half) once; promotion indexes.
+  // Sum tasks: one a thread, every (item, half) once; each sum in its own slot, and the promotion's
+  // 16-byte load for the even item j of element group g holds (j, half 0), (j + 1, half 0), (j, 1), (j + 1, 1)
+  // (promote(): c & 1 picks the item, .x/.y half 0, .z/.w half 1).
   std::map<std::pair<int, int>, int> tasks;
   for (int tid = 0; tid < gr::kThreads; ++tid) ++tasks[{gr::sum_item(tid), gr::sum_half(tid)}];
   ASSERT_EQ(tasks.size(), size_t(2 * gr::kBN));
+  std::set<int> slots;
   for (int i = 0; i < gr::kTilesPerIter; ++i)
     for (int half = 0; half < 2; ++half)
       for (int item = 0; item < gr::kBN; ++item) {
-        ASSERT_EQ(gr::sum_index(i, half, item), gr::sum_index(i, 0, 0) + half * gr::kBN + item);
-        ASSERT_LT(gr::sum_index(i, half, item) * 4, gr::Smem<GgmlType::Q2_K>::kSums);
+        const int x = gr::sum_index(i, half, item);
+        ASSERT_TRUE(slots.insert(x).second);
+        ASSERT_LT(x * 4, gr::Smem<GgmlType::Q2_K>::kSums);
+      }
+  for (int i = 0; i < gr::kTilesPerIter; ++i)
+    for (int lane = 0; lane < 32; ++lane)
+      for (int g = 0; g < 16; ++g) {
+        const int j = wg::d_col(lane, 4 * g);
+        ASSERT_EQ(j % 2, 0);
+        ASSERT_EQ(j + 1, wg::d_col(lane, 4 * g + 1));
+        const int p = gr::sum_pair(i, j);
+        ASSERT_EQ(p % 4, 0) << "16-byte aligned";
+        ASSERT_EQ(gr::sum_index(i, 0, j), p + 0);
+        ASSERT_EQ(gr::sum_index(i, 0, j + 1), p + 1);
+        ASSERT_EQ(gr::sum_index(i, 1, j), p + 2);
+        ASSERT_EQ(gr::sum_index(i, 1, j + 1), p + 3);
       }
 }
 

@@ -32,7 +32,7 @@ namespace dq = wgmma_q8;
 using G = g2::GroupGeo;
 constexpr int kBM = gr::kBM, kBN = gr::kBN;
 
-__device__ uint16_t g_wgr_tab[1024];  // the IQ2_XXS pair table (gr::iq2_pair_table)
+__device__ __align__(16) uint16_t g_wgr_tab[1024];  // the IQ2_XXS pair table (gr::iq2_pair_table)
 
 #if FS_WGMMA
 // One k-tile's A fragments and the row factors of the thread's two rows (rr = 0: R, 1: R + 8).
@@ -43,12 +43,13 @@ struct Frag {
 
 // k-tile j of the unit whose row-R words are at rw (row R + 8 is 8 rows further).
 template <GgmlType T>
-__device__ __forceinline__ void decode(const uint32_t* rw, int a2, int j, int q, const uint16_t* tab, Frag& f) {
+__device__ __forceinline__ void decode(const uint32_t* rw, int a2, int j, int lane, const unsigned char* tab,
+                                       Frag& f) {
   constexpr int kStride = g2::FmtOf<T, G>::kStride;
 #pragma unroll
   for (int rr = 0; rr < 2; ++rr) {
     uint32_t h[4];
-    gr::FragDecode<T>::run(rw + rr * 8 * kStride, a2, j, q, tab, h, f.sc[rr], f.n0[rr], f.n1[rr]);
+    gr::FragDecode<T>::run(rw + rr * 8 * kStride, a2, j, lane, tab, h, f.sc[rr], f.n0[rr], f.n1[rr]);
 #pragma unroll
     for (int m = 0; m < 4; ++m) {
       int s, r;
@@ -75,24 +76,20 @@ __device__ __forceinline__ void mma_ktile(float (&part)[M], const Frag& f, uint3
 }
 
 // The k-tile's partial into the running sums: element i is row R + 8 acc_rr(i), item d_col(lane, i);
-// sums: this k-tile's [half][item] (formats with minima).
+// sums: the token sums of the iteration, k-tile it (formats with minima; gr::sum_index).
 template <int N, int kMins, int M>
-__device__ __forceinline__ void promote(float (&acc)[M], float (&part)[M], const Frag& f, const float* sums,
+__device__ __forceinline__ void promote(float (&acc)[M], float (&part)[M], const Frag& f, const float* sums, int it,
                                         int lane) {
   wgmma::pin(part);
 #pragma unroll
   for (int g = 0; g < N / 8; ++g) {
-    float2 s0 = make_float2(0.f, 0.f), s1 = s0;
-    if constexpr (kMins > 0) {
-      const int j = wgmma::d_col(lane, 4 * g);
-      s0 = *reinterpret_cast<const float2*>(sums + j);
-      s1 = *reinterpret_cast<const float2*>(sums + kBN + j);
-    }
+    float4 sv = make_float4(0.f, 0.f, 0.f, 0.f);  // half 0 of items j, j + 1; half 1 of both
+    if constexpr (kMins > 0) sv = *reinterpret_cast<const float4*>(sums + gr::sum_pair(it, wgmma::d_col(lane, 4 * g)));
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       const int i = 4 * g + c, rr = gr::acc_rr(i);
-      acc[i] = gemm_int::promote<kMins>(acc[i], part[i], f.sc[rr], f.n0[rr], f.n1[rr], c & 1 ? s0.y : s0.x,
-                                        c & 1 ? s1.y : s1.x);
+      acc[i] = gemm_int::promote<kMins>(acc[i], part[i], f.sc[rr], f.n0[rr], f.n1[rr], c & 1 ? sv.y : sv.x,
+                                        c & 1 ? sv.w : sv.z);
     }
   }
 }
@@ -134,7 +131,10 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
   const uint32_t xs = sbase;
   uint32_t* Raw = reinterpret_cast<uint32_t*>(smem + S::off_raw);  // [2][kRawBuf]
   float* Sums = reinterpret_cast<float*>(smem + S::off_sums);      // [4 k-tiles][half][kBN]
-  uint16_t* Tab = reinterpret_cast<uint16_t*>(smem + S::off_tab);  // [256][4]
+  // IQ2_XXS's replicated pair table (gr::kTabBytes), static: each lookup's address is a PRMT result plus
+  // the table's address as the instruction's immediate.
+  constexpr bool kTab = T == GgmlType::IQ2_XXS;
+  __shared__ __align__(16) unsigned char tab[kTab ? gr::kTabBytes : 16];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
   const int e = tile >> 16;
@@ -145,19 +145,27 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
   const uint8_t* __restrict__ Wm = W + static_cast<size_t>(e) * static_cast<size_t>(rows_per_mat) * row_bytes;
   const int nc = K / gr::kChunkCols;
 
-  if constexpr (T == GgmlType::IQ2_XXS)
-    for (int i = tid; i < 512; i += gr::kThreads)
-      reinterpret_cast<uint32_t*>(Tab)[i] = reinterpret_cast<const uint32_t*>(g_wgr_tab)[i];
+  if constexpr (kTab) {
+#pragma unroll
+    for (int k = 0; k < gr::kTabFillTasks / gr::kThreads; ++k) {
+      const int i = tid + gr::kThreads * k;
+      const uint2 w = reinterpret_cast<const uint2*>(g_wgr_tab)[i >> 2];
+      *reinterpret_cast<uint4*>(tab + gr::iq2_fill_off(i)) = make_uint4(w.x, w.y, w.x, w.y);
+    }
+  }
 
-  // The activation rows of this thread's copy tasks (dq::x_task: items tid / 8 + 32 v, v = 0..3); -1 past
-  // the count (zero-filled).
-  int xrow[4];
+  // The activation rows of this thread's copy tasks (dq::x_task: items tid / 8 + 32 v, v = 0..3) as byte
+  // offsets from Xb (32 bits: kMaxXElems); past the count, row 0's with a zero copy size (zero-filled).
+  uint32_t xoff[4], xsz[4];
 #pragma unroll
   for (int v = 0; v < 4; ++v) {
     const int tok = (tid >> 3) + 32 * v;
-    xrow[v] = tok >= count ? -1 : gather ? items[first + tok] / src_div : static_cast<int>(first + tok);
+    const int64_t r = tok >= count ? 0 : gather ? items[first + tok] / src_div : first + tok;
+    xoff[v] = static_cast<uint32_t>(r * k8 * 2), xsz[v] = tok >= count ? 0u : 16u;
   }
-  const uint16_t* __restrict__ xt = Xb + (tid & 7) * 8;
+  const unsigned char* __restrict__ xt =
+      g2::opaque(reinterpret_cast<const uint8_t*>(Xb)) + (tid & 7) * 16;  // the thread's 16-byte column chunk
+  const uint32_t lo_bytes = static_cast<uint32_t>(lo_off * 2);
   const uint32_t xd = xs + dq::b_off(tid >> 3, tid & 7);
   const uint8_t* __restrict__ Wb = g2::opaque(Wm + static_cast<size_t>(m0) * row_bytes);
   const int rows_left = n_rows - m0 < kBM ? static_cast<int>(n_rows - m0) : kBM;
@@ -173,11 +181,10 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
           int term, tok, ch;
           dq::x_task(tid, v, term, tok, ch);
           if (tok >= n_used) continue;
-          const int r = xrow[v & 3];
           // b_off(tok, ch) = b_off(tid / 8, ch) + 128 * 32 (v % 4): the swizzle depends on tok % 8 only.
           mma::cp_async16(xd + st + static_cast<uint32_t>(term * gr::kTermBytes + (tok - (tid >> 3)) * 128),
-                          xt + term * lo_off + static_cast<int64_t>(r < 0 ? 0 : r) * k8 + (c + h) * gr::kChunkCols,
-                          r < 0 ? 0u : 16u);
+                          xt + (xoff[v & 3] + (term ? lo_bytes : 0u) + static_cast<uint32_t>((c + h) * gr::kChunkCols * 2)),
+                          xsz[v & 3]);
         }
       }
       if (c % gr::kChunksPerUnit == 0) {
@@ -198,12 +205,11 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
   };
 
   // The fragment rows: R = 64 wg + a_row(warp % 4, lane, 0) and R + 8; pair q = lane % 4.
-  const int q = lane & 3;
   const int r0 = 64 * wg + dq::a_row(warp & 3, lane, 0);
   auto frag = [&](int t, Frag& f) {
     const int u = t / G::kTilesPerUnit;
     decode<T>(Raw + (u & 1) * S::kRawBuf + r0 * F::kStride, g2::unit_a2<T, G::kUnitCols>(u), t % G::kTilesPerUnit,
-              q, Tab, f);
+              lane, tab, f);
   };
   auto b_addr = [&](int t) {  // the hi tile of k-tile t's chunk, at the k-tile's 64-byte column offset
     return xs + static_cast<uint32_t>(gr::stage_of(t >> 1)) * gr::kStageBytes + static_cast<uint32_t>(64 * (t & 1));
@@ -248,7 +254,6 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
       frag(t, f0);
       mma_ktile<N>(p0, f0, b_addr(t));
       load(c + gr::kChunksPerIter);
-      const float* sm = Sums;
       if constexpr (kMins > 0) {
         // The iteration's token sums, then a barrier before any promotion reads them (the previous
         // iteration's promotions finished before this iteration's first barrier).
@@ -258,17 +263,17 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
       frag(t + 1, f1);
       mma_ktile<N>(p1, f1, b_addr(t + 1));
       wgmma::wait<1>();
-      promote<N, kMins>(acc, p0, f0, sm + gr::sum_index(0, 0, 0), lane);
+      promote<N, kMins>(acc, p0, f0, Sums, 0, lane);
       frag(t + 2, f0);
       mma_ktile<N>(p0, f0, b_addr(t + 2));
       wgmma::wait<1>();
-      promote<N, kMins>(acc, p1, f1, sm + gr::sum_index(1, 0, 0), lane);
+      promote<N, kMins>(acc, p1, f1, Sums, 1, lane);
       frag(t + 3, f1);
       mma_ktile<N>(p1, f1, b_addr(t + 3));
       wgmma::wait<1>();
-      promote<N, kMins>(acc, p0, f0, sm + gr::sum_index(2, 0, 0), lane);
+      promote<N, kMins>(acc, p0, f0, Sums, 2, lane);
       wgmma::wait<0>();
-      promote<N, kMins>(acc, p1, f1, sm + gr::sum_index(3, 0, 0), lane);
+      promote<N, kMins>(acc, p1, f1, Sums, 3, lane);
     }
 
     // Element i: row 64 wg + d_row(warp % 4, lane, i), item d_col(lane, i); every (row < n_rows,
@@ -299,7 +304,7 @@ template <GgmlType T>
 void launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
             bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
   constexpr int sm = gr::Smem<T>::bytes + 1024;  // + the slack to align the base to 1024 bytes
-  static_assert(sm + 1024 <= 227 * 1024, "one block an SM fits");
+  static_assert(sm + (T == GgmlType::IQ2_XXS ? gr::kTabBytes : 16) + 1024 <= 227 * 1024, "one block an SM fits");
   static const bool attr = [] {
     FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
     FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -328,7 +333,7 @@ bool group_wgmma_reg_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& 
                             int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
                             cudaStream_t s) {
   // Whole iterations of 4 k-tiles (implied by the 256-column units); token rows and item rows as int.
-  if (W.cols % (gr::kTilesPerIter * 32) != 0 || x_rows > INT32_MAX) return false;
+  if (W.cols % (gr::kTilesPerIter * 32) != 0 || x_rows > INT32_MAX || x_rows * k8 >= gr::kMaxXElems) return false;
   if (W.type == GgmlType::IQ2_XXS)
     launch<GgmlType::IQ2_XXS>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   else if (W.type == GgmlType::Q2_K)

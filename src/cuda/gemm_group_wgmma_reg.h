@@ -39,18 +39,22 @@ static_assert(kChunksPerUnit % kChunksPerIter == 0, "a raw unit starts an iterat
 // Shared memory (from a 1024-byte aligned base): the activation ring [stage][hi, lo][128 items x 64
 // columns] (the dense kernel's), raw units [2][128 rows x kStride + 4 words] (v2's layout: rows at the odd
 // word stride, so the 8 rows of a warp's fragment reads hit 8 different banks), the token sums
-// [4 k-tiles][2 halves][128 items] (formats with minima), the IQ2_XXS pair table [256][4] u16.
+// [4 k-tiles][2 halves][128 items] (formats with minima). The IQ2_XXS pair table (kTabBytes, below) is
+// static shared memory: its address is then an instruction immediate.
 template <GgmlType T>
 struct Smem {
   using F = gemm_v2::FmtOf<T, G>;
   static constexpr int kRawBuf = kBM * F::kStride + 4;  // words; 4 spare: iq2_sub reads a word past the row
   static constexpr int kRawBytes = (kRawBuf * 4 + 15) / 16 * 16;
   static constexpr int kSums = F::kMins > 0 ? kTilesPerIter * 2 * kBN * 4 : 0;
-  static constexpr int kTab = T == GgmlType::IQ2_XXS ? 256 * 4 * 2 : 0;
   static constexpr int off_raw = kStages * static_cast<int>(kStageBytes), off_sums = off_raw + 2 * kRawBytes,
-                       off_tab = off_sums + kSums, bytes = off_tab + kTab;
+                       bytes = off_sums + kSums;
   static_assert(F::kStride == F::kWords, "raw copy slot = task index");
 };
+
+// Activation copies address a thread's item rows by 32-bit byte offsets from Xb (the lo term lo_off
+// further): the kernel takes calls whose 2 x_rows k8 FP16 values span less than 4 GiB.
+constexpr int64_t kMaxXElems = int64_t{1} << 30;
 
 // The raw copy of unit u: task q (0 .. 128 kWords - 1) = word q % kWords of row q / kWords, at word slot q.
 template <GgmlType T>
@@ -102,6 +106,23 @@ constexpr uint32_t kIq2Src0 = 0x40514E48u;  // bytes 0..3: hi(8), hi(25), hi(43)
 constexpr uint32_t kIq2Src1 = 0x60D1CEC8u;  // bytes 4..7: -hi(8), -hi(25), -hi(43), lo(43)
 constexpr uint32_t kIq2LoNib[3] = {0x8u, 0x3u, 0x7u}, kIq2HiNib[3] = {0x0u, 0x1u, 0x2u};
 
+// The table in shared memory: entry idx's 4 selectors (8 bytes, pair q at 2 q) at byte 256 idx + 8 g, one
+// copy for each row group g = lane / 4 of a warp, so that the 8 rows of a warp's lookup (random entries)
+// read 8 different bank pairs (256 idx is a multiple of the 128-byte bank row). The entry stride of 256
+// makes a lookup's offset one PRMT: byte m of the grid indices qs into byte 1, the lane's 8 g + 2 q in
+// byte 0 (iq2_tab_off). 64 bytes of each 256 are used.
+constexpr int kTabEntryBytes = 256, kTabBytes = 256 * kTabEntryBytes, kTabGroups = 8;
+GI_HD uint32_t iq2_lane_off(int lane) { return static_cast<uint32_t>(8 * (lane >> 2) + 2 * (lane & 3)); }
+GI_HD uint32_t iq2_tab_off(uint32_t qs, int m, uint32_t lane_off) {
+  return gemm_int::prmt(qs, lane_off, 0x7604u | (static_cast<uint32_t>(m) << 4));
+}
+
+// The kernel's fill of that table from the global copy (iq2_pair_table): task i (0 .. 1023) stores 16
+// bytes at iq2_fill_off(i), entry i / 4's 8 bytes twice (the copies of groups 2 (i % 4) and + 1).
+constexpr int kTabFillTasks = 256 * kTabGroups / 2;
+GI_HD uint32_t iq2_fill_off(int i) { return static_cast<uint32_t>(kTabEntryBytes * (i >> 2) + 16 * (i & 3)); }
+
+// out[4 idx + q]: the selector of grid entry idx, pair q (the global copy; the kernel replicates it).
 inline bool iq2_pair_table(uint16_t (&out)[1024]) {
   for (int e = 0; e < 256; ++e) {
     int code[8];
@@ -141,10 +162,14 @@ GI_HD void iq2_sign_words(uint32_t sg, int q, uint32_t (&z)[2]) {
 template <GgmlType T>
 struct FragDecode;
 
+// tab: IQ2_XXS's replicated pair table (kTabBytes; ignored by Q2_K); lane: the thread's lane (pair q =
+// lane % 4, table copy lane / 4).
 template <>
 struct FragDecode<GgmlType::IQ2_XXS> {
-  static GI_HD void run(const uint32_t* rw, int a2, int j, int q, const uint16_t* tab, uint32_t (&h)[4],
+  static GI_HD void run(const uint32_t* rw, int a2, int j, int lane, const unsigned char* tab, uint32_t (&h)[4],
                         float& scale, float& n0, float& n1) {
+    const int q = lane & 3;
+    const uint32_t lane_off = iq2_lane_off(lane);
     uint32_t qs, sg;
     float d;
     gemm_v2::iq2_sub(rw, a2, j, qs, sg, d);
@@ -154,7 +179,7 @@ struct FragDecode<GgmlType::IQ2_XXS> {
     iq2_sign_words(sg, q, z);
     GI_UNROLL
     for (int m = 0; m < 4; ++m) {
-      const uint32_t t = tab[4 * ((qs >> (8 * m)) & 255u) + static_cast<uint32_t>(q)];
+      const uint32_t t = *reinterpret_cast<const uint16_t*>(tab + iq2_tab_off(qs, m, lane_off));
       // Only the selector's low 16 bits count: entry 2k + 1's signs are z[k]'s high half.
       h[m] = prmt_sx(kIq2Src0, kIq2Src1, t | (m & 1 ? z[m >> 1] >> 16 : z[m >> 1]));
     }
@@ -166,9 +191,9 @@ struct FragDecode<GgmlType::Q2_K> {
   // Block: scales [16] at 0, qs [64] at 16, d at 80, dmin at 82 (gemm_v2::Decode<Q2_K>). Columns 128 hh +
   // 32 step + l take bits 2 step of qs[32 hh + l]; here l = 8 m + 2 q + {0, 1}: word 4 + 8 hh + 2 m + q / 2,
   // bytes 2 (q % 2) + {0, 1}; times the 4-bit scale of 16-column half m / 2 (no carry: <= 45).
-  static GI_HD void run(const uint32_t* rw, int, int j, int q, const uint16_t*, uint32_t (&h)[4], float& scale,
-                        float& n0, float& n1) {
-    const int hh = j >> 2, step = j & 3;
+  static GI_HD void run(const uint32_t* rw, int, int j, int lane, const unsigned char*, uint32_t (&h)[4],
+                        float& scale, float& n0, float& n1) {
+    const int q = lane & 3, hh = j >> 2, step = j & 3;
     const uint32_t scw = rw[2 * hh + (step >> 1)] >> (16 * (step & 1));
     const uint32_t sc0 = scw & 255u, sc1 = (scw >> 8) & 255u;
     const uint32_t dd = rw[20];
@@ -191,7 +216,9 @@ struct FragDecode<GgmlType::Q2_K> {
 WG_HD int sum_item(int tid) { return tid >> 1; }
 WG_HD int sum_half(int tid) { return tid & 1; }
 WG_HD int sum_chunk(int t, int half, int k) { return 4 * (t & 1) + 2 * half + k; }
-// Where the promotion reads them: sums [k-tile of the iteration][half][item].
-WG_HD int sum_index(int i, int half, int item) { return (2 * i + half) * kBN + item; }
+// Where they go: sums [k-tile of the iteration][item pair][half][item % 2], so that the promotion's two
+// items (an even one and the next, wgmma::d_col) take their 4 sums in one 16-byte load at sum_pair(i, j).
+WG_HD int sum_index(int i, int half, int item) { return (i * (kBN / 2) + (item >> 1)) * 4 + 2 * half + (item & 1); }
+WG_HD int sum_pair(int i, int even_item) { return sum_index(i, 0, even_item); }
 
 }  // namespace flashstar::cuda::wgmma_reg
