@@ -10,6 +10,7 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <random>
 #include <set>
@@ -17,6 +18,7 @@
 #include <type_traits>
 
 #include "common/half.h"
+#include "quant/quant.h"
 #include "cuda/gemm_group_wgmma_reg.h"
 
 using namespace flashstar;
@@ -65,6 +67,14 @@ void check_row(const uint32_t* rw, int a2, int j, const unsigned char* tab, cons
     for (int m = 0; m < 4; ++m)
       ASSERT_EQ(h[m], o.h[4 * m + q]) << what << ": j " << j << " q " << q << " m " << m << " a2 " << a2;
     ASSERT_EQ(f32_to_bits(sc), f32_to_bits(o.scale)) << what;
+    if constexpr (T == GgmlType::IQ2_XXS) {  // the kernel's path: the record, then the lane's decode
+      gr::Iq2Rec rec;
+      gr::iq2_record(rw, a2, j, rec);
+      uint32_t hr[4];
+      gr::iq2_rec_frag(rec, 4 * g + q, tab, hr);
+      for (int m = 0; m < 4; ++m) ASSERT_EQ(hr[m], o.h[4 * m + q]) << what << " (record): j " << j << " q " << q << " m " << m;
+      ASSERT_EQ(f32_to_bits(rec.scale), f32_to_bits(o.scale)) << what << " (record)";
+    }
     if (g2::FmtOf<T, gr::G>::kMins > 0) {  // (IQ2_XXS: promote<0> reads no minima)
       ASSERT_EQ(f32_to_bits(n0), f32_to_bits(-o.min0)) << what;
       ASSERT_EQ(f32_to_bits(n1), f32_to_bits(-o.min1)) << what;
@@ -75,17 +85,14 @@ void check_row(const uint32_t* rw, int a2, int j, const unsigned char* tab, cons
 // The global pair table, its replication as the kernel's fill leaves it in shared memory, and v2's
 // selector table.
 struct Tables {
-  uint16_t t16[1024];
+  uint32_t t32[1024];
   std::vector<unsigned char> tab = std::vector<unsigned char>(gr::kTabBytes, 0xEE);
   uint32_t sel[256];
   Tables() {
-    EXPECT_TRUE(gr::iq2_pair_table(t16));
+    EXPECT_TRUE(gr::iq2_pair_table(t32));
     EXPECT_TRUE(g2::iq2_sel_table(sel));
-    for (int i = 0; i < gr::kTabFillTasks; ++i)
-      for (int b = 0; b < 16; ++b) {  // 16 bytes: entry i / 4's 8 bytes, twice
-        const uint16_t v = t16[4 * (i >> 2) + ((b & 7) >> 1)];
-        tab[gr::iq2_fill_off(i) + b] = static_cast<unsigned char>(b & 1 ? v >> 8 : v & 255);
-      }
+    for (int i = 0; i < gr::kTabFillTasks; ++i)  // the kernel's fill: entry i / 8's 16 bytes
+      std::memcpy(&tab[gr::iq2_fill_off(i)], &t32[4 * (i >> 3)], 16);
   }
 };
 
@@ -131,20 +138,59 @@ TEST(GemmGroupWgmmaReg, FragmentsAreThePtxLayout) {
 }
 
 TEST(GemmGroupWgmmaReg, PairTableCopiesAreConflictFree) {
-  // Every row group's copy of every entry where the lookups read it (256 idx + 8 g + 2 q, the PRMT
-  // offset), and the 8 groups of a warp on 8 different bank pairs whatever entries they read.
+  // Every row group's copy of every entry where the lookups read it (256 idx + 16 g + 4 q, the PRMT
+  // offset), and a warp's 32 lanes on 32 different banks whatever entries they read.
   Tables t;
   for (int idx = 0; idx < 256; ++idx)
     for (int lane = 0; lane < 32; ++lane) {
       const uint32_t qs = static_cast<uint32_t>(idx) << 16;  // grid index in byte 2
       const uint32_t off = gr::iq2_tab_off(qs, 2, gr::iq2_lane_off(lane));
-      ASSERT_EQ(off, 256u * idx + 8u * (lane >> 2) + 2u * (lane & 3));
-      ASSERT_EQ(t.tab[off] | (t.tab[off + 1] << 8), t.t16[4 * idx + (lane & 3)]);
-      ASSERT_EQ((off / 4) % 32, uint32_t(2 * (lane >> 2) + ((lane & 3) >> 1))) << "bank";
+      ASSERT_EQ(off, 256u * idx + 16u * (lane >> 2) + 4u * (lane & 3));
+      uint32_t v;
+      std::memcpy(&v, &t.tab[off], 4);
+      ASSERT_EQ(v, t.t32[4 * idx + (lane & 3)]);
+      ASSERT_EQ((off / 4) % 32, uint32_t(lane)) << "bank";
+      ASSERT_LT(off % gr::kTabEntryBytes, 128u) << "clear of the records";
     }
   std::set<uint32_t> filled;
-  for (int i = 0; i < gr::kTabFillTasks; ++i) ASSERT_TRUE(filled.insert(gr::iq2_fill_off(i)).second);
-  ASSERT_LE(gr::iq2_fill_off(gr::kTabFillTasks - 1) + 16, uint32_t(gr::kTabBytes));
+  for (int i = 0; i < gr::kTabFillTasks; ++i) {
+    ASSERT_TRUE(filled.insert(gr::iq2_fill_off(i)).second);
+    ASSERT_LT(gr::iq2_fill_off(i) % gr::kTabEntryBytes, 128u);
+  }
+}
+
+TEST(GemmGroupWgmmaReg, Iq2RecordsSignsAndPlaces) {
+  // The 8 signs of every 7-bit field, in each of the 4 entries, are the format's (kIq2xsSigns).
+  for (uint32_t f = 0; f < 128; ++f)
+    for (int e = 0; e < 4; ++e) {
+      const uint32_t sg = (f << (7 * e)) | (0x5A3C96E1u & ~(127u << (7 * e)) & 0x0FFFFFFFu);
+      ASSERT_EQ((gr::iq2_s8x4(sg) >> (8 * e)) & 255u, uint32_t(quant::kIq2xsSigns[f])) << "f " << f << " e " << e;
+      ASSERT_EQ((gr::iq2_s8x4(sg) >> (8 * e)) & 255u, g2::iq2_signs(f));
+    }
+  // Records: every (row, buffer, sub-block) in its own 16 bytes, clear of the table's first 64 bytes of
+  // each 256-byte slot and inside the array; a warp's 8 rows (R = 16 w + g, + 8) on 8 bank groups.
+  std::set<uint32_t> used;
+  for (int row = 0; row < gr::kBM; ++row)
+    for (int buf = 0; buf < 2; ++buf)
+      for (int j = 0; j < 8; ++j) {
+        const uint32_t off = gr::iq2_rec_off(row, buf, j);
+        ASSERT_EQ(off % 16, 0u);
+        ASSERT_GE(off % gr::kTabEntryBytes, 128u);
+        ASSERT_LE(off + 16, uint32_t(gr::kTabBytes));
+        ASSERT_TRUE(used.insert(off).second);
+      }
+  for (int base = 0; base < gr::kBM; base += 8)
+    for (int buf = 0; buf < 2; ++buf)
+      for (int j = 0; j < 8; ++j) {
+        std::set<uint32_t> groups;
+        for (int g = 0; g < 8; ++g) groups.insert((gr::iq2_rec_off(base + g, buf, j) % 128) / 16);
+        ASSERT_EQ(groups.size(), 8u);
+      }
+  // The pre-pass tasks: every (row, sub-block) of a unit once.
+  std::set<std::pair<int, int>> tasks;
+  for (int tid = 0; tid < gr::kThreads; ++tid)
+    for (int k = 0; k < gr::kRecPerThread; ++k) ASSERT_TRUE(tasks.insert({gr::rec_row(tid), gr::rec_j(tid, k)}).second);
+  ASSERT_EQ(tasks.size(), size_t(gr::kBM * 8));
 }
 
 TEST(GemmGroupWgmmaReg, DecodersAreV2sTileOnRandomBlocks) {

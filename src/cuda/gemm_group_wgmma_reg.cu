@@ -32,7 +32,7 @@ namespace dq = wgmma_q8;
 using G = g2::GroupGeo;
 constexpr int kBM = gr::kBM, kBN = gr::kBN;
 
-__device__ __align__(16) uint16_t g_wgr_tab[1024];  // the IQ2_XXS pair table (gr::iq2_pair_table)
+__device__ __align__(16) uint32_t g_wgr_tab[1024];  // the IQ2_XXS pair table (gr::iq2_pair_table)
 
 #if FS_WGMMA
 // One k-tile's A fragments and the row factors of the thread's two rows (rr = 0: R, 1: R + 8).
@@ -131,8 +131,8 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
   const uint32_t xs = sbase;
   uint32_t* Raw = reinterpret_cast<uint32_t*>(smem + S::off_raw);  // [2][kRawBuf]
   float* Sums = reinterpret_cast<float*>(smem + S::off_sums);      // [4 k-tiles][half][kBN]
-  // IQ2_XXS's replicated pair table (gr::kTabBytes), static: each lookup's address is a PRMT result plus
-  // the table's address as the instruction's immediate.
+  // IQ2_XXS's replicated pair table and the sub-block records (gr::kTabBytes), static: each lookup's
+  // address is a PRMT result plus the array's address as the instruction's immediate.
   constexpr bool kTab = T == GgmlType::IQ2_XXS;
   __shared__ __align__(16) unsigned char tab[kTab ? gr::kTabBytes : 16];
 
@@ -149,8 +149,7 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
 #pragma unroll
     for (int k = 0; k < gr::kTabFillTasks / gr::kThreads; ++k) {
       const int i = tid + gr::kThreads * k;
-      const uint2 w = reinterpret_cast<const uint2*>(g_wgr_tab)[i >> 2];
-      *reinterpret_cast<uint4*>(tab + gr::iq2_fill_off(i)) = make_uint4(w.x, w.y, w.x, w.y);
+      *reinterpret_cast<uint4*>(tab + gr::iq2_fill_off(i)) = reinterpret_cast<const uint4*>(g_wgr_tab)[i >> 3];
     }
   }
 
@@ -169,8 +168,28 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
   const uint32_t xd = xs + dq::b_off(tid >> 3, tid & 7);
   const uint8_t* __restrict__ Wb = g2::opaque(Wm + static_cast<size_t>(m0) * row_bytes);
   const int rows_left = n_rows - m0 < kBM ? static_cast<int>(n_rows - m0) : kBM;
-  // One commit group per iteration: chunks c, c + 1 and, at a unit's first chunk, its raw words; empty
-  // past the end (keeps the wait counts).
+  // IQ2_XXS goes through sub-block records (gr::Iq2Rec): raw unit u is issued an iteration earlier than
+  // the dense kernel's schedule (with chunk 4u - 2's group, unit 0 with chunk 0's), turned into records by
+  // the pre-pass of iteration 4u - 2 (records buffer u % 2; the next iteration's barrier publishes them),
+  // and read by the fragment decode of iterations 4u and 4u + 2. Raw buffer u % 2 last held unit u - 2,
+  // whose pre-pass ran in iteration 4u - 10; records buffer u % 2 was last read in iteration 4u - 6.
+  // Q2_K decodes from the raw words directly (the dense kernel's schedule: unit u with chunk 4u's group).
+  constexpr bool kRec = T == GgmlType::IQ2_XXS;
+  const int n_units = nc / gr::kChunksPerUnit;
+  auto load_raw = [&](int u) {
+    const uint32_t base = mma::smem_addr(Raw + (u & 1) * S::kRawBuf);
+    const uint32_t ub = static_cast<uint32_t>(u * F::kBytes - g2::unit_a2<T, G::kUnitCols>(u));
+#pragma unroll
+    for (int v = 0; v < gr::kRawCopies<T>; ++v) {
+      const int q = tid + gr::kThreads * v;
+      if ((kBM * F::kWords) % gr::kThreads != 0 && q >= kBM * F::kWords) break;
+      const int row = q / F::kWords, word = q - row * F::kWords;
+      mma::cp_async4(base + 4u * static_cast<uint32_t>(q),
+                     Wb + g2::raw_src(row, word, rows_left, static_cast<uint32_t>(row_bytes), ub));
+    }
+  };
+  // One commit group per iteration: chunks c, c + 1 and the raw unit the schedule above gives; empty past
+  // the end (keeps the wait counts).
   auto load = [&](int c) {
     if (c < nc) {
 #pragma unroll
@@ -187,29 +206,50 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
                           xsz[v & 3]);
         }
       }
-      if (c % gr::kChunksPerUnit == 0) {
-        const int u = c / gr::kChunksPerUnit;
-        const uint32_t base = mma::smem_addr(Raw + (u & 1) * S::kRawBuf);
-        const uint32_t ub = static_cast<uint32_t>(u * F::kBytes - g2::unit_a2<T, G::kUnitCols>(u));
-#pragma unroll
-        for (int v = 0; v < gr::kRawCopies<T>; ++v) {
-          const int q = tid + gr::kThreads * v;
-          if ((kBM * F::kWords) % gr::kThreads != 0 && q >= kBM * F::kWords) break;
-          const int row = q / F::kWords, word = q - row * F::kWords;
-          mma::cp_async4(base + 4u * static_cast<uint32_t>(q),
-                         Wb + g2::raw_src(row, word, rows_left, static_cast<uint32_t>(row_bytes), ub));
-        }
+      if constexpr (kRec) {
+        if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
+          load_raw((c + 2) / gr::kChunksPerUnit);
+      } else {
+        if (c % gr::kChunksPerUnit == 0) load_raw(c / gr::kChunksPerUnit);
       }
     }
     mma::cp_async_commit();
+  };
+  // The pre-pass (records): thread tid's 4 sub-blocks of row rec_row(tid) of unit u.
+  auto prep = [&](int u) {
+    const int row = gr::rec_row(tid), a2 = g2::unit_a2<T, G::kUnitCols>(u);
+    const uint32_t* rw = Raw + (u & 1) * S::kRawBuf + row * F::kStride;
+#pragma unroll
+    for (int k = 0; k < gr::kRecPerThread; ++k) {
+      const int j = gr::rec_j(tid, k);
+      gr::Iq2Rec r;
+      gr::iq2_record(rw, a2, j, r);
+      *reinterpret_cast<uint4*>(tab + gr::iq2_rec_off(row, u & 1, j)) = make_uint4(r.qs, r.w01, r.w23, __float_as_uint(r.scale));
+    }
   };
 
   // The fragment rows: R = 64 wg + a_row(warp % 4, lane, 0) and R + 8; pair q = lane % 4.
   const int r0 = 64 * wg + dq::a_row(warp & 3, lane, 0);
   auto frag = [&](int t, Frag& f) {
-    const int u = t / G::kTilesPerUnit;
-    decode<T>(Raw + (u & 1) * S::kRawBuf + r0 * F::kStride, g2::unit_a2<T, G::kUnitCols>(u), t % G::kTilesPerUnit,
-              lane, tab, f);
+    const int u = t / G::kTilesPerUnit, j = t % G::kTilesPerUnit;
+    if constexpr (kRec) {
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const uint4 v = *reinterpret_cast<const uint4*>(tab + gr::iq2_rec_off(r0 + 8 * rr, u & 1, j));
+        const gr::Iq2Rec r{v.x, v.y, v.z, __uint_as_float(v.w)};
+        uint32_t h[4];
+        gr::iq2_rec_frag(r, lane, tab, h);
+        f.sc[rr] = r.scale, f.n0[rr] = f.n1[rr] = 0.0f;
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          int s, rg;
+          gr::frag_reg(m, rr, s, rg);
+          f.a[s][rg] = h[m];
+        }
+      }
+    } else {
+      decode<T>(Raw + (u & 1) * S::kRawBuf + r0 * F::kStride, g2::unit_a2<T, G::kUnitCols>(u), j, lane, tab, f);
+    }
   };
   auto b_addr = [&](int t) {  // the hi tile of k-tile t's chunk, at the k-tile's 64-byte column offset
     return xs + static_cast<uint32_t>(gr::stage_of(t >> 1)) * gr::kStageBytes + static_cast<uint32_t>(64 * (t & 1));
@@ -241,7 +281,16 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) acc[i] = 0.0f;
     Frag f0, f1;
-    load(0);
+    if constexpr (kRec) {
+      // Unit 0 in chunk 0's group, its records before the loop (the loop's first barrier publishes them).
+      load_raw(0);
+      load(0);
+      mma::cp_async_wait<0>();
+      __syncthreads();
+      prep(0);
+    } else {
+      load(0);
+    }
     for (int c = 0; c < nc; c += gr::kChunksPerIter) {
       mma::cp_async_wait<0>();  // chunks c, c + 1 landed (this thread's copies; the barrier: everyone's)
       wgmma::fence_proxy_async();
@@ -254,6 +303,12 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
       frag(t, f0);
       mma_ktile<N>(p0, f0, b_addr(t));
       load(c + gr::kChunksPerIter);
+      if constexpr (kRec) {
+        // Unit (c + 2) / 4's records, its raw words landed at this iteration's wait (issued with chunk c's
+        // group); read from the next iteration on, after its barrier.
+        if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
+          prep((c + 2) / gr::kChunksPerUnit);
+      }
       if constexpr (kMins > 0) {
         // The iteration's token sums, then a barrier before any promotion reads them (the previous
         // iteration's promotions finished before this iteration's first barrier).
@@ -322,7 +377,7 @@ void launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_
 }  // namespace
 
 void init_group_wgmma_reg_table() {
-  uint16_t tab[1024];
+  uint32_t tab[1024];
   if (!gr::iq2_pair_table(tab)) fail("IQ2_XXS grid bytes outside {8, 25, 43}");
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_wgr_tab, tab, sizeof(tab)));
 }

@@ -76,113 +76,117 @@ WG_HD void frag_reg(int m, int rr, int& s, int& r) { s = m >> 1, r = rr + 2 * (m
 // uses the scale and minima that the thread decoded for that row.
 WG_HD int acc_rr(int i) { return (i >> 1) & 1; }
 
-// PRMT in its default mode, including bit 3 of a selector nibble (replicate the selected byte's sign
-// bit into all 8 bits), which gemm_int::prmt's host replay leaves out.
-GI_HD uint32_t prmt_sx(uint32_t a, uint32_t b, uint32_t s) {
-#ifdef __CUDA_ARCH__
-  uint32_t r;
-  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(s));
-  return r;
-#else
-  const uint64_t v = (static_cast<uint64_t>(b) << 32) | a;
-  uint32_t r = 0;
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t n = (s >> (4 * i)) & 15;
-    uint32_t byte = static_cast<uint32_t>(v >> (8 * (n & 7))) & 255;
-    if (n & 8) byte = byte & 0x80 ? 255u : 0u;
-    r |= byte << (8 * i);
-  }
-  return r;
-#endif
-}
-
-// ---- IQ2_XXS. A weight is +-8, +-25 or +-43: FP16 0x4800, 0x4E40, 0x5160 (sign at bit 15). Their high
-// bytes 0x48, 0x4E, 0x51 and negated 0xC8, 0xCE, 0xD1, and low bytes 0x40, 0x60 (25, 43) are 8 source
-// bytes of one PRMT; the low byte 0x00 (8) is a sign-replicate of the positive 0x48. So a fragment
-// register (two weights) is one PRMT whose selector is 16 bits: nibbles (lo0, hi0, lo1, hi1), with the
-// sign of each weight as bit 2 of its hi nibble (bits 6 and 14). The pair table holds, per grid entry and
-// pair q (its elements 2q, 2q + 1), the unsigned selector; the thread ORs in its two sign bits.
-constexpr uint32_t kIq2Src0 = 0x40514E48u;  // bytes 0..3: hi(8), hi(25), hi(43), lo(25)
-constexpr uint32_t kIq2Src1 = 0x60D1CEC8u;  // bytes 4..7: -hi(8), -hi(25), -hi(43), lo(43)
-constexpr uint32_t kIq2LoNib[3] = {0x8u, 0x3u, 0x7u}, kIq2HiNib[3] = {0x0u, 0x1u, 0x2u};
-
-// The table in shared memory: entry idx's 4 selectors (8 bytes, pair q at 2 q) at byte 256 idx + 8 g, one
-// copy for each row group g = lane / 4 of a warp, so that the 8 rows of a warp's lookup (random entries)
-// read 8 different bank pairs (256 idx is a multiple of the 128-byte bank row). The entry stride of 256
-// makes a lookup's offset one PRMT: byte m of the grid indices qs into byte 1, the lane's 8 g + 2 q in
-// byte 0 (iq2_tab_off). 64 bytes of each 256 are used.
+// ---- IQ2_XXS. A thread's 8 weights of a row in a k-tile are one pair (elements 2q, 2q + 1) of each of
+// the sub-block's 4 grid entries. The row's own work (its 2-byte aligned indices and signs, the scale,
+// the signs' parities) would be done by all 4 lanes of a quad for 2 weights an entry each, so a
+// pre-pass does it once per row and unit: for each sub-block a 16-byte record (Iq2Rec) with the grid
+// indices, the signs laid out so that a lane's two signs of an entry are one shift away from the FP16
+// sign bits, and the scale. A lane then reads one record per row and per register looks up the unsigned
+// FP16 pair (a table of grid entry x pair) and XORs in the two signs: a PRMT (the lookup's offset), an
+// LDS and a LOP3 for two weights.
+//
+// The pair table in shared memory: entry idx's 4 pairs (16 bytes, pair q at 4 q: the FP16 values of
+// elements 2q, 2q + 1, both positive) at byte 256 idx + 16 g, one copy for each row group g = lane / 4
+// of a warp, so that the 8 rows of a warp's lookup (random entries) read 8 different bank groups (256 idx
+// is a multiple of the 128-byte bank row). The entry stride of 256 makes a lookup's offset one PRMT: byte
+// m of the grid indices qs into byte 1, the lane's 16 g + 4 q in byte 0 (iq2_tab_off). The copies use
+// bytes 0..127 of each 256-byte slot; the records the other 128 (iq2_rec_off).
 constexpr int kTabEntryBytes = 256, kTabBytes = 256 * kTabEntryBytes, kTabGroups = 8;
-GI_HD uint32_t iq2_lane_off(int lane) { return static_cast<uint32_t>(8 * (lane >> 2) + 2 * (lane & 3)); }
+GI_HD uint32_t iq2_lane_off(int lane) { return static_cast<uint32_t>(16 * (lane >> 2) + 4 * (lane & 3)); }
 GI_HD uint32_t iq2_tab_off(uint32_t qs, int m, uint32_t lane_off) {
   return gemm_int::prmt(qs, lane_off, 0x7604u | (static_cast<uint32_t>(m) << 4));
 }
 
-// The kernel's fill of that table from the global copy (iq2_pair_table): task i (0 .. 1023) stores 16
-// bytes at iq2_fill_off(i), entry i / 4's 8 bytes twice (the copies of groups 2 (i % 4) and + 1).
-constexpr int kTabFillTasks = 256 * kTabGroups / 2;
-GI_HD uint32_t iq2_fill_off(int i) { return static_cast<uint32_t>(kTabEntryBytes * (i >> 2) + 16 * (i & 3)); }
+// The kernel's fill of the copies from the global table (iq2_pair_table): task i (0 .. 2047) stores entry
+// i / 8's 16 bytes at iq2_fill_off(i) (copy i % 8).
+constexpr int kTabFillTasks = 256 * kTabGroups;
+GI_HD uint32_t iq2_fill_off(int i) { return static_cast<uint32_t>(kTabEntryBytes * (i >> 3) + 16 * (i & 7)); }
 
-// out[4 idx + q]: the selector of grid entry idx, pair q (the global copy; the kernel replicates it).
-inline bool iq2_pair_table(uint16_t (&out)[1024]) {
+// out[4 idx + q]: grid entry idx's elements 2q, 2q + 1 as FP16 (8, 25, 43: 0x4800, 0x4E40, 0x5160).
+inline bool iq2_pair_table(uint32_t (&out)[1024]) {
   for (int e = 0; e < 256; ++e) {
-    int code[8];
+    uint32_t h[8];
     for (int j = 0; j < 8; ++j) {
       const uint32_t b = static_cast<uint32_t>(quant::kIq2xxsGrid[e] >> (8 * j)) & 255;
-      code[j] = b == 8 ? 0 : b == 25 ? 1 : b == 43 ? 2 : -1;
-      if (code[j] < 0) return false;
+      if (b != 8 && b != 25 && b != 43) return false;
+      h[j] = f32_to_f16(static_cast<float>(b));
     }
-    for (int q = 0; q < 4; ++q) {
-      const int c0 = code[2 * q], c1 = code[2 * q + 1];
-      out[4 * e + q] = static_cast<uint16_t>(kIq2LoNib[c0] | (kIq2HiNib[c0] << 4) | (kIq2LoNib[c1] << 8) |
-                                             (kIq2HiNib[c1] << 12));
-    }
+    for (int q = 0; q < 4; ++q) out[4 * e + q] = h[2 * q] | (h[2 * q + 1] << 16);
   }
   return true;
 }
 
-// The thread's sign bits of a sub-block (sg: 4 x 7 sign bits, the 4-bit scale above), pair q: z[0] holds
-// entry 0's signs at selector bits 6, 14 and entry 1's at 22, 30; z[1] entries 2, 3. Bit 2q of entry e's
-// 8 signs is stored bit 7 e + 2 q; bit 2q + 1 too for q < 3, while for q = 3 it is the 8th sign, the
-// parity of the 7 stored bits (the format's even-parity masks, gemm_v2::iq2_signs). One multiply moves
-// the four bits at 0, 7, 14, 21 of a masked word to 6, 14, 22, 30 (shifts 6..9: the 16 partial products
-// fall on distinct bits, so no carries), then PRMT interleaves the elements' bytes.
-GI_HD void iq2_sign_words(uint32_t sg, int q, uint32_t (&z)[2]) {
-  const uint32_t sgq = sg >> (2 * q);
-  // Parity of each 7-bit field at its lowest bit (7 e): xor windows of 2, 4, then 4 + 2 + 1 bits.
-  const uint32_t y1 = sg ^ (sg >> 1), y2 = y1 ^ (y1 >> 2), par = y2 ^ (y1 >> 4) ^ (sg >> 6);
-  const uint32_t odd = q == 3 ? par : sgq >> 1;
-  const uint32_t a = ((sgq & 0x00204081u) * 0x3C0u) & 0x40404040u;  // s(e, 2q) at byte e, bit 6
-  const uint32_t b = ((odd & 0x00204081u) * 0x3C0u) & 0x40404040u;  // s(e, 2q + 1) likewise
-  z[0] = gemm_int::prmt(a, b, 0x5140u), z[1] = gemm_int::prmt(a, b, 0x7362u);
+struct Iq2Rec {
+  uint32_t qs;        // the 4 grid indices
+  uint32_t w01, w23;  // the signs of entries 0, 1 (2, 3): iq2_sign_words
+  float scale;        // v2's d (0.5 + s) / 4
+};
+
+// The 8 signs of each entry (7 stored, the 8th their parity: gemm_v2::iq2_signs) as the 4 bytes of a word:
+// the 7-bit fields spread to bytes, then the parity of each byte by xor-folding.
+GI_HD uint32_t iq2_s8x4(uint32_t sg) {
+  const uint32_t s7 = (sg & 0x7Fu) | ((sg << 1) & 0x7F00u) | ((sg << 2) & 0x7F0000u) | ((sg << 3) & 0x7F000000u);
+  uint32_t p = s7 ^ (s7 >> 4);
+  p ^= p >> 2;
+  p ^= p >> 1;  // bit 8 e: the parity of byte e
+  return s7 | ((p & 0x01010101u) << 7);
+}
+// Signs of entries 0, 1 in w01 (2, 3 in w23): element k (0..7) of the first at k (even k) or k + 15 (odd),
+// of the second at 8 + k or k + 23. Lane q then shifts w left by 15 - 2q (first entry) or 7 - 2q
+// (second): its elements 2q, 2q + 1 land on bits 15 and 31, the FP16 sign bits of its pair, and the
+// other 14 signs elsewhere (iq2_rec_frag masks them off). From the sign bytes that is one mask and shift.
+GI_HD void iq2_sign_words(uint32_t s8x4, uint32_t& w01, uint32_t& w23) {
+  w01 = (s8x4 & 0x5555u) | ((s8x4 & 0xAAAAu) << 15);
+  w23 = ((s8x4 >> 16) & 0x5555u) | (((s8x4 >> 16) & 0xAAAAu) << 15);
 }
 
+// Sub-block j of the row's raw words rw (v2's layout, a2 the unit's first byte in rw[0]): its record.
+GI_HD void iq2_record(const uint32_t* rw, int a2, int j, Iq2Rec& r) {
+  uint32_t sg;
+  float d;
+  gemm_v2::iq2_sub(rw, a2, j, r.qs, sg, d);
+  r.scale = d * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;  // v2's expression, v2's bits
+  iq2_sign_words(iq2_s8x4(sg), r.w01, r.w23);
+}
+
+// Lane `lane` (pair q = lane % 4, table copy lane / 4): h[m] = entry m's pair q with its signs.
+GI_HD void iq2_rec_frag(const Iq2Rec& r, int lane, const unsigned char* tab, uint32_t (&h)[4]) {
+  const int q = lane & 3;
+  const uint32_t lane_off = iq2_lane_off(lane);
+  const uint32_t z[4] = {r.w01 << (15 - 2 * q), r.w01 << (7 - 2 * q), r.w23 << (15 - 2 * q), r.w23 << (7 - 2 * q)};
+  GI_UNROLL
+  for (int m = 0; m < 4; ++m) {
+    const uint32_t t = *reinterpret_cast<const uint32_t*>(tab + iq2_tab_off(r.qs, m, lane_off));
+    h[m] = t ^ (z[m] & 0x80008000u);
+  }
+}
+
+// Where the records live: in the table's array (kTabBytes), bytes 128..255 of each 256-byte slot: row
+// `row`'s records of buffer `buf` in slot 2 row + buf, sub-block j at 128 + 16 ((j + row) % 8), so that a
+// warp's 8 rows (consecutive) read 8 different 16-byte bank groups.
+GI_HD uint32_t iq2_rec_off(int row, int buf, int j) {
+  return static_cast<uint32_t>(kTabEntryBytes * (2 * row + buf) + 128 + 16 * ((j + row) & 7));
+}
+// The pre-pass tasks: thread tid writes row tid % 128's sub-blocks j = tid / 128 + 2 k, k = 0..3.
+constexpr int kRecPerThread = 4;
+WG_HD int rec_row(int tid) { return tid & (kBM - 1); }
+WG_HD int rec_j(int tid, int k) { return (tid >> 7) + 2 * k; }
+
 // ---- Per-row fragment decoders: row words rw (v2's raw layout: the row's words of the unit, a2 the
-// unit's first byte in rw[0]), k-tile j of the unit, pair q: h[m] = columns 8 m + 2 q, + 1 as FP16
-// integers (gemm_v2::Decode's Tile32::h[4 m + q]), and the row's scale and negated minima (v2's Rows).
+// unit's first byte in rw[0]), k-tile j of the unit, lane (pair q = lane % 4): h[m] = columns 8 m + 2 q,
+// + 1 as FP16 integers (gemm_v2::Decode's Tile32::h[4 m + q]), and the row's scale and negated minima
+// (v2's Rows). tab: IQ2_XXS's replicated pair table (ignored by Q2_K).
 template <GgmlType T>
 struct FragDecode;
 
-// tab: IQ2_XXS's replicated pair table (kTabBytes; ignored by Q2_K); lane: the thread's lane (pair q =
-// lane % 4, table copy lane / 4).
 template <>
-struct FragDecode<GgmlType::IQ2_XXS> {
+struct FragDecode<GgmlType::IQ2_XXS> {  // the record and the lane's decode in one step (the CPU tests)
   static GI_HD void run(const uint32_t* rw, int a2, int j, int lane, const unsigned char* tab, uint32_t (&h)[4],
                         float& scale, float& n0, float& n1) {
-    const int q = lane & 3;
-    const uint32_t lane_off = iq2_lane_off(lane);
-    uint32_t qs, sg;
-    float d;
-    gemm_v2::iq2_sub(rw, a2, j, qs, sg, d);
-    scale = d * (0.5f + static_cast<float>(sg >> 28)) * 0.25f;  // v2's expression, v2's bits
-    n0 = n1 = 0.0f;
-    uint32_t z[2];
-    iq2_sign_words(sg, q, z);
-    GI_UNROLL
-    for (int m = 0; m < 4; ++m) {
-      const uint32_t t = *reinterpret_cast<const uint16_t*>(tab + iq2_tab_off(qs, m, lane_off));
-      // Only the selector's low 16 bits count: entry 2k + 1's signs are z[k]'s high half.
-      h[m] = prmt_sx(kIq2Src0, kIq2Src1, t | (m & 1 ? z[m >> 1] >> 16 : z[m >> 1]));
-    }
+    Iq2Rec r;
+    iq2_record(rw, a2, j, r);
+    iq2_rec_frag(r, lane, tab, h);
+    scale = r.scale, n0 = n1 = 0.0f;
   }
 };
 
