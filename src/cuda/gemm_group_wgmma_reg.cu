@@ -230,8 +230,10 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
 
   // The fragment rows: R = 64 wg + a_row(warp % 4, lane, 0) and R + 8; pair q = lane % 4.
   const int r0 = 64 * wg + dq::a_row(warp & 3, lane, 0);
-  auto frag = [&](int t, Frag& f) {
-    const int u = t / G::kTilesPerUnit, j = t % G::kTilesPerUnit;
+  // k-tile i (0..3, a constant) of the iteration of chunk c: unit c / 4, k-tile 4 ((c / 2) % 2) + i of it
+  // (an iteration is half a unit), so that the Q2_K decode's bit positions are constants.
+  auto frag = [&](int c, int i, Frag& f) {
+    const int u = c / gr::kChunksPerUnit, j = 4 * ((c >> 1) & 1) + i;
     if constexpr (kRec) {
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
@@ -300,7 +302,7 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
       // chunks c - 2, c - 1 and, at a unit's start, the raw buffer of unit u - 2, all read before this
       // iteration's barrier).
       const int t = 2 * c;
-      frag(t, f0);
+      frag(c, 0, f0);
       mma_ktile<N>(p0, f0, b_addr(t));
       load(c + gr::kChunksPerIter);
       if constexpr (kRec) {
@@ -315,15 +317,15 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
         sums(t);
         __syncthreads();
       }
-      frag(t + 1, f1);
+      frag(c, 1, f1);
       mma_ktile<N>(p1, f1, b_addr(t + 1));
       wgmma::wait<1>();
       promote<N, kMins>(acc, p0, f0, Sums, 0, lane);
-      frag(t + 2, f0);
+      frag(c, 2, f0);
       mma_ktile<N>(p0, f0, b_addr(t + 2));
       wgmma::wait<1>();
       promote<N, kMins>(acc, p1, f1, Sums, 1, lane);
-      frag(t + 3, f1);
+      frag(c, 3, f1);
       mma_ktile<N>(p1, f1, b_addr(t + 3));
       wgmma::wait<1>();
       promote<N, kMins>(acc, p0, f0, Sums, 2, lane);

@@ -34,7 +34,7 @@ constexpr int kChunkCols = dq::kChunkCols, kStages = dq::kStages, kChunksPerIter
 constexpr int kTilesPerIter = 2 * kChunksPerIter, kChunksPerUnit = G::kUnitCols / kChunkCols;
 constexpr uint32_t kTermBytes = dq::kTermBytes, kStageBytes = dq::kStageBytes;
 static_assert(kBN == 2 * kPlanTile, "two plan tiles a block");
-static_assert(kChunksPerUnit % kChunksPerIter == 0, "a raw unit starts an iteration");
+static_assert(kChunksPerUnit == 2 * kChunksPerIter, "a raw unit is two iterations (the kernel's frag indexes k-tiles so)");
 
 // Shared memory (from a 1024-byte aligned base): the activation ring [stage][hi, lo][128 items x 64
 // columns] (the dense kernel's), raw units [2][128 rows x kStride + 4 words] (v2's layout: rows at the odd
@@ -194,7 +194,10 @@ template <>
 struct FragDecode<GgmlType::Q2_K> {
   // Block: scales [16] at 0, qs [64] at 16, d at 80, dmin at 82 (gemm_v2::Decode<Q2_K>). Columns 128 hh +
   // 32 step + l take bits 2 step of qs[32 hh + l]; here l = 8 m + 2 q + {0, 1}: word 4 + 8 hh + 2 m + q / 2,
-  // bytes 2 (q % 2) + {0, 1}; times the 4-bit scale of 16-column half m / 2 (no carry: <= 45).
+  // bytes 2 (q % 2) + {0, 1}; times the 4-bit scale sc of 16-column half m / 2. As gemm_v2::DecodeFast:
+  // the bits masked in place (q 4^step), put under an FP16 0x64 byte by PRMT (1024 + q 4^step; the
+  // lane's selector picks its two bytes), then one HFMA2 with sc 4^-step and -1024 sc 4^-step gives q sc
+  // exactly (exact operands, an exact integer result <= 45; a zero as +0, v2's 1024 - 1024).
   static GI_HD void run(const uint32_t* rw, int, int j, int lane, const unsigned char*, uint32_t (&h)[4],
                         float& scale, float& n0, float& n1) {
     const int q = lane & 3, hh = j >> 2, step = j & 3;
@@ -204,12 +207,21 @@ struct FragDecode<GgmlType::Q2_K> {
     const float dmin = gemm_v2::half_f32(dd >> 16);
     scale = gemm_v2::half_f32(dd & 0xffffu);
     n0 = -(dmin * static_cast<float>(sc0 >> 4)), n1 = -(dmin * static_cast<float>(sc1 >> 4));
-    const int sh = 16 * (q & 1) + 2 * step;
+    // 4^-step and -1024 4^-step in both lanes (the FP16 exponent down 2 a step).
+    const uint32_t st = static_cast<uint32_t>(step) * 0x08000800u;
+    const uint32_t p4 = 0x3C003C00u - st, nb4 = 0xE400E400u - st;
+    uint32_t mul[2], add[2];
+    GI_UNROLL
+    for (int c = 0; c < 2; ++c) {
+      const uint32_t sc = (c ? sc1 : sc0) & 15u;
+      mul[c] = gemm_v2::hfma2_bits(0x64006400u + sc * 0x00010001u, p4, nb4);  // sc 4^-step
+      add[c] = gemm_v2::hfma2_bits(mul[c], 0xE400E400u, 0u);                  // -1024 sc 4^-step
+    }
+    const uint32_t sel = 0x4140u + 0x0202u * static_cast<uint32_t>(q & 1), mask = 0x03030303u << (2 * step);
     GI_UNROLL
     for (int m = 0; m < 4; ++m) {
-      const uint32_t w = rw[4 + 8 * hh + 2 * m + (q >> 1)];
-      const uint32_t v = ((w >> sh) & 0x0303u) * (m < 2 ? sc0 & 15u : sc1 & 15u);
-      h[m] = gemm_int::hsub2_bits(gemm_int::prmt(v, 0x64646464u, 0x4140u), 0x64006400u);
+      const uint32_t w = rw[4 + 8 * hh + 2 * m + (q >> 1)] & mask;
+      h[m] = gemm_v2::hfma2_bits(gemm_int::prmt(w, 0x64646464u, sel), mul[m >> 1], add[m >> 1]);
     }
   }
 };
