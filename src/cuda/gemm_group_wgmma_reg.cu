@@ -41,24 +41,6 @@ struct Frag {
   float sc[2], n0[2], n1[2];
 };
 
-// k-tile j of the unit whose row-R words are at rw (row R + 8 is 8 rows further).
-template <GgmlType T>
-__device__ __forceinline__ void decode(const uint32_t* rw, int a2, int j, int lane, const unsigned char* tab,
-                                       Frag& f) {
-  constexpr int kStride = g2::FmtOf<T, G>::kStride;
-#pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    uint32_t h[4];
-    gr::FragDecode<T>::run(rw + rr * 8 * kStride, a2, j, lane, tab, h, f.sc[rr], f.n0[rr], f.n1[rr]);
-#pragma unroll
-    for (int m = 0; m < 4; ++m) {
-      int s, r;
-      gr::frag_reg(m, rr, s, r);
-      f.a[s][r] = h[m];
-    }
-  }
-}
-
 // The wgmma of one k-tile into part (N / 2 elements used), hi_addr: the stage's hi tile plus the k-tile's
 // 64-byte column offset; per k16 step (32 bytes along the 128-byte rows: + 2 in the descriptor's start
 // field) W x_lo, then W x_hi, as v2.
@@ -168,13 +150,13 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
   const uint32_t xd = xs + dq::b_off(tid >> 3, tid & 7);
   const uint8_t* __restrict__ Wb = g2::opaque(Wm + static_cast<size_t>(m0) * row_bytes);
   const int rows_left = n_rows - m0 < kBM ? static_cast<int>(n_rows - m0) : kBM;
-  // IQ2_XXS goes through sub-block records (gr::Iq2Rec): raw unit u is issued an iteration earlier than
-  // the dense kernel's schedule (with chunk 4u - 2's group, unit 0 with chunk 0's), turned into records by
-  // the pre-pass of iteration 4u - 2 (records buffer u % 2; the next iteration's barrier publishes them),
-  // and read by the fragment decode of iterations 4u and 4u + 2. Raw buffer u % 2 last held unit u - 2,
-  // whose pre-pass ran in iteration 4u - 10; records buffer u % 2 was last read in iteration 4u - 6.
-  // Q2_K decodes from the raw words directly (the dense kernel's schedule: unit u with chunk 4u's group).
-  constexpr bool kRec = T == GgmlType::IQ2_XXS;
+  // Both formats go through records (gr::Iq2Rec, gr::Q2kRec): raw unit u is issued an iteration earlier
+  // than the dense kernel's schedule (with chunk 4u - 2's group, unit 0 with chunk 0's), turned into
+  // records by the pre-pass of iteration 4u - 2 (records buffer u % 2; the next iteration's barrier
+  // publishes them), and read by the fragment decode of iterations 4u and 4u + 2 (Q2_K's also read the
+  // raw qs words there). Raw buffer u % 2 last held unit u - 2, last read in iteration 4u - 6 (issued in
+  // 4u - 4); records buffer u % 2 was last read in iteration 4u - 6 (written in 4u - 2).
+  unsigned char* Rec = smem + S::off_rec;  // Q2_K's records (IQ2_XXS's sit in the table's array)
   const int n_units = nc / gr::kChunksPerUnit;
   auto load_raw = [&](int u) {
     const uint32_t base = mma::smem_addr(Raw + (u & 1) * S::kRawBuf);
@@ -206,12 +188,8 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
                           xsz[v & 3]);
         }
       }
-      if constexpr (kRec) {
-        if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
-          load_raw((c + 2) / gr::kChunksPerUnit);
-      } else {
-        if (c % gr::kChunksPerUnit == 0) load_raw(c / gr::kChunksPerUnit);
-      }
+      if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
+        load_raw((c + 2) / gr::kChunksPerUnit);
     }
     mma::cp_async_commit();
   };
@@ -222,9 +200,17 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
 #pragma unroll
     for (int k = 0; k < gr::kRecPerThread; ++k) {
       const int j = gr::rec_j(tid, k);
-      gr::Iq2Rec r;
-      gr::iq2_record(rw, a2, j, r);
-      *reinterpret_cast<uint4*>(tab + gr::iq2_rec_off(row, u & 1, j)) = make_uint4(r.qs, r.w01, r.w23, __float_as_uint(r.scale));
+      if constexpr (T == GgmlType::IQ2_XXS) {
+        gr::Iq2Rec r;
+        gr::iq2_record(rw, a2, j, r);
+        *reinterpret_cast<uint4*>(tab + gr::iq2_rec_off(row, u & 1, j)) =
+            make_uint4(r.qs, r.w01, r.w23, __float_as_uint(r.scale));
+      } else {
+        gr::Q2kRec r;
+        gr::q2k_record(rw, j, r);
+        *reinterpret_cast<float4*>(Rec + gr::q2k_rec_off(0, row, u & 1, j)) = make_float4(r.n0, r.n1, r.scale, 0.0f);
+        *reinterpret_cast<uint4*>(Rec + gr::q2k_rec_off(1, row, u & 1, j)) = make_uint4(r.mul0, r.add0, r.mul1, r.add1);
+      }
     }
   };
 
@@ -234,7 +220,24 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
   // (an iteration is half a unit), so that the Q2_K decode's bit positions are constants.
   auto frag = [&](int c, int i, Frag& f) {
     const int u = c / gr::kChunksPerUnit, j = 4 * ((c >> 1) & 1) + i;
-    if constexpr (kRec) {
+    if constexpr (T == GgmlType::Q2_K) {
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const int row = r0 + 8 * rr;
+        const float4 a = *reinterpret_cast<const float4*>(Rec + gr::q2k_rec_off(0, row, u & 1, j));
+        const uint4 b = *reinterpret_cast<const uint4*>(Rec + gr::q2k_rec_off(1, row, u & 1, j));
+        const gr::Q2kRec r{a.x, a.y, a.z, 0.0f, b.x, b.y, b.z, b.w};
+        uint32_t h[4];
+        gr::q2k_rec_frag(r, Raw + (u & 1) * S::kRawBuf + row * F::kStride, j, lane, h);
+        f.sc[rr] = r.scale, f.n0[rr] = r.n0, f.n1[rr] = r.n1;
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          int s, rg;
+          gr::frag_reg(m, rr, s, rg);
+          f.a[s][rg] = h[m];
+        }
+      }
+    } else {
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
         const uint4 v = *reinterpret_cast<const uint4*>(tab + gr::iq2_rec_off(r0 + 8 * rr, u & 1, j));
@@ -249,8 +252,6 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
           f.a[s][rg] = h[m];
         }
       }
-    } else {
-      decode<T>(Raw + (u & 1) * S::kRawBuf + r0 * F::kStride, g2::unit_a2<T, G::kUnitCols>(u), j, lane, tab, f);
     }
   };
   auto b_addr = [&](int t) {  // the hi tile of k-tile t's chunk, at the k-tile's 64-byte column offset
@@ -283,16 +284,12 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) acc[i] = 0.0f;
     Frag f0, f1;
-    if constexpr (kRec) {
-      // Unit 0 in chunk 0's group, its records before the loop (the loop's first barrier publishes them).
-      load_raw(0);
-      load(0);
-      mma::cp_async_wait<0>();
-      __syncthreads();
-      prep(0);
-    } else {
-      load(0);
-    }
+    // Unit 0 in chunk 0's group, its records before the loop (the loop's first barrier publishes them).
+    load_raw(0);
+    load(0);
+    mma::cp_async_wait<0>();
+    __syncthreads();
+    prep(0);
     for (int c = 0; c < nc; c += gr::kChunksPerIter) {
       mma::cp_async_wait<0>();  // chunks c, c + 1 landed (this thread's copies; the barrier: everyone's)
       wgmma::fence_proxy_async();
@@ -305,12 +302,10 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
       frag(c, 0, f0);
       mma_ktile<N>(p0, f0, b_addr(t));
       load(c + gr::kChunksPerIter);
-      if constexpr (kRec) {
-        // Unit (c + 2) / 4's records, its raw words landed at this iteration's wait (issued with chunk c's
-        // group); read from the next iteration on, after its barrier.
-        if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
-          prep((c + 2) / gr::kChunksPerUnit);
-      }
+      // Unit (c + 2) / 4's records, its raw words landed at this iteration's wait (issued with chunk c's
+      // group); read from the next iteration on, after its barrier.
+      if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
+        prep((c + 2) / gr::kChunksPerUnit);
       if constexpr (kMins > 0) {
         // The iteration's token sums, then a barrier before any promotion reads them (the previous
         // iteration's promotions finished before this iteration's first barrier).

@@ -57,8 +57,9 @@ struct Smem {
   static constexpr int kRawBuf = kBM * F::kStride + 4;  // words; 4 spare: iq2_sub reads a word past the row
   static constexpr int kRawBytes = (kRawBuf * 4 + 15) / 16 * 16;
   static constexpr int kSums = F::kMins > 0 ? kTilesPerIter * 2 * kBN * 4 : 0;
+  static constexpr int kRec = T == GgmlType::Q2_K ? 2 * 2 * 8 * kBM * 16 : 0;  // kQ2kRecBytes (below)
   static constexpr int off_raw = kStages * static_cast<int>(kStageBytes), off_sums = off_raw + 2 * kRawBytes,
-                       bytes = off_sums + kSums;
+                       off_rec = off_sums + kSums, bytes = off_rec + kRec;
   static_assert(F::kStride == F::kWords, "raw copy slot = task index");
 };
 
@@ -200,41 +201,63 @@ struct FragDecode<GgmlType::IQ2_XXS> {  // the record and the lane's decode in o
   }
 };
 
+// ---- Q2_K. Block: scales [16] at 0, qs [64] at 16, d at 80, dmin at 82 (gemm_v2::Decode<Q2_K>). Columns
+// 128 hh + 32 step + l take bits 2 step of qs[32 hh + l]; here l = 8 m + 2 q + {0, 1}: word 4 + 8 hh +
+// 2 m + q / 2, bytes 2 (q % 2) + {0, 1}; times the 4-bit scale sc of 16-column half m / 2. As
+// gemm_v2::DecodeFast: the bits masked in place (q 4^step), put under an FP16 0x64 byte by PRMT (1024 +
+// q 4^step; the lane's selector picks its two bytes), then one HFMA2 with sc 4^-step and -1024 sc 4^-step
+// gives q sc exactly (exact operands, an exact integer result <= 45; a zero as +0, v2's 1024 - 1024).
+// The row's per-k-tile factors (the two multipliers, the negated minima, the scale) are the same for the
+// 4 lanes of a quad: a pre-pass writes them once per row and k-tile as a record (two 16-byte halves),
+// as for IQ2_XXS; the lanes read the record and their qs words.
+struct Q2kRec {
+  float n0, n1, scale, pad;            // -dmin (sc0 >> 4), -dmin (sc1 >> 4), d
+  uint32_t mul0, add0, mul1, add1;     // sc 4^-step and -1024 sc 4^-step of each half, in both FP16 lanes
+};
+GI_HD void q2k_record(const uint32_t* rw, int j, Q2kRec& r) {
+  const int hh = j >> 2, step = j & 3;
+  const uint32_t scw = rw[2 * hh + (step >> 1)] >> (16 * (step & 1));
+  const uint32_t sc0 = scw & 255u, sc1 = (scw >> 8) & 255u;
+  const uint32_t dd = rw[20];
+  const float dmin = gemm_v2::half_f32(dd >> 16);
+  r.scale = gemm_v2::half_f32(dd & 0xffffu), r.pad = 0.0f;
+  r.n0 = -(dmin * static_cast<float>(sc0 >> 4)), r.n1 = -(dmin * static_cast<float>(sc1 >> 4));
+  // 4^-step and -1024 4^-step in both lanes (the FP16 exponent down 2 a step).
+  const uint32_t st = static_cast<uint32_t>(step) * 0x08000800u;
+  const uint32_t p4 = 0x3C003C00u - st, nb4 = 0xE400E400u - st;
+  r.mul0 = gemm_v2::hfma2_bits(0x64006400u + (sc0 & 15u) * 0x00010001u, p4, nb4);
+  r.mul1 = gemm_v2::hfma2_bits(0x64006400u + (sc1 & 15u) * 0x00010001u, p4, nb4);
+  r.add0 = gemm_v2::hfma2_bits(r.mul0, 0xE400E400u, 0u), r.add1 = gemm_v2::hfma2_bits(r.mul1, 0xE400E400u, 0u);
+}
+// Lane `lane` (pair q = lane % 4) of k-tile j: h[m] from the row's qs words (rw) and the record.
+GI_HD void q2k_rec_frag(const Q2kRec& r, const uint32_t* rw, int j, int lane, uint32_t (&h)[4]) {
+  const int q = lane & 3, hh = j >> 2, step = j & 3;
+  const uint32_t sel = 0x4140u + 0x0202u * static_cast<uint32_t>(q & 1), mask = 0x03030303u << (2 * step);
+  GI_UNROLL
+  for (int m = 0; m < 4; ++m) {
+    const uint32_t w = rw[4 + 8 * hh + 2 * m + (q >> 1)] & mask;
+    h[m] = gemm_v2::hfma2_bits(gemm_int::prmt(w, 0x64646464u, sel), m < 2 ? r.mul0 : r.mul1, m < 2 ? r.add0 : r.add1);
+  }
+}
+
 template <>
-struct FragDecode<GgmlType::Q2_K> {
-  // Block: scales [16] at 0, qs [64] at 16, d at 80, dmin at 82 (gemm_v2::Decode<Q2_K>). Columns 128 hh +
-  // 32 step + l take bits 2 step of qs[32 hh + l]; here l = 8 m + 2 q + {0, 1}: word 4 + 8 hh + 2 m + q / 2,
-  // bytes 2 (q % 2) + {0, 1}; times the 4-bit scale sc of 16-column half m / 2. As gemm_v2::DecodeFast:
-  // the bits masked in place (q 4^step), put under an FP16 0x64 byte by PRMT (1024 + q 4^step; the
-  // lane's selector picks its two bytes), then one HFMA2 with sc 4^-step and -1024 sc 4^-step gives q sc
-  // exactly (exact operands, an exact integer result <= 45; a zero as +0, v2's 1024 - 1024).
+struct FragDecode<GgmlType::Q2_K> {  // the record and the lane's decode in one step (the CPU tests)
   static GI_HD void run(const uint32_t* rw, int, int j, int lane, const unsigned char*, uint32_t (&h)[4],
                         float& scale, float& n0, float& n1) {
-    const int q = lane & 3, hh = j >> 2, step = j & 3;
-    const uint32_t scw = rw[2 * hh + (step >> 1)] >> (16 * (step & 1));
-    const uint32_t sc0 = scw & 255u, sc1 = (scw >> 8) & 255u;
-    const uint32_t dd = rw[20];
-    const float dmin = gemm_v2::half_f32(dd >> 16);
-    scale = gemm_v2::half_f32(dd & 0xffffu);
-    n0 = -(dmin * static_cast<float>(sc0 >> 4)), n1 = -(dmin * static_cast<float>(sc1 >> 4));
-    // 4^-step and -1024 4^-step in both lanes (the FP16 exponent down 2 a step).
-    const uint32_t st = static_cast<uint32_t>(step) * 0x08000800u;
-    const uint32_t p4 = 0x3C003C00u - st, nb4 = 0xE400E400u - st;
-    uint32_t mul[2], add[2];
-    GI_UNROLL
-    for (int c = 0; c < 2; ++c) {
-      const uint32_t sc = (c ? sc1 : sc0) & 15u;
-      mul[c] = gemm_v2::hfma2_bits(0x64006400u + sc * 0x00010001u, p4, nb4);  // sc 4^-step
-      add[c] = gemm_v2::hfma2_bits(mul[c], 0xE400E400u, 0u);                  // -1024 sc 4^-step
-    }
-    const uint32_t sel = 0x4140u + 0x0202u * static_cast<uint32_t>(q & 1), mask = 0x03030303u << (2 * step);
-    GI_UNROLL
-    for (int m = 0; m < 4; ++m) {
-      const uint32_t w = rw[4 + 8 * hh + 2 * m + (q >> 1)] & mask;
-      h[m] = gemm_v2::hfma2_bits(gemm_int::prmt(w, 0x64646464u, sel), mul[m >> 1], add[m >> 1]);
-    }
+    Q2kRec r;
+    q2k_record(rw, j, r);
+    q2k_rec_frag(r, rw, j, lane, h);
+    scale = r.scale, n0 = r.n0, n1 = r.n1;
   }
 };
+
+// Where the Q2_K records live (dynamic shared memory, Smem::off_rec): two arrays of 16-byte halves
+// [buffer][k-tile j][row], so that a warp's 8 consecutive rows read 128 contiguous bytes.
+WG_HD uint32_t q2k_rec_off(int half, int row, int buf, int j) {
+  return static_cast<uint32_t>(((half * 2 + buf) * 8 + j) * kBM + row) * 16u;
+}
+constexpr int kQ2kRecBytes = 2 * 2 * 8 * kBM * 16;
+static_assert(Smem<GgmlType::Q2_K>::kRec == kQ2kRecBytes, "the records' region");
 
 // ---- Token sums (formats with minima), one task a thread per k-tile of the iteration: item tid / 2,
 // 16-column half tid % 2, v2's arithmetic (gemm_int::sum8 over 8 columns twice, added). The k-tile's
