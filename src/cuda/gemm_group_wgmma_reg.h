@@ -17,14 +17,14 @@
 // scale, negated minima and token sums (gemm_int::sum8 twice, added).
 //
 // SASS (sm_90a, CUDA 13, written without a GPU), the k-loop body of 4 k-tiles for N = 32 / 64 / 96 / 128:
-// IQ2_XXS 744 / 808 / 872 / 988 instructions (the unit pre-pass, ~190 of them, runs every other
-// iteration: ~162 / 178 / 194 / 223 a k-tile and warp on average), Q2_K 1186 / 1394 / 1604 / 1888
-// (297 / 349 / 401 / 472 a k-tile: its promotion is 3 FMAs an element, its token sums ~90). The tensor
-// core needs 128 N / 64 issue slots a k-tile and warp at one block an SM (N = 128: 256). 255 registers
-// (launch bounds 256 x 1), no spill stores in the loops (7-8 spill reloads an iteration at N = 128).
-// IQ2_XXS decode a k-tile and thread (16 weights): ~43 instructions in the lanes (~2.7 a weight: PRMT,
-// LDS, LOP3 a register plus the record's read and 4 shifts a row) and ~23 of pre-pass; Q2_K ~76 (4 a
-// register: LDS, LOP3, PRMT, HFMA2; the rest its scales, minima and multipliers).
+// IQ2_XXS 744 / 808 / 872 / 988 instructions, Q2_K 1166 / 1370 / 1618 / 1893, each with its unit
+// pre-pass (~190 and ~200, run every other iteration): on average ~163 / 180 / 195 / 223 (IQ2_XXS) and
+// ~271 / 322 / 383 / 448 (Q2_K: 3 FMAs a promoted element, ~90 for its token sums) a k-tile and warp,
+// against the 2 N issue slots a k-tile and warp that the tensor core takes at one block an SM (N = 128:
+// 256). 255 registers (launch bounds 256 x 1), no spill stores in the loops (7-8 reloads an iteration at
+// N = 128). Decode a k-tile and thread (16 weights): IQ2_XXS ~44 in the lanes (2.75 a weight: PRMT, LDS,
+// LOP3 a register, a record read and 4 shifts a row) + ~24 of pre-pass; Q2_K ~33 (LDS, LOP3, PRMT, HFMA2
+// a register, two record reads a row) + ~25.
 #pragma once
 #include <cstdint>
 
