@@ -4,9 +4,10 @@
 //
 // Block: an expert's plan tiles 2i and 2i + 1 (up to 128 items; blocks of odd tiles exit at once) x 128
 // weight rows, two warpgroups of 64 rows, 1 block an SM. Per k-tile each thread decodes its A fragments
-// (2 rows x 8 columns) from the raw bytes into registers and its warpgroup issues 4 wgmma m64nNk16 (per
-// 16-column step W x_lo, the first overwriting the partial, then W x_hi) with N = 32, 64, 96 or 128 by
-// the item count. Activations (hi and lo FP16 terms) of the gathered rows (gate / up: token item / div;
+// (2 rows x 8 columns) into registers, from per-unit records of each row's sub-block factors (a pre-pass
+// writes them once per row, gemm_group_wgmma_reg.h) and, per register, a table lookup (IQ2_XXS) or the raw
+// qs word (Q2_K), and its warpgroup issues 4 wgmma m64nNk16 (per 16-column step W x_lo, the first
+// overwriting the partial, then W x_hi) with N = 32, 64, 96 or 128 by the item count. Activations (hi and lo FP16 terms) of the gathered rows (gate / up: token item / div;
 // down: the item's row) arrive by 16-byte cp.async in the dense kernel's 4-stage ring of 64-column chunks
 // (128-byte swizzle), zero-filled past the count; raw weights by 4-byte cp.async in v2's layout, 256-column
 // units in two buffers. One barrier per 4 k-tiles (Q2_K: two, the token sums between them). Two partial
