@@ -107,6 +107,8 @@ bool gemm_group_wgmma();
 // Its kernel variant (wgmma_group::kVariants in gemm_group_wgmma.h): FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT,
 // default 0; out-of-range values select 0. Variant 1 (paired tiles) was 7% faster on a layer's products at
 // 4 096 tokens but no faster in the 43-layer bench (slower on 2 048-token chunks): not the default.
+// Variant 2 (gemm_group_wgmma_reg.cu: the dense kernel's structure, A fragments decoded in registers)
+// was written without a GPU: not measured yet.
 void gemm_set_group_wgmma_variant(int v);
 int gemm_group_wgmma_variant();
 // Its k-tile decoders (variant 0): 0 (default, the measured kernel) v2's gemm_v2::Decode, 1
@@ -120,6 +122,11 @@ void group_wgmma_pair_launch(const DMat& W, int64_t rows_per_mat, const MoePlan&
                              int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
                              cudaStream_t s);
 void init_group_wgmma_pair_table(const uint32_t* sel);
+// ... and the register-decoded kernel (variant 2, gemm_group_wgmma_reg.cu): false where it declines.
+bool group_wgmma_reg_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
+                            int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
+                            cudaStream_t s);
+void init_group_wgmma_reg_table();
 bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                         int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
                         cudaStream_t s);

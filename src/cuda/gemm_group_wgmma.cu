@@ -282,6 +282,7 @@ void init_gemm_group_wgmma_tables() {
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_wg_sel, sel, sizeof(sel)));
   FS_CUDA_CHECK(cudaMemcpyToSymbol(g_wg_fast, fast, sizeof(fast)));
   init_group_wgmma_pair_table(sel);
+  init_group_wgmma_reg_table();
 }
 
 void gemm_set_group_wgmma(bool on) { flag() = on; }
@@ -306,6 +307,8 @@ bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, c
   // ptxas (C7511, register pressure around their decode), so v2 keeps them.
   if (W.type != GgmlType::IQ2_XXS && W.type != GgmlType::Q2_K) return false;
   if (!group_wgmma_device()) return false;
+  if (variant() == 2)
+    return group_wgmma_reg_launch(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   if (variant() == 1)
     group_wgmma_pair_launch(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   else if (W.type == GgmlType::IQ2_XXS && decode_mode() != 0)

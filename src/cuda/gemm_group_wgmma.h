@@ -181,8 +181,10 @@ __device__ __forceinline__ void promote_rows(float (&acc)[M], const float (&part
 #endif  // FS_WGMMA
 
 // Run-time variants (FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT, gemm_set_group_wgmma_variant): 0 the kernel
-// above; 1 the paired kernel. (Tried and dropped: v0 with each row half's wgmma its own commit group,
-// half 0 promoted under half 1's wgmma: ptxas serialised the wgmma, C7511, with the n64 / n32 branches.)
-constexpr int kVariants = 2;
+// above; 1 the paired kernel; 2 the register-decoded kernel (gemm_group_wgmma_reg.h: the dense kernel's
+// structure, each thread decoding its A fragments from the raw bytes, promotion under the next k-tile's
+// wgmma). (Tried and dropped: v0 with each row half's wgmma its own commit group, half 0 promoted under
+// half 1's wgmma: ptxas serialised the wgmma, C7511, with the n64 / n32 branches.)
+constexpr int kVariants = 3;
 
 }  // namespace flashstar::cuda::wgmma_group

@@ -205,12 +205,16 @@ class GemmGroupWgmma : public cuda_test::GemmKernelTest {
 };
 
 // The kernel configurations checked and timed: variant 0 with the new decode (gemm_group_decode.h, the
-// default) and with v2's (FLASHSTAR_GEMM_GROUP_DECODE=0), then each further variant (its own decode).
+// default) and with v2's (FLASHSTAR_GEMM_GROUP_DECODE=0), then each further variant (its own decode;
+// variant 2: the register-decoded kernel, gemm_group_wgmma_reg.cu).
 struct Config {
   int variant, decode;
   const char* name;
 };
-constexpr Config kConfigs[] = {{0, 1, "variant 0 decode 1"}, {0, 0, "variant 0 decode 0"}, {1, 1, "variant 1"}};
+constexpr Config kConfigs[] = {{0, 1, "variant 0 decode 1"},
+                               {0, 0, "variant 0 decode 0"},
+                               {1, 1, "variant 1"},
+                               {2, 0, "variant 2"}};
 static_assert(sizeof(kConfigs) / sizeof(kConfigs[0]) == cuda::wgmma_group::kVariants + 1, "every variant once");
 
 struct Product {
@@ -320,6 +324,61 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
       cuda::fast::gemm_set_group_decode(0);
     }
   }
+}
+
+// Variant 2 (gemm_group_wgmma_reg.cu) at the edges of its block: experts with 0 .. 260 items (every wgmma
+// width 32 .. 128 and both sides of each step, blocks of a full and a partial second plan tile, experts of
+// three blocks), a row count that leaves the last row block partial (200 = 128 + 72), 512 columns (two raw
+// units: IQ2_XXS's odd unit starts 2 bytes into its first word), both item orders (gathered token rows
+// out in plan order; plan-order rows scattered): bitwise v2, into poisoned outputs, nothing else written.
+TEST_F(GemmGroupWgmma, Variant2EdgeCountsAreV2sBits) {
+  const std::vector<int> counts = {0, 1, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 191, 260};
+  const int n_exp = static_cast<int>(counts.size());
+  std::vector<int32_t> sel;
+  for (int e = 0; e < n_exp; ++e) sel.insert(sel.end(), static_cast<size_t>(counts[e]), e);
+  std::shuffle(sel.begin(), sel.end(), rng_);
+  const int64_t items = static_cast<int64_t>(sel.size()), rows = 200, cols = 512;
+  Plan pl = plan(sel, n_exp);
+  for (const GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q2_K})
+    for (const bool gather : {true, false}) {
+      auto w = up(random_weights(t, int64_t{n_exp} * rows, cols));
+      const cuda::DMat W{t, w.get(), cols, n_exp * rows, row_bytes(t, cols)};
+      const int64_t x_rows = items, ys = rows + 5;
+      auto dx = up(tailed_acts(static_cast<size_t>(x_rows * cols)));
+      cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * cols));
+      cuda::fast::to_f16(dx.get(), x_rows, cols, cols, xb.get(), nullptr);
+      std::vector<float> out[3];
+      for (int rep = 0; rep < 3; ++rep) {  // 0, 1: variant 2 (twice); 2: v2
+        cuda::fast::gemm_set_group_wgmma(rep < 2);
+        cuda::fast::gemm_set_group_wgmma_variant(2);
+        auto y = poisoned<float>(static_cast<size_t>((items + 2) * ys));
+        if (rep < 2)
+          ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, rows, pl.p, xb.get(), cols, x_rows, gather, 1, !gather, y.get(),
+                                                     ys, nullptr));
+        else
+          ASSERT_TRUE(cuda::fast::gemm_grouped_v2(W, rows, pl.p, xb.get(), cols, x_rows, gather, 1, !gather, y.get(), ys,
+                                                  nullptr));
+        out[rep] = down(y);
+      }
+      cuda::fast::gemm_set_group_wgmma(true);
+      int64_t unwritten = 0, stray = 0, differ = 0;
+      for (int64_t yr = 0; yr < items + 2; ++yr)
+        for (int64_t j = 0; j < ys; ++j) {
+          const size_t i = static_cast<size_t>(yr * ys + j);
+          if (yr < items && j < rows) {
+            unwritten += !std::isfinite(out[0][i]);
+            differ += f32_to_bits(out[0][i]) != f32_to_bits(out[2][i]);
+          } else {
+            stray += f32_to_bits(out[0][i]) != 0xffffffffu;
+          }
+        }
+      std::printf("variant 2 edges %-8s %s: %lld items, %lld differ from v2\n", type_name(t), gather ? "gather" : "scatter",
+                  (long long)items, (long long)differ);
+      EXPECT_EQ(unwritten, 0);
+      EXPECT_EQ(stray, 0);
+      EXPECT_EQ(differ, 0) << type_name(t) << (gather ? " gather" : " scatter");
+      EXPECT_EQ(0, std::memcmp(out[0].data(), out[1].data(), out[0].size() * 4)) << "repeat";
+    }
 }
 
 TEST_F(GemmGroupWgmma, DeclinesWhatItDoesNotTake) {
