@@ -166,12 +166,19 @@ struct Q2Row {
   float mins;  // sum over sub-blocks 4t..4t+3 of m * (sum of their 16 x)
 };
 EMMA_HD float byte_f32(uint32_t w, int i) { return as_f32(prmt(w, 0x4B00u, 0x5440u + i)) - 8388608.0f; }
-// sums: the block's 16 per-sub-block sums of x.
-EMMA_HD void q2_load(const uint8_t* blk, const float* sums, const Lane& L, Q2Row& r) {
+// sums: the block's 16 per-sub-block sums of x. Swapped (V >= 1): lanes t >= 2 load each pair of quant words
+// in the other order. Why: a row's four lanes read words 2 apart and the 8 rows (CS / 16 odd) start at
+// distinct multiples of 4 words, so in order, rows 4 words apart meet in a bank (2-way); swapped, a load's
+// words are 0, 2, 5, 7 past the row's (then 1, 3, 4, 6): 32 distinct banks. Same words, same registers.
+// sw: swap (V >= 1) and t >= 2; with sw false the loads are the first kernel's.
+EMMA_HD void q2_load(const uint8_t* blk, const float* sums, const Lane& L, bool sw, Q2Row& r) {
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    r.sc[j] = ld32(blk + 4 * j) & 0x0F0F0F0Fu;
-    r.q[j] = ld32(blk + 16 + 32 * (j >> 1) + 8 * L.t + 4 * (j & 1));
+  for (int j = 0; j < 4; ++j) r.sc[j] = ld32(blk + 4 * j) & 0x0F0F0F0Fu;
+  const uint8_t* w = blk + 16 + 8 * L.t;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const uint32_t a = ld32(w + 32 * h + (sw ? 4 : 0)), b = ld32(w + 32 * h + (sw ? 0 : 4));
+    r.q[2 * h] = sw ? b : a, r.q[2 * h + 1] = sw ? a : b;
   }
   const uint32_t dd = ld32(blk + 80), mn = (ld32(blk + 4 * L.t) >> 4) & 0x0F0F0F0Fu;
   r.d = half_f32(dd & 0xFFFFu), r.dmin = half_f32(dd >> 16);
@@ -229,6 +236,8 @@ struct Params : eplan::Split {
   const float* w;     // weight per item (may be null)
   float lim;          // the swiglu clamp
   int lane;           // mode 2: the ticket lane of the launch's stream (stream_lanes.h)
+  int ver;            // FLASHSTAR_EXPERT_V: 0 the first kernel; 1 / 2 line staging (8 / 4 lanes a row, Lines),
+                      // conflict-free digit stores and Q2_K quant loads; the same bytes, so the same sums
 };
 
 template <int N>  // 16 (bypassing L1) or 4 bytes
@@ -253,6 +262,34 @@ __device__ __forceinline__ void wait_pending(int n) {
 
 __device__ __forceinline__ int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// Chunk c of the warp's 16 rows (16-byte aligned rows) by Lines<T, kLpr>: copy group m is window m of every
+// row (the wait before a block: Lines::need).
+template <GgmlType T, int kLpr>
+__device__ __forceinline__ void stage_lines(const Params& p, const uint8_t* rows, int64_t r0, int c, uint8_t* dst,
+                                            int lane) {
+  using F = Fmt<T>;
+  using Ln = eplan::Lines<T, kLpr>;
+  const size_t coff = static_cast<size_t>(c) * p.CB * F::kBytes - F::delta(c);
+  const uint8_t* src[Ln::kGroups];
+  uint8_t* d[Ln::kGroups];
+  int e[Ln::kGroups];
+#pragma unroll
+  for (int q = 0; q < Ln::kGroups; ++q) {
+    const int r = Ln::row(q, lane);
+    const int64_t row = r0 + r < p.rpm ? r0 + r : p.rpm - 1;
+    const uint8_t* s = rows + static_cast<size_t>(row) * p.row_bytes + coff;
+    e[q] = Ln::lane_piece(lane, reinterpret_cast<uintptr_t>(s));
+    src[q] = s + 16 * e[q], d[q] = dst + r * p.CS + 16 * e[q];
+  }
+#pragma unroll
+  for (int m = 0; m < Ln::kWindows; ++m) {
+#pragma unroll
+    for (int q = 0; q < Ln::kGroups; ++q)
+      if (Ln::copies(m, e[q])) cp_async<16>(d[q] + 16 * kLpr * m, src[q] + 16 * kLpr * m);
+    asm volatile("cp.async.commit_group;\n" ::);
+  }
+}
+
 // Copies chunk c of the warp's 16 rows (row index clamped to the matrix) into dst, rows CS bytes apart, as
 // kChunk copy groups, group i holding what block i needs beyond the earlier groups (fast_expert_plan.h): a
 // warp computes each block as soon as it has landed. Whole 16-byte aligned rows: the chunk lands at
@@ -262,6 +299,11 @@ __device__ __forceinline__ void stage(const Params& p, const uint8_t* rows, int6
   using F = Fmt<T>;
   constexpr int kChunk = F::kChunk, kBytes = F::kBytes;
   const size_t coff = static_cast<size_t>(c) * p.CB * kBytes;
+  if (p.fast && p.ver != 0) {
+    if (p.ver == 2) stage_lines<T, 4>(p, rows, r0, c, dst, lane);
+    else stage_lines<T, 8>(p, rows, r0, c, dst, lane);
+    return;
+  }
   if (p.fast) {  // lane: row lane % 16, every other 16-byte piece: fixed addresses, immediate offsets
     const int r = lane & 15, h = lane >> 4;
     const int64_t row = r0 + r < p.rpm ? r0 + r : p.rpm - 1;
@@ -318,11 +360,11 @@ __device__ __forceinline__ void iq2_block(const uint8_t* pg, const uint8_t* pg8,
 
 // Q2_K: acc as above; mins[0 / 1] gather rows g / g + 8's dmin * m * (sums of x) of this lane's sub-blocks.
 __device__ __forceinline__ void q2_block(const uint8_t* pg, const uint8_t* pg8, const uint8_t* terms,
-                                         const float* sums, int kb, float scale, const Lane& L, float (&acc)[4],
-                                         float (&mins)[2]) {
+                                         const float* sums, int kb, float scale, const Lane& L, bool sw,
+                                         float (&acc)[4], float (&mins)[2]) {
   Q2Row rg, rg8;
-  q2_load(pg, sums + kb * 16, L, rg);
-  q2_load(pg8, sums + kb * 16, L, rg8);
+  q2_load(pg, sums + kb * 16, L, sw, rg);
+  q2_load(pg8, sums + kb * 16, L, sw, rg8);
   uint32_t c[4] = {0, 0, 0, 0}, b0 = 0, b1 = 0;
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
@@ -371,7 +413,7 @@ __device__ __forceinline__ void pair_swiglu(const Params& p, const float* res, i
 // kPair 0 launch (same column parts, fast_expert_plan.h: plan_pair); 1: a block's warps are (matrix, item,
 // tile, part), 2: block 2 x computes the gate rows of row group x, block 2 x + 1 the up rows.
 template <GgmlType T, int kPair>
-__global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(eplan::kRegWarps * 32, 1) expert_mma_kernel(const Params p) {
   pdl_wait();
   extern __shared__ __align__(16) uint8_t smem[];
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
@@ -416,8 +458,21 @@ __global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel
       uint32_t lo[4], hi[4];
       lane_digits(x, E, lo, hi);
       uint8_t* d = terms + (kb * 8 + lane / 4) * 128 + 8 * (lane & 3);
+      if (p.ver == 0) {
 #pragma unroll
-      for (int n = 0; n < 4; ++n) *reinterpret_cast<uint2*>(d + 32 * n) = make_uint2(lo[n], hi[n]);
+        for (int n = 0; n < 4; ++n) *reinterpret_cast<uint2*>(d + 32 * n) = make_uint2(lo[n], hi[n]);
+      } else {
+        // The 8 steps a warp writes are 128 bytes apart (one bank set): in store i, lane group s = lane / 4
+        // writes digit (i + s) % 4, so a half warp's four groups fill the 32 banks (8-way before).
+        const int s = (lane >> 2) & 3;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int n = (i + s) & 3;
+          const uint32_t l01 = n & 1 ? lo[1] : lo[0], l23 = n & 1 ? lo[3] : lo[2];
+          const uint32_t h01 = n & 1 ? hi[1] : hi[0], h23 = n & 1 ? hi[3] : hi[2];
+          *reinterpret_cast<uint2*>(d + 32 * n) = make_uint2(n & 2 ? l23 : l01, n & 2 ? h23 : h01);
+        }
+      }
       // x = s 2^-24 Y with s = 2^(E-5); IQ2_XXS folds its d / 8 in. A non-finite x makes the rows NaN.
       if (lane == 0) sx[kb] = finite ? as_f32(static_cast<uint32_t>((kIq2 ? 119 : 122) + E) << 23) : NAN;
       if constexpr (!kIq2) {  // sums of 16 columns for the mins (a lane holds half of one)
@@ -432,22 +487,27 @@ __global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel
   const Lane L = lane_consts(lane, p.one);
   const Tabs tabs{base + p.off_grid + 4 * lane, 4u * lane, base, nullptr, nullptr};
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, mins[2] = {0.0f, 0.0f};
+  const bool lines = p.fast && p.ver != 0, q2sw = p.ver != 0 && L.t >= 2;  // copy groups: line windows (stage_lines), else Fmt's blocks
+  const int ngroups = !lines ? Fmt<T>::kChunk : p.ver == 2 ? eplan::Lines<T, 4>::kWindows : eplan::Lines<T, 8>::kWindows;
   for (int j = 0; j < nc; ++j) {
-    // Copy groups committed beyond those of this chunk's block b: the later chunks in flight, the later
-    // blocks of this one.
-    const int ahead = Fmt<T>::kChunk * (min(nc, j + p.NS) - j) - 1;
-    const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS + (p.fast ? Fmt<T>::delta(c0 + j) : 0);
+    // Copy groups committed beyond those of this chunk's group g: the later chunks in flight, the later
+    // groups of this one. Block b needs group b (Fmt) or Lines::need(b).
+    const int ahead = ngroups * (min(nc, j + p.NS) - j) - 1, delta = p.fast ? Fmt<T>::delta(c0 + j) : 0;
+    auto need = [&](int b) {
+      return !lines ? b : p.ver == 2 ? eplan::Lines<T, 4>::need(b, delta) : eplan::Lines<T, 8>::need(b, delta);
+    };
+    const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS + delta;
     const uint8_t *pg = buf + L.g * p.CS, *pg8 = pg + 8 * p.CS;
     const int kb0 = (c0 + j) * p.CB, nblk = min(p.CB, p.nb - kb0);
     for (int b = 0; b < nblk; b += 2) {  // in pairs: the sign words' alignment follows the block's parity
       const int kb = kb0 + b, o = b * Fmt<T>::kBytes;
-      wait_pending(ahead - b);
+      wait_pending(ahead - need(b));
       if constexpr (kIq2) iq2_block<false>(pg + o, pg8 + o, terms, kb, sx[kb], L, tabs, acc);
-      else q2_block(pg + o, pg8 + o, terms, sums, kb, sx[kb], L, acc, mins);
+      else q2_block(pg + o, pg8 + o, terms, sums, kb, sx[kb], L, q2sw, acc, mins);
       if (b + 1 < nblk) {
-        wait_pending(ahead - b - 1);
+        wait_pending(ahead - need(b + 1));
         if constexpr (kIq2) iq2_block<true>(pg + o + 66, pg8 + o + 66, terms, kb + 1, sx[kb + 1], L, tabs, acc);
-        else q2_block(pg + o + 84, pg8 + o + 84, terms, sums, kb + 1, sx[kb + 1], L, acc, mins);
+        else q2_block(pg + o + 84, pg8 + o + 84, terms, sums, kb + 1, sx[kb + 1], L, q2sw, acc, mins);
       }
     }
     __syncwarp();  // this buffer is refilled next
@@ -545,6 +605,15 @@ bool launch(Params p, int64_t n_groups, cudaStream_t s) {
   return true;
 }
 
+// FLASHSTAR_EXPERT_V: 0, 1 (the default) or 2; anything else is 1.
+int& version_flag() {
+  static int v = [] {
+    const char* e = std::getenv("FLASHSTAR_EXPERT_V");
+    return e && (e[0] == '0' || e[0] == '2') && e[1] == 0 ? e[0] - '0' : 1;
+  }();
+  return v;
+}
+
 bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
 
 // What expert_matvec takes of a call besides the sizes (rows_per_mat, n_items).
@@ -561,6 +630,7 @@ Params params(const DMat& W, int64_t rows_per_mat, const int32_t* mat, int32_t s
   p.mat = mat, p.X = X, p.Y = Y, p.src_div = src_div, p.nb = static_cast<int>(W.cols / 256);
   p.fast = W.row_bytes % 16 == 0 && aligned(W.data, 16);
   p.one = 1;
+  p.ver = version_flag();
   return p;
 }
 
@@ -608,6 +678,8 @@ bool expert_matvec(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_it
 }
 
 int expert_fused_mode() { return fused_mode_flag(); }
+int expert_version() { return version_flag(); }
+void expert_set_version(int v) { version_flag() = v; }
 void expert_set_fused_mode(int mode) { fused_mode_flag() = mode; }
 
 bool expert_gate_up_fused(const DMat& Wg, const DMat& Wu, int64_t rows_per_mat, const int32_t* mat_of_item,
