@@ -170,15 +170,21 @@ EMMA_HD float byte_f32(uint32_t w, int i) { return as_f32(prmt(w, 0x4B00u, 0x544
 // in the other order. Why: a row's four lanes read words 2 apart and the 8 rows (CS / 16 odd) start at
 // distinct multiples of 4 words, so in order, rows 4 words apart meet in a bank (2-way); swapped, a load's
 // words are 0, 2, 5, 7 past the row's (then 1, 3, 4, 6): 32 distinct banks. Same words, same registers.
-// sw: swap (V >= 1) and t >= 2; with sw false the loads are the first kernel's.
-EMMA_HD void q2_load(const uint8_t* blk, const float* sums, const Lane& L, bool sw, Q2Row& r) {
+template <bool kSwap>
+EMMA_HD void q2_load(const uint8_t* blk, const float* sums, const Lane& L, Q2Row& r) {
 #pragma unroll
   for (int j = 0; j < 4; ++j) r.sc[j] = ld32(blk + 4 * j) & 0x0F0F0F0Fu;
-  const uint8_t* w = blk + 16 + 8 * L.t;
+  if constexpr (kSwap) {
+    const bool sw = L.t >= 2;
+    const uint8_t* w = blk + 16 + 8 * L.t;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const uint32_t a = ld32(w + 32 * h + (sw ? 4 : 0)), b = ld32(w + 32 * h + (sw ? 0 : 4));
-    r.q[2 * h] = sw ? b : a, r.q[2 * h + 1] = sw ? a : b;
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t a = ld32(w + 32 * h + (sw ? 4 : 0)), b = ld32(w + 32 * h + (sw ? 0 : 4));
+      r.q[2 * h] = sw ? b : a, r.q[2 * h + 1] = sw ? a : b;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) r.q[j] = ld32(blk + 16 + 32 * (j >> 1) + 8 * L.t + 4 * (j & 1));
   }
   const uint32_t dd = ld32(blk + 80), mn = (ld32(blk + 4 * L.t) >> 4) & 0x0F0F0F0Fu;
   r.d = half_f32(dd & 0xFFFFu), r.dmin = half_f32(dd >> 16);
@@ -236,8 +242,7 @@ struct Params : eplan::Split {
   const float* w;     // weight per item (may be null)
   float lim;          // the swiglu clamp
   int lane;           // mode 2: the ticket lane of the launch's stream (stream_lanes.h)
-  int ver;            // FLASHSTAR_EXPERT_V: 0 the first kernel; 1 / 2 line staging (8 / 4 lanes a row, Lines),
-                      // conflict-free digit stores and Q2_K quant loads; the same bytes, so the same sums
+  int ver;            // FLASHSTAR_EXPERT_V: which kernel version the launch picks (expert_mma_kernel's kVer)
 };
 
 template <int N>  // 16 (bypassing L1) or 4 bytes
@@ -258,6 +263,19 @@ __device__ __forceinline__ void wait_pending(int n) {
   }
   cp_async_wait<N>();
   __syncwarp();
+}
+
+// The same wait by binary search (4 compares for 0..15, where wait_pending walks down from 15).
+template <int kLo, int kHi>
+__device__ __forceinline__ void wait_count(int n) {
+  if constexpr (kLo == kHi) {
+    cp_async_wait<kLo>();
+    __syncwarp();
+  } else {
+    constexpr int kMid = (kLo + kHi) / 2;
+    if (n <= kMid) wait_count<kLo, kMid>(n);
+    else wait_count<kMid + 1, kHi>(n);
+  }
 }
 
 __device__ __forceinline__ int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -294,15 +312,13 @@ __device__ __forceinline__ void stage_lines(const Params& p, const uint8_t* rows
 // kChunk copy groups, group i holding what block i needs beyond the earlier groups (fast_expert_plan.h): a
 // warp computes each block as soon as it has landed. Whole 16-byte aligned rows: the chunk lands at
 // dst + Fmt::delta(c).
-template <GgmlType T>
+template <GgmlType T, int kVer>
 __device__ __forceinline__ void stage(const Params& p, const uint8_t* rows, int64_t r0, int c, uint8_t* dst, int lane) {
   using F = Fmt<T>;
   constexpr int kChunk = F::kChunk, kBytes = F::kBytes;
   const size_t coff = static_cast<size_t>(c) * p.CB * kBytes;
-  if (p.fast && p.ver != 0) {
-    if (p.ver == 2) stage_lines<T, 4>(p, rows, r0, c, dst, lane);
-    else stage_lines<T, 8>(p, rows, r0, c, dst, lane);
-    return;
+  if constexpr (kVer != 0) {
+    if (p.fast) return stage_lines<T, kVer == 2 ? 4 : 8>(p, rows, r0, c, dst, lane);
   }
   if (p.fast) {  // lane: row lane % 16, every other 16-byte piece: fixed addresses, immediate offsets
     const int r = lane & 15, h = lane >> 4;
@@ -359,12 +375,13 @@ __device__ __forceinline__ void iq2_block(const uint8_t* pg, const uint8_t* pg8,
 }
 
 // Q2_K: acc as above; mins[0 / 1] gather rows g / g + 8's dmin * m * (sums of x) of this lane's sub-blocks.
+template <bool kSwap>
 __device__ __forceinline__ void q2_block(const uint8_t* pg, const uint8_t* pg8, const uint8_t* terms,
-                                         const float* sums, int kb, float scale, const Lane& L, bool sw,
-                                         float (&acc)[4], float (&mins)[2]) {
+                                         const float* sums, int kb, float scale, const Lane& L, float (&acc)[4],
+                                         float (&mins)[2]) {
   Q2Row rg, rg8;
-  q2_load(pg, sums + kb * 16, L, sw, rg);
-  q2_load(pg8, sums + kb * 16, L, sw, rg8);
+  q2_load<kSwap>(pg, sums + kb * 16, L, rg);
+  q2_load<kSwap>(pg8, sums + kb * 16, L, rg8);
   uint32_t c[4] = {0, 0, 0, 0}, b0 = 0, b1 = 0;
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
@@ -412,8 +429,9 @@ __device__ __forceinline__ void pair_swiglu(const Params& p, const float* res, i
 // kPair 0: Y = W x per item. 1 and 2 (fused): Y = swiglu(W x, W2 x), each matrix's sums bitwise those of a
 // kPair 0 launch (same column parts, fast_expert_plan.h: plan_pair); 1: a block's warps are (matrix, item,
 // tile, part), 2: block 2 x computes the gate rows of row group x, block 2 x + 1 the up rows.
-template <GgmlType T, int kPair>
-__global__ void __launch_bounds__(eplan::kRegWarps * 32, 1) expert_mma_kernel(const Params p) {
+template <GgmlType T, int kPair, int kVer>
+__global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kRegWarps) * 32, 1)
+    expert_mma_kernel(const Params p) {
   pdl_wait();
   extern __shared__ __align__(16) uint8_t smem[];
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
@@ -436,7 +454,7 @@ __global__ void __launch_bounds__(eplan::kRegWarps * 32, 1) expert_mma_kernel(co
   uint8_t* ring = smem + p.off_ring + static_cast<size_t>(warp) * p.NS * kRows * p.CS;
   const uint8_t* W = m ? p.W2 : p.W;
   const uint8_t* rows = live ? W + static_cast<size_t>(p.mat[item]) * p.rpm * p.row_bytes : W;
-  for (int j = 0; j < min(nc, p.NS); ++j) stage<T>(p, rows, r0, c0 + j, ring + j * kRows * p.CS, lane);
+  for (int j = 0; j < min(nc, p.NS); ++j) stage<T, kVer>(p, rows, r0, c0 + j, ring + j * kRows * p.CS, lane);
 
   // While the weights are in flight: tables, and the activation row in digits.
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -458,7 +476,7 @@ __global__ void __launch_bounds__(eplan::kRegWarps * 32, 1) expert_mma_kernel(co
       uint32_t lo[4], hi[4];
       lane_digits(x, E, lo, hi);
       uint8_t* d = terms + (kb * 8 + lane / 4) * 128 + 8 * (lane & 3);
-      if (p.ver == 0) {
+      if constexpr (kVer == 0) {
 #pragma unroll
         for (int n = 0; n < 4; ++n) *reinterpret_cast<uint2*>(d + 32 * n) = make_uint2(lo[n], hi[n]);
       } else {
@@ -487,31 +505,31 @@ __global__ void __launch_bounds__(eplan::kRegWarps * 32, 1) expert_mma_kernel(co
   const Lane L = lane_consts(lane, p.one);
   const Tabs tabs{base + p.off_grid + 4 * lane, 4u * lane, base, nullptr, nullptr};
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, mins[2] = {0.0f, 0.0f};
-  const bool lines = p.fast && p.ver != 0, q2sw = p.ver != 0 && L.t >= 2;  // copy groups: line windows (stage_lines), else Fmt's blocks
-  const int ngroups = !lines ? Fmt<T>::kChunk : p.ver == 2 ? eplan::Lines<T, 4>::kWindows : eplan::Lines<T, 8>::kWindows;
+  using Ln = eplan::Lines<T, kVer == 2 ? 4 : 8>;
+  const bool lines = kVer != 0 && p.fast;  // copy groups: line windows (stage_lines), else Fmt's blocks
   for (int j = 0; j < nc; ++j) {
     // Copy groups committed beyond those of this chunk's group g: the later chunks in flight, the later
-    // groups of this one. Block b needs group b (Fmt) or Lines::need(b).
-    const int ahead = ngroups * (min(nc, j + p.NS) - j) - 1, delta = p.fast ? Fmt<T>::delta(c0 + j) : 0;
-    auto need = [&](int b) {
-      return !lines ? b : p.ver == 2 ? eplan::Lines<T, 4>::need(b, delta) : eplan::Lines<T, 8>::need(b, delta);
-    };
-    const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS + delta;
+    // groups of this one. Block b needs group b (Fmt) or Lines::need(b) (a 4-deep search for the count).
+    const int ahead = (lines ? Ln::kWindows : Fmt<T>::kChunk) * (min(nc, j + p.NS) - j) - 1;
+    const bool odd = p.fast && Fmt<T>::delta(c0 + j) != 0;  // chunk data 8 bytes into its buffer (IQ2_XXS)
+    const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS + (p.fast ? Fmt<T>::delta(c0 + j) : 0);
     const uint8_t *pg = buf + L.g * p.CS, *pg8 = pg + 8 * p.CS;
     const int kb0 = (c0 + j) * p.CB, nblk = min(p.CB, p.nb - kb0);
     for (int b = 0; b < nblk; b += 2) {  // in pairs: the sign words' alignment follows the block's parity
       const int kb = kb0 + b, o = b * Fmt<T>::kBytes;
-      wait_pending(ahead - need(b));
+      if constexpr (kVer == 0) wait_pending(ahead - b);
+      else wait_count<0, 15>(ahead - (!lines ? b : odd ? Ln::need(b, Fmt<T>::kSlack) : Ln::need(b, 0)));
       if constexpr (kIq2) iq2_block<false>(pg + o, pg8 + o, terms, kb, sx[kb], L, tabs, acc);
-      else q2_block(pg + o, pg8 + o, terms, sums, kb, sx[kb], L, q2sw, acc, mins);
+      else q2_block<kVer != 0>(pg + o, pg8 + o, terms, sums, kb, sx[kb], L, acc, mins);
       if (b + 1 < nblk) {
-        wait_pending(ahead - need(b + 1));
+        if constexpr (kVer == 0) wait_pending(ahead - b - 1);
+        else wait_count<0, 15>(ahead - (!lines ? b + 1 : odd ? Ln::need(b + 1, Fmt<T>::kSlack) : Ln::need(b + 1, 0)));
         if constexpr (kIq2) iq2_block<true>(pg + o + 66, pg8 + o + 66, terms, kb + 1, sx[kb + 1], L, tabs, acc);
-        else q2_block(pg + o + 84, pg8 + o + 84, terms, sums, kb + 1, sx[kb + 1], L, q2sw, acc, mins);
+        else q2_block<kVer != 0>(pg + o + 84, pg8 + o + 84, terms, sums, kb + 1, sx[kb + 1], L, acc, mins);
       }
     }
     __syncwarp();  // this buffer is refilled next
-    if (j + p.NS < nc) stage<T>(p, rows, r0, c0 + j + p.NS, ring + (j % p.NS) * kRows * p.CS, lane);
+    if (j + p.NS < nc) stage<T, kVer>(p, rows, r0, c0 + j + p.NS, ring + (j % p.NS) * kRows * p.CS, lane);
   }
 
   // Columns 2t, 2t + 1 hold digits of weight 2^(8 col - 24); lanes t = 0, 1 hold the four digits.
@@ -566,26 +584,26 @@ DeviceLimits device_limits() {
 
 // Dynamic shared memory a block may have, set on the kernel once: the card's limit, less the fused kernels'
 // static shared memory (mode 2's last-block flag; the plain kernel keeps the budget its plans were made for).
-template <GgmlType T, int kPair>
+template <GgmlType T, int kPair, int kVer>
 size_t smem_budget(const DeviceLimits& lim) {
   static const size_t budget = [&] {
     size_t b = static_cast<size_t>(lim.smem);
     if (kPair != 0) {
       cudaFuncAttributes a{};
-      FS_CUDA_CHECK(cudaFuncGetAttributes(&a, emma::expert_mma_kernel<T, kPair>));
+      FS_CUDA_CHECK(cudaFuncGetAttributes(&a, emma::expert_mma_kernel<T, kPair, kVer>));
       b -= a.sharedSizeBytes;
     }
-    FS_CUDA_CHECK(cudaFuncSetAttribute(emma::expert_mma_kernel<T, kPair>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    FS_CUDA_CHECK(cudaFuncSetAttribute(emma::expert_mma_kernel<T, kPair, kVer>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(b)));
     return b;
   }();
   return budget;
 }
 
-template <GgmlType T, int kPair>
+template <GgmlType T, int kPair, int kVer>
 bool launch(Params p, int64_t n_groups, cudaStream_t s) {
   const DeviceLimits lim = device_limits();
-  const size_t plain = static_cast<size_t>(lim.smem), budget = smem_budget<T, kPair>(lim);
+  const size_t plain = static_cast<size_t>(lim.smem), budget = smem_budget<T, kPair, kVer>(lim);
   const bool planned = kPair == 0
                            ? eplan::plan<T>(p.rpm, p.n_items, p.src_div, p.nb, n_groups, lim.sms, plain, p)
                            : eplan::plan_pair<T>(kPair, p.rpm, p.n_items, p.src_div, p.nb, n_groups, lim.sms, plain,
@@ -599,7 +617,7 @@ bool launch(Params p, int64_t n_groups, cudaStream_t s) {
     p.y0 = y0;
     const dim3 grid(static_cast<unsigned>(kPair == 2 ? 2 * gx : gx),
                     static_cast<unsigned>(std::min<int64_t>(65535, gy - y0)));
-    emma::expert_mma_kernel<T, kPair><<<grid, threads, p.smem, s>>>(p);
+    emma::expert_mma_kernel<T, kPair, kVer><<<grid, threads, p.smem, s>>>(p);
     FS_CUDA_LAUNCH_CHECK();
   }
   return true;
@@ -634,10 +652,16 @@ Params params(const DMat& W, int64_t rows_per_mat, const int32_t* mat, int32_t s
   return p;
 }
 
+template <int kPair, int kVer>
+bool launch_ver(GgmlType t, const Params& p, int64_t n_groups, cudaStream_t s) {
+  return t == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS, kPair, kVer>(p, n_groups, s)
+                                : launch<GgmlType::Q2_K, kPair, kVer>(p, n_groups, s);
+}
 template <int kPair>
 bool launch_type(GgmlType t, const Params& p, int64_t n_groups, cudaStream_t s) {
-  return t == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS, kPair>(p, n_groups, s)
-                                : launch<GgmlType::Q2_K, kPair>(p, n_groups, s);
+  return p.ver == 0   ? launch_ver<kPair, 0>(t, p, n_groups, s)
+         : p.ver == 2 ? launch_ver<kPair, 2>(t, p, n_groups, s)
+                      : launch_ver<kPair, 1>(t, p, n_groups, s);
 }
 
 // FLASHSTAR_EXPERT_FUSED: 0, 1 (the default) or 2; anything else is 1.
