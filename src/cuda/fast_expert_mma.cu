@@ -243,6 +243,7 @@ struct Params : eplan::Split {
   float lim;          // the swiglu clamp
   int lane;           // mode 2: the ticket lane of the launch's stream (stream_lanes.h)
   int ver;            // FLASHSTAR_EXPERT_V: which kernel version the launch picks (expert_mma_kernel's kVer)
+  uint32_t wmap[eplan::kRegWarps];  // V >= 1: each warp's eplan::warp_word
 };
 
 template <int N>  // 16 (bypassing L1) or 4 bytes
@@ -288,8 +289,11 @@ __device__ __forceinline__ void stage_lines(const Params& p, const uint8_t* rows
   using F = Fmt<T>;
   using Ln = eplan::Lines<T, kLpr>;
   const size_t coff = static_cast<size_t>(c) * p.CB * F::kBytes - F::delta(c);
+  // Shared addresses as 32-bit words, converted once (cp_async converts each generic pointer: 3 more
+  // instructions a copy).
+  const uint32_t dst_s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   const uint8_t* src[Ln::kGroups];
-  uint8_t* d[Ln::kGroups];
+  uint32_t d[Ln::kGroups];
   int e[Ln::kGroups];
 #pragma unroll
   for (int q = 0; q < Ln::kGroups; ++q) {
@@ -297,13 +301,15 @@ __device__ __forceinline__ void stage_lines(const Params& p, const uint8_t* rows
     const int64_t row = r0 + r < p.rpm ? r0 + r : p.rpm - 1;
     const uint8_t* s = rows + static_cast<size_t>(row) * p.row_bytes + coff;
     e[q] = Ln::lane_piece(lane, reinterpret_cast<uintptr_t>(s));
-    src[q] = s + 16 * e[q], d[q] = dst + r * p.CS + 16 * e[q];
+    src[q] = s + 16 * e[q], d[q] = dst_s + r * p.CS + 16 * e[q];
   }
 #pragma unroll
   for (int m = 0; m < Ln::kWindows; ++m) {
 #pragma unroll
     for (int q = 0; q < Ln::kGroups; ++q)
-      if (Ln::copies(m, e[q])) cp_async<16>(d[q] + 16 * kLpr * m, src[q] + 16 * kLpr * m);
+      if (Ln::copies(m, e[q]))
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d[q] + 16 * kLpr * m),
+                     "l"(src[q] + 16 * kLpr * m));
     asm volatile("cp.async.commit_group;\n" ::);
   }
 }
@@ -441,14 +447,34 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
   float* part = reinterpret_cast<float*>(smem + p.off_part);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
 
-  const int64_t by = p.y0 + blockIdx.y, grp = by / p.cpg;
-  const int64_t g0 = grp * p.src_div, i0 = g0 + (by % p.cpg) * p.G;
-  const int64_t i1 = lmin(lmin(i0 + p.G, g0 + p.src_div), p.n_items);
-  const int kp = warp % p.KS, qm = warp / p.KS, gt = p.G * p.T;
-  const int m = kPair == 1 ? qm / gt : kPair == 2 ? static_cast<int>(blockIdx.x & 1) : 0;  // 1: the up matrix
-  const int q = kPair == 1 ? qm % gt : qm;
-  const int64_t bx = kPair == 2 ? blockIdx.x >> 1 : blockIdx.x;
-  const int64_t item = i0 + q / p.T, r0 = (bx * p.T + q % p.T) * kRows;
+  // Block and warp coordinates. V >= 1: 32-bit block index math (the launch checks the range) and the
+  // warp's part, slot, matrix, item and tile from the host's table (eplan::warp_word): no 64-bit division
+  // and four fewer 32-bit ones in the ~300 instructions each warp ran before its first copy.
+  int64_t by, grp, i0, i1, bx, item, r0;
+  int kp, qm, m;
+  if constexpr (kVer == 0) {  // the first kernel's statements, verbatim
+    by = p.y0 + blockIdx.y, grp = by / p.cpg;
+    const int64_t g0 = grp * p.src_div;
+    i0 = g0 + (by % p.cpg) * p.G;
+    i1 = lmin(lmin(i0 + p.G, g0 + p.src_div), p.n_items);
+    kp = warp % p.KS, qm = warp / p.KS;
+    const int gt = p.G * p.T;
+    m = kPair == 1 ? qm / gt : kPair == 2 ? static_cast<int>(blockIdx.x & 1) : 0;  // 1: the up matrix
+    const int q = kPair == 1 ? qm % gt : qm;
+    bx = kPair == 2 ? blockIdx.x >> 1 : blockIdx.x;
+    item = i0 + q / p.T, r0 = (bx * p.T + q % p.T) * kRows;
+  } else {
+    const uint32_t b32 = static_cast<uint32_t>(p.y0) + blockIdx.y, c = static_cast<uint32_t>(p.cpg);
+    const uint32_t g32 = b32 / c;
+    by = b32, grp = g32;
+    const int64_t g0 = grp * p.src_div;
+    i0 = g0 + static_cast<int64_t>(b32 - g32 * c) * p.G;
+    i1 = lmin(lmin(i0 + p.G, g0 + p.src_div), p.n_items);
+    const eplan::WarpJob wj = eplan::warp_job(p.wmap[warp]);
+    kp = wj.kp, qm = wj.qm, m = kPair == 2 ? static_cast<int>(blockIdx.x & 1) : wj.m;
+    bx = kPair == 2 ? blockIdx.x >> 1 : blockIdx.x;
+    item = i0 + wj.qi, r0 = (bx * p.T + wj.qt) * kRows;
+  }
   const bool live = item < i1 && r0 < p.rpm;
   const int c0 = kp * p.cpp, nc = live ? max(0, min(p.nchunk, c0 + p.cpp) - c0) : 0;
   uint8_t* ring = smem + p.off_ring + static_cast<size_t>(warp) * p.NS * kRows * p.CS;
@@ -610,6 +636,10 @@ bool launch(Params p, int64_t n_groups, cudaStream_t s) {
                                                  budget, p);
   if (!planned) return false;
   const int64_t gx = eplan::cdiv(eplan::cdiv(p.rpm, emma::kRows), p.T), gy = n_groups * p.cpg;
+  if constexpr (kVer != 0) {
+    if (gy > 0x7fffffff) return launch<T, kPair, 0>(p, n_groups, s);  // past its 32-bit block index math
+    for (int w = 0; w < p.warps() && w < eplan::kRegWarps; ++w) p.wmap[w] = eplan::warp_word(p, kPair, w);
+  }
   if ((kPair == 2 ? 2 * gx : gx) > 0x7fffffff || p.warps() > eplan::kMaxWarps<T>) return false;
   if (kPair == 2 && gx * gy > emma::kMaxTickets) return false;
   const unsigned threads = static_cast<unsigned>(p.warps() * 32);

@@ -85,9 +85,9 @@ struct Lines {
   static EPLAN_HD int lane_piece(int l, uint64_t src) { return (l % kLpr) - static_cast<int>((src >> 4) % kLpr); }
   static EPLAN_HD bool copies(int m, int e) { return kLpr * m + e >= 0 && kLpr * m + e < F::kPieces; }
   // Last window block b of a chunk (first byte at delta in the buffer row) needs, for the worst phase.
-  static EPLAN_HD int need(int b, int delta) {
-    const int last = (delta + (b + 1) * F::kBytes - 1) / 16 + kLpr - 1;
-    return last / kLpr < kWindows - 1 ? last / kLpr : kWindows - 1;
+  static EPLAN_HD int need(int b, int delta) {  // (unsigned: shifts, no sign fix-ups)
+    const unsigned last = (static_cast<unsigned>(delta + (b + 1) * F::kBytes) - 1) / 16 + kLpr - 1;
+    return last / kLpr < kWindows - 1u ? static_cast<int>(last / kLpr) : kWindows - 1;
   }
 };
 
@@ -185,5 +185,21 @@ bool plan_pair(int pair, int64_t rpm, int64_t n_items, int64_t src_div, int nb, 
   }
   return true;
 }
+
+// A warp's job in its block (warp = (matrix, item, tile, part), part fastest; mode 2's matrix is the
+// block's), packed by the host so that the kernel (V >= 1) reads one word instead of dividing.
+struct WarpJob {
+  int kp, qm, m, qi, qt;  // column part, slot (warp / KS), matrix, item and tile in the block
+};
+inline uint32_t warp_word(const Split& s, int pair, int w) {
+  const int kp = w % s.KS, qm = w / s.KS, gt = s.G * s.T;
+  const int m = pair == 1 ? qm / gt : 0, q = pair == 1 ? qm % gt : qm;
+  return static_cast<uint32_t>(kp | qm << 5 | m << 10 | (q / s.T) << 11 | (q % s.T) << 15);
+}
+EPLAN_HD WarpJob warp_job(uint32_t v) {
+  return {static_cast<int>(v & 31), static_cast<int>(v >> 5 & 31), static_cast<int>(v >> 10 & 1),
+          static_cast<int>(v >> 11 & 15), static_cast<int>(v >> 15)};
+}
+static_assert(kRegWarps <= 32 && kMaxItems <= 16, "warp_word's fields");
 
 }  // namespace flashstar::cuda::fast::eplan

@@ -298,3 +298,39 @@ TEST(ExpertPlan, DigitStoresAndQ2WordsAvoidBankConflicts) {
         }
       }
 }
+
+// The warp table the kernel reads (V >= 1) against the divisions it replaces, on random plans of both
+// types and fused modes.
+TEST(ExpertPlan, WarpWordsMatchTheDivisions) {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> nbd(1, 80), rowsd(1, 5000), itemsd(1, 100), divd(1, 12);
+  int checked = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    const bool iq2 = trial & 1;
+    const int pair = trial % 3;
+    const int nb = nbd(rng), rows = rowsd(rng), items = itemsd(rng), div = divd(rng);
+    const int64_t groups = eplan::cdiv(items, div);
+    eplan::Split s;
+    bool ok;
+    if (pair == 0)
+      ok = iq2 ? eplan::plan<GgmlType::IQ2_XXS>(rows, items, div, nb, groups, kSms, kSmem, s)
+               : eplan::plan<GgmlType::Q2_K>(rows, items, div, nb, groups, kSms, kSmem, s);
+    else
+      ok = iq2 ? eplan::plan_pair<GgmlType::IQ2_XXS>(pair, rows, items, div, nb, groups, kSms, kSmem, kSmem, s)
+               : eplan::plan_pair<GgmlType::Q2_K>(pair, rows, items, div, nb, groups, kSms, kSmem, kSmem, s);
+    if (!ok) continue;
+    ASSERT_LE(s.warps(), eplan::kRegWarps);
+    for (int w = 0; w < s.warps(); ++w) {
+      const eplan::WarpJob j = eplan::warp_job(eplan::warp_word(s, pair, w));
+      const int kp = w % s.KS, qm = w / s.KS, gt = s.G * s.T;
+      const int m = pair == 1 ? qm / gt : 0, q = pair == 1 ? qm % gt : qm;
+      ASSERT_EQ(j.kp, kp);
+      ASSERT_EQ(j.qm, qm);
+      ASSERT_EQ(j.m, m);
+      ASSERT_EQ(j.qi, q / s.T);
+      ASSERT_EQ(j.qt, q % s.T);
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 10000);
+}
