@@ -35,6 +35,15 @@
 // element (swiglu_el.cuh): the output is bitwise that of the three launches. Mode 1 puts both matrices'
 // warps in a block (the sums meet in shared memory); mode 2 gives each matrix its own blocks of one launch
 // and the later of a row group's two blocks (a ticket, last_block.cuh) reads both back from L2.
+//
+// Versions (FLASHSTAR_EXPERT_V, the kernel's kVer; V0's SASS is the first kernel's): Nsight showed 39% of
+// V0's shared-memory wavefronts and 49% of its L2 sectors in excess. The copies: a lane per row, 16 bytes
+// each, so every cp.async is half a sector (fetched twice) and writes shared memory one wavefront a lane
+// (16 a warp instruction). V1 / V2 copy whole 128- / 64-byte line windows of a row by 8 / 4 lanes
+// (eplan::Lines: 12 / 10 copies a chunk instead of 17 for IQ2_XXS). Also the digit stores (8-way
+// conflicts: rotated per lane group), Q2_K's quant words (2-way: pairs swapped on lanes t >= 2) and the
+// ~300 instructions of index math before the first copy (a host warp table, 32-bit block math). The same
+// bytes reach the same registers and the sums run in the same order: outputs bitwise those of V0.
 #include "cuda/fast_expert_mma.h"
 
 #include <cuda_fp16.h>

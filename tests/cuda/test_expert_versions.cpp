@@ -158,7 +158,7 @@ TEST_F(ExpertVersions, OddShapesBitwiseEqual) {
 
 TEST_F(ExpertVersions, FusedModesBitwiseEqual) {
   for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q2_K}) {
-    for (int64_t n_tok : {1, 3}) fused(t, 32, 2048, 4096, n_tok, 6);
+    for (int64_t n_tok : {1, 3}) fused(t, 8, 2048, 4096, n_tok, 6);
     fused(t, 7, 37, 768, 3, 5);
     fused(t, 11, 200, 8192, 1, 9);
   }
