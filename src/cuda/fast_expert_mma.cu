@@ -547,18 +547,19 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
     // groups of this one. Block b needs group b (Fmt) or Lines::need(b) (a 4-deep search for the count).
     const int ahead = (lines ? Ln::kWindows : Fmt<T>::kChunk) * (min(nc, j + p.NS) - j) - 1;
     const bool odd = p.fast && Fmt<T>::delta(c0 + j) != 0;  // chunk data 8 bytes into its buffer (IQ2_XXS)
+    auto need = [&](int b) { return !lines ? b : odd ? Ln::need(b, Fmt<T>::kSlack) : Ln::need(b, 0); };
     const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS + (p.fast ? Fmt<T>::delta(c0 + j) : 0);
     const uint8_t *pg = buf + L.g * p.CS, *pg8 = pg + 8 * p.CS;
     const int kb0 = (c0 + j) * p.CB, nblk = min(p.CB, p.nb - kb0);
     for (int b = 0; b < nblk; b += 2) {  // in pairs: the sign words' alignment follows the block's parity
       const int kb = kb0 + b, o = b * Fmt<T>::kBytes;
       if constexpr (kVer == 0) wait_pending(ahead - b);
-      else wait_count<0, 15>(ahead - (!lines ? b : odd ? Ln::need(b, Fmt<T>::kSlack) : Ln::need(b, 0)));
+      else wait_count<0, 15>(ahead - need(b));
       if constexpr (kIq2) iq2_block<false>(pg + o, pg8 + o, terms, kb, sx[kb], L, tabs, acc);
       else q2_block<kVer != 0>(pg + o, pg8 + o, terms, sums, kb, sx[kb], L, acc, mins);
       if (b + 1 < nblk) {
         if constexpr (kVer == 0) wait_pending(ahead - b - 1);
-        else wait_count<0, 15>(ahead - (!lines ? b + 1 : odd ? Ln::need(b + 1, Fmt<T>::kSlack) : Ln::need(b + 1, 0)));
+        else wait_count<0, 15>(ahead - need(b + 1));
         if constexpr (kIq2) iq2_block<true>(pg + o + 66, pg8 + o + 66, terms, kb + 1, sx[kb + 1], L, tabs, acc);
         else q2_block<kVer != 0>(pg + o + 84, pg8 + o + 84, terms, sums, kb + 1, sx[kb + 1], L, acc, mins);
       }
@@ -628,8 +629,8 @@ size_t smem_budget(const DeviceLimits& lim) {
       FS_CUDA_CHECK(cudaFuncGetAttributes(&a, emma::expert_mma_kernel<T, kPair, kVer>));
       b -= a.sharedSizeBytes;
     }
-    FS_CUDA_CHECK(cudaFuncSetAttribute(emma::expert_mma_kernel<T, kPair, kVer>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(b)));
+    FS_CUDA_CHECK(cudaFuncSetAttribute(emma::expert_mma_kernel<T, kPair, kVer>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(b)));
     return b;
   }();
   return budget;
