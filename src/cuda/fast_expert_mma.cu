@@ -541,25 +541,34 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
   const Tabs tabs{base + p.off_grid + 4 * lane, 4u * lane, base, nullptr, nullptr};
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, mins[2] = {0.0f, 0.0f};
   using Ln = eplan::Lines<T, kVer == 2 ? 4 : 8>;
+  // Copy groups in flight at most: two buffers (the plans' NS <= 2) of the larger group count.
+  constexpr int kMaxAhead = 2 * (Ln::kWindows > Fmt<T>::kChunk ? Ln::kWindows : Fmt<T>::kChunk) - 1;
+  static_assert(kMaxAhead <= 15, "wait counts are nibbles");
   const bool lines = kVer != 0 && p.fast;  // copy groups: line windows (stage_lines), else Fmt's blocks
   for (int j = 0; j < nc; ++j) {
     // Copy groups committed beyond those of this chunk's group g: the later chunks in flight, the later
     // groups of this one. Block b needs group b (Fmt) or Lines::need(b) (a 4-deep search for the count).
     const int ahead = (lines ? Ln::kWindows : Fmt<T>::kChunk) * (min(nc, j + p.NS) - j) - 1;
-    const bool odd = p.fast && Fmt<T>::delta(c0 + j) != 0;  // chunk data 8 bytes into its buffer (IQ2_XXS)
-    auto need = [&](int b) { return !lines ? b : odd ? Ln::need(b, Fmt<T>::kSlack) : Ln::need(b, 0); };
+    // V >= 1: block b's wait count in nibble b, once a chunk (the counts are at most kMaxAhead).
+    int waits = 0;
+    if constexpr (kVer != 0) {
+      const bool odd = p.fast && Fmt<T>::delta(c0 + j) != 0;  // chunk data 8 bytes into its buffer (IQ2_XXS)
+#pragma unroll
+      for (int b = 0; b < Fmt<T>::kChunk; ++b)
+        waits |= (ahead - (!lines ? b : odd ? Ln::need(b, Fmt<T>::kSlack) : Ln::need(b, 0))) << (4 * b);
+    }
     const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS + (p.fast ? Fmt<T>::delta(c0 + j) : 0);
     const uint8_t *pg = buf + L.g * p.CS, *pg8 = pg + 8 * p.CS;
     const int kb0 = (c0 + j) * p.CB, nblk = min(p.CB, p.nb - kb0);
     for (int b = 0; b < nblk; b += 2) {  // in pairs: the sign words' alignment follows the block's parity
       const int kb = kb0 + b, o = b * Fmt<T>::kBytes;
       if constexpr (kVer == 0) wait_pending(ahead - b);
-      else wait_count<0, 15>(ahead - need(b));
+      else wait_count<0, kMaxAhead>(waits >> (4 * b) & 15);
       if constexpr (kIq2) iq2_block<false>(pg + o, pg8 + o, terms, kb, sx[kb], L, tabs, acc);
       else q2_block<kVer != 0>(pg + o, pg8 + o, terms, sums, kb, sx[kb], L, acc, mins);
       if (b + 1 < nblk) {
         if constexpr (kVer == 0) wait_pending(ahead - b - 1);
-        else wait_count<0, 15>(ahead - need(b + 1));
+        else wait_count<0, kMaxAhead>(waits >> (4 * b + 4) & 15);
         if constexpr (kIq2) iq2_block<true>(pg + o + 66, pg8 + o + 66, terms, kb + 1, sx[kb + 1], L, tabs, acc);
         else q2_block<kVer != 0>(pg + o + 84, pg8 + o + 84, terms, sums, kb + 1, sx[kb + 1], L, acc, mins);
       }

@@ -320,6 +320,7 @@ TEST(ExpertPlan, WarpWordsMatchTheDivisions) {
                : eplan::plan_pair<GgmlType::Q2_K>(pair, rows, items, div, nb, groups, kSms, kSmem, kSmem, s);
     if (!ok) continue;
     ASSERT_LE(s.warps(), eplan::kRegWarps);
+    ASSERT_LE(s.NS, 2) << "the kernel's wait counts (kMaxAhead) assume two buffers at most";
     for (int w = 0; w < s.warps(); ++w) {
       const eplan::WarpJob j = eplan::warp_job(eplan::warp_word(s, pair, w));
       const int kp = w % s.KS, qm = w / s.KS, gt = s.G * s.T;
