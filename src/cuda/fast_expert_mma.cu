@@ -489,13 +489,37 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
   uint8_t* ring = smem + p.off_ring + static_cast<size_t>(warp) * p.NS * kRows * p.CS;
   const uint8_t* W = m ? p.W2 : p.W;
   const uint8_t* rows = live ? W + static_cast<size_t>(p.mat[item]) * p.rpm * p.row_bytes : W;
+  // V >= 1: the prologue's other global loads (the thread's first table words, the warp's first activation
+  // piece) issued next to the weight index's, so that their latencies overlap instead of following the
+  // staging one by one (the table loop's loads were each a round trip of their own).
+  constexpr int kTab = (128 + 256) * 8, kPre = kIq2 && kVer != 0 ? 4 : 0;
+  uint32_t tw[kPre > 0 ? kPre : 1];
+  float4 xu = make_float4(0.0f, 0.0f, 0.0f, 0.0f), xv = xu;
+  if constexpr (kVer != 0) {
+#pragma unroll
+    for (int k = 0; k < kPre; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      tw[k] = i < 128 * 8 ? g_sign[i >> 3] : i < kTab ? g_grid[(i >> 3) - 128] : 0u;
+    }
+    if (i0 < i1 && warp < p.nb) {
+      const float* x0 = p.X + grp * p.xs + warp * 256 + 8 * lane;
+      xu = __ldg(reinterpret_cast<const float4*>(x0)), xv = __ldg(reinterpret_cast<const float4*>(x0 + 4));
+    }
+  }
   for (int j = 0; j < min(nc, p.NS); ++j) stage<T, kVer>(p, rows, r0, c0 + j, ring + j * kRows * p.CS, lane);
 
   // While the weights are in flight: tables, and the activation row in digits.
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   if constexpr (kIq2) {  // 32 copies of each word, four per store; the grid table follows the sign table
     uint4* st = reinterpret_cast<uint4*>(smem);
-    for (int i = threadIdx.x; i < (128 + 256) * 8; i += blockDim.x) {
+    if constexpr (kPre > 0) {
+#pragma unroll
+      for (int k = 0; k < kPre; ++k) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < kTab) st[i] = make_uint4(tw[k], tw[k], tw[k], tw[k]);
+      }
+    }
+    for (int i = threadIdx.x + kPre * blockDim.x; i < kTab; i += blockDim.x) {
       const uint32_t w = i < 128 * 8 ? g_sign[i >> 3] : g_grid[(i >> 3) - 128];
       st[i] = make_uint4(w, w, w, w);
     }
@@ -503,8 +527,13 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
   if (i0 < i1) {
     const float* xr = p.X + grp * p.xs;
     for (int kb = warp; kb < p.nb; kb += nwarps) {
-      const float4 u = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane));
-      const float4 v = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane + 4));
+      float4 u, v;
+      if (kVer != 0 && kb == warp) {
+        u = xu, v = xv;
+      } else {
+        u = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane));
+        v = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane + 4));
+      }
       const float x[8] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
       bool finite;
       const int E = digits::warp_exponent(x, kExpFloor, finite);
