@@ -36,14 +36,9 @@
 // warps in a block (the sums meet in shared memory); mode 2 gives each matrix its own blocks of one launch
 // and the later of a row group's two blocks (a ticket, last_block.cuh) reads both back from L2.
 //
-// Versions (FLASHSTAR_EXPERT_V, the kernel's kVer; V0's SASS is the first kernel's): Nsight showed 39% of
-// V0's shared-memory wavefronts and 49% of its L2 sectors in excess. The copies: a lane per row, 16 bytes
-// each, so every cp.async is half a sector (fetched twice) and writes shared memory one wavefront a lane
-// (16 a warp instruction). V1 / V2 copy whole 128- / 64-byte line windows of a row by 8 / 4 lanes
-// (eplan::Lines: 12 / 10 copies a chunk instead of 17 for IQ2_XXS). Also the digit stores (8-way
-// conflicts: rotated per lane group), Q2_K's quant words (2-way: pairs swapped on lanes t >= 2) and the
-// ~300 instructions of index math before the first copy (a host warp table, 32-bit block math). The same
-// bytes reach the same registers and the sums run in the same order: outputs bitwise those of V0.
+// Versions (FLASHSTAR_EXPERT_V = the kernel's kVer; docs/PERFORMANCE.md, "expert kernel versions"): V0's
+// SASS is the first kernel's; V1 / V2 stage line windows (eplan::Lines) and avoid V0's bank conflicts and
+// index math. Same bytes in the same registers, same order of sums: outputs bitwise those of V0.
 #include "cuda/fast_expert_mma.h"
 
 #include <cuda_fp16.h>
@@ -175,10 +170,9 @@ struct Q2Row {
   float mins;  // sum over sub-blocks 4t..4t+3 of m * (sum of their 16 x)
 };
 EMMA_HD float byte_f32(uint32_t w, int i) { return as_f32(prmt(w, 0x4B00u, 0x5440u + i)) - 8388608.0f; }
-// sums: the block's 16 per-sub-block sums of x. Swapped (V >= 1): lanes t >= 2 load each pair of quant words
-// in the other order. Why: a row's four lanes read words 2 apart and the 8 rows (CS / 16 odd) start at
-// distinct multiples of 4 words, so in order, rows 4 words apart meet in a bank (2-way); swapped, a load's
-// words are 0, 2, 5, 7 past the row's (then 1, 3, 4, 6): 32 distinct banks. Same words, same registers.
+// sums: the block's 16 per-sub-block sums of x. kSwap (V >= 1): lanes t >= 2 load each pair of quant words
+// in the other order: in order, a row's lanes read words 2 apart and rows 4 words apart (CS / 16 odd) meet in
+// a bank (2-way); swapped, words 0, 2, 5, 7 past the row's (then 1, 3, 4, 6): 32 banks. Same registers.
 template <bool kSwap>
 EMMA_HD void q2_load(const uint8_t* blk, const float* sums, const Lane& L, Q2Row& r) {
 #pragma unroll
@@ -298,8 +292,7 @@ __device__ __forceinline__ void stage_lines(const Params& p, const uint8_t* rows
   using F = Fmt<T>;
   using Ln = eplan::Lines<T, kLpr>;
   const size_t coff = static_cast<size_t>(c) * p.CB * F::kBytes - F::delta(c);
-  // Shared addresses as 32-bit words, converted once (cp_async converts each generic pointer: 3 more
-  // instructions a copy).
+  // Shared addresses converted once (cp_async converts each generic pointer: 3 more instructions a copy).
   const uint32_t dst_s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   const uint8_t* src[Ln::kGroups];
   uint32_t d[Ln::kGroups];
@@ -456,9 +449,8 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
   float* part = reinterpret_cast<float*>(smem + p.off_part);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
 
-  // Block and warp coordinates. V >= 1: 32-bit block index math (the launch checks the range) and the
-  // warp's part, slot, matrix, item and tile from the host's table (eplan::warp_word): no 64-bit division
-  // and four fewer 32-bit ones in the ~300 instructions each warp ran before its first copy.
+  // Block and warp coordinates. V >= 1: 32-bit block math (the launch checks the range), the warp's job
+  // from the host's table (eplan::warp_word): no 64-bit division, four fewer 32-bit ones before the copies.
   int64_t by, grp, i0, i1, bx, item, r0;
   int kp, qm, m;
   if constexpr (kVer == 0) {  // the first kernel's statements, verbatim
@@ -489,9 +481,8 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
   uint8_t* ring = smem + p.off_ring + static_cast<size_t>(warp) * p.NS * kRows * p.CS;
   const uint8_t* W = m ? p.W2 : p.W;
   const uint8_t* rows = live ? W + static_cast<size_t>(p.mat[item]) * p.rpm * p.row_bytes : W;
-  // V >= 1: the prologue's other global loads (the thread's first table words, the warp's first activation
-  // piece) issued next to the weight index's, so that their latencies overlap instead of following the
-  // staging one by one (the table loop's loads were each a round trip of their own).
+  // V >= 1: the other global loads (first table words, first activation piece) issued with the weight
+  // index's: their latencies overlap instead of following the staging (and each other) one by one.
   constexpr int kTab = (128 + 256) * 8, kPre = kIq2 && kVer != 0 ? 4 : 0;
   uint32_t tw[kPre > 0 ? kPre : 1];
   float4 xu = make_float4(0.0f, 0.0f, 0.0f, 0.0f), xv = xu;
@@ -512,13 +503,9 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   if constexpr (kIq2) {  // 32 copies of each word, four per store; the grid table follows the sign table
     uint4* st = reinterpret_cast<uint4*>(smem);
-    if constexpr (kPre > 0) {
 #pragma unroll
-      for (int k = 0; k < kPre; ++k) {
-        const int i = threadIdx.x + k * blockDim.x;
-        if (i < kTab) st[i] = make_uint4(tw[k], tw[k], tw[k], tw[k]);
-      }
-    }
+    for (int k = 0, i = threadIdx.x; k < kPre; ++k, i += blockDim.x)
+      if (i < kTab) st[i] = make_uint4(tw[k], tw[k], tw[k], tw[k]);
     for (int i = threadIdx.x + kPre * blockDim.x; i < kTab; i += blockDim.x) {
       const uint32_t w = i < 128 * 8 ? g_sign[i >> 3] : g_grid[(i >> 3) - 128];
       st[i] = make_uint4(w, w, w, w);
@@ -546,13 +533,11 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
       } else {
         // The 8 steps a warp writes are 128 bytes apart (one bank set): in store i, lane group s = lane / 4
         // writes digit (i + s) % 4, so a half warp's four groups fill the 32 banks (8-way before).
-        const int s = (lane >> 2) & 3;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int n = (i + s) & 3;
-          const uint32_t l01 = n & 1 ? lo[1] : lo[0], l23 = n & 1 ? lo[3] : lo[2];
-          const uint32_t h01 = n & 1 ? hi[1] : hi[0], h23 = n & 1 ? hi[3] : hi[2];
-          *reinterpret_cast<uint2*>(d + 32 * n) = make_uint2(n & 2 ? l23 : l01, n & 2 ? h23 : h01);
+        for (int i = 0, n = (lane >> 2) & 3; i < 4; ++i, n = (n + 1) & 3) {
+          const uint32_t l = n & 2 ? (n & 1 ? lo[3] : lo[2]) : (n & 1 ? lo[1] : lo[0]);
+          const uint32_t h = n & 2 ? (n & 1 ? hi[3] : hi[2]) : (n & 1 ? hi[1] : hi[0]);
+          *reinterpret_cast<uint2*>(d + 32 * n) = make_uint2(l, h);
         }
       }
       // x = s 2^-24 Y with s = 2^(E-5); IQ2_XXS folds its d / 8 in. A non-finite x makes the rows NaN.
@@ -578,8 +563,7 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
     // Copy groups committed beyond those of this chunk's group g: the later chunks in flight, the later
     // groups of this one. Block b needs group b (Fmt) or Lines::need(b) (a 4-deep search for the count).
     const int ahead = (lines ? Ln::kWindows : Fmt<T>::kChunk) * (min(nc, j + p.NS) - j) - 1;
-    // V >= 1: block b's wait count in nibble b, once a chunk (the counts are at most kMaxAhead).
-    int waits = 0;
+    int waits = 0;  // V >= 1: block b's wait count in nibble b, once a chunk (at most kMaxAhead)
     if constexpr (kVer != 0) {
       const bool odd = p.fast && Fmt<T>::delta(c0 + j) != 0;  // chunk data 8 bytes into its buffer (IQ2_XXS)
 #pragma unroll
