@@ -35,6 +35,10 @@
 // element (swiglu_el.cuh): the output is bitwise that of the three launches. Mode 1 puts both matrices'
 // warps in a block (the sums meet in shared memory); mode 2 gives each matrix its own blocks of one launch
 // and the later of a row group's two blocks (a ticket, last_block.cuh) reads both back from L2.
+//
+// Versions (FLASHSTAR_EXPERT_V = the kernel's kVer; docs/PERFORMANCE.md, "expert kernel versions"): V0's
+// SASS is the first kernel's; V1 / V2 stage line windows (eplan::Lines) and avoid V0's bank conflicts and
+// index math. Same bytes in the same registers, same order of sums: outputs bitwise those of V0.
 #include "cuda/fast_expert_mma.h"
 
 #include <cuda_fp16.h>
@@ -166,12 +170,24 @@ struct Q2Row {
   float mins;  // sum over sub-blocks 4t..4t+3 of m * (sum of their 16 x)
 };
 EMMA_HD float byte_f32(uint32_t w, int i) { return as_f32(prmt(w, 0x4B00u, 0x5440u + i)) - 8388608.0f; }
-// sums: the block's 16 per-sub-block sums of x.
+// sums: the block's 16 per-sub-block sums of x. kSwap (V >= 1): lanes t >= 2 load each pair of quant words
+// in the other order: in order, a row's lanes read words 2 apart and rows 4 words apart (CS / 16 odd) meet in
+// a bank (2-way); swapped, words 0, 2, 5, 7 past the row's (then 1, 3, 4, 6): 32 banks. Same registers.
+template <bool kSwap>
 EMMA_HD void q2_load(const uint8_t* blk, const float* sums, const Lane& L, Q2Row& r) {
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    r.sc[j] = ld32(blk + 4 * j) & 0x0F0F0F0Fu;
-    r.q[j] = ld32(blk + 16 + 32 * (j >> 1) + 8 * L.t + 4 * (j & 1));
+  for (int j = 0; j < 4; ++j) r.sc[j] = ld32(blk + 4 * j) & 0x0F0F0F0Fu;
+  if constexpr (kSwap) {
+    const bool sw = L.t >= 2;
+    const uint8_t* w = blk + 16 + 8 * L.t;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t a = ld32(w + 32 * h + (sw ? 4 : 0)), b = ld32(w + 32 * h + (sw ? 0 : 4));
+      r.q[2 * h] = sw ? b : a, r.q[2 * h + 1] = sw ? a : b;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) r.q[j] = ld32(blk + 16 + 32 * (j >> 1) + 8 * L.t + 4 * (j & 1));
   }
   const uint32_t dd = ld32(blk + 80), mn = (ld32(blk + 4 * L.t) >> 4) & 0x0F0F0F0Fu;
   r.d = half_f32(dd & 0xFFFFu), r.dmin = half_f32(dd >> 16);
@@ -229,6 +245,8 @@ struct Params : eplan::Split {
   const float* w;     // weight per item (may be null)
   float lim;          // the swiglu clamp
   int lane;           // mode 2: the ticket lane of the launch's stream (stream_lanes.h)
+  int ver;            // FLASHSTAR_EXPERT_V: which kernel version the launch picks (expert_mma_kernel's kVer)
+  uint32_t wmap[eplan::kRegWarps];  // V >= 1: each warp's eplan::warp_word
 };
 
 template <int N>  // 16 (bypassing L1) or 4 bytes
@@ -251,17 +269,65 @@ __device__ __forceinline__ void wait_pending(int n) {
   __syncwarp();
 }
 
+// The same wait by binary search (4 compares for 0..15, where wait_pending walks down from 15).
+template <int kLo, int kHi>
+__device__ __forceinline__ void wait_count(int n) {
+  if constexpr (kLo == kHi) {
+    cp_async_wait<kLo>();
+    __syncwarp();
+  } else {
+    constexpr int kMid = (kLo + kHi) / 2;
+    if (n <= kMid) wait_count<kLo, kMid>(n);
+    else wait_count<kMid + 1, kHi>(n);
+  }
+}
+
 __device__ __forceinline__ int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Chunk c of the warp's 16 rows (16-byte aligned rows) by Lines<T, kLpr>: copy group m is window m of every
+// row (the wait before a block: Lines::need).
+template <GgmlType T, int kLpr>
+__device__ __forceinline__ void stage_lines(const Params& p, const uint8_t* rows, int64_t r0, int c, uint8_t* dst,
+                                            int lane) {
+  using F = Fmt<T>;
+  using Ln = eplan::Lines<T, kLpr>;
+  const size_t coff = static_cast<size_t>(c) * p.CB * F::kBytes - F::delta(c);
+  // Shared addresses converted once (cp_async converts each generic pointer: 3 more instructions a copy).
+  const uint32_t dst_s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  const uint8_t* src[Ln::kGroups];
+  uint32_t d[Ln::kGroups];
+  int e[Ln::kGroups];
+#pragma unroll
+  for (int q = 0; q < Ln::kGroups; ++q) {
+    const int r = Ln::row(q, lane);
+    const int64_t row = r0 + r < p.rpm ? r0 + r : p.rpm - 1;
+    const uint8_t* s = rows + static_cast<size_t>(row) * p.row_bytes + coff;
+    e[q] = Ln::lane_piece(lane, reinterpret_cast<uintptr_t>(s));
+    src[q] = s + 16 * e[q], d[q] = dst_s + r * p.CS + 16 * e[q];
+  }
+#pragma unroll
+  for (int m = 0; m < Ln::kWindows; ++m) {
+#pragma unroll
+    for (int q = 0; q < Ln::kGroups; ++q)
+      if (Ln::copies(m, e[q]))
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d[q] + 16 * kLpr * m),
+                     "l"(src[q] + 16 * kLpr * m));
+    asm volatile("cp.async.commit_group;\n" ::);
+  }
+}
 
 // Copies chunk c of the warp's 16 rows (row index clamped to the matrix) into dst, rows CS bytes apart, as
 // kChunk copy groups, group i holding what block i needs beyond the earlier groups (fast_expert_plan.h): a
 // warp computes each block as soon as it has landed. Whole 16-byte aligned rows: the chunk lands at
 // dst + Fmt::delta(c).
-template <GgmlType T>
+template <GgmlType T, int kVer>
 __device__ __forceinline__ void stage(const Params& p, const uint8_t* rows, int64_t r0, int c, uint8_t* dst, int lane) {
   using F = Fmt<T>;
   constexpr int kChunk = F::kChunk, kBytes = F::kBytes;
   const size_t coff = static_cast<size_t>(c) * p.CB * kBytes;
+  if constexpr (kVer != 0) {
+    if (p.fast) return stage_lines<T, kVer == 2 ? 4 : 8>(p, rows, r0, c, dst, lane);
+  }
   if (p.fast) {  // lane: row lane % 16, every other 16-byte piece: fixed addresses, immediate offsets
     const int r = lane & 15, h = lane >> 4;
     const int64_t row = r0 + r < p.rpm ? r0 + r : p.rpm - 1;
@@ -317,12 +383,13 @@ __device__ __forceinline__ void iq2_block(const uint8_t* pg, const uint8_t* pg8,
 }
 
 // Q2_K: acc as above; mins[0 / 1] gather rows g / g + 8's dmin * m * (sums of x) of this lane's sub-blocks.
+template <bool kSwap>
 __device__ __forceinline__ void q2_block(const uint8_t* pg, const uint8_t* pg8, const uint8_t* terms,
                                          const float* sums, int kb, float scale, const Lane& L, float (&acc)[4],
                                          float (&mins)[2]) {
   Q2Row rg, rg8;
-  q2_load(pg, sums + kb * 16, L, rg);
-  q2_load(pg8, sums + kb * 16, L, rg8);
+  q2_load<kSwap>(pg, sums + kb * 16, L, rg);
+  q2_load<kSwap>(pg8, sums + kb * 16, L, rg8);
   uint32_t c[4] = {0, 0, 0, 0}, b0 = 0, b1 = 0;
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
@@ -370,8 +437,9 @@ __device__ __forceinline__ void pair_swiglu(const Params& p, const float* res, i
 // kPair 0: Y = W x per item. 1 and 2 (fused): Y = swiglu(W x, W2 x), each matrix's sums bitwise those of a
 // kPair 0 launch (same column parts, fast_expert_plan.h: plan_pair); 1: a block's warps are (matrix, item,
 // tile, part), 2: block 2 x computes the gate rows of row group x, block 2 x + 1 the up rows.
-template <GgmlType T, int kPair>
-__global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel(const Params p) {
+template <GgmlType T, int kPair, int kVer>
+__global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kRegWarps) * 32, 1)
+    expert_mma_kernel(const Params p) {
   pdl_wait();
   extern __shared__ __align__(16) uint8_t smem[];
   constexpr bool kIq2 = T == GgmlType::IQ2_XXS;
@@ -381,26 +449,64 @@ __global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel
   float* part = reinterpret_cast<float*>(smem + p.off_part);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
 
-  const int64_t by = p.y0 + blockIdx.y, grp = by / p.cpg;
-  const int64_t g0 = grp * p.src_div, i0 = g0 + (by % p.cpg) * p.G;
-  const int64_t i1 = lmin(lmin(i0 + p.G, g0 + p.src_div), p.n_items);
-  const int kp = warp % p.KS, qm = warp / p.KS, gt = p.G * p.T;
-  const int m = kPair == 1 ? qm / gt : kPair == 2 ? static_cast<int>(blockIdx.x & 1) : 0;  // 1: the up matrix
-  const int q = kPair == 1 ? qm % gt : qm;
-  const int64_t bx = kPair == 2 ? blockIdx.x >> 1 : blockIdx.x;
-  const int64_t item = i0 + q / p.T, r0 = (bx * p.T + q % p.T) * kRows;
+  // Block and warp coordinates. V >= 1: 32-bit block math (the launch checks the range), the warp's job
+  // from the host's table (eplan::warp_word): no 64-bit division, four fewer 32-bit ones before the copies.
+  int64_t by, grp, i0, i1, bx, item, r0;
+  int kp, qm, m;
+  if constexpr (kVer == 0) {  // the first kernel's statements, verbatim
+    by = p.y0 + blockIdx.y, grp = by / p.cpg;
+    const int64_t g0 = grp * p.src_div;
+    i0 = g0 + (by % p.cpg) * p.G;
+    i1 = lmin(lmin(i0 + p.G, g0 + p.src_div), p.n_items);
+    kp = warp % p.KS, qm = warp / p.KS;
+    const int gt = p.G * p.T;
+    m = kPair == 1 ? qm / gt : kPair == 2 ? static_cast<int>(blockIdx.x & 1) : 0;  // 1: the up matrix
+    const int q = kPair == 1 ? qm % gt : qm;
+    bx = kPair == 2 ? blockIdx.x >> 1 : blockIdx.x;
+    item = i0 + q / p.T, r0 = (bx * p.T + q % p.T) * kRows;
+  } else {
+    const uint32_t b32 = static_cast<uint32_t>(p.y0) + blockIdx.y, c = static_cast<uint32_t>(p.cpg);
+    const uint32_t g32 = b32 / c;
+    by = b32, grp = g32;
+    const int64_t g0 = grp * p.src_div;
+    i0 = g0 + static_cast<int64_t>(b32 - g32 * c) * p.G;
+    i1 = lmin(lmin(i0 + p.G, g0 + p.src_div), p.n_items);
+    const eplan::WarpJob wj = eplan::warp_job(p.wmap[warp]);
+    kp = wj.kp, qm = wj.qm, m = kPair == 2 ? static_cast<int>(blockIdx.x & 1) : wj.m;
+    bx = kPair == 2 ? blockIdx.x >> 1 : blockIdx.x;
+    item = i0 + wj.qi, r0 = (bx * p.T + wj.qt) * kRows;
+  }
   const bool live = item < i1 && r0 < p.rpm;
   const int c0 = kp * p.cpp, nc = live ? max(0, min(p.nchunk, c0 + p.cpp) - c0) : 0;
   uint8_t* ring = smem + p.off_ring + static_cast<size_t>(warp) * p.NS * kRows * p.CS;
   const uint8_t* W = m ? p.W2 : p.W;
   const uint8_t* rows = live ? W + static_cast<size_t>(p.mat[item]) * p.rpm * p.row_bytes : W;
-  for (int j = 0; j < min(nc, p.NS); ++j) stage<T>(p, rows, r0, c0 + j, ring + j * kRows * p.CS, lane);
+  // V >= 1: the other global loads (first table words, first activation piece) issued with the weight
+  // index's: their latencies overlap instead of following the staging (and each other) one by one.
+  constexpr int kTab = (128 + 256) * 8, kPre = kIq2 && kVer != 0 ? 4 : 0;
+  uint32_t tw[kPre > 0 ? kPre : 1];
+  float4 xu = make_float4(0.0f, 0.0f, 0.0f, 0.0f), xv = xu;
+  if constexpr (kVer != 0) {
+#pragma unroll
+    for (int k = 0; k < kPre; ++k) {
+      const int i = threadIdx.x + k * blockDim.x;
+      tw[k] = i < 128 * 8 ? g_sign[i >> 3] : i < kTab ? g_grid[(i >> 3) - 128] : 0u;
+    }
+    if (i0 < i1 && warp < p.nb) {
+      const float* x0 = p.X + grp * p.xs + warp * 256 + 8 * lane;
+      xu = __ldg(reinterpret_cast<const float4*>(x0)), xv = __ldg(reinterpret_cast<const float4*>(x0 + 4));
+    }
+  }
+  for (int j = 0; j < min(nc, p.NS); ++j) stage<T, kVer>(p, rows, r0, c0 + j, ring + j * kRows * p.CS, lane);
 
   // While the weights are in flight: tables, and the activation row in digits.
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   if constexpr (kIq2) {  // 32 copies of each word, four per store; the grid table follows the sign table
     uint4* st = reinterpret_cast<uint4*>(smem);
-    for (int i = threadIdx.x; i < (128 + 256) * 8; i += blockDim.x) {
+#pragma unroll
+    for (int k = 0, i = threadIdx.x; k < kPre; ++k, i += blockDim.x)
+      if (i < kTab) st[i] = make_uint4(tw[k], tw[k], tw[k], tw[k]);
+    for (int i = threadIdx.x + kPre * blockDim.x; i < kTab; i += blockDim.x) {
       const uint32_t w = i < 128 * 8 ? g_sign[i >> 3] : g_grid[(i >> 3) - 128];
       st[i] = make_uint4(w, w, w, w);
     }
@@ -408,16 +514,32 @@ __global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel
   if (i0 < i1) {
     const float* xr = p.X + grp * p.xs;
     for (int kb = warp; kb < p.nb; kb += nwarps) {
-      const float4 u = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane));
-      const float4 v = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane + 4));
+      float4 u, v;
+      if (kVer != 0 && kb == warp) {
+        u = xu, v = xv;
+      } else {
+        u = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane));
+        v = __ldg(reinterpret_cast<const float4*>(xr + kb * 256 + 8 * lane + 4));
+      }
       const float x[8] = {u.x, u.y, u.z, u.w, v.x, v.y, v.z, v.w};
       bool finite;
       const int E = digits::warp_exponent(x, kExpFloor, finite);
       uint32_t lo[4], hi[4];
       lane_digits(x, E, lo, hi);
       uint8_t* d = terms + (kb * 8 + lane / 4) * 128 + 8 * (lane & 3);
+      if constexpr (kVer == 0) {
 #pragma unroll
-      for (int n = 0; n < 4; ++n) *reinterpret_cast<uint2*>(d + 32 * n) = make_uint2(lo[n], hi[n]);
+        for (int n = 0; n < 4; ++n) *reinterpret_cast<uint2*>(d + 32 * n) = make_uint2(lo[n], hi[n]);
+      } else {
+        // The 8 steps a warp writes are 128 bytes apart (one bank set): in store i, lane group s = lane / 4
+        // writes digit (i + s) % 4, so a half warp's four groups fill the 32 banks (8-way before).
+#pragma unroll
+        for (int i = 0, n = (lane >> 2) & 3; i < 4; ++i, n = (n + 1) & 3) {
+          const uint32_t l = n & 2 ? (n & 1 ? lo[3] : lo[2]) : (n & 1 ? lo[1] : lo[0]);
+          const uint32_t h = n & 2 ? (n & 1 ? hi[3] : hi[2]) : (n & 1 ? hi[1] : hi[0]);
+          *reinterpret_cast<uint2*>(d + 32 * n) = make_uint2(l, h);
+        }
+      }
       // x = s 2^-24 Y with s = 2^(E-5); IQ2_XXS folds its d / 8 in. A non-finite x makes the rows NaN.
       if (lane == 0) sx[kb] = finite ? as_f32(static_cast<uint32_t>((kIq2 ? 119 : 122) + E) << 23) : NAN;
       if constexpr (!kIq2) {  // sums of 16 columns for the mins (a lane holds half of one)
@@ -432,26 +554,40 @@ __global__ void __launch_bounds__(eplan::kMaxWarps<T> * 32, 1) expert_mma_kernel
   const Lane L = lane_consts(lane, p.one);
   const Tabs tabs{base + p.off_grid + 4 * lane, 4u * lane, base, nullptr, nullptr};
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, mins[2] = {0.0f, 0.0f};
+  using Ln = eplan::Lines<T, kVer == 2 ? 4 : 8>;
+  // Copy groups in flight at most: two buffers (the plans' NS <= 2) of the larger group count.
+  constexpr int kMaxAhead = 2 * (Ln::kWindows > Fmt<T>::kChunk ? Ln::kWindows : Fmt<T>::kChunk) - 1;
+  static_assert(kMaxAhead <= 15, "wait counts are nibbles");
+  const bool lines = kVer != 0 && p.fast;  // copy groups: line windows (stage_lines), else Fmt's blocks
   for (int j = 0; j < nc; ++j) {
-    // Copy groups committed beyond those of this chunk's block b: the later chunks in flight, the later
-    // blocks of this one.
-    const int ahead = Fmt<T>::kChunk * (min(nc, j + p.NS) - j) - 1;
+    // Copy groups committed beyond those of this chunk's group g: the later chunks in flight, the later
+    // groups of this one. Block b needs group b (Fmt) or Lines::need(b) (a 4-deep search for the count).
+    const int ahead = (lines ? Ln::kWindows : Fmt<T>::kChunk) * (min(nc, j + p.NS) - j) - 1;
+    int waits = 0;  // V >= 1: block b's wait count in nibble b, once a chunk (at most kMaxAhead)
+    if constexpr (kVer != 0) {
+      const bool odd = p.fast && Fmt<T>::delta(c0 + j) != 0;  // chunk data 8 bytes into its buffer (IQ2_XXS)
+#pragma unroll
+      for (int b = 0; b < Fmt<T>::kChunk; ++b)
+        waits |= (ahead - (!lines ? b : odd ? Ln::need(b, Fmt<T>::kSlack) : Ln::need(b, 0))) << (4 * b);
+    }
     const uint8_t* buf = ring + (j % p.NS) * kRows * p.CS + (p.fast ? Fmt<T>::delta(c0 + j) : 0);
     const uint8_t *pg = buf + L.g * p.CS, *pg8 = pg + 8 * p.CS;
     const int kb0 = (c0 + j) * p.CB, nblk = min(p.CB, p.nb - kb0);
     for (int b = 0; b < nblk; b += 2) {  // in pairs: the sign words' alignment follows the block's parity
       const int kb = kb0 + b, o = b * Fmt<T>::kBytes;
-      wait_pending(ahead - b);
+      if constexpr (kVer == 0) wait_pending(ahead - b);
+      else wait_count<0, kMaxAhead>(waits >> (4 * b) & 15);
       if constexpr (kIq2) iq2_block<false>(pg + o, pg8 + o, terms, kb, sx[kb], L, tabs, acc);
-      else q2_block(pg + o, pg8 + o, terms, sums, kb, sx[kb], L, acc, mins);
+      else q2_block<kVer != 0>(pg + o, pg8 + o, terms, sums, kb, sx[kb], L, acc, mins);
       if (b + 1 < nblk) {
-        wait_pending(ahead - b - 1);
+        if constexpr (kVer == 0) wait_pending(ahead - b - 1);
+        else wait_count<0, kMaxAhead>(waits >> (4 * b + 4) & 15);
         if constexpr (kIq2) iq2_block<true>(pg + o + 66, pg8 + o + 66, terms, kb + 1, sx[kb + 1], L, tabs, acc);
-        else q2_block(pg + o + 84, pg8 + o + 84, terms, sums, kb + 1, sx[kb + 1], L, acc, mins);
+        else q2_block<kVer != 0>(pg + o + 84, pg8 + o + 84, terms, sums, kb + 1, sx[kb + 1], L, acc, mins);
       }
     }
     __syncwarp();  // this buffer is refilled next
-    if (j + p.NS < nc) stage<T>(p, rows, r0, c0 + j + p.NS, ring + (j % p.NS) * kRows * p.CS, lane);
+    if (j + p.NS < nc) stage<T, kVer>(p, rows, r0, c0 + j + p.NS, ring + (j % p.NS) * kRows * p.CS, lane);
   }
 
   // Columns 2t, 2t + 1 hold digits of weight 2^(8 col - 24); lanes t = 0, 1 hold the four digits.
@@ -506,32 +642,36 @@ DeviceLimits device_limits() {
 
 // Dynamic shared memory a block may have, set on the kernel once: the card's limit, less the fused kernels'
 // static shared memory (mode 2's last-block flag; the plain kernel keeps the budget its plans were made for).
-template <GgmlType T, int kPair>
+template <GgmlType T, int kPair, int kVer>
 size_t smem_budget(const DeviceLimits& lim) {
   static const size_t budget = [&] {
     size_t b = static_cast<size_t>(lim.smem);
     if (kPair != 0) {
       cudaFuncAttributes a{};
-      FS_CUDA_CHECK(cudaFuncGetAttributes(&a, emma::expert_mma_kernel<T, kPair>));
+      FS_CUDA_CHECK(cudaFuncGetAttributes(&a, emma::expert_mma_kernel<T, kPair, kVer>));
       b -= a.sharedSizeBytes;
     }
-    FS_CUDA_CHECK(cudaFuncSetAttribute(emma::expert_mma_kernel<T, kPair>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(b)));
+    FS_CUDA_CHECK(cudaFuncSetAttribute(emma::expert_mma_kernel<T, kPair, kVer>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(b)));
     return b;
   }();
   return budget;
 }
 
-template <GgmlType T, int kPair>
+template <GgmlType T, int kPair, int kVer>
 bool launch(Params p, int64_t n_groups, cudaStream_t s) {
   const DeviceLimits lim = device_limits();
-  const size_t plain = static_cast<size_t>(lim.smem), budget = smem_budget<T, kPair>(lim);
+  const size_t plain = static_cast<size_t>(lim.smem), budget = smem_budget<T, kPair, kVer>(lim);
   const bool planned = kPair == 0
                            ? eplan::plan<T>(p.rpm, p.n_items, p.src_div, p.nb, n_groups, lim.sms, plain, p)
                            : eplan::plan_pair<T>(kPair, p.rpm, p.n_items, p.src_div, p.nb, n_groups, lim.sms, plain,
                                                  budget, p);
   if (!planned) return false;
   const int64_t gx = eplan::cdiv(eplan::cdiv(p.rpm, emma::kRows), p.T), gy = n_groups * p.cpg;
+  if constexpr (kVer != 0) {
+    if (gy > 0x7fffffff) return launch<T, kPair, 0>(p, n_groups, s);  // past its 32-bit block index math
+    for (int w = 0; w < p.warps() && w < eplan::kRegWarps; ++w) p.wmap[w] = eplan::warp_word(p, kPair, w);
+  }
   if ((kPair == 2 ? 2 * gx : gx) > 0x7fffffff || p.warps() > eplan::kMaxWarps<T>) return false;
   if (kPair == 2 && gx * gy > emma::kMaxTickets) return false;
   const unsigned threads = static_cast<unsigned>(p.warps() * 32);
@@ -539,10 +679,19 @@ bool launch(Params p, int64_t n_groups, cudaStream_t s) {
     p.y0 = y0;
     const dim3 grid(static_cast<unsigned>(kPair == 2 ? 2 * gx : gx),
                     static_cast<unsigned>(std::min<int64_t>(65535, gy - y0)));
-    emma::expert_mma_kernel<T, kPair><<<grid, threads, p.smem, s>>>(p);
+    emma::expert_mma_kernel<T, kPair, kVer><<<grid, threads, p.smem, s>>>(p);
     FS_CUDA_LAUNCH_CHECK();
   }
   return true;
+}
+
+// FLASHSTAR_EXPERT_V: 0, 1 (the default) or 2; anything else is 1.
+int& version_flag() {
+  static int v = [] {
+    const char* e = std::getenv("FLASHSTAR_EXPERT_V");
+    return e && (e[0] == '0' || e[0] == '2') && e[1] == 0 ? e[0] - '0' : 1;
+  }();
+  return v;
 }
 
 bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
@@ -561,13 +710,20 @@ Params params(const DMat& W, int64_t rows_per_mat, const int32_t* mat, int32_t s
   p.mat = mat, p.X = X, p.Y = Y, p.src_div = src_div, p.nb = static_cast<int>(W.cols / 256);
   p.fast = W.row_bytes % 16 == 0 && aligned(W.data, 16);
   p.one = 1;
+  p.ver = version_flag();
   return p;
 }
 
+template <int kPair, int kVer>
+bool launch_ver(GgmlType t, const Params& p, int64_t n_groups, cudaStream_t s) {
+  return t == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS, kPair, kVer>(p, n_groups, s)
+                                : launch<GgmlType::Q2_K, kPair, kVer>(p, n_groups, s);
+}
 template <int kPair>
 bool launch_type(GgmlType t, const Params& p, int64_t n_groups, cudaStream_t s) {
-  return t == GgmlType::IQ2_XXS ? launch<GgmlType::IQ2_XXS, kPair>(p, n_groups, s)
-                                : launch<GgmlType::Q2_K, kPair>(p, n_groups, s);
+  return p.ver == 0   ? launch_ver<kPair, 0>(t, p, n_groups, s)
+         : p.ver == 2 ? launch_ver<kPair, 2>(t, p, n_groups, s)
+                      : launch_ver<kPair, 1>(t, p, n_groups, s);
 }
 
 // FLASHSTAR_EXPERT_FUSED: 0, 1 (the default) or 2; anything else is 1.
@@ -608,6 +764,8 @@ bool expert_matvec(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_it
 }
 
 int expert_fused_mode() { return fused_mode_flag(); }
+int expert_version() { return version_flag(); }
+void expert_set_version(int v) { version_flag() = v; }
 void expert_set_fused_mode(int mode) { fused_mode_flag() = mode; }
 
 bool expert_gate_up_fused(const DMat& Wg, const DMat& Wu, int64_t rows_per_mat, const int32_t* mat_of_item,

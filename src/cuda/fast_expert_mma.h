@@ -46,5 +46,11 @@ void expert_gate_up_swiglu(bool fast_route, const DMat& Wg, const DMat& Wu, int6
 // expert_set_fused_mode changes it (tests).
 int expert_fused_mode();
 void expert_set_fused_mode(int mode);
+// FLASHSTAR_EXPERT_V=0|1|2 (read once, default 1): 0 the first kernel (16-byte copies a lane per row, for
+// A/B comparisons); 1 and 2 stage whole 128- / 64-byte line windows of a row by 8 / 4 lanes and store the
+// digits and read Q2_K quant words without bank conflicts. The same bytes reach the same registers, so the
+// outputs are bitwise those of 0. expert_set_version changes it (tests).
+int expert_version();
+void expert_set_version(int v);
 
 }  // namespace flashstar::cuda::fast

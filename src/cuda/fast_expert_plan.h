@@ -27,6 +27,9 @@ constexpr int kRows = 16, kMaxItems = 8;
 // tables), Q2_K 16 (several blocks an SM).
 template <GgmlType T>
 constexpr int kMaxWarps = T == GgmlType::IQ2_XXS ? 24 : 16;
+// The launch bounds' warps, for both types: 24 x 32 threads cap a thread at 80 registers, which keeps three
+// 8-warp Q2_K blocks an SM (down at decode) whatever the compiler would otherwise take (up to 128).
+constexpr int kRegWarps = 24;
 
 // Bytes per 256-column block and blocks per staged chunk. An IQ2_XXS chunk (4 x 66 = 264 bytes) starts 8
 // bytes past a 16-byte boundary in every other chunk: its copy starts at the boundary below (delta bytes
@@ -53,6 +56,40 @@ struct Fmt {
 };
 static_assert(Fmt<GgmlType::IQ2_XXS>::groups_cover() && Fmt<GgmlType::Q2_K>::groups_cover());
 static_assert(Fmt<GgmlType::IQ2_XXS>::kChunk % 2 == 0, "blocks are consumed in pairs (the sign words' parity)");
+
+// Line staging (fast_expert_mma.cu, FLASHSTAR_EXPERT_V=1 / 2): the same pieces into the same buffer bytes
+// as Fmt's copy groups, but a row's pieces go to kLpr consecutive lanes, aligned to kLpr-piece windows of
+// global memory (V1: 8 lanes, 128-byte lines, 4 rows an instruction; V2: 4 lanes, 64 bytes, 8 rows). Why:
+// Fmt's mapping gives each of an instruction's lanes a different row, so every 16-byte copy is half of a
+// 32-byte sector that the next instruction fetches again (2x the L2 sectors) and its shared-memory write
+// is a wavefront of its own (16 a warp instruction). A window's lanes cover whole sectors of one line.
+// Lane l of instruction (row group q, window m) copies piece 8m + e (kLpr 8) of row row(q, l), e = l % kLpr
+// less the row's phase (where its piece 0 lies in a window), when 0 <= piece < kPieces: the pieces Fmt
+// copies, no byte outside them. Copy group m holds window m of every row; block b of a chunk has landed
+// once groups 0..need(b) have (any phase).
+template <GgmlType T, int kLpr>
+struct Lines {
+  using F = Fmt<T>;
+  static_assert(kLpr == 4 || kLpr == 8);
+  static constexpr int kRowsPer = 32 / kLpr, kGroups = 16 / kRowsPer;  // rows an instruction, row groups
+  static constexpr int kWindows = (F::kPieces + 2 * kLpr - 2) / kLpr;  // windows a row's chunk can touch
+  // Row of lane l in row group q. The rows of a quarter warp (8 lanes) are 0 or 4 apart: with buffer rows
+  // CS bytes apart, CS / 16 odd, their 16-byte shared-memory writes fall in distinct banks (4 apart: 64 of
+  // CS's 128-byte bank cycle).
+  static EPLAN_HD int row(int q, int l) {
+    if constexpr (kLpr == 8) return 4 * q + (l >> 3);
+    const int j = l >> 2;
+    return 8 * q + (j >> 1) + 4 * (j & 1);
+  }
+  // e of lane l for a row whose piece 0 (16-byte aligned) is at global address src.
+  static EPLAN_HD int lane_piece(int l, uint64_t src) { return (l % kLpr) - static_cast<int>((src >> 4) % kLpr); }
+  static EPLAN_HD bool copies(int m, int e) { return kLpr * m + e >= 0 && kLpr * m + e < F::kPieces; }
+  // Last window block b of a chunk (first byte at delta in the buffer row) needs, for the worst phase.
+  static EPLAN_HD int need(int b, int delta) {  // (unsigned: shifts, no sign fix-ups)
+    const unsigned last = (static_cast<unsigned>(delta + (b + 1) * F::kBytes) - 1) / 16 + kLpr - 1;
+    return last / kLpr < kWindows - 1u ? static_cast<int>(last / kLpr) : kWindows - 1;
+  }
+};
 
 // Block shape and dynamic shared memory: [IQ2_XXS sign table 16 KB][grid table 32 KB][digits][sx: per-block
 // scales][sum: Q2_K per-16-column sums of x][part: column-part results][res: fused mode 1's row sums of both
@@ -148,5 +185,21 @@ bool plan_pair(int pair, int64_t rpm, int64_t n_items, int64_t src_div, int nb, 
   }
   return true;
 }
+
+// A warp's job in its block (warp = (matrix, item, tile, part), part fastest; mode 2's matrix is the
+// block's), packed by the host so that the kernel (V >= 1) reads one word instead of dividing.
+struct WarpJob {
+  int kp, qm, m, qi, qt;  // column part, slot (warp / KS), matrix, item and tile in the block
+};
+inline uint32_t warp_word(const Split& s, int pair, int w) {
+  const int kp = w % s.KS, qm = w / s.KS, gt = s.G * s.T;
+  const int m = pair == 1 ? qm / gt : 0, q = pair == 1 ? qm % gt : qm;
+  return static_cast<uint32_t>(kp | qm << 5 | m << 10 | (q / s.T) << 11 | (q % s.T) << 15);
+}
+EPLAN_HD WarpJob warp_job(uint32_t v) {
+  return {static_cast<int>(v & 31), static_cast<int>(v >> 5 & 31), static_cast<int>(v >> 10 & 1),
+          static_cast<int>(v >> 11 & 15), static_cast<int>(v >> 15)};
+}
+static_assert(kRegWarps <= 32 && kMaxItems <= 16, "warp_word's fields");
 
 }  // namespace flashstar::cuda::fast::eplan

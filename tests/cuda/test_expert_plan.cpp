@@ -189,3 +189,149 @@ TEST(ExpertPlan, PairKeepsThePlainColumnParts) {
   }
   EXPECT_GT(fused, 3000);
 }
+
+// Line staging (FLASHSTAR_EXPERT_V=1 / 2, eplan::Lines) replayed lane by lane: rows at every 16-byte phase
+// of a line and row strides of every residue, the pieces Fmt copies and nothing else, each byte once,
+// every block's bytes in groups 0..need(b), a row's lanes within one line window, and a quarter warp's
+// 16-byte shared-memory writes in distinct banks (buffer rows CS apart, CS / 16 odd).
+namespace {
+template <GgmlType T, int kLpr>
+void replay_lines(int nb, int c, uint64_t base, int rpm) {
+  using F = eplan::Fmt<T>;
+  using Ln = eplan::Lines<T, kLpr>;
+  const int row_bytes = nb * F::kBytes, CS = (F::kChunk * F::kBytes + F::kSlack + 15) / 16 * 16;
+  ASSERT_EQ(row_bytes % 16, 0);
+  ASSERT_EQ(CS / 16 % 2, 1);
+  const int delta = F::delta(c), coff = c * F::kChunk * F::kBytes - delta;
+  std::vector<int> src(16 * CS, -1), group(16 * CS, -1);
+  std::vector<int> lanes_of_row(16, 0);
+  for (int q = 0; q < Ln::kGroups; ++q)
+    for (int l = 0; l < 32; ++l) ++lanes_of_row[Ln::row(q, l)];
+  for (int r = 0; r < 16; ++r) ASSERT_EQ(lanes_of_row[r], kLpr) << "row " << r;
+  for (int m = 0; m < Ln::kWindows; ++m)
+    for (int q = 0; q < Ln::kGroups; ++q) {
+      std::vector<int> bank_use(4 * 32, 0);  // per quarter warp
+      for (int l = 0; l < 32; ++l) {
+        const int r = Ln::row(q, l), row = std::min(r, rpm - 1);
+        const uint64_t s = base + static_cast<uint64_t>(row) * row_bytes + coff;
+        const int e = Ln::lane_piece(l, s);
+        ASSERT_GT(e, -kLpr);
+        ASSERT_LT(e, kLpr);
+        if (!Ln::copies(m, e)) continue;
+        const int k = kLpr * m + e;
+        ASSERT_GE(k, 0);
+        ASSERT_LT(k, F::kPieces);
+        ASSERT_LE(coff + 16 * k + 16, row_bytes) << "copy past the row";
+        ASSERT_LE(16 * k + 16, CS) << "copy past the buffer row";
+        const uint64_t ga = s + 16 * k;
+        EXPECT_EQ(ga % (16 * kLpr), static_cast<uint64_t>(16 * (l % kLpr))) << "lane outside its line window";
+        for (int w = 0; w < 4 && rpm >= 16; ++w) {  // (clamped rows may share a phase-shifted bank set)
+          const int bank = ((r * CS + 16 * k) / 4 + w) % 32;
+          EXPECT_EQ(bank_use[(l / 8) * 32 + bank]++, 0) << "bank conflict, quarter " << l / 8;
+        }
+        for (int b = 0; b < 16; ++b) {
+          const int o = r * CS + 16 * k + b;
+          ASSERT_EQ(group[o], -1) << "byte copied twice";
+          src[o] = static_cast<int>(row) * row_bytes + coff + 16 * k + b, group[o] = m;
+        }
+      }
+    }
+  for (int r = 0; r < 16; ++r) {
+    const int row = std::min(r, rpm - 1);
+    for (int k = 0; k < F::kPieces; ++k) EXPECT_NE(group[r * CS + 16 * k], -1) << "piece " << k << " missing";
+    for (int i = 0; i < F::kChunk && c * F::kChunk + i < nb; ++i)
+      for (int b = 0; b < F::kBytes; ++b) {
+        const int o = r * CS + delta + i * F::kBytes + b;
+        EXPECT_EQ(src[o], row * row_bytes + c * F::kChunk * F::kBytes + i * F::kBytes + b);
+        EXPECT_LE(group[o], Ln::need(i, delta)) << "block " << i << " needs a later group";
+      }
+  }
+}
+}  // namespace
+
+TEST(ExpertPlan, LineStagingDeliversEveryBlock) {
+  EXPECT_EQ((eplan::Lines<GgmlType::IQ2_XXS, 8>::kWindows), 3);
+  EXPECT_EQ((eplan::Lines<GgmlType::Q2_K, 8>::kWindows), 4);
+  EXPECT_EQ((eplan::Lines<GgmlType::IQ2_XXS, 4>::kWindows), 5);
+  EXPECT_EQ((eplan::Lines<GgmlType::Q2_K, 4>::kWindows), 6);
+  for (uint64_t base = 0x10000; base < 0x10000 + 128; base += 16)
+    for (int rpm : {16, 5, 1}) {  // rows past the matrix's end read its last row
+      for (int nb : {8, 16, 24, 40})
+        for (int c = 0; c < nb / 4; ++c) {
+          replay_lines<GgmlType::IQ2_XXS, 8>(nb, c, base, rpm);
+          replay_lines<GgmlType::IQ2_XXS, 4>(nb, c, base, rpm);
+        }
+      for (int nb : {4, 8, 12, 20})
+        for (int c = 0; c < nb / 4; ++c) {
+          replay_lines<GgmlType::Q2_K, 8>(nb, c, base, rpm);
+          replay_lines<GgmlType::Q2_K, 4>(nb, c, base, rpm);
+        }
+    }
+}
+
+// The kernel's other conflict-free orders (V >= 1), with its formulas: the digit stores (store i of lane l
+// writes digit (i + l / 4) % 4 at step l / 4, 8 bytes at 8 (l % 4) + 32 digit of the step's 128) and the
+// Q2_K quant words (lane t of row g reads word 4 + 8 h + 2 t + (t >= 2), then + 1 - 2 (t >= 2), of its row at
+// g CS, CS = 336, any block offset): a half warp's 8-byte stores and a warp's words in distinct banks.
+TEST(ExpertPlan, DigitStoresAndQ2WordsAvoidBankConflicts) {
+  for (int i = 0; i < 4; ++i)
+    for (int half = 0; half < 2; ++half) {
+      std::vector<int> use(32, 0);
+      for (int l = 16 * half; l < 16 * half + 16; ++l) {
+        const int n = (i + (l >> 2)) & 3, byte = (l / 4) * 128 + 8 * (l & 3) + 32 * n;
+        for (int w = 0; w < 2; ++w) EXPECT_EQ(use[(byte / 4 + w) % 32]++, 0) << "store " << i;
+      }
+    }
+  std::vector<int> seen(4, 0);
+  for (int l = 0; l < 32; ++l)  // every lane stores each digit once
+    for (int i = 0; i < 4; ++i) seen[(i + (l >> 2)) & 3] += l == 5;
+  EXPECT_EQ(seen, std::vector<int>(4, 1));
+  const int CS = 336;
+  for (int blk = 0; blk < 4; ++blk)
+    for (int h = 0; h < 2; ++h)
+      for (int second = 0; second < 2; ++second) {
+        std::vector<int> use(32, 0);
+        for (int l = 0; l < 32; ++l) {
+          const int g = l / 4, t = l % 4, sw = t >= 2;
+          const int byte = g * CS + blk * 84 + 16 + 32 * h + 8 * t + 4 * (second ? 1 - sw : sw);
+          EXPECT_EQ(use[(byte / 4) % 32]++, 0) << "block " << blk << " h " << h;
+        }
+      }
+}
+
+// The warp table the kernel reads (V >= 1) against the divisions it replaces, on random plans of both
+// types and fused modes.
+TEST(ExpertPlan, WarpWordsMatchTheDivisions) {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> nbd(1, 80), rowsd(1, 5000), itemsd(1, 100), divd(1, 12);
+  int checked = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    const bool iq2 = trial & 1;
+    const int pair = trial % 3;
+    const int nb = nbd(rng), rows = rowsd(rng), items = itemsd(rng), div = divd(rng);
+    const int64_t groups = eplan::cdiv(items, div);
+    eplan::Split s;
+    bool ok;
+    if (pair == 0)
+      ok = iq2 ? eplan::plan<GgmlType::IQ2_XXS>(rows, items, div, nb, groups, kSms, kSmem, s)
+               : eplan::plan<GgmlType::Q2_K>(rows, items, div, nb, groups, kSms, kSmem, s);
+    else
+      ok = iq2 ? eplan::plan_pair<GgmlType::IQ2_XXS>(pair, rows, items, div, nb, groups, kSms, kSmem, kSmem, s)
+               : eplan::plan_pair<GgmlType::Q2_K>(pair, rows, items, div, nb, groups, kSms, kSmem, kSmem, s);
+    if (!ok) continue;
+    ASSERT_LE(s.warps(), eplan::kRegWarps);
+    ASSERT_LE(s.NS, 2) << "the kernel's wait counts (kMaxAhead) assume two buffers at most";
+    for (int w = 0; w < s.warps(); ++w) {
+      const eplan::WarpJob j = eplan::warp_job(eplan::warp_word(s, pair, w));
+      const int kp = w % s.KS, qm = w / s.KS, gt = s.G * s.T;
+      const int m = pair == 1 ? qm / gt : 0, q = pair == 1 ? qm % gt : qm;
+      ASSERT_EQ(j.kp, kp);
+      ASSERT_EQ(j.qm, qm);
+      ASSERT_EQ(j.m, m);
+      ASSERT_EQ(j.qi, q / s.T);
+      ASSERT_EQ(j.qt, q % s.T);
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 10000);
+}
