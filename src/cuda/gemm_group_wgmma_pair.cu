@@ -51,18 +51,6 @@ __device__ __forceinline__ void promote(float (&acc)[64], float (&part)[64], con
   gw::promote_rows<N, kMins, kBN>(acc, part, rows, sums, 0, wq, lane);
 }
 
-// f(integral_constant<N>) for the block's wgmma width N = 32 nsel (block-uniform).
-template <class Fn>
-__device__ __forceinline__ void with_n(int nsel, Fn&& f) {
-  if (nsel == 4)
-    f(std::integral_constant<int, 128>{});
-  else if (nsel == 3)
-    f(std::integral_constant<int, 96>{});
-  else if (nsel == 2)
-    f(std::integral_constant<int, 64>{});
-  else
-    f(std::integral_constant<int, 32>{});
-}
 #endif  // FS_WGMMA
 
 // Grid: (row blocks, plan tiles) as v0; the blocks of odd plan tiles exit (their items are the previous
@@ -157,7 +145,7 @@ __global__ void __launch_bounds__(gp::kThreads, 1)
 
   // One k-loop per wgmma width: a branch per width inside one loop makes ptxas serialise the wgmma
   // (C7511; the paths' in-flight accumulators differ at the joins).
-  with_n(nsel, [&](auto n_tag) {
+  wgmma::with_n(nsel, [&](auto n_tag) {
   constexpr int N = decltype(n_tag)::value;
   float acc[64], part[64];
 #pragma unroll

@@ -77,19 +77,6 @@ __device__ __forceinline__ void promote(float (&acc)[M], float (&part)[M], const
   }
 }
 
-// f(integral_constant<N>) for the block's wgmma width N = 32 nsel (block-uniform): one k-loop per width
-// (a branch per width inside one loop makes ptxas serialise the wgmma, as variant 1 found).
-template <class Fn>
-__device__ __forceinline__ void with_n(int nsel, Fn&& f) {
-  if (nsel == 4)
-    f(std::integral_constant<int, 128>{});
-  else if (nsel == 3)
-    f(std::integral_constant<int, 96>{});
-  else if (nsel == 2)
-    f(std::integral_constant<int, 64>{});
-  else
-    f(std::integral_constant<int, 32>{});
-}
 #endif  // FS_WGMMA
 
 // Grid: (row blocks, plan tiles), the arguments of gemm_grouped_wgmma.
@@ -279,7 +266,7 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
     }
   };
 
-  with_n(n_used >> 5, [&](auto n_tag) {
+  wgmma::with_n(n_used >> 5, [&](auto n_tag) {
     constexpr int N = decltype(n_tag)::value;
     float acc[N / 2], p0[N / 2], p1[N / 2];
 #pragma unroll

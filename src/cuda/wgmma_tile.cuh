@@ -5,6 +5,7 @@
 // replay every address against the PTX ISA's definitions; the instructions exist only in device code.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define WG_HD __host__ __device__ __forceinline__
@@ -202,6 +203,20 @@ __device__ __forceinline__ void mma_rs(float (&d)[M], const uint32_t (&a)[4], ui
     mma_rs_n64(head<64>(d), a, desc_b, scale_d);
   else
     mma_rs_n32(head<32>(d), a, desc_b, scale_d);
+}
+
+// f(integral_constant<N>) for a block's wgmma width N = 32 nsel (block-uniform): one k-loop per width (a
+// branch per width inside one loop makes ptxas serialise the wgmma).
+template <class Fn>
+__device__ __forceinline__ void with_n(int nsel, Fn&& f) {
+  if (nsel == 4)
+    f(std::integral_constant<int, 128>{});
+  else if (nsel == 3)
+    f(std::integral_constant<int, 96>{});
+  else if (nsel == 2)
+    f(std::integral_constant<int, 64>{});
+  else
+    f(std::integral_constant<int, 32>{});
 }
 #endif  // FS_WGMMA
 
