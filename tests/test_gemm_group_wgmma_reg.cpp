@@ -392,3 +392,20 @@ TEST(GemmGroupWgmmaReg, PrecomputedTokenSumsAreTheLoopsColumnsAndSlots) {
   // Rows: item r's groups consecutive, rows groups apart.
   ASSERT_EQ(gr::tsum_index(3, 5, groups), 3 * groups + 5);
 }
+
+// swiglu_f16's token sums add two sum4 across lanes: sum4 of the first and last 4 columns, added, is
+// sum8 bit for bit (random FP16 words, finite and not).
+TEST(GemmGroupWgmmaReg, Sum4PairIsSum8) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 100000; ++trial) {
+    uint32_t hi[4], lo[4];
+    for (int i = 0; i < 4; ++i) hi[i] = rng(), lo[i] = rng() & 0x3FFF3FFFu;  // lo: small residuals
+    if (trial % 2) for (uint32_t& w : hi) w &= 0xBFFFBFFFu;                  // mostly finite
+    const uint32_t h0[2] = {hi[0], hi[1]}, h1[2] = {hi[2], hi[3]}, l0[2] = {lo[0], lo[1]}, l1[2] = {lo[2], lo[3]};
+    const float a = cuda::gemm_int::sum8(hi, lo), b = cuda::gemm_int::sum4(h0, l0) + cuda::gemm_int::sum4(h1, l1);
+    uint32_t ba, bb;
+    std::memcpy(&ba, &a, 4), std::memcpy(&bb, &b, 4);
+    if (a != a) ASSERT_TRUE(b != b);
+    else ASSERT_EQ(ba, bb) << trial;
+  }
+}

@@ -633,11 +633,16 @@ class CudaSession final : public Session {
       fast::gemm_grouped(L.gate_exps, d_.FF, plan_, fn_b, D8, n, true, int32_t(d_.K), false, G_, d_.FF, s_);
       fast::gemm_grouped(L.up_exps, d_.FF, plan_, fn_b, D8, n, true, int32_t(d_.K), false, U_, d_.FF, s_);
       fast::moe_gather(wsel_, plan_, items, wplan_, s_);
-      if (!prefill_small_ || !fast::swiglu_f16(G_, U_, items, d_.FF, lim, wplan_, nullptr, xb_, s_)) {
+      // With the Q2_K token sums precomputed (gemm_set_group_q2k_sums) the SwiGLU's FP16 copy writes them
+      // too (bitwise group_token_sums'); otherwise the down product's call forms them from xb_.
+      float* const tsum = fast::gemm_group_q2k_sums() && F8 == d_.FF ? tsum_ : nullptr;
+      const bool ready = prefill_small_ && fast::swiglu_f16(G_, U_, items, d_.FF, lim, wplan_, nullptr, xb_, s_, tsum);
+      if (!ready) {
         swiglu(G_, U_, items, d_.FF, lim, wplan_, s_);
         fast::to_f16(G_, items, d_.FF, d_.FF, xb_, s_);
       }
-      fast::gemm_grouped(L.down_exps, d_.D, plan_, xb_, F8, items, false, 1, true, slot_, d_.D, s_, tsum_);
+      fast::gemm_grouped(L.down_exps, d_.D, plan_, xb_, F8, items, false, 1, true, slot_, d_.D, s_, tsum_,
+                         ready && tsum);
       return;
     }
     auto items_mm = [&](const DMat& W, int64_t rows, int32_t div, const float* X, int64_t xs, float* Y, int64_t ys) {

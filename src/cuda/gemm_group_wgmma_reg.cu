@@ -449,14 +449,15 @@ void init_group_wgmma_reg_table() {
 // 4-byte raw words, 16-byte activation rows, a Hopper); false (nothing launched) for what it does not take.
 bool group_wgmma_reg_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                             int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
-                            cudaStream_t s, float* tsums) {
+                            cudaStream_t s, float* tsums, bool tsums_ready) {
   // Whole iterations of 4 k-tiles (implied by the 256-column units); token rows and item rows as int.
   if (W.cols % (gr::kTilesPerIter * 32) != 0 || x_rows > INT32_MAX || x_rows * k8 >= gr::kMaxXElems) return false;
   if (W.type == GgmlType::IQ2_XXS)
     launch<GgmlType::IQ2_XXS>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   else if (W.type == GgmlType::Q2_K && q2k_sums_flag() && tsums) {
-    // The sums of all x_rows rows, then the product copying them in (stream order).
-    group_token_sums(Xb, k8, x_rows * k8, x_rows, W.cols, tsums, s);
+    // The sums of all x_rows rows (unless the FP16 copy's writer formed them), then the product copying
+    // them in (stream order).
+    if (!tsums_ready) group_token_sums(Xb, k8, x_rows * k8, x_rows, W.cols, tsums, s);
     launch<GgmlType::Q2_K, true>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s, tsums);
   } else if (W.type == GgmlType::Q2_K)
     launch<GgmlType::Q2_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);

@@ -25,6 +25,10 @@
 // N = 128). Decode a k-tile and thread (16 weights): IQ2_XXS ~44 in the lanes (2.75 a weight: PRMT, LDS,
 // LOP3 a register, a record read and 4 shifts a row) + ~24 of pre-pass; Q2_K ~33 (LDS, LOP3, PRMT, HFMA2
 // a register, two record reads a row) + ~25.
+// With the token sums precomputed (FLASHSTAR_GEMM_GROUP_Q2K_SUMS=1, tsum_group below; off by default):
+// Q2_K 896 / 1106 / 1342 / 1616 (~199 / 252 / 311 / 379 a k-tile and warp), one barrier an iteration,
+// 255 registers, no spill stores in the loops (9 reloads an iteration at N = 128). The rest is mostly
+// the promotion's 3 FMAs an element, which v2's bits need as they are (three roundings a k-tile).
 #pragma once
 #include <cstdint>
 

@@ -26,6 +26,7 @@
 #include "cuda/fast_kernels.h"
 #include "cuda/gemm_group_wgmma.h"
 #include "cuda/gemm_int_weights.h"
+#include "cuda/prefill_small.h"
 #include "gemm_test_util.h"
 
 using namespace flashstar;
@@ -433,6 +434,35 @@ TEST_F(GemmGroupWgmma, TokenSumsAreTheLoopsSums) {
         }
       EXPECT_EQ(differ, 0) << rows << " rows x " << cols;
     }
+}
+
+// The session's fused writer: swiglu_f16 with tsums writes the FP16 copy it writes without (bitwise) and
+// exactly group_token_sums of that copy (poisoned outputs of exactly their size; odd item counts; with and
+// without routing weights).
+TEST_F(GemmGroupWgmma, SwigluF16TokenSumsAreGroupTokenSums) {
+  for (const int64_t n : {int64_t{1}, int64_t{37}, int64_t{4099}})
+    for (const int64_t ff : {int64_t{256}, int64_t{2048}})
+      for (const bool weighted : {false, true}) {
+        auto g = up(randn(static_cast<size_t>(n * ff), 3.0f)), u = up(randn(static_cast<size_t>(n * ff), 3.0f));
+        auto w = up(randn(static_cast<size_t>(n)));
+        const float* wp = weighted ? w.get() : nullptr;
+        auto xb0 = poisoned<uint16_t>(static_cast<size_t>(2 * n * ff)), xb1 = poisoned<uint16_t>(xb0.size());
+        const int64_t nt = cuda::fast::group_token_sums_floats(n, ff);
+        auto ts = poisoned<float>(static_cast<size_t>(nt)), ref = poisoned<float>(static_cast<size_t>(nt));
+        ASSERT_TRUE(cuda::fast::swiglu_f16(g.get(), u.get(), n, ff, 7.0f, wp, nullptr, xb0.get(), nullptr));
+        ASSERT_TRUE(cuda::fast::swiglu_f16(g.get(), u.get(), n, ff, 7.0f, wp, nullptr, xb1.get(), nullptr, ts.get()));
+        cuda::fast::group_token_sums(xb1.get(), ff, n * ff, n, ff, ref.get(), nullptr);
+        std::vector<uint16_t> h0(xb0.size()), h1(xb0.size());
+        FS_CUDA_CHECK(cudaMemcpy(h0.data(), xb0.get(), h0.size() * 2, cudaMemcpyDeviceToHost));
+        FS_CUDA_CHECK(cudaMemcpy(h1.data(), xb1.get(), h1.size() * 2, cudaMemcpyDeviceToHost));
+        EXPECT_EQ(0, std::memcmp(h0.data(), h1.data(), h0.size() * 2)) << n << " x " << ff << ": the copy changed";
+        const auto a = down(ts), b = down(ref);
+        int64_t differ = 0;
+        for (size_t i = 0; i < a.size(); ++i) differ += f32_to_bits(a[i]) != f32_to_bits(b[i]);
+        EXPECT_EQ(differ, 0) << n << " x " << ff << (weighted ? " weighted" : "");
+      }
+  EXPECT_FALSE(cuda::fast::swiglu_f16(nullptr, nullptr, 1, 24, 7.0f, nullptr, nullptr, nullptr, nullptr))
+      << "no copy: declined";
 }
 
 TEST_F(GemmGroupWgmma, DeclinesWhatItDoesNotTake) {
