@@ -540,6 +540,22 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
       std::printf("group %-4s %-8s %4lld x %4lld, 4096 tokens: %-18s %.3f ms (%.0f TFLOP/s useful), %.2fx v2\n",
                   pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, m < kV ? kConfigs[m].name : "v2",
                   med[m], tf / med[m] * 1e3, med[kV] / med[m]);
+    if (pr.t == GgmlType::Q2_K) {
+      // The two parts of the "q2k sums" line: group_token_sums alone, and the product with the sums ready
+      // (what the session pays when the SwiGLU's FP16 copy writes them).
+      cuda::fast::gemm_set_group_wgmma(true);
+      cuda::fast::gemm_set_group_wgmma_variant(2);
+      cuda::fast::gemm_set_group_q2k_sums(true);
+      const float ts = median_ms(1, kRuns, [&](int) {
+        cuda::fast::group_token_sums(xb.get(), pr.cols, x_rows * pr.cols, x_rows, pr.cols, tsums.get(), nullptr);
+      });
+      const float pm = median_ms(1, kRuns, [&](int) {
+        ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, false, 1, true, y.get(),
+                                                   pr.rows, nullptr, tsums.get(), true));
+      });
+      std::printf("group down q2k sums: group_token_sums %.3f ms, the product with the sums ready %.3f ms (%.2fx v2)\n",
+                  ts, pm, med[kV] / pm);
+    }
   }
   for (int m = 0; m <= kV; ++m)  // the switches: restored by TearDown
     std::printf("routed-expert products of a layer, 4096 tokens: %-18s %.2f ms (%.0f TFLOP/s), %.2fx v2\n",
