@@ -75,7 +75,10 @@ def index_functions(srcdir):
 
 def main():
     verbose = [a[2:] for a in sys.argv[1:] if a.startswith('-v')]  # -vCATEGORY: list that category's lines
-    args = [a for a in sys.argv[1:] if not a.startswith('-v')]
+    # -a: every outermost loop holding HGMMA (kernels with one k-loop per wgmma width, wgmma::with_n),
+    # not only the largest.
+    every = '-a' in sys.argv[1:]
+    args = [a for a in sys.argv[1:] if not a.startswith('-v') and a != '-a']
     obj, subs = args[0], args[1:]
     index_functions(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src', 'cuda'))
     dis = subprocess.run(['nvdisasm', '-g', '-c', cubin_of(obj)], capture_output=True, text=True).stdout
@@ -109,15 +112,24 @@ def main():
                 for p in pend:
                     lab_addr[p] = int(m.group(1), 16)
                 pend = []
+        loops = []
         for addr, text, _ in ins:
             m = re.search(r'BRA\s.*?(\.L_x_\d+)', text)
             if m and m.group(1) in lab_addr and lab_addr[m.group(1)] < addr:
                 lo = lab_addr[m.group(1)]
                 body = [x for x in ins if lo <= x[0] <= addr]
+                if any('HGMMA' in x[1] for x in body):
+                    loops.append((lo, addr, body))
                 if any('HGMMA' in x[1] for x in body) and (best is None or len(body) > len(best)):
                     best = body
         if not best:
             continue
+        if every:
+            outer = [l for l in loops if not any(o is not l and o[0] <= l[0] and l[1] <= o[1] for o in loops)]
+            for lo, hi, body in sorted(outer, key=lambda l: l[0]):
+                n_mma = sum(1 for x in body if 'HGMMA' in x[1])
+                ffma = sum(1 for x in body if re.sub(r'^@!?U?P\w+\s+', '', x[1]).startswith('FFMA'))
+                print(f'  loop {lo:#x}..{hi:#x}: {len(body)} instructions, HGMMA {n_mma}, FFMA {ffma}')
         cats = collections.Counter()
         ops = collections.defaultdict(collections.Counter)
         for _, text, (f, line) in best:

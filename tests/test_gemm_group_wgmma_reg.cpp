@@ -352,3 +352,60 @@ TEST(GemmGroupWgmmaReg, RawCopiesCoverWhatTheDecodersRead) {
   check(TypeTag<GgmlType::Q2_K>{});
   ASSERT_EQ(gr::Smem<GgmlType::IQ2_XXS>::off_raw % 1024, 0);
 }
+
+// FLASHSTAR_GEMM_GROUP_Q2K_SUMS: the precomputed token sums (gr::tsum_*) are the sums the k-loop forms.
+// For every k-tile of several iterations, half and sum8 k: the scratch group the kernel copies
+// (tsum_group) holds columns tsum_col(g, k) .. + 7 (group_token_sums), which must be the k-tile's columns
+// that the in-loop sums() read (chunk t / 2's 16-byte chunk sum_chunk(t, half, k)); each copy lands in
+// the slot the promotion reads (sum_index), every slot of a buffer once; a thread's copies of an item and
+// iteration stay in the item's 32-byte scratch sector; the two buffers fit the shared memory.
+TEST(GemmGroupWgmmaReg, PrecomputedTokenSumsAreTheLoopsColumnsAndSlots) {
+  const int groups = 2048 / 16;  // the down projection's input (FF = 2048)
+  for (int it = 0; it < 2048 / (32 * gr::kTilesPerIter); ++it) {
+    std::set<int> slots;
+    for (int tid = 0; tid < gr::kThreads; ++tid) {
+      const int item = gr::sum_item(tid), half = gr::sum_half(tid);
+      std::set<int64_t> sectors;
+      for (int i = 0; i < gr::kTilesPerIter; ++i) {
+        const int t = gr::kTilesPerIter * it + i, g = gr::tsum_group(it, i, half);
+        ASSERT_EQ(gr::tsum_group(it, i, half), gr::tsum_group(it, i, 0) + half) << "the half in the row offset";
+        ASSERT_LT(g, groups);
+        for (int k = 0; k < 2; ++k)
+          ASSERT_EQ(gr::tsum_col(g, k), gr::kChunkCols * (t >> 1) + 8 * gr::sum_chunk(t, half, k))
+              << "it " << it << " i " << i << " half " << half << " k " << k;
+        ASSERT_TRUE(slots.insert(gr::sum_index(i, half, item)).second) << "a slot twice";
+        sectors.insert(gr::tsum_index(item, g, groups) * 4 / 32);
+      }
+      ASSERT_EQ(sectors.size(), 1u) << "one sector an item and iteration";
+    }
+    constexpr int kBuf = gr::Smem<GgmlType::Q2_K, true>::kSumsBuf;
+    ASSERT_EQ(slots.size(), size_t(kBuf));
+    ASSERT_EQ(*slots.rbegin(), kBuf - 1);
+  }
+  using S1 = gr::Smem<GgmlType::Q2_K>;
+  using S2 = gr::Smem<GgmlType::Q2_K, true>;
+  ASSERT_EQ(S2::kSums, 2 * S1::kSums);
+  ASSERT_EQ(S2::off_sums, S1::off_sums);
+  ASSERT_LE(S2::off_sums + S2::kSums, S2::off_rec);
+  ASSERT_EQ(S2::off_sums % 16, 0);
+  ASSERT_LE(S2::bytes + 1024 + 16 + 1024, 227 * 1024) << "one block an SM (the launch's static_assert)";
+  // Rows: item r's groups consecutive, rows groups apart.
+  ASSERT_EQ(gr::tsum_index(3, 5, groups), 3 * groups + 5);
+}
+
+// swiglu_f16's token sums add two sum4 across lanes: sum4 of the first and last 4 columns, added, is
+// sum8 bit for bit (random FP16 words, finite and not).
+TEST(GemmGroupWgmmaReg, Sum4PairIsSum8) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 100000; ++trial) {
+    uint32_t hi[4], lo[4];
+    for (int i = 0; i < 4; ++i) hi[i] = rng(), lo[i] = rng() & 0x3FFF3FFFu;  // lo: small residuals
+    if (trial % 2) for (uint32_t& w : hi) w &= 0xBFFFBFFFu;                  // mostly finite
+    const uint32_t h0[2] = {hi[0], hi[1]}, h1[2] = {hi[2], hi[3]}, l0[2] = {lo[0], lo[1]}, l1[2] = {lo[2], lo[3]};
+    const float a = cuda::gemm_int::sum8(hi, lo), b = cuda::gemm_int::sum4(h0, l0) + cuda::gemm_int::sum4(h1, l1);
+    uint32_t ba, bb;
+    std::memcpy(&ba, &a, 4), std::memcpy(&bb, &b, 4);
+    if (a != a) ASSERT_TRUE(b != b);
+    else ASSERT_EQ(ba, bb) << trial;
+  }
+}

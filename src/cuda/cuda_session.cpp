@@ -220,6 +220,7 @@ class CudaSession final : public Session {
     att_scratch_ = take(C * d_.H * d_.MAXROWS), head_logits_ = take(kHeadRows * d_.V), head_mix_ = take(C * d_.NHC);
     hist_tmp_ = take(d_.SWA * d_.HD);
     wplan_ = take(C * d_.K);
+    tsum_ = take(C * d_.K * d_.TSUM);  // the routed down product's Q2_K token sums (gemm_set_group_q2k_sums)
     comp_tmp_ = take(2 * d_.STATE);
     mv_work_ = take(kMvWork);
     side_work_ = take(kMvWork);  // the decode fork's side lane: its split products never share mv_work_
@@ -632,11 +633,16 @@ class CudaSession final : public Session {
       fast::gemm_grouped(L.gate_exps, d_.FF, plan_, fn_b, D8, n, true, int32_t(d_.K), false, G_, d_.FF, s_);
       fast::gemm_grouped(L.up_exps, d_.FF, plan_, fn_b, D8, n, true, int32_t(d_.K), false, U_, d_.FF, s_);
       fast::moe_gather(wsel_, plan_, items, wplan_, s_);
-      if (!prefill_small_ || !fast::swiglu_f16(G_, U_, items, d_.FF, lim, wplan_, nullptr, xb_, s_)) {
+      // With the Q2_K token sums precomputed (gemm_set_group_q2k_sums) the SwiGLU's FP16 copy writes them
+      // too (bitwise group_token_sums'); otherwise the down product's call forms them from xb_.
+      float* const tsum = fast::gemm_group_q2k_sums() && F8 == d_.FF ? tsum_ : nullptr;
+      const bool ready = prefill_small_ && fast::swiglu_f16(G_, U_, items, d_.FF, lim, wplan_, nullptr, xb_, s_, tsum);
+      if (!ready) {
         swiglu(G_, U_, items, d_.FF, lim, wplan_, s_);
         fast::to_f16(G_, items, d_.FF, d_.FF, xb_, s_);
       }
-      fast::gemm_grouped(L.down_exps, d_.D, plan_, xb_, F8, items, false, 1, true, slot_, d_.D, s_);
+      fast::gemm_grouped(L.down_exps, d_.D, plan_, xb_, F8, items, false, 1, true, slot_, d_.D, s_, tsum_,
+                         ready && tsum);
       return;
     }
     auto items_mm = [&](const DMat& W, int64_t rows, int32_t div, const float* X, int64_t xs, float* Y, int64_t ys) {
@@ -762,6 +768,7 @@ class CudaSession final : public Session {
   std::unique_ptr<fast::CublasGemm> cublas_;  // null: the cuBLASLt path is off
   fast::MoePlan plan_{};
   float* wplan_ = nullptr;
+  float* tsum_ = nullptr;
   float* comp_tmp_ = nullptr;
   float* mv_work_ = nullptr;    // the current lane's split workspace: the main lane's, or side_work_ in on_side
   float* side_work_ = nullptr;

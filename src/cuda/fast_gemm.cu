@@ -547,9 +547,11 @@ bool gemm(const DMat& W, int64_t row0, int64_t n_rows, const uint16_t* Xb, int64
 }
 
 bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
-                  bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
+                  bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s, float* tsums,
+                  bool tsums_ready) {
   if (!shape_ok(W) || p.max_tiles > 65535) return false;
-  if (int_weights_flag() && gemm_grouped_wgmma(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s))
+  if (int_weights_flag() &&
+      gemm_grouped_wgmma(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s, tsums, tsums_ready))
     return true;
   if (int_weights_flag() && gemm_group_v2() &&
       gemm_grouped_v2(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s))

@@ -85,9 +85,12 @@ void moe_plan(const int32_t* sel, int64_t n_items, int n_expert, const MoePlan& 
 void moe_gather(const float* w, const MoePlan& p, int64_t n_items, float* out, cudaStream_t s);
 // Y[pos] (pos = position in plan order) = W_e . X[row(pos)], row(pos) = items[pos] / src_div when gather,
 // else pos (X already in plan order). When scatter, Y row is items[pos] instead of pos. Xb is to_f16's
-// copy of x_rows rows.
+// copy of x_rows rows. tsums: optional scratch of group_token_sums_floats(x_rows, W.cols) floats for the
+// Q2_K token sums (gemm_set_group_q2k_sums); nullptr: the kernels form them in their loops. tsums_ready:
+// it already holds group_token_sums of Xb (swiglu_f16 wrote them with the copy), else the call fills it.
 bool gemm_grouped(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
-                  bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s);
+                  bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s,
+                  float* tsums = nullptr, bool tsums_ready = false);
 // Integer weights (Q8_0, Q2_K, Q4_K, IQ2_XXS) run the second grouped kernel (fast_gemm_group.cu), unless
 // FLASHSTAR_GEMM_GROUP_V2=0 or gemm_set_group_v2(false) puts the first back (A/B comparisons on the
 // device); both compute the same bits. gemm_grouped_v2 is that kernel alone (false, launching nothing,
@@ -125,11 +128,21 @@ void init_group_wgmma_pair_table(const uint32_t* sel);
 // ... and the register-decoded kernel (variant 2, gemm_group_wgmma_reg.cu): false where it declines.
 bool group_wgmma_reg_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                             int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
-                            cudaStream_t s);
+                            cudaStream_t s, float* tsums = nullptr, bool tsums_ready = false);
 void init_group_wgmma_reg_table();
 bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                         int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
-                        cudaStream_t s);
+                        cudaStream_t s, float* tsums = nullptr, bool tsums_ready = false);
+// Variant 2's Q2_K token sums precomputed (FLASHSTAR_GEMM_GROUP_Q2K_SUMS=1 or gemm_set_group_q2k_sums;
+// off by default until measured): where a call passes tsums, group_token_sums fills it first and the
+// k-loop copies the sums in instead of forming them (gemm_group_wgmma_reg.h, tsum_group); the same bits.
+void gemm_set_group_q2k_sums(bool on);
+bool gemm_group_q2k_sums();
+// out[r * (cols / 16) + g] = the sum of row r's columns 16 g .. + 15 of an FP16 copy (hi at Xb, lo at
+// Xb + lo_off, rows k8 apart; cols a multiple of 16, 16-byte aligned rows) as the k-loops form it.
+void group_token_sums(const uint16_t* Xb, int64_t k8, int64_t lo_off, int64_t rows, int64_t cols, float* out,
+                      cudaStream_t s);
+inline int64_t group_token_sums_floats(int64_t rows, int64_t cols) { return rows * (cols / 16); }
 // The dense products of those formats run on the second grouped kernel's tiles (fast_gemm_group.cu),
 // the first kernel's bits, in blocks of 128 weight rows (two an SM) or 256 (one), unless
 // FLASHSTAR_GEMM_DENSE_V2=0 or gemm_set_dense_v2(0) puts the first kernel back (=256 / 256: 256-row

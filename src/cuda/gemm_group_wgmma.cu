@@ -295,7 +295,7 @@ int gemm_group_decode() { return decode_mode(); }
 
 bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                         int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
-                        cudaStream_t s) {
+                        cudaStream_t s, float* tsums, bool tsums_ready) {
   if (!flag() || rows_per_mat <= 0 || p.max_tiles <= 0 || p.max_tiles > 65535) return false;
   // v2's conditions: whole 256-column units read as 4-byte words (byte offsets in 32 bits), activations
   // as 16-byte chunks.
@@ -309,7 +309,7 @@ bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, c
   if (W.type != GgmlType::IQ2_XXS && W.type != GgmlType::Q2_K) return false;
   if (!group_wgmma_device()) return false;
   if (variant() == 2)
-    return group_wgmma_reg_launch(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
+    return group_wgmma_reg_launch(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s, tsums, tsums_ready);
   if (variant() == 1)
     group_wgmma_pair_launch(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   else if (W.type == GgmlType::IQ2_XXS && decode_mode() != 0)

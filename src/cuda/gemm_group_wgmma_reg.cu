@@ -35,6 +35,43 @@ constexpr int kBM = gr::kBM, kBN = gr::kBN;
 
 __device__ __align__(16) uint32_t g_wgr_tab[1024];  // the IQ2_XXS pair table (gr::iq2_pair_table)
 
+// FLASHSTAR_GEMM_GROUP_Q2K_SUMS=1 (gemm_set_group_q2k_sums): Q2_K's token sums precomputed
+// (group_token_sums) and copied into the k-loop (gr::tsum_group) where a scratch is given. Off by default
+// until measured on the H200.
+bool& q2k_sums_flag() {
+  static bool on = env_choice("FLASHSTAR_GEMM_GROUP_Q2K_SUMS", 0, 1, 0) == 1;
+  return on;
+}
+
+// The token sums (gr::tsum_index): thread i = row r's group g, from the FP16 copy's hi (Xb) and lo
+// (Xb + lo_off) terms, as the k-loop's sums() (gemm_v2::tok_sum) form them: gemm_int::sum8 over columns
+// 16 g .. + 7 and 16 g + 8 .. + 15, the two added. Float adds only, the same operands in the same order:
+// the same bits.
+__global__ void token_sums_kernel(const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off, int64_t rows,
+                                 int groups, float* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * groups) return;
+  const int64_t r = i / groups;
+  const int g = static_cast<int>(i - r * groups);
+  float s8[2];
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const uint16_t* h = Xb + r * k8 + gr::tsum_col(g, k);
+    const uint4 hv = *reinterpret_cast<const uint4*>(h);
+    const uint4 lv = *reinterpret_cast<const uint4*>(h + lo_off);
+    const uint32_t h4[4] = {hv.x, hv.y, hv.z, hv.w}, l4[4] = {lv.x, lv.y, lv.z, lv.w};
+    s8[k] = gemm_int::sum8(h4, l4);
+  }
+  out[gr::tsum_index(r, g, groups)] = s8[0] + s8[1];
+}
+
+#if FS_WGMMA
+// A 4-byte cp.async with a source size (0: the word zero-filled), for the token-sum copies.
+__device__ __forceinline__ void cp_async4z(uint32_t dst, const void* src, uint32_t src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+#endif
+
 #if FS_WGMMA
 // One k-tile's A fragments and the row factors of the thread's two rows (rr = 0: R, 1: R + 8).
 struct Frag {
@@ -79,22 +116,24 @@ __device__ __forceinline__ void promote(float (&acc)[M], float (&part)[M], const
 
 #endif  // FS_WGMMA
 
-// Grid: (row blocks, plan tiles), the arguments of gemm_grouped_wgmma.
-template <GgmlType T>
+// Grid: (row blocks, plan tiles), the arguments of gemm_grouped_wgmma. kPre (Q2_K): the token sums
+// copied from tsums (group_token_sums' scratch) instead of formed in the loop; tsums is unused without it.
+template <GgmlType T, bool kPre>
 __global__ void __launch_bounds__(gr::kThreads, 1)
     group_wgmma_reg(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t rows_per_mat,
                     const int32_t* __restrict__ offset, const int32_t* __restrict__ items,
                     const int32_t* __restrict__ tiles, const int32_t* __restrict__ n_tiles,
                     const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off, bool gather, int32_t src_div,
-                    bool scatter, float* __restrict__ Y, int64_t ys) {
+                    bool scatter, float* __restrict__ Y, int64_t ys, const float* __restrict__ tsums) {
   pdl_wait();
 #if FS_WGMMA
   if (static_cast<int>(blockIdx.y) >= *n_tiles) return;
   const int32_t tile = tiles[blockIdx.y];
   if (tile & 1) return;
   using F = g2::FmtOf<T, G>;
-  using S = gr::Smem<T>;
+  using S = gr::Smem<T, kPre>;
   constexpr int kMins = F::kMins;
+  static_assert(!kPre || kMins > 0, "precomputed sums are for formats with minima");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t base0 = mma::smem_addr(smem_raw), sbase = (base0 + 1023u) & ~1023u;  // swizzle atoms
   unsigned char* smem = smem_raw + (sbase - base0);
@@ -135,6 +174,15 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
   const unsigned char* __restrict__ xt =
       g2::opaque(reinterpret_cast<const uint8_t*>(Xb)) + (tid & 7) * 16;  // the thread's 16-byte column chunk
   const uint32_t lo_bytes = static_cast<uint32_t>(lo_off * 2);
+  // kPre: this thread's token-sum copies (gr::tsum_group), item sum_item(tid)'s row in the scratch as a
+  // byte offset (under 2^28: kMaxXElems / 4) with its half; past the count row 0's, zero-filled.
+  uint32_t toff = 0, tsz = 0;
+  if constexpr (kPre) {
+    const int item = gr::sum_item(tid);
+    const int64_t r = item >= count ? 0 : gather ? items[first + item] / src_div : first + item;
+    toff = static_cast<uint32_t>(gr::tsum_index(r, gr::sum_half(tid), K / 16) * 4);
+    tsz = item >= count ? 0u : 4u;
+  }
   const uint32_t xd = xs + dq::b_off(tid >> 3, tid & 7);
   const uint8_t* __restrict__ Wb = g2::opaque(Wm + static_cast<size_t>(m0) * row_bytes);
   const int rows_left = n_rows - m0 < kBM ? static_cast<int>(n_rows - m0) : kBM;
@@ -178,6 +226,19 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
       }
       if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
         load_raw((c + 2) / gr::kChunksPerUnit);
+      if constexpr (kPre) {
+        // Iteration c / 2's token sums into buffer (c / 2) % 2: last read by the promotions of iteration
+        // c / 2 - 2, which every thread finished before the barrier of the iteration issuing this.
+        const int it = c / gr::kChunksPerIter, item = gr::sum_item(tid), half = gr::sum_half(tid);
+        if (item < n_used) {
+          const uint32_t dst = sbase + static_cast<uint32_t>(S::off_sums + (it & 1) * S::kSumsBuf * 4);
+#pragma unroll
+          for (int i = 0; i < gr::kTilesPerIter; ++i)
+            cp_async4z(dst + 4u * static_cast<uint32_t>(gr::sum_index(i, half, item)),
+                       reinterpret_cast<const unsigned char*>(tsums) + toff + 4u * static_cast<uint32_t>(gr::tsum_group(it, i, 0)),
+                       tsz);
+        }
+      }
     }
     mma::cp_async_commit();
   };
@@ -294,7 +355,10 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
       // group); read from the next iteration on, after its barrier.
       if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
         prep((c + 2) / gr::kChunksPerUnit);
-      if constexpr (kMins > 0) {
+      // kPre: the iteration's sums came with its chunks (load), published by the barrier above.
+      const float* sums_it = Sums;
+      if constexpr (kPre) sums_it += ((c / gr::kChunksPerIter) & 1) * S::kSumsBuf;
+      if constexpr (kMins > 0 && !kPre) {
         // The iteration's token sums, then a barrier before any promotion reads them (the previous
         // iteration's promotions finished before this iteration's first barrier).
         sums(t);
@@ -303,17 +367,17 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
       frag(c, 1, f1);
       mma_ktile<N>(p1, f1, b_addr(t + 1));
       wgmma::wait<1>();
-      promote<N, kMins>(acc, p0, f0, Sums, 0, lane);
+      promote<N, kMins>(acc, p0, f0, sums_it, 0, lane);
       frag(c, 2, f0);
       mma_ktile<N>(p0, f0, b_addr(t + 2));
       wgmma::wait<1>();
-      promote<N, kMins>(acc, p1, f1, Sums, 1, lane);
+      promote<N, kMins>(acc, p1, f1, sums_it, 1, lane);
       frag(c, 3, f1);
       mma_ktile<N>(p1, f1, b_addr(t + 3));
       wgmma::wait<1>();
-      promote<N, kMins>(acc, p0, f0, Sums, 2, lane);
+      promote<N, kMins>(acc, p0, f0, sums_it, 2, lane);
       wgmma::wait<0>();
-      promote<N, kMins>(acc, p1, f1, Sums, 3, lane);
+      promote<N, kMins>(acc, p1, f1, sums_it, 3, lane);
     }
 
     // Element i: row 64 wg + d_row(warp % 4, lane, i), item d_col(lane, i); every (row < n_rows,
@@ -335,31 +399,45 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
   });
 #else
   (void)W, (void)row_bytes, (void)K, (void)rows_per_mat, (void)offset, (void)items, (void)tiles, (void)n_tiles;
-  (void)Xb, (void)k8, (void)lo_off, (void)gather, (void)src_div, (void)scatter, (void)Y, (void)ys;
+  (void)Xb, (void)k8, (void)lo_off, (void)gather, (void)src_div, (void)scatter, (void)Y, (void)ys, (void)tsums;
   __trap();  // not built for sm_90a: the host never launches it (gemm_grouped_wgmma checks the device)
 #endif
 }
 
-template <GgmlType T>
+template <GgmlType T, bool kPre = false>
 void launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
-            bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s) {
-  constexpr int sm = gr::Smem<T>::bytes + 1024;  // + the slack to align the base to 1024 bytes
+            bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s,
+            const float* tsums = nullptr) {
+  constexpr int sm = gr::Smem<T, kPre>::bytes + 1024;  // + the slack to align the base to 1024 bytes
   static_assert(sm + (T == GgmlType::IQ2_XXS ? gr::kTabBytes : 16) + 1024 <= 227 * 1024, "one block an SM fits");
   static const bool attr = [] {
-    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
-    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
+    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T, kPre>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
+    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T, kPre>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                        cudaSharedmemCarveoutMaxShared));
     return true;
   }();
   (void)attr;
   const dim3 grid(static_cast<unsigned>((rows_per_mat + kBM - 1) / kBM), static_cast<unsigned>(p.max_tiles));
-  group_wgmma_reg<T><<<grid, gr::kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat,
+  group_wgmma_reg<T, kPre><<<grid, gr::kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat,
                                                     p.offset, p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8,
-                                                    gather, src_div, scatter, Y, ys);
+                                                    gather, src_div, scatter, Y, ys, tsums);
   FS_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
+
+void gemm_set_group_q2k_sums(bool on) { q2k_sums_flag() = on; }
+bool gemm_group_q2k_sums() { return q2k_sums_flag(); }
+
+void group_token_sums(const uint16_t* Xb, int64_t k8, int64_t lo_off, int64_t rows, int64_t cols, float* out,
+                      cudaStream_t s) {
+  const int64_t n = rows * (cols / 16);
+  if (n <= 0) return;
+  constexpr int kT = 256;
+  token_sums_kernel<<<static_cast<unsigned>((n + kT - 1) / kT), kT, 0, s>>>(Xb, k8, lo_off, rows,
+                                                                            static_cast<int>(cols / 16), out);
+  FS_CUDA_LAUNCH_CHECK();
+}
 
 void init_group_wgmma_reg_table() {
   uint32_t tab[1024];
@@ -371,12 +449,17 @@ void init_group_wgmma_reg_table() {
 // 4-byte raw words, 16-byte activation rows, a Hopper); false (nothing launched) for what it does not take.
 bool group_wgmma_reg_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                             int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
-                            cudaStream_t s) {
+                            cudaStream_t s, float* tsums, bool tsums_ready) {
   // Whole iterations of 4 k-tiles (implied by the 256-column units); token rows and item rows as int.
   if (W.cols % (gr::kTilesPerIter * 32) != 0 || x_rows > INT32_MAX || x_rows * k8 >= gr::kMaxXElems) return false;
   if (W.type == GgmlType::IQ2_XXS)
     launch<GgmlType::IQ2_XXS>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
-  else if (W.type == GgmlType::Q2_K)
+  else if (W.type == GgmlType::Q2_K && q2k_sums_flag() && tsums) {
+    // The sums of all x_rows rows (unless the FP16 copy's writer formed them), then the product copying
+    // them in (stream order).
+    if (!tsums_ready) group_token_sums(Xb, k8, x_rows * k8, x_rows, W.cols, tsums, s);
+    launch<GgmlType::Q2_K, true>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s, tsums);
+  } else if (W.type == GgmlType::Q2_K)
     launch<GgmlType::Q2_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   else
     return false;

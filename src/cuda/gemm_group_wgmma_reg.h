@@ -25,6 +25,10 @@
 // N = 128). Decode a k-tile and thread (16 weights): IQ2_XXS ~44 in the lanes (2.75 a weight: PRMT, LDS,
 // LOP3 a register, a record read and 4 shifts a row) + ~24 of pre-pass; Q2_K ~33 (LDS, LOP3, PRMT, HFMA2
 // a register, two record reads a row) + ~25.
+// With the token sums precomputed (FLASHSTAR_GEMM_GROUP_Q2K_SUMS=1, tsum_group below; off by default):
+// Q2_K 896 / 1106 / 1342 / 1616 (~199 / 252 / 311 / 379 a k-tile and warp), one barrier an iteration,
+// 255 registers, no spill stores in the loops (9 reloads an iteration at N = 128). The rest is mostly
+// the promotion's 3 FMAs an element, which v2's bits need as they are (three roundings a k-tile).
 #pragma once
 #include <cstdint>
 
@@ -50,13 +54,16 @@ static_assert(kChunksPerUnit == 2 * kChunksPerIter, "a raw unit is two iteration
 // columns] (the dense kernel's), raw units [2][128 rows x kStride + 4 words] (v2's layout: rows at the odd
 // word stride, so the 8 rows of a warp's fragment reads hit 8 different banks), the token sums
 // [4 k-tiles][2 halves][128 items] (formats with minima). The IQ2_XXS pair table (kTabBytes, below) is
-// static shared memory: its address is then an instruction immediate.
-template <GgmlType T>
+// static shared memory: its address is then an instruction immediate. kPre (token sums precomputed,
+// copied in with the activations: tsum_group below): two sums buffers, by iteration parity, since an
+// iteration's copies go out while the previous iteration's promotions may still read theirs.
+template <GgmlType T, bool kPre = false>
 struct Smem {
   using F = gemm_v2::FmtOf<T, G>;
   static constexpr int kRawBuf = kBM * F::kStride + 4;  // words; 4 spare: iq2_sub reads a word past the row
   static constexpr int kRawBytes = (kRawBuf * 4 + 15) / 16 * 16;
-  static constexpr int kSums = F::kMins > 0 ? kTilesPerIter * 2 * kBN * 4 : 0;
+  static constexpr int kSumsBuf = F::kMins > 0 ? kTilesPerIter * 2 * kBN : 0;  // floats, one iteration's
+  static constexpr int kSums = (kPre ? 2 : 1) * kSumsBuf * 4;
   static constexpr int kRec = T == GgmlType::Q2_K ? 2 * 2 * 8 * kBM * 16 : 0;  // kQ2kRecBytes (below)
   static constexpr int off_raw = kStages * static_cast<int>(kStageBytes), off_sums = off_raw + 2 * kRawBytes,
                        off_rec = off_sums + kSums, bytes = off_rec + kRec;
@@ -269,5 +276,19 @@ WG_HD int sum_chunk(int t, int half, int k) { return 4 * (t & 1) + 2 * half + k;
 // items (an even one and the next, wgmma::d_col) take their 4 sums in one 16-byte load at sum_pair(i, j).
 WG_HD int sum_index(int i, int half, int item) { return (i * (kBN / 2) + (item >> 1)) * 4 + 2 * half + (item & 1); }
 WG_HD int sum_pair(int i, int even_item) { return sum_index(i, 0, even_item); }
+
+// ---- Token sums precomputed (FLASHSTAR_GEMM_GROUP_Q2K_SUMS, Q2_K): the sums above depend only on the
+// activation row, not on the expert or the weight row block, yet every block of an expert tile recomputes
+// them in its k-loop (~90 instructions a k-tile and warp, of an issue-bound loop). A small kernel
+// (group_token_sums) computes them once per FP16 row into scratch with the same arithmetic and order
+// (per 8 columns gemm_int::sum8, the two added), so they are the same floats; the k-loop copies them in.
+// Scratch: row r's sum of 16-column group g (columns tsum_col(g, 0) .. + 15) at tsum_index(r, g, K / 16).
+WG_HD int64_t tsum_index(int64_t r, int g, int groups) { return r * groups + g; }
+WG_HD int tsum_col(int g, int k) { return 16 * g + 8 * k; }  // the first column of g's sum8 k (0, 1)
+// The kernel's copies: thread tid (item sum_item(tid), half sum_half(tid)) copies, 4 bytes each, for
+// k-tile i (0..3) of iteration it (k-tiles 4 it + i), group tsum_group(it, i, half) (= 2 (4 it + i) +
+// half: the columns the in-loop sums() read through sum_chunk) to sum_index(i, half, item) of sums
+// buffer it % 2. One 32-byte sector an item and iteration in the scratch (its 8 groups).
+WG_HD int tsum_group(int it, int i, int half) { return 8 * it + 2 * i + half; }
 
 }  // namespace flashstar::cuda::wgmma_reg

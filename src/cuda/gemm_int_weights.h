@@ -187,4 +187,17 @@ GI_HD float sum8(const uint32_t (&hi)[4], const uint32_t (&lo)[4]) {
   return ((e[0] + e[1]) + (e[2] + e[3])) + ((e[4] + e[5]) + (e[6] + e[7]));
 }
 
+// sum8's first (or last) 4 columns, sum8's expression: sum8(hi, lo) is sum4(hi[0..1], lo[0..1]) +
+// sum4(hi[2..3], lo[2..3]) bit for bit, so a writer holding 4 columns a thread (swiglu_f16's token sums)
+// forms sum8 with one add across two threads.
+GI_HD float sum4(const uint32_t (&hi)[2], const uint32_t (&lo)[2]) {
+  float e[4];
+  GI_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    e[2 * i] = half_f32(hi[i] & 0xffff) + half_f32(lo[i] & 0xffff);
+    e[2 * i + 1] = half_f32(hi[i] >> 16) + half_f32(lo[i] >> 16);
+  }
+  return (e[0] + e[1]) + (e[2] + e[3]);
+}
+
 }  // namespace flashstar::cuda::gemm_int

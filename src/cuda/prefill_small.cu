@@ -14,6 +14,7 @@
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_matvec_float.h"
 #include "cuda/float_unpack.cuh"
+#include "cuda/gemm_int_weights.h"
 #include "cuda/hc_split.cuh"
 #include "cuda/mma_f16.cuh"
 #include "cuda/pdl.cuh"
@@ -237,8 +238,14 @@ __global__ void __launch_bounds__(kNormThreads, 2) sum_norm_kernel(const float* 
 
 // ---- SwiGLU + FP16 copy ------------------------------------------------------------------------------
 
+// kSums: also the 16-column token sums of the copy (tsums[i / 4] for the four threads of a group): each
+// thread sum4 of its 4 columns from the stored FP16 words, then sum8 = its pair's two added and the group's
+// sum = the two sum8 added, by shuffles within the aligned 4 lanes (ff % 16 == 0 and the grid stride a
+// multiple of 4 keep a group's lanes together): gemm_v2::tok_sum's operands and order (fp32 addition is
+// commutative bit for bit, so each lane of a pair forms the same sum).
+template <bool kSums>
 __global__ void swiglu_f16_kernel(const float* g, const float* u, int64_t n_items, int64_t ff, float lim,
-                                  const float* w, float* out, uint16_t* xb) {
+                                  const float* w, float* out, uint16_t* xb, float* tsums) {
   pdl_wait();
   const int64_t n4 = n_items * ff / 4;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n4;
@@ -253,7 +260,19 @@ __global__ void swiglu_f16_kernel(const float* g, const float* u, int64_t n_item
     };
     const float4 r = make_float4(one(gv.x, uv.x), one(gv.y, uv.y), one(gv.z, uv.z), one(gv.w, uv.w));
     if (out) reinterpret_cast<float4*>(out)[i] = r;
-    store_f16x4(xb, 4 * i, n_items * ff, r);
+    if constexpr (kSums) {
+      const uint32_t hi[2] = {pack_f16(r.x, r.y), pack_f16(r.z, r.w)};
+      const uint32_t lo[2] = {pack_f16_lo(r.x, r.y, hi[0]), pack_f16_lo(r.z, r.w, hi[1])};
+      *reinterpret_cast<uint2*>(xb + 4 * i) = make_uint2(hi[0], hi[1]);  // store_f16x4's stores
+      *reinterpret_cast<uint2*>(xb + n_items * ff + 4 * i) = make_uint2(lo[0], lo[1]);
+      const unsigned grp = 0xFu << (threadIdx.x & 28u);  // the group's 4 lanes (all active together)
+      const float q = gemm_int::sum4(hi, lo);
+      const float s8 = q + __shfl_xor_sync(grp, q, 1);
+      const float s16 = s8 + __shfl_xor_sync(grp, s8, 2);
+      if ((i & 3) == 0) tsums[i / 4] = s16;
+    } else {
+      store_f16x4(xb, 4 * i, n_items * ff, r);
+    }
   }
 }
 
@@ -393,12 +412,16 @@ bool hc_sum_norm(const float* X, const float* split, int64_t d, const float* w, 
 }
 
 bool swiglu_f16(const float* g, const float* u, int64_t n_items, int64_t ff, float lim, const float* w, float* out,
-                uint16_t* xb, cudaStream_t s) {
+                uint16_t* xb, cudaStream_t s, float* tsums) {
   if (ff <= 0 || ff % 8 || !al16(g) || !al16(u) || (out && !al16(out)) || !xb || !al16(xb)) return false;
+  if (tsums && ff % 16) return false;
   if (n_items <= 0) return true;
   const int64_t n4 = n_items * ff / 4;
   const int64_t blocks = std::min<int64_t>((n4 + 255) / 256, 132 * 16);
-  swiglu_f16_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(g, u, n_items, ff, lim, w, out, xb);
+  if (tsums)  // row r's group c at r * ff / 16 + c: thread i's group i / 4 (gr::tsum_index)
+    swiglu_f16_kernel<true><<<static_cast<unsigned>(blocks), 256, 0, s>>>(g, u, n_items, ff, lim, w, out, xb, tsums);
+  else
+    swiglu_f16_kernel<false><<<static_cast<unsigned>(blocks), 256, 0, s>>>(g, u, n_items, ff, lim, w, out, xb, nullptr);
   FS_CUDA_LAUNCH_CHECK();
   return true;
 }

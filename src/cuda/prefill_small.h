@@ -49,9 +49,11 @@ bool hc_sum_norm(const float* X, const float* split, int64_t d, const float* w, 
 
 // swiglu(g, u, n_items, ff, lim, w) into out (may be g itself, or null: not stored) and into xb the copy
 // to_f16(result, n_items, ff, ff, xb) would write: the down projection's input in one pass (the SwiGLU's
-// f32 result, when no one else reads it, is never stored). ff a multiple of 8.
+// f32 result, when no one else reads it, is never stored). ff a multiple of 8. tsums (optional; ff a
+// multiple of 16): also the copy's token sums, group_token_sums(xb, ff, n_items * ff, n_items, ff) bit for
+// bit (fast_kernels.h; the Q2_K down product's, gemm_set_group_q2k_sums).
 bool swiglu_f16(const float* g, const float* u, int64_t n_items, int64_t ff, float lim, const float* w, float* out,
-                uint16_t* xb, cudaStream_t s);
+                uint16_t* xb, cudaStream_t s, float* tsums = nullptr);
 
 // rope (ref_kernels.h) without a device position: each row's rotations formed once and applied to all of
 // its heads, bitwise rope_kernel's (the same d_rope_cs and d_rotate). n_rot / 2 up to 256 pairs.

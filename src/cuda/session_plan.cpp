@@ -27,6 +27,7 @@ Dims::Dims(const ModelConfig& c, const SessionOptions& o) {
   }
   MAXROWS = c.n_swa + max_comp;
   V = c.n_vocab;
+  TSUM = fast::group_token_sums_floats(1, (FF + 15) / 16 * 16);
   auto r8 = [](int64_t k) { return (k + 7) / 8 * 8; };
   // FP16 activations of the widest tensor-core product input: the routed down projection's input.
   XB = C * std::max({K * r8(FF), r8(OL), r8(D), r8(QL), r8(c.group_dim()), r8(FF), r8(QD)});
@@ -58,7 +59,7 @@ size_t Dims::scratch_floats() const {
   return static_cast<size_t>(C * HC * 2 + C * MIX + C * SPLIT + C * D * 5 + C * QL + C * QD * 2 + C * 2 * 2 * HD +
                              C * 2 * 2 * IHD + C * NIH * IHD + C * NIH + C * OL + C * E + C * K + C * K * FF * 2 +
                              C * K * D + C * FF * 2 + C * IDXCAP + C * H * MAXROWS + kHeadRows * V + C * NHC +
-                             SWA * HD + C * K + 2 * STATE + 2 * kMvWork) +
+                             SWA * HD + C * K + C * K * TSUM + 2 * STATE + 2 * kMvWork) +
          kScratchPieces * kScratchAlign;
 }
 

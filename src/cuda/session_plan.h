@@ -22,6 +22,7 @@ inline size_t f32b(int64_t n) { return static_cast<size_t>(n) * sizeof(float); }
 
 struct Dims {
   int64_t C, SWA, D, HC, MIX, SPLIT, QL, QD, HD, H, OL, E, K, FF, NIH, IHD, IDXCAP, MAXROWS, V, NHC, XB, MOE_INTS, STATE;
+  int64_t TSUM;  // token sums an item of the routed down product's input (16-column groups of FF)
   // Weights (rows x k8) of the largest layer projection one product call multiplies: what the cuBLASLt
   // path (gemm_cublas.h) dequantizes per call. The output head is larger and stays on the custom kernel.
   int64_t DENSE_W;

@@ -7,7 +7,9 @@
 // with skewed routing (experts with 0, 1 and thousands of items) into NaN-poisoned outputs, every element
 // checked: bitwise equal to v2 (gemm_set_group_wgmma(false)), bitwise repeat, the gemm_grouped route
 // takes it, close to the reference, for each variant and both k-tile decoders (gemm_set_group_decode);
-// the calls it declines. A timing at 4096 tokens against v2 (DISABLED_: run with
+// the calls it declines. Variant 2 with the Q2_K token sums precomputed (gemm_set_group_q2k_sums, a
+// NaN-poisoned scratch): the sums kernel's floats are the k-loop's (host sum8), and the products are the
+// flag-off kernel's and v2's bits. A timing at 4096 tokens against v2 (DISABLED_: run with
 // --gtest_also_run_disabled_tests).
 #include <gtest/gtest.h>
 
@@ -23,6 +25,8 @@
 
 #include "cuda/fast_kernels.h"
 #include "cuda/gemm_group_wgmma.h"
+#include "cuda/gemm_int_weights.h"
+#include "cuda/prefill_small.h"
 #include "gemm_test_util.h"
 
 using namespace flashstar;
@@ -173,11 +177,13 @@ class GemmGroupWgmma : public cuda_test::GemmKernelTest {
     saved_ = cuda::fast::gemm_group_wgmma();
     saved_var_ = cuda::fast::gemm_group_wgmma_variant();
     saved_dec_ = cuda::fast::gemm_group_decode();
+    saved_sums_ = cuda::fast::gemm_group_q2k_sums();
   }
   void TearDown() override {
     cuda::fast::gemm_set_group_wgmma(saved_);
     cuda::fast::gemm_set_group_wgmma_variant(saved_var_);
     cuda::fast::gemm_set_group_decode(saved_dec_);
+    cuda::fast::gemm_set_group_q2k_sums(saved_sums_);
     cuda::fast::gemm_set_group_v2(true);
   }
 
@@ -200,22 +206,25 @@ class GemmGroupWgmma : public cuda_test::GemmKernelTest {
     }
     return sel;
   }
-  bool saved_ = true;
+  bool saved_ = true, saved_sums_ = false;
   int saved_var_ = 0, saved_dec_ = 1;
 };
 
 // The kernel configurations checked and timed: variant 0 with the new decode (gemm_group_decode.h, the
 // default) and with v2's (FLASHSTAR_GEMM_GROUP_DECODE=0), then each further variant (its own decode;
-// variant 2: the register-decoded kernel, gemm_group_wgmma_reg.cu).
+// variant 2: the register-decoded kernel, gemm_group_wgmma_reg.cu), and variant 2 with the Q2_K token
+// sums precomputed (sums: gemm_set_group_q2k_sums; every call passes a scratch, which the others ignore).
 struct Config {
   int variant, decode;
+  bool sums;
   const char* name;
 };
-constexpr Config kConfigs[] = {{0, 1, "variant 0 decode 1"},
-                               {0, 0, "variant 0 decode 0"},
-                               {1, 1, "variant 1"},
-                               {2, 0, "variant 2"}};
-static_assert(sizeof(kConfigs) / sizeof(kConfigs[0]) == cuda::wgmma_group::kVariants + 1, "every variant once");
+constexpr Config kConfigs[] = {{0, 1, false, "variant 0 decode 1"},
+                               {0, 0, false, "variant 0 decode 0"},
+                               {1, 1, false, "variant 1"},
+                               {2, 0, false, "variant 2"},
+                               {2, 0, true, "variant 2 q2k sums"}};
+static_assert(sizeof(kConfigs) / sizeof(kConfigs[0]) == cuda::wgmma_group::kVariants + 2, "every variant once");
 
 struct Product {
   const char* name;
@@ -250,6 +259,8 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
       const int var = cfg.variant;
       cuda::fast::gemm_set_group_wgmma_variant(var);
       cuda::fast::gemm_set_group_decode(cfg.decode);
+      cuda::fast::gemm_set_group_q2k_sums(cfg.sums);
+      auto tsums = poisoned<float>(static_cast<size_t>(cuda::fast::group_token_sums_floats(x_rows, pr.cols)));
       // 0, 1: the wgmma kernel alone, twice; 2: the gemm_grouped route with it on; 3: v2 (it off).
       std::vector<float> out[4];
       for (int rep = 0; rep < 4; ++rep) {
@@ -257,11 +268,11 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
         auto y = poisoned<float>(static_cast<size_t>(y_rows * ys));
         if (rep < 2)
           ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
-                                                     !pr.gather, y.get(), ys, nullptr))
+                                                     !pr.gather, y.get(), ys, nullptr, tsums.get()))
               << pr.name << ": declined";
         else if (rep == 2)
           ASSERT_TRUE(cuda::fast::gemm_grouped(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
-                                               !pr.gather, y.get(), ys, nullptr));
+                                               !pr.gather, y.get(), ys, nullptr, tsums.get()));
         else
           ASSERT_TRUE(cuda::fast::gemm_grouped_v2(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
                                                   !pr.gather, y.get(), ys, nullptr));
@@ -322,6 +333,7 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
       }
       cuda::fast::gemm_set_group_wgmma_variant(0);
       cuda::fast::gemm_set_group_decode(0);
+      cuda::fast::gemm_set_group_q2k_sums(false);
     }
   }
 }
@@ -330,7 +342,9 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
 // width 32 .. 128 and both sides of each step, blocks of a full and a partial second plan tile, experts of
 // three blocks), a row count that leaves the last row block partial (200 = 128 + 72), 512 columns (two raw
 // units: IQ2_XXS's odd unit starts 2 bytes into its first word), both item orders (gathered token rows
-// out in plan order; plan-order rows scattered): bitwise v2, into poisoned outputs, nothing else written.
+// out in plan order; plan-order rows scattered): bitwise v2, into poisoned outputs, nothing else written;
+// Q2_K also with the token sums precomputed (gemm_set_group_q2k_sums, a poisoned scratch): the flag-off
+// kernel's bits.
 TEST_F(GemmGroupWgmma, Variant2EdgeCountsAreV2sBits) {
   const std::vector<int> counts = {0, 1, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 191, 260};
   const int n_exp = static_cast<int>(counts.size());
@@ -347,20 +361,24 @@ TEST_F(GemmGroupWgmma, Variant2EdgeCountsAreV2sBits) {
       auto dx = up(tailed_acts(static_cast<size_t>(x_rows * cols)));
       cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * cols));
       cuda::fast::to_f16(dx.get(), x_rows, cols, cols, xb.get(), nullptr);
-      std::vector<float> out[3];
-      for (int rep = 0; rep < 3; ++rep) {  // 0, 1: variant 2 (twice); 2: v2
-        cuda::fast::gemm_set_group_wgmma(rep < 2);
+      std::vector<float> out[5];
+      const int reps = t == GgmlType::Q2_K ? 5 : 3;
+      for (int rep = 0; rep < reps; ++rep) {  // 0, 1: variant 2 (twice); 2: v2; 3, 4: variant 2, sums on
+        cuda::fast::gemm_set_group_wgmma(rep != 2);
         cuda::fast::gemm_set_group_wgmma_variant(2);
+        cuda::fast::gemm_set_group_q2k_sums(rep >= 3);
+        auto tsums = poisoned<float>(static_cast<size_t>(cuda::fast::group_token_sums_floats(x_rows, cols)));
         auto y = poisoned<float>(static_cast<size_t>((items + 2) * ys));
-        if (rep < 2)
+        if (rep != 2)
           ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, rows, pl.p, xb.get(), cols, x_rows, gather, 1, !gather, y.get(),
-                                                     ys, nullptr));
+                                                     ys, nullptr, rep >= 3 ? tsums.get() : nullptr));
         else
           ASSERT_TRUE(cuda::fast::gemm_grouped_v2(W, rows, pl.p, xb.get(), cols, x_rows, gather, 1, !gather, y.get(), ys,
                                                   nullptr));
         out[rep] = down(y);
       }
       cuda::fast::gemm_set_group_wgmma(true);
+      cuda::fast::gemm_set_group_q2k_sums(false);
       int64_t unwritten = 0, stray = 0, differ = 0;
       for (int64_t yr = 0; yr < items + 2; ++yr)
         for (int64_t j = 0; j < ys; ++j) {
@@ -378,7 +396,73 @@ TEST_F(GemmGroupWgmma, Variant2EdgeCountsAreV2sBits) {
       EXPECT_EQ(stray, 0);
       EXPECT_EQ(differ, 0) << type_name(t) << (gather ? " gather" : " scatter");
       EXPECT_EQ(0, std::memcmp(out[0].data(), out[1].data(), out[0].size() * 4)) << "repeat";
+      if (reps == 5) {  // poisoned outputs compared whole: the same elements written, the same bits
+        EXPECT_EQ(0, std::memcmp(out[0].data(), out[3].data(), out[0].size() * 4))
+            << type_name(t) << (gather ? " gather" : " scatter") << ": sums on, not the flag-off bits";
+        EXPECT_EQ(0, std::memcmp(out[3].data(), out[4].data(), out[0].size() * 4)) << "sums on: repeat";
+      }
     }
+}
+
+// group_token_sums against the host's gemm_int::sum8 of the same FP16 copy (the k-loop's arithmetic):
+// the same float bits for every row and 16-column group; rows with k8 past the columns (padding not
+// read), an odd row count, a poisoned output of exactly the sums' size.
+TEST_F(GemmGroupWgmma, TokenSumsAreTheLoopsSums) {
+  for (const int64_t rows : {int64_t{1}, int64_t{37}, int64_t{4099}})
+    for (const int64_t cols : {int64_t{256}, int64_t{2048}}) {
+      const int64_t k8 = cols + 8;
+      auto dx = up(tailed_acts(static_cast<size_t>(rows * k8)));
+      cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * rows * k8));
+      cuda::fast::to_f16(dx.get(), rows, k8, k8, xb.get(), nullptr);
+      const int64_t n = cuda::fast::group_token_sums_floats(rows, cols);
+      auto out = poisoned<float>(static_cast<size_t>(n));
+      cuda::fast::group_token_sums(xb.get(), k8, rows * k8, rows, cols, out.get(), nullptr);
+      const auto got = down(out);
+      std::vector<uint16_t> h(static_cast<size_t>(2 * rows * k8));
+      FS_CUDA_CHECK(cudaMemcpy(h.data(), xb.get(), h.size() * 2, cudaMemcpyDeviceToHost));
+      int64_t differ = 0;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int g = 0; g < cols / 16; ++g) {
+          float s8[2];
+          for (int k = 0; k < 2; ++k) {
+            uint32_t hi[4], lo[4];
+            std::memcpy(hi, &h[r * k8 + 16 * g + 8 * k], 16);
+            std::memcpy(lo, &h[rows * k8 + r * k8 + 16 * g + 8 * k], 16);
+            s8[k] = cuda::gemm_int::sum8(hi, lo);
+          }
+          differ += f32_to_bits(s8[0] + s8[1]) != f32_to_bits(got[r * (cols / 16) + g]);
+        }
+      EXPECT_EQ(differ, 0) << rows << " rows x " << cols;
+    }
+}
+
+// The session's fused writer: swiglu_f16 with tsums writes the FP16 copy it writes without (bitwise) and
+// exactly group_token_sums of that copy (poisoned outputs of exactly their size; odd item counts; with and
+// without routing weights).
+TEST_F(GemmGroupWgmma, SwigluF16TokenSumsAreGroupTokenSums) {
+  for (const int64_t n : {int64_t{1}, int64_t{37}, int64_t{4099}})
+    for (const int64_t ff : {int64_t{256}, int64_t{2048}})
+      for (const bool weighted : {false, true}) {
+        auto g = up(randn(static_cast<size_t>(n * ff), 3.0f)), u = up(randn(static_cast<size_t>(n * ff), 3.0f));
+        auto w = up(randn(static_cast<size_t>(n)));
+        const float* wp = weighted ? w.get() : nullptr;
+        auto xb0 = poisoned<uint16_t>(static_cast<size_t>(2 * n * ff)), xb1 = poisoned<uint16_t>(xb0.size());
+        const int64_t nt = cuda::fast::group_token_sums_floats(n, ff);
+        auto ts = poisoned<float>(static_cast<size_t>(nt)), ref = poisoned<float>(static_cast<size_t>(nt));
+        ASSERT_TRUE(cuda::fast::swiglu_f16(g.get(), u.get(), n, ff, 7.0f, wp, nullptr, xb0.get(), nullptr));
+        ASSERT_TRUE(cuda::fast::swiglu_f16(g.get(), u.get(), n, ff, 7.0f, wp, nullptr, xb1.get(), nullptr, ts.get()));
+        cuda::fast::group_token_sums(xb1.get(), ff, n * ff, n, ff, ref.get(), nullptr);
+        std::vector<uint16_t> h0(xb0.size()), h1(xb0.size());
+        FS_CUDA_CHECK(cudaMemcpy(h0.data(), xb0.get(), h0.size() * 2, cudaMemcpyDeviceToHost));
+        FS_CUDA_CHECK(cudaMemcpy(h1.data(), xb1.get(), h1.size() * 2, cudaMemcpyDeviceToHost));
+        EXPECT_EQ(0, std::memcmp(h0.data(), h1.data(), h0.size() * 2)) << n << " x " << ff << ": the copy changed";
+        const auto a = down(ts), b = down(ref);
+        int64_t differ = 0;
+        for (size_t i = 0; i < a.size(); ++i) differ += f32_to_bits(a[i]) != f32_to_bits(b[i]);
+        EXPECT_EQ(differ, 0) << n << " x " << ff << (weighted ? " weighted" : "");
+      }
+  EXPECT_FALSE(cuda::fast::swiglu_f16(nullptr, nullptr, 1, 24, 7.0f, nullptr, nullptr, nullptr, nullptr))
+      << "no copy: declined";
 }
 
 TEST_F(GemmGroupWgmma, DeclinesWhatItDoesNotTake) {
@@ -431,16 +515,18 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
     cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * pr.cols));
     cuda::fast::to_f16(dx.get(), x_rows, pr.cols, pr.cols, xb.get(), nullptr);
     cuda::DeviceArray<float> y(static_cast<size_t>(items * pr.rows));
+    cuda::DeviceArray<float> tsums(static_cast<size_t>(cuda::fast::group_token_sums_floats(x_rows, pr.cols)));
     float med[kV + 1];
     for (int m = 0; m <= kV; ++m) {  // m < kV: kConfigs[m]; kV: v2
       cuda::fast::gemm_set_group_wgmma(m < kV);
       cuda::fast::gemm_set_group_wgmma_variant(m < kV ? kConfigs[m].variant : 0);
       cuda::fast::gemm_set_group_decode(m < kV ? kConfigs[m].decode : 0);
+      cuda::fast::gemm_set_group_q2k_sums(m < kV && kConfigs[m].sums);
       auto once = [&](int) {
         const int32_t src_div = pr.gather ? kPerTok : 1;
-        if (m < kV)
+        if (m < kV)  // with the sums on, the time includes group_token_sums (the session's cost)
           ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
-                                                     !pr.gather, y.get(), pr.rows, nullptr));
+                                                     !pr.gather, y.get(), pr.rows, nullptr, tsums.get()));
         else
           ASSERT_TRUE(cuda::fast::gemm_grouped_v2(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, pr.gather, src_div,
                                                   !pr.gather, y.get(), pr.rows, nullptr));
@@ -454,6 +540,22 @@ TEST_F(GemmGroupWgmma, DISABLED_TimesModelShapes) {
       std::printf("group %-4s %-8s %4lld x %4lld, 4096 tokens: %-18s %.3f ms (%.0f TFLOP/s useful), %.2fx v2\n",
                   pr.name, type_name(pr.t), (long long)pr.rows, (long long)pr.cols, m < kV ? kConfigs[m].name : "v2",
                   med[m], tf / med[m] * 1e3, med[kV] / med[m]);
+    if (pr.t == GgmlType::Q2_K) {
+      // The two parts of the "q2k sums" line: group_token_sums alone, and the product with the sums ready
+      // (what the session pays when the SwiGLU's FP16 copy writes them).
+      cuda::fast::gemm_set_group_wgmma(true);
+      cuda::fast::gemm_set_group_wgmma_variant(2);
+      cuda::fast::gemm_set_group_q2k_sums(true);
+      const float ts = median_ms(1, kRuns, [&](int) {
+        cuda::fast::group_token_sums(xb.get(), pr.cols, x_rows * pr.cols, x_rows, pr.cols, tsums.get(), nullptr);
+      });
+      const float pm = median_ms(1, kRuns, [&](int) {
+        ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, pr.rows, pl.p, xb.get(), pr.cols, x_rows, false, 1, true, y.get(),
+                                                   pr.rows, nullptr, tsums.get(), true));
+      });
+      std::printf("group down q2k sums: group_token_sums %.3f ms, the product with the sums ready %.3f ms (%.2fx v2)\n",
+                  ts, pm, med[kV] / pm);
+    }
   }
   for (int m = 0; m <= kV; ++m)  // the switches: restored by TearDown
     std::printf("routed-expert products of a layer, 4096 tokens: %-18s %.2f ms (%.0f TFLOP/s), %.2fx v2\n",
