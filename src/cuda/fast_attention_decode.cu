@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "cuda/cuda_util.h"
+#include "cuda/fast_kernels.h"
 #include "cuda/fast_attention_rows.cuh"
 #include "cuda/last_block.cuh"
 #include "cuda/warp_reduce.cuh"
@@ -71,9 +72,37 @@ __device__ __forceinline__ float comp(const float4& v, int k) {
   return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
 }
 
+// Phase stamps of one block (kProbe, the timing test): clock64 at entry, after the wait, after the row
+// map, first chunk staged, chunk loop done, ticket taken, end; then %globaltimer at entry and at the end.
+constexpr int kProbeSlots = 16;
+__device__ __forceinline__ uint64_t gtimer() {
+  uint64_t v;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(v));
+  return v;
+}
+template <bool kProbe>
+__device__ __forceinline__ void stamp(uint64_t* probe, int i) {
+  if (kProbe && threadIdx.x == 0) {
+    const int64_t b = (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    probe[b * kProbeSlots + i] = clock64();
+    if (i == 0) probe[b * kProbeSlots + 8] = gtimer();
+    if (i == 6) probe[b * kProbeSlots + 9] = gtimer();
+  }
+}
+
 // work: parts [n][groups][splits][8][hd], then stats [n][groups][splits][16].
-__global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_in, float* work, int tlane) {
+// kV2 (FLASHSTAR_ATTN_DECODE_V2=1): the same arithmetic in the same order (bitwise the same output), with
+// the dependent latencies of the prologue and of the last block's tail overlapped: the queries' copies
+// issued before the row map's walk over the selection (they depend on t and the group only), the
+// output RoPE's double sin / cos computed while the first chunk's copies are in flight (before, two
+// warps computed them ahead of the first barrier: every block waited for them), and the last block's
+// first parts loads issued before the split weights are computed (one L2 round trip fewer on its tail).
+template <bool kV2, bool kProbe>
+__global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_in, float* work, int tlane,
+                                                                uint64_t* probe) {
+  stamp<kProbe>(probe, 0);
   pdl_wait();
+  stamp<kProbe>(probe, 1);
   extern __shared__ __align__(16) float4 fd_sm[];  // rows kChunk x hd4, then queries kGroup x hd4
   __shared__ const float4* rowp[kChunk];
   __shared__ float sc[kGroup][kChunk + 1];
@@ -84,29 +113,48 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
   const AttentionArgs a = resolved(a_in);
   const int64_t t = blockIdx.x;
   const int g = blockIdx.y, z = blockIdx.z, G = gridDim.z, h0 = g * kGroup;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int hd = a.head_dim, hd4 = hd / 4, ni = hd4 / 32;  // hd % 128 == 0, hd <= 512: ni in 1..4
+  float4* rows_s = fd_sm;
+  float4* qs = fd_sm + kChunk * hd4;
+  bool q_issued = false;
+  if (kV2) {
+    // rows this query can have at most (the selection holds at most top_k): a split at or past that
+    // many chunks is dead whatever the selection, and skips the copies
+    const int64_t pos = a.pos0 + t, lo = pos - a.n_swa + 1 > 0 ? pos - a.n_swa + 1 : 0;
+    const int64_t ub = pos - lo + 1 + (a.ratio ? (a.sel ? a.top_k : (pos + 1) / a.ratio) : 0);
+    if (z < (ub + kChunk - 1) / kChunk) {
+      const float4* q = reinterpret_cast<const float4*>(a.q + (t * a.n_head + h0) * hd);
+#pragma unroll 4
+      for (int i = tid; i < kGroup * hd4; i += kThreads) cp_async16(qs + i, q + i);
+      q_issued = true;
+    }
+  }
   const RowMap rm(a, t);
+  stamp<kProbe>(probe, 2);
   // the live splits: chunks spread evenly (the same numbers in every block of the query)
   const int64_t chunks = (rm.n_rows + kChunk - 1) / kChunk;
   const int64_t cps = (chunks + G - 1) / G;  // chunks a split
   const int live = static_cast<int>((chunks + cps - 1) / cps);
-  if (z >= live) return;  // the whole block
+  if (z >= live) {  // the whole block
+    if (q_issued) cp_async_wait_all();  // no copy left in flight into a block that is gone
+    return;
+  }
   const int64_t c_begin = z * cps, c_end = chunks < c_begin + cps ? chunks : c_begin + cps;
 
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int hd = a.head_dim, hd4 = hd / 4, ni = hd4 / 32;  // hd % 128 == 0, hd <= 512: ni in 1..4
-  // The output's inverse RoPE angles of this thread's float4 (column c below), computed up front: the
-  // double sin/cos would otherwise lengthen the last block's serial tail.
+  // The output's inverse RoPE angles of this thread's float4 (column c below), computed before the
+  // combine: the double sin/cos would otherwise lengthen the last block's serial tail (kV2: inside the
+  // first chunk's copy latency).
   const int tail0 = hd - a.out_rope_n_rot, c_out = tid & 127;  // as c of the P.V below
   const bool rot = a.out_rope_freq && c_out < hd4 && 4 * c_out >= tail0;
   float2 cs0 = make_float2(1.0f, 0.0f), cs1 = cs0;
-  if (rot) {
+  auto rope_cs = [&] {
     const int p = (4 * c_out - tail0) / 2;
     const double pos = static_cast<double>(a.pos0 + t);
     cs0 = d_rope_cs(pos * a.out_rope_freq[p], true), cs1 = d_rope_cs(pos * a.out_rope_freq[p + 1], true);
-  }
-  float4* rows_s = fd_sm;
-  float4* qs = fd_sm + kChunk * hd4;
-  {
+  };
+  if (!kV2 && rot) rope_cs();
+  if (!kV2) {
     const float4* q = reinterpret_cast<const float4*>(a.q + (t * a.n_head + h0) * hd);
 #pragma unroll 4
     for (int i = tid; i < kGroup * hd4; i += kThreads) cp_async16(qs + i, q + i);
@@ -134,8 +182,10 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
           if (i < ni) cp_async16(rows_s + r * hd4 + lane + 32 * i, src + lane + 32 * i);
       }
     }
+    if (kV2 && rot && ch == c_begin) rope_cs();  // while the copies are in flight
     cp_async_wait_all();
     __syncthreads();
+    if (ch == c_begin) stamp<kProbe>(probe, 3);
 
     // scores: warp w takes rows 4w..4w+3 of the chunk, lane l dims float4 l + 32i, for all 8 heads
     // (value j * 8 + h); then a reduce-scatter over the lanes leaves row 4w + l / 8, head l % 8 in lane l.
@@ -208,6 +258,7 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
     }
     __syncthreads();  // rows_s, rowp, sc and ps are rewritten by the next chunk
   }
+  stamp<kProbe>(probe, 4);
 
   const int64_t base = (t * gridDim.y + g) * G;  // this (query, group)'s first split
   const int64_t n_parts = a.n * gridDim.y * G;
@@ -224,7 +275,21 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
       float* st = work + n_parts * kGroup * hd + (base + z) * kStat;
       st[warp] = m_run, st[kGroup + warp] = l_run;
     }
-    if (!last_to_finish(&g_fd_tickets[tlane][ticket], live)) return;
+    const bool last = last_to_finish(&g_fd_tickets[tlane][ticket], live);
+    stamp<kProbe>(probe, 5);
+    if (!last) return;
+  }
+  // kV2: the first 4 splits' parts of this thread loaded before the weights (the same values the loop
+  // below loads first; only the time of the loads moves)
+  float4 pv0[4][4];
+  if (kV2 && c < hd4) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float4* src = reinterpret_cast<const float4*>(parts + ((base + u) * kGroup + 4 * hh + k) * hd) + c;
+        pv0[u][k] = u == z ? acc[k] : u < live ? __ldcg(src) : make_float4(0, 0, 0, 0);
+      }
   }
   // the combine (with one split, just the sink): warp h weighs head h's splits, lane = split
   {
@@ -247,13 +312,20 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
     for (int k = 0; k < 4; ++k) o[k] = make_float4(0, 0, 0, 0);
     for (int z0 = 0; z0 < live; z0 += 4) {
       float4 pv[4][4];  // every load of 4 splits in flight before the (split-ordered) sum
+      if (kV2 && z0 == 0) {
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int zz = z0 + u;
+        for (int u = 0; u < 4; ++u)
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const float4* src = reinterpret_cast<const float4*>(parts + ((base + zz) * kGroup + 4 * hh + k) * hd) + c;
-          pv[u][k] = zz == z ? acc[k] : zz < live ? __ldcg(src) : make_float4(0, 0, 0, 0);
+          for (int k = 0; k < 4; ++k) pv[u][k] = pv0[u][k];
+      } else {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int zz = z0 + u;
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const float4* src = reinterpret_cast<const float4*>(parts + ((base + zz) * kGroup + 4 * hh + k) * hd) + c;
+            pv[u][k] = zz == z ? acc[k] : zz < live ? __ldcg(src) : make_float4(0, 0, 0, 0);
+          }
         }
       }
 #pragma unroll
@@ -272,12 +344,17 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
     for (int k = 0; k < 4; ++k) reinterpret_cast<float4*>(out + (4 * hh + k) * hd)[c] = o[k];
   }
   if (live > 1 && tid == 0) g_fd_tickets[tlane][ticket] = 0;
+  stamp<kProbe>(probe, 6);
 }
 
 }  // namespace
 
-bool flash_decode_attention(const AttentionArgs& args, float* scratch, int64_t max_rows, cudaStream_t s,
-                            int64_t scratch_floats) {
+namespace {
+
+// The launch of flash_decode_attention; probe (kProbe): n x groups x splits blocks of kProbeSlots stamps.
+template <bool kV2, bool kProbe>
+int64_t flash_decode_launch(const AttentionArgs& args, float* scratch, int64_t max_rows, cudaStream_t s,
+                            int64_t scratch_floats, uint64_t* probe, bool& roped) {
   AttentionArgs a = args;
   // the output's RoPE pairs are rotated inside float4 stores: the rotated tail must start on one
   if (a.out_rope_n_rot <= 0 || a.out_rope_n_rot % 4 != 0 || a.out_rope_n_rot > a.head_dim) a.out_rope_freq = nullptr;
@@ -293,13 +370,32 @@ bool flash_decode_attention(const AttentionArgs& args, float* scratch, int64_t m
   const int smem = (kChunk + kGroup) * hd * 4;
   static int smem_set = 0;
   if (smem > smem_set) {
-    FS_CUDA_CHECK(cudaFuncSetAttribute(flash_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    FS_CUDA_CHECK(cudaFuncSetAttribute(flash_decode_kernel<kV2, kProbe>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       smem));
     smem_set = smem;
   }
   const dim3 grid(static_cast<unsigned>(a.n), static_cast<unsigned>(groups), static_cast<unsigned>(splits));
-  flash_decode_kernel<<<grid, kThreads, smem, s>>>(a, scratch, ticket_lane(s));
+  flash_decode_kernel<kV2, kProbe><<<grid, kThreads, smem, s>>>(a, scratch, ticket_lane(s), probe);
   FS_CUDA_LAUNCH_CHECK();
-  return a.out_rope_freq != nullptr;
+  roped = a.out_rope_freq != nullptr;
+  return static_cast<int64_t>(grid.x) * grid.y * grid.z;
+}
+
+}  // namespace
+
+bool flash_decode_attention(const AttentionArgs& args, float* scratch, int64_t max_rows, cudaStream_t s,
+                            int64_t scratch_floats) {
+  bool roped = false;
+  if (attention_decode_v2()) flash_decode_launch<true, false>(args, scratch, max_rows, s, scratch_floats, nullptr, roped);
+  else flash_decode_launch<false, false>(args, scratch, max_rows, s, scratch_floats, nullptr, roped);
+  return roped;
+}
+
+int64_t flash_decode_probe(const AttentionArgs& args, float* scratch, int64_t max_rows, cudaStream_t s,
+                           int64_t scratch_floats, bool v2, uint64_t* stamps) {
+  bool roped = false;
+  return v2 ? flash_decode_launch<true, true>(args, scratch, max_rows, s, scratch_floats, stamps, roped)
+            : flash_decode_launch<false, true>(args, scratch, max_rows, s, scratch_floats, stamps, roped);
 }
 
 }  // namespace flashstar::cuda::fast
