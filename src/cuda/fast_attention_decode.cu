@@ -97,9 +97,12 @@ __device__ __forceinline__ void stamp(uint64_t* probe, int i) {
 // output RoPE's double sin / cos computed while the first chunk's copies are in flight (before, two
 // warps computed them ahead of the first barrier: every block waited for them), and the last block's
 // first parts loads issued before the split weights are computed (one L2 round trip fewer on its tail).
+// (kV2 and the probe ask for two blocks an SM, i.e. <= 128 registers: the prefetch's addresses would take
+// V2 to 156 and one block an SM, two waves for the 160 blocks of a ratio-4 layer.)
 template <bool kV2, bool kProbe>
-__global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_in, float* work, int tlane,
-                                                                uint64_t* probe) {
+__global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
+    flash_decode_kernel(AttentionArgs a_in, float* work, int tlane, uint64_t* probe) {
+  // PDL-PROLOGUE: only the probe's entry stamp (a test's buffer that no other kernel touches) before it
   stamp<kProbe>(probe, 0);
   pdl_wait();
   stamp<kProbe>(probe, 1);
@@ -279,17 +282,18 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
     stamp<kProbe>(probe, 5);
     if (!last) return;
   }
-  // kV2: the first 4 splits' parts of this thread loaded before the weights (the same values the loop
-  // below loads first; only the time of the loads moves)
-  float4 pv0[4][4];
+  // kV2: the first 4 splits' parts of this thread copied into the (now free) row stage before the
+  // weights are computed, so that their L2 round trip overlaps the stats' (registers would do, but
+  // 64 more of them cost the kernel its second block per SM). Only this thread reads its copies back.
+  float4* const pre = rows_s;  // [4 splits][8 heads][hd4]: 32 x hd4 float4s, the row stage's size
   if (kV2 && c < hd4) {
 #pragma unroll
     for (int u = 0; u < 4; ++u)
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float4* src = reinterpret_cast<const float4*>(parts + ((base + u) * kGroup + 4 * hh + k) * hd) + c;
-        pv0[u][k] = u == z ? acc[k] : u < live ? __ldcg(src) : make_float4(0, 0, 0, 0);
-      }
+      for (int k = 0; k < 4; ++k)
+        if (u != z && u < live)
+          cp_async16(pre + (u * kGroup + 4 * hh + k) * hd4 + c,
+                     reinterpret_cast<const float4*>(parts + ((base + u) * kGroup + 4 * hh + k) * hd) + c);
   }
   // the combine (with one split, just the sink): warp h weighs head h's splits, lane = split
   {
@@ -313,10 +317,12 @@ __global__ void __launch_bounds__(kThreads) flash_decode_kernel(AttentionArgs a_
     for (int z0 = 0; z0 < live; z0 += 4) {
       float4 pv[4][4];  // every load of 4 splits in flight before the (split-ordered) sum
       if (kV2 && z0 == 0) {
+        cp_async_wait_all();
 #pragma unroll
         for (int u = 0; u < 4; ++u)
 #pragma unroll
-          for (int k = 0; k < 4; ++k) pv[u][k] = pv0[u][k];
+          for (int k = 0; k < 4; ++k)
+            pv[u][k] = u == z ? acc[k] : u < live ? pre[(u * kGroup + 4 * hh + k) * hd4 + c] : make_float4(0, 0, 0, 0);
       } else {
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
