@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
@@ -357,6 +358,15 @@ __global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
 
 namespace {
 
+int& max_splits_flag() {
+  static int v = [] {
+    const char* e = std::getenv("FLASHSTAR_ATTN_DECODE_SPLITS");
+    const int n = e ? std::atoi(e) : 0;
+    return n >= 1 && n <= kMaxSplits ? n : kMaxSplits;
+  }();
+  return v;
+}
+
 // The launch of flash_decode_attention; probe (kProbe): n x groups x splits blocks of kProbeSlots stamps.
 template <bool kV2, bool kProbe>
 int64_t flash_decode_launch(const AttentionArgs& args, float* scratch, int64_t max_rows, cudaStream_t s,
@@ -367,7 +377,7 @@ int64_t flash_decode_launch(const AttentionArgs& args, float* scratch, int64_t m
   const int hd = a.head_dim, groups = a.n_head / kGroup;
   // rows a query can have: the window, plus the selection or every compressed row (never past max_rows)
   const int64_t cap = std::min<int64_t>(max_rows, a.n_swa + (a.ratio ? (a.sel ? a.top_k : max_rows) : 0));
-  int64_t splits = std::min<int64_t>(kMaxSplits, (cap + kChunk - 1) / kChunk);
+  int64_t splits = std::min<int64_t>(max_splits_flag(), (cap + kChunk - 1) / kChunk);
   // each split of each (query, group): 8 x hd partial sums and 16 stats; parts are float4s
   const int64_t per_split = a.n * groups * (static_cast<int64_t>(kGroup) * hd + kStat);
   const bool aligned = reinterpret_cast<uintptr_t>(scratch) % 16 == 0;
@@ -396,6 +406,9 @@ bool flash_decode_attention(const AttentionArgs& args, float* scratch, int64_t m
   else flash_decode_launch<false, false>(args, scratch, max_rows, s, scratch_floats, nullptr, roped);
   return roped;
 }
+
+void attention_decode_set_max_splits(int n) { max_splits_flag() = n >= 1 && n <= kMaxSplits ? n : kMaxSplits; }
+int attention_decode_max_splits() { return max_splits_flag(); }
 
 int64_t flash_decode_probe(const AttentionArgs& args, float* scratch, int64_t max_rows, cudaStream_t s,
                            int64_t scratch_floats, bool v2, uint64_t* stamps) {

@@ -195,6 +195,11 @@ void indexer_topk_v2(const float* scores, int64_t stride, int64_t pos0, int64_t 
 // the top-k above and flash_decode_attention's reordered prologue. Off by default.
 bool attention_decode_v2();
 void attention_decode_set_v2(bool on);
+// The most row splits of the decode attention (default and cap 24; FLASHSTAR_ATTN_DECODE_SPLITS=N at start):
+// fewer splits walk more chunks each and leave the last block fewer parts to combine. A different split
+// count gives different bits (the online softmax and the combine group the rows differently).
+void attention_decode_set_max_splits(int n);
+int attention_decode_max_splits();
 // The decode attention's launch with per-block phase stamps (clock64 x 7: entry, after the wait, after
 // the row map, first chunk staged, chunks done, ticket taken, end; then %globaltimer at entry and end)
 // into stamps[block][16], block = (z * groups + g) * n + t (dead splits stamp 0-2 only, not-last ones

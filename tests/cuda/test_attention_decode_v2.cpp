@@ -3,7 +3,8 @@
 // shape (64 heads of 512, window 128, top_k 512) on plain, ratio-4 (selected rows, some selections
 // shorter than top_k) and ratio-128 layers, 1-8 queries, 1, 7 or up to 24 splits, the output RoPE on and
 // off, the position on the host and on the device (the decode graph), into poisoned outputs. DISABLED_:
-// old against new timing at 8k and 64k context with a per-phase breakdown of the blocks (the probe).
+// old against new timing at 8k and 64k context with a per-phase breakdown of the blocks (the probe), with
+// up to 24 splits (the default) and up to 10 (FLASHSTAR_ATTN_DECODE_SPLITS=10: other bits).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -113,56 +114,61 @@ TEST_F(AttentionDecodeV2, SameBitsAsTheOldKernel) {
 // breakdown of one launch of each (clock64 cycles from the block's entry, averaged over live blocks; the
 // last block's tail; the launch's span by %globaltimer).
 TEST_F(AttentionDecodeV2, DISABLED_TimingAndPhases) {
-  for (int64_t ctx : {8192, 65536})
-    for (int ratio : {0, 4, 128}) {
-      const Case cs{ratio, 1, 24, ctx};
-      Bed b = make(cs, true, true);
-      auto scratch = poisoned<float>(static_cast<size_t>(b.scratch_floats));
-      auto out = poisoned<float>(static_cast<size_t>(kHeads * kHd));
-      cuda::AttentionArgs a = b.a;
-      a.out = out.get();
-      for (int v = 0; v < 2; ++v) {
-        cuda::fast::attention_decode_set_v2(v == 1);
-        cudaEvent_t e0, e1;
-        FS_CUDA_CHECK(cudaEventCreate(&e0));
-        FS_CUDA_CHECK(cudaEventCreate(&e1));
-        constexpr int kReps = 200;
-        for (int i = 0; i < 10; ++i) cuda::fast::sink_attention(a, scratch.get(), b.max_rows, nullptr, b.scratch_floats);
-        FS_CUDA_CHECK(cudaEventRecord(e0));
-        for (int i = 0; i < kReps; ++i)
-          cuda::fast::sink_attention(a, scratch.get(), b.max_rows, nullptr, b.scratch_floats);
-        FS_CUDA_CHECK(cudaEventRecord(e1));
-        FS_CUDA_CHECK(cudaEventSynchronize(e1));
-        float ms = 0;
-        FS_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-        FS_CUDA_CHECK(cudaEventDestroy(e0));
-        FS_CUDA_CHECK(cudaEventDestroy(e1));
-        // the probe
-        auto stamps = poisoned<uint64_t>(static_cast<size_t>(8 * 24 * 16));
-        FS_CUDA_CHECK(cudaMemset(stamps.get(), 0, stamps.bytes()));
-        const int64_t blocks =
-            cuda::fast::flash_decode_probe(a, scratch.get(), b.max_rows, nullptr, b.scratch_floats, v == 1, stamps.get());
-        const auto st = down(stamps);
-        double ph[7] = {}, tail = 0;
-        int live = 0, lasts = 0;
-        uint64_t g0 = ~0ull, g1 = 0;
-        for (int64_t k = 0; k < blocks; ++k) {
-          const uint64_t* s = st.data() + k * 16;
-          if (s[8]) g0 = std::min(g0, s[8]);
-          if (s[4] == 0) continue;  // a dead split
-          ++live;
-          for (int i = 1; i < 6; ++i)
-            if (s[i]) ph[i] += double(s[i] - s[0]);
-          if (s[6]) ++lasts, tail += double(s[6] - s[0]), g1 = std::max(g1, s[9]);
+  const int splits0 = cuda::fast::attention_decode_max_splits();
+  for (int max_splits : {24, 10}) {
+    cuda::fast::attention_decode_set_max_splits(max_splits);
+    for (int64_t ctx : {8192, 65536})
+      for (int ratio : {0, 4, 128}) {
+        const Case cs{ratio, 1, 24, ctx};
+        Bed b = make(cs, true, true);
+        auto scratch = poisoned<float>(static_cast<size_t>(b.scratch_floats));
+        auto out = poisoned<float>(static_cast<size_t>(kHeads * kHd));
+        cuda::AttentionArgs a = b.a;
+        a.out = out.get();
+        for (int v = 0; v < 2; ++v) {
+          cuda::fast::attention_decode_set_v2(v == 1);
+          cudaEvent_t e0, e1;
+          FS_CUDA_CHECK(cudaEventCreate(&e0));
+          FS_CUDA_CHECK(cudaEventCreate(&e1));
+          constexpr int kReps = 200;
+          for (int i = 0; i < 10; ++i) cuda::fast::sink_attention(a, scratch.get(), b.max_rows, nullptr, b.scratch_floats);
+          FS_CUDA_CHECK(cudaEventRecord(e0));
+          for (int i = 0; i < kReps; ++i)
+            cuda::fast::sink_attention(a, scratch.get(), b.max_rows, nullptr, b.scratch_floats);
+          FS_CUDA_CHECK(cudaEventRecord(e1));
+          FS_CUDA_CHECK(cudaEventSynchronize(e1));
+          float ms = 0;
+          FS_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+          FS_CUDA_CHECK(cudaEventDestroy(e0));
+          FS_CUDA_CHECK(cudaEventDestroy(e1));
+          // the probe
+          auto stamps = poisoned<uint64_t>(static_cast<size_t>(8 * 24 * 16));
+          FS_CUDA_CHECK(cudaMemset(stamps.get(), 0, stamps.bytes()));
+          const int64_t blocks =
+              cuda::fast::flash_decode_probe(a, scratch.get(), b.max_rows, nullptr, b.scratch_floats, v == 1, stamps.get());
+          const auto st = down(stamps);
+          double ph[7] = {}, tail = 0;
+          int live = 0, lasts = 0;
+          uint64_t g0 = ~0ull, g1 = 0;
+          for (int64_t k = 0; k < blocks; ++k) {
+            const uint64_t* s = st.data() + k * 16;
+            if (s[8]) g0 = std::min(g0, s[8]);
+            if (s[4] == 0) continue;  // a dead split
+            ++live;
+            for (int i = 1; i < 6; ++i)
+              if (s[i]) ph[i] += double(s[i] - s[0]);
+            if (s[6]) ++lasts, tail += double(s[6] - s[0]), g1 = std::max(g1, s[9]);
+          }
+          std::printf("splits <= %2d ctx %6lld ratio %3d v%d: %.2f us a launch; %lld blocks, %d live; mean cycles from entry: wait %.0f, "
+                      "row map %.0f, first chunk staged %.0f, chunks done %.0f, ticket %.0f; last block end %.0f; "
+                      "span %.2f us\n",
+                      max_splits, static_cast<long long>(ctx), ratio, v + 1, 1e3 * ms / kReps, static_cast<long long>(blocks), live,
+                      ph[1] / live, ph[2] / live, ph[3] / live, ph[4] / live, ph[5] / live, lasts ? tail / lasts : 0.0,
+                      g1 > g0 ? 1e-3 * double(g1 - g0) : 0.0);
         }
-        std::printf("ctx %6lld ratio %3d v%d: %.2f us a launch; %lld blocks, %d live; mean cycles from entry: wait %.0f, "
-                    "row map %.0f, first chunk staged %.0f, chunks done %.0f, ticket %.0f; last block end %.0f; "
-                    "span %.2f us\n",
-                    static_cast<long long>(ctx), ratio, v + 1, 1e3 * ms / kReps, static_cast<long long>(blocks), live,
-                    ph[1] / live, ph[2] / live, ph[3] / live, ph[4] / live, ph[5] / live, lasts ? tail / lasts : 0.0,
-                    g1 > g0 ? 1e-3 * double(g1 - g0) : 0.0);
       }
-    }
+  }
+  cuda::fast::attention_decode_set_max_splits(splits0);
 }
 
 }  // namespace
