@@ -427,7 +427,7 @@ void indexer_select(const float* iq, const float* iw, float wscale, const float*
     }
   }
   indexer_topk(scratch, scratch_stride, pos0, n, ratio, top_k, sel, s, pos_dev,
-               n <= kIdxDecMaxTok && attention_decode_v2() ? 2 : 1, max_vis);
+               n <= kIdxDecMaxTok && (attention_decode_v2() & kDecodeV2TopK) ? 2 : 1, max_vis);
 }
 
 void indexer_topk(const float* scores, int64_t stride, int64_t pos0, int64_t n, int ratio, int top_k, int32_t* sel,

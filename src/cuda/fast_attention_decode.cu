@@ -402,7 +402,7 @@ int64_t flash_decode_launch(const AttentionArgs& args, float* scratch, int64_t m
 bool flash_decode_attention(const AttentionArgs& args, float* scratch, int64_t max_rows, cudaStream_t s,
                             int64_t scratch_floats) {
   bool roped = false;
-  if (attention_decode_v2()) flash_decode_launch<true, false>(args, scratch, max_rows, s, scratch_floats, nullptr, roped);
+  if (attention_decode_v2() & kDecodeV2Flash) flash_decode_launch<true, false>(args, scratch, max_rows, s, scratch_floats, nullptr, roped);
   else flash_decode_launch<false, false>(args, scratch, max_rows, s, scratch_floats, nullptr, roped);
   return roped;
 }

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
@@ -183,18 +184,20 @@ __global__ void __launch_bounds__(kThreads) indexer_topk_v2_kernel(const float* 
   }
 }
 
-bool& decode_v2_flag() {
-  static bool on = [] {
+int& decode_v2_flag() {
+  static int on = [] {
     const char* v = std::getenv("FLASHSTAR_ATTN_DECODE_V2");
-    return v && v[0] == '1';
+    if (!v) return 0;
+    const std::string s = v;
+    return s == "1" ? kDecodeV2TopK | kDecodeV2Flash : s == "topk" ? kDecodeV2TopK : s == "flash" ? kDecodeV2Flash : 0;
   }();
   return on;
 }
 
 }  // namespace
 
-bool attention_decode_v2() { return decode_v2_flag(); }
-void attention_decode_set_v2(bool on) { decode_v2_flag() = on; }
+int attention_decode_v2() { return decode_v2_flag(); }
+void attention_decode_set_v2(int parts) { decode_v2_flag() = parts & (kDecodeV2TopK | kDecodeV2Flash); }
 
 void indexer_topk_v2(const float* scores, int64_t stride, int64_t pos0, int64_t n, int ratio, int top_k, int32_t* sel,
                      cudaStream_t s, const int64_t* pos_dev, int64_t max_vis) {

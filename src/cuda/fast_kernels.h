@@ -191,10 +191,12 @@ void indexer_topk(const float* scores, int64_t stride, int64_t pos0, int64_t n, 
                   cudaStream_t s, const int64_t* pos_dev, int version, int64_t max_vis);
 void indexer_topk_v2(const float* scores, int64_t stride, int64_t pos0, int64_t n, int ratio, int top_k, int32_t* sel,
                      cudaStream_t s, const int64_t* pos_dev, int64_t max_vis);
-// The decode attention's new kernels (FLASHSTAR_ATTN_DECODE_V2=1 at start, or attention_decode_set_v2):
-// the top-k above and flash_decode_attention's reordered prologue. Off by default.
-bool attention_decode_v2();
-void attention_decode_set_v2(bool on);
+// The decode attention's new kernels, off by default: FLASHSTAR_ATTN_DECODE_V2=1 at start turns on both
+// the top-k above (kDecodeV2TopK; =topk alone) and flash_decode_attention's reordered prologue and tail
+// (kDecodeV2Flash; =flash alone). attention_decode_set_v2 takes the bits.
+constexpr int kDecodeV2TopK = 1, kDecodeV2Flash = 2;
+int attention_decode_v2();
+void attention_decode_set_v2(int parts);
 // The most row splits of the decode attention (default and cap 24; FLASHSTAR_ATTN_DECODE_SPLITS=N at start):
 // fewer splits walk more chunks each and leave the last block fewer parts to combine. A different split
 // count gives different bits (the online softmax and the combine group the rows differently).

@@ -28,7 +28,7 @@ class AttentionDecodeV2 : public cuda_test::CudaKernelTest {
     v2_ = cuda::fast::attention_decode_v2();
   }
   void TearDown() override { cuda::fast::attention_decode_set_v2(v2_); }
-  bool v2_ = false;
+  int v2_ = 0;
 
   struct Case {
     int ratio;
@@ -79,7 +79,7 @@ class AttentionDecodeV2 : public cuda_test::CudaKernelTest {
     return b;
   }
   std::vector<float> run(Bed& b, bool v2) {
-    cuda::fast::attention_decode_set_v2(v2);
+    cuda::fast::attention_decode_set_v2(v2 ? cuda::fast::kDecodeV2Flash : 0);
     auto scratch = poisoned<float>(static_cast<size_t>(std::max<int64_t>(b.scratch_floats, 1)));
     auto out = poisoned<float>(static_cast<size_t>(b.a.n * kHeads * kHd));
     cuda::AttentionArgs a = b.a;
@@ -126,7 +126,7 @@ TEST_F(AttentionDecodeV2, DISABLED_TimingAndPhases) {
         cuda::AttentionArgs a = b.a;
         a.out = out.get();
         for (int v = 0; v < 2; ++v) {
-          cuda::fast::attention_decode_set_v2(v == 1);
+          cuda::fast::attention_decode_set_v2(v == 1 ? cuda::fast::kDecodeV2Flash : 0);
           cudaEvent_t e0, e1;
           FS_CUDA_CHECK(cudaEventCreate(&e0));
           FS_CUDA_CHECK(cudaEventCreate(&e1));

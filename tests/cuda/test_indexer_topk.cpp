@@ -27,7 +27,7 @@ class IndexerTopk : public cuda_test::CudaKernelTest {
     v2_ = cuda::fast::attention_decode_v2();
   }
   void TearDown() override { cuda::fast::attention_decode_set_v2(v2_); }
-  bool v2_ = false;
+  int v2_ = 0;
 
   // Scores of n queries, `kind` as in test_indexer_topk_plan.cpp; NaN past query t's (pos0 + t + 1) / 4
   // rows (a NaN key ranks above every score: a kernel reading past its rows would pick it).
@@ -90,7 +90,7 @@ TEST_F(IndexerTopk, IndexerSelectSameWithTheSwitch) {
     const auto rows = up(randn(static_cast<size_t>((nv + 1) * kHd)));
     std::vector<int32_t> got[2];
     for (int v = 0; v < 2; ++v) {
-      cuda::fast::attention_decode_set_v2(v == 1);
+      cuda::fast::attention_decode_set_v2(v == 1 ? cuda::fast::kDecodeV2TopK : 0);
       auto scratch = poisoned<float>(static_cast<size_t>(n * stride));
       auto sel = poisoned<int32_t>(static_cast<size_t>(n * kTopK));
       cuda::fast::indexer_select(iq.get(), iw.get(), 0.01f, rows.get(), kH, kHd, pos0, n, kRatio, kTopK,
