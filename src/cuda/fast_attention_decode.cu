@@ -42,6 +42,8 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 
 // One step of the warp reduce-scatter: lanes with bit O set keep the upper half of their N values, the
 // others the lower half, each adding its partner's copy of the half it keeps.
@@ -97,12 +99,14 @@ __device__ __forceinline__ void stamp(uint64_t* probe, int i) {
 // issued before the row map's walk over the selection (they depend on t and the group only), the
 // output RoPE's double sin / cos computed while the first chunk's copies are in flight (before, two
 // warps computed them ahead of the first barrier: every block waited for them), and the last block's
-// first parts loads issued before the split weights are computed (one L2 round trip fewer on its tail).
+// first parts loads issued before the split weights are computed (one L2 round trip fewer on its tail),
+// and, when a split has several chunks (FLASHSTAR_ATTN_DECODE_SPLITS, or little scratch), two row stages:
+// the next chunk's copies in flight while this one is computed.
 // (kV2 and the probe ask for two blocks an SM, i.e. <= 128 registers: the prefetch's addresses would take
 // V2 to 156 and one block an SM, two waves for the 160 blocks of a ratio-4 layer.)
 template <bool kV2, bool kProbe>
 __global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
-    flash_decode_kernel(AttentionArgs a_in, float* work, int tlane, uint64_t* probe) {
+    flash_decode_kernel(AttentionArgs a_in, float* work, int tlane, uint64_t* probe, int dbuf) {
   // PDL-PROLOGUE: only the probe's entry stamp (a test's buffer that no other kernel touches) before it
   stamp<kProbe>(probe, 0);
   pdl_wait();
@@ -119,8 +123,11 @@ __global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
   const int g = blockIdx.y, z = blockIdx.z, G = gridDim.z, h0 = g * kGroup;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int hd = a.head_dim, hd4 = hd / 4, ni = hd4 / 32;  // hd % 128 == 0, hd <= 512: ni in 1..4
+  // kV2 with dbuf (a split of several chunks): two row stages, chunk ch + 1's copies in flight while
+  // chunk ch is computed (the same arithmetic; only the loads move earlier)
+  const bool two = kV2 && dbuf;
   float4* rows_s = fd_sm;
-  float4* qs = fd_sm + kChunk * hd4;
+  float4* qs = fd_sm + (two ? 2 : 1) * kChunk * hd4;
   bool q_issued = false;
   if (kV2) {
     // rows this query can have at most (the selection holds at most top_k): a split at or past that
@@ -170,12 +177,12 @@ __global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
 #pragma unroll
   for (int k = 0; k < 4; ++k) acc[k] = make_float4(0, 0, 0, 0);
 
-  for (int64_t ch = c_begin; ch < c_end; ++ch) {
+  // the row addresses of chunk ch (a barrier), then its copies into buf (the two-stage path)
+  auto stage = [&](int64_t ch, float4* buf) {
     const int64_t r0 = ch * kChunk;
     const int m = rm.n_rows - r0 < kChunk ? static_cast<int>(rm.n_rows - r0) : kChunk;
     if (tid < kChunk) rowp[tid] = tid < m ? reinterpret_cast<const float4*>(rm.row(r0 + tid)) : nullptr;
     __syncthreads();
-    // warp w stages rows w, w + 8, ...: every copy issued before the wait
 #pragma unroll
     for (int j = 0; j < kChunk / 8; ++j) {
       const int r = warp + 8 * j;
@@ -183,12 +190,43 @@ __global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
         const float4* src = rowp[r];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
-          if (i < ni) cp_async16(rows_s + r * hd4 + lane + 32 * i, src + lane + 32 * i);
+          if (i < ni) cp_async16(buf + r * hd4 + lane + 32 * i, src + lane + 32 * i);
       }
     }
-    if (kV2 && rot && ch == c_begin) rope_cs();  // while the copies are in flight
-    cp_async_wait_all();
-    __syncthreads();
+    cp_async_commit();
+  };
+  if (two) {
+    stage(c_begin, rows_s);
+    __syncthreads();  // rowp is rewritten by the next stage
+  }
+  for (int64_t ch = c_begin; ch < c_end; ++ch) {
+    const int64_t r0 = ch * kChunk;
+    const int m = rm.n_rows - r0 < kChunk ? static_cast<int>(rm.n_rows - r0) : kChunk;
+    float4* const cur = two ? rows_s + ((ch - c_begin) & 1) * kChunk * hd4 : rows_s;
+    if (two) {
+      if (ch + 1 < c_end) stage(ch + 1, rows_s + ((ch + 1 - c_begin) & 1) * kChunk * hd4);
+      else cp_async_commit();  // an empty group: the wait below then leaves nothing in flight
+      if (rot && ch == c_begin) rope_cs();
+      cp_async_wait_one();  // all but the newest group: this chunk's rows (and the queries)
+      __syncthreads();
+    } else {
+      if (tid < kChunk) rowp[tid] = tid < m ? reinterpret_cast<const float4*>(rm.row(r0 + tid)) : nullptr;
+      __syncthreads();
+      // warp w stages rows w, w + 8, ...: every copy issued before the wait
+#pragma unroll
+      for (int j = 0; j < kChunk / 8; ++j) {
+        const int r = warp + 8 * j;
+        if (r < m) {
+          const float4* src = rowp[r];
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            if (i < ni) cp_async16(rows_s + r * hd4 + lane + 32 * i, src + lane + 32 * i);
+        }
+      }
+      if (kV2 && rot && ch == c_begin) rope_cs();  // while the copies are in flight
+      cp_async_wait_all();
+      __syncthreads();
+    }
     if (ch == c_begin) stamp<kProbe>(probe, 3);
 
     // scores: warp w takes rows 4w..4w+3 of the chunk, lane l dims float4 l + 32i, for all 8 heads
@@ -203,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
           const int cc = lane + 32 * i;
           float4 kr[4], qv[kGroup];
 #pragma unroll
-          for (int j = 0; j < 4; ++j) kr[j] = rows_s[(4 * warp + j) * hd4 + cc];
+          for (int j = 0; j < 4; ++j) kr[j] = cur[(4 * warp + j) * hd4 + cc];
 #pragma unroll
           for (int h = 0; h < kGroup; ++h) qv[h] = qs[h * hd4 + cc];
 #pragma unroll
@@ -248,14 +286,14 @@ __global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
       for (; r + 4 <= m; r += 4) {
         float4 vv[4], pp[4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) vv[u] = rows_s[(r + u) * hd4 + c], pp[u] = p4[2 * (r + u)];
+        for (int u = 0; u < 4; ++u) vv[u] = cur[(r + u) * hd4 + c], pp[u] = p4[2 * (r + u)];
 #pragma unroll
         for (int u = 0; u < 4; ++u)
 #pragma unroll
           for (int k = 0; k < 4; ++k) acc[k] = fma4(comp(pp[u], k), vv[u], acc[k]);
       }
       for (; r < m; ++r) {
-        const float4 vv = rows_s[r * hd4 + c], pp = p4[2 * r];
+        const float4 vv = cur[r * hd4 + c], pp = p4[2 * r];
 #pragma unroll
         for (int k = 0; k < 4; ++k) acc[k] = fma4(comp(pp, k), vv, acc[k]);
       }
@@ -383,7 +421,10 @@ int64_t flash_decode_launch(const AttentionArgs& args, float* scratch, int64_t m
   const bool aligned = reinterpret_cast<uintptr_t>(scratch) % 16 == 0;
   splits = std::min<int64_t>(splits, aligned ? scratch_floats / per_split : 1);
   if (splits < 1) splits = 1;
-  const int smem = (kChunk + kGroup) * hd * 4;
+  // V2: two row stages when a split can have several chunks
+  const int64_t chunks_cap = (cap + kChunk - 1) / kChunk;
+  const int dbuf = kV2 && (chunks_cap + splits - 1) / splits > 1 ? 1 : 0;
+  const int smem = ((dbuf ? 2 : 1) * kChunk + kGroup) * hd * 4;
   static int smem_set = 0;
   if (smem > smem_set) {
     FS_CUDA_CHECK(cudaFuncSetAttribute(flash_decode_kernel<kV2, kProbe>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -391,7 +432,7 @@ int64_t flash_decode_launch(const AttentionArgs& args, float* scratch, int64_t m
     smem_set = smem;
   }
   const dim3 grid(static_cast<unsigned>(a.n), static_cast<unsigned>(groups), static_cast<unsigned>(splits));
-  flash_decode_kernel<kV2, kProbe><<<grid, kThreads, smem, s>>>(a, scratch, ticket_lane(s), probe);
+  flash_decode_kernel<kV2, kProbe><<<grid, kThreads, smem, s>>>(a, scratch, ticket_lane(s), probe, dbuf);
   FS_CUDA_LAUNCH_CHECK();
   roped = a.out_rope_freq != nullptr;
   return static_cast<int64_t>(grid.x) * grid.y * grid.z;

@@ -1,7 +1,8 @@
 // The decode attention with FLASHSTAR_ATTN_DECODE_V2 (fast_attention_decode.cu, kV2) against the old
 // kernel: the same arithmetic in the same order, so the outputs must be the same bits, for the model's
 // shape (64 heads of 512, window 128, top_k 512) on plain, ratio-4 (selected rows, some selections
-// shorter than top_k) and ratio-128 layers, 1-8 queries, 1, 7 or up to 24 splits, the output RoPE on and
+// shorter than top_k) and ratio-128 layers, 1-8 queries, 1 to 24 splits of one or several chunks (V2's
+// two row stages), the output RoPE on and
 // off, the position on the host and on the device (the decode graph), into poisoned outputs. DISABLED_:
 // old against new timing at 8k and 64k context with a per-phase breakdown of the blocks (the probe), with
 // up to 24 splits (the default) and up to 10 (FLASHSTAR_ATTN_DECODE_SPLITS=10: other bits).
@@ -26,9 +27,13 @@ class AttentionDecodeV2 : public cuda_test::CudaKernelTest {
   void SetUp() override {
     CudaKernelTest::SetUp();
     v2_ = cuda::fast::attention_decode_v2();
+    splits_ = cuda::fast::attention_decode_max_splits();
   }
-  void TearDown() override { cuda::fast::attention_decode_set_v2(v2_); }
-  int v2_ = 0;
+  void TearDown() override {  // as the environment set them
+    cuda::fast::attention_decode_set_v2(v2_);
+    cuda::fast::attention_decode_set_max_splits(splits_);
+  }
+  int v2_ = 0, splits_ = 24;
 
   struct Case {
     int ratio;
@@ -95,16 +100,22 @@ class AttentionDecodeV2 : public cuda_test::CudaKernelTest {
 TEST_F(AttentionDecodeV2, SameBitsAsTheOldKernel) {
   const Case cases[] = {{0, 1, 24, 9000},   {4, 1, 24, 2500},   {128, 1, 24, 9000}, {4, 3, 24, 9000},
                         {4, 8, 24, 2500},   {0, 8, 6, 60000},   {4, 2, 6, 2500},    {128, 8, 24, 60000},
-                        {128, 3, 0, 60000}, {4, 1, 0, 65000},   {4, 1, 24, 65000},  {0, 1, 24, 100}};
+                        {128, 3, 0, 60000}, {4, 1, 0, 65000},   {4, 1, 24, 65000},  {0, 1, 24, 100},
+                        {128, 1, 2, 60000}, {4, 1, 3, 9000}};
+  // up to 24 splits (one chunk each here, or several where the scratch is short: the two-stage path), and
+  // up to 5 (FLASHSTAR_ATTN_DECODE_SPLITS=5: several chunks a split; other bits than 24, the same old/new)
+  for (int max_splits : {24, 5})
   for (const Case& cs : cases)
     for (int variant = 0; variant < 3; ++variant) {
+      cuda::fast::attention_decode_set_max_splits(max_splits);
       const bool rope = variant >= 1, pos_dev = variant == 2;
       Bed b = make(cs, rope, pos_dev);
       const auto old_out = run(b, false);
       const auto new_out = run(b, true);
       for (float v : old_out) ASSERT_TRUE(std::isfinite(v)) << "old kernel left an output unwritten";
       EXPECT_TRUE(old_out == new_out) << "ratio " << cs.ratio << " n " << cs.n << " parts " << cs.parts << " pos "
-                                      << cs.pos0 << " rope " << rope << " pos_dev " << pos_dev;
+                                      << cs.pos0 << " rope " << rope << " pos_dev " << pos_dev << " splits <= "
+                                      << max_splits;
       // and again (the tickets returned to zero)
       EXPECT_TRUE(run(b, true) == new_out) << "repeat, ratio " << cs.ratio;
     }
