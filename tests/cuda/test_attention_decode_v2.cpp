@@ -2,8 +2,8 @@
 // kernel: the same arithmetic in the same order, so the outputs must be the same bits, for the model's
 // shape (64 heads of 512, window 128, top_k 512) on plain, ratio-4 (selected rows, some selections
 // shorter than top_k) and ratio-128 layers, 1-8 queries, 1 to 24 splits of one or several chunks (V2's
-// two row stages), the output RoPE on and
-// off, the position on the host and on the device (the decode graph), into poisoned outputs. DISABLED_:
+// two row stages), the output RoPE on and off, the position on the host and on the device (the decode
+// graph), into poisoned outputs. DISABLED_:
 // old against new timing at 8k and 64k context with a per-phase breakdown of the blocks (the probe), with
 // up to 24 splits (the default) and up to 10 (FLASHSTAR_ATTN_DECODE_SPLITS=10: other bits).
 #include <gtest/gtest.h>
@@ -104,21 +104,22 @@ TEST_F(AttentionDecodeV2, SameBitsAsTheOldKernel) {
                         {128, 1, 2, 60000}, {4, 1, 3, 9000}};
   // up to 24 splits (one chunk each here, or several where the scratch is short: the two-stage path), and
   // up to 5 (FLASHSTAR_ATTN_DECODE_SPLITS=5: several chunks a split; other bits than 24, the same old/new)
-  for (int max_splits : {24, 5})
-  for (const Case& cs : cases)
-    for (int variant = 0; variant < 3; ++variant) {
-      cuda::fast::attention_decode_set_max_splits(max_splits);
-      const bool rope = variant >= 1, pos_dev = variant == 2;
-      Bed b = make(cs, rope, pos_dev);
-      const auto old_out = run(b, false);
-      const auto new_out = run(b, true);
-      for (float v : old_out) ASSERT_TRUE(std::isfinite(v)) << "old kernel left an output unwritten";
-      EXPECT_TRUE(old_out == new_out) << "ratio " << cs.ratio << " n " << cs.n << " parts " << cs.parts << " pos "
-                                      << cs.pos0 << " rope " << rope << " pos_dev " << pos_dev << " splits <= "
-                                      << max_splits;
-      // and again (the tickets returned to zero)
-      EXPECT_TRUE(run(b, true) == new_out) << "repeat, ratio " << cs.ratio;
-    }
+  for (int max_splits : {24, 5}) {
+    cuda::fast::attention_decode_set_max_splits(max_splits);
+    for (const Case& cs : cases)
+      for (int variant = 0; variant < 3; ++variant) {
+        const bool rope = variant >= 1, pos_dev = variant == 2;
+        Bed b = make(cs, rope, pos_dev);
+        const auto old_out = run(b, false);
+        const auto new_out = run(b, true);
+        for (float v : old_out) ASSERT_TRUE(std::isfinite(v)) << "old kernel left an output unwritten";
+        EXPECT_TRUE(old_out == new_out) << "ratio " << cs.ratio << " n " << cs.n << " parts " << cs.parts << " pos "
+                                        << cs.pos0 << " rope " << rope << " pos_dev " << pos_dev << " splits <= "
+                                        << max_splits;
+        // and again (the tickets returned to zero)
+        EXPECT_TRUE(run(b, true) == new_out) << "repeat, ratio " << cs.ratio;
+      }
+  }
 }
 
 // One query as the decode step runs it: old against new, back-to-back launches, then the per-phase
