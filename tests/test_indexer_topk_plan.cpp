@@ -63,6 +63,44 @@ TEST(IndexerTopkPlan, OrderKeyRanksScores) {
   for (size_t i = 1; i < v.size(); ++i) EXPECT_LT(order_key(v[i - 1]), order_key(v[i])) << i;
 }
 
+// The kernel's bucket search, thread by thread (each with its two bins and the count above them, as the
+// shuffles give it): exactly one thread picks, the bin and remainder of the serial walk down the bins.
+TEST(IndexerTopkPlan, OneThreadPicksTheSerialBin) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> cnt(0, 40), which(0, kMaxBins - 1);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<int> hist(kMaxBins, 0);
+    const int spread = trial % 4 == 0 ? 1 : trial % 4 == 1 ? 3 : 2048;  // all in one bin, a few, anywhere
+    const int base = which(rng);
+    for (int i = 0; i < 50 + trial * 10; ++i) ++hist[(base + which(rng) % spread) % kMaxBins];
+    if (trial % 5 == 0)
+      for (int& h : hist) h += cnt(rng) == 0 ? cnt(rng) : 0;
+    int total = 0;
+    for (int h : hist) total += h;
+    for (int rem : {1, 2, total / 3 + 1, total - 1, total}) {
+      if (rem < 1 || rem > total) continue;
+      int serial_bin = -1, serial_rem = 0, above = 0;
+      for (int b = kMaxBins - 1; b >= 0 && serial_bin < 0; --b) {
+        if (above < rem && above + hist[b] >= rem) serial_bin = b, serial_rem = rem - above;
+        above += hist[b];
+      }
+      int picks = 0, after = 0;
+      for (int tid = kThreads - 1; tid >= 0; --tid) {
+        const int b_lo = tid * kBinsPerThread, h0 = hist[b_lo], h1 = hist[b_lo + 1];
+        int nr = 0;
+        const int bin = pick_bin(b_lo, h0, h1, after, rem, nr);
+        if (bin >= 0) {
+          ++picks;
+          EXPECT_EQ(bin, serial_bin) << trial << " " << rem;
+          EXPECT_EQ(nr, serial_rem) << trial << " " << rem;
+        }
+        after += h0 + h1;
+      }
+      EXPECT_EQ(picks, 1) << trial << " " << rem;
+    }
+  }
+}
+
 class IndexerTopkEmulation : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(IndexerTopkEmulation, MatchesTheSort) {

@@ -120,12 +120,9 @@ __global__ void __launch_bounds__(kThreads) indexer_topk_v2_kernel(const float* 
       }
       const int later = __shfl_sync(0xffffffffu, wsuf, (warp + 1) & 31);
       const int after = suf - h0 - h1 + (warp + 1 < kWarps ? later : 0);  // S(b_lo + 2)
-      const int shift = itk::shift_of(p);
-      if (after < rem && after + h1 >= rem) {
-        s_rem = rem - after, s_prefix = prefix | (static_cast<uint32_t>(b_lo + 1) << shift);
-      } else if (after + h1 < rem && after + h1 + h0 >= rem) {
-        s_rem = rem - after - h1, s_prefix = prefix | (static_cast<uint32_t>(b_lo) << shift);
-      }
+      int new_rem = 0;
+      const int bin = itk::pick_bin(b_lo, h0, h1, after, rem, new_rem);
+      if (bin >= 0) s_rem = new_rem, s_prefix = prefix | (static_cast<uint32_t>(bin) << itk::shift_of(p));
       __syncthreads();
       prefix = s_prefix, rem = s_rem;
     }

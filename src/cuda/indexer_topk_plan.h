@@ -45,6 +45,22 @@ ITK_HD uint32_t digit(uint32_t key, int pass) { return (key >> shift_of(pass)) &
 // bits of the key fixed before `pass` (all higher digits)
 ITK_HD uint32_t known_mask(int pass) { return pass == 0 ? 0u : ~((1u << (shift_of(pass - 1))) - 1u); }
 
+// The bucket search of one thread, which owns bins b_lo and b_lo + 1 (counts h0, h1) with `after` keys in
+// the bins above them: the bin b with S(b) >= rem > S(b + 1) (S(b): keys in bins b and above) if it is
+// one of this thread's, else -1; new_rem = the keys still to take inside that bin. Exactly one thread
+// of the block answers: S falls from the whole count (>= rem) to 0 (< rem) across the bins.
+ITK_HD int pick_bin(int b_lo, int h0, int h1, int after, int rem, int& new_rem) {
+  if (after < rem && after + h1 >= rem) {
+    new_rem = rem - after;
+    return b_lo + 1;
+  }
+  if (after + h1 < rem && after + h1 + h0 >= rem) {
+    new_rem = rem - after - h1;
+    return b_lo;
+  }
+  return -1;
+}
+
 // The final pass: warp w walks rows [begin, end) in steps of 32 (lane l: row begin + 32 j + l), so that a
 // warp's rows are contiguous and ascending and the warps' ranges follow each other: the output position
 // of a kept row is (kept rows of earlier warps) + (kept rows earlier in this warp).
