@@ -195,6 +195,32 @@ bool indexer_supported(int n_heads, int head_dim, int64_t n);
 void indexer_select(const float* iq, const float* iw, float wscale, const float* idx_rows, int n_heads, int head_dim,
                     int64_t pos0, int64_t n, int ratio, int top_k, float* scratch, int64_t scratch_stride,
                     int32_t* sel, cudaStream_t s, const int64_t* pos_dev = nullptr);
+// The top-k launch of indexer_select alone, over given scores: version 1 the one-block radix select of
+// fast_attention.cu (8-bit digits, 256 threads), 2 the decode kernel of fast_indexer_topk.cu (keys staged
+// in shared memory, 11/11/10-bit digits, 1024 threads). Both select the same rows in the same order.
+// max_vis: the most rows any query sees (sizes version 2's shared memory; rows past it are read from
+// global memory each pass). indexer_select runs version 2 for <= 8 queries when attention_decode_v2().
+void indexer_topk(const float* scores, int64_t stride, int64_t pos0, int64_t n, int ratio, int top_k, int32_t* sel,
+                  cudaStream_t s, const int64_t* pos_dev, int version, int64_t max_vis);
+void indexer_topk_v2(const float* scores, int64_t stride, int64_t pos0, int64_t n, int ratio, int top_k, int32_t* sel,
+                     cudaStream_t s, const int64_t* pos_dev, int64_t max_vis);
+// The decode attention's new kernels, off by default: FLASHSTAR_ATTN_DECODE_V2=1 at start turns on both
+// the top-k above (kDecodeV2TopK; =topk alone) and flash_decode_attention's reordered prologue and tail
+// (kDecodeV2Flash; =flash alone). attention_decode_set_v2 takes the bits.
+constexpr int kDecodeV2TopK = 1, kDecodeV2Flash = 2;
+int attention_decode_v2();
+void attention_decode_set_v2(int parts);
+// The most row splits of the decode attention (default and cap 24; FLASHSTAR_ATTN_DECODE_SPLITS=N at start):
+// fewer splits walk more chunks each and leave the last block fewer parts to combine. A different split
+// count gives different bits (the online softmax and the combine group the rows differently).
+void attention_decode_set_max_splits(int n);
+int attention_decode_max_splits();
+// The decode attention's launch with per-block phase stamps (clock64 x 7: entry, after the wait, after
+// the row map, first chunk staged, chunks done, ticket taken, end; then %globaltimer at entry and end)
+// into stamps[block][16], block = (z * groups + g) * n + t (dead splits stamp 0-2 only, not-last ones
+// 0-5); v2 as the switch would pick. Returns the block count. (The timing test: where the time goes.)
+int64_t flash_decode_probe(const AttentionArgs& a, float* scratch, int64_t max_rows, cudaStream_t s,
+                           int64_t scratch_floats, bool v2, uint64_t* stamps);
 // Its scores for more than 8 queries (fast_indexer_prefill.cu): 4 queries per block against tiles of 64
 // rows, one mma per step when the staged operands are exact in FP16 (the official FP4 numerics), else
 // three. Mode 1 (default) that kernel, 0 the per-query tile kernel of fast_attention.cu, 3 the new
