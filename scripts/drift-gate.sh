@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The drift gate of the fast GPU routes (issue 6), three levels, on the GPU machine:
 #  1. kernel level: every fast kernel vs its reference kernel, or vs the kernel whose bits it must equal
-#     (flashstar_cuda_tests FastKernels.*, FastSmallOps.*, ExpertMma.*, Q8Matvec.*, the GEMM suites);
+#     (flashstar_cuda_tests FastKernels.*, FastSmallOps.*, ExpertMma.*, Q8Matvec.*, the GEMM suites, the expert decode
+#     versions, the prefill small ops, the decode attention V2);
 #  2. tiny-a fixture with every route on, against the transformers logits;
 #  3. full-dimension synthetic q2 model (LAYERS layers): the floor (GPU reference vs CPU engine), then
 #     all routes on (prefill, and decoding the last 64 positions) and each route alone vs the GPU
@@ -34,7 +35,7 @@ json.dump({'tokens': [random.randrange(129280) for _ in range($1)]}, open('$3', 
 
 # 1. kernel level (KERNELS=0: already run by the caller)
 if [ "${KERNELS:-1}" = 1 ]; then
-  $BIN/flashstar_cuda_tests --gtest_filter='FastKernels.*:FastSmallOps.*:ExpertMma.*:Q8Matvec.*:HcPre*:GemmInt*:GemmGroupV2*:GemmDenseV2*:GemmDenseWgmma*:GemmGroupWgmma*:ExpertFused*:AttentionPrefill*:IndexerPrefill*' > "$O/kernels.log" 2>&1
+  $BIN/flashstar_cuda_tests --gtest_filter='FastKernels.*:FastSmallOps.*:ExpertMma.*:Q8Matvec.*:HcPre*:GemmInt*:GemmGroupV2*:GemmDenseV2*:GemmDenseWgmma*:GemmGroupWgmma*:ExpertFused*:ExpertVersions*:PrefillSmall*:AttentionPrefill*:IndexerPrefill*:IndexerTopk*:AttentionDecodeV2*' > "$O/kernels.log" 2>&1
   row "1 kernel level (FastKernels, FastSmallOps, ExpertMma, Q8Matvec, GemmInt)" "$(grep -c '\[       OK \]' "$O/kernels.log") ok, $(grep -c '\[  FAILED  \]' "$O/kernels.log") failed"
   grep -E "^(gemm|grouped|attention|indexer|compressor)" "$O/kernels.log" > "$O/kernel-errors.txt"
 fi
