@@ -49,6 +49,7 @@ bool& q2k_sums_flag() {
 // the same bits.
 __global__ void token_sums_kernel(const uint16_t* __restrict__ Xb, int64_t k8, int64_t lo_off, int64_t rows,
                                  int groups, float* __restrict__ out) {
+  pdl_wait();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * groups) return;
   const int64_t r = i / groups;
