@@ -88,10 +88,16 @@ for g in 1 0; do for f in 0 1; do
   FLASHSTAR_CUDA_GRAPH=$g FLASHSTAR_DECODE_FORK=$f run "$FS" logits -m "$WORK/flash4.gguf" --tokens "$WORK/r2100.json" \
     -o "$WORK/g-$g-$f.f32" --backend cuda --decode-from 1980 --chunk 1000
 done; done
+# the default fork (attn,idx) and the indexer queries' fork alone (opened after q_b), in the graph
+for f in attn,idx idx; do
+  FLASHSTAR_DECODE_FORK=$f run "$FS" logits -m "$WORK/flash4.gguf" --tokens "$WORK/r2100.json" \
+    -o "$WORK/g-1-${f/,/-}.f32" --backend cuda --decode-from 1980 --chunk 1000
+done
 if cmp -s "$WORK/g-1-0.f32" "$WORK/g-0-0.f32"; then row "decode CUDA graph == plain launches (bitwise)" PASS "120 steps"
 else row "decode CUDA graph == plain launches (bitwise)" FAIL ""; fi
-if cmp -s "$WORK/g-1-0.f32" "$WORK/g-1-1.f32" && cmp -s "$WORK/g-1-0.f32" "$WORK/g-0-1.f32"; then
-  row "decode fork == serial, graph and plain (bitwise)" PASS "120 steps"
+if cmp -s "$WORK/g-1-0.f32" "$WORK/g-1-1.f32" && cmp -s "$WORK/g-1-0.f32" "$WORK/g-0-1.f32" &&
+   cmp -s "$WORK/g-1-0.f32" "$WORK/g-1-attn-idx.f32" && cmp -s "$WORK/g-1-0.f32" "$WORK/g-1-idx.f32"; then
+  row "decode fork == serial, graph and plain (bitwise)" PASS "120 steps; all, attn+idx, idx"
 else row "decode fork == serial, graph and plain (bitwise)" FAIL ""; fi
 rm -f "$WORK"/g-*.f32
 # a short prompt at a context that is no multiple of anything (scratch buffers sized by it): prefill then

@@ -673,7 +673,7 @@ class CudaSession final : public Session {
   void forward(int64_t n, int64_t pos0, float* all_logits, float* last, bool capturing) {
     prof_.set_prefix(n == 1 ? "dec " : "pre ");
     prof_.stage("embed", s_);
-    pending_ = {};  // (a pass cut short by an error) the embedding rewrites X_
+    pending_ = {}, xb_of_ = nullptr;  // (a pass cut short by an error) the embedding rewrites X_
     fork_->abandon();
     embed(embd_, tok_, n, int(c_.n_hc), X_, s_);
     for (uint32_t il = 0; il < c_.n_layer; ++il) {
@@ -737,7 +737,15 @@ class CudaSession final : public Session {
         pos_dev_ = nullptr;
       } catch (...) {
         pos_dev_ = nullptr;
-        fork_->abandon();
+        // An open fork's side stream joins the capture's origin first: the capture then ends cleanly
+        // (an unjoined side stream would leave the end failing and the stream's capture state unclear).
+        if (fork_->is_open()) {
+          try {
+            fork_->join(s_);
+          } catch (...) {
+            fork_->abandon();
+          }
+        }
         cudaStreamEndCapture(s_, &g);
         if (g) cudaGraphDestroy(g);
         throw;

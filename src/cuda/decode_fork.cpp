@@ -1,5 +1,6 @@
 #include "cuda/decode_fork.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -15,11 +16,20 @@ unsigned DecodeFork::requested() {
   const char* v = std::getenv("FLASHSTAR_DECODE_FORK");
   if (!v || !*v) return kAttn | kIdx;
   if (std::strcmp(v, "0") == 0) return 0;
-  const std::string list = std::string(",") + v + ",";
+  if (std::strcmp(v, "1") == 0 || std::strcmp(v, "all") == 0) return kAttn | kIdx | kFfn;
+  // A comma list of parts; anything else is refused rather than read as some other set of forks.
   unsigned parts = 0;
-  for (const auto& [name, part] : {std::pair{"attn", kAttn}, std::pair{"idx", kIdx}, std::pair{"ffn", kFfn}})
-    if (list.find(std::string(",") + name + ",") != std::string::npos) parts |= part;
-  return parts ? parts : kAttn | kIdx | kFfn;  // 1 (or anything else): all
+  const std::string list(v);
+  for (size_t b = 0; b <= list.size();) {
+    const size_t e = std::min(list.find(',', b), list.size());
+    const std::string name = list.substr(b, e - b);
+    if (name == "attn") parts |= kAttn;
+    else if (name == "idx") parts |= kIdx;
+    else if (name == "ffn") parts |= kFfn;
+    else fail("FLASHSTAR_DECODE_FORK=%s: expected 0, 1 (all) or a comma list of attn, idx, ffn", v);
+    b = e + 1;
+  }
+  return parts;
 }
 
 int DecodeFork::main_priority(unsigned parts) {

@@ -108,7 +108,7 @@ bool gemm_grouped_v2(const DMat& W, int64_t rows_per_mat, const MoePlan& p, cons
 void gemm_set_group_wgmma(bool on);
 bool gemm_group_wgmma();
 // Its kernel variant (wgmma_group::kVariants in gemm_group_wgmma.h): FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT,
-// default 2; out-of-range values select 0. Variant 1 (paired tiles) was 7% faster on a layer's products at
+// default 2; out-of-range values select 2 (the default). Variant 1 (paired tiles) was 7% faster on a layer's products at
 // 4 096 tokens but no faster in the 43-layer bench (slower on 2 048-token chunks). Variant 2
 // (gemm_group_wgmma_reg.cu: the dense kernel's structure, A fragments decoded in registers) gives v2's bits
 // (measured on the H200) and is the default: 4L prefill +5% over variant 0.

@@ -287,7 +287,7 @@ void init_gemm_group_wgmma_tables() {
 }
 
 void gemm_set_group_wgmma(bool on) { flag() = on; }
-void gemm_set_group_wgmma_variant(int v) { variant() = v >= 0 && v < gw::kVariants ? v : 0; }
+void gemm_set_group_wgmma_variant(int v) { variant() = v >= 0 && v < gw::kVariants ? v : 2; }
 int gemm_group_wgmma_variant() { return variant(); }
 bool gemm_group_wgmma() { return flag(); }
 void gemm_set_group_decode(int v) { decode_mode() = v >= 0 && v <= 2 ? v : 0; }

@@ -9,7 +9,8 @@ namespace flashstar::cuda {
 // pdl_wait() for the upstream completion. With fan, also the fork and join edges (those of a node with
 // several successors or predecessors; pdl_graph.cpp says why that is sound), else those stay full.
 // Returns the number of edges changed; a refused chain edge leaves it and the rest as captured, a
-// refused fork / join edge leaves the other fork / join edges full. FLASHSTAR_PDL=v reports the counts.
+// refused fork / join edge leaves it and the later fork / join edges full (those converted before it stay
+// programmatic) while the chain edges go on being converted. FLASHSTAR_PDL=v reports the counts.
 int pdl_edges(cudaGraph_t g, bool fan);
 // FLASHSTAR_PDL=0 turns the conversion off; FLASHSTAR_PDL_FAN=0 keeps the fork / join edges full.
 bool pdl_requested();

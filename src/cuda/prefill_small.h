@@ -27,7 +27,7 @@ void prefill_small_set(bool on);
 // X as hc_post / sum_slots_post would (stored), and writes scale[t], the 1 / rms of the token's 4 d
 // new values that rms_norm_rows (fast route, no weight) computes for the flattened row. That norm's
 // output is then x * scale[t], which hc_mix_tiles applies on the fly: the flattened copy is never stored.
-// d a multiple of 4 with (d / 4) % norm_threads(4 d) == 0 (d = 4096: 512 threads of 2 float4 columns).
+// d a multiple of 4 (d = 4096: 512 threads of 2 float4 columns).
 bool hc_post_scale(const HcPost& post, float* X, int64_t d, int64_t n, float eps, float* scale, cudaStream_t s);
 
 // Y[t][r] = W.row(row0 + r) . (X[t] * scale[t]) (scale null: X[t]) for r < n_rows, t < n_tok, X rows of

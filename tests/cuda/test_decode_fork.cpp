@@ -74,6 +74,26 @@ size_t first_difference(const std::vector<float>& a, const std::vector<float>& b
 }  // namespace
 
 // Host-side lane bookkeeping: no device needed.
+// The switch (no device needed): unset is the measured default (the attention half's chains), 0 none, 1 or
+// all every part, a comma list those parts; anything else is refused, not read as some other set.
+TEST(DecodeForkSwitch, ParsesTheListAndRefusesUnknownParts) {
+  using F = cuda::DecodeFork;
+  const struct {
+    const char* v;
+    unsigned want;
+  } ok[] = {{nullptr, F::kAttn | F::kIdx}, {"0", 0u}, {"1", F::kAttn | F::kIdx | F::kFfn},
+            {"all", F::kAttn | F::kIdx | F::kFfn}, {"attn,idx", F::kAttn | F::kIdx}, {"idx", F::kIdx},
+            {"ffn,attn", F::kAttn | F::kFfn}};
+  for (const auto& c : ok) {
+    ScopedEnv e("FLASHSTAR_DECODE_FORK", c.v);
+    EXPECT_EQ(F::requested(), c.want) << (c.v ? c.v : "(unset)");
+  }
+  for (const char* bad : {"off", "ATTN", "attn idx", "attn,", "2"}) {
+    ScopedEnv e("FLASHSTAR_DECODE_FORK", bad);
+    EXPECT_THROW(F::requested(), Error) << bad;
+  }
+}
+
 TEST(TicketLanes, SideStreamTakesItsOwnLaneAndStrangersFail) {
   auto* main = reinterpret_cast<cudaStream_t>(uintptr_t{0x1000});
   auto* side = reinterpret_cast<cudaStream_t>(uintptr_t{0x2000});
