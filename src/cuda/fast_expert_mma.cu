@@ -685,12 +685,15 @@ bool launch(Params p, int64_t n_groups, cudaStream_t s) {
   return true;
 }
 
-// FLASHSTAR_EXPERT_V: 0, 1 (the default) or 2; anything else is 1.
+// A switch of this file from the environment: exactly "0" or "2", else 1 (the default).
+int env_0_1_2(const char* name) {
+  const char* v = std::getenv(name);
+  return v && (v[0] == '0' || v[0] == '2') && v[1] == 0 ? v[0] - '0' : 1;
+}
+
+// FLASHSTAR_EXPERT_V: 0, 1 (the default) or 2.
 int& version_flag() {
-  static int v = [] {
-    const char* e = std::getenv("FLASHSTAR_EXPERT_V");
-    return e && (e[0] == '0' || e[0] == '2') && e[1] == 0 ? e[0] - '0' : 1;
-  }();
+  static int v = env_0_1_2("FLASHSTAR_EXPERT_V");
   return v;
 }
 
@@ -726,12 +729,9 @@ bool launch_type(GgmlType t, const Params& p, int64_t n_groups, cudaStream_t s) 
                       : launch_ver<kPair, 1>(t, p, n_groups, s);
 }
 
-// FLASHSTAR_EXPERT_FUSED: 0, 1 (the default) or 2; anything else is 1.
+// FLASHSTAR_EXPERT_FUSED: 0, 1 (the default) or 2.
 int& fused_mode_flag() {
-  static int mode = [] {
-    const char* v = std::getenv("FLASHSTAR_EXPERT_FUSED");
-    return v && (v[0] == '0' || v[0] == '2') && v[1] == 0 ? v[0] - '0' : 1;
-  }();
+  static int mode = env_0_1_2("FLASHSTAR_EXPERT_FUSED");
   return mode;
 }
 }  // namespace

@@ -10,10 +10,7 @@
 
 namespace flashstar::cuda {
 
-bool pdl_requested() {
-  const char* v = std::getenv("FLASHSTAR_PDL");
-  return !v || *v != '0';
-}
+bool pdl_requested() { return env_on("FLASHSTAR_PDL"); }
 
 // Fork and join edges (decode_fork.h) are converted too unless FLASHSTAR_PDL_FAN=0 (an A/B switch).
 // Why that is sound. A join kernel with several programmatic predecessors is launched once every block
@@ -26,10 +23,7 @@ bool pdl_requested() {
 // blocks of its programmatic predecessors are resident (the launch-completion port), so its waiting
 // blocks never keep a predecessor's block from being scheduled, and nothing spins on another branch.
 // Edges from or to other node types (copies) stay full dependencies.
-bool pdl_fan_requested() {
-  const char* v = std::getenv("FLASHSTAR_PDL_FAN");
-  return !v || *v != '0';
-}
+bool pdl_fan_requested() { return env_on("FLASHSTAR_PDL_FAN"); }
 
 int pdl_edges(cudaGraph_t g, bool fan) {
   size_t n = 0;

@@ -319,10 +319,7 @@ bool smem_ok(Kernel k, size_t bytes, size_t& granted) {
 
 namespace {
 bool& prefill_small_flag() {
-  static bool on = [] {
-    const char* v = std::getenv("FLASHSTAR_PREFILL_SMALL");
-    return !v || *v != '0';
-  }();
+  static bool on = env_on("FLASHSTAR_PREFILL_SMALL");
   return on;
 }
 }  // namespace
