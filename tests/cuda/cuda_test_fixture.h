@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -29,6 +30,35 @@ class CudaKernelTest : public ::testing::Test {
     std::vector<float> v(n);
     for (auto& x : v) x = d(rng_);
     return v;
+  }
+  // Microseconds a call, over reps calls launched back to back after warm unmeasured ones (call(i) gets the
+  // call's index, e.g. to rotate weight sets so that they come from memory): the timing tests' loop.
+  template <class F>
+  static double back_to_back_us(int warm, int reps, F&& call) {
+    cudaEvent_t e0, e1;
+    FS_CUDA_CHECK(cudaEventCreate(&e0));
+    FS_CUDA_CHECK(cudaEventCreate(&e1));
+    for (int i = 0; i < warm; ++i) call(i);
+    FS_CUDA_CHECK(cudaEventRecord(e0));
+    for (int i = 0; i < reps; ++i) call(i);
+    FS_CUDA_CHECK(cudaEventRecord(e1));
+    FS_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    FS_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    FS_CUDA_CHECK(cudaEventDestroy(e0));
+    FS_CUDA_CHECK(cudaEventDestroy(e1));
+    return 1000.0 * ms / reps;
+  }
+  // sets groups of k distinct values of 0..n-1, concatenated (e.g. the experts of successive timed calls,
+  // each group drawn afresh so that consecutive calls read other weights).
+  std::vector<int32_t> distinct_sets(int64_t n, int64_t k, int sets) {
+    std::vector<int32_t> out, all(static_cast<size_t>(n));
+    std::iota(all.begin(), all.end(), 0);
+    for (int s = 0; s < sets; ++s) {
+      std::shuffle(all.begin(), all.end(), rng_);
+      out.insert(out.end(), all.begin(), all.begin() + k);
+    }
+    return out;
   }
   // Gaussian activations with heavy tails inside the FP16 range (the tensor-core products' split copy):
   // one in 256 a thousand times larger, four in 256 thirty times, one in 256 zero.

@@ -139,20 +139,8 @@ TEST_F(AttentionDecodeV2, DISABLED_TimingAndPhases) {
         a.out = out.get();
         for (int v = 0; v < 2; ++v) {
           cuda::fast::attention_decode_set_v2(v == 1 ? cuda::fast::kDecodeV2Flash : 0);
-          cudaEvent_t e0, e1;
-          FS_CUDA_CHECK(cudaEventCreate(&e0));
-          FS_CUDA_CHECK(cudaEventCreate(&e1));
-          constexpr int kReps = 200;
-          for (int i = 0; i < 10; ++i) cuda::fast::sink_attention(a, scratch.get(), b.max_rows, nullptr, b.scratch_floats);
-          FS_CUDA_CHECK(cudaEventRecord(e0));
-          for (int i = 0; i < kReps; ++i)
-            cuda::fast::sink_attention(a, scratch.get(), b.max_rows, nullptr, b.scratch_floats);
-          FS_CUDA_CHECK(cudaEventRecord(e1));
-          FS_CUDA_CHECK(cudaEventSynchronize(e1));
-          float ms = 0;
-          FS_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-          FS_CUDA_CHECK(cudaEventDestroy(e0));
-          FS_CUDA_CHECK(cudaEventDestroy(e1));
+          const double us = back_to_back_us(
+              10, 200, [&](int) { cuda::fast::sink_attention(a, scratch.get(), b.max_rows, nullptr, b.scratch_floats); });
           // the probe
           auto stamps = poisoned<uint64_t>(static_cast<size_t>(8 * 24 * 16));
           FS_CUDA_CHECK(cudaMemset(stamps.get(), 0, stamps.bytes()));
@@ -174,7 +162,7 @@ TEST_F(AttentionDecodeV2, DISABLED_TimingAndPhases) {
           std::printf("splits <= %2d ctx %6lld ratio %3d v%d: %.2f us a launch; %lld blocks, %d live; mean cycles from entry: wait %.0f, "
                       "row map %.0f, first chunk staged %.0f, chunks done %.0f, ticket %.0f; last block end %.0f; "
                       "span %.2f us\n",
-                      max_splits, static_cast<long long>(ctx), ratio, v + 1, 1e3 * ms / kReps, static_cast<long long>(blocks), live,
+                      max_splits, static_cast<long long>(ctx), ratio, v + 1, us, static_cast<long long>(blocks), live,
                       ph[1] / live, ph[2] / live, ph[3] / live, ph[4] / live, ph[5] / live, lasts ? tail / lasts : 0.0,
                       g1 > g0 ? 1e-3 * double(g1 - g0) : 0.0);
         }

@@ -99,13 +99,7 @@ class ExpertFused : public cuda_test::CudaKernelTest {
     const float lim = 10.0f;
     const int64_t items = c.n_tok * c.k;
     // Each token routes to k distinct experts, as the router picks them.
-    std::vector<int32_t> mat;
-    std::vector<int32_t> all(static_cast<size_t>(c.n_mat));
-    std::iota(all.begin(), all.end(), 0);
-    for (int64_t t = 0; t < c.n_tok; ++t) {
-      std::shuffle(all.begin(), all.end(), rng_);
-      mat.insert(mat.end(), all.begin(), all.begin() + c.k);
-    }
+    const std::vector<int32_t> mat = distinct_sets(c.n_mat, c.k, static_cast<int>(c.n_tok));
     std::vector<std::vector<uint8_t>> hg, hu;
     auto dwg = expert_weights(c, mat, hg);
     auto dwu = expert_weights(c, mat, hu);
@@ -210,23 +204,13 @@ TEST_F(ExpertFused, ManyItemsStillEqual) {
 TEST_F(ExpertFused, DISABLED_TimesFusedAndThreeLaunchesOnTheModelShapes) {
   const int64_t n_mat = 256, rows = 2048, cols = 4096, k = 6;
   const int reps = 200, sets = 40;
-  cudaEvent_t e0, e1;
-  FS_CUDA_CHECK(cudaEventCreate(&e0));
-  FS_CUDA_CHECK(cudaEventCreate(&e1));
   for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q2_K}) {
     const size_t rb = row_bytes(t, cols);
     cuda::DeviceArray<uint8_t> wg(rb * rows * n_mat), wu(rb * rows * n_mat);
     FS_CUDA_CHECK(cudaMemset(wg.get(), 0x11, wg.bytes()));
     FS_CUDA_CHECK(cudaMemset(wu.get(), 0x22, wu.bytes()));
     const cuda::DMat Wg{t, wg.get(), cols, n_mat * rows, rb}, Wu{t, wu.get(), cols, n_mat * rows, rb};
-    std::vector<int32_t> mat;
-    std::vector<int32_t> all(n_mat);
-    std::iota(all.begin(), all.end(), 0);
-    for (int s = 0; s < sets; ++s) {
-      std::shuffle(all.begin(), all.end(), rng_);
-      mat.insert(mat.end(), all.begin(), all.begin() + k);
-    }
-    auto dm = up(mat);
+    auto dm = up(distinct_sets(n_mat, k, sets));
     auto dx = up(randn(cols));
     auto dw = up(randn(k));
     cuda::DeviceArray<float> G(rows * k), U(rows * k);
@@ -237,20 +221,11 @@ TEST_F(ExpertFused, DISABLED_TimesFusedAndThreeLaunchesOnTheModelShapes) {
         cuda::fast::expert_gate_up_swiglu(true, Wg, Wu, rows, dm.get() + (i % sets) * k, static_cast<int32_t>(k),
                                           dx.get(), cols, k, 10.0f, dw.get(), G.get(), U.get(), nullptr);
       };
-      for (int i = 0; i < 20; ++i) call(i);
-      FS_CUDA_CHECK(cudaEventRecord(e0));
-      for (int i = 0; i < reps; ++i) call(i);
-      FS_CUDA_CHECK(cudaEventRecord(e1));
-      FS_CUDA_CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      FS_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      us[mode] = 1000.0 * ms / reps;
+      us[mode] = back_to_back_us(20, reps, call);
     }
     const double mb = 2.0 * k * rows * rb / 1e6;
     std::printf("%-7s gate+up+swiglu, 6 of 256 experts, 2048 x 4096 (%.1f MB): three launches %.1f us, fused mode 1 "
                 "%.1f us, mode 2 %.1f us (%.2f / %.2f / %.2f TB/s)\n",
                 type_name(t), mb, us[0], us[1], us[2], mb / us[0], mb / us[1], mb / us[2]);
   }
-  FS_CUDA_CHECK(cudaEventDestroy(e0));
-  FS_CUDA_CHECK(cudaEventDestroy(e1));
 }

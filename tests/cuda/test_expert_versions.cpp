@@ -92,12 +92,7 @@ class ExpertVersions : public cuda_test::CudaKernelTest {
     auto dwg = up(random_weights(t, n_mat * rows, cols));
     auto dwu = up(random_weights(t, n_mat * rows, cols));
     const cuda::DMat Wg{t, dwg.get(), cols, n_mat * rows, rb}, Wu{t, dwu.get(), cols, n_mat * rows, rb};
-    std::vector<int32_t> mat, all(static_cast<size_t>(n_mat));
-    std::iota(all.begin(), all.end(), 0);
-    for (int64_t i = 0; i < n_tok; ++i) {
-      std::shuffle(all.begin(), all.end(), rng_);
-      mat.insert(mat.end(), all.begin(), all.begin() + k);
-    }
+    const std::vector<int32_t> mat = distinct_sets(n_mat, k, static_cast<int>(n_tok));
     auto x = randn(static_cast<size_t>(n_tok * cols), 1.5f);
     std::uniform_int_distribution<size_t> pick(0, x.size() - 1);
     for (size_t i = 0; i < x.size() / 128 + 1; ++i) x[pick(rng_)] *= 30.0f;
@@ -172,16 +167,7 @@ TEST_F(ExpertVersions, FusedModesBitwiseEqual) {
 TEST_F(ExpertVersions, DISABLED_TimesVersionsOnTheDecodeShapes) {
   const int64_t n_mat = 256, k = 6;
   const int reps = 200, sets = 40;
-  cudaEvent_t e0, e1;
-  FS_CUDA_CHECK(cudaEventCreate(&e0));
-  FS_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<int32_t> mat, all(n_mat);
-  std::iota(all.begin(), all.end(), 0);
-  for (int s = 0; s < sets; ++s) {
-    std::shuffle(all.begin(), all.end(), rng_);
-    mat.insert(mat.end(), all.begin(), all.begin() + k);
-  }
-  auto dm = up(mat);
+  auto dm = up(distinct_sets(n_mat, k, sets));
   auto dw = up(randn(k));
   cuda::fast::expert_set_fused_mode(1);
   for (int which = 0; which < 2; ++which) {
@@ -206,20 +192,11 @@ TEST_F(ExpertVersions, DISABLED_TimesVersionsOnTheDecodeShapes) {
         else
           ASSERT_TRUE(cuda::fast::expert_matvec(Wa, rows, m, 1, dx.get(), cols, k, G.get(), rows, nullptr));
       };
-      for (int i = 0; i < 20; ++i) call(i);
-      FS_CUDA_CHECK(cudaEventRecord(e0));
-      for (int i = 0; i < reps; ++i) call(i);
-      FS_CUDA_CHECK(cudaEventRecord(e1));
-      FS_CUDA_CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      FS_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      us[v] = 1000.0 * ms / reps;
+      us[v] = back_to_back_us(20, reps, call);
     }
     const double mb = (gate ? 2.0 : 1.0) * k * rows * rb / 1e6;
     std::printf("%-7s %s, 6 of 256 experts (%.1f MB): V0 %.1f us, V1 %.1f us, V2 %.1f us (%.2f / %.2f / %.2f TB/s)\n",
                 type_name(t), gate ? "gate+up+swiglu (fused mode 1)" : "down", mb, us[0], us[1], us[2], mb / us[0],
                 mb / us[1], mb / us[2]);
   }
-  FS_CUDA_CHECK(cudaEventDestroy(e0));
-  FS_CUDA_CHECK(cudaEventDestroy(e1));
 }

@@ -109,25 +109,13 @@ TEST_F(IndexerTopk, DISABLED_Timing) {
     FS_CUDA_CHECK(cudaMemcpy(pos.get(), &ctx, sizeof(int64_t), cudaMemcpyHostToDevice));
     const auto sc = up(scores(1, stride, 0, ctx - 1));
     auto sel = poisoned<int32_t>(kTopK);
-    cudaEvent_t e0, e1;
-    FS_CUDA_CHECK(cudaEventCreate(&e0));
-    FS_CUDA_CHECK(cudaEventCreate(&e1));
     for (int v = 1; v <= 2; ++v) {
-      constexpr int kReps = 200;
-      for (int i = 0; i < 10; ++i)
+      const double us = back_to_back_us(10, 200, [&](int) {
         cuda::fast::indexer_topk(sc.get(), stride, 0, 1, kRatio, kTopK, sel.get(), nullptr, pos.get(), v, stride);
-      FS_CUDA_CHECK(cudaEventRecord(e0));
-      for (int i = 0; i < kReps; ++i)
-        cuda::fast::indexer_topk(sc.get(), stride, 0, 1, kRatio, kTopK, sel.get(), nullptr, pos.get(), v, stride);
-      FS_CUDA_CHECK(cudaEventRecord(e1));
-      FS_CUDA_CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      FS_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      });
       std::printf("top-k v%d ctx %lld (n_vis %lld): %.2f us a launch (back to back)\n", v,
-                  static_cast<long long>(ctx), static_cast<long long>(nv), 1e3 * ms / kReps);
+                  static_cast<long long>(ctx), static_cast<long long>(nv), us);
     }
-    FS_CUDA_CHECK(cudaEventDestroy(e0));
-    FS_CUDA_CHECK(cudaEventDestroy(e1));
   }
 }
 
