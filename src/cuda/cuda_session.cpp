@@ -239,6 +239,7 @@ class CudaSession final : public Session {
     std::vector<int32_t> gid(static_cast<size_t>(n_group_ids));
     for (size_t i = 0; i < gid.size(); ++i) gid[i] = static_cast<int32_t>(i % c_.n_out_group);
     FS_CUDA_CHECK(cudaMemcpy(group_ids_, gid.data(), gid.size() * 4, cudaMemcpyHostToDevice));
+    landed_for_nonblocking_streams();
     xb_buf_.resize(static_cast<size_t>(d_.XB) * 2);  // hi and lo terms
     xb_ = xb_buf_.get();
     if (const size_t cb = cublas_bytes(d_, opts_)) {
@@ -248,7 +249,9 @@ class CudaSession final : public Session {
   }
 
   void upload_state(const KvState& st) {
+    FS_CUDA_CHECK(cudaStreamSynchronize(s_));  // work still queued on s_ may write these rows
     for (uint32_t il = 0; il < c_.n_layer; ++il) upload_layer_state(layers_[il], st.layers[il], d_.HD);
+    landed_for_nonblocking_streams();
   }
 
   KvState download_state() const {

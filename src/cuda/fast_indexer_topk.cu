@@ -1,5 +1,5 @@
-// Decode top-k of the indexer (FLASHSTAR_ATTN_DECODE_V2=1; the old one-block radix select of
-// fast_attention.cu otherwise). The old kernel (256 threads) made four 8-bit passes over all n_vis
+// Decode top-k of the indexer (the default; FLASHSTAR_ATTN_DECODE_V2=0 or =flash the old one-block radix
+// select of fast_attention.cu). The old kernel (256 threads) made four 8-bit passes over all n_vis
 // scores from global memory plus a final pass of 2 barriers per 256 rows: about 9.3 us at 4k-8k context
 // for a few microseconds of work, nearly all of it dependent latency (L2 loads, barriers, a serial final
 // walk of n_vis / 256 steps). Here, one block of 1024 threads per query:
@@ -184,9 +184,13 @@ __global__ void __launch_bounds__(kThreads) indexer_topk_v2_kernel(const float* 
 int& decode_v2_flag() {
   static int on = [] {
     const char* v = std::getenv("FLASHSTAR_ATTN_DECODE_V2");
-    if (!v) return 0;
+    if (!v || !*v) return kDecodeV2TopK;
     const std::string s = v;
-    return s == "1" ? kDecodeV2TopK | kDecodeV2Flash : s == "topk" ? kDecodeV2TopK : s == "flash" ? kDecodeV2Flash : 0;
+    if (s == "0") return 0;
+    if (s == "1") return kDecodeV2TopK | kDecodeV2Flash;
+    if (s == "topk") return kDecodeV2TopK;
+    if (s == "flash") return kDecodeV2Flash;
+    fail("FLASHSTAR_ATTN_DECODE_V2=%s: expected 0, 1, topk or flash", v);
   }();
   return on;
 }

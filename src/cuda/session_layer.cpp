@@ -17,8 +17,14 @@ void VectorBlob::add(const void* p, size_t bytes, const void** dst) {
 void VectorBlob::upload(DeviceArray<uint8_t>& device) {
   device.resize(blob_.size());
   FS_CUDA_CHECK(cudaMemcpy(device.get(), blob_.data(), blob_.size(), cudaMemcpyHostToDevice));
+  landed_for_nonblocking_streams();
   for (auto& [off, dst] : fix_) *dst = device.get() + off;
 }
+
+// A cudaMemcpy from pageable memory returns once its last piece is staged for DMA, not once it has
+// landed, and the sessions' streams are non-blocking: they do not wait for the legacy stream. Seen on the
+// H200: a kernel on such a stream read the last 16 KiB of a 1 MiB copy before it arrived.
+void landed_for_nonblocking_streams() { FS_CUDA_CHECK(cudaDeviceSynchronize()); }
 
 void upload_layer_state(DLayer& L, const LayerState& S, int64_t head_dim) {
   constexpr auto h2d = cudaMemcpyHostToDevice;

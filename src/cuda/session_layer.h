@@ -43,7 +43,10 @@ class VectorBlob {
   std::vector<std::pair<size_t, const void**>> fix_;
 };
 
-// The layer's state from S (the raw window, compressed rows and slot states; synchronous copies).
+// Waits until the host-to-device copies made with cudaMemcpy have landed (session_layer.cpp says why).
+void landed_for_nonblocking_streams();
+// The layer's state from S (the raw window, compressed rows and slot states): copies that the caller
+// waits for with landed_for_nonblocking_streams() before its streams read them.
 void upload_layer_state(DLayer& L, const LayerState& S, int64_t head_dim);
 // The layer's state into S (S initialized for the layer) after n_tokens tokens; synchronous copies.
 void download_layer_state(const DLayer& L, LayerState& S, int64_t n_tokens, int64_t head_dim, int64_t idx_head_dim);

@@ -153,6 +153,9 @@ TEST(DecodeFork, ProgrammaticForkJoinEdgesKeepTheOrder) {
     return host;
   };
   FS_CUDA_CHECK(cudaMemcpy(x.get(), hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
+  // A pageable copy returns before it has landed and s does not wait for the legacy stream: without this
+  // the serial pass read x's last row before it arrived (seen on the H200).
+  FS_CUDA_CHECK(cudaDeviceSynchronize());
   pass(false);
   const auto serial = result();
   for (bool fan : {true, false}) {
