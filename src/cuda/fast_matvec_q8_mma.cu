@@ -79,6 +79,7 @@ struct Args {
   int64_t xs;
   int nt;          // tokens (plain) or 1 (items)
   int k;           // pieces per row: stages per unit
+  uint64_t kmagic;  // ceil(2^40 / k): x / k as (x kmagic) >> 40 for 0 <= x < 2^23, x k < 2^40 (lean kernel)
   int slot_bytes;  // digits of one activation row: k * kDigitBytes
   int off_sc;      // shared-memory offset of the scales [slot][piece][half]
   // Activation transform (plain products only), applied to X before the digits.
@@ -135,6 +136,52 @@ __device__ __forceinline__ Job job_at(const Args& a, int j, int warp) {
   return r;
 }
 
+// kLean (FLASHSTAR_Q8_LEAN=1): job_at's cuts in 32-bit unsigned arithmetic (the same values: run() takes
+// the lean kernel only where units x grid and a block's stages x kWarps stay below 2^31), formed once per
+// warp and job instead of at each use. The default kernel divides in 64 bits at every use: on the H200 the
+// sixteen 64-bit division calls and the unit bookkeeping are most of a small launch's ~2 250 instructions a
+// warp, and ten of the calls come before its first weight copy is issued.
+__device__ __forceinline__ Job job_lean(const Args& a, int j, int warp) {
+  int b = static_cast<int>(blockIdx.x), m = 0;
+  if (a.nm == 2) {
+    if (a.overlay) m = (j == 0 && b < a.m[0].grid) ? 0 : 1;
+    else if (b >= a.m[0].grid) m = 1, b -= a.m[0].grid;
+  }
+  const Mat& mt = a.m[m];
+  const unsigned units = static_cast<unsigned>(mt.units), grid = static_cast<unsigned>(mt.grid);
+  Job r;
+  r.m = m;
+  r.u0 = static_cast<int>(units * static_cast<unsigned>(b) / grid);
+  r.u1 = static_cast<int>(units * static_cast<unsigned>(b + 1) / grid);
+  const unsigned L = static_cast<unsigned>((r.u1 - r.u0) * a.k);
+  r.pa = static_cast<int>(L * static_cast<unsigned>(warp) / kWarps);
+  r.pb = static_cast<int>(L * static_cast<unsigned>(warp + 1) / kWarps);
+  return r;
+}
+// x / a.k for 0 <= x: a multiply and a shift in the lean kernel (run() checks x k < 2^40 for every x it
+// divides), the division otherwise.
+template <bool kLean>
+__device__ __forceinline__ int div_k(const Args& a, int x) {
+  if constexpr (kLean) return static_cast<int>((static_cast<uint64_t>(x) * a.kmagic) >> 40);
+  else return x / a.k;
+}
+
+// A warp's (at most two) jobs, formed once (kLean), or job_at at each call.
+template <bool kLean>
+struct Jobs {
+  Job j0, j1;
+  __device__ __forceinline__ Jobs(const Args& a, int nj, int warp) {
+    if constexpr (kLean) {
+      j0 = job_lean(a, 0, warp);
+      if (nj > 1) j1 = job_lean(a, 1, warp);
+    }
+  }
+  __device__ __forceinline__ Job at(const Args& a, int j, int warp) const {
+    if constexpr (kLean) return j == 0 ? j0 : j1;
+    else return job_at(a, j, warp);
+  }
+};
+
 // Where unit u of matrix m lies: its group (item), its own first row, and the first row of the 16-row
 // window it streams. The last unit of a group slides its window back inside the group (rows before
 // `first` are computed but not written) so that no row is clamped; groups shorter than 16 rows clamp.
@@ -142,11 +189,12 @@ struct Unit {
   int g;
   int64_t first, base;
 };
+template <bool kLean = false>
 __device__ __forceinline__ Unit unit_at(const Args& a, int m, int u) {
   const int upg = a.m[m].upg;
   const int64_t n = a.m[m].n;
   Unit r;
-  r.g = u / upg;
+  r.g = kLean && !a.mat ? 0 : u / upg;  // a plain product is one group: u < units = upg
   r.first = static_cast<int64_t>(u - r.g * upg) * kRows;
   r.base = min(r.first, max(n - kRows, int64_t{0}));
   return r;
@@ -158,16 +206,24 @@ struct Fetch {
   const uint8_t* rows;   // the unit's window in W; null until looked up
 };
 // Moves f to the next job with stages for this warp, once its current one is done.
-__device__ __forceinline__ void next_job(const Args& a, Fetch& f, int nj, int warp) {
+template <bool kLean>
+__device__ __forceinline__ void next_job(const Args& a, Fetch& f, int nj, int warp, const Jobs<kLean>& J) {
   while (f.left == 0 && ++f.j < nj) {
-    const Job jb = job_at(a, f.j, warp);
-    f.m = jb.m, f.u = jb.u0 + jb.pa / a.k, f.k = jb.pa % a.k, f.left = jb.pb - jb.pa, f.rows = nullptr;
+    const Job jb = J.at(a, f.j, warp);
+    if constexpr (kLean) {
+      const int q = div_k<kLean>(a, jb.pa);
+      f.u = jb.u0 + q, f.k = jb.pa - q * a.k;
+    } else {
+      f.u = jb.u0 + jb.pa / a.k, f.k = jb.pa % a.k;
+    }
+    f.m = jb.m, f.left = jb.pb - jb.pa, f.rows = nullptr;
   }
 }
+template <bool kLean>
 __device__ __forceinline__ void fetch(const Args& a, Fetch& f, const uint32_t (&goff)[kCopies], uint8_t* dst,
-                                      int lane, int nj, int warp) {
+                                      int lane, int nj, int warp, const Jobs<kLean>& J) {
   if (!f.rows) {
-    const Unit un = unit_at(a, f.m, f.u);
+    const Unit un = unit_at<kLean>(a, f.m, f.u);
     const int64_t w0 = a.mat ? static_cast<int64_t>(a.mat[un.g]) * a.m[0].n : a.m[f.m].row0;
     f.rows = a.m[f.m].W + (w0 + un.base) * a.rb;
   }
@@ -178,7 +234,7 @@ __device__ __forceinline__ void fetch(const Args& a, Fetch& f, const uint32_t (&
   if (lane < 16) cp_async16(dst + kCopiesFull * 512, src + goff[kCopiesFull]);
   if (++f.k == a.k) f.k = 0, ++f.u, f.rows = nullptr;
   --f.left;
-  next_job(a, f, nj, warp);
+  next_job(a, f, nj, warp, J);
 }
 
 // The per-token 1 / rms exactly as rms_norm_vec (fast_ops.cu) forms it for a row of dim values: nth =
@@ -224,7 +280,7 @@ __device__ void norm_scales(const Args& a, int dim, double* red, float (&sc)[NT]
   }
 }
 
-template <int NT>
+template <int NT, bool kLean>
 __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
   // PDL-PROLOGUE: dense weights are constants, so their first stages are fetched before pdl_wait() and
   // stream in while the previous kernel finishes; the experts' rows depend on the routing: wait first.
@@ -242,27 +298,32 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
   // a short group repeat its last row (never written back; both matrices of a pair have 16 rows or more,
   // or the same rows).
   uint32_t goff[kCopies];
+  // kLean: the same offsets in 32 bits (rows < 16, rb < 2^27: layout_ok)
+  const int last_row = kLean ? static_cast<int>(min(a.m[0].n - 1, int64_t{kRows - 1})) : 0;
+  const uint32_t rb32 = static_cast<uint32_t>(a.rb);
 #pragma unroll
   for (int i = 0; i < kCopies; ++i) {
     const int idx = min(32 * i + lane, kStageBytes / 16 - 1), r = idx / 17, w = idx - 17 * r;
-    goff[i] = static_cast<uint32_t>(min(static_cast<int64_t>(r), a.m[0].n - 1) * a.rb + 16 * w);
+    if constexpr (kLean) goff[i] = static_cast<uint32_t>(min(r, last_row)) * rb32 + 16u * w;
+    else goff[i] = static_cast<uint32_t>(min(static_cast<int64_t>(r), a.m[0].n - 1) * a.rb + 16 * w);
   }
+  const Jobs<kLean> J(a, nj, warp);
   int total = 0;  // this warp's stages over all jobs
   for (int j = 0; j < nj; ++j) {
-    const Job jb = job_at(a, j, warp);
+    const Job jb = J.at(a, j, warp);
     total += jb.pb - jb.pa;
   }
   Fetch f{-1, 0, 0, 0, 0, nullptr};
-  next_job(a, f, nj, warp);
+  next_job(a, f, nj, warp, J);
 #pragma unroll
   for (int i = 0; i < kStages; ++i) {
-    if (i < total) fetch(a, f, goff, ring_dst + i * kStageBytes, lane, nj, warp);
+    if (i < total) fetch(a, f, goff, ring_dst + i * kStageBytes, lane, nj, warp, J);
     cp_async_commit();
   }
   if (!a.mat) pdl_wait();
 
   // While those are in flight: the activation rows [x0, x0 + nsl) as digits, one warp per (row, piece).
-  const Job j0 = job_at(a, 0, warp);
+  const Job j0 = J.at(a, 0, warp);
   int x0 = 0, nsl = NT;
   if (a.mat) {
     const int upg = a.m[0].upg;
@@ -278,7 +339,7 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
     const XCols xc = x_cols(j, t);
     const bool write_out = a.aout && blockIdx.x == 0;
     for (int w = warp; w < nsl * K; w += kWarps) {
-      const int sl = w / K, pc = w - sl * K, row = x0 + sl, col = pc * kPieceCols + 32 * j;
+      const int sl = kLean ? div_k<kLean>(a, w) : w / K, pc = w - sl * K, row = x0 + sl, col = pc * kPieceCols + 32 * j;
       auto ld8 = [&](const float* b, float (&v)[8]) {
         const float2 p = __ldg(reinterpret_cast<const float2*>(b + xc.lo));
         const float2 q = __ldg(reinterpret_cast<const float2*>(b + xc.lo + 2));
@@ -337,14 +398,15 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
   auto unit_slot = [&](const Unit& v) { return a.mat ? v.g / a.src_div - x0 : 0; };
   int it = 0;  // stages computed so far (all jobs): the ring slot
   for (int jj = 0; jj < nj; ++jj) {
-    const Job jb = jj == 0 ? j0 : job_at(a, jj, warp);
+    const Job jb = jj == 0 ? j0 : J.at(a, jj, warp);
     if (jb.pa >= jb.pb) continue;
     const int64_t n = a.m[jb.m].n, ys = a.m[jb.m].ys;
     float* const Ym = a.m[jb.m].Y;
     float acc0 = 0.0f, acc1 = 0.0f;  // rows g, g + 8 of this lane's token and digit half
-    const int ufirst = jb.u0 + jb.pa / K;
-    int cu = ufirst, ck = jb.pa % K;
-    Unit un = unit_at(a, jb.m, cu);
+    const int q0 = kLean ? div_k<kLean>(a, jb.pa) : jb.pa / K;
+    const int ufirst = jb.u0 + q0;
+    int cu = ufirst, ck = kLean ? jb.pa - q0 * K : jb.pa % K;
+    Unit un = unit_at<kLean>(a, jb.m, cu);
     // This unit's digits (B registers of lane g, t) and scales (C columns of lane t).
     int us = unit_slot(un);
     const uint8_t* bl = dig + (us + bslot) * a.slot_bytes + b_offset(g, t);
@@ -375,7 +437,7 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
         acc0 = fmaf(s0, sc, acc0), acc1 = fmaf(s1, sc, acc1);
       }
       __syncwarp();  // every lane is done with this slot ...
-      if (it + kStages < total) fetch(a, f, goff, ring_dst + (it % kStages) * kStageBytes, lane, nj, warp);  // ... refill it
+      if (it + kStages < total) fetch(a, f, goff, ring_dst + (it % kStages) * kStageBytes, lane, nj, warp, J);  // ... refill it
       cp_async_commit();
       if (ck == K - 1 || p == jb.pb - 1) {  // this warp's part of unit cu is done
         // Digit halves h = 0, 1 are lanes t, t ^ 1: their sum is the row's value for token t / 2.
@@ -397,7 +459,7 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
         acc0 = acc1 = 0.0f;
         if (ck == K - 1 && p + 1 < jb.pb) {
           ck = 0;
-          un = unit_at(a, jb.m, ++cu);
+          un = unit_at<kLean>(a, jb.m, ++cu);
           us = unit_slot(un);
           bl = dig + (us + bslot) * a.slot_bytes + b_offset(g, t);
           sl = scl + (us + cslot) * K * 2 + h;
@@ -413,21 +475,23 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
   // Per job, a unit that starts in this warp's range and ends past it: add the parts of the following
   // warps (each holds it as its first unit, slot 0) in warp order, and write the rows.
   for (int jj = 0; jj < nj; ++jj) {
-    const Job jb = job_at(a, jj, warp);
+    const Job jb = J.at(a, jj, warp);
     if (jb.pa >= jb.pb) continue;
     const int L = (jb.u1 - jb.u0) * K;
-    const int ul = jb.u0 + (jb.pb - 1) / K, s0 = (ul - jb.u0) * K, s1 = s0 + K;
+    const int ul = jb.u0 + (kLean ? div_k<kLean>(a, jb.pb - 1) : (jb.pb - 1) / K), s0 = (ul - jb.u0) * K, s1 = s0 + K;
     if (s0 < jb.pa || s1 <= jb.pb) continue;
-    const int ps = ul == jb.u0 + jb.pa / K ? 0 : 1;
-    const Unit ue = unit_at(a, jb.m, ul);
+    const int ps = ul == jb.u0 + (kLean ? div_k<kLean>(a, jb.pa) : jb.pa / K) ? 0 : 1;
+    const Unit ue = unit_at<kLean>(a, jb.m, ul);
     const int64_t n = a.m[jb.m].n, ys = a.m[jb.m].ys;
     float* ye = a.m[jb.m].Y + (a.mat ? ue.g : 0) * ys;
     for (int o = lane; o < kRows * a.nt; o += 32) {
       const int row = o % kRows, tk = o / kRows;
       float v = part[(((jj * kWarps + warp) * 2 + ps) * 2 + tk) * kRows + row];
       for (int w = warp + 1; w < kWarps; ++w) {
-        const int qa = static_cast<int>(static_cast<int64_t>(L) * w / kWarps);
-        const int qb = static_cast<int>(static_cast<int64_t>(L) * (w + 1) / kWarps);
+        const int qa = kLean ? static_cast<int>(static_cast<unsigned>(L) * w / kWarps)
+                             : static_cast<int>(static_cast<int64_t>(L) * w / kWarps);
+        const int qb = kLean ? static_cast<int>(static_cast<unsigned>(L) * (w + 1) / kWarps)
+                             : static_cast<int>(static_cast<int64_t>(L) * (w + 1) / kWarps);
         if (qa >= s1) break;
         if (qb > qa) v += part[(((jj * kWarps + w) * 2) * 2 + tk) * kRows + row];
       }
@@ -441,7 +505,7 @@ struct Device {
   int sms = 0, smem = 0;  // multiprocessors; dynamic shared memory a block may opt into
 };
 // Asked once; the kernels' shared-memory limit raised to the device's. sms = 0: cannot run here.
-template <int NT>
+template <int NT, bool kLean>
 const Device& device() {
   static const Device d = [] {
     Device r;
@@ -449,10 +513,10 @@ const Device& device() {
     auto ok = [](cudaError_t e) { return e == cudaSuccess; };
     if (!ok(cudaGetDevice(&dev)) || !ok(cudaDeviceGetAttribute(&r.sms, cudaDevAttrMultiProcessorCount, dev)) ||
         !ok(cudaDeviceGetAttribute(&r.smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) ||
-        !ok(cudaFuncSetAttribute(q8_mma_stream<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, r.smem)) ||
-        !ok(cudaFuncSetAttribute(q8_mma_stream<NT>, cudaFuncAttributePreferredSharedMemoryCarveout,
+        !ok(cudaFuncSetAttribute(q8_mma_stream<NT, kLean>, cudaFuncAttributeMaxDynamicSharedMemorySize, r.smem)) ||
+        !ok(cudaFuncSetAttribute(q8_mma_stream<NT, kLean>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                  static_cast<int>(cudaSharedmemCarveoutMaxShared))) ||
-        !ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, q8_mma_stream<NT>, kThreads,
+        !ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, q8_mma_stream<NT, kLean>, kThreads,
                                                           kRingBytes + kPartBytes)) ||
         per_sm < 1)
       r.sms = 0;
@@ -468,9 +532,15 @@ size_t smem_bytes(int slots, int k) {
 
 // Units and grids of the matrices, and the activation rows a block converts; false where the kernel does
 // not take the shape. groups: items (matrix 0 of an items call), else 1.
+// FLASHSTAR_Q8_LEAN=1 (q8_set_lean): the kernel with the lean cuts (job_lean), where they fit 32 bits.
+bool& lean_flag() {
+  static bool on = env_choice("FLASHSTAR_Q8_LEAN", 0, 1, 0) == 1;
+  return on;
+}
+
 template <int NT>
 bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
-  const Device& dev = device<NT>();
+  const Device& dev = device<NT, false>();
   if (dev.sms <= 0) return false;
   const int64_t k = cols / kPieceCols;
   for (int m = 0; m < a.nm; ++m) {
@@ -481,6 +551,7 @@ bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
     mt.grid = static_cast<int>(std::min<int64_t>(units, dev.sms));
   }
   a.k = static_cast<int>(k);
+  a.kmagic = ((uint64_t{1} << 40) + static_cast<uint64_t>(k) - 1) / static_cast<uint64_t>(k);
   // A pair: both partitions side by side where they fit the device at once, else overlaid (block b runs
   // share b of matrix 0, then of matrix 1, its copies for the second already in flight during the first).
   a.overlay = a.nm == 2 && a.m[0].grid + a.m[1].grid > dev.sms;
@@ -499,7 +570,15 @@ bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
   if (sm > static_cast<size_t>(dev.smem)) return false;
   a.slot_bytes = a.k * kDigitBytes;
   a.off_sc = kRingBytes + kPartBytes + slots * a.slot_bytes;
-  q8_mma_stream<NT><<<grid, kThreads, sm, s>>>(a);
+  bool lean = lean_flag() && device<NT, true>().sms > 0;
+  for (int m = 0; m < a.nm; ++m) {  // job_lean's products in 32 bits
+    const int64_t units = a.m[m].units, g = a.m[m].grid, per_block = (units + g - 1) / g;
+    // div_k's operands (stages of a block, and the digit loop's slots x pieces) times k below 2^40
+    lean = lean && units * g < (int64_t{1} << 31) && per_block * a.k * kWarps < (int64_t{1} << 31) &&
+           (per_block + slots) * a.k * a.k < (int64_t{1} << 40) && (per_block + slots) * a.k < (int64_t{1} << 23);
+  }
+  if (lean) q8_mma_stream<NT, true><<<grid, kThreads, sm, s>>>(a);
+  else q8_mma_stream<NT, false><<<grid, kThreads, sm, s>>>(a);
   FS_CUDA_LAUNCH_CHECK();
   return true;
 }
@@ -533,6 +612,9 @@ bool disjoint(const float* p, int64_t ps, const float* q, int64_t qs, int64_t n,
 
 }  // namespace
 }  // namespace q8m
+
+void q8_set_lean(bool on) { q8m::lean_flag() = on; }
+bool q8_lean() { return q8m::lean_flag(); }
 
 bool q8_mma_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
                    int64_t ys, cudaStream_t s) {

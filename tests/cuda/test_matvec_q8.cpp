@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -451,6 +452,133 @@ TEST_F(Q8Decode, SwigluActEqualsSwigluThenProduct) {
                   static_cast<long long>(c.rows), static_cast<long long>(c.cols), static_cast<long long>(n_tok), e);
       EXPECT_LT(e, 2e-6) << c.name;
     }
+  }
+}
+
+// FLASHSTAR_Q8_LEAN (q8_set_lean): the kernel with its cuts formed once in 32 bits must cut the work as the
+// default kernel does, so every call gives the same bits, padding included: plain products (one and two
+// tokens, the decode shapes and a ragged one), items (out_a's eight groups, an expert-like selection with a
+// token divisor), both kinds of pair, and the norm and SwiGLU transforms.
+namespace {
+class Q8Lean : public Q8Decode {
+ protected:
+  void TearDown() override { cuda::fast::q8_set_lean(saved_); }
+  bool saved_ = cuda::fast::q8_lean();
+  // The call into a fresh poisoned buffer of n floats, lean off then on: the same bytes.
+  template <class F>
+  void same_bits(size_t n, F&& call, const char* what) {
+    std::vector<float> out[2];
+    for (int lean : {0, 1}) {
+      cuda::fast::q8_set_lean(lean == 1);
+      auto y = poisoned<float>(n);
+      ASSERT_TRUE(call(y.get())) << what << ": refused (lean " << lean << ")";
+      out[lean] = down(y);
+    }
+    EXPECT_TRUE(same(out[0], out[1])) << what << ": lean cuts give other bits";
+  }
+};
+}  // namespace
+
+TEST_F(Q8Lean, SameBitsAsTheDefaultCuts) {
+  using cuda::fast::Q8Act;
+  struct Plain {
+    const char* name;
+    int64_t rows, cols;
+  };
+  for (const Plain& c : {Plain{"q_b", 32768, 1024}, Plain{"out_b", 4096, 8192}, Plain{"down_sh", 4096, 2048},
+                         Plain{"ragged", 1037, 768}})
+    for (int64_t n_tok : {1, 2}) {
+      Dev w = mat(c.rows, c.cols);
+      auto dx = up(randn(static_cast<size_t>(n_tok * c.cols)));
+      const int64_t ys = c.rows + 3;
+      same_bits(static_cast<size_t>(n_tok * ys), [&](float* y) {
+        return cuda::fast::q8_mma_matvec(w.m, 0, c.rows, dx.get(), n_tok, c.cols, y, ys, nullptr);
+      }, c.name);
+      Q8Act norm;
+      norm.kind = Q8Act::Kind::RmsNorm, norm.eps = 1e-6f;
+      same_bits(static_cast<size_t>(n_tok * ys), [&](float* y) {
+        return cuda::fast::q8_decode_act(w.m, c.rows, dx.get(), n_tok, c.cols, norm, y, ys, nullptr);
+      }, c.name);
+      auto du = up(randn(static_cast<size_t>(n_tok * c.cols), 4.0f));
+      Q8Act sw;
+      sw.kind = Q8Act::Kind::Swiglu, sw.lim = 10.0f, sw.up = du.get(), sw.up_stride = c.cols;
+      same_bits(static_cast<size_t>(n_tok * ys), [&](float* y) {
+        return cuda::fast::q8_decode_act(w.m, c.rows, dx.get(), n_tok, c.cols, sw, y, ys, nullptr);
+      }, c.name);
+    }
+  struct Pair {
+    const char* name;
+    int64_t n0, n1, cols;
+  };
+  for (const Pair& c : {Pair{"q_a+kv", 1024, 512, 4096}, Pair{"gate+up", 2048, 2048, 4096},
+                        Pair{"overlay", 5000, 2100, 1024}, Pair{"short", 5, 5, 256}})
+    for (int64_t n_tok : {1, 2}) {
+      Dev w0 = mat(c.n0, c.cols), w1 = mat(c.n1, c.cols);
+      auto dx = up(randn(static_cast<size_t>(n_tok * c.cols)));
+      const int64_t ys0 = c.n0 + 1, ys1 = c.n1 + 2, n0 = n_tok * ys0;
+      same_bits(static_cast<size_t>(n0 + n_tok * ys1), [&](float* y) {
+        return cuda::fast::q8_decode_pair(w0.m, c.n0, y, ys0, w1.m, c.n1, y + n0, ys1, dx.get(), n_tok, c.cols,
+                                          nullptr);
+      }, c.name);
+    }
+  struct Items {
+    const char* name;
+    int64_t mats, rows_per, cols, items;
+    int32_t src_div;
+  };
+  for (const Items& c : {Items{"out_a", 8, 1024, 4096, 8, 1}, Items{"experts", 64, 512, 1024, 12, 6},
+                         Items{"ragged", 5, 37, 768, 7, 2}}) {
+    Dev w = mat(c.mats * c.rows_per, c.cols);
+    std::vector<int32_t> sel(static_cast<size_t>(c.items));
+    for (size_t i = 0; i < sel.size(); ++i) sel[i] = static_cast<int32_t>((i * 5 + 3) % c.mats);
+    auto ds = up(sel);
+    auto dx = up(randn(static_cast<size_t>((c.items + c.src_div - 1) / c.src_div * c.cols)));
+    const int64_t ys = c.rows_per + 1;
+    same_bits(static_cast<size_t>(c.items * ys), [&](float* y) {
+      return cuda::fast::q8_mma_items(w.m, c.rows_per, ds.get(), c.src_div, dx.get(), c.cols, c.items, y, ys,
+                                      nullptr);
+    }, c.name);
+  }
+}
+
+// The layer's six decode launches with the default cuts and the lean ones, each from DRAM (three weight
+// sets in turn, 107 MB for the 35.7 MB matrices): us a launch.
+TEST_F(Q8Lean, DISABLED_DecodeLaunchTiming) {
+  using cuda::fast::Q8Act;
+  constexpr int kSets = 3;
+  auto sets = [&](int64_t rows, int64_t cols) {
+    std::vector<Dev> v;
+    for (int i = 0; i < kSets; ++i) v.push_back(mat(rows, cols));
+    return v;
+  };
+  auto qa = sets(1024, 4096), kv = sets(512, 4096), qb = sets(32768, 1024), oa = sets(8 * 1024, 4096),
+       ob = sets(4096, 8192), gs = sets(2048, 4096), us = sets(2048, 4096), dn = sets(4096, 2048);
+  auto x = up(randn(32768)), u = up(randn(4096));
+  auto y = poisoned<float>(40000), y2 = poisoned<float>(40000);
+  std::vector<int32_t> g8(8);
+  for (int i = 0; i < 8; ++i) g8[i] = i;
+  auto dg = up(g8);
+  Q8Act norm, sw;
+  norm.kind = Q8Act::Kind::RmsNorm, norm.eps = 1e-6f;
+  sw.kind = Q8Act::Kind::Swiglu, sw.lim = 10.0f, sw.up = u.get(), sw.up_stride = 2048;
+  const struct {
+    const char* name;
+    std::function<void(int)> call;
+  } launches[] = {
+      {"q_a+kv pair", [&](int i) { cuda::fast::q8_decode_pair(qa[i % kSets].m, 1024, y.get(), 1024, kv[i % kSets].m, 512, y2.get(), 512, x.get(), 1, 4096, nullptr); }},
+      {"q_b norm", [&](int i) { cuda::fast::q8_decode_act(qb[i % kSets].m, 32768, x.get(), 1, 1024, norm, y.get(), 32768, nullptr); }},
+      {"out_a items", [&](int i) { cuda::fast::q8_mma_items(oa[i % kSets].m, 1024, dg.get(), 1, x.get(), 4096, 8, y.get(), 1024, nullptr); }},
+      {"out_b", [&](int i) { cuda::fast::q8_mma_matvec(ob[i % kSets].m, 0, 4096, x.get(), 1, 8192, y.get(), 4096, nullptr); }},
+      {"gate+up pair", [&](int i) { cuda::fast::q8_decode_pair(gs[i % kSets].m, 2048, y.get(), 2048, us[i % kSets].m, 2048, y2.get(), 2048, x.get(), 1, 4096, nullptr); }},
+      {"down swiglu", [&](int i) { cuda::fast::q8_decode_act(dn[i % kSets].m, 4096, x.get(), 1, 2048, sw, y.get(), 4096, nullptr); }},
+  };
+  for (const auto& l : launches) {
+    double us_of[2];
+    for (int lean : {0, 1}) {
+      cuda::fast::q8_set_lean(lean == 1);
+      us_of[lean] = back_to_back_us(6, 60, l.call);
+    }
+    std::printf("q8 decode %-13s default %6.2f us, lean %6.2f us\n", l.name, us_of[0], us_of[1]);
   }
 }
 
