@@ -35,7 +35,7 @@ json.dump({'tokens': [random.randrange(129280) for _ in range($1)]}, open('$3', 
 
 # 1. kernel level (KERNELS=0: already run by the caller)
 if [ "${KERNELS:-1}" = 1 ]; then
-  $BIN/flashstar_cuda_tests --gtest_filter='FastKernels.*:FastSmallOps.*:ExpertMma.*:Q8Matvec.*:HcPre*:GemmInt*:GemmGroupV2*:GemmDenseV2*:GemmDenseWgmma*:GemmGroupWgmma*:ExpertFused*:ExpertVersions*:PrefillSmall*:AttentionPrefill*:IndexerPrefill*:IndexerTopk*:AttentionDecodeV2*' > "$O/kernels.log" 2>&1
+  $BIN/flashstar_cuda_tests --gtest_filter='FastKernels.*:FastSmallOps.*:ExpertMma.*:Q8Matvec.*:Q8Decode.*:Q8Lean.*:HcPre*:GemmInt*:GemmGroupV2*:GemmDenseV2*:GemmDenseWgmma*:GemmGroupWgmma*:ExpertFused*:ExpertVersions*:PrefillSmall*:AttentionPrefill*:IndexerPrefill*:IndexerTopk*:AttentionDecodeV2*' > "$O/kernels.log" 2>&1
   row "1 kernel level (FastKernels, FastSmallOps, ExpertMma, Q8Matvec, GemmInt)" "$(grep -c '\[       OK \]' "$O/kernels.log") ok, $(grep -c '\[  FAILED  \]' "$O/kernels.log") failed"
   grep -E "^(gemm|grouped|attention|indexer|compressor)" "$O/kernels.log" > "$O/kernel-errors.txt"
 fi

@@ -81,16 +81,31 @@ __device__ __forceinline__ float4 pre_sum4(const float* pre, const float4 (&x)[k
 // This block's part: its 64 columns of the 4 streams staged in shared memory (the pending post applied
 // on the way, the new values stored), then 3 mixer rows x 128 values a warp, every staged value serving
 // the 3 rows.
-template <GgmlType T, int NT>
-__device__ __forceinline__ void part_sums(const Params& p, float (*s_x)[kPartCols], float (*s_sp)[kSplit],
-                                          float (*s_dot)[NT][kMix], double (*s_ss)[NT]) {
+// This thread's mixer weights: 4 columns of its warp's 3 rows.
+template <GgmlType T>
+__device__ __forceinline__ void part_weights(const Params& p, float (&w)[kRowsPerWarp][4]) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t c = col_of(blockIdx.x, warp, lane, p.d);
-  // the weights first: in flight while the streams are staged
-  float w[kRowsPerWarp][4];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
     load_float4w<T>(p.fn + static_cast<size_t>(row_of(warp, r)) * p.row_bytes, c, w[r]);
+}
+
+// kLean: the weights come loaded (w_in, before the PDL wait); else they are loaded here, first.
+template <GgmlType T, int NT, bool kLean>
+__device__ __forceinline__ void part_sums(const Params& p, const float (&w_in)[kRowsPerWarp][4],
+                                          float (*s_x)[kPartCols], float (*s_sp)[kSplit], float (*s_dot)[NT][kMix],
+                                          double (*s_ss)[NT]) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  float w[kRowsPerWarp][4];
+  if constexpr (kLean) {
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) w[r][i] = w_in[r][i];
+  } else {
+    part_weights<T>(p, w);  // the weights first: in flight while the streams are staged
+  }
 
   const bool post = p.post_kind != HcPost::Kind::None;
   const int st = stage_token(tid);
@@ -152,9 +167,13 @@ __device__ __forceinline__ void part_sums(const Params& p, float (*s_x)[kPartCol
 // Tail warps' barrier (named barrier 1): the split warps have left the block's barrier by then.
 __device__ __forceinline__ void tail_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kTailThreads) : "memory"); }
 
-template <GgmlType T, int NT>
+// kLean (FLASHSTAR_HC_PRE_LEAN=1, off until measured): the mixer weights, scales and base, all constants,
+// are fetched before pdl_wait() (they then arrive while the previous kernel finishes), and the ticket takes
+// one thread's fences (last_to_finish_lean) instead of every thread's. The same values in the same order.
+template <GgmlType T, int NT, bool kLean>
 __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
-  pdl_wait();
+  // PDL-PROLOGUE (kLean): constants only before pdl_wait().
+  if constexpr (!kLean) pdl_wait();
   __shared__ __align__(16) float s_x[NT][kPartCols];
   __shared__ float s_sp[NT][kSplit];
   __shared__ float s_dot[2][NT][kMix];
@@ -173,8 +192,15 @@ __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
     const int64_t l = blockIdx.x + static_cast<int64_t>(tid) * gridDim.x;
     if (l < lines) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p.norm_w + l * 32));
   }
-  part_sums<T, NT>(p, s_x, s_sp, s_dot, s_ss);
-  if (!last_to_finish(&g_hc_pre_ticket[p.lane], p.parts)) return;
+  float w[kRowsPerWarp][4];
+  if constexpr (kLean) {
+    part_weights<T>(p, w);
+    pdl_wait();
+  }
+  part_sums<T, NT, kLean>(p, w, s_x, s_sp, s_dot, s_ss);
+  if (!(kLean ? last_to_finish_lean(&g_hc_pre_ticket[p.lane], p.parts)
+              : last_to_finish(&g_hc_pre_ticket[p.lane], p.parts)))
+    return;
   if (tid == 0) g_hc_pre_ticket[p.lane] = 0;  // every block has taken its ticket
 
   // Thread tt of the tail holds float4s tt, tt + kTailThreads, ... of a row; its stream values and norm
@@ -283,14 +309,19 @@ __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
   }
 }
 
-template <GgmlType T>
+template <GgmlType T, bool kLean>
 void launch(const Params& p, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>(p.parts));
-  if (p.n == 1) hc_pre_kernel<T, 1><<<grid, kThreads, 0, s>>>(p);
-  else if (p.n == 2) hc_pre_kernel<T, 2><<<grid, kThreads, 0, s>>>(p);
-  else if (p.n <= 4) hc_pre_kernel<T, 4><<<grid, kThreads, 0, s>>>(p);
-  else hc_pre_kernel<T, 8><<<grid, kThreads, 0, s>>>(p);
+  if (p.n == 1) hc_pre_kernel<T, 1, kLean><<<grid, kThreads, 0, s>>>(p);
+  else if (p.n == 2) hc_pre_kernel<T, 2, kLean><<<grid, kThreads, 0, s>>>(p);
+  else if (p.n <= 4) hc_pre_kernel<T, 4, kLean><<<grid, kThreads, 0, s>>>(p);
+  else hc_pre_kernel<T, 8, kLean><<<grid, kThreads, 0, s>>>(p);
   FS_CUDA_LAUNCH_CHECK();
+}
+
+bool& lean_flag() {
+  static bool on = env_choice("FLASHSTAR_HC_PRE_LEAN", 0, 1, 0) == 1;
+  return on;
 }
 
 bool al(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
@@ -316,6 +347,9 @@ bool hc_pre_supported(const HcPreArgs& a) {
   return a.work_floats >= work_floats(kHc * a.d / kPartCols, a.n_tok);
 }
 
+void hc_pre_set_lean(bool on) { lean_flag() = on; }
+bool hc_pre_lean() { return lean_flag(); }
+
 bool hc_pre(const HcPreArgs& a, cudaStream_t s) {
   if (!hc_pre_supported(a)) return false;
   if (a.n_tok == 0) return true;
@@ -327,8 +361,9 @@ bool hc_pre(const HcPreArgs& a, cudaStream_t s) {
   p.norm_eps = a.norm_eps, p.hc_eps = a.hc_eps, p.lane = ticket_lane(s);
   p.post_kind = a.post.kind, p.post_f = a.post.f, p.post_shared = a.post.shared, p.post_split = a.post.split;
   p.post_k = a.post.k;
-  if (a.fn.type == GgmlType::F16) launch<GgmlType::F16>(p, s);
-  else launch<GgmlType::F32>(p, s);
+  const bool lean = lean_flag();
+  if (a.fn.type == GgmlType::F16) lean ? launch<GgmlType::F16, true>(p, s) : launch<GgmlType::F16, false>(p, s);
+  else lean ? launch<GgmlType::F32, true>(p, s) : launch<GgmlType::F32, false>(p, s);
   return true;
 }
 

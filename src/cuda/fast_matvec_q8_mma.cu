@@ -537,12 +537,14 @@ bool& lean_flag() {
   static bool on = env_choice("FLASHSTAR_Q8_LEAN", 0, 1, 0) == 1;
   return on;
 }
+bool last_lean = false;  // which kernel the last launch took (tests)
 
 template <int NT>
 bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
   const Device& dev = device<NT, false>();
   if (dev.sms <= 0) return false;
   const int64_t k = cols / kPieceCols;
+  if (k < 1) return false;
   for (int m = 0; m < a.nm; ++m) {
     Mat& mt = a.m[m];
     const int64_t upg = (mt.n + kRows - 1) / kRows, units = (m == 0 ? groups : 1) * upg;
@@ -577,6 +579,7 @@ bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
     lean = lean && units * g < (int64_t{1} << 31) && per_block * a.k * kWarps < (int64_t{1} << 31) &&
            (per_block + slots) * a.k * a.k < (int64_t{1} << 40) && (per_block + slots) * a.k < (int64_t{1} << 23);
   }
+  last_lean = lean;
   if (lean) q8_mma_stream<NT, true><<<grid, kThreads, sm, s>>>(a);
   else q8_mma_stream<NT, false><<<grid, kThreads, sm, s>>>(a);
   FS_CUDA_LAUNCH_CHECK();
@@ -615,6 +618,7 @@ bool disjoint(const float* p, int64_t ps, const float* q, int64_t qs, int64_t n,
 
 void q8_set_lean(bool on) { q8m::lean_flag() = on; }
 bool q8_lean() { return q8m::lean_flag(); }
+bool q8_last_launch_lean() { return q8m::last_lean; }
 
 bool q8_mma_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
                    int64_t ys, cudaStream_t s) {

@@ -43,6 +43,7 @@ bool q8_mma_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_ite
 // every use (FLASHSTAR_Q8_LEAN=1 or q8_set_lean; off until measured): the same cuts, so the same bits.
 void q8_set_lean(bool on);
 bool q8_lean();
+bool q8_last_launch_lean();  // whether the last launch took the lean kernel (tests)
 
 namespace q8m {
 

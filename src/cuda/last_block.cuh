@@ -17,4 +17,21 @@ __device__ __forceinline__ bool last_to_finish(int* ticket, int parts) {
   return true;
 }
 
+// The same contract with one thread's fences instead of every thread's: the barrier orders the block's
+// stores before thread 0's fence and atomic (a release that covers them), and thread 0's second fence
+// before the barrier that lets the block read the other parts (an acquire); CUTLASS's semaphore releases
+// so. The parts must be read through L2 (__ldcg), as with last_to_finish.
+__device__ __forceinline__ bool last_to_finish_lean(int* ticket, int parts) {
+  __shared__ int s_last_lean;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const bool last = atomicAdd(ticket, 1) == parts - 1;
+    if (last) __threadfence();
+    s_last_lean = last;
+  }
+  __syncthreads();
+  return s_last_lean;
+}
+
 }  // namespace flashstar::cuda

@@ -550,6 +550,48 @@ TEST_F(HcPre, SlotsPostIsTheReferencePair) {
   EXPECT_TRUE(bitwise_equal(down(Xa), down(Xb)));
 }
 
+// FLASHSTAR_HC_PRE_LEAN (hc_pre_set_lean): the constants fetched before the PDL wait and one thread's
+// ticket fences; the same values in the same order, so the same bits as the default kernel, with and
+// without a pending post, for both mixer types and 1, 2, 3 and 8 tokens, several launches back to back
+// (the ticket must come back to zero each time).
+TEST_F(HcPre, LeanIsTheDefaultsBits) {
+  const bool saved = cuda::fast::hc_pre_lean();
+  for (GgmlType type : {GgmlType::F16, GgmlType::F32})
+    for (int64_t d : {4096, 1088})
+      for (int64_t n : {1, 2, 3, 8})
+        for (bool post : {false, true}) {
+          const Inputs in = make_inputs(rng_, type, n, d);
+          const PendingPost q = make_post(rng_, in, cuda::fast::HcPost::Kind::Slots, 6, true);
+          auto f = up(q.f), sh = up(q.sh);
+          std::vector<float> xs[2];
+          Outputs outs[2];
+          for (int lean : {0, 1}) {
+            cuda::fast::hc_pre_set_lean(lean == 1);
+            Device v = upload(in);
+            FS_CUDA_CHECK(cudaMemcpy(v.split.get(), q.split.data(), q.split.size() * 4, cudaMemcpyHostToDevice));
+            if (post) {
+              v.args.post.kind = cuda::fast::HcPost::Kind::Slots, v.args.post.f = f.get(), v.args.post.shared = sh.get();
+              v.args.post.k = 6, v.args.post.split = v.split.get();
+            }
+            for (int rep = 0; rep < 3; ++rep) {  // the same inputs each time: streams and split put back
+              FS_CUDA_CHECK(cudaMemcpy(v.X.get(), in.X.data(), in.X.size() * 4, cudaMemcpyHostToDevice));
+              FS_CUDA_CHECK(cudaMemcpy(v.split.get(), q.split.data(), q.split.size() * 4, cudaMemcpyHostToDevice));
+              ASSERT_TRUE(cuda::fast::hc_pre(v.args, nullptr));
+            }
+            xs[lean] = down(v.X);
+            outs[lean] = outputs(in, v);
+          }
+          const std::string what = std::string(type == GgmlType::F16 ? "F16" : "F32") + " d " + std::to_string(d) +
+                                   " tokens " + std::to_string(n) + (post ? " with a post" : "");
+          EXPECT_TRUE(bitwise_equal(xs[0], xs[1])) << what << ": streams";
+          EXPECT_TRUE(bitwise_equal(outs[0].mix, outs[1].mix) && bitwise_equal(outs[0].split, outs[1].split) &&
+                      bitwise_equal(outs[0].xin, outs[1].xin) && bitwise_equal(outs[0].an, outs[1].an))
+              << what << ": outputs";
+          if (HasFailure()) break;
+        }
+  cuda::fast::hc_pre_set_lean(saved);
+}
+
 TEST_F(HcPre, RefusesWhatItCannotTake) {
   const Inputs in = make_inputs(rng_, GgmlType::F16, 2, 1088);
   Device v = upload(in);

@@ -472,6 +472,7 @@ class Q8Lean : public Q8Decode {
       cuda::fast::q8_set_lean(lean == 1);
       auto y = poisoned<float>(n);
       ASSERT_TRUE(call(y.get())) << what << ": refused (lean " << lean << ")";
+      ASSERT_EQ(cuda::fast::q8_last_launch_lean(), lean == 1) << what << ": not the kernel asked for";
       out[lean] = down(y);
     }
     EXPECT_TRUE(same(out[0], out[1])) << what << ": lean cuts give other bits";
@@ -530,7 +531,7 @@ TEST_F(Q8Lean, SameBitsAsTheDefaultCuts) {
                          Items{"ragged", 5, 37, 768, 7, 2}}) {
     Dev w = mat(c.mats * c.rows_per, c.cols);
     std::vector<int32_t> sel(static_cast<size_t>(c.items));
-    for (size_t i = 0; i < sel.size(); ++i) sel[i] = static_cast<int32_t>((i * 5 + 3) % c.mats);
+    for (size_t i = 0; i < sel.size(); ++i) sel[i] = static_cast<int32_t>((i * 3 + 1) % c.mats);
     auto ds = up(sel);
     auto dx = up(randn(static_cast<size_t>((c.items + c.src_div - 1) / c.src_div * c.cols)));
     const int64_t ys = c.rows_per + 1;
@@ -541,14 +542,19 @@ TEST_F(Q8Lean, SameBitsAsTheDefaultCuts) {
   }
 }
 
-// The layer's six decode launches with the default cuts and the lean ones, each from DRAM (three weight
-// sets in turn, 107 MB for the 35.7 MB matrices): us a launch.
+// The layer's six decode launches with the default cuts and the lean ones, each from DRAM (copies of one
+// weight set at other addresses in turn, at least 200 MB of them, four times the H200's L2): us a launch.
 TEST_F(Q8Lean, DISABLED_DecodeLaunchTiming) {
   using cuda::fast::Q8Act;
-  constexpr int kSets = 3;
+  constexpr int kSets = 24;  // 24 x 8.9 MB (the smallest matrix here) = 214 MB
   auto sets = [&](int64_t rows, int64_t cols) {
     std::vector<Dev> v;
-    for (int i = 0; i < kSets; ++i) v.push_back(mat(rows, cols));
+    v.push_back(mat(rows, cols));
+    for (int i = 1; i < kSets; ++i) {
+      Dev c{{}, up(v[0].host), {}};
+      c.m = v[0].m, c.m.data = c.dev.get();
+      v.push_back(std::move(c));
+    }
     return v;
   };
   auto qa = sets(1024, 4096), kv = sets(512, 4096), qb = sets(32768, 1024), oa = sets(8 * 1024, 4096),
@@ -563,20 +569,22 @@ TEST_F(Q8Lean, DISABLED_DecodeLaunchTiming) {
   sw.kind = Q8Act::Kind::Swiglu, sw.lim = 10.0f, sw.up = u.get(), sw.up_stride = 2048;
   const struct {
     const char* name;
-    std::function<void(int)> call;
+    std::function<bool(int)> call;
   } launches[] = {
-      {"q_a+kv pair", [&](int i) { cuda::fast::q8_decode_pair(qa[i % kSets].m, 1024, y.get(), 1024, kv[i % kSets].m, 512, y2.get(), 512, x.get(), 1, 4096, nullptr); }},
-      {"q_b norm", [&](int i) { cuda::fast::q8_decode_act(qb[i % kSets].m, 32768, x.get(), 1, 1024, norm, y.get(), 32768, nullptr); }},
-      {"out_a items", [&](int i) { cuda::fast::q8_mma_items(oa[i % kSets].m, 1024, dg.get(), 1, x.get(), 4096, 8, y.get(), 1024, nullptr); }},
-      {"out_b", [&](int i) { cuda::fast::q8_mma_matvec(ob[i % kSets].m, 0, 4096, x.get(), 1, 8192, y.get(), 4096, nullptr); }},
-      {"gate+up pair", [&](int i) { cuda::fast::q8_decode_pair(gs[i % kSets].m, 2048, y.get(), 2048, us[i % kSets].m, 2048, y2.get(), 2048, x.get(), 1, 4096, nullptr); }},
-      {"down swiglu", [&](int i) { cuda::fast::q8_decode_act(dn[i % kSets].m, 4096, x.get(), 1, 2048, sw, y.get(), 4096, nullptr); }},
+      {"q_a+kv pair", [&](int i) { return cuda::fast::q8_decode_pair(qa[i % kSets].m, 1024, y.get(), 1024, kv[i % kSets].m, 512, y2.get(), 512, x.get(), 1, 4096, nullptr); }},
+      {"q_b norm", [&](int i) { return cuda::fast::q8_decode_act(qb[i % kSets].m, 32768, x.get(), 1, 1024, norm, y.get(), 32768, nullptr); }},
+      {"out_a items", [&](int i) { return cuda::fast::q8_mma_items(oa[i % kSets].m, 1024, dg.get(), 1, x.get(), 4096, 8, y.get(), 1024, nullptr); }},
+      {"out_b", [&](int i) { return cuda::fast::q8_mma_matvec(ob[i % kSets].m, 0, 4096, x.get(), 1, 8192, y.get(), 4096, nullptr); }},
+      {"gate+up pair", [&](int i) { return cuda::fast::q8_decode_pair(gs[i % kSets].m, 2048, y.get(), 2048, us[i % kSets].m, 2048, y2.get(), 2048, x.get(), 1, 4096, nullptr); }},
+      {"down swiglu", [&](int i) { return cuda::fast::q8_decode_act(dn[i % kSets].m, 4096, x.get(), 1, 2048, sw, y.get(), 4096, nullptr); }},
   };
   for (const auto& l : launches) {
     double us_of[2];
     for (int lean : {0, 1}) {
       cuda::fast::q8_set_lean(lean == 1);
-      us_of[lean] = back_to_back_us(6, 60, l.call);
+      ASSERT_TRUE(l.call(0)) << l.name << ": refused";
+      ASSERT_EQ(cuda::fast::q8_last_launch_lean(), lean == 1) << l.name;
+      us_of[lean] = back_to_back_us(6, 4 * kSets, [&](int i) { l.call(i); });
     }
     std::printf("q8 decode %-13s default %6.2f us, lean %6.2f us\n", l.name, us_of[0], us_of[1]);
   }
