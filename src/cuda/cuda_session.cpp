@@ -64,6 +64,7 @@ class CudaSession final : public Session {
     main_priority_ = DecodeFork::main_priority(fork_parts);  // 0: the default priority
     FS_CUDA_CHECK(cudaStreamCreateWithPriority(&s_, cudaStreamNonBlocking, main_priority_));
     fork_ = std::make_unique<DecodeFork>(fork_parts);
+    split_br_ = std::make_unique<SplitBranch>(SplitBranch::requested());
     init_quant_tables();
     fast::init_tables();
     upload_weights(m_.file(), weights_, s_, opts_.verbose);
@@ -392,6 +393,7 @@ class CudaSession final : public Session {
   }
   bool small_prefill(int64_t n) const { return prefill_small_ && n > kSmallN; }
   void flush_post(int64_t n) {
+    split_br_->join(s_);  // the post reads the split
     const fast::HcPost q = pending_;
     pending_ = {};
     const int n_hc = int(c_.n_hc);
@@ -410,14 +412,21 @@ class CudaSession final : public Session {
               float* normed) {
     const int n_hc = int(c_.n_hc), iters = int(c_.hc_sinkhorn_iter);
     const float eps = float(c_.hc_eps), rms_eps = float(c_.rms_eps);
+    split_br_->join(s_);  // the pending post reads the previous split, and this step writes it
     if (routes_[Route::FusedOps] && routes_[Route::F16Proj]) {
       fast::HcPreArgs a;
       a.fn = fn, a.X = X_, a.post = pending_, a.scale = scale, a.base = base, a.norm_w = norm_w;
       a.mix = mix_, a.split = split_, a.xin = out, a.normed = normed;
       a.n_tok = n, a.d = d_.D, a.n_hc = n_hc, a.iters = iters, a.norm_eps = rms_eps, a.hc_eps = eps;
       a.work = mv_work_, a.work_floats = kMvWork;
+      a.split_later = split_br_->on() && n <= 2 && !prof_.on();
       if (d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix && fast::hc_pre(a, s_)) {
         pending_ = {};
+        if (a.split_later) {  // the split off the critical path (SplitBranch), the same function on mix_
+          const cudaStream_t side = split_br_->open(s_);
+          if (!fast::hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, side))
+            hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, side);
+        }
         return;
       }
       fast::HcPrefillArgs b;  // prefill: the same outputs, and the FP16 copy of normed that prep() returns
@@ -544,6 +553,7 @@ class CudaSession final : public Session {
     if (fold_post(n)) {  // out_ is read by nothing else before the FFN half's hc_pre
       pending_.kind = fast::HcPost::Kind::Plain, pending_.f = out_, pending_.split = split_;
     } else {
+      split_br_->join(s_);
       hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
     }
 
@@ -599,6 +609,7 @@ class CudaSession final : public Session {
       pending_.k = int(d_.K), pending_.split = split_;
       return;
     }
+    split_br_->join(s_);
     if (routes_[Route::FusedOps] && fast::sum_slots_post(slot_, shared, int(d_.K), X_, split_, int(c_.n_hc), d_.D, n, s_))
       return;
     sum_slots(slot_, shared, n, int(d_.K), d_.D, out_, s_);
@@ -678,6 +689,7 @@ class CudaSession final : public Session {
     prof_.stage("embed", s_);
     pending_ = {}, xb_of_ = nullptr;  // (a pass cut short by an error) the embedding rewrites X_
     fork_->abandon();
+    split_br_->abandon();
     embed(embd_, tok_, n, int(c_.n_hc), X_, s_);
     for (uint32_t il = 0; il < c_.n_layer; ++il) {
       attention_half(il, pos0, n);
@@ -749,6 +761,11 @@ class CudaSession final : public Session {
             fork_->abandon();
           }
         }
+        try {
+          split_br_->join(s_);
+        } catch (...) {
+          split_br_->abandon();
+        }
         cudaStreamEndCapture(s_, &g);
         if (g) cudaGraphDestroy(g);
         throw;
@@ -784,6 +801,7 @@ class CudaSession final : public Session {
   float* mv_work_ = nullptr;    // the current lane's split workspace: the main lane's, or side_work_ in on_side
   float* side_work_ = nullptr;
   std::unique_ptr<DecodeFork> fork_;  // the decode fork's side stream (FLASHSTAR_DECODE_FORK)
+  std::unique_ptr<SplitBranch> split_br_;  // the hyper-connection split's branch (FLASHSTAR_HC_SPLIT_SIDE)
   int main_priority_ = 0;             // s_'s priority (DecodeFork::main_priority)
   DeviceArray<uint8_t> weights_, vectors_;
   DeviceArray<float> state_, scratch_;

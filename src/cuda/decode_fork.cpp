@@ -77,4 +77,35 @@ void DecodeFork::join(cudaStream_t main) {
   lanes_.reset();
 }
 
+bool SplitBranch::requested() { return env_choice("FLASHSTAR_HC_SPLIT_SIDE", 0, 1, 0) == 1; }
+
+SplitBranch::SplitBranch(bool on) {
+  if (!on) return;
+  FS_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+  FS_CUDA_CHECK(cudaEventCreateWithFlags(&fork_ev_, cudaEventDisableTiming));
+  FS_CUDA_CHECK(cudaEventCreateWithFlags(&join_ev_, cudaEventDisableTiming));
+}
+
+SplitBranch::~SplitBranch() {
+  if (fork_ev_) cudaEventDestroy(fork_ev_);
+  if (join_ev_) cudaEventDestroy(join_ev_);
+  if (side_) cudaStreamDestroy(side_);
+}
+
+cudaStream_t SplitBranch::open(cudaStream_t main) {
+  if (!side_) fail("internal: the split branch opened with its switch off");
+  if (open_) fail("internal: the split branch opened twice without a join");
+  FS_CUDA_CHECK(cudaEventRecord(fork_ev_, main));
+  FS_CUDA_CHECK(cudaStreamWaitEvent(side_, fork_ev_, 0));
+  open_ = true;
+  return side_;
+}
+
+void SplitBranch::join(cudaStream_t main) {
+  if (!open_) return;
+  FS_CUDA_CHECK(cudaEventRecord(join_ev_, side_));
+  FS_CUDA_CHECK(cudaStreamWaitEvent(main, join_ev_, 0));
+  open_ = false;
+}
+
 }  // namespace flashstar::cuda

@@ -55,4 +55,32 @@ class DecodeFork {
   std::optional<TicketFork> lanes_;
 };
 
+// The hyper-connection split of a decode half-layer on a branch of its own (FLASHSTAR_HC_SPLIT_SIDE=1, off
+// until measured). hc_pre's last block otherwise waits for the split's Sinkhorn walk (39 dependent
+// normalisations, its longest chain), whose result only the next hc_pre reads: with split_later
+// (fast_hc_pre.h) the session enqueues fast::hc_split of the stored mix on this branch's stream after
+// hc_pre and joins it before the next reader of the split. Its kernel takes no ticket, so the branch
+// needs no ticket lane and may stay open across a DecodeFork.
+class SplitBranch {
+ public:
+  static bool requested();
+  explicit SplitBranch(bool on);
+  ~SplitBranch();
+  SplitBranch(const SplitBranch&) = delete;
+  SplitBranch& operator=(const SplitBranch&) = delete;
+
+  bool on() const { return side_ != nullptr; }
+  // The branch's stream, made to wait for everything enqueued on main so far.
+  cudaStream_t open(cudaStream_t main);
+  // main waits for everything enqueued on the branch; nothing when it is not open.
+  void join(cudaStream_t main);
+  bool is_open() const { return open_; }
+  void abandon() { open_ = false; }  // a pass cut short by an error (the caller synchronizes the streams)
+
+ private:
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t fork_ev_ = nullptr, join_ev_ = nullptr;
+  bool open_ = false;
+};
+
 }  // namespace flashstar::cuda

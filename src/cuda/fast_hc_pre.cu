@@ -170,7 +170,9 @@ __device__ __forceinline__ void tail_sync() { asm volatile("bar.sync 1, %0;\n" :
 // kLean (FLASHSTAR_HC_PRE_LEAN=1, off until measured): the mixer weights, scales and base, all constants,
 // are fetched before pdl_wait() (they then arrive while the previous kernel finishes), and the ticket takes
 // one thread's fences (last_to_finish_lean) instead of every thread's. The same values in the same order.
-template <GgmlType T, int NT, bool kLean>
+// kLater (HcPreArgs::split_later): the split warps leave at once; the split is fast::hc_split's of the
+// stored mix, launched by the caller outside this kernel's critical path.
+template <GgmlType T, int NT, bool kLean, bool kLater>
 __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
   // PDL-PROLOGUE (kLean): constants only before pdl_wait().
   if constexpr (!kLean) pdl_wait();
@@ -267,7 +269,7 @@ __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
 
   // The split warps: a half warp per token (whole warps call it: shuffles), off the tail's path.
   if (warp < kSplitWarps) {
-    if (2 * warp >= p.n) return;
+    if (kLater || 2 * warp >= p.n) return;
     const int t = tid / 16, tc = t < p.n ? t : p.n - 1;
     hc_split_half_warp(s_mix + tc * kMix, s_scale, s_base, p.iters, p.hc_eps, t < p.n, s_split + t * kSplit);
     __syncwarp();
@@ -310,12 +312,14 @@ __global__ void __launch_bounds__(kThreads, 1) hc_pre_kernel(Params p) {
 }
 
 template <GgmlType T, bool kLean>
-void launch(const Params& p, cudaStream_t s) {
+void launch(const Params& p, bool later, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>(p.parts));
-  if (p.n == 1) hc_pre_kernel<T, 1, kLean><<<grid, kThreads, 0, s>>>(p);
-  else if (p.n == 2) hc_pre_kernel<T, 2, kLean><<<grid, kThreads, 0, s>>>(p);
-  else if (p.n <= 4) hc_pre_kernel<T, 4, kLean><<<grid, kThreads, 0, s>>>(p);
-  else hc_pre_kernel<T, 8, kLean><<<grid, kThreads, 0, s>>>(p);
+  if (later && p.n == 1) hc_pre_kernel<T, 1, kLean, true><<<grid, kThreads, 0, s>>>(p);
+  else if (later) hc_pre_kernel<T, 2, kLean, true><<<grid, kThreads, 0, s>>>(p);  // hc_pre_supported: n <= 2
+  else if (p.n == 1) hc_pre_kernel<T, 1, kLean, false><<<grid, kThreads, 0, s>>>(p);
+  else if (p.n == 2) hc_pre_kernel<T, 2, kLean, false><<<grid, kThreads, 0, s>>>(p);
+  else if (p.n <= 4) hc_pre_kernel<T, 4, kLean, false><<<grid, kThreads, 0, s>>>(p);
+  else hc_pre_kernel<T, 8, kLean, false><<<grid, kThreads, 0, s>>>(p);
   FS_CUDA_LAUNCH_CHECK();
 }
 
@@ -344,6 +348,7 @@ bool hc_pre_supported(const HcPreArgs& a) {
   if (q.kind == HcPost::Kind::Plain && !q.f) return false;
   if (q.kind == HcPost::Kind::Slots && (q.k < 0 || q.k > kMaxSlots || (q.k > 0 && !q.f) || (q.k == 0 && !q.shared)))
     return false;
+  if (a.split_later && (!a.mix || a.n_tok > 2)) return false;
   return a.work_floats >= work_floats(kHc * a.d / kPartCols, a.n_tok);
 }
 
@@ -361,9 +366,10 @@ bool hc_pre(const HcPreArgs& a, cudaStream_t s) {
   p.norm_eps = a.norm_eps, p.hc_eps = a.hc_eps, p.lane = ticket_lane(s);
   p.post_kind = a.post.kind, p.post_f = a.post.f, p.post_shared = a.post.shared, p.post_split = a.post.split;
   p.post_k = a.post.k;
-  const bool lean = lean_flag();
-  if (a.fn.type == GgmlType::F16) lean ? launch<GgmlType::F16, true>(p, s) : launch<GgmlType::F16, false>(p, s);
-  else lean ? launch<GgmlType::F32, true>(p, s) : launch<GgmlType::F32, false>(p, s);
+  const bool lean = lean_flag(), later = a.split_later;
+  if (a.fn.type == GgmlType::F16)
+    lean ? launch<GgmlType::F16, true>(p, later, s) : launch<GgmlType::F16, false>(p, later, s);
+  else lean ? launch<GgmlType::F32, true>(p, later, s) : launch<GgmlType::F32, false>(p, later, s);
   return true;
 }
 

@@ -61,6 +61,10 @@ struct HcPreArgs {
   float norm_eps = 0.0f, hc_eps = 0.0f;  // the RMS norms' epsilon (both), the split's
   float* work = nullptr;                 // partial sums: hcp::work_floats(parts, n_tok) floats, 8-byte aligned
   int64_t work_floats = 0;
+  // 1-2 tokens, mix given: the split (the Sinkhorn walk, the last block's longest chain) is not formed
+  // here; the caller runs fast::hc_split of mix (the same function, the same bits) where it is off the
+  // critical path (the session: FLASHSTAR_HC_SPLIT_SIDE, a side branch joined before split is read).
+  bool split_later = false;
 };
 
 // Whether hc_pre takes these arguments: 4 streams, d a multiple of 64 up to 4096, 1..8 tokens, a 24-row

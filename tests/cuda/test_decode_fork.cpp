@@ -111,7 +111,25 @@ TEST(TicketLanes, SideStreamTakesItsOwnLaneAndStrangersFail) {
   EXPECT_THROW(cuda::TicketFork(main, main), Error);
 }
 
-// A graph of 16 fork / join diamonds of library kernels (each reads what the one before wrote, the
+// FLASHSTAR_HC_SPLIT_SIDE=1: the hyper-connection split on its own branch gives the same logits, alone and
+// with every decode fork open beside it (plain launches: the tiny model).
+TEST(SplitBranch, PlainLaunchesBitwiseEqualToSerial) {
+  if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device";
+  const char* bin = std::getenv("FLASHSTAR_BIN");
+  const std::string& path = test_models::synth_tiny_model(bin ? bin : "./flashstar", 3);
+  if (path.empty()) GTEST_SKIP() << "could not make the tiny model (set FLASHSTAR_BIN)";
+  auto model = Model::load(path);
+  SessionOptions o;
+  o.ctx = 1024, o.chunk = 64, o.numerics = Numerics::Official;
+  const auto toks = tokens(150, model->config().n_vocab, 29);
+  const auto serial = decode_logits(*model, o, toks, 40, "0", nullptr);
+  ScopedEnv side("FLASHSTAR_HC_SPLIT_SIDE", "1");
+  for (const char* f : {"0", "1"})
+    EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 40, f, nullptr)), serial.size())
+        << "FLASHSTAR_DECODE_FORK=" << f;
+}
+
+// A graph of 16 fork / join diamonds// A graph of 16 fork / join diamonds of library kernels (each reads what the one before wrote, the
 // fork's two branches read the same rows, the join reads both and the next diamond overwrites what both
 // branches read) with every kernel edge programmatic, fork and join edges included: the same bits as
 // the kernels one by one on one stream. Prints how many edges the driver took.

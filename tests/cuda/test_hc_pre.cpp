@@ -592,6 +592,51 @@ TEST_F(HcPre, LeanIsTheDefaultsBits) {
   cuda::fast::hc_pre_set_lean(saved);
 }
 
+// split_later (the session's FLASHSTAR_HC_SPLIT_SIDE): the launch leaves the split to fast::hc_split of the
+// mix it stored, on another stream; with that launch after it, every output is the default launch's, bit
+// for bit (1 and 2 tokens, with a pending post, both mixer types). More than 2 tokens or no mix: refused.
+TEST_F(HcPre, SplitLaterThenHcSplitIsTheDefaultsBits) {
+  cudaStream_t side = nullptr;
+  FS_CUDA_CHECK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  for (GgmlType type : {GgmlType::F16, GgmlType::F32})
+    for (int64_t n : {1, 2}) {
+      const Inputs in = make_inputs(rng_, type, n, 4096);
+      const PendingPost q = make_post(rng_, in, cuda::fast::HcPost::Kind::Slots, 6, true);
+      auto f = up(q.f), sh = up(q.sh);
+      std::vector<float> xs[2];
+      Outputs outs[2];
+      for (int later : {0, 1}) {
+        Device v = upload(in);
+        FS_CUDA_CHECK(cudaMemcpy(v.split.get(), q.split.data(), q.split.size() * 4, cudaMemcpyHostToDevice));
+        v.args.post.kind = cuda::fast::HcPost::Kind::Slots, v.args.post.f = f.get(), v.args.post.shared = sh.get();
+        v.args.post.k = 6, v.args.post.split = v.split.get();
+        v.args.split_later = later == 1;
+        ASSERT_TRUE(cuda::fast::hc_pre(v.args, nullptr));
+        if (later) {
+          FS_CUDA_CHECK(cudaDeviceSynchronize());
+          ASSERT_TRUE(cuda::fast::hc_split(v.mix.get(), kMix, v.scale.get(), v.base.get(), kHc, kIters, kEps,
+                                           v.split.get(), n, side));
+          FS_CUDA_CHECK(cudaStreamSynchronize(side));
+        }
+        xs[later] = down(v.X);
+        outs[later] = outputs(in, v);
+      }
+      const std::string what = std::string(type == GgmlType::F16 ? "F16" : "F32") + " tokens " + std::to_string(n);
+      EXPECT_TRUE(bitwise_equal(xs[0], xs[1])) << what << ": streams";
+      EXPECT_TRUE(bitwise_equal(outs[0].mix, outs[1].mix)) << what << ": mix";
+      EXPECT_TRUE(bitwise_equal(outs[0].split, outs[1].split)) << what << ": split";
+      EXPECT_TRUE(bitwise_equal(outs[0].xin, outs[1].xin) && bitwise_equal(outs[0].an, outs[1].an)) << what;
+    }
+  const Inputs in = make_inputs(rng_, GgmlType::F16, 3, 4096);
+  Device v = upload(in);
+  v.args.split_later = true;
+  EXPECT_FALSE(cuda::fast::hc_pre_supported(v.args)) << "3 tokens";
+  Device w = upload(make_inputs(rng_, GgmlType::F16, 1, 4096));
+  w.args.split_later = true, w.args.mix = nullptr;
+  EXPECT_FALSE(cuda::fast::hc_pre_supported(w.args)) << "no mix";
+  cudaStreamDestroy(side);
+}
+
 TEST_F(HcPre, RefusesWhatItCannotTake) {
   const Inputs in = make_inputs(rng_, GgmlType::F16, 2, 1088);
   Device v = upload(in);
