@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "commands.h"
+#include "common/env_switches.h"
 #include "common/error.h"
 
 int main(int argc, char** argv) {
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (std::strcmp(argv[i], "-sys") == 0) argv[i] = const_cast<char*>("--system");
   try {
+    flashstar::check_env_switches();  // a bad FLASHSTAR_* value would be read as some other setting
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
