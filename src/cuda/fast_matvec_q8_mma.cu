@@ -119,6 +119,14 @@ __device__ __forceinline__ int job_count(const Args& a) {
   if (a.nm == 1 || !a.overlay) return 1;
   return (static_cast<int>(blockIdx.x) < a.m[0].grid) + (static_cast<int>(blockIdx.x) < a.m[1].grid);
 }
+// Job j of this block: its matrix m and block index b within m's partition, then m's units
+// [units b / grid, units (b + 1) / grid) and this warp's 1/16 of their stages. kLean (FLASHSTAR_Q8_LEAN=1):
+// the same values in 32-bit unsigned arithmetic (run() takes the lean kernel only where units x grid and a
+// block's stages x kWarps stay below 2^31), formed once per warp and job (Jobs) instead of at each use. The
+// default kernel divides in 64 bits at every use: on the H200 the sixteen 64-bit division calls and the unit
+// bookkeeping are most of a small launch's ~2 250 instructions a warp, ten of the calls before its first
+// weight copy.
+template <bool kLean = false>
 __device__ __forceinline__ Job job_at(const Args& a, int j, int warp) {
   int b = static_cast<int>(blockIdx.x), m = 0;
   if (a.nm == 2) {
@@ -128,34 +136,20 @@ __device__ __forceinline__ Job job_at(const Args& a, int j, int warp) {
   const Mat& mt = a.m[m];
   Job r;
   r.m = m;
-  r.u0 = static_cast<int>(static_cast<int64_t>(mt.units) * b / mt.grid);
-  r.u1 = static_cast<int>(static_cast<int64_t>(mt.units) * (b + 1) / mt.grid);
-  const int L = (r.u1 - r.u0) * a.k;
-  r.pa = static_cast<int>(static_cast<int64_t>(L) * warp / kWarps);
-  r.pb = static_cast<int>(static_cast<int64_t>(L) * (warp + 1) / kWarps);
-  return r;
-}
-
-// kLean (FLASHSTAR_Q8_LEAN=1): job_at's cuts in 32-bit unsigned arithmetic (the same values: run() takes
-// the lean kernel only where units x grid and a block's stages x kWarps stay below 2^31), formed once per
-// warp and job instead of at each use. The default kernel divides in 64 bits at every use: on the H200 the
-// sixteen 64-bit division calls and the unit bookkeeping are most of a small launch's ~2 250 instructions a
-// warp, and ten of the calls come before its first weight copy is issued.
-__device__ __forceinline__ Job job_lean(const Args& a, int j, int warp) {
-  int b = static_cast<int>(blockIdx.x), m = 0;
-  if (a.nm == 2) {
-    if (a.overlay) m = (j == 0 && b < a.m[0].grid) ? 0 : 1;
-    else if (b >= a.m[0].grid) m = 1, b -= a.m[0].grid;
+  if constexpr (kLean) {
+    const unsigned units = static_cast<unsigned>(mt.units), grid = static_cast<unsigned>(mt.grid);
+    r.u0 = static_cast<int>(units * static_cast<unsigned>(b) / grid);
+    r.u1 = static_cast<int>(units * static_cast<unsigned>(b + 1) / grid);
+    const unsigned L = static_cast<unsigned>((r.u1 - r.u0) * a.k);
+    r.pa = static_cast<int>(L * static_cast<unsigned>(warp) / kWarps);
+    r.pb = static_cast<int>(L * static_cast<unsigned>(warp + 1) / kWarps);
+  } else {
+    r.u0 = static_cast<int>(static_cast<int64_t>(mt.units) * b / mt.grid);
+    r.u1 = static_cast<int>(static_cast<int64_t>(mt.units) * (b + 1) / mt.grid);
+    const int L = (r.u1 - r.u0) * a.k;
+    r.pa = static_cast<int>(static_cast<int64_t>(L) * warp / kWarps);
+    r.pb = static_cast<int>(static_cast<int64_t>(L) * (warp + 1) / kWarps);
   }
-  const Mat& mt = a.m[m];
-  const unsigned units = static_cast<unsigned>(mt.units), grid = static_cast<unsigned>(mt.grid);
-  Job r;
-  r.m = m;
-  r.u0 = static_cast<int>(units * static_cast<unsigned>(b) / grid);
-  r.u1 = static_cast<int>(units * static_cast<unsigned>(b + 1) / grid);
-  const unsigned L = static_cast<unsigned>((r.u1 - r.u0) * a.k);
-  r.pa = static_cast<int>(L * static_cast<unsigned>(warp) / kWarps);
-  r.pb = static_cast<int>(L * static_cast<unsigned>(warp + 1) / kWarps);
   return r;
 }
 // x / a.k for 0 <= x: a multiply and a shift in the lean kernel (run() checks x k < 2^40 for every x it
@@ -172,8 +166,8 @@ struct Jobs {
   Job j0, j1;
   __device__ __forceinline__ Jobs(const Args& a, int nj, int warp) {
     if constexpr (kLean) {
-      j0 = job_lean(a, 0, warp);
-      if (nj > 1) j1 = job_lean(a, 1, warp);
+      j0 = job_at<true>(a, 0, warp);
+      if (nj > 1) j1 = job_at<true>(a, 1, warp);
     }
   }
   __device__ __forceinline__ Job at(const Args& a, int j, int warp) const {
@@ -532,7 +526,7 @@ size_t smem_bytes(int slots, int k) {
 
 // Units and grids of the matrices, and the activation rows a block converts; false where the kernel does
 // not take the shape. groups: items (matrix 0 of an items call), else 1.
-// FLASHSTAR_Q8_LEAN=1 (q8_set_lean): the kernel with the lean cuts (job_lean), where they fit 32 bits.
+// FLASHSTAR_Q8_LEAN=1 (q8_set_lean): the kernel with the lean cuts (job_at<true>), where they fit 32 bits.
 bool& lean_flag() {
   static bool on = env_choice("FLASHSTAR_Q8_LEAN", 0, 1, 0) == 1;
   return on;
@@ -573,7 +567,7 @@ bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
   a.slot_bytes = a.k * kDigitBytes;
   a.off_sc = kRingBytes + kPartBytes + slots * a.slot_bytes;
   bool lean = lean_flag() && device<NT, true>().sms > 0;
-  for (int m = 0; m < a.nm; ++m) {  // job_lean's products in 32 bits
+  for (int m = 0; m < a.nm; ++m) {  // job_at<true>'s products in 32 bits
     const int64_t units = a.m[m].units, g = a.m[m].grid, per_block = (units + g - 1) / g;
     // div_k's operands (stages of a block, and the digit loop's slots x pieces) times k below 2^40
     lean = lean && units * g < (int64_t{1} << 31) && per_block * a.k * kWarps < (int64_t{1} << 31) &&

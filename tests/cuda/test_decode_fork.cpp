@@ -64,6 +64,19 @@ std::vector<float> decode_logits(const Model& m, const SessionOptions& o, const 
   return all;
 }
 
+// The tiny model (plain launches: its 8 heads are not the decode graph's kernels), official numerics so
+// that any drift shows; empty path: skip (no device or no binary to make it).
+std::string tiny_model_path() {
+  if (!cuda::device_available()) return {};
+  const char* bin = std::getenv("FLASHSTAR_BIN");
+  return test_models::synth_tiny_model(bin ? bin : "./flashstar", 3);
+}
+SessionOptions tiny_options() {
+  SessionOptions o;
+  o.ctx = 1024, o.chunk = 64, o.numerics = Numerics::Official;  // FP8 / FP4 rounding: any drift shows
+  return o;
+}
+
 size_t first_difference(const std::vector<float>& a, const std::vector<float>& b) {
   if (a.size() != b.size()) return 0;
   for (size_t i = 0; i < a.size(); ++i)
@@ -114,13 +127,10 @@ TEST(TicketLanes, SideStreamTakesItsOwnLaneAndStrangersFail) {
 // FLASHSTAR_HC_SPLIT_SIDE=1: the hyper-connection split on its own branch gives the same logits, alone and
 // with every decode fork open beside it (plain launches: the tiny model).
 TEST(SplitBranch, PlainLaunchesBitwiseEqualToSerial) {
-  if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device";
-  const char* bin = std::getenv("FLASHSTAR_BIN");
-  const std::string& path = test_models::synth_tiny_model(bin ? bin : "./flashstar", 3);
-  if (path.empty()) GTEST_SKIP() << "could not make the tiny model (set FLASHSTAR_BIN)";
+  const std::string path = tiny_model_path();
+  if (path.empty()) GTEST_SKIP() << "no CUDA device, or could not make the tiny model (set FLASHSTAR_BIN)";
   auto model = Model::load(path);
-  SessionOptions o;
-  o.ctx = 1024, o.chunk = 64, o.numerics = Numerics::Official;
+  const SessionOptions o = tiny_options();
   const auto toks = tokens(150, model->config().n_vocab, 29);
   const auto serial = decode_logits(*model, o, toks, 40, "0", nullptr);
   ScopedEnv side("FLASHSTAR_HC_SPLIT_SIDE", "1");
@@ -202,13 +212,10 @@ TEST(DecodeFork, ProgrammaticForkJoinEdgesKeepTheOrder) {
 // each chain alone, two of them and off, over 110 decode steps that cross compressed-row boundaries of both ratios
 // and the indexer's start.
 TEST(DecodeFork, PlainLaunchesBitwiseEqualToSerial) {
-  if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device";
-  const char* bin = std::getenv("FLASHSTAR_BIN");
-  const std::string& path = test_models::synth_tiny_model(bin ? bin : "./flashstar", 3);
-  if (path.empty()) GTEST_SKIP() << "could not make the tiny model (set FLASHSTAR_BIN)";
+  const std::string path = tiny_model_path();
+  if (path.empty()) GTEST_SKIP() << "no CUDA device, or could not make the tiny model (set FLASHSTAR_BIN)";
   auto model = Model::load(path);
-  SessionOptions o;
-  o.ctx = 1024, o.chunk = 64, o.numerics = Numerics::Official;  // FP8 / FP4 rounding: any drift shows
+  const SessionOptions o = tiny_options();
   const auto toks = tokens(150, model->config().n_vocab, 23);
   const auto serial = decode_logits(*model, o, toks, 40, "0", nullptr);
   ASSERT_EQ(serial.size(), 110u * model->config().n_vocab);
