@@ -280,6 +280,11 @@ static_assert(Smem<GgmlType::Q2_K>::kRec == kQ2kRecBytes, "the records' region")
 // Numerics: not v2's bits (the FP32 sum across the unit's 8 k-tiles happens in the tensor core); the
 // CPU model (GemmIntModel.LongerPartialsCostAccuracy, partial of 8 k-tiles) puts its error at ~2x v2's,
 // far inside the products' 3e-6 bound.
+// SASS (CUDA 13, no GPU; loop trip = 2 units = 16 k-tiles, static counts / 16), N = 32 / 64 / 96 / 128:
+// IQ2_XXS 133 / 136 / 139 / 146 a k-tile (v2 static 186 / 202 / 218 / 247), Q2_K 228 / 269 / 309 / 372
+// (v2 292 / 343 / 405 / 473), Q2_K with precomputed sums 165 / 206 / 245 / 309 (v2 224 / 277 / 336 /
+// 404). 255 registers; Q2_K at N = 128 spills in the loop (~4 stores, ~8 reloads a k-tile: both
+// partials stay live across iterations), IQ2_XXS reloads only (<= 3 a k-tile). Unmeasured.
 GI_HD uint32_t hmul2_bits(uint32_t a, uint32_t b) {
 #ifdef __CUDA_ARCH__
   const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
