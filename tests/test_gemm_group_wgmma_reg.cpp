@@ -409,3 +409,160 @@ TEST(GemmGroupWgmmaReg, Sum4PairIsSum8) {
     else ASSERT_EQ(ba, bb) << trial;
   }
 }
+
+// ---- Variant 3 (unit promotion, gemm_group_wgmma_reg.h "Variant 3").
+
+namespace {
+
+// One row's unit as raw words (v2's layout: the block at byte a2 of rw[0]) and the block's bytes.
+void unit_bytes(const uint32_t* rw, int n_words, std::vector<uint8_t>& bytes) {
+  bytes.resize(static_cast<size_t>(4 * n_words));
+  std::memcpy(bytes.data(), rw, bytes.size());
+}
+
+// Random unit rows with sub-scales forced to their extremes in some sub-blocks: IQ2_XXS's 4-bit s (top
+// nibble of each sub-block's sign word), Q2_K's scale and minimum nibbles (0 or 15).
+void extreme_scales(std::mt19937& rng, GgmlType t, int a2, uint32_t* rw) {
+  uint8_t* b = reinterpret_cast<uint8_t*>(rw);
+  for (int j = 0; j < (t == GgmlType::IQ2_XXS ? 8 : 16); ++j) {
+    const int pick = static_cast<int>(rng() % 3);  // 0: as drawn, 1: 0, 2: 15
+    if (pick == 0) continue;
+    if (t == GgmlType::IQ2_XXS) {
+      uint8_t& top = b[a2 + 2 + 8 * j + 7];
+      top = static_cast<uint8_t>((top & 0x0F) | (pick == 1 ? 0x00 : 0xF0));
+    } else {
+      const int lo = static_cast<int>(rng() & 1);  // the scale or the minimum nibble
+      b[j] = static_cast<uint8_t>(lo ? (b[j] & 0xF0) | (pick == 1 ? 0 : 15) : (b[j] & 0x0F) | (pick == 1 ? 0 : 0xF0));
+    }
+  }
+}
+
+}  // namespace
+
+// The folded decoders (FragDecodeUnit, the kernel's records and lanes): for every k-tile, lane and
+// register, unit_scale x the folded FP16 integer (an exact float product), plus the k-tile's negated
+// minimum (Q2_K), is the dequantizer's weight bit for bit; the integers are exact FP16 integers within
+// the stated bounds (IQ2_XXS |(2s + 1) grid| <= 1333, Q2_K q sc <= 45), IQ2_XXS's are v2's times 2s + 1
+// and Q2_K's are v2's; random blocks and sub-scales forced to 0 and 15, both IQ2_XXS unit alignments.
+TEST(GemmGroupWgmmaReg, UnitDecodersFoldTheScalesExactly) {
+  Tables t;
+  std::mt19937 rng(23);
+  std::vector<uint8_t> bytes;
+  float ref[256];
+  int64_t checked = 0;
+  for (int trial = 0; trial < 4000; ++trial) {
+    for (const GgmlType ty : {GgmlType::IQ2_XXS, GgmlType::Q2_K}) {
+      const int a2 = ty == GgmlType::IQ2_XXS ? 2 * (trial & 1) : 0;
+      uint32_t rw[32];
+      random_row(rng, rw, 32);
+      if (trial % 4 != 0) extreme_scales(rng, ty, a2, rw);
+      unit_bytes(rw, 32, bytes);
+      quant::dequantize_row(ty, bytes.data() + a2, ref, 256);
+      const float us = ty == GgmlType::IQ2_XXS ? gr::unit_scale<GgmlType::IQ2_XXS>(rw, a2)
+                                               : gr::unit_scale<GgmlType::Q2_K>(rw, a2);
+      for (int j = 0; j < 8; ++j)
+        for (int lane = 0; lane < 32; ++lane) {
+          uint32_t h[4], h2[4];
+          float n0, n1, sc2, m0, m1;
+          if (ty == GgmlType::IQ2_XXS) {
+            gr::FragDecodeUnit<GgmlType::IQ2_XXS>::run(rw, a2, j, lane, t.tab.data(), h, n0, n1);
+            gr::FragDecode<GgmlType::IQ2_XXS>::run(rw, a2, j, lane, t.tab.data(), h2, sc2, m0, m1);
+          } else {
+            gr::FragDecodeUnit<GgmlType::Q2_K>::run(rw, a2, j, lane, t.tab.data(), h, n0, n1);
+            gr::FragDecode<GgmlType::Q2_K>::run(rw, a2, j, lane, t.tab.data(), h2, sc2, m0, m1);
+          }
+          uint32_t qs, sg;
+          float d;
+          g2::iq2_sub(rw, a2, j, qs, sg, d);
+          const float mul = ty == GgmlType::IQ2_XXS ? static_cast<float>(2 * (sg >> 28) + 1) : 1.0f;
+          for (int m = 0; m < 4; ++m)
+            for (int e = 0; e < 2; ++e) {
+              const int col = 32 * j + 8 * m + 2 * (lane & 3) + e;
+              const float v = f16_to_f32(static_cast<uint16_t>(h[m] >> (16 * e)));
+              const float v2 = f16_to_f32(static_cast<uint16_t>(h2[m] >> (16 * e)));
+              ASSERT_EQ(v, std::trunc(v));
+              ASSERT_LE(std::fabs(v), ty == GgmlType::IQ2_XXS ? 1333.0f : 45.0f);
+              ASSERT_EQ(v, v2 * mul) << "v2's integer times the folded factor";
+              const float w = us * v + (m < 2 ? n0 : n1);
+              ASSERT_EQ(f32_to_bits(w), f32_to_bits(ref[col]))
+                  << type_name(ty) << " trial " << trial << " j " << j << " lane " << lane << " col " << col;
+              // And the same weight as v2's factors give it (scale x integer, one product each).
+              ASSERT_EQ(f32_to_bits(us * v), f32_to_bits(sc2 * v2));
+              ++checked;
+            }
+        }
+    }
+  }
+  EXPECT_EQ(checked, int64_t{4000} * 2 * 8 * 32 * 8);
+}
+
+// The promotion order of variant 3 (per unit acc = fma(unit scale, partial, acc); Q2_K: per k-tile the two
+// minimum FMAs with the 16-column token sums) on exact partials (the unit's integer dot products in
+// double, rounded once to float, as a tensor core with exact accumulation would give them) reproduces the
+// fp64 dot product of the dequantized row to within the rounding of its FMAs: |acc - ref| <= 2 n u sum |t|
+// over the n promotion terms t, u = 2^-24. Rows of 2048 and 4096 columns (8 and 16 units), heavy-tailed
+// activations.
+TEST(GemmGroupWgmmaReg, UnitPromotionOfExactPartialsIsTheDotProduct) {
+  Tables t;
+  std::mt19937 rng(29);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  double worst = 0;
+  for (const GgmlType ty : {GgmlType::IQ2_XXS, GgmlType::Q2_K})
+    for (const int cols : {2048, 4096})
+      for (int trial = 0; trial < 40; ++trial) {
+        std::vector<float> x(static_cast<size_t>(cols));
+        for (float& v : x) v = nd(rng) * (rng() % 64 == 0 ? 30.0f : 1.0f);
+        float acc = 0.0f;
+        double ref = 0, mag = 0;
+        int n_terms = 0;
+        std::vector<uint8_t> bytes;
+        float w[256];
+        for (int u = 0; u < cols / 256; ++u) {
+          const int a2 = ty == GgmlType::IQ2_XXS ? g2::unit_a2<GgmlType::IQ2_XXS>(u) : 0;
+          uint32_t rw[32];
+          random_row(rng, rw, 32);
+          extreme_scales(rng, ty, a2, rw);
+          unit_bytes(rw, 32, bytes);
+          quant::dequantize_row(ty, bytes.data() + a2, w, 256);
+          const float us = ty == GgmlType::IQ2_XXS ? gr::unit_scale<GgmlType::IQ2_XXS>(rw, a2)
+                                                   : gr::unit_scale<GgmlType::Q2_K>(rw, a2);
+          double part = 0;
+          for (int j = 0; j < 8; ++j) {
+            float n[2] = {0.0f, 0.0f};
+            for (int lane = 0; lane < 4; ++lane) {  // one quad covers the k-tile's columns of a row
+              uint32_t h[4];
+              if (ty == GgmlType::IQ2_XXS)
+                gr::FragDecodeUnit<GgmlType::IQ2_XXS>::run(rw, a2, j, lane, t.tab.data(), h, n[0], n[1]);
+              else
+                gr::FragDecodeUnit<GgmlType::Q2_K>::run(rw, a2, j, lane, t.tab.data(), h, n[0], n[1]);
+              for (int m = 0; m < 4; ++m)
+                for (int e = 0; e < 2; ++e) {
+                  const int col = 32 * j + 8 * m + 2 * lane + e;
+                  part += double(f16_to_f32(static_cast<uint16_t>(h[m] >> (16 * e)))) * x[256 * u + col];
+                }
+            }
+            if (ty == GgmlType::Q2_K) {
+              float s[2];
+              for (int hh = 0; hh < 2; ++hh) {
+                double sd = 0;
+                for (int k = 0; k < 16; ++k) sd += x[256 * u + 32 * j + 16 * hh + k];
+                s[hh] = static_cast<float>(sd);
+                mag += std::fabs(double(n[hh]) * s[hh]);
+              }
+              acc = gr::promote_mins(acc, n[0], n[1], s[0], s[1]);
+              n_terms += 2;
+            }
+          }
+          // Promoted under the next unit's wgmma in the kernel; the minima of later k-tiles commute with it
+          // up to rounding (the kernel's order: this unit's minima first, its partial in the next unit).
+          acc = gr::promote_unit(acc, static_cast<float>(part), us);
+          mag += std::fabs(double(us) * part);
+          ++n_terms;
+          for (int c = 0; c < 256; ++c) ref += double(w[c]) * x[256 * u + c];
+        }
+        const double err = std::fabs(double(acc) - ref), bound = 2.0 * n_terms * std::ldexp(1.0, -24) * mag;
+        worst = std::max(worst, err / mag);
+        ASSERT_LE(err, bound) << type_name(ty) << " cols " << cols << " trial " << trial;
+      }
+  std::printf("unit promotion of exact partials: worst |acc - ref| / sum |terms| %.2e\n", worst);
+}

@@ -266,6 +266,109 @@ WG_HD uint32_t q2k_rec_off(int half, int row, int buf, int j) {
 constexpr int kQ2kRecBytes = 2 * 2 * 8 * kBM * 16;
 static_assert(Smem<GgmlType::Q2_K>::kRec == kQ2kRecBytes, "the records' region");
 
+// ---- Variant 3 (FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT=3, off by default): unit promotion. The k-tile scales
+// of a 256-column unit differ only by a small integer factor, so the decoders put that factor into the
+// FP16 integers, the tensor core accumulates the partial over the unit's 8 k-tiles (the first k16 step
+// of the unit overwrites it, the rest accumulate) and the partial is promoted once per unit with the
+// unit scale: acc = fma(unit scale, part, acc), while the next unit's wgmma run (two partials by unit
+// parity). IQ2_XXS: v2's scale d (0.5 + s) / 4 is exactly (d / 8) (2 s + 1) (d FP16: d (2s + 1) has at
+// most 16 significant bits), and (2 s + 1) grid <= 31 x 43 = 1333 is an exact FP16 integer, so the
+// record carries the multiplier 2 s + 1 (both FP16 lanes) and each fragment register is multiplied by it
+// (one HMUL2, exact); the unit scale d / 8 is exact in FP32. Q2_K: the integers already hold the 4-bit
+// sub-scale (q sc); the k-tile scale is the super-block's d for all 8 k-tiles: the decode is v2's, the
+// unit scale d; the minima (-dmin m, per 16 columns and token) stay per k-tile FMAs (promote_mins).
+// Numerics: not v2's bits (the FP32 sum across the unit's 8 k-tiles happens in the tensor core); the
+// CPU model (GemmIntModel.LongerPartialsCostAccuracy, partial of 8 k-tiles) puts its error at ~2x v2's,
+// far inside the products' 3e-6 bound.
+// SASS (CUDA 13, no GPU; loop trip = 2 units = 16 k-tiles, static counts / 16), N = 32 / 64 / 96 / 128:
+// IQ2_XXS 133 / 136 / 139 / 146 a k-tile (v2 static 186 / 202 / 218 / 247), Q2_K 228 / 269 / 309 / 372
+// (v2 292 / 343 / 405 / 473), Q2_K with precomputed sums 165 / 206 / 245 / 309 (v2 224 / 277 / 336 /
+// 404). 255 registers; Q2_K at N = 128 spills in the loop (~4 stores, ~8 reloads a k-tile: both
+// partials stay live across iterations), IQ2_XXS reloads only (<= 3 a k-tile). Unmeasured.
+GI_HD uint32_t hmul2_bits(uint32_t a, uint32_t b) {
+#ifdef __CUDA_ARCH__
+  const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+  return *reinterpret_cast<const uint32_t*>(&r);
+#else
+  uint32_t out = 0;
+  for (int i = 0; i < 2; ++i) {
+    const float x = f16_to_f32(static_cast<uint16_t>(a >> (16 * i))), y = f16_to_f32(static_cast<uint16_t>(b >> (16 * i)));
+    out |= static_cast<uint32_t>(f32_to_f16(x * y)) << (16 * i);
+  }
+  return out;
+#endif
+}
+
+// The unit scale of a row (rw, a2: v2's raw layout of the unit): IQ2_XXS d / 8, Q2_K d.
+template <GgmlType T>
+GI_HD float unit_scale(const uint32_t* rw, int a2) {
+  if constexpr (T == GgmlType::IQ2_XXS)
+    return gemm_v2::half_f32((rw[0] >> (8 * a2)) & 0xffffu) * 0.125f;
+  else
+    return gemm_v2::half_f32(rw[20] & 0xffffu);
+}
+
+// IQ2_XXS unit record: Iq2Rec's words with the multiplier 2 s + 1 (FP16, both lanes) in place of the
+// scale; the lane's fragment is iq2_rec_frag's times the multiplier.
+struct Iq2URec {
+  uint32_t qs, w01, w23, mul;
+};
+GI_HD void iq2_unit_record(const uint32_t* rw, int a2, int j, Iq2URec& r) {
+  uint32_t sg;
+  float d;
+  gemm_v2::iq2_sub(rw, a2, j, r.qs, sg, d);
+  r.mul = gemm_v2::int_h2(2 * (sg >> 28) + 1);
+  iq2_sign_words(iq2_s8x4(sg), r.w01, r.w23);
+}
+GI_HD void iq2_unit_frag(const Iq2URec& r, int lane, const unsigned char* tab, uint32_t (&h)[4]) {
+  const Iq2Rec v{r.qs, r.w01, r.w23, 0.0f};
+  iq2_rec_frag(v, lane, tab, h);
+  GI_UNROLL
+  for (int m = 0; m < 4; ++m) h[m] = hmul2_bits(h[m], r.mul);
+}
+
+// The folded decoders in one step (the CPU tests): h[m] as FragDecode's, the unit's integers; n0, n1 the
+// k-tile's negated minima (Q2_K; 0 for IQ2_XXS); the unit scale is unit_scale<T>.
+template <GgmlType T>
+struct FragDecodeUnit;
+template <>
+struct FragDecodeUnit<GgmlType::IQ2_XXS> {
+  static GI_HD void run(const uint32_t* rw, int a2, int j, int lane, const unsigned char* tab, uint32_t (&h)[4],
+                        float& n0, float& n1) {
+    Iq2URec r;
+    iq2_unit_record(rw, a2, j, r);
+    iq2_unit_frag(r, lane, tab, h);
+    n0 = n1 = 0.0f;
+  }
+};
+template <>
+struct FragDecodeUnit<GgmlType::Q2_K> {
+  static GI_HD void run(const uint32_t* rw, int, int j, int lane, const unsigned char*, uint32_t (&h)[4], float& n0,
+                        float& n1) {
+    Q2kRec r;
+    q2k_record(rw, j, r);
+    q2k_rec_frag(r, rw, j, lane, h);
+    n0 = r.n0, n1 = r.n1;
+  }
+};
+
+// The promotions of variant 3: the unit's partial (one fused multiply-add), and a k-tile's minimum terms
+// (formats with minima: v2's two FMAs without the partial's).
+GI_HD float promote_unit(float acc, float part, float scale) {
+#ifdef __CUDA_ARCH__
+  return __fmaf_rn(scale, part, acc);
+#else
+  return __builtin_fmaf(scale, part, acc);
+#endif
+}
+GI_HD float promote_mins(float acc, float neg_min0, float neg_min1, float s0, float s1) {
+#ifdef __CUDA_ARCH__
+  return __fmaf_rn(neg_min1, s1, __fmaf_rn(neg_min0, s0, acc));
+#else
+  return __builtin_fmaf(neg_min1, s1, __builtin_fmaf(neg_min0, s0, acc));
+#endif
+}
+
 // ---- Token sums (formats with minima), one task a thread per k-tile of the iteration: item tid / 2,
 // 16-column half tid % 2, v2's arithmetic (gemm_int::sum8 over 8 columns twice, added). The k-tile's
 // columns are 32 (t % 2) .. + 31 of its chunk's 64: its 16-byte chunks 4 (t % 2) + 2 half + {0, 1}.
