@@ -100,9 +100,11 @@ if cmp -s "$WORK/g-1-0.f32" "$WORK/g-1-1.f32" && cmp -s "$WORK/g-1-0.f32" "$WORK
   row "decode fork == serial, graph and plain (bitwise)" PASS "120 steps; all, attn+idx, idx"
 else row "decode fork == serial, graph and plain (bitwise)" FAIL ""; fi
 # the kernel variants written without a GPU, off by default (FLASHSTAR_HC_SPLIT_SIDE: the split on its own
-# branch; the lean Q8_0 and hc_pre kernels), each alone and together with the fork, graph and plain
+# branch; the lean Q8_0 and hc_pre kernels; the router in one launch), each alone and all together, graph
+# and plain
 for v in "FLASHSTAR_HC_SPLIT_SIDE=1" "FLASHSTAR_HC_SPLIT_SIDE=1 FLASHSTAR_DECODE_FORK=1" "FLASHSTAR_Q8_LEAN=1" \
-         "FLASHSTAR_HC_PRE_LEAN=1" "FLASHSTAR_HC_SPLIT_SIDE=1 FLASHSTAR_Q8_LEAN=1 FLASHSTAR_HC_PRE_LEAN=1"; do
+         "FLASHSTAR_HC_PRE_LEAN=1" "FLASHSTAR_ROUTER_FUSED=1" \
+         "FLASHSTAR_HC_SPLIT_SIDE=1 FLASHSTAR_Q8_LEAN=1 FLASHSTAR_HC_PRE_LEAN=1 FLASHSTAR_ROUTER_FUSED=1"; do
   for g in 1 0; do
     env FLASHSTAR_CUDA_GRAPH=$g $v "$FS" logits -m "$WORK/flash4.gguf" --tokens "$WORK/r2100.json" \
       -o "$WORK/g-v.f32" --backend cuda --decode-from 1980 --chunk 1000 >> "$LOG" 2>&1

@@ -584,14 +584,16 @@ class CudaSession final : public Session {
     }
     prof_.stage("ffn.router", s_);
     const uint16_t* fn_b = prep(fn_, n, d_.D, d_.D, {Route::DenseQ8, Route::F16Proj, Route::Moe});
-    mm(Route::F16Proj, L.gate_inp, 0, d_.E, fn_, n, d_.D, rl_, d_.E, fn_b);
     const int32_t* hash = c_.is_hash_layer(il) ? L.tid2eid : nullptr;
-    if (routes_[Route::FusedOps] && fast::route_supported(int(d_.E), int(d_.K)))
-      fast::route(rl_, L.exp_probs_b, hash, tok_, n, int(d_.E), int(d_.K), c_.expert_weights_norm,
-                  float(c_.expert_weights_scale), sel_, wsel_, s_);
-    else
-      route(rl_, L.exp_probs_b, hash, tok_, n, int(d_.E), int(d_.K), c_.expert_weights_norm,
-            float(c_.expert_weights_scale), sel_, wsel_, s_);
+    if (!router_one_launch(L, n, hash)) {
+      mm(Route::F16Proj, L.gate_inp, 0, d_.E, fn_, n, d_.D, rl_, d_.E, fn_b);
+      if (routes_[Route::FusedOps] && fast::route_supported(int(d_.E), int(d_.K)))
+        fast::route(rl_, L.exp_probs_b, hash, tok_, n, int(d_.E), int(d_.K), c_.expert_weights_norm,
+                    float(c_.expert_weights_scale), sel_, wsel_, s_);
+      else
+        route(rl_, L.exp_probs_b, hash, tok_, n, int(d_.E), int(d_.K), c_.expert_weights_norm,
+              float(c_.expert_weights_scale), sel_, wsel_, s_);
+    }
     const int64_t items = n * d_.K;
     // The shared expert first: its gate/up read the same FP16 copy of fn_ as the routed gate/up.
     // (the down projections overwrite that copy, so they come after every gate/up).
@@ -614,6 +616,18 @@ class CudaSession final : public Session {
       return;
     sum_slots(slot_, shared, n, int(d_.K), d_.D, out_, s_);
     hc_post(out_, X_, split_, int(c_.n_hc), d_.D, n, s_);
+  }
+
+  // Decode (FLASHSTAR_ROUTER_FUSED=1): the router's product and its picks in one launch, where both routes
+  // would take the fast kernels (fast_matvec_float.h: the same logits, picks and weights).
+  bool router_one_launch(const DLayer& L, int64_t n, const int32_t* hash) {
+    if (!fast::router_fused() || !routes_[Route::F16Proj] || !routes_[Route::FusedOps] || n > kSmallN ||
+        !fast::route_supported(int(d_.E), int(d_.K)))
+      return false;
+    fast::RouterArgs r;
+    r.bias = L.exp_probs_b, r.tid2eid = hash, r.tokens = tok_, r.k = int(d_.K), r.norm = c_.expert_weights_norm;
+    r.scale = float(c_.expert_weights_scale), r.sel = sel_, r.weights = wsel_;
+    return fast::float_matvec_route(L.gate_inp, fn_, n, d_.D, rl_, r, s_, mv_work_, kMvWork);
   }
 
   // The shared expert's gate and up rows (SG_, SU_) of fn_, and its down product (shared_).

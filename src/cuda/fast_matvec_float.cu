@@ -12,6 +12,7 @@
 #include "cuda/float_unpack.cuh"
 #include "cuda/last_block.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/route_block.cuh"
 #include "cuda/stream_lanes.h"
 
 namespace flashstar::cuda::fast {
@@ -22,6 +23,7 @@ namespace {
 // a decode fork's two streams never share one.
 constexpr int kFTickets = 4096;
 __device__ int g_float_tickets[kTicketLanes * kFTickets];
+__device__ int g_route_tickets[kTicketLanes];  // the fused router's whole-launch ticket
 
 struct MatJob {
   const uint8_t* w;  // row 0 of the product (row0 applied)
@@ -31,12 +33,24 @@ struct MatJob {
   float* work;  // [part][token][row] partial sums when parts > 1
   int rows, parts, tiles_per_part, block0, ticket0;
 };
+// The router's picks after its product (float_matvec_route): route_token's arguments.
+struct RouteTail {
+  const float* bias;
+  const int32_t* tid2eid;
+  const int32_t* tokens;
+  int32_t* sel;
+  float* weights;
+  float scale;
+  int E, k, lane;
+  bool norm;
+};
 struct Jobs {
   MatJob m[kFMaxMats];
   const float* x;
   int64_t xs, n_tok;
   int n_mats, units;
   FloatGeom g;
+  RouteTail rt;
 };
 
 // Weights are read once per product: keep them out of L1 so the activations stay there.
@@ -48,7 +62,9 @@ __device__ __forceinline__ uint4 ld_stream(const uint8_t* p) {
   return v;
 }
 
-template <GgmlType T, int NT>
+// kRoute (float_matvec_route): one matrix in one part, one token group; the last block to finish runs the
+// router's picks over the logits the blocks stored.
+template <GgmlType T, int NT, bool kRoute = false>
 __global__ void __launch_bounds__(kFThreads) mv_float_tiles(const __grid_constant__ Jobs J) {
   pdl_wait();
   constexpr int E = kElems<T>;
@@ -135,6 +151,17 @@ __global__ void __launch_bounds__(kFThreads) mv_float_tiles(const __grid_constan
     if (M.parts == 1) M.y[(x0 + t) * M.ys + row] = v;
     else M.work[(static_cast<int64_t>(part) * J.n_tok + x0 + t) * M.rows + row] = v;
   }
+  if constexpr (kRoute) {
+    int* ticket = &g_route_tickets[J.rt.lane];
+    if (!last_to_finish(ticket, static_cast<int>(gridDim.x))) return;
+    const RouteTail& r = J.rt;
+    for (int64_t tk = 0; tk < J.n_tok; ++tk) {
+      route_token(M.y, r.bias, r.tid2eid, r.tokens, r.E, r.k, r.norm, r.scale, r.sel, r.weights, tk);
+      __syncthreads();  // the next token rewrites the shared picks and probabilities this one's tail reads
+    }
+    if (threadIdx.x == 0) *ticket = 0;
+    return;
+  }
   if (M.parts == 1) return;
   int* ticket = &g_float_tickets[M.ticket0 + rb * static_cast<int>(gridDim.y) + static_cast<int>(blockIdx.y)];
   if (!last_to_finish(ticket, M.parts)) return;
@@ -146,6 +173,16 @@ __global__ void __launch_bounds__(kFThreads) mv_float_tiles(const __grid_constan
     M.y[(x0 + t) * M.ys + row] = v;
   }
   if (threadIdx.x == 0) *ticket = 0;
+}
+
+template <GgmlType T>
+void launch_route(const Jobs& J, dim3 grid, cudaStream_t s) {
+  const int nt = static_cast<int>(J.n_tok);
+  if (nt == 1) mv_float_tiles<T, 1, true><<<grid, kFThreads, 0, s>>>(J);
+  else if (nt == 2) mv_float_tiles<T, 2, true><<<grid, kFThreads, 0, s>>>(J);
+  else if (nt <= 4) mv_float_tiles<T, 4, true><<<grid, kFThreads, 0, s>>>(J);
+  else mv_float_tiles<T, 8, true><<<grid, kFThreads, 0, s>>>(J);
+  FS_CUDA_LAUNCH_CHECK();
 }
 
 template <GgmlType T>
@@ -170,8 +207,10 @@ int64_t elems_of(GgmlType t) {
 }
 
 // Builds the launch; `split` false: one part per matrix (the caller had no room for partial sums).
+// route: the router's tail (float_matvec_route), taken only where the product is one part of one token
+// group (as its float_matvec call would run it), else false with nothing launched.
 bool plan_and_launch(const MatvecOut* outs, int n_mats, const float* X, int64_t n_tok, int64_t xs, cudaStream_t s,
-                     float* work, int64_t work_floats, bool split_or_fail) {
+                     float* work, int64_t work_floats, bool split_or_fail, const RouteTail* route = nullptr) {
   if (n_mats < 1 || n_mats > kFMaxMats || n_tok <= 0) return false;
   const GgmlType type = outs[0].W->type;
   const int64_t cols = outs[0].W->cols, e = elems_of(type);
@@ -209,6 +248,16 @@ bool plan_and_launch(const MatvecOut* outs, int n_mats, const float* X, int64_t 
     if (blocks > (1ll << 30)) return false;
   }
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(groups));
+  if (route) {
+    if (n_mats != 1 || groups != 1 || J.m[0].parts != 1) return false;
+    J.rt = *route;
+    switch (type) {
+      case GgmlType::F32: launch_route<GgmlType::F32>(J, grid, s); break;
+      case GgmlType::F16: launch_route<GgmlType::F16>(J, grid, s); break;
+      default: launch_route<GgmlType::BF16>(J, grid, s); break;
+    }
+    return true;
+  }
   switch (type) {
     case GgmlType::F32: launch_t<GgmlType::F32>(J, grid, s); break;
     case GgmlType::F16: launch_t<GgmlType::F16>(J, grid, s); break;
@@ -222,6 +271,24 @@ bool plan_and_launch(const MatvecOut* outs, int n_mats, const float* X, int64_t 
 bool float_matvec_multi(const MatvecOut* outs, int n_mats, const float* X, int64_t n_tok, int64_t xs, cudaStream_t s,
                         float* work, int64_t work_floats) {
   return plan_and_launch(outs, n_mats, X, n_tok, xs, s, work, work_floats, true);
+}
+
+bool& router_fused_flag() {
+  static bool on = env_choice("FLASHSTAR_ROUTER_FUSED", 0, 1, 0) == 1;
+  return on;
+}
+bool router_fused() { return router_fused_flag(); }
+void router_set_fused(bool on) { router_fused_flag() = on; }
+
+bool float_matvec_route(const DMat& W, const float* X, int64_t n_tok, int64_t xs, float* logits, const RouterArgs& r,
+                        cudaStream_t s, float* work, int64_t work_floats) {
+  if (n_tok <= 0 || n_tok > kFMaxTok || W.rows <= 0 || W.rows > kFThreads || r.k < 1 || r.k > 32 || r.k > W.rows ||
+      !r.sel || !r.weights || (r.tid2eid && !r.tokens))
+    return false;
+  const MatvecOut o{&W, 0, W.rows, logits, W.rows};
+  RouteTail t{r.bias, r.tid2eid, r.tokens, r.sel, r.weights, r.scale, static_cast<int>(W.rows), r.k, ticket_lane(s),
+              r.norm};
+  return plan_and_launch(&o, 1, X, n_tok, xs, s, work, work_floats, false, &t);
 }
 
 bool float_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,

@@ -68,4 +68,24 @@ bool float_matvec_multi(const MatvecOut* outs, int n_mats, const float* X, int64
 bool float_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
                   int64_t ys, cudaStream_t s, float* work, int64_t work_floats);
 
+// The decode router in one launch (FLASHSTAR_ROUTER_FUSED=1, off until measured): logits = W X as
+// float_matvec computes them (W's E rows, E <= kFThreads, one part, up to kFMaxTok tokens), then the last
+// block to finish runs fast::route's picks (route_block.cuh: the same function, so the same probabilities,
+// picks and weights) instead of a second launch. false, launching nothing, where the product would not be
+// one part or the router does not fit a block.
+struct RouterArgs {
+  const float* bias = nullptr;        // added to the probabilities for the picks (may be null)
+  const int32_t* tid2eid = nullptr;   // hash layers: the picks by token (tokens then needed)
+  const int32_t* tokens = nullptr;
+  int k = 0;
+  bool norm = false;
+  float scale = 1.0f;
+  int32_t* sel = nullptr;  // [n_tok][k]
+  float* weights = nullptr;
+};
+bool float_matvec_route(const DMat& W, const float* X, int64_t n_tok, int64_t xs, float* logits, const RouterArgs& r,
+                        cudaStream_t s, float* work, int64_t work_floats);
+bool router_fused();
+void router_set_fused(bool on);
+
 }  // namespace flashstar::cuda::fast

@@ -11,10 +11,12 @@
 #include <cstdio>
 #include <iterator>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "common/half.h"
 #include "cuda/fast_kernels.h"
+#include "cuda/fast_matvec_float.h"
 #include "cuda_test_fixture.h"
 #include "quant/quant.h"
 
@@ -455,5 +457,66 @@ TEST_F(FastKernels, RouterMatchesReference) {
       EXPECT_LT(rel_err(down(w2), down(w1)), 1e-6) << "E " << E << " hash " << hash;
       EXPECT_LT(rel_err(down(l2), down(l1)), 1e-6) << "probabilities, E " << E;
     }
+  }
+}
+
+// FLASHSTAR_ROUTER_FUSED (fast_matvec_float.h: float_matvec_route): the router's product and its picks in
+// one launch give float_matvec's logits then fast::route's probabilities, picks and weights, bit for bit:
+// the model's 256 experts x 6 (bias, and the hash layers' table), 100 x 5 without a bias, 1 to 8 tokens,
+// F16 weights; poisoned outputs. It refuses more than one token group and more experts than a block.
+TEST_F(FastKernels, RouterInOneLaunchIsProductThenRoute) {
+  struct Case {
+    int E, k;
+    bool bias;
+  };
+  const int64_t cols = 4096;
+  for (const Case& c : {Case{256, 6, true}, Case{100, 5, false}}) {
+    const int E = c.E, k = c.k;
+    std::vector<uint16_t> w(static_cast<size_t>(E) * cols);
+    const auto wf = randn(w.size(), 0.02f);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = f32_to_f16(wf[i]);
+    auto dw = up(w);
+    const cuda::DMat W{GgmlType::F16, reinterpret_cast<const uint8_t*>(dw.get()), cols, E, static_cast<size_t>(cols * 2)};
+    const auto bias = randn(E, 0.1f);
+    std::vector<int32_t> tokens(8), t2e(static_cast<size_t>(100 * k));
+    std::uniform_int_distribution<int> pick(0, E - 1), tk(0, 99);
+    for (auto& x : tokens) x = tk(rng_);
+    for (auto& x : t2e) x = pick(rng_);
+    auto dbias = up(bias);
+    auto dtok = up(tokens), dt2e = up(t2e);
+    auto work = poisoned<float>(1 << 16);
+    for (int64_t n : {1, 2, 3, 8})
+      for (bool hash : {false, true}) {
+        auto dx = up(randn(static_cast<size_t>(n * cols)));
+        auto l1 = poisoned<float>(static_cast<size_t>(n * E)), l2 = poisoned<float>(static_cast<size_t>(n * E));
+        auto s1 = poisoned<int32_t>(static_cast<size_t>(n * k)), s2 = poisoned<int32_t>(static_cast<size_t>(n * k));
+        auto w1 = poisoned<float>(static_cast<size_t>(n * k)), w2 = poisoned<float>(static_cast<size_t>(n * k));
+        const float* b = c.bias ? dbias.get() : nullptr;
+        const int32_t* t2 = hash ? dt2e.get() : nullptr;
+        ASSERT_TRUE(cuda::fast::float_matvec(W, 0, E, dx.get(), n, cols, l1.get(), E, nullptr, work.get(), 1 << 16));
+        cuda::fast::route(l1.get(), b, t2, dtok.get(), n, E, k, true, 1.5f, s1.get(), w1.get(), nullptr);
+        cuda::fast::RouterArgs r;
+        r.bias = b, r.tid2eid = t2, r.tokens = dtok.get(), r.k = k, r.norm = true, r.scale = 1.5f;
+        r.sel = s2.get(), r.weights = w2.get();
+        ASSERT_TRUE(cuda::fast::float_matvec_route(W, dx.get(), n, cols, l2.get(), r, nullptr, work.get(), 1 << 16));
+        const std::string what = "E " + std::to_string(E) + " tokens " + std::to_string(n) + (hash ? " hash" : "");
+        EXPECT_EQ(down(s1), down(s2)) << what;
+        const auto pw1 = down(w1), pw2 = down(w2), pl1 = down(l1), pl2 = down(l2);
+        EXPECT_EQ(std::memcmp(pw1.data(), pw2.data(), pw1.size() * 4), 0) << what << ": weights";
+        EXPECT_EQ(std::memcmp(pl1.data(), pl2.data(), pl1.size() * 4), 0) << what << ": probabilities";
+        // again (the ticket came back to zero): the same bits
+        auto s3 = poisoned<int32_t>(static_cast<size_t>(n * k));
+        r.sel = s3.get();
+        ASSERT_TRUE(cuda::fast::float_matvec_route(W, dx.get(), n, cols, l2.get(), r, nullptr, work.get(), 1 << 16));
+        EXPECT_EQ(down(s3), down(s1)) << what << ": repeat";
+      }
+    auto dx = up(randn(static_cast<size_t>(9 * cols)));
+    auto l = poisoned<float>(static_cast<size_t>(9 * E));
+    cuda::fast::RouterArgs r;
+    auto s = poisoned<int32_t>(static_cast<size_t>(9 * k));
+    auto wt = poisoned<float>(static_cast<size_t>(9 * k));
+    r.k = k, r.sel = s.get(), r.weights = wt.get();
+    EXPECT_FALSE(cuda::fast::float_matvec_route(W, dx.get(), 9, cols, l.get(), r, nullptr, work.get(), 1 << 16))
+        << "two token groups";
   }
 }
