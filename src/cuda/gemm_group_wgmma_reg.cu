@@ -391,6 +391,11 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
         wgmma::fence_proxy_async();
         __syncthreads();
         const int t = 2 * c;
+        // The previous unit's promotion before this iteration's first wgmma, nothing in flight: placed
+        // under the second one, ptxas could not tell pp from the in-flight pc across the loop's back edge
+        // and injected a wait (C7517) and more spills. (The first unit's "previous" partial is p1 = 0 with
+        // usc = 0: acc + 0 0, no branch around it.)
+        if constexpr (kFirst) promote_unit<N>(acc, pp, usc);
         frag(c, 0, f0);
         mma_ktile<N, !kFirst>(pc, f0, b_addr(t));
         load(c + gr::kChunksPerIter);
@@ -405,8 +410,6 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
         frag(c, 1, f1);
         mma_ktile<N, true>(pc, f1, b_addr(t + 1));
         if constexpr (kMins > 0) promote_mins<N>(acc, f0, sums_it, 0, lane);
-        // (The first unit's "previous" partial is p1 = 0 with usc = 0: acc + 0 0, no branch around it.)
-        if constexpr (kFirst) promote_unit<N>(acc, pp, usc);
         wgmma::wait<1>();  // k-tile t's wgmma done: f0 may be rewritten
         frag(c, 2, f0);
         mma_ktile<N, true>(pc, f0, b_addr(t + 2));
