@@ -106,10 +106,11 @@ for v in "FLASHSTAR_HC_SPLIT_SIDE=1" "FLASHSTAR_HC_SPLIT_SIDE=1 FLASHSTAR_DECODE
          "FLASHSTAR_HC_PRE_LEAN=1" "FLASHSTAR_ROUTER_FUSED=1" \
          "FLASHSTAR_HC_SPLIT_SIDE=1 FLASHSTAR_Q8_LEAN=1 FLASHSTAR_HC_PRE_LEAN=1 FLASHSTAR_ROUTER_FUSED=1"; do
   for g in 1 0; do
-    env FLASHSTAR_CUDA_GRAPH=$g $v "$FS" logits -m "$WORK/flash4.gguf" --tokens "$WORK/r2100.json" \
-      -o "$WORK/g-v.f32" --backend cuda --decode-from 1980 --chunk 1000 >> "$LOG" 2>&1
-    if cmp -s "$WORK/g-1-0.f32" "$WORK/g-v.f32"; then row "variant == default: $v, graph $g" PASS "120 steps"
-    else row "variant == default: $v, graph $g" FAIL ""; fi
+    rm -f "$WORK/g-v.f32"
+    if env FLASHSTAR_CUDA_GRAPH=$g $v "$FS" logits -m "$WORK/flash4.gguf" --tokens "$WORK/r2100.json" \
+         -o "$WORK/g-v.f32" --backend cuda --decode-from 1980 --chunk 1000 >> "$LOG" 2>&1 &&
+       cmp -s "$WORK/g-1-0.f32" "$WORK/g-v.f32"; then row "variant == default: $v, graph $g" PASS "120 steps"
+    else row "variant == default: $v, graph $g" FAIL "the run failed or gave other bits"; fi
   done
 done
 rm -f "$WORK"/g-*.f32

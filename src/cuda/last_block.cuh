@@ -20,7 +20,8 @@ __device__ __forceinline__ bool last_to_finish(int* ticket, int parts) {
 // The same contract with one thread's fences instead of every thread's: the barrier orders the block's
 // stores before thread 0's fence and atomic (a release that covers them), and thread 0's second fence
 // before the barrier that lets the block read the other parts (an acquire); CUTLASS's semaphore releases
-// so. The parts must be read through L2 (__ldcg), as with last_to_finish.
+// so. The acquire fence invalidates the SM's L1 (CCTL.IVALL in the SASS), so the last block's loads see the
+// parts; only read-only-path loads (__ldg, .nc) of data written during the launch would not.
 __device__ __forceinline__ bool last_to_finish_lean(int* ticket, int parts) {
   __shared__ int s_last_lean;
   __syncthreads();

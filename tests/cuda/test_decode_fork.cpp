@@ -139,7 +139,7 @@ TEST(SplitBranch, PlainLaunchesBitwiseEqualToSerial) {
         << "FLASHSTAR_DECODE_FORK=" << f;
 }
 
-// A graph of 16 fork / join diamonds// A graph of 16 fork / join diamonds of library kernels (each reads what the one before wrote, the
+// A graph of 16 fork / join diamonds of library kernels (each reads what the one before wrote, the
 // fork's two branches read the same rows, the join reads both and the next diamond overwrites what both
 // branches read) with every kernel edge programmatic, fork and join edges included: the same bits as
 // the kernels one by one on one stream. Prints how many edges the driver took.
