@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <random>
 #include <set>
@@ -187,6 +188,45 @@ class GemmGroupWgmma : public cuda_test::GemmKernelTest {
     cuda::fast::gemm_set_group_decode(saved_dec_);
     cuda::fast::gemm_set_group_q2k_sums(saved_sums_);
     cuda::fast::gemm_set_group_v2(true);
+  }
+
+  // The edge experts (0 .. 260 items: every wgmma width and both sides of each step), shuffled.
+  static constexpr int kEdgeCounts[] = {0, 1, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 191, 260};
+  static constexpr int kEdgeExperts = static_cast<int>(std::size(kEdgeCounts));
+  std::vector<int32_t> edge_selection() {
+    std::vector<int32_t> sel;
+    for (int e = 0; e < kEdgeExperts; ++e) sel.insert(sel.end(), static_cast<size_t>(kEdgeCounts[e]), e);
+    std::shuffle(sel.begin(), sel.end(), rng_);
+    return sel;
+  }
+  // The edge experts' products with `rows` rows of `cols` columns, one output of (items + 2) x ys poisoned
+  // floats per run; run(rep) sets the switches for run rep and returns whether it takes v2 instead.
+  template <class F>
+  std::vector<std::vector<float>> edge_runs(GgmlType t, const Plan& pl, int64_t items, int64_t rows, int64_t cols,
+                                            bool gather, int64_t ys, int reps, F&& run) {
+    auto w = up(random_weights(t, int64_t{kEdgeExperts} * rows, cols));
+    const cuda::DMat W{t, w.get(), cols, kEdgeExperts * rows, row_bytes(t, cols)};
+    const int64_t x_rows = items;
+    auto dx = up(tailed_acts(static_cast<size_t>(x_rows * cols)));
+    cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * cols));
+    cuda::fast::to_f16(dx.get(), x_rows, cols, cols, xb.get(), nullptr);
+    std::vector<std::vector<float>> out(static_cast<size_t>(reps));
+    for (int rep = 0; rep < reps; ++rep) {
+      const bool v2 = run(rep);
+      const bool sums = cuda::fast::gemm_group_q2k_sums();
+      auto tsums = poisoned<float>(static_cast<size_t>(cuda::fast::group_token_sums_floats(x_rows, cols)));
+      auto y = poisoned<float>(static_cast<size_t>((items + 2) * ys));
+      if (!v2)
+        EXPECT_TRUE(cuda::fast::gemm_grouped_wgmma(W, rows, pl.p, xb.get(), cols, x_rows, gather, 1, !gather, y.get(),
+                                                   ys, nullptr, sums ? tsums.get() : nullptr));
+      else
+        EXPECT_TRUE(cuda::fast::gemm_grouped_v2(W, rows, pl.p, xb.get(), cols, x_rows, gather, 1, !gather, y.get(), ys,
+                                                nullptr));
+      out[static_cast<size_t>(rep)] = down(y);
+    }
+    cuda::fast::gemm_set_group_wgmma(true);
+    cuda::fast::gemm_set_group_q2k_sums(false);
+    return out;
   }
 
   // k distinct experts a token. Skewed: experts 0..9 never, expert 10 exactly once (token 0's last slot),
@@ -371,39 +411,19 @@ TEST_F(GemmGroupWgmma, ModelShapesAreV2sBitsAndCloseToReference) {
 // Q2_K also with the token sums precomputed (gemm_set_group_q2k_sums, a poisoned scratch): the flag-off
 // kernel's bits.
 TEST_F(GemmGroupWgmma, Variant2EdgeCountsAreV2sBits) {
-  const std::vector<int> counts = {0, 1, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 191, 260};
-  const int n_exp = static_cast<int>(counts.size());
-  std::vector<int32_t> sel;
-  for (int e = 0; e < n_exp; ++e) sel.insert(sel.end(), static_cast<size_t>(counts[e]), e);
-  std::shuffle(sel.begin(), sel.end(), rng_);
-  const int64_t items = static_cast<int64_t>(sel.size()), rows = 200, cols = 512;
-  Plan pl = plan(sel, n_exp);
+  const std::vector<int32_t> sel = edge_selection();
+  const int64_t items = static_cast<int64_t>(sel.size()), rows = 200, cols = 512, ys = rows + 5;
+  Plan pl = plan(sel, kEdgeExperts);
   for (const GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q2_K})
     for (const bool gather : {true, false}) {
-      auto w = up(random_weights(t, int64_t{n_exp} * rows, cols));
-      const cuda::DMat W{t, w.get(), cols, n_exp * rows, row_bytes(t, cols)};
-      const int64_t x_rows = items, ys = rows + 5;
-      auto dx = up(tailed_acts(static_cast<size_t>(x_rows * cols)));
-      cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * cols));
-      cuda::fast::to_f16(dx.get(), x_rows, cols, cols, xb.get(), nullptr);
-      std::vector<float> out[5];
       const int reps = t == GgmlType::Q2_K ? 5 : 3;
-      for (int rep = 0; rep < reps; ++rep) {  // 0, 1: variant 2 (twice); 2: v2; 3, 4: variant 2, sums on
+      // 0, 1: variant 2 (twice); 2: v2; 3, 4: variant 2, sums on
+      const auto out = edge_runs(t, pl, items, rows, cols, gather, ys, reps, [](int rep) {
         cuda::fast::gemm_set_group_wgmma(rep != 2);
         cuda::fast::gemm_set_group_wgmma_variant(2);
         cuda::fast::gemm_set_group_q2k_sums(rep >= 3);
-        auto tsums = poisoned<float>(static_cast<size_t>(cuda::fast::group_token_sums_floats(x_rows, cols)));
-        auto y = poisoned<float>(static_cast<size_t>((items + 2) * ys));
-        if (rep != 2)
-          ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, rows, pl.p, xb.get(), cols, x_rows, gather, 1, !gather, y.get(),
-                                                     ys, nullptr, rep >= 3 ? tsums.get() : nullptr));
-        else
-          ASSERT_TRUE(cuda::fast::gemm_grouped_v2(W, rows, pl.p, xb.get(), cols, x_rows, gather, 1, !gather, y.get(), ys,
-                                                  nullptr));
-        out[rep] = down(y);
-      }
-      cuda::fast::gemm_set_group_wgmma(true);
-      cuda::fast::gemm_set_group_q2k_sums(false);
+        return rep == 2;
+      });
       int64_t unwritten = 0, stray = 0, differ = 0;
       for (int64_t yr = 0; yr < items + 2; ++yr)
         for (int64_t j = 0; j < ys; ++j) {
@@ -435,35 +455,20 @@ TEST_F(GemmGroupWgmma, Variant2EdgeCountsAreV2sBits) {
 // orders, into poisoned outputs: every output written, nothing else, a bitwise repeat, close to v2
 // (kUnitVsV2) but not v2's bits everywhere; Q2_K with the token sums precomputed: the flag-off bits.
 TEST_F(GemmGroupWgmma, Variant3EdgeCountsAreCloseToV2) {
-  const std::vector<int> counts = {0, 1, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 191, 260};
-  const int n_exp = static_cast<int>(counts.size());
-  std::vector<int32_t> sel;
-  for (int e = 0; e < n_exp; ++e) sel.insert(sel.end(), static_cast<size_t>(counts[e]), e);
-  std::shuffle(sel.begin(), sel.end(), rng_);
-  const int64_t items = static_cast<int64_t>(sel.size()), rows = 200;
-  Plan pl = plan(sel, n_exp);
+  const std::vector<int32_t> sel = edge_selection();
+  const int64_t items = static_cast<int64_t>(sel.size()), rows = 200, ys = rows + 5;
+  Plan pl = plan(sel, kEdgeExperts);
   for (const int64_t cols : {int64_t{256}, int64_t{512}, int64_t{768}})
     for (const GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q2_K})
       for (const bool gather : {true, false}) {
-        auto w = up(random_weights(t, int64_t{n_exp} * rows, cols));
-        const cuda::DMat W{t, w.get(), cols, n_exp * rows, row_bytes(t, cols)};
-        const int64_t x_rows = items, ys = rows + 5;
-        auto dx = up(tailed_acts(static_cast<size_t>(x_rows * cols)));
-        cuda::DeviceArray<uint16_t> xb(static_cast<size_t>(2 * x_rows * cols));
-        cuda::fast::to_f16(dx.get(), x_rows, cols, cols, xb.get(), nullptr);
-        std::vector<float> out[5];
         const int reps = t == GgmlType::Q2_K ? 5 : 3;
-        for (int rep = 0; rep < reps; ++rep) {  // 0, 1: variant 3 (twice); 2: variant 2; 3, 4: variant 3, sums on
+        // 0, 1: variant 3 (twice); 2: variant 2; 3, 4: variant 3, sums on
+        const auto out = edge_runs(t, pl, items, rows, cols, gather, ys, reps, [](int rep) {
           cuda::fast::gemm_set_group_wgmma(true);
           cuda::fast::gemm_set_group_wgmma_variant(rep == 2 ? 2 : 3);
           cuda::fast::gemm_set_group_q2k_sums(rep >= 3);
-          auto tsums = poisoned<float>(static_cast<size_t>(cuda::fast::group_token_sums_floats(x_rows, cols)));
-          auto y = poisoned<float>(static_cast<size_t>((items + 2) * ys));
-          ASSERT_TRUE(cuda::fast::gemm_grouped_wgmma(W, rows, pl.p, xb.get(), cols, x_rows, gather, 1, !gather, y.get(),
-                                                     ys, nullptr, rep >= 3 ? tsums.get() : nullptr));
-          out[rep] = down(y);
-        }
-        cuda::fast::gemm_set_group_q2k_sums(false);
+          return false;
+        });
         int64_t unwritten = 0, stray = 0, differ = 0;
         std::vector<float> a3, a2;
         for (int64_t yr = 0; yr < items + 2; ++yr)
