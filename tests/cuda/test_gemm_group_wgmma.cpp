@@ -229,6 +229,28 @@ class GemmGroupWgmma : public cuda_test::GemmKernelTest {
     return out;
   }
 
+  // Run 0 of edge_runs against run 2: unwritten outputs, writes outside them, differing elements, and the
+  // compared elements of both.
+  struct EdgeStats {
+    int64_t unwritten = 0, stray = 0, differ = 0;
+    std::vector<float> a, b;
+  };
+  static EdgeStats edge_stats(const std::vector<std::vector<float>>& out, int64_t items, int64_t rows, int64_t ys) {
+    EdgeStats st;
+    for (int64_t yr = 0; yr < items + 2; ++yr)
+      for (int64_t j = 0; j < ys; ++j) {
+        const size_t i = static_cast<size_t>(yr * ys + j);
+        if (yr < items && j < rows) {
+          st.unwritten += !std::isfinite(out[0][i]);
+          st.differ += f32_to_bits(out[0][i]) != f32_to_bits(out[2][i]);
+          st.a.push_back(out[0][i]), st.b.push_back(out[2][i]);
+        } else {
+          st.stray += f32_to_bits(out[0][i]) != 0xffffffffu;
+        }
+      }
+    return st;
+  }
+
   // k distinct experts a token. Skewed: experts 0..9 never, expert 10 exactly once (token 0's last slot),
   // 11..13 hot (most tokens), 14..29 warm, the rest rare; uniform draws every expert alike.
   std::vector<int32_t> routing(int64_t n_tok, int n_exp, int k, bool skewed) {
@@ -424,17 +446,8 @@ TEST_F(GemmGroupWgmma, Variant2EdgeCountsAreV2sBits) {
         cuda::fast::gemm_set_group_q2k_sums(rep >= 3);
         return rep == 2;
       });
-      int64_t unwritten = 0, stray = 0, differ = 0;
-      for (int64_t yr = 0; yr < items + 2; ++yr)
-        for (int64_t j = 0; j < ys; ++j) {
-          const size_t i = static_cast<size_t>(yr * ys + j);
-          if (yr < items && j < rows) {
-            unwritten += !std::isfinite(out[0][i]);
-            differ += f32_to_bits(out[0][i]) != f32_to_bits(out[2][i]);
-          } else {
-            stray += f32_to_bits(out[0][i]) != 0xffffffffu;
-          }
-        }
+      const EdgeStats st = edge_stats(out, items, rows, ys);
+      const int64_t unwritten = st.unwritten, stray = st.stray, differ = st.differ;
       std::printf("variant 2 edges %-8s %s: %lld items, %lld differ from v2\n", type_name(t), gather ? "gather" : "scatter",
                   (long long)items, (long long)differ);
       EXPECT_EQ(unwritten, 0);
@@ -469,20 +482,9 @@ TEST_F(GemmGroupWgmma, Variant3EdgeCountsAreCloseToV2) {
           cuda::fast::gemm_set_group_q2k_sums(rep >= 3);
           return false;
         });
-        int64_t unwritten = 0, stray = 0, differ = 0;
-        std::vector<float> a3, a2;
-        for (int64_t yr = 0; yr < items + 2; ++yr)
-          for (int64_t j = 0; j < ys; ++j) {
-            const size_t i = static_cast<size_t>(yr * ys + j);
-            if (yr < items && j < rows) {
-              unwritten += !std::isfinite(out[0][i]);
-              differ += f32_to_bits(out[0][i]) != f32_to_bits(out[2][i]);
-              a3.push_back(out[0][i]), a2.push_back(out[2][i]);
-            } else {
-              stray += f32_to_bits(out[0][i]) != 0xffffffffu;
-            }
-          }
-        const double ev = rel_err(a3, a2);
+        const EdgeStats st = edge_stats(out, items, rows, ys);
+        const int64_t unwritten = st.unwritten, stray = st.stray, differ = st.differ;
+        const double ev = rel_err(st.a, st.b);
         std::printf("variant 3 edges %-8s %4lld cols %s: %lld items, %lld differ from v2, rel diff %.2e\n", type_name(t),
                     (long long)cols, gather ? "gather" : "scatter", (long long)items, (long long)differ, ev);
         EXPECT_EQ(unwritten, 0);
