@@ -49,6 +49,34 @@ class CudaKernelTest : public ::testing::Test {
     FS_CUDA_CHECK(cudaEventDestroy(e1));
     return 1000.0 * ms / reps;
   }
+  // The timing tests' measure: once(set) called for every set as a warm-up, then `runs` times with the
+  // sets rotating (so that a run does not find its inputs in L2 from the one before), each timed by
+  // device events; the median in ms.
+  template <class F>
+  static float median_ms(int sets, int runs, F&& once) {
+    cudaEvent_t e0, e1;
+    FS_CUDA_CHECK(cudaEventCreate(&e0));
+    FS_CUDA_CHECK(cudaEventCreate(&e1));
+    for (int s = 0; s < sets; ++s) once(s);
+    std::vector<float> ms(static_cast<size_t>(runs));
+    for (int r = 0; r < runs; ++r) {
+      FS_CUDA_CHECK(cudaEventRecord(e0));
+      once(r % sets);
+      FS_CUDA_CHECK(cudaEventRecord(e1));
+      FS_CUDA_CHECK(cudaEventSynchronize(e1));
+      FS_CUDA_CHECK(cudaEventElapsedTime(&ms[r], e0, e1));
+    }
+    FS_CUDA_CHECK(cudaEventDestroy(e0));
+    FS_CUDA_CHECK(cudaEventDestroy(e1));
+    std::sort(ms.begin(), ms.end());
+    return ms[runs / 2];
+  }
+  // RoPE frequencies 10000^(-2p / n_rot), p < n_rot / 2 (the model's base), as the session's tables.
+  static std::vector<double> rope_freqs(int n_rot) {
+    std::vector<double> freq(static_cast<size_t>(n_rot / 2));
+    for (int p = 0; p < n_rot / 2; ++p) freq[static_cast<size_t>(p)] = std::pow(10000.0, -2.0 * p / n_rot);
+    return freq;
+  }
   // sets groups of k distinct values of 0..n-1, concatenated (e.g. the experts of successive timed calls,
   // each group drawn afresh so that consecutive calls read other weights).
   std::vector<int32_t> distinct_sets(int64_t n, int64_t k, int sets) {

@@ -88,28 +88,6 @@ class GemmKernelTest : public CudaKernelTest {
     return pl;
   }
 
-  // The timing tests' measure: once(set) called for every set as a warm-up, then `runs` times with the
-  // sets rotating (so that a run does not find its inputs in L2 from the one before), each timed by
-  // device events; the median in ms.
-  template <class F>
-  static float median_ms(int sets, int runs, F&& once) {
-    cudaEvent_t e0, e1;
-    FS_CUDA_CHECK(cudaEventCreate(&e0));
-    FS_CUDA_CHECK(cudaEventCreate(&e1));
-    for (int s = 0; s < sets; ++s) once(s);
-    std::vector<float> ms(static_cast<size_t>(runs));
-    for (int r = 0; r < runs; ++r) {
-      FS_CUDA_CHECK(cudaEventRecord(e0));
-      once(r % sets);
-      FS_CUDA_CHECK(cudaEventRecord(e1));
-      FS_CUDA_CHECK(cudaEventSynchronize(e1));
-      FS_CUDA_CHECK(cudaEventElapsedTime(&ms[r], e0, e1));
-    }
-    FS_CUDA_CHECK(cudaEventDestroy(e0));
-    FS_CUDA_CHECK(cudaEventDestroy(e1));
-    std::sort(ms.begin(), ms.end());
-    return ms[runs / 2];
-  }
 
  private:
   // p.xb: the FP16 hi and lo terms of p.x (fast::to_f16).

@@ -69,8 +69,7 @@ class AttentionDecodeV2 : public cuda_test::CudaKernelTest {
       std::copy(all.begin(), all.end(), sel.begin() + t * kTopK);
     }
     b.sel = up(sel);
-    std::vector<double> freq(kRot / 2);
-    for (int p = 0; p < kRot / 2; ++p) freq[static_cast<size_t>(p)] = std::pow(10000.0, -2.0 * p / kRot);
+    const std::vector<double> freq = rope_freqs(kRot);
     b.freq = up(freq);
     b.pos = up(std::vector<int64_t>{pos0});
     b.max_rows = kSwa + std::max<int64_t>(kTopK, n_comp);

@@ -263,8 +263,7 @@ TEST_F(FastKernels, SinkAttentionMatchesReference) {
     if (cuda::fast::attention_decode_path(a)) {
       // the decode path can also apply the output's inverse RoPE: the same bits as the separate rope launch
       const int n_rot = 64;
-      std::vector<double> freq(n_rot / 2);
-      for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+      const std::vector<double> freq = rope_freqs(n_rot);
       auto dfreq = up(freq);
       cuda::rope(again.get(), n, n_head * hd, n_head, hd, n_rot, dfreq.get(), pos0, 1, true, nullptr);
       auto roped = poisoned<float>(q.size());
@@ -354,8 +353,7 @@ TEST_F(FastKernels, ParallelCompressorMatchesSequentialReference) {
   // From a state saved mid-window (and at the very start), chunks spanning several windows; rows and
   // the slot state left behind must match the sequential reference kernel.
   const int n_rot = 64;
-  std::vector<double> freq(n_rot / 2);
-  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  const std::vector<double> freq = rope_freqs(n_rot);
   auto dfreq = up(freq);
   for (int ratio : {4, 16, 128})
     for (bool official : {false, true})

@@ -98,8 +98,7 @@ TEST_F(FastSmallOps, NormRopeRowsBitwiseEqualsTheLaunchesItReplaces) {
   // at a position read from the device and at a host position
   const int64_t dim = 512;
   const int n_rot = 64;
-  std::vector<double> freq(n_rot / 2);
-  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  const std::vector<double> freq = rope_freqs(n_rot);
   auto dfreq = up(freq);
   const std::vector<int64_t> pos_host = {12345};
   auto dpos = up(pos_host);
@@ -136,8 +135,7 @@ TEST_F(FastSmallOps, NormRopePairEqualsTwoCalls) {
   // in one launch: each row bitwise as its own norm_rope_rows call; also 3 tokens and a pair with no rows.
   const int64_t dim = 512;
   const int n_rot = 64;
-  std::vector<double> freq(n_rot / 2);
-  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  const std::vector<double> freq = rope_freqs(n_rot);
   auto dfreq = up(freq);
   const std::vector<int64_t> pos_host = {4097};
   auto dpos = up(pos_host);

@@ -47,24 +47,7 @@ class PrefillSmall : public cuda_test::CudaKernelTest {
   }
   // Milliseconds of f (median of 9 after a warm-up).
   static double time_ms(const std::function<void()>& f) {
-    cudaEvent_t e0, e1;
-    FS_CUDA_CHECK(cudaEventCreate(&e0));
-    FS_CUDA_CHECK(cudaEventCreate(&e1));
-    f();
-    std::vector<float> ms;
-    for (int i = 0; i < 9; ++i) {
-      FS_CUDA_CHECK(cudaEventRecord(e0));
-      f();
-      FS_CUDA_CHECK(cudaEventRecord(e1));
-      FS_CUDA_CHECK(cudaEventSynchronize(e1));
-      float m = 0;
-      FS_CUDA_CHECK(cudaEventElapsedTime(&m, e0, e1));
-      ms.push_back(m);
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
+    return median_ms(1, 9, [&](int) { f(); });
   }
 };
 
@@ -348,8 +331,7 @@ TEST_F(PrefillSmall, DISABLED_Times) {
 // and without a weight, FP8 kv rows), and the fallback for widths the warp kernel does not take.
 TEST_F(PrefillSmall, NormRopePairPrefillBitwiseEqualsPair) {
   const int n_rot = 64, heads = 64;
-  std::vector<double> freq(n_rot / 2);
-  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  const std::vector<double> freq = rope_freqs(n_rot);
   auto dfreq = up(freq);
   for (int64_t dim : {512, 256}) {
     for (int64_t n : {1, 17, 300}) {
@@ -379,8 +361,7 @@ TEST_F(PrefillSmall, NormRopePairPrefillBitwiseEqualsPair) {
 TEST_F(PrefillSmall, DISABLED_TimesNormRope) {
   const int64_t n = 4096, heads = 64, dim = 512;
   const int n_rot = 64;
-  std::vector<double> freq(n_rot / 2);
-  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  const std::vector<double> freq = rope_freqs(n_rot);
   auto dfreq = up(freq);
   auto q = up(randn(static_cast<size_t>(n * heads * dim))), kv = up(randn(static_cast<size_t>(n * dim)));
   auto w = up(randn(static_cast<size_t>(dim)));
@@ -435,8 +416,7 @@ TEST_F(PrefillSmall, DISABLED_TimesToF16) {
 // 512) and the indexer queries' (64 of 128), positions far out (large angles), strided rows.
 TEST_F(PrefillSmall, RopePrefillBitwiseEqualsRope) {
   const int n_rot = 64;
-  std::vector<double> freq(n_rot / 2);
-  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  const std::vector<double> freq = rope_freqs(n_rot);
   auto dfreq = up(freq);
   struct Shape {
     int heads;
@@ -461,8 +441,7 @@ TEST_F(PrefillSmall, RopePrefillBitwiseEqualsRope) {
 TEST_F(PrefillSmall, DISABLED_TimesRope) {
   const int64_t n = 4096;
   const int n_rot = 64;
-  std::vector<double> freq(n_rot / 2);
-  for (int p = 0; p < n_rot / 2; ++p) freq[p] = std::pow(10000.0, -2.0 * p / n_rot);
+  const std::vector<double> freq = rope_freqs(n_rot);
   auto dfreq = up(freq);
   for (int64_t hd : {512, 128}) {
     auto x = up(randn(static_cast<size_t>(n * 64 * hd)));
