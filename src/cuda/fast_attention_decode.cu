@@ -177,8 +177,9 @@ __global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
 #pragma unroll
   for (int k = 0; k < 4; ++k) acc[k] = make_float4(0, 0, 0, 0);
 
-  // the row addresses of chunk ch (a barrier), then its copies into buf (the two-stage path)
-  auto stage = [&](int64_t ch, float4* buf) {
+  // the row addresses of chunk ch (a barrier), then its copies into buf: warp w stages rows w, w + 8, ...,
+  // every copy issued before any wait; the two-stage path commits them as a group of their own
+  auto stage = [&](int64_t ch, float4* buf, bool commit) {
     const int64_t r0 = ch * kChunk;
     const int m = rm.n_rows - r0 < kChunk ? static_cast<int>(rm.n_rows - r0) : kChunk;
     if (tid < kChunk) rowp[tid] = tid < m ? reinterpret_cast<const float4*>(rm.row(r0 + tid)) : nullptr;
@@ -193,10 +194,10 @@ __global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
           if (i < ni) cp_async16(buf + r * hd4 + lane + 32 * i, src + lane + 32 * i);
       }
     }
-    cp_async_commit();
+    if (commit) cp_async_commit();
   };
   if (two) {
-    stage(c_begin, rows_s);
+    stage(c_begin, rows_s, true);
     __syncthreads();  // rowp is rewritten by the next stage
   }
   for (int64_t ch = c_begin; ch < c_end; ++ch) {
@@ -204,25 +205,13 @@ __global__ void __launch_bounds__(kThreads, kV2 || kProbe ? 2 : 1)
     const int m = rm.n_rows - r0 < kChunk ? static_cast<int>(rm.n_rows - r0) : kChunk;
     float4* const cur = two ? rows_s + ((ch - c_begin) & 1) * kChunk * hd4 : rows_s;
     if (two) {
-      if (ch + 1 < c_end) stage(ch + 1, rows_s + ((ch + 1 - c_begin) & 1) * kChunk * hd4);
+      if (ch + 1 < c_end) stage(ch + 1, rows_s + ((ch + 1 - c_begin) & 1) * kChunk * hd4, true);
       else cp_async_commit();  // an empty group: the wait below then leaves nothing in flight
       if (rot && ch == c_begin) rope_cs();
       cp_async_wait_one();  // all but the newest group: this chunk's rows (and the queries)
       __syncthreads();
     } else {
-      if (tid < kChunk) rowp[tid] = tid < m ? reinterpret_cast<const float4*>(rm.row(r0 + tid)) : nullptr;
-      __syncthreads();
-      // warp w stages rows w, w + 8, ...: every copy issued before the wait
-#pragma unroll
-      for (int j = 0; j < kChunk / 8; ++j) {
-        const int r = warp + 8 * j;
-        if (r < m) {
-          const float4* src = rowp[r];
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            if (i < ni) cp_async16(rows_s + r * hd4 + lane + 32 * i, src + lane + 32 * i);
-        }
-      }
+      stage(ch, rows_s, false);
       if (kV2 && rot && ch == c_begin) rope_cs();  // while the copies are in flight
       cp_async_wait_all();
       __syncthreads();
