@@ -12,12 +12,13 @@ extern char** environ;
 namespace flashstar {
 namespace {
 
-// A switch: its values, or (lo <= hi) an integer range.
+// A switch: its values, or (lo <= hi) an integer range, or its own check (with the message's "expected").
 struct Switch {
   const char* name;
   std::vector<std::string_view> values;
   long long lo = 1, hi = 0;
-  const char* expect = nullptr;  // the message's "expected ..." when not built from the values
+  bool (*check)(std::string_view) = nullptr;
+  const char* expect = nullptr;
 };
 
 bool is_int(std::string_view v, long long lo, long long hi) {
@@ -49,7 +50,7 @@ const std::vector<Switch>& switches() {
       {"FLASHSTAR_ATTN_PREFILL_3MMA", {"0", "1"}},
       {"FLASHSTAR_ATTN_PREFILL_V2", {"0", "1"}},
       {"FLASHSTAR_CUDA_GRAPH", {"0", "1"}},
-      {"FLASHSTAR_DECODE_FORK", {}, 1, 0, "0, 1, all or a comma list of attn, idx and ffn"},
+      {"FLASHSTAR_DECODE_FORK", {}, 1, 0, fork_list, "0, 1, all or a comma list of attn, idx and ffn"},
       {"FLASHSTAR_DECODE_FORK_PRIO", {"0", "1"}},
       {"FLASHSTAR_EXPERT_FUSED", {"0", "1", "2"}},
       {"FLASHSTAR_EXPERT_V", {"0", "1", "2"}},
@@ -65,7 +66,7 @@ const std::vector<Switch>& switches() {
       {"FLASHSTAR_GEMM_INT", {"0", "1"}},
       {"FLASHSTAR_GEMM_WGMMA", {"0", "1"}},
       {"FLASHSTAR_GEMM_WGMMA_F16", {"0", "1", "2", "3"}},
-      {"FLASHSTAR_GPU_MEMORY", {}, 1, 0, nullptr},  // a size; session_plan.cpp checks it
+      {"FLASHSTAR_GPU_MEMORY", {}, 1, 0, [](std::string_view) { return true; }, "a size"},  // session_plan.cpp checks it
       {"FLASHSTAR_HC_PRE_LEAN", {"0", "1"}},
       {"FLASHSTAR_HC_SPLIT_SIDE", {"0", "1"}},
       {"FLASHSTAR_INDEXER_PREFILL_V2", {"0", "1"}},
@@ -82,8 +83,7 @@ const std::vector<Switch>& switches() {
 
 bool takes(const Switch& s, std::string_view v) {
   if (v.empty()) return true;  // set but empty: the default, as every reader takes it
-  if (std::string_view(s.name) == "FLASHSTAR_DECODE_FORK") return fork_list(v);
-  if (std::string_view(s.name) == "FLASHSTAR_GPU_MEMORY") return true;
+  if (s.check) return s.check(v);
   if (s.lo <= s.hi) return is_int(v, s.lo, s.hi);
   return std::find(s.values.begin(), s.values.end(), v) != s.values.end();
 }
