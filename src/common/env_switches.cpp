@@ -66,7 +66,8 @@ const std::vector<Switch>& switches() {
       {"FLASHSTAR_GEMM_INT", {"0", "1"}},
       {"FLASHSTAR_GEMM_WGMMA", {"0", "1"}},
       {"FLASHSTAR_GEMM_WGMMA_F16", {"0", "1", "2", "3"}},
-      {"FLASHSTAR_GPU_MEMORY", {}, 1, 0, [](std::string_view) { return true; }, "a size"},  // session_plan.cpp checks it
+      // a size: session_plan.cpp checks it when it plans
+      {"FLASHSTAR_GPU_MEMORY", {}, 1, 0, [](std::string_view) { return true; }, "a size"},
       {"FLASHSTAR_HC_PRE_LEAN", {"0", "1"}},
       {"FLASHSTAR_HC_SPLIT_SIDE", {"0", "1"}},
       {"FLASHSTAR_INDEXER_PREFILL_V2", {"0", "1"}},
