@@ -413,6 +413,10 @@ class CudaSession final : public Session {
     const int n_hc = int(c_.n_hc), iters = int(c_.hc_sinkhorn_iter);
     const float eps = float(c_.hc_eps), rms_eps = float(c_.rms_eps);
     split_br_->join(s_);  // the pending post reads the previous split, and this step writes it
+    auto split_of_mix = [&](cudaStream_t st) {  // split_ from mix_: the fused route's kernel, else the reference
+      if (!routes_[Route::FusedOps] || !fast::hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, st))
+        hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, st);
+    };
     if (routes_[Route::FusedOps] && routes_[Route::F16Proj]) {
       fast::HcPreArgs a;
       a.fn = fn, a.X = X_, a.post = pending_, a.scale = scale, a.base = base, a.norm_w = norm_w;
@@ -422,11 +426,7 @@ class CudaSession final : public Session {
       a.split_later = split_br_->on() && n <= 2 && !prof_.on();
       if (d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix && fast::hc_pre(a, s_)) {
         pending_ = {};
-        if (a.split_later) {  // the split off the critical path (SplitBranch), the same function on mix_
-          const cudaStream_t side = split_br_->open(s_);
-          if (!fast::hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, side))
-            hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, side);
-        }
+        if (a.split_later) split_of_mix(split_br_->open(s_));  // off the critical path (SplitBranch)
         return;
       }
       fast::HcPrefillArgs b;  // prefill: the same outputs, and the FP16 copy of normed that prep() returns
@@ -443,8 +443,7 @@ class CudaSession final : public Session {
     mm(Route::F16Proj, fn, 0, d_.MIX, flat_, n, d_.HC, mix_, d_.MIX);
     if (!routes_[Route::FusedOps] ||
         !fast::hc_split_sum(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, X_, d_.D, out, n, s_)) {
-      if (!routes_[Route::FusedOps] || !fast::hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, s_))
-        hc_split(mix_, d_.MIX, scale, base, n_hc, iters, eps, split_, n, s_);
+      split_of_mix(s_);
       hc_weighted_sum(X_, split_, n_hc, d_.D, out, n, s_);
     }
     norm_rows(out, d_.D, norm_w, normed, d_.D, n, d_.D, rms_eps);
