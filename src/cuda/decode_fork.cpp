@@ -77,7 +77,7 @@ void DecodeFork::join(cudaStream_t main) {
   lanes_.reset();
 }
 
-bool SplitBranch::requested() { return env_choice("FLASHSTAR_HC_SPLIT_SIDE", 0, 1, 0) == 1; }
+bool SplitBranch::requested() { return env_choice("FLASHSTAR_HC_SPLIT_SIDE", 0, 1, 1) == 1; }
 
 SplitBranch::SplitBranch(bool on) {
   if (!on) return;

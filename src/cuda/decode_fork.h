@@ -55,8 +55,8 @@ class DecodeFork {
   std::optional<TicketFork> lanes_;
 };
 
-// The hyper-connection split of a decode half-layer on a branch of its own (FLASHSTAR_HC_SPLIT_SIDE=1, off
-// until measured). hc_pre's last block otherwise waits for the split's Sinkhorn walk (39 dependent
+// The hyper-connection split of a decode half-layer on a branch of its own (FLASHSTAR_HC_SPLIT_SIDE, default
+// 1; =0 off). hc_pre's last block otherwise waits for the split's Sinkhorn walk (39 dependent
 // normalisations, its longest chain), whose result only the next hc_pre reads: with split_later
 // (fast_hc_pre.h) the session enqueues fast::hc_split of the stored mix on this branch's stream after
 // hc_pre and joins it before the next reader of the split. Its kernel takes no ticket, so the branch

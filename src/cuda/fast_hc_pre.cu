@@ -167,7 +167,7 @@ __device__ __forceinline__ void part_sums(const Params& p, const float (&w_in)[k
 // Tail warps' barrier (named barrier 1): the split warps have left the block's barrier by then.
 __device__ __forceinline__ void tail_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kTailThreads) : "memory"); }
 
-// kLean (FLASHSTAR_HC_PRE_LEAN=1, off until measured): the mixer weights, scales and base, all constants,
+// kLean (FLASHSTAR_HC_PRE_LEAN, default 1; measured: docs/PERFORMANCE.md, eleventh session): the mixer weights, scales and base, all constants,
 // are fetched before pdl_wait() (they then arrive while the previous kernel finishes), and the ticket takes
 // one thread's fences (last_to_finish_lean) instead of every thread's. The same values in the same order.
 // kLater (HcPreArgs::split_later): the split warps leave at once; the split is fast::hc_split's of the
@@ -324,7 +324,7 @@ void launch(const Params& p, bool later, cudaStream_t s) {
 }
 
 bool& lean_flag() {
-  static bool on = env_choice("FLASHSTAR_HC_PRE_LEAN", 0, 1, 0) == 1;
+  static bool on = env_choice("FLASHSTAR_HC_PRE_LEAN", 0, 1, 1) == 1;
   return on;
 }
 

@@ -76,7 +76,7 @@ bool hc_pre_supported(const HcPreArgs& a);
 // The blocks share one ticket per process and ticket lane (stream_lanes.h): launches on a decode fork's
 // two streams take different ones; two sessions' streams must not run it at once.
 bool hc_pre(const HcPreArgs& a, cudaStream_t s);
-// FLASHSTAR_HC_PRE_LEAN=1 (or hc_pre_set_lean; off until measured): the constants fetched before the PDL
+// FLASHSTAR_HC_PRE_LEAN (default 1; =0 off; or hc_pre_set_lean): the constants fetched before the PDL
 // wait and the ticket with one thread's fences (fast_hc_pre.cu); the same values in the same order.
 void hc_pre_set_lean(bool on);
 bool hc_pre_lean();

@@ -120,7 +120,7 @@ __device__ __forceinline__ int job_count(const Args& a) {
   return (static_cast<int>(blockIdx.x) < a.m[0].grid) + (static_cast<int>(blockIdx.x) < a.m[1].grid);
 }
 // Job j of this block: its matrix m and block index b within m's partition, then m's units
-// [units b / grid, units (b + 1) / grid) and this warp's 1/16 of their stages. kLean (FLASHSTAR_Q8_LEAN=1):
+// [units b / grid, units (b + 1) / grid) and this warp's 1/16 of their stages. kLean (FLASHSTAR_Q8_LEAN, default on):
 // the same values in 32-bit unsigned arithmetic (run() takes the lean kernel only where units x grid and a
 // block's stages x kWarps stay below 2^31), formed once per warp and job (Jobs) instead of at each use. The
 // default kernel divides in 64 bits at every use: on the H200 the sixteen 64-bit division calls and the unit
@@ -526,9 +526,9 @@ size_t smem_bytes(int slots, int k) {
 
 // Units and grids of the matrices, and the activation rows a block converts; false where the kernel does
 // not take the shape. groups: items (matrix 0 of an items call), else 1.
-// FLASHSTAR_Q8_LEAN=1 (q8_set_lean): the kernel with the lean cuts (job_at<true>), where they fit 32 bits.
+// FLASHSTAR_Q8_LEAN (default 1; =0 the 64-bit cuts; q8_set_lean): the kernel with the lean cuts (job_at<true>), where they fit 32 bits.
 bool& lean_flag() {
-  static bool on = env_choice("FLASHSTAR_Q8_LEAN", 0, 1, 0) == 1;
+  static bool on = env_choice("FLASHSTAR_Q8_LEAN", 0, 1, 1) == 1;
   return on;
 }
 bool last_lean = false;  // which kernel the last launch took (tests)

@@ -40,7 +40,7 @@ bool q8_mma_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, 
 bool q8_mma_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_item, int32_t src_div, const float* X,
                   int64_t xs, int64_t n_items, float* Y, int64_t ys, cudaStream_t s);
 // The kernel with its block and warp cuts formed once in 32-bit arithmetic instead of 64-bit divisions at
-// every use (FLASHSTAR_Q8_LEAN=1 or q8_set_lean; off until measured): the same cuts, so the same bits.
+// every use (FLASHSTAR_Q8_LEAN, default 1, or q8_set_lean; measured faster): the same cuts, so the same bits.
 void q8_set_lean(bool on);
 bool q8_lean();
 bool q8_last_launch_lean();  // whether the last launch took the lean kernel (tests)

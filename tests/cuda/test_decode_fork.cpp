@@ -124,15 +124,20 @@ TEST(TicketLanes, SideStreamTakesItsOwnLaneAndStrangersFail) {
   EXPECT_THROW(cuda::TicketFork(main, main), Error);
 }
 
-// FLASHSTAR_HC_SPLIT_SIDE=1: the hyper-connection split on its own branch gives the same logits, alone and
-// with every decode fork open beside it (plain launches: the tiny model).
+// FLASHSTAR_HC_SPLIT_SIDE (default 1): the hyper-connection split on its own branch gives the same logits as
+// the split inside hc_pre (=0), alone and with every decode fork open beside it (plain launches: the tiny
+// model).
 TEST(SplitBranch, PlainLaunchesBitwiseEqualToSerial) {
   const std::string path = tiny_model_path();
   if (path.empty()) GTEST_SKIP() << "no CUDA device, or could not make the tiny model (set FLASHSTAR_BIN)";
   auto model = Model::load(path);
   const SessionOptions o = tiny_options();
   const auto toks = tokens(150, model->config().n_vocab, 29);
-  const auto serial = decode_logits(*model, o, toks, 40, "0", nullptr);
+  std::vector<float> serial;
+  {
+    ScopedEnv inside("FLASHSTAR_HC_SPLIT_SIDE", "0");
+    serial = decode_logits(*model, o, toks, 40, "0", nullptr);
+  }
   ScopedEnv side("FLASHSTAR_HC_SPLIT_SIDE", "1");
   for (const char* f : {"0", "1"})
     EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 40, f, nullptr)), serial.size())
