@@ -62,7 +62,7 @@ const std::vector<Switch>& switches() {
       {"FLASHSTAR_GEMM_GROUP_Q2K_SUMS", {"0", "1"}},
       {"FLASHSTAR_GEMM_GROUP_V2", {"0", "1"}},
       {"FLASHSTAR_GEMM_GROUP_WGMMA", {"0", "1"}},
-      {"FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT", {"0", "1", "2", "3"}},
+      {"FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT", {"0", "1", "2"}},
       {"FLASHSTAR_GEMM_INT", {"0", "1"}},
       {"FLASHSTAR_GEMM_WGMMA", {"0", "1"}},
       {"FLASHSTAR_GEMM_WGMMA_F16", {"0", "1", "2", "3"}},

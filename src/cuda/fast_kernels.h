@@ -111,9 +111,7 @@ bool gemm_group_wgmma();
 // default 2; out-of-range values select 2 (the default). Variant 1 (paired tiles) was 7% faster on a layer's products at
 // 4 096 tokens but no faster in the 43-layer bench (slower on 2 048-token chunks). Variant 2
 // (gemm_group_wgmma_reg.cu: the dense kernel's structure, A fragments decoded in registers) gives v2's bits
-// (measured on the H200) and is the default: 4L prefill +5% over variant 0. Variant 3 (off: written
-// without a GPU, not measured) is variant 2 promoting once per 256-column unit (gemm_group_wgmma_reg.h):
-// not v2's bits, within the products' error bound.
+// (measured on the H200) and is the default: 4L prefill +5% over variant 0.
 void gemm_set_group_wgmma_variant(int v);
 int gemm_group_wgmma_variant();
 // Its k-tile decoders (variant 0): 0 (default, the measured kernel) v2's gemm_v2::Decode, 1
@@ -127,11 +125,10 @@ void group_wgmma_pair_launch(const DMat& W, int64_t rows_per_mat, const MoePlan&
                              int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
                              cudaStream_t s);
 void init_group_wgmma_pair_table(const uint32_t* sel);
-// ... and the register-decoded kernel (variant 2, gemm_group_wgmma_reg.cu; unit: variant 3, its unit
-// promotion): false where it declines.
+// ... and the register-decoded kernel (variant 2, gemm_group_wgmma_reg.cu): false where it declines.
 bool group_wgmma_reg_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                             int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
-                            cudaStream_t s, float* tsums = nullptr, bool tsums_ready = false, bool unit = false);
+                            cudaStream_t s, float* tsums = nullptr, bool tsums_ready = false);
 void init_group_wgmma_reg_table();
 bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                         int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,

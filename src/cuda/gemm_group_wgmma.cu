@@ -228,8 +228,7 @@ bool& flag() {
 }
 // The kernel variant (gemm_group_wgmma.h, kVariants): FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT=N, default 2
 // (register-decoded weights: on the H200 0 differing elements against v2 on the model shapes at 17, 300
-// and 4 096 tokens and every tile edge, 4L prefill +5% over variant 0); 3: variant 2 with unit promotion
-// (off by default, not measured).
+// and 4 096 tokens and every tile edge, 4L prefill +5% over variant 0).
 int& variant() {
   static int v = env_choice("FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT", 0, gw::kVariants - 1, 2);
   return v;
@@ -309,9 +308,8 @@ bool gemm_grouped_wgmma(const DMat& W, int64_t rows_per_mat, const MoePlan& p, c
   // ptxas (C7511, register pressure around their decode), so v2 keeps them.
   if (W.type != GgmlType::IQ2_XXS && W.type != GgmlType::Q2_K) return false;
   if (!group_wgmma_device()) return false;
-  if (variant() == 2 || variant() == 3)
-    return group_wgmma_reg_launch(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s, tsums, tsums_ready,
-                                  variant() == 3);
+  if (variant() == 2)
+    return group_wgmma_reg_launch(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s, tsums, tsums_ready);
   if (variant() == 1)
     group_wgmma_pair_launch(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   else if (W.type == GgmlType::IQ2_XXS && decode_mode() != 0)

@@ -184,9 +184,7 @@ __device__ __forceinline__ void promote_rows(float (&acc)[M], const float (&part
 // above; 1 the paired kernel; 2 the register-decoded kernel (gemm_group_wgmma_reg.h: the dense kernel's
 // structure, each thread decoding its A fragments from the raw bytes, promotion under the next k-tile's
 // wgmma). (Tried and dropped: v0 with each row half's wgmma its own commit group, half 0 promoted under
-// half 1's wgmma: ptxas serialised the wgmma, C7511, with the n64 / n32 branches.) 3: variant 2 with
-// unit promotion (gemm_group_wgmma_reg.h: the sub-block factors folded into the FP16 integers, one
-// promotion a 256-column unit; not v2's bits; off by default).
-constexpr int kVariants = 4;
+// half 1's wgmma: ptxas serialised the wgmma, C7511, with the n64 / n32 branches.)
+constexpr int kVariants = 3;
 
 }  // namespace flashstar::cuda::wgmma_group

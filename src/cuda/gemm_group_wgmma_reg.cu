@@ -1,7 +1,6 @@
 // Variant 2 of the grouped expert products on warpgroup MMA (FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT=2;
 // gemm_group_wgmma_reg.h says why and what): the dense Q8_0 kernel's structure (gemm_dense_wgmma.cu) for
-// the routed experts' IQ2_XXS and Q2_K weights, with v2's bits. Variant 3 (=3, kUnit below; off by
-// default) is the same kernel promoting once per 256-column unit (gemm_group_wgmma_reg.h, "Variant 3").
+// the routed experts' IQ2_XXS and Q2_K weights, with v2's bits.
 //
 // Block: an expert's plan tiles 2i and 2i + 1 (up to 128 items; blocks of odd tiles exit at once) x 128
 // weight rows, two warpgroups of 64 rows, 1 block an SM. Per k-tile each thread decodes its A fragments
@@ -83,16 +82,15 @@ struct Frag {
 
 // The wgmma of one k-tile into part (N / 2 elements used), hi_addr: the stage's hi tile plus the k-tile's
 // 64-byte column offset; per k16 step (32 bytes along the 128-byte rows: + 2 in the descriptor's start
-// field) W x_lo, then W x_hi, as v2. kAcc (variant 3, a unit's k-tiles after its first): the first step
-// accumulates into part as well.
-template <int N, bool kAcc = false, int M>
+// field) W x_lo, then W x_hi, as v2.
+template <int N, int M>
 __device__ __forceinline__ void mma_ktile(float (&part)[M], const Frag& f, uint32_t hi_addr) {
   const uint64_t d_hi = dq::desc_b(hi_addr), d_lo = dq::desc_b(hi_addr + gr::kTermBytes);
   wgmma::pin(part);
   wgmma::fence();
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
-    wgmma::mma_rs<N>(part, f.a[s], d_lo + 2 * s, kAcc ? 1 : s);
+    wgmma::mma_rs<N>(part, f.a[s], d_lo + 2 * s, s);
     wgmma::mma_rs<N>(part, f.a[s], d_hi + 2 * s, 1);
   }
   wgmma::commit();
@@ -117,33 +115,11 @@ __device__ __forceinline__ void promote(float (&acc)[M], float (&part)[M], const
   }
 }
 
-// Variant 3: a unit's partial into the running sums (element i is row R + 8 acc_rr(i): scale sc[acc_rr(i)],
-// the row's unit scale), and a k-tile's minimum terms (formats with minima; promote()'s sums and rows).
-template <int N, int M>
-__device__ __forceinline__ void promote_unit(float (&acc)[M], float (&part)[M], const float (&sc)[2]) {
-  wgmma::pin(part);
-#pragma unroll
-  for (int i = 0; i < N / 2; ++i) acc[i] = gr::promote_unit(acc[i], part[i], sc[gr::acc_rr(i)]);
-}
-template <int N, int M>
-__device__ __forceinline__ void promote_mins(float (&acc)[M], const Frag& f, const float* sums, int it, int lane) {
-#pragma unroll
-  for (int g = 0; g < N / 8; ++g) {
-    const float4 sv = *reinterpret_cast<const float4*>(sums + gr::sum_pair(it, wgmma::d_col(lane, 4 * g)));
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int i = 4 * g + c, rr = gr::acc_rr(i);
-      acc[i] = gr::promote_mins(acc[i], f.n0[rr], f.n1[rr], c & 1 ? sv.y : sv.x, c & 1 ? sv.w : sv.z);
-    }
-  }
-}
-
 #endif  // FS_WGMMA
 
 // Grid: (row blocks, plan tiles), the arguments of gemm_grouped_wgmma. kPre (Q2_K): the token sums
 // copied from tsums (group_token_sums' scratch) instead of formed in the loop; tsums is unused without it.
-// kUnit: variant 3 (gemm_group_wgmma_reg.h: folded integers, one promotion a unit); the rest is variant 2's.
-template <GgmlType T, bool kPre, bool kUnit>
+template <GgmlType T, bool kPre>
 __global__ void __launch_bounds__(gr::kThreads, 1)
     group_wgmma_reg(const uint8_t* __restrict__ W, size_t row_bytes, int K, int64_t rows_per_mat,
                     const int32_t* __restrict__ offset, const int32_t* __restrict__ items,
@@ -274,11 +250,7 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
 #pragma unroll
     for (int k = 0; k < gr::kRecPerThread; ++k) {
       const int j = gr::rec_j(tid, k);
-      if constexpr (T == GgmlType::IQ2_XXS && kUnit) {
-        gr::Iq2URec r;
-        gr::iq2_unit_record(rw, a2, j, r);
-        *reinterpret_cast<uint4*>(tab + gr::iq2_rec_off(row, u & 1, j)) = make_uint4(r.qs, r.w01, r.w23, r.mul);
-      } else if constexpr (T == GgmlType::IQ2_XXS) {
+      if constexpr (T == GgmlType::IQ2_XXS) {
         gr::Iq2Rec r;
         gr::iq2_record(rw, a2, j, r);
         *reinterpret_cast<uint4*>(tab + gr::iq2_rec_off(row, u & 1, j)) =
@@ -319,15 +291,10 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
         const uint4 v = *reinterpret_cast<const uint4*>(tab + gr::iq2_rec_off(r0 + 8 * rr, u & 1, j));
+        const gr::Iq2Rec r{v.x, v.y, v.z, __uint_as_float(v.w)};
         uint32_t h[4];
-        if constexpr (kUnit) {  // the unit scale comes from the raw words (unit_sc below)
-          gr::iq2_unit_frag(gr::Iq2URec{v.x, v.y, v.z, v.w}, lane, tab, h);
-          f.sc[rr] = 0.0f, f.n0[rr] = f.n1[rr] = 0.0f;
-        } else {
-          const gr::Iq2Rec r{v.x, v.y, v.z, __uint_as_float(v.w)};
-          gr::iq2_rec_frag(r, lane, tab, h);
-          f.sc[rr] = r.scale, f.n0[rr] = f.n1[rr] = 0.0f;
-        }
+        gr::iq2_rec_frag(r, lane, tab, h);
+        f.sc[rr] = r.scale, f.n0[rr] = f.n1[rr] = 0.0f;
 #pragma unroll
         for (int m = 0; m < 4; ++m) {
           int s, rg;
@@ -361,7 +328,7 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
     }
   };
 
-  wgmma::with_n(n_used >> 5, [&](auto n_tag) __attribute__((always_inline)) {
+  wgmma::with_n(n_used >> 5, [&](auto n_tag) {
     constexpr int N = decltype(n_tag)::value;
     float acc[N / 2], p0[N / 2], p1[N / 2];
 #pragma unroll
@@ -373,119 +340,45 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
     mma::cp_async_wait<0>();
     __syncthreads();
     prep(0);
-    if constexpr (kUnit) {
-      // Variant 3: iteration c (k-tiles 2c .. 2c + 3, half c / 2 % 2 of unit c / 4) runs v2's schedule of
-      // copies, records, sums and fragment decodes, its wgmma accumulating into the unit's partial pc
-      // (the unit's first k16 step overwrites it). The first half promotes the previous unit's partial pp
-      // (complete: every iteration ends with wgmma.wait_group 0, as v2's) under its own wgmma; formats
-      // with minima add each k-tile's minimum terms once its token sums are published. usc: the unit scale
-      // of the thread's rows R, R + 8 for the last finished unit, read from unit u's raw words in its
-      // second half (iteration 4u + 2; raw buffer u % 2 is next written by unit u + 2's copies, issued in
-      // iteration 4u + 4 after its barrier), used by the promotion in iteration 4u + 4 or after the loop.
-      float usc[2] = {0.0f, 0.0f};
-#pragma unroll
-      for (int i = 0; i < N / 2; ++i) p1[i] = 0.0f;
-      auto iter = [&](int c, auto& pc, auto& pp, auto first_half) __attribute__((always_inline)) {
-        constexpr bool kFirst = decltype(first_half)::value;
-        mma::cp_async_wait<0>();
-        wgmma::fence_proxy_async();
+    for (int c = 0; c < nc; c += gr::kChunksPerIter) {
+      mma::cp_async_wait<0>();  // chunks c, c + 1 landed (this thread's copies; the barrier: everyone's)
+      wgmma::fence_proxy_async();
+      __syncthreads();
+      // As the dense kernel: k-tiles t .. t + 3 alternate between p0 and p1, nothing in flight across
+      // iterations; the next iteration's copies go out once the tensor core has work (into the stages of
+      // chunks c - 2, c - 1 and, at a unit's start, the raw buffer of unit u - 2, all read before this
+      // iteration's barrier).
+      const int t = 2 * c;
+      frag(c, 0, f0);
+      mma_ktile<N>(p0, f0, b_addr(t));
+      load(c + gr::kChunksPerIter);
+      // Unit (c + 2) / 4's records, its raw words landed at this iteration's wait (issued with chunk c's
+      // group); read from the next iteration on, after its barrier.
+      if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
+        prep((c + 2) / gr::kChunksPerUnit);
+      // kPre: the iteration's sums came with its chunks (load), published by the barrier above.
+      const float* sums_it = Sums;
+      if constexpr (kPre) sums_it += ((c / gr::kChunksPerIter) & 1) * S::kSumsBuf;
+      if constexpr (kMins > 0 && !kPre) {
+        // The iteration's token sums, then a barrier before any promotion reads them (the previous
+        // iteration's promotions finished before this iteration's first barrier).
+        sums(t);
         __syncthreads();
-        const int t = 2 * c;
-        // The previous unit's promotion before this iteration's first wgmma, nothing in flight: placed
-        // under the second one, ptxas could not tell pp from the in-flight pc across the loop's back edge
-        // and injected a wait (C7517) and more spills. (The first unit's "previous" partial is p1 = 0 with
-        // usc = 0: acc + 0 0, no branch around it.)
-        if constexpr (kFirst) promote_unit<N>(acc, pp, usc);
-        frag(c, 0, f0);
-        mma_ktile<N, !kFirst>(pc, f0, b_addr(t));
-        load(c + gr::kChunksPerIter);
-        if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
-          prep((c + 2) / gr::kChunksPerUnit);
-        [[maybe_unused]] const float* sums_it = Sums;
-        if constexpr (kPre) sums_it += ((c / gr::kChunksPerIter) & 1) * S::kSumsBuf;
-        if constexpr (kMins > 0 && !kPre) {
-          sums(t);
-          __syncthreads();
-        }
-        frag(c, 1, f1);
-        mma_ktile<N, true>(pc, f1, b_addr(t + 1));
-        if constexpr (kMins > 0) promote_mins<N>(acc, f0, sums_it, 0, lane);
-        wgmma::wait<1>();  // k-tile t's wgmma done: f0 may be rewritten
-        frag(c, 2, f0);
-        mma_ktile<N, true>(pc, f0, b_addr(t + 2));
-        if constexpr (kMins > 0) promote_mins<N>(acc, f1, sums_it, 1, lane);
-        wgmma::wait<1>();
-        frag(c, 3, f1);
-        mma_ktile<N, true>(pc, f1, b_addr(t + 3));
-        if constexpr (kMins > 0) {
-          promote_mins<N>(acc, f0, sums_it, 2, lane);
-          promote_mins<N>(acc, f1, sums_it, 3, lane);
-        }
-        if constexpr (!kFirst) {
-          const int u = c / gr::kChunksPerUnit, a2 = g2::unit_a2<T, G::kUnitCols>(u);
-#pragma unroll
-          for (int rr = 0; rr < 2; ++rr)
-            usc[rr] = gr::unit_scale<T>(Raw + (u & 1) * S::kRawBuf + (r0 + 8 * rr) * F::kStride, a2);
-        }
-        wgmma::wait<0>();
-      };
-      using First = std::true_type;
-      using Second = std::false_type;
-      // Two units a trip: unit c / 4 into p0, the next into p1 (a compile-time choice of registers).
-      for (int c = 0; c < nc; c += 2 * gr::kChunksPerUnit) {
-        iter(c, p0, p1, First{});
-        iter(c + gr::kChunksPerIter, p0, p1, Second{});
-        if (c + gr::kChunksPerUnit < nc) {
-          iter(c + gr::kChunksPerUnit, p1, p0, First{});
-          iter(c + gr::kChunksPerUnit + gr::kChunksPerIter, p1, p0, Second{});
-        }
       }
-      // The last unit (n_units - 1), complete at its last iteration's wait.
-      if (n_units & 1)
-        promote_unit<N>(acc, p0, usc);
-      else
-        promote_unit<N>(acc, p1, usc);
-    } else {
-      for (int c = 0; c < nc; c += gr::kChunksPerIter) {
-        mma::cp_async_wait<0>();  // chunks c, c + 1 landed (this thread's copies; the barrier: everyone's)
-        wgmma::fence_proxy_async();
-        __syncthreads();
-        // As the dense kernel: k-tiles t .. t + 3 alternate between p0 and p1, nothing in flight across
-        // iterations; the next iteration's copies go out once the tensor core has work (into the stages of
-        // chunks c - 2, c - 1 and, at a unit's start, the raw buffer of unit u - 2, all read before this
-        // iteration's barrier).
-        const int t = 2 * c;
-        frag(c, 0, f0);
-        mma_ktile<N>(p0, f0, b_addr(t));
-        load(c + gr::kChunksPerIter);
-        // Unit (c + 2) / 4's records, its raw words landed at this iteration's wait (issued with chunk c's
-        // group); read from the next iteration on, after its barrier.
-        if ((c + 2) % gr::kChunksPerUnit == 0 && (c + 2) / gr::kChunksPerUnit < n_units)
-          prep((c + 2) / gr::kChunksPerUnit);
-        // kPre: the iteration's sums came with its chunks (load), published by the barrier above.
-        const float* sums_it = Sums;
-        if constexpr (kPre) sums_it += ((c / gr::kChunksPerIter) & 1) * S::kSumsBuf;
-        if constexpr (kMins > 0 && !kPre) {
-          // The iteration's token sums, then a barrier before any promotion reads them (the previous
-          // iteration's promotions finished before this iteration's first barrier).
-          sums(t);
-          __syncthreads();
-        }
-        frag(c, 1, f1);
-        mma_ktile<N>(p1, f1, b_addr(t + 1));
-        wgmma::wait<1>();
-        promote<N, kMins>(acc, p0, f0, sums_it, 0, lane);
-        frag(c, 2, f0);
-        mma_ktile<N>(p0, f0, b_addr(t + 2));
-        wgmma::wait<1>();
-        promote<N, kMins>(acc, p1, f1, sums_it, 1, lane);
-        frag(c, 3, f1);
-        mma_ktile<N>(p1, f1, b_addr(t + 3));
-        wgmma::wait<1>();
-        promote<N, kMins>(acc, p0, f0, sums_it, 2, lane);
-        wgmma::wait<0>();
-        promote<N, kMins>(acc, p1, f1, sums_it, 3, lane);
-      }
+      frag(c, 1, f1);
+      mma_ktile<N>(p1, f1, b_addr(t + 1));
+      wgmma::wait<1>();
+      promote<N, kMins>(acc, p0, f0, sums_it, 0, lane);
+      frag(c, 2, f0);
+      mma_ktile<N>(p0, f0, b_addr(t + 2));
+      wgmma::wait<1>();
+      promote<N, kMins>(acc, p1, f1, sums_it, 1, lane);
+      frag(c, 3, f1);
+      mma_ktile<N>(p1, f1, b_addr(t + 3));
+      wgmma::wait<1>();
+      promote<N, kMins>(acc, p0, f0, sums_it, 2, lane);
+      wgmma::wait<0>();
+      promote<N, kMins>(acc, p1, f1, sums_it, 3, lane);
     }
 
     // Element i: row 64 wg + d_row(warp % 4, lane, i), item d_col(lane, i); every (row < n_rows,
@@ -512,21 +405,21 @@ __global__ void __launch_bounds__(gr::kThreads, 1)
 #endif
 }
 
-template <GgmlType T, bool kPre = false, bool kUnit = false>
+template <GgmlType T, bool kPre = false>
 void launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8, int64_t x_rows,
             bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys, cudaStream_t s,
             const float* tsums = nullptr) {
   constexpr int sm = gr::Smem<T, kPre>::bytes + 1024;  // + the slack to align the base to 1024 bytes
   static_assert(sm + (T == GgmlType::IQ2_XXS ? gr::kTabBytes : 16) + 1024 <= 227 * 1024, "one block an SM fits");
   static const bool attr = [] {
-    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T, kPre, kUnit>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
-    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T, kPre, kUnit>, cudaFuncAttributePreferredSharedMemoryCarveout,
+    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T, kPre>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm));
+    FS_CUDA_CHECK(cudaFuncSetAttribute(group_wgmma_reg<T, kPre>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                        cudaSharedmemCarveoutMaxShared));
     return true;
   }();
   (void)attr;
   const dim3 grid(static_cast<unsigned>((rows_per_mat + kBM - 1) / kBM), static_cast<unsigned>(p.max_tiles));
-  group_wgmma_reg<T, kPre, kUnit><<<grid, gr::kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat,
+  group_wgmma_reg<T, kPre><<<grid, gr::kThreads, sm, s>>>(W.data, W.row_bytes, static_cast<int>(W.cols), rows_per_mat,
                                                     p.offset, p.items, p.tiles, p.n_tiles, Xb, k8, x_rows * k8,
                                                     gather, src_div, scatter, Y, ys, tsums);
   FS_CUDA_LAUNCH_CHECK();
@@ -557,26 +450,17 @@ void init_group_wgmma_reg_table() {
 // 4-byte raw words, 16-byte activation rows, a Hopper); false (nothing launched) for what it does not take.
 bool group_wgmma_reg_launch(const DMat& W, int64_t rows_per_mat, const MoePlan& p, const uint16_t* Xb, int64_t k8,
                             int64_t x_rows, bool gather, int32_t src_div, bool scatter, float* Y, int64_t ys,
-                            cudaStream_t s, float* tsums, bool tsums_ready, bool unit) {
+                            cudaStream_t s, float* tsums, bool tsums_ready) {
   // Whole iterations of 4 k-tiles (implied by the 256-column units); token rows and item rows as int.
   if (W.cols % (gr::kTilesPerIter * 32) != 0 || x_rows > INT32_MAX || x_rows * k8 >= gr::kMaxXElems) return false;
-  // Variant 3 (unit) runs whole 256-column units (its partial spans one; gemm_grouped_wgmma checks too).
-  if (unit && W.cols % G::kUnitCols != 0) return false;
-  const bool pre = W.type == GgmlType::Q2_K && q2k_sums_flag() && tsums;
-  // The sums of all x_rows rows (unless the FP16 copy's writer formed them), then the product copying
-  // them in (stream order).
-  if (pre && !tsums_ready) group_token_sums(Xb, k8, x_rows * k8, x_rows, W.cols, tsums, s);
-  if (W.type == GgmlType::IQ2_XXS && unit)
-    launch<GgmlType::IQ2_XXS, false, true>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
-  else if (W.type == GgmlType::IQ2_XXS)
+  if (W.type == GgmlType::IQ2_XXS)
     launch<GgmlType::IQ2_XXS>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
-  else if (W.type == GgmlType::Q2_K && pre && unit)
-    launch<GgmlType::Q2_K, true, true>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s, tsums);
-  else if (W.type == GgmlType::Q2_K && pre)
+  else if (W.type == GgmlType::Q2_K && q2k_sums_flag() && tsums) {
+    // The sums of all x_rows rows (unless the FP16 copy's writer formed them), then the product copying
+    // them in (stream order).
+    if (!tsums_ready) group_token_sums(Xb, k8, x_rows * k8, x_rows, W.cols, tsums, s);
     launch<GgmlType::Q2_K, true>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s, tsums);
-  else if (W.type == GgmlType::Q2_K && unit)
-    launch<GgmlType::Q2_K, false, true>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
-  else if (W.type == GgmlType::Q2_K)
+  } else if (W.type == GgmlType::Q2_K)
     launch<GgmlType::Q2_K>(W, rows_per_mat, p, Xb, k8, x_rows, gather, src_div, scatter, Y, ys, s);
   else
     return false;
