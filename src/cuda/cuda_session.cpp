@@ -87,7 +87,6 @@ class CudaSession final : public Session {
     reset();
   }
   ~CudaSession() override {
-    for (auto& [k, e] : graphs_) cudaGraphExecDestroy(e);
     if (h_pos_) cudaFreeHost(h_pos_);
     if (h_tok_) cudaFreeHost(h_tok_);
     if (h_logits_) cudaFreeHost(h_logits_);
@@ -149,22 +148,8 @@ class CudaSession final : public Session {
     VectorBlob b;
     auto addf = [&](const std::vector<float>& v, const float** dst) { b.add(v, dst); };
     layers_.resize(c_.n_layer);
-    for (uint32_t il = 0; il < c_.n_layer; ++il) {
-      const LayerWeights& w = m_.layers[il];
-      DLayer& L = layers_[il];
-      L.hc_attn_fn = dev(w.hc_attn_fn), L.q_a = dev(w.q_a), L.q_b = dev(w.q_b), L.kv = dev(w.kv);
-      L.out_a = dev(w.out_a), L.out_b = dev(w.out_b), L.comp_kv = dev(w.comp_kv), L.comp_gate = dev(w.comp_gate);
-      L.idx_q_b = dev(w.idx_q_b), L.idx_proj = dev(w.idx_proj), L.idx_comp_kv = dev(w.idx_comp_kv);
-      L.idx_comp_gate = dev(w.idx_comp_gate), L.hc_ffn_fn = dev(w.hc_ffn_fn), L.gate_inp = dev(w.gate_inp);
-      L.gate_exps = dev(w.gate_exps.all), L.up_exps = dev(w.up_exps.all), L.down_exps = dev(w.down_exps.all);
-      L.gate_sh = dev(w.gate_shexp), L.up_sh = dev(w.up_shexp), L.down_sh = dev(w.down_shexp);
-      addf(w.hc_attn_scale, &L.hc_attn_scale), addf(w.hc_attn_base, &L.hc_attn_base), addf(w.attn_norm, &L.attn_norm);
-      addf(w.q_a_norm, &L.q_a_norm), addf(w.kv_a_norm, &L.kv_a_norm), addf(w.sinks, &L.sinks);
-      addf(w.comp_ape, &L.comp_ape), addf(w.comp_norm, &L.comp_norm), addf(w.idx_comp_ape, &L.idx_comp_ape);
-      addf(w.idx_comp_norm, &L.idx_comp_norm), addf(w.hc_ffn_scale, &L.hc_ffn_scale);
-      addf(w.hc_ffn_base, &L.hc_ffn_base), addf(w.ffn_norm, &L.ffn_norm), addf(w.exp_probs_b, &L.exp_probs_b);
-      b.add(w.tid2eid.data(), w.tid2eid.size() * 4, reinterpret_cast<const void**>(&L.tid2eid));
-    }
+    for (uint32_t il = 0; il < c_.n_layer; ++il)
+      bind_layer(layers_[il], m_.layers[il], [this](const Matrix& mat) { return dev(mat); }, b);
     addf(m_.output_hc_scale, &out_hc_scale_), addf(m_.output_hc_base, &out_hc_base_), addf(m_.output_norm, &out_norm_);
     const cpu::Rope rp = cpu::Rope::make(c_, false), rc = cpu::Rope::make(c_, true);
     b.add(rp.freq.data(), rp.freq.size() * 8, reinterpret_cast<const void**>(&freq_plain_));
@@ -180,26 +165,7 @@ class CudaSession final : public Session {
     for (uint32_t il = 0; il < c_.n_layer; ++il) total += layer_state_floats(c_, opts_, il, d_.C);
     state_.resize(total);
     float* p = state_.get();
-    for (uint32_t il = 0; il < c_.n_layer; ++il) {
-      DLayer& L = layers_[il];
-      const uint32_t r = c_.ratio(il);
-      L.ratio = r;
-      L.hist = p, p += (c_.n_swa + d_.C) * d_.HD;
-      if (r) {
-        const size_t w = c_.compressor_width(r, c_.head_dim), rows = (r == 4 ? 2 : 1) * r;
-        L.comp = p, p += static_cast<size_t>(opts_.ctx / r + 2) * d_.HD;
-        L.comp_state_floats = rows * w;
-        L.comp_kv_st = p, p += rows * w;
-        L.comp_sc_st = p, p += rows * w;
-      }
-      if (r == 4) {
-        const size_t w = c_.compressor_width(4, c_.idx_head_dim);
-        L.idx = p, p += static_cast<size_t>(opts_.ctx / 4 + 2) * d_.IHD;
-        L.idx_state_floats = 8 * w;
-        L.idx_kv_st = p, p += 8 * w;
-        L.idx_sc_st = p, p += 8 * w;
-      }
-    }
+    for (uint32_t il = 0; il < c_.n_layer; ++il) p = place_layer_state(layers_[il], c_, opts_, il, d_.C, p);
     scratch_.resize(d_.scratch_floats());
     float* q = scratch_.get();
     float* const q_end = q + d_.scratch_floats();
@@ -753,41 +719,32 @@ class CudaSession final : public Session {
     const uint64_t key = graph_key(pos0);
     *h_pos_ = pos0;
     *h_tok_ = tok;
-    auto it = graphs_.find(key);
-    if (it == graphs_.end()) {
-      cudaGraph_t g = nullptr;
-      FS_CUDA_CHECK(cudaStreamBeginCapture(s_, cudaStreamCaptureModeRelaxed));
-      try {
-        pos_dev_ = d_pos_.get();
-        FS_CUDA_CHECK(cudaMemcpyAsync(d_pos_.get(), h_pos_, sizeof(int64_t), cudaMemcpyHostToDevice, s_));
-        FS_CUDA_CHECK(cudaMemcpyAsync(tok_, h_tok_, sizeof(int32_t), cudaMemcpyHostToDevice, s_));
-        forward(1, pos0, nullptr, h_logits_, true);
-        pos_dev_ = nullptr;
-      } catch (...) {
-        pos_dev_ = nullptr;
-        // An open fork's side stream joins the capture's origin first: the capture then ends cleanly
-        // (an unjoined side stream would leave the end failing and the stream's capture state unclear).
-        if (fork_->is_open()) {
-          try {
-            fork_->join(s_);
-          } catch (...) {
-            fork_->abandon();
-          }
-        }
+    auto enqueue = [&] {
+      pos_dev_ = d_pos_.get();
+      FS_CUDA_CHECK(cudaMemcpyAsync(d_pos_.get(), h_pos_, sizeof(int64_t), cudaMemcpyHostToDevice, s_));
+      FS_CUDA_CHECK(cudaMemcpyAsync(tok_, h_tok_, sizeof(int32_t), cudaMemcpyHostToDevice, s_));
+      forward(1, pos0, nullptr, h_logits_, true);
+      pos_dev_ = nullptr;
+    };
+    // An open fork's side stream joins the capture's origin first: the capture then ends cleanly (an
+    // unjoined side stream would leave the end failing and the stream's capture state unclear).
+    auto unwind = [&] {
+      pos_dev_ = nullptr;
+      if (fork_->is_open()) {
         try {
-          split_br_->join(s_);
+          fork_->join(s_);
         } catch (...) {
-          split_br_->abandon();
+          fork_->abandon();
         }
-        cudaStreamEndCapture(s_, &g);
-        if (g) cudaGraphDestroy(g);
-        throw;
       }
-      FS_CUDA_CHECK(cudaStreamEndCapture(s_, &g));
-      cudaGraphExec_t e = instantiate_decode_graph(g, pdl_on_, main_priority_ != 0);
-      it = graphs_.emplace(key, e).first;
-    }
-    FS_CUDA_CHECK(cudaGraphLaunch(it->second, s_));
+      try {
+        split_br_->join(s_);
+      } catch (...) {
+        split_br_->abandon();
+      }
+    };
+    const cudaGraphExec_t e = graphs_.get(key, s_, pdl_on_, main_priority_ != 0, enqueue, unwind);
+    FS_CUDA_CHECK(cudaGraphLaunch(e, s_));
     FS_CUDA_CHECK(cudaStreamSynchronize(s_));
     logits_.assign(h_logits_, h_logits_ + c_.n_vocab);
     if (all_logits) std::memcpy(all_logits, h_logits_, f32b(c_.n_vocab));
@@ -833,7 +790,7 @@ class CudaSession final : public Session {
   const float* xb_of_ = nullptr;  // the activations xb_ holds the FP16 copy of, made ahead of prep()
   std::vector<uint32_t> ratios_;  // the distinct compression ratios of the layers
   fast::HcPost pending_;          // the post the next hc_pre applies (decode), or none
-  std::map<uint64_t, cudaGraphExec_t> graphs_;
+  DecodeGraphs graphs_;
   DeviceArray<int64_t> d_pos_;
   const int64_t* pos_dev_ = nullptr;  // set while a graph is captured
   int64_t* h_pos_ = nullptr;

@@ -104,4 +104,25 @@ cudaGraphExec_t instantiate_decode_graph(cudaGraph_t g, bool pdl, bool node_prio
   return e;
 }
 
+DecodeGraphs::~DecodeGraphs() {
+  for (auto& [k, e] : execs_) cudaGraphExecDestroy(e);
+}
+
+cudaGraphExec_t DecodeGraphs::get(uint64_t key, cudaStream_t s, bool pdl, bool node_priority,
+                                  const std::function<void()>& enqueue, const std::function<void()>& unwind) {
+  if (auto it = execs_.find(key); it != execs_.end()) return it->second;
+  cudaGraph_t g = nullptr;
+  FS_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  try {
+    enqueue();
+  } catch (...) {
+    unwind();
+    cudaStreamEndCapture(s, &g);
+    if (g) cudaGraphDestroy(g);
+    throw;
+  }
+  FS_CUDA_CHECK(cudaStreamEndCapture(s, &g));
+  return execs_.emplace(key, instantiate_decode_graph(g, pdl, node_priority)).first->second;
+}
+
 }  // namespace flashstar::cuda

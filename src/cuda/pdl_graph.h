@@ -2,6 +2,10 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <functional>
+#include <map>
+
 namespace flashstar::cuda {
 
 // Makes every plain kernel-to-kernel edge of g programmatic from the upstream kernel's launch-completion
@@ -20,5 +24,23 @@ bool pdl_fan_requested();
 // full, then the graph as captured (a line on stderr each time). Throws only when that fails too.
 // node_priority: the kernels keep the priorities of the streams they were captured on.
 cudaGraphExec_t instantiate_decode_graph(cudaGraph_t g, bool pdl, bool node_priority = false);
+
+// The session's decode graphs, one per step shape (a key the caller forms), captured on first use.
+class DecodeGraphs {
+ public:
+  DecodeGraphs() = default;
+  DecodeGraphs(const DecodeGraphs&) = delete;
+  DecodeGraphs& operator=(const DecodeGraphs&) = delete;
+  ~DecodeGraphs();
+  // The graph of key: captured from what enqueue() puts on s (relaxed capture mode) and instantiated
+  // with instantiate_decode_graph(pdl, node_priority) when there is none yet. If enqueue throws,
+  // unwind() runs first (it must join every stream forked from s), the capture is ended and dropped,
+  // and the exception goes on.
+  cudaGraphExec_t get(uint64_t key, cudaStream_t s, bool pdl, bool node_priority, const std::function<void()>& enqueue,
+                      const std::function<void()>& unwind);
+
+ private:
+  std::map<uint64_t, cudaGraphExec_t> execs_;
+};
 
 }  // namespace flashstar::cuda

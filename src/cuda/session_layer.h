@@ -2,12 +2,15 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <utility>
 #include <vector>
 
 #include "cuda/cuda_util.h"
 #include "cuda/ref_kernels.h"
 #include "engine/kv_state.h"
+#include "engine/session.h"
+#include "model/weights.h"
 
 namespace flashstar::cuda {
 
@@ -42,6 +45,12 @@ class VectorBlob {
   std::vector<uint8_t> blob_;
   std::vector<std::pair<size_t, const void**>> fix_;
 };
+
+// L's matrices (dev: a file matrix's device view) and its vectors, registered in b for the one upload.
+void bind_layer(DLayer& L, const LayerWeights& w, const std::function<DMat(const Matrix&)>& dev, VectorBlob& b);
+// Points layer il's state (the raw window, compressed rows and slot states) into p, in the floats that
+// plan::layer_state_floats(c, o, il, C) counts for it (session_plan.cpp); returns the end of them.
+float* place_layer_state(DLayer& L, const ModelConfig& c, const SessionOptions& o, uint32_t il, int64_t C, float* p);
 
 // Waits until the host-to-device copies made with cudaMemcpy have landed (session_layer.cpp says why).
 void landed_for_nonblocking_streams();
