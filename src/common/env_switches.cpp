@@ -71,6 +71,7 @@ const std::vector<Switch>& switches() {
       {"FLASHSTAR_HC_PRE_LEAN", {"0", "1"}},
       {"FLASHSTAR_HC_SPLIT_SIDE", {"0", "1"}},
       {"FLASHSTAR_INDEXER_PREFILL_V2", {"0", "1"}},
+      {"FLASHSTAR_MV_EARLY", {"0", "1"}},
       {"FLASHSTAR_PDL", {"0", "1", "v"}},
       {"FLASHSTAR_PDL_FAN", {"0", "1"}},
       {"FLASHSTAR_PREFILL_SMALL", {"0", "1"}},

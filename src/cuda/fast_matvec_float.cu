@@ -64,9 +64,13 @@ __device__ __forceinline__ uint4 ld_stream(const uint8_t* p) {
 
 // kRoute (float_matvec_route): one matrix in one part, one token group; the last block to finish runs the
 // router's picks over the logits the blocks stored.
-template <GgmlType T, int NT, bool kRoute = false>
+// kEarly (FLASHSTAR_MV_EARLY): the weights are constants, so a block's first tile of them is
+// loaded before pdl_wait(): at decode the launch follows a kernel of few blocks (hc_pre: 64), its blocks
+// sit on the idle SMs and their one DRAM round trip overlaps that kernel. The same loads and sums.
+template <GgmlType T, int NT, bool kRoute = false, bool kEarly = false>
 __global__ void __launch_bounds__(kFThreads) mv_float_tiles(const __grid_constant__ Jobs J) {
-  pdl_wait();
+  // PDL-PROLOGUE (kEarly): the first weight tile only before pdl_wait().
+  if constexpr (!kEarly) pdl_wait();
   constexpr int E = kElems<T>;
   int mi = 0;
 #pragma unroll
@@ -87,11 +91,11 @@ __global__ void __launch_bounds__(kFThreads) mv_float_tiles(const __grid_constan
 
   float acc[kFRows][NT] = {};
   const int t_begin = part * M.tiles_per_part, t_end = min(g.tiles_per_row, t_begin + M.tiles_per_part);
-  for (int tile = t_begin; tile < t_end; ++tile) {
-    int64_t unit[kFUnits];
-    bool on[kFUnits];
-    uint4 wv[kFRows][kFUnits];
-    // Every weight load of the step is issued before the first is used.
+  int64_t unit[kFUnits];
+  bool on[kFUnits];
+  uint4 wv[kFRows][kFUnits];
+  // Every weight load of a tile is issued before the first is used.
+  auto load = [&](int tile) {
 #pragma unroll
     for (int u = 0; u < kFUnits; ++u) {
       unit[u] = float_unit(g, tile, c, u, lane);
@@ -101,6 +105,13 @@ __global__ void __launch_bounds__(kFThreads) mv_float_tiles(const __grid_constan
     for (int r = 0; r < kFRows; ++r)
 #pragma unroll
       for (int u = 0; u < kFUnits; ++u) wv[r][u] = on[u] ? ld_stream(rowp[r] + unit[u] * 16) : make_uint4(0, 0, 0, 0);
+  };
+  if constexpr (kEarly) {
+    if (t_begin < t_end) load(t_begin);
+    pdl_wait();
+  }
+  for (int tile = t_begin; tile < t_end; ++tile) {
+    if (!kEarly || tile != t_begin) load(tile);
 #pragma unroll
     for (int u = 0; u < kFUnits; ++u) {
       float xv[NT][E];
@@ -175,10 +186,18 @@ __global__ void __launch_bounds__(kFThreads) mv_float_tiles(const __grid_constan
   if (threadIdx.x == 0) *ticket = 0;
 }
 
+// FLASHSTAR_MV_EARLY=1 (mv_set_early): decode launches (one or two tokens) load their first weight tile
+// before the PDL wait (kEarly).
+bool& early_flag() {
+  static bool on = env_choice("FLASHSTAR_MV_EARLY", 0, 1, 0) == 1;
+  return on;
+}
+
 template <GgmlType T>
 void launch_route(const Jobs& J, dim3 grid, cudaStream_t s) {
   const int nt = static_cast<int>(J.n_tok);
-  if (nt == 1) mv_float_tiles<T, 1, true><<<grid, kFThreads, 0, s>>>(J);
+  if (nt == 1 && early_flag()) mv_float_tiles<T, 1, true, true><<<grid, kFThreads, 0, s>>>(J);
+  else if (nt == 1) mv_float_tiles<T, 1, true><<<grid, kFThreads, 0, s>>>(J);
   else if (nt == 2) mv_float_tiles<T, 2, true><<<grid, kFThreads, 0, s>>>(J);
   else if (nt <= 4) mv_float_tiles<T, 4, true><<<grid, kFThreads, 0, s>>>(J);
   else mv_float_tiles<T, 8, true><<<grid, kFThreads, 0, s>>>(J);
@@ -188,7 +207,9 @@ void launch_route(const Jobs& J, dim3 grid, cudaStream_t s) {
 template <GgmlType T>
 void launch_t(const Jobs& J, dim3 grid, cudaStream_t s) {
   const int nt = static_cast<int>(std::min<int64_t>(J.n_tok, kFMaxTok));
-  if (nt == 1) mv_float_tiles<T, 1><<<grid, kFThreads, 0, s>>>(J);
+  if (nt == 1 && early_flag()) mv_float_tiles<T, 1, false, true><<<grid, kFThreads, 0, s>>>(J);
+  else if (nt == 2 && early_flag()) mv_float_tiles<T, 2, false, true><<<grid, kFThreads, 0, s>>>(J);
+  else if (nt == 1) mv_float_tiles<T, 1><<<grid, kFThreads, 0, s>>>(J);
   else if (nt == 2) mv_float_tiles<T, 2><<<grid, kFThreads, 0, s>>>(J);
   else if (nt <= 4) mv_float_tiles<T, 4><<<grid, kFThreads, 0, s>>>(J);
   else mv_float_tiles<T, 8><<<grid, kFThreads, 0, s>>>(J);
@@ -278,6 +299,8 @@ bool& router_fused_flag() {
   return on;
 }
 bool router_fused() { return router_fused_flag(); }
+void mv_set_early(bool on) { early_flag() = on; }
+bool mv_early() { return early_flag(); }
 void router_set_fused(bool on) { router_fused_flag() = on; }
 
 bool float_matvec_route(const DMat& W, const float* X, int64_t n_tok, int64_t xs, float* logits, const RouterArgs& r,

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "cuda/fast_kernels.h"
@@ -114,6 +115,51 @@ TEST_F(FloatMatvec, ModelShapesEqualReferenceAndRepeatBitwise) {
       EXPECT_EQ(down(got), down(again)) << c.name << " tokens " << n_tok;
     }
   }
+}
+
+// FLASHSTAR_MV_EARLY (mv_set_early): the first weight tile loaded before the PDL wait; the same loads and
+// sums, so the same bits as the default kernel: the model's shapes (split and unsplit), F16 and F32, 1 and 2
+// tokens (the ones it takes), a row offset, and the router with its picks in the same launch.
+TEST_F(FloatMatvec, EarlyWeightsGiveTheSameBits) {
+  const bool saved = cuda::fast::mv_early();
+  struct Case {
+    GgmlType t;
+    int64_t rows, cols, row0;
+  };
+  const Case cases[] = {{GgmlType::F16, 24, 16384, 0}, {GgmlType::F16, 256, 4096, 0}, {GgmlType::F16, 1024, 4096, 0},
+                        {GgmlType::F16, 8192, 1024, 0}, {GgmlType::F32, 4, 16384, 0}, {GgmlType::F32, 100, 1000, 7}};
+  for (const Case& c : cases)
+    for (int64_t n_tok : {1, 2}) {
+      const Mat m = make(c.t, c.rows + c.row0, c.cols);
+      auto dx = up(randn(static_cast<size_t>(n_tok * c.cols)));
+      std::vector<float> out[2];
+      for (int early : {0, 1}) {
+        cuda::fast::mv_set_early(early == 1);
+        auto y = poisoned<float>(static_cast<size_t>(n_tok * (c.rows + 3)));
+        ASSERT_TRUE(cuda::fast::float_matvec(m.dm(), c.row0, c.rows, dx.get(), n_tok, c.cols, y.get(), c.rows + 3,
+                                             nullptr, work_.get(), static_cast<int64_t>(work_.size())));
+        out[early] = down(y);
+      }
+      EXPECT_EQ(0, std::memcmp(out[0].data(), out[1].data(), out[0].size() * 4))
+          << c.rows << " x " << c.cols << ", " << n_tok << " tokens";
+    }
+  const Mat r = make(GgmlType::F16, 256, 4096);
+  auto dx = up(randn(4096));
+  std::vector<int32_t> sel[2];
+  std::vector<float> wts[2];
+  for (int early : {0, 1}) {
+    cuda::fast::mv_set_early(early == 1);
+    auto l = poisoned<float>(256), w = poisoned<float>(6);
+    auto s = poisoned<int32_t>(6);
+    cuda::fast::RouterArgs ra;
+    ra.k = 6, ra.norm = true, ra.scale = 1.5f, ra.sel = s.get(), ra.weights = w.get();
+    ASSERT_TRUE(cuda::fast::float_matvec_route(r.dm(), dx.get(), 1, 4096, l.get(), ra, nullptr, work_.get(),
+                                               static_cast<int64_t>(work_.size())));
+    sel[early] = down(s), wts[early] = down(w);
+  }
+  EXPECT_EQ(sel[0], sel[1]);
+  EXPECT_EQ(0, std::memcmp(wts[0].data(), wts[1].data(), 6 * 4)) << "router weights";
+  cuda::fast::mv_set_early(saved);
 }
 
 TEST_F(FloatMatvec, TokenResultDoesNotDependOnTokenCount) {
