@@ -638,6 +638,7 @@ bool launch(Params p, int64_t n_groups, cudaStream_t s) {
   return true;
 }
 
+int64_t v3_launches = 0;
 // V3 (fast_expert_v3.cuh) where plan_v3 takes the call (fused mode 1, one activation row, a chunk a warp),
 // else V1: the same outputs either way.
 template <GgmlType T, int kPair>
@@ -653,6 +654,7 @@ bool launch_v3(Params p, int64_t n_groups, cudaStream_t s) {
         emma::expert_v3_kernel<T><<<grid, static_cast<unsigned>(p.warps() * 32), p.smem, s>>>(
             p, static_cast<int>(gx), static_cast<int>(nvb));
         FS_CUDA_LAUNCH_CHECK();
+        ++v3_launches;
         return true;
       }
     }
@@ -743,6 +745,7 @@ bool expert_matvec(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_it
 
 int expert_fused_mode() { return fused_mode_flag(); }
 int expert_version() { return version_flag(); }
+int64_t expert_v3_launches() { return v3_launches; }
 void expert_set_version(int v) { version_flag() = v; }
 void expert_set_fused_mode(int mode) { fused_mode_flag() = mode; }
 
