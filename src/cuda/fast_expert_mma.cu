@@ -38,7 +38,9 @@
 //
 // Versions (FLASHSTAR_EXPERT_V = the kernel's kVer; docs/PERFORMANCE.md, "expert kernel versions"): V0's
 // SASS is the first kernel's; V1 / V2 stage line windows (eplan::Lines) and avoid V0's bank conflicts and
-// index math. Same bytes in the same registers, same order of sums: outputs bitwise those of V0.
+// index math. Same bytes in the same registers, same order of sums: outputs bitwise those of V0. V3
+// (fast_expert_v3.cuh, off by default): fused mode 1 of one activation row in persistent blocks, each warp's
+// next chunk in flight while it computes one; calls it does not take run V1.
 #include "cuda/fast_expert_mma.h"
 
 #include <cuda_fp16.h>
