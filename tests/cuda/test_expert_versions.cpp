@@ -139,7 +139,8 @@ class ExpertVersions : public cuda_test::CudaKernelTest {
         FS_CUDA_CHECK(cudaMemcpy(d->get() + w_offset + e * mat_bytes, host.data(),
                                  std::min<int64_t>(distinct, n_mat - e) * mat_bytes, cudaMemcpyHostToDevice));
     }
-    const cuda::DMat Wg{t, dwg.get() + w_offset, cols, n_mat * rows, rb}, Wu{t, dwu.get() + w_offset, cols, n_mat * rows, rb};
+    const cuda::DMat Wg{t, dwg.get() + w_offset, cols, n_mat * rows, rb};
+    const cuda::DMat Wu{t, dwu.get() + w_offset, cols, n_mat * rows, rb};
     const std::vector<int32_t> mat = distinct_sets(n_mat, k, static_cast<int>(n_tok));
     auto dx = up(heavy(static_cast<size_t>(n_tok * cols)));
     auto dm = up(mat);
