@@ -589,14 +589,14 @@ DeviceLimits device_limits() {
   return lim;
 }
 
-// Dynamic shared memory a block may have, set on the kernel once: the card's limit, less the fused kernels'
-// static shared memory (mode 2's last-block flag; the plain kernel keeps the budget its plans were made for).
-// kVer 3: the V3 kernel (fused mode 1 only).
+// The kernel of a version (kVer 3: V3's, fused mode 1 only).
 template <GgmlType T, int kPair, int kVer>
 auto* kernel_of() {
   if constexpr (kVer == 3) return emma::expert_v3_kernel<T>;
   else return emma::expert_mma_kernel<T, kPair, kVer>;
 }
+// Dynamic shared memory a block may have, set on the kernel once: the card's limit, less the fused kernels'
+// static shared memory (mode 2's last-block flag; the plain kernel keeps the budget its plans were made for).
 template <GgmlType T, int kPair, int kVer>
 size_t smem_budget(const DeviceLimits& lim) {
   static const size_t budget = [&] {
@@ -640,7 +640,8 @@ bool launch(Params p, int64_t n_groups, cudaStream_t s) {
   return true;
 }
 
-int64_t v3_launches = 0;
+int64_t v3_launches = 0;  // expert_v3_launches
+
 // V3 (fast_expert_v3.cuh) where plan_v3 takes the call (fused mode 1, one activation row, a chunk a warp),
 // else V1: the same outputs either way.
 template <GgmlType T, int kPair>
