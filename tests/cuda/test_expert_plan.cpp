@@ -299,6 +299,93 @@ TEST(ExpertPlan, DigitStoresAndQ2WordsAvoidBankConflicts) {
       }
 }
 
+// V3's split (plan_v3): fused mode 1 of one activation row in at most 16 warps, one chunk a warp, two
+// buffers; the plain plan's column parts (the bits); false where V1 must run.
+TEST(ExpertPlan, V3DecodeShapes) {
+  const size_t budget = kSmem - 1024;  // the kernel's static shared memory
+  eplan::Split s;
+  // IQ2_XXS gate / up: 2 items x 2 matrices x 4 parts, 128 x 3 virtual blocks.
+  ASSERT_TRUE(eplan::plan_v3<GgmlType::IQ2_XXS>(2048, 6, 6, 16, 1, kSms, kSmem, budget, s));
+  EXPECT_EQ(s.M, 2);
+  EXPECT_EQ(s.pair, 1);
+  EXPECT_EQ(s.G, 2);
+  EXPECT_EQ(s.T, 1);
+  EXPECT_EQ(s.KS, 4);
+  EXPECT_EQ(s.cpp, 1);
+  EXPECT_EQ(s.cpg, 3);
+  EXPECT_EQ(s.NS, 2);
+  EXPECT_EQ(s.warps(), 16);
+  // tables 48 KB + digits 16 KB + 64 + parts 1 KB + row sums 256 + 16 warps x 2 buffers x 16 x 272
+  EXPECT_EQ(s.smem, 206144u);
+  EXPECT_EQ(s.smem, static_cast<size_t>(s.off_ring) + 16u * 2 * 16 * 272);
+  // Q2_K gate / up: two chunks a warp in the plain plan (KS 2 of 4 chunks): V1. At 2048 columns one: V3.
+  EXPECT_FALSE(eplan::plan_v3<GgmlType::Q2_K>(2048, 6, 6, 16, 1, kSms, kSmem, budget, s));
+  ASSERT_TRUE(eplan::plan_v3<GgmlType::Q2_K>(2048, 6, 6, 8, 1, kSms, kSmem, budget, s));
+  EXPECT_EQ(s.KS, 2);
+  EXPECT_EQ(s.warps(), 12);
+  // Two activation rows: V1.
+  EXPECT_FALSE(eplan::plan_v3<GgmlType::IQ2_XXS>(2048, 12, 6, 16, 2, kSms, kSmem, budget, s));
+  // The item counts of the GPU tests (ExpertVersions.V3OddShapesBitwiseV1): V3 takes 1, 2, 3 (and 5 for
+  // IQ2_XXS); 7 and 8 items get 3 parts of 4 chunks (two chunks a warp).
+  for (int k = 1; k <= 8; ++k) {
+    if (k == 4 || k == 6) continue;
+    EXPECT_EQ(eplan::plan_v3<GgmlType::IQ2_XXS>(2048, k, k, 16, 1, kSms, kSmem, budget, s), k <= 5) << k;
+    EXPECT_EQ(eplan::plan_v3<GgmlType::Q2_K>(2048, k, k, 16, 1, kSms, kSmem, budget, s), k <= 3) << k;
+  }
+  for (bool iq2 : {true, false}) {
+    auto v3 = [&](int64_t rows, int64_t items, int nb) {
+      return iq2 ? eplan::plan_v3<GgmlType::IQ2_XXS>(rows, items, items, nb, 1, kSms, kSmem, budget, s)
+                 : eplan::plan_v3<GgmlType::Q2_K>(rows, items, items, nb, 1, kSms, kSmem, budget, s);
+    };
+    EXPECT_EQ(v3(1000, 6, 16), iq2);
+    EXPECT_TRUE(v3(1000, 5, 8));
+    EXPECT_EQ(v3(64, 6, 16), iq2);
+    ASSERT_TRUE(v3(37, 3, 3));
+    EXPECT_EQ(s.KS, 1);
+    ASSERT_TRUE(v3(200, 4, 9));
+    EXPECT_EQ(s.KS, 3);
+  }
+}
+
+TEST(ExpertPlan, V3KeepsThePlainColumnParts) {
+  std::mt19937 rng(13);
+  std::uniform_int_distribution<int> nbd(1, 80), rowsd(1, 5000), itemsd(1, 12), divd(1, 12);
+  int taken = 0;
+  for (int trial = 0; trial < 4000; ++trial) {
+    const bool iq2 = trial & 1;
+    const int nb = nbd(rng), rows = rowsd(rng), items = itemsd(rng), div = std::max(items, divd(rng));
+    const size_t smem = trial % 3 == 0 ? 101376 : kSmem, budget = smem - 1024;
+    eplan::Split plain, s;
+    const bool ok = iq2 ? eplan::plan_v3<GgmlType::IQ2_XXS>(rows, items, div, nb, 1, kSms, smem, budget, s)
+                        : eplan::plan_v3<GgmlType::Q2_K>(rows, items, div, nb, 1, kSms, smem, budget, s);
+    const bool plain_ok = iq2 ? eplan::plan<GgmlType::IQ2_XXS>(rows, items, div, nb, 1, kSms, smem, plain)
+                              : eplan::plan<GgmlType::Q2_K>(rows, items, div, nb, 1, kSms, smem, plain);
+    if (!plain_ok || plain.cpp != 1) {
+      ASSERT_FALSE(ok);
+    }
+    // Never for several activation rows.
+    eplan::Split other;
+    ASSERT_FALSE(iq2 ? eplan::plan_v3<GgmlType::IQ2_XXS>(rows, items + div, div, nb, 2, kSms, smem, budget, other)
+                     : eplan::plan_v3<GgmlType::Q2_K>(rows, items + div, div, nb, 2, kSms, smem, budget, other));
+    if (!ok) continue;
+    ++taken;
+    ASSERT_EQ(s.KS, plain.KS);
+    ASSERT_EQ(s.nchunk, plain.nchunk);
+    ASSERT_EQ(s.cpp, 1);
+    ASSERT_LE(s.KS, s.nchunk) << "every warp has its chunk";
+    ASSERT_EQ(s.M, 2);
+    ASSERT_EQ(s.pair, 1);
+    ASSERT_EQ(s.NS, 2);
+    ASSERT_LE(s.warps(), eplan::kV3Warps);
+    ASSERT_LE(s.smem, budget);
+    ASSERT_EQ(s.smem, static_cast<size_t>(s.off_ring) + static_cast<size_t>(s.warps()) * 2 * 16 * s.CS);
+    ASSERT_GE(static_cast<int64_t>(s.cpg) * s.G, items);
+    ASSERT_GE(s.off_ring - s.off_res, 2 * s.G * s.T * 16 * 4);
+    for (int w = 0; w < s.warps(); ++w) ASSERT_LT(eplan::warp_job(eplan::warp_word(s, 1, w)).kp, s.nchunk);
+  }
+  EXPECT_GT(taken, 400);
+}
+
 // The warp table the kernel reads (V >= 1) against the divisions it replaces, on random plans of both
 // types and fused modes.
 TEST(ExpertPlan, WarpWordsMatchTheDivisions) {
