@@ -18,7 +18,7 @@ TEST(EnvSwitches, KnownValuesPass) {
 }
 
 TEST(EnvSwitches, OtherValuesFailInOneLine) {
-  const char* bad[] = {"FLASHSTAR_GEMM_WGMMA=off", "FLASHSTAR_EXPERT_V=4", "FLASHSTAR_ATTN_DECODE_SPLITS=0",
+  const char* bad[] = {"FLASHSTAR_GEMM_WGMMA=off", "FLASHSTAR_EXPERT_V=3", "FLASHSTAR_ATTN_DECODE_SPLITS=0",
                        "FLASHSTAR_ATTN_DECODE_SPLITS=25", "FLASHSTAR_DECODE_FORK=attn,", "FLASHSTAR_DECODE_FORK=ATTN",
                        "FLASHSTAR_THREADS=-2", "FLASHSTAR_Q8_LEAN=yes", "FLASHSTAR_PDL=2",
                        "FLASHSTAR_GEMM_GROUP_WGMMA_VARIANT=3"};

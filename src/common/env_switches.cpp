@@ -53,7 +53,7 @@ const std::vector<Switch>& switches() {
       {"FLASHSTAR_DECODE_FORK", {}, 1, 0, fork_list, "0, 1, all or a comma list of attn, idx and ffn"},
       {"FLASHSTAR_DECODE_FORK_PRIO", {"0", "1"}},
       {"FLASHSTAR_EXPERT_FUSED", {"0", "1", "2"}},
-      {"FLASHSTAR_EXPERT_V", {"0", "1", "2", "3"}},
+      {"FLASHSTAR_EXPERT_V", {"0", "1", "2"}},
       {"FLASHSTAR_GEMM_CUBLAS", {"0", "1"}},
       {"FLASHSTAR_GEMM_CUBLAS_KSLICE", {}, 0, 1ll << 31},
       {"FLASHSTAR_GEMM_CUBLAS_LOG", {"0", "1"}},

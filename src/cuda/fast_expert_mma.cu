@@ -38,9 +38,7 @@
 //
 // Versions (FLASHSTAR_EXPERT_V = the kernel's kVer; docs/PERFORMANCE.md, "expert kernel versions"): V0's
 // SASS is the first kernel's; V1 / V2 stage line windows (eplan::Lines) and avoid V0's bank conflicts and
-// index math. Same bytes in the same registers, same order of sums: outputs bitwise those of V0. V3
-// (fast_expert_v3.cuh, off by default): fused mode 1 of one activation row in persistent blocks, each warp's
-// next chunk in flight while it computes one; calls it does not take run V1.
+// index math. Same bytes in the same registers, same order of sums: outputs bitwise those of V0.
 #include "cuda/fast_expert_mma.h"
 
 #include <cuda_fp16.h>
@@ -408,7 +406,33 @@ __device__ __forceinline__ void q2_block(const uint8_t* pg, const uint8_t* pg8, 
   mins[0] = fmaf(rg.dmin, rg.mins, mins[0]), mins[1] = fmaf(rg8.dmin, rg8.mins, mins[1]);
 }
 
-#include "cuda/fast_expert_v3.cuh"
+// Row-group tickets of fused mode 2 (a gate block and an up block each), zero between launches; one set
+// per ticket lane (stream_lanes.h), so launches on a decode fork's two streams never share one.
+constexpr int kMaxTickets = 16384;
+__device__ int g_pair_tickets[kTicketLanes * kMaxTickets];
+
+// The fused launch's swiglu over the block's G T 16 rows, after every warp's sums are stored: mode 1 reads
+// both matrices' sums from res (gate rows first), mode 2 runs in the last of the row group's two blocks and
+// reads both from global memory (L2, where the other block's fenced stores are). The element is
+// cuda::swiglu's, times the item's weight as that kernel multiplies it.
+template <int kPair>
+__device__ __forceinline__ void pair_swiglu(const Params& p, const float* res, int64_t i0, int64_t i1, int64_t bx,
+                                            int64_t by) {
+  int* ticket = g_pair_tickets + p.lane * kMaxTickets + by * (gridDim.x >> 1) + bx;
+  if constexpr (kPair == 1) __syncthreads();
+  else if (!last_to_finish(ticket, 2)) return;
+  const int n = p.G * p.T * kRows;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int q = i / kRows;
+    const int64_t item = i0 + q / p.T, r = (bx * p.T + q % p.T) * kRows + i % kRows;
+    if (item >= i1 || r >= p.rpm) continue;
+    const int64_t o = item * p.ys + r;
+    const float g = kPair == 1 ? res[i] : __ldcg(p.Y + o), u = kPair == 1 ? res[n + i] : __ldcg(p.Y2 + o);
+    const float y = swiglu_el(g, u, p.lim);
+    p.Y[o] = p.w ? __fmul_rn(y, p.w[item]) : y;  // the reference multiplies by 1 without a weight: exact
+  }
+  if (kPair == 2 && threadIdx.x == 0) *ticket = 0;
+}
 
 // kPair 0: Y = W x per item. 1 and 2 (fused): Y = swiglu(W x, W2 x), each matrix's sums bitwise those of a
 // kPair 0 launch (same column parts, fast_expert_plan.h: plan_pair); 1: a block's warps are (matrix, item,
@@ -459,7 +483,7 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
   const uint8_t* rows = live ? W + static_cast<size_t>(p.mat[item]) * p.rpm * p.row_bytes : W;
   // V >= 1: the other global loads (first table words, first activation piece) issued with the weight
   // index's: their latencies overlap instead of following the staging (and each other) one by one.
-  constexpr int kPre = kIq2 && kVer != 0 ? 4 : 0;
+  constexpr int kTab = (128 + 256) * 8, kPre = kIq2 && kVer != 0 ? 4 : 0;
   uint32_t tw[kPre > 0 ? kPre : 1];
   float4 xu = make_float4(0.0f, 0.0f, 0.0f, 0.0f), xv = xu;
   if constexpr (kVer != 0) {
@@ -477,7 +501,16 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
 
   // While the weights are in flight: tables, and the activation row in digits.
   const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  if constexpr (kIq2) fill_tables<kPre>(smem, tw);
+  if constexpr (kIq2) {  // 32 copies of each word, four per store; the grid table follows the sign table
+    uint4* st = reinterpret_cast<uint4*>(smem);
+#pragma unroll
+    for (int k = 0, i = threadIdx.x; k < kPre; ++k, i += blockDim.x)
+      if (i < kTab) st[i] = make_uint4(tw[k], tw[k], tw[k], tw[k]);
+    for (int i = threadIdx.x + kPre * blockDim.x; i < kTab; i += blockDim.x) {
+      const uint32_t w = i < 128 * 8 ? g_sign[i >> 3] : g_grid[(i >> 3) - 128];
+      st[i] = make_uint4(w, w, w, w);
+    }
+  }
   if (i0 < i1) {
     const float* xr = p.X + grp * p.xs;
     for (int kb = warp; kb < p.nb; kb += nwarps) {
@@ -568,7 +601,25 @@ __global__ void __launch_bounds__((kVer == 0 ? eplan::kMaxWarps<T> : eplan::kReg
       mins[0] += __shfl_xor_sync(0xffffffffu, mins[0], o), mins[1] += __shfl_xor_sync(0xffffffffu, mins[1], o);
     y0 -= mins[0], y1 -= mins[1];
   }
-  finish<kPair>(p, smem, part, L, y0, y1, lane, warp, kp, qm, m, live, item, r0, i0, i1, bx, by);
+  // Fused mode 1 keeps the sums in shared memory (res, by matrix, item and tile) for the swiglu.
+  float* res = reinterpret_cast<float*>(smem + p.off_res);
+  float* out = kPair == 1 ? res + qm * kRows : (m ? p.Y2 : p.Y) + (live ? item : 0) * p.ys + r0;
+  if (p.KS == 1) {
+    if (live && L.t == 0) {
+      if (r0 + L.g < p.rpm) out[L.g] = y0;
+      if (r0 + L.g + 8 < p.rpm) out[L.g + 8] = y1;
+    }
+    if constexpr (kPair == 0) return;
+  } else {
+    if (L.t == 0) part[warp * kRows + L.g] = y0, part[warp * kRows + L.g + 8] = y1;
+    __syncthreads();
+    if (live && kp == 0 && lane < kRows && r0 + lane < p.rpm) {
+      float v = part[warp * kRows + lane];
+      for (int k = 1; k < p.KS; ++k) v += part[(warp + k) * kRows + lane];  // parts in order
+      out[lane] = v;
+    }
+  }
+  if constexpr (kPair != 0) pair_swiglu<kPair>(p, res, i0, i1, bx, by);
 }
 
 }  // namespace emma
@@ -589,12 +640,6 @@ DeviceLimits device_limits() {
   return lim;
 }
 
-// The kernel of a version (kVer 3: V3's, fused mode 1 only).
-template <GgmlType T, int kPair, int kVer>
-auto* kernel_of() {
-  if constexpr (kVer == 3) return emma::expert_v3_kernel<T>;
-  else return emma::expert_mma_kernel<T, kPair, kVer>;
-}
 // Dynamic shared memory a block may have, set on the kernel once: the card's limit, less the fused kernels'
 // static shared memory (mode 2's last-block flag; the plain kernel keeps the budget its plans were made for).
 template <GgmlType T, int kPair, int kVer>
@@ -603,11 +648,11 @@ size_t smem_budget(const DeviceLimits& lim) {
     size_t b = static_cast<size_t>(lim.smem);
     if (kPair != 0) {
       cudaFuncAttributes a{};
-      FS_CUDA_CHECK(cudaFuncGetAttributes(&a, kernel_of<T, kPair, kVer>()));
+      FS_CUDA_CHECK(cudaFuncGetAttributes(&a, emma::expert_mma_kernel<T, kPair, kVer>));
       b -= a.sharedSizeBytes;
     }
-    FS_CUDA_CHECK(cudaFuncSetAttribute(kernel_of<T, kPair, kVer>(), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(b)));
+    FS_CUDA_CHECK(cudaFuncSetAttribute(emma::expert_mma_kernel<T, kPair, kVer>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(b)));
     return b;
   }();
   return budget;
@@ -640,40 +685,15 @@ bool launch(Params p, int64_t n_groups, cudaStream_t s) {
   return true;
 }
 
-int64_t v3_launches = 0;  // expert_v3_launches
-
-// V3 (fast_expert_v3.cuh) where plan_v3 takes the call (fused mode 1, one activation row, a chunk a warp),
-// else V1: the same outputs either way.
-template <GgmlType T, int kPair>
-bool launch_v3(Params p, int64_t n_groups, cudaStream_t s) {
-  if constexpr (kPair == 1) {
-    const DeviceLimits lim = device_limits();
-    const size_t budget = smem_budget<T, 1, 3>(lim);
-    if (eplan::plan_v3<T>(p.rpm, p.n_items, p.src_div, p.nb, n_groups, lim.sms, lim.smem, budget, p)) {
-      const int64_t gx = eplan::cdiv(eplan::cdiv(p.rpm, emma::kRows), p.T), nvb = gx * p.cpg;
-      if (nvb <= (1 << 28)) {  // v + 2 gridDim.x in int
-        for (int w = 0; w < p.warps(); ++w) p.wmap[w] = eplan::warp_word(p, 1, w);
-        const unsigned grid = static_cast<unsigned>(std::min<int64_t>(nvb, lim.sms));
-        emma::expert_v3_kernel<T><<<grid, static_cast<unsigned>(p.warps() * 32), p.smem, s>>>(
-            p, static_cast<int>(gx), static_cast<int>(nvb));
-        FS_CUDA_LAUNCH_CHECK();
-        ++v3_launches;
-        return true;
-      }
-    }
-  }
-  return launch<T, kPair, 1>(p, n_groups, s);
-}
-
-// A switch of this file from the environment: exactly "0", "2" (or "3" where v3), else 1 (the default).
-int env_0_1_2(const char* name, bool v3 = false) {
+// A switch of this file from the environment: exactly "0" or "2", else 1 (the default).
+int env_0_1_2(const char* name) {
   const char* v = std::getenv(name);
-  return v && (v[0] == '0' || v[0] == '2' || (v3 && v[0] == '3')) && v[1] == 0 ? v[0] - '0' : 1;
+  return v && (v[0] == '0' || v[0] == '2') && v[1] == 0 ? v[0] - '0' : 1;
 }
 
-// FLASHSTAR_EXPERT_V: 0, 1 (the default), 2 or 3.
+// FLASHSTAR_EXPERT_V: 0, 1 (the default) or 2.
 int& version_flag() {
-  static int v = env_0_1_2("FLASHSTAR_EXPERT_V", true);
+  static int v = env_0_1_2("FLASHSTAR_EXPERT_V");
   return v;
 }
 
@@ -704,9 +724,6 @@ bool launch_ver(GgmlType t, const Params& p, int64_t n_groups, cudaStream_t s) {
 }
 template <int kPair>
 bool launch_type(GgmlType t, const Params& p, int64_t n_groups, cudaStream_t s) {
-  if (p.ver == 3)
-    return t == GgmlType::IQ2_XXS ? launch_v3<GgmlType::IQ2_XXS, kPair>(p, n_groups, s)
-                                  : launch_v3<GgmlType::Q2_K, kPair>(p, n_groups, s);
   return p.ver == 0   ? launch_ver<kPair, 0>(t, p, n_groups, s)
          : p.ver == 2 ? launch_ver<kPair, 2>(t, p, n_groups, s)
                       : launch_ver<kPair, 1>(t, p, n_groups, s);
@@ -748,7 +765,6 @@ bool expert_matvec(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_it
 
 int expert_fused_mode() { return fused_mode_flag(); }
 int expert_version() { return version_flag(); }
-int64_t expert_v3_launches() { return v3_launches; }
 void expert_set_version(int v) { version_flag() = v; }
 void expert_set_fused_mode(int mode) { fused_mode_flag() = mode; }
 

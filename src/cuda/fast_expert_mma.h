@@ -46,16 +46,11 @@ void expert_gate_up_swiglu(bool fast_route, const DMat& Wg, const DMat& Wu, int6
 // expert_set_fused_mode changes it (tests).
 int expert_fused_mode();
 void expert_set_fused_mode(int mode);
-// FLASHSTAR_EXPERT_V=0|1|2|3 (read once, default 1): 0 the first kernel (16-byte copies a lane per row, for
+// FLASHSTAR_EXPERT_V=0|1|2 (read once, default 1): 0 the first kernel (16-byte copies a lane per row, for
 // A/B comparisons); 1 and 2 stage whole 128- / 64-byte line windows of a row by 8 / 4 lanes and store the
 // digits and read Q2_K quant words without bank conflicts. The same bytes reach the same registers, so the
 // outputs are bitwise those of 0. expert_set_version changes it (tests).
 int expert_version();
 void expert_set_version(int v);
-// FLASHSTAR_EXPERT_V=3: the fused gate + up + swiglu (mode 1) of one activation row (decode) in persistent
-// blocks (fast_expert_v3.cuh), bitwise V1's outputs; every call V3 does not take (the plain product, mode 2,
-// several activation rows, splits of more than one chunk a warp) runs V1. Off by default. The count of V3
-// launches so far (tests: which calls it took).
-int64_t expert_v3_launches();
 
 }  // namespace flashstar::cuda::fast

@@ -163,13 +163,6 @@ bool plan(int64_t rpm, int64_t n_items, int64_t src_div, int nb, int64_t n_group
 // of at most kPairWarps warps, several blocks an SM (decode: 2 items x 4 parts, 2 x 128 x 3 blocks). Then
 // buffers, tiles and items shrink until smem (the fused kernel's own budget) holds the block.
 constexpr int kPairWarps = 8;
-// Fewer rows a block (tiles, then items): false when a block is down to one tile of one item.
-inline bool shrink_rows(Split& s, int64_t per_group) {
-  if (s.T > 1) --s.T;
-  else if (s.G > 1) s.G = (s.G + 1) / 2, s.cpg = static_cast<int>(cdiv(per_group, s.G));
-  else return false;
-  return true;
-}
 template <GgmlType T>
 bool plan_pair(int pair, int64_t rpm, int64_t n_items, int64_t src_div, int nb, int64_t n_groups, int sms,
                size_t smem_plain, size_t smem, Split& s) {
@@ -177,39 +170,20 @@ bool plan_pair(int pair, int64_t rpm, int64_t n_items, int64_t src_div, int nb, 
   const int64_t per_group = std::min<int64_t>(src_div, n_items);
   s.pair = pair, s.M = pair == 1 ? 2 : 1;
   const int cap = pair == 1 ? kMaxWarps<T> : std::min(kPairWarps, kMaxWarps<T>);
+  auto shrink_rows = [&] {  // false when a block is down to one tile of one item
+    if (s.T > 1) --s.T;
+    else if (s.G > 1) s.G = (s.G + 1) / 2, s.cpg = static_cast<int>(cdiv(per_group, s.G));
+    else return false;
+    return true;
+  };
   while (s.warps() > cap)
-    if (!shrink_rows(s, per_group)) return false;
+    if (!shrink_rows()) return false;
   s.NS = 2;
   while (layout(s, T == GgmlType::IQ2_XXS, nb) > smem) {
     if (s.NS > 1) --s.NS;
-    else if (!shrink_rows(s, per_group)) return false;
+    else if (!shrink_rows()) return false;
   }
   return true;
-}
-
-// V3 (FLASHSTAR_EXPERT_V=3, fast_expert_v3.cuh): fused mode 1 with one activation row (n_groups 1, decode)
-// in persistent blocks, each running several of the blocks of this split ("virtual blocks") one after the
-// other, the tables and digits formed once. The plain plan's column parts (the bits), one chunk a warp and
-// virtual block (cpp 1), at most kV3Warps warps, and two buffers a warp whatever cpp: the next virtual
-// block's chunk lands while this one's is computed. Decode (IQ2_XXS 2048 x 4096, 6 items): 2 items x 2
-// matrices x 4 parts = 16 warps, ~201 KB, 128 x 3 virtual blocks. False where V3 does not apply (V1 runs).
-constexpr int kV3Warps = 16;
-template <GgmlType T>
-bool plan_v3(int64_t rpm, int64_t n_items, int64_t src_div, int nb, int64_t n_groups, int sms, size_t smem_plain,
-             size_t smem, Split& s) {
-  if (n_groups != 1 || !plan<T>(rpm, n_items, src_div, nb, n_groups, sms, smem_plain, s) || s.cpp != 1)
-    return false;
-  const int64_t per_group = std::min<int64_t>(src_div, n_items);
-  s.pair = 1, s.M = 2;
-  while (s.warps() > kV3Warps)
-    if (!shrink_rows(s, per_group)) return false;
-  for (;;) {
-    layout(s, T == GgmlType::IQ2_XXS, nb);  // one buffer a warp (cpp 1): add the second
-    s.NS = 2;
-    s.smem = static_cast<size_t>(s.off_ring) + static_cast<size_t>(s.warps()) * s.NS * kRows * s.CS;
-    if (s.smem <= smem) return true;
-    if (!shrink_rows(s, per_group)) return false;
-  }
 }
 
 // A warp's job in its block (warp = (matrix, item, tile, part), part fastest; mode 2's matrix is the

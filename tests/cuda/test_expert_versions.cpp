@@ -67,8 +67,8 @@ class ExpertVersions : public cuda_test::CudaKernelTest {
     auto dx = up(heavy(static_cast<size_t>(x_rows * c.cols)));
     auto dm = up(mat);
     const cuda::DMat W{c.t, dw.get() + c.w_offset, c.cols, c.n_mat * c.rows, rb};
-    std::vector<float> out[4];
-    for (int v = 0; v < 4; ++v) {
+    std::vector<float> out[3];
+    for (int v = 0; v < 3; ++v) {
       cuda::fast::expert_set_version(v);
       auto y = poisoned<float>(static_cast<size_t>(c.n_items * ys));
       ASSERT_TRUE(cuda::fast::expert_matvec(W, c.rows, dm.get(), c.src_div, dx.get(), c.cols, c.n_items, y.get(), ys,
@@ -79,7 +79,7 @@ class ExpertVersions : public cuda_test::CudaKernelTest {
     for (int64_t i = 0; i < c.n_items; ++i)
       for (int64_t r = 0; r < c.rows; ++r) nan += std::isnan(out[0][i * ys + r]);
     EXPECT_EQ(nan, 0) << "version 0 left outputs unwritten";
-    for (int v = 1; v < 4; ++v)
+    for (int v = 1; v < 3; ++v)
       EXPECT_EQ(differing(out[v], out[0]), 0)
           << "version " << v << ", " << type_name(c.t) << " " << c.rows << " x " << c.cols << ", " << c.n_items
           << " items / " << c.src_div << ", offset " << c.w_offset;
@@ -105,7 +105,7 @@ class ExpertVersions : public cuda_test::CudaKernelTest {
     const size_t n = static_cast<size_t>(items * rows);
     std::vector<float> g0, u0;
     for (int mode = 0; mode < 3; ++mode)
-      for (int v = 0; v < 4; ++v) {
+      for (int v = 0; v < 3; ++v) {
         cuda::fast::expert_set_fused_mode(mode);
         cuda::fast::expert_set_version(v);
         auto G = poisoned<float>(n), U = poisoned<float>(n);
@@ -121,56 +121,6 @@ class ExpertVersions : public cuda_test::CudaKernelTest {
         if (mode != 1) {
           EXPECT_EQ(differing(u, u0), 0) << type_name(t) << " mode " << mode << " version " << v;
         }
-      }
-  }
-  // V3 against V1: the fused gate + up + swiglu (mode 1) of n_tok tokens of k experts each (of n_mat, the
-  // first `distinct` of them random and the rest copies, so that indices reach far into the weights), rows
-  // x cols, outputs poisoned and compared whole (U too: mode 1 leaves it), a weight per item or none, V3
-  // run `reps` times. takes: whether V3 should take the call (else it falls back to V1).
-  void v3_case(GgmlType t, int64_t rows, int64_t cols, int64_t n_tok, int32_t k, bool takes, bool weighted = true,
-               int64_t n_mat = 16, int reps = 1, size_t w_offset = 0) {
-    const size_t rb = row_bytes(t, cols);
-    const int64_t distinct = std::min<int64_t>(n_mat, 16), items = n_tok * k;
-    const size_t mat_bytes = rb * static_cast<size_t>(rows);
-    cuda::DeviceArray<uint8_t> dwg(w_offset + mat_bytes * n_mat), dwu(w_offset + mat_bytes * n_mat);
-    for (auto* d : {&dwg, &dwu}) {
-      const auto host = random_weights(t, distinct * rows, cols);
-      for (int64_t e = 0; e < n_mat; e += distinct)
-        FS_CUDA_CHECK(cudaMemcpy(d->get() + w_offset + e * mat_bytes, host.data(),
-                                 std::min<int64_t>(distinct, n_mat - e) * mat_bytes, cudaMemcpyHostToDevice));
-    }
-    const cuda::DMat Wg{t, dwg.get() + w_offset, cols, n_mat * rows, rb};
-    const cuda::DMat Wu{t, dwu.get() + w_offset, cols, n_mat * rows, rb};
-    const std::vector<int32_t> mat = distinct_sets(n_mat, k, static_cast<int>(n_tok));
-    auto dx = up(heavy(static_cast<size_t>(n_tok * cols)));
-    auto dm = up(mat);
-    std::vector<float> w(static_cast<size_t>(items));
-    std::uniform_real_distribution<float> wd(0.05f, 2.5f);
-    for (auto& v : w) v = wd(rng_);
-    auto dw = up(w);
-    const size_t n = static_cast<size_t>(items * rows);
-    cuda::fast::expert_set_fused_mode(1);
-    std::vector<float> g1, u1;
-    for (int v : {1, 3})
-      for (int r = 0; r < (v == 3 ? reps : 1); ++r) {
-        cuda::fast::expert_set_version(v);
-        auto G = poisoned<float>(n), U = poisoned<float>(n);
-        const int64_t before = cuda::fast::expert_v3_launches();
-        ASSERT_TRUE(cuda::fast::expert_gate_up_fused(Wg, Wu, rows, dm.get(), k, dx.get(), cols, items, 10.0f,
-                                                     weighted ? dw.get() : nullptr, G.get(), U.get(), nullptr));
-        const auto g = down(G), u = down(U);
-        if (v == 1) {
-          int64_t nan = 0;
-          for (float y : g) nan += std::isnan(y);
-          EXPECT_EQ(nan, 0) << "V1 left outputs unwritten";
-          g1 = g, u1 = u;
-          continue;
-        }
-        EXPECT_EQ(cuda::fast::expert_v3_launches() - before, takes ? 1 : 0) << "V3 took the call or not";
-        EXPECT_EQ(differing(g, g1), 0) << type_name(t) << " V3 run " << r << ", " << rows << " x " << cols << ", "
-                                       << n_tok << " tokens x " << k << " of " << n_mat << ", weighted " << weighted
-                                       << ", offset " << w_offset;
-        EXPECT_EQ(differing(u, u1), 0) << "U";
       }
   }
   int saved_v_ = 1, saved_mode_ = 1;
@@ -211,32 +161,6 @@ TEST_F(ExpertVersions, FusedModesBitwiseEqual) {
   }
 }
 
-// V3 (persistent blocks, fused mode 1, one activation row) bitwise V1: the decode shapes (2048 x 4096, 6 of
-// 256 experts: IQ2_XXS in V3, Q2_K's two chunks a warp in V1), repeated launches, a weight and none.
-TEST_F(ExpertVersions, V3DecodeBitwiseV1) {
-  v3_case(GgmlType::IQ2_XXS, 2048, 4096, 1, 6, true, true, 256, 3);
-  v3_case(GgmlType::IQ2_XXS, 2048, 4096, 1, 6, true, false, 256, 2);
-  v3_case(GgmlType::Q2_K, 2048, 4096, 1, 6, false, true, 256, 2);
-  v3_case(GgmlType::Q2_K, 2048, 2048, 1, 6, true, true, 64, 2);  // one chunk a warp: V3
-  v3_case(GgmlType::Q2_K, 2048, 2048, 1, 6, true, false, 64);
-}
-
-// Item counts (1, 2, 3, 5 in V3; 7, 8 take two chunks a warp: V1), ragged rows, fewer virtual blocks than
-// SMs, one column part (KS 1) and a short last chunk, rows not 16-byte aligned, two activation rows (V1).
-TEST_F(ExpertVersions, V3OddShapesBitwiseV1) {
-  for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q2_K}) {
-    const bool iq2 = t == GgmlType::IQ2_XXS;
-    for (int32_t k : {1, 2, 3, 5, 7, 8}) v3_case(t, 2048, 4096, 1, k, k <= 3 || (iq2 && k == 5), k % 2 == 1, 16, 2);
-    v3_case(t, 1000, 4096, 1, 6, iq2, true, 8, 2);  // ragged last tile
-    v3_case(t, 1000, 2048, 1, 5, true, true, 8);
-    v3_case(t, 64, 4096, 1, 6, iq2, true, 8, 2);    // 12 virtual blocks
-    v3_case(t, 37, 768, 1, 3, true, true, 7, 2);    // KS 1, three blocks a chunk
-    v3_case(t, 200, 2304, 1, 4, true, false, 9);    // a one-block last chunk
-    v3_case(t, 64, 4096, 1, 6, iq2, true, 8, 1, iq2 ? 2 : 4);  // the 4-byte / 2-byte copies
-    v3_case(t, 2048, 4096, 2, 6, false, true, 16);  // two activation rows: V1
-  }
-}
-
 // Decode times per version: the fused gate + up + swiglu (mode 1) on 256 experts of 2048 x 4096 IQ2_XXS
 // and the down product on 256 experts of 4096 x 2048 Q2_K, 6 experts a token; each call routes to other
 // experts than the last few, so the weights come from memory (40 sets: ~1 GB, L2 50 MB).
@@ -257,8 +181,8 @@ TEST_F(ExpertVersions, DISABLED_TimesVersionsOnTheDecodeShapes) {
     const cuda::DMat Wa{t, wa.get(), cols, n_mat * rows, rb}, Wb{t, wb.get(), cols, n_mat * rows, rb};
     auto dx = up(randn(static_cast<size_t>(k * cols)));
     cuda::DeviceArray<float> G(rows * k), U(rows * k);
-    double us[4];
-    for (int v = 0; v < 4; ++v) {
+    double us[3];
+    for (int v = 0; v < 3; ++v) {
       cuda::fast::expert_set_version(v);
       auto call = [&](int i) {
         const int32_t* m = dm.get() + (i % sets) * k;
@@ -271,10 +195,8 @@ TEST_F(ExpertVersions, DISABLED_TimesVersionsOnTheDecodeShapes) {
       us[v] = back_to_back_us(20, reps, call);
     }
     const double mb = (gate ? 2.0 : 1.0) * k * rows * rb / 1e6;
-    std::printf(
-        "%-7s %s, 6 of 256 experts (%.1f MB): V0 %.1f us, V1 %.1f us, V2 %.1f us, V3 %.1f us (%.2f / %.2f / %.2f / "
-        "%.2f TB/s)\n",
-        type_name(t), gate ? "gate+up+swiglu (fused mode 1)" : "down (V3: V1)", mb, us[0], us[1], us[2], us[3],
-        mb / us[0], mb / us[1], mb / us[2], mb / us[3]);
+    std::printf("%-7s %s, 6 of 256 experts (%.1f MB): V0 %.1f us, V1 %.1f us, V2 %.1f us (%.2f / %.2f / %.2f TB/s)\n",
+                type_name(t), gate ? "gate+up+swiglu (fused mode 1)" : "down", mb, us[0], us[1], us[2], mb / us[0],
+                mb / us[1], mb / us[2]);
   }
 }
