@@ -186,10 +186,10 @@ __global__ void __launch_bounds__(kFThreads) mv_float_tiles(const __grid_constan
   if (threadIdx.x == 0) *ticket = 0;
 }
 
-// FLASHSTAR_MV_EARLY=1 (mv_set_early): decode launches (one or two tokens) load their first weight tile
-// before the PDL wait (kEarly).
+// FLASHSTAR_MV_EARLY (default 1; =0 off; mv_set_early): decode launches (one or two tokens) load their first
+// weight tile before the PDL wait (kEarly).
 bool& early_flag() {
-  static bool on = env_choice("FLASHSTAR_MV_EARLY", 0, 1, 0) == 1;
+  static bool on = env_choice("FLASHSTAR_MV_EARLY", 0, 1, 1) == 1;
   return on;
 }
 
