@@ -6,6 +6,9 @@
 #include "commands.h"
 #include "common/env_switches.h"
 #include "common/error.h"
+#ifdef FLASHSTAR_HAVE_CUDA
+#include "cuda/kernel_trace.h"
+#endif
 
 int main(int argc, char** argv) {
   CLI::App app{"Flashstar: DeepSeek V4 Flash inference engine (CPU reference, CUDA)"};
@@ -48,5 +51,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "flashstar: internal error: %s\n", e.what());
     return 1;
   }
+#ifdef FLASHSTAR_HAVE_CUDA
+  flashstar::cuda::kernel_trace_flush();  // FLASHSTAR_KTRACE's CSV (an exit hook writes it on the error paths)
+#endif
   return 0;
 }

@@ -19,6 +19,7 @@
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_matvec_float.h"
 #include "cuda/gemm_cublas.h"
+#include "cuda/kernel_trace.h"
 #include "cuda/pdl_graph.h"
 #include "cuda/prefill_small.h"
 #include "cuda/ref_kernels.h"
@@ -803,6 +804,7 @@ class CudaSession final : public Session {
 }  // namespace
 
 std::unique_ptr<Session> make_cuda_session(const Model& model, const SessionOptions& opts) {
+  kernel_trace_start();  // FLASHSTAR_KTRACE: before the session's first kernel and graph
   return std::make_unique<CudaSession>(model, opts);
 }
 
