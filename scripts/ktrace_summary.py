@@ -12,8 +12,8 @@ back (two launches of one graph back to back, even overlapping under PDL, still 
 --gap-us. Prefill chunks (--prefill) are the kernels launched outside graphs before the first graph kernel,
 split where nothing ran for --gap-us (copies alone, such as the weight upload, make no chunk); if the chunks run
 back to back, split them with --step-marker: a step then begins at each kernel whose name matches the
-regex instead (--marker-ends: the step ends there, e.g. the output head's); without graph kernels (graphs off)
-decode steps are split so too, or on gaps. The first --skip steps (warm-up: the first launch after
+regex instead (--marker-ends: the step ends there, e.g. the output head's; kernels outside the marked steps are
+left out). Without graph kernels (graphs off), decode steps are split so too, or on gaps. The first --skip steps (warm-up: the first launch after
 instantiation) are left out of the statistics.
 
 Per step: wall (first start to last end), busy (the union of the kernels' intervals), idle (wall - busy: no
@@ -127,8 +127,10 @@ def split_steps(rows, prefill, marker, marker_ends, gap_ns):
         if rx and marker_ends and rx.search(r['name']):
             steps.append(cur)
             cur, seen, last_end = [], set(), None
-    if cur:
+    if cur and not (rx and marker_ends):  # (what follows the last end marker is no whole step)
         steps.append(cur)
+    if rx and not marker_ends:  # what precedes the first marker is no step
+        steps = [s for s in steps if rx.search(s[0]['name'])]
     steps = [s for s in steps if any(not r['name'].startswith('[') for r in s)]  # copies alone: uploads
     if rx:
         how += ', split at /%s/ (%s)' % (marker, 'last kernel' if marker_ends else 'first kernel')

@@ -113,6 +113,10 @@ def main():
     check('step wall   median       7.0 us' in out, 'prefill chunk wall 7 us')
     check('prefill_gemm<1>' in out and 'prefill_gemm<3>' in out, 'prefill kernels named')
 
+    rc, out = run([path, '--prefill', '--step-marker', r'prefill_gemm<2>'])
+    check(rc == 0 and 'prefill chunks: 2 (' in out and '(min 107.0, max 154.5)' in out,
+          '--prefill --step-marker: a chunk runs from a marker to the next (gaps and copies included)')
+
     rc, out = run([path, '--step-marker', 'output_head', '--marker-ends', '--skip', '0', '--full'])
     check(rc == 0 and 'decode steps: 4 (' in out and 'split at /output_head/ (last kernel)' in out,
           '--step-marker splits at the head')
