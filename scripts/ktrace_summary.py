@@ -228,7 +228,9 @@ def summarize(a, out=None):
     for k, text in (('busy', 'busy (>= 1 kernel running)'), ('idle', 'idle (no kernel running)'),
                     ('overlap', 'overlap (>= 2 running)'), ('sum', 'sum of kernel durations')):
         print('  %-28s median %9.1f us  %5.1f%% of wall' % (text, us(med(k)), pct(med(k))), file=out)
-    print('  kernels a step: median %d' % med('n'), file=out)
+    note = '' if a.prefill else ' (a graph launch runs each node once: min < max where records were lost)'
+    print('  kernels a step: median %d, min %d, max %d%s' % (med('n'), min(x['n'] for x in st),
+                                                          max(x['n'] for x in st), note), file=out)
 
     per = {}
     for s in used:

@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #if FLASHSTAR_HAVE_CUPTI
+#include <cuda_runtime.h>
 #include <cupti.h>
 #include <dlfcn.h>
 
@@ -52,6 +53,7 @@ struct Cupti {
   decltype(&cuptiActivityDisable) disable = nullptr;
   decltype(&cuptiActivityFlushAll) flush_all = nullptr;
   decltype(&cuptiActivityGetNextRecord) next_record = nullptr;
+  decltype(&cuptiActivitySetAttribute) set_attribute = nullptr;  // optional
 };
 
 struct State {
@@ -178,6 +180,13 @@ bool start_tracing(const char* path) {
                  "running untraced\n", where.c_str(), version, unsigned(CUPTI_API_VERSION));
     return false;
   }
+  if (resolve(lib, "cuptiActivitySetAttribute", a.set_attribute)) {  // room for a long run's records on the device
+    size_t bytes = 64u << 20, size = sizeof(bytes);
+    a.set_attribute(CUPTI_ACTIVITY_ATTR_DEVICE_BUFFER_SIZE, &size, &bytes);
+  }
+  int devices = 0;  // the runtime first, so that its exit hooks run after this one's flush
+  cudaGetDeviceCount(&devices);
+  cudaGetLastError();
   CUptiResult r = a.register_callbacks(buffer_requested, buffer_completed);
   if (r == CUPTI_SUCCESS) r = a.enable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
   if (r != CUPTI_SUCCESS) {
