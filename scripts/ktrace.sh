@@ -20,7 +20,8 @@ mkdir -p "$O" "$W"
 if ! ldconfig -p 2>/dev/null | grep -q 'libcupti\.so\.13 ' && [ ! -e .gpulib/libcupti.so.13 ]; then
   wheels=$(for py in python3 /opt/torch/.venv/bin/python3; do "$py" -c '
 import glob, os, nvidia  # a CUPTI wheel (nvidia-cuda-cupti, as torch installs it) in a Python environment
-print(" ".join({os.path.dirname(h) for r in nvidia.__path__ for h in glob.glob(r + "/**/libcupti.so.13", recursive=True)}))
+hits = [h for r in nvidia.__path__ for h in glob.glob(r + "/**/libcupti.so.13", recursive=True)]
+print(" ".join(sorted({os.path.dirname(h) for h in hits})))
 ' 2>/dev/null; done)
   for d in ${CUDA_HOME:-/usr/local/cuda}/extras/CUPTI/lib64 ${CUDA_HOME:-/usr/local/cuda}/lib64 $wheels; do
     [ -e "$d/libcupti.so.13" ] && export LD_LIBRARY_PATH="$d:$LD_LIBRARY_PATH" && break

@@ -13,8 +13,8 @@ back (two launches of one graph back to back, even overlapping under PDL, still 
 split where nothing ran for --gap-us (copies alone, such as the weight upload, make no chunk); if the chunks run
 back to back, split them with --step-marker: a step then begins at each kernel whose name matches the
 regex instead (--marker-ends: the step ends there, e.g. the output head's; kernels outside the marked steps are
-left out). Without graph kernels (graphs off), decode steps are split so too, or on gaps. The first --skip steps (warm-up: the first launch after
-instantiation) are left out of the statistics.
+left out). Without graph kernels (graphs off), decode steps are split so too, or on gaps. The first --skip steps
+(warm-up: the first launch after instantiation) are left out of the statistics.
 
 Per step: wall (first start to last end), busy (the union of the kernels' intervals), idle (wall - busy: no
 kernel running; launch latency, dependency waits, host gaps), overlap (two or more kernels running: the side
