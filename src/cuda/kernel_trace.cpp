@@ -53,7 +53,6 @@ struct Cupti {
   decltype(&cuptiActivityDisable) disable = nullptr;
   decltype(&cuptiActivityFlushAll) flush_all = nullptr;
   decltype(&cuptiActivityGetNextRecord) next_record = nullptr;
-  decltype(&cuptiActivitySetAttribute) set_attribute = nullptr;  // optional
 };
 
 struct State {
@@ -180,10 +179,7 @@ bool start_tracing(const char* path) {
                  "running untraced\n", where.c_str(), version, unsigned(CUPTI_API_VERSION));
     return false;
   }
-  if (resolve(lib, "cuptiActivitySetAttribute", a.set_attribute)) {  // room for a long run's records on the device
-    size_t bytes = 64u << 20, size = sizeof(bytes);
-    a.set_attribute(CUPTI_ACTIVITY_ATTR_DEVICE_BUFFER_SIZE, &size, &bytes);
-  }
+  // CUPTI's device buffers keep their defaults: 3 MB, ~100 000 timestamps each, up to 250 a context.
   int devices = 0;  // the runtime first, so that its exit hooks run after this one's flush
   cudaGetDeviceCount(&devices);
   cudaGetLastError();
