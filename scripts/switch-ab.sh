@@ -4,8 +4,8 @@
 # prefill of 4 100 random tokens then 60 decoded), and `flashstar bench` at 4k / 8k on 4 layers (ROUNDS
 # rounds, interleaved) and, with L43=1, on all 43 layers. Optional kernel tests first (TESTS, a gtest
 # filter; TIMING, a filter of DISABLED_ timing tests). Outputs under $OUT; a table last.
-#   SWITCHES="FLASHSTAR_Q8_LEAN=1 FLASHSTAR_HC_PRE_LEAN=1 FLASHSTAR_Q8_LEAN=1,FLASHSTAR_HC_PRE_LEAN=1" \
-#   TESTS='Q8Lean.*:HcPre.*' TIMING='Q8Lean.DISABLED_DecodeLaunchTiming' BIN=.gx bash scripts/switch-ab.sh
+#   SWITCHES="FLASHSTAR_Q8_LEAN=0 FLASHSTAR_MV_EARLY=0 FLASHSTAR_Q8_LEAN=0,FLASHSTAR_MV_EARLY=0" \
+#   TESTS='Q8Lean.*:FloatMatvec.*' TIMING='Q8Lean.DISABLED_DecodeLaunchTiming' BIN=.gx bash scripts/switch-ab.sh
 set -uo pipefail
 BIN=${BIN:-.gpubin}
 FS=$BIN/flashstar

@@ -88,6 +88,7 @@ class CudaSession final : public Session {
     reset();
   }
   ~CudaSession() override {
+    graphs_.clear();  // before the pinned buffers and the stream its nodes name
     if (h_pos_) cudaFreeHost(h_pos_);
     if (h_tok_) cudaFreeHost(h_tok_);
     if (h_logits_) cudaFreeHost(h_logits_);

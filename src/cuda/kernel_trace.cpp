@@ -39,6 +39,7 @@ bool kernel_trace_start() {
 }
 
 void kernel_trace_flush() {}
+bool kernel_trace_records_copies() { return false; }
 
 #else
 
@@ -60,15 +61,21 @@ struct State {
   std::string path;
   std::mutex mu;  // guards rows and done (CUPTI delivers buffers from its own thread)
   std::vector<KernelTraceRow> rows;
-  bool on = false, done = false;
+  size_t beyond = 0;  // records past kMaxRows, not kept
+  bool on = false, done = false, copies = false;
 };
+
+// A trace is for a short run (43 layers x 32 decode steps: ~50 000 records); past this many records (each
+// with its name: ~150-200 MB) the rest are counted, not kept.
+constexpr size_t kMaxRows = 1000000;
 
 State& state() {
   static State* s = new State;  // never destroyed: CUPTI's thread may deliver a buffer during exit
   return *s;
 }
 
-// Where libcupti may be: the loader's own search path first, then the toolkit's directories.
+// Where libcupti may be: each name (the header's major first) on the loader's own search path, then in the
+// toolkit's directories.
 void* load_cupti(std::string& tried) {
   std::vector<std::string> dirs = {""};
   if (const char* home = std::getenv("CUDA_HOME"); home && *home)
@@ -80,8 +87,8 @@ void* load_cupti(std::string& tried) {
   for (const char* n : {"libcupti.so.13", "libcupti.so.12", "libcupti.so"})
     if (n != own) names.push_back(n);
   std::string first_error;
-  for (const std::string& d : dirs)
-    for (const std::string& n : names) {
+  for (const std::string& n : names)  // the header's own major in every directory before any other
+    for (const std::string& d : dirs) {
       if (void* h = ::dlopen((d + n).c_str(), RTLD_NOW | RTLD_LOCAL)) {
         tried = d + n;
         return h;
@@ -151,7 +158,9 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
   std::free(buffer);
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.rows.empty()) s.rows.reserve(1 << 16);
-  for (KernelTraceRow& r : got) s.rows.push_back(std::move(r));
+  for (KernelTraceRow& r : got)
+    if (s.rows.size() < kMaxRows) s.rows.push_back(std::move(r));
+    else ++s.beyond;
 }
 
 bool start_tracing(const char* path) {
@@ -189,13 +198,15 @@ bool start_tracing(const char* path) {
     std::fprintf(stderr, "flashstar: FLASHSTAR_KTRACE: %s: %s; running untraced\n", where.c_str(), result_text(r));
     return false;
   }
+  bool copies = false;
 #ifdef FLASHSTAR_CUPTI_MEMCPY
-  a.enable(CUPTI_ACTIVITY_KIND_MEMCPY);  // optional: copies on the timeline too
+  copies = a.enable(CUPTI_ACTIVITY_KIND_MEMCPY) == CUPTI_SUCCESS;  // optional: copies on the timeline too
 #endif
   {
     std::lock_guard<std::mutex> lock(s.mu);
     s.path = path;
     s.on = true;
+    s.copies = copies;
   }
   std::atexit(kernel_trace_flush);
   std::fprintf(stderr, "flashstar: kernel trace on (%s, CUPTI API %u): %s\n", where.c_str(), version, path);
@@ -219,18 +230,23 @@ void kernel_trace_flush() {
     if (!s.on || s.done) return;
     s.done = true;
   }
-  // Outside the lock: a forced flush hands every buffer, incomplete ones too, to buffer_completed here.
-  const CUptiResult r = s.api.flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
-  if (r != CUPTI_SUCCESS) std::fprintf(stderr, "flashstar: FLASHSTAR_KTRACE: flush: %s\n", result_text(r));
+  // Recording stops first; then, outside the lock, a forced flush hands every buffer, incomplete ones too,
+  // to buffer_completed here.
   s.api.disable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
 #ifdef FLASHSTAR_CUPTI_MEMCPY
   s.api.disable(CUPTI_ACTIVITY_KIND_MEMCPY);
 #endif
+  const CUptiResult r = s.api.flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  if (r != CUPTI_SUCCESS) std::fprintf(stderr, "flashstar: FLASHSTAR_KTRACE: flush: %s\n", result_text(r));
   std::vector<KernelTraceRow> rows;
+  size_t beyond = 0;
   {
     std::lock_guard<std::mutex> lock(s.mu);
     rows.swap(s.rows);
+    beyond = s.beyond;
   }
+  if (beyond)
+    std::fprintf(stderr, "flashstar: FLASHSTAR_KTRACE: %zu records past the first %zu not kept\n", beyond, kMaxRows);
   const size_t n = rows.size();
   try {
     write_kernel_trace_csv(s.path, std::move(rows));
@@ -238,6 +254,12 @@ void kernel_trace_flush() {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "flashstar: FLASHSTAR_KTRACE: %s\n", e.what());
   }
+}
+
+bool kernel_trace_records_copies() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return s.on && s.copies;
 }
 
 #endif  // FLASHSTAR_HAVE_CUPTI

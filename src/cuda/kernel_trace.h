@@ -14,4 +14,7 @@ bool kernel_trace_start();
 // Flushes CUPTI's records and writes the CSV; tracing ends there. Runs at exit too (later calls do nothing).
 void kernel_trace_flush();
 
+// Whether the trace also records host-device copies (CUPTI's copy records built and enabled).
+bool kernel_trace_records_copies();
+
 }  // namespace flashstar::cuda

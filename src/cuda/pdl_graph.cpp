@@ -104,8 +104,9 @@ cudaGraphExec_t instantiate_decode_graph(cudaGraph_t g, bool pdl, bool node_prio
   return e;
 }
 
-DecodeGraphs::~DecodeGraphs() {
+void DecodeGraphs::clear() {
   for (auto& [k, e] : execs_) cudaGraphExecDestroy(e);
+  execs_.clear();
 }
 
 cudaGraphExec_t DecodeGraphs::get(uint64_t key, cudaStream_t s, bool pdl, bool node_priority,

@@ -31,7 +31,8 @@ class DecodeGraphs {
   DecodeGraphs() = default;
   DecodeGraphs(const DecodeGraphs&) = delete;
   DecodeGraphs& operator=(const DecodeGraphs&) = delete;
-  ~DecodeGraphs();
+  ~DecodeGraphs() { clear(); }
+  void clear();  // destroys every graph
   // The graph of key: captured from what enqueue() puts on s (relaxed capture mode) and instantiated
   // with instantiate_decode_graph(pdl, node_priority) when there is none yet. If enqueue throws,
   // unwind() runs first (it must join every stream forked from s), the capture is ended and dropped,

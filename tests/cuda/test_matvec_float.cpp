@@ -121,7 +121,10 @@ TEST_F(FloatMatvec, ModelShapesEqualReferenceAndRepeatBitwise) {
 // sums, so the same bits as the default kernel: the model's shapes (split and unsplit), F16 and F32, 1 and 2
 // tokens (the ones it takes), a row offset, and the router with its picks in the same launch.
 TEST_F(FloatMatvec, EarlyWeightsGiveTheSameBits) {
-  const bool saved = cuda::fast::mv_early();
+  struct Restore {  // the switch as it was, also when an assertion ends the test early
+    bool on;
+    ~Restore() { cuda::fast::mv_set_early(on); }
+  } restore{cuda::fast::mv_early()};
   struct Case {
     GgmlType t;
     int64_t rows, cols, row0;
@@ -159,7 +162,6 @@ TEST_F(FloatMatvec, EarlyWeightsGiveTheSameBits) {
   }
   EXPECT_EQ(sel[0], sel[1]);
   EXPECT_EQ(0, std::memcmp(wts[0].data(), wts[1].data(), 6 * 4)) << "router weights";
-  cuda::fast::mv_set_early(saved);
 }
 
 TEST_F(FloatMatvec, TokenResultDoesNotDependOnTokenCount) {
