@@ -113,7 +113,15 @@ for v in "FLASHSTAR_HC_SPLIT_SIDE=0" "FLASHSTAR_HC_SPLIT_SIDE=0 FLASHSTAR_DECODE
     else row "variant == default: $v, graph $g" FAIL "the run failed or gave other bits"; fi
   done
 done
-rm -f "$WORK"/g-*.f32
+# the kernel trace (FLASHSTAR_KTRACE) must not change the bits; INFO where CUPTI is not there to load
+rm -f "$WORK/g-v.f32" "$WORK/kt.csv"
+if env FLASHSTAR_KTRACE="$WORK/kt.csv" "$FS" logits -m "$WORK/flash4.gguf" --tokens "$WORK/r2100.json" \
+     -o "$WORK/g-v.f32" --backend cuda --decode-from 1980 --chunk 1000 >> "$LOG" 2>&1 &&
+   cmp -s "$WORK/g-1-0.f32" "$WORK/g-v.f32"; then
+  if [ -s "$WORK/kt.csv" ]; then row "kernel trace: same bits, records written" PASS "$(($(wc -l < "$WORK/kt.csv") - 1)) records"
+  else row "kernel trace: same bits, records written" INFO "no trace (CUPTI did not load: see the log)"; fi
+else row "kernel trace: same bits, records written" FAIL "the traced run failed or gave other bits"; fi
+rm -f "$WORK"/g-*.f32 "$WORK/kt.csv"
 # a short prompt at a context that is no multiple of anything (scratch buffers sized by it): prefill then
 # decode on the full-dimension shapes, fast routes and reference path
 python3 -c "
