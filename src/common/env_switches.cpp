@@ -78,6 +78,7 @@ const std::vector<Switch>& switches() {
       {"FLASHSTAR_PDL_FAN", {"0", "1"}},
       {"FLASHSTAR_PREFILL_SMALL", {"0", "1"}},
       {"FLASHSTAR_PROFILE", {"0", "1"}},
+      {"FLASHSTAR_Q8_CONST_ITEMS", {"0", "1"}},
       {"FLASHSTAR_Q8_LEAN", {"0", "1"}},
       {"FLASHSTAR_ROUTER_FUSED", {"0", "1"}},
       {"FLASHSTAR_THREADS", {}, 1, 65536},

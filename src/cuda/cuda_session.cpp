@@ -18,6 +18,7 @@
 #include "cuda/fast_hc_pre.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/fast_matvec_float.h"
+#include "cuda/fast_matvec_q8_mma.h"
 #include "cuda/gemm_cublas.h"
 #include "cuda/kernel_trace.h"
 #include "cuda/pdl_graph.h"
@@ -89,6 +90,7 @@ class CudaSession final : public Session {
   }
   ~CudaSession() override {
     graphs_.clear();  // before the pinned buffers and the stream its nodes name
+    if (group_ids_) fast::q8_constant_items(group_ids_, false);
     if (h_pos_) cudaFreeHost(h_pos_);
     if (h_tok_) cudaFreeHost(h_tok_);
     if (h_logits_) cudaFreeHost(h_logits_);
@@ -208,6 +210,7 @@ class CudaSession final : public Session {
     std::vector<int32_t> gid(static_cast<size_t>(n_group_ids));
     for (size_t i = 0; i < gid.size(); ++i) gid[i] = static_cast<int32_t>(i % c_.n_out_group);
     FS_CUDA_CHECK(cudaMemcpy(group_ids_, gid.data(), gid.size() * 4, cudaMemcpyHostToDevice));
+    fast::q8_constant_items(group_ids_, true);  // taken back in ~CudaSession
     landed_for_nonblocking_streams();
     xb_buf_.resize(static_cast<size_t>(d_.XB) * 2);  // hi and lo terms
     xb_ = xb_buf_.get();

@@ -34,6 +34,8 @@
 #include "cuda/fast_matvec_q8_mma.h"
 
 #include <algorithm>
+#include <mutex>
+#include <vector>
 
 #include "cuda/cuda_util.h"
 #include "cuda/fast_kernels.h"
@@ -90,6 +92,7 @@ struct Args {
   int64_t ups;
   float* aout;  // where block 0 writes the transformed rows (may be null)
   int64_t aos;
+  bool mat_const;  // mat never changes (q8_constant_items): the kConst kernel, first stages before the wait
 };
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
@@ -274,11 +277,13 @@ __device__ void norm_scales(const Args& a, int dim, double* red, float (&sc)[NT]
   }
 }
 
-template <int NT, bool kLean>
+// kConst (Args::mat_const, FLASHSTAR_Q8_CONST_ITEMS): items by a constant array, fetched early as dense ones.
+template <int NT, bool kLean, bool kConst = false>
 __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
   // PDL-PROLOGUE: dense weights are constants, so their first stages are fetched before pdl_wait() and
-  // stream in while the previous kernel finishes; the experts' rows depend on the routing: wait first.
-  if (a.mat) pdl_wait();
+  // stream in while the previous kernel finishes; the experts' rows depend on the routing: wait first
+  // (items by a constant array, mat_const, are fetched early as dense ones).
+  if (a.mat && !kConst) pdl_wait();
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int K = a.k, nj = job_count(a);
@@ -314,7 +319,7 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
     if (i < total) fetch(a, f, goff, ring_dst + i * kStageBytes, lane, nj, warp, J);
     cp_async_commit();
   }
-  if (!a.mat) pdl_wait();
+  if (!a.mat || kConst) pdl_wait();
 
   // While those are in flight: the activation rows [x0, x0 + nsl) as digits, one warp per (row, piece).
   const Job j0 = J.at(a, 0, warp);
@@ -499,7 +504,7 @@ struct Device {
   int sms = 0, smem = 0;  // multiprocessors; dynamic shared memory a block may opt into
 };
 // Asked once; the kernels' shared-memory limit raised to the device's. sms = 0: cannot run here.
-template <int NT, bool kLean>
+template <int NT, bool kLean, bool kConst = false>
 const Device& device() {
   static const Device d = [] {
     Device r;
@@ -507,10 +512,10 @@ const Device& device() {
     auto ok = [](cudaError_t e) { return e == cudaSuccess; };
     if (!ok(cudaGetDevice(&dev)) || !ok(cudaDeviceGetAttribute(&r.sms, cudaDevAttrMultiProcessorCount, dev)) ||
         !ok(cudaDeviceGetAttribute(&r.smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) ||
-        !ok(cudaFuncSetAttribute(q8_mma_stream<NT, kLean>, cudaFuncAttributeMaxDynamicSharedMemorySize, r.smem)) ||
-        !ok(cudaFuncSetAttribute(q8_mma_stream<NT, kLean>, cudaFuncAttributePreferredSharedMemoryCarveout,
+        !ok(cudaFuncSetAttribute(q8_mma_stream<NT, kLean, kConst>, cudaFuncAttributeMaxDynamicSharedMemorySize, r.smem)) ||
+        !ok(cudaFuncSetAttribute(q8_mma_stream<NT, kLean, kConst>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                  static_cast<int>(cudaSharedmemCarveoutMaxShared))) ||
-        !ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, q8_mma_stream<NT, kLean>, kThreads,
+        !ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, q8_mma_stream<NT, kLean, kConst>, kThreads,
                                                           kRingBytes + kPartBytes)) ||
         per_sm < 1)
       r.sms = 0;
@@ -532,6 +537,21 @@ bool& lean_flag() {
   return on;
 }
 bool last_lean = false;  // which kernel the last launch took (tests)
+// FLASHSTAR_Q8_CONST_ITEMS=1 (q8_set_const_items), and the registered constant item arrays.
+bool& const_items_flag() {
+  static bool on = env_choice("FLASHSTAR_Q8_CONST_ITEMS", 0, 1, 0) == 1;
+  return on;
+}
+std::mutex const_mu;
+std::vector<const int32_t*>& const_items() {
+  static std::vector<const int32_t*> v;
+  return v;
+}
+bool is_const_items(const int32_t* mat) {
+  if (!const_items_flag()) return false;
+  std::lock_guard<std::mutex> lock(const_mu);
+  return std::find(const_items().begin(), const_items().end(), mat) != const_items().end();
+}
 
 template <int NT>
 bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
@@ -574,6 +594,14 @@ bool run(Args a, int64_t cols, int64_t groups, cudaStream_t s) {
            (per_block + slots) * a.k * a.k < (int64_t{1} << 40) && (per_block + slots) * a.k < (int64_t{1} << 23);
   }
   last_lean = lean;
+  if constexpr (NT == 1) {  // items (one token): a constant array's kernel where its device setup took
+    if (a.mat_const && (lean ? device<1, true, true>().sms : device<1, false, true>().sms) > 0) {
+      if (lean) q8_mma_stream<1, true, true><<<grid, kThreads, sm, s>>>(a);
+      else q8_mma_stream<1, false, true><<<grid, kThreads, sm, s>>>(a);
+      FS_CUDA_LAUNCH_CHECK();
+      return true;
+    }
+  }
   if (lean) q8_mma_stream<NT, true><<<grid, kThreads, sm, s>>>(a);
   else q8_mma_stream<NT, false><<<grid, kThreads, sm, s>>>(a);
   FS_CUDA_LAUNCH_CHECK();
@@ -613,6 +641,14 @@ bool disjoint(const float* p, int64_t ps, const float* q, int64_t qs, int64_t n,
 void q8_set_lean(bool on) { q8m::lean_flag() = on; }
 bool q8_lean() { return q8m::lean_flag(); }
 bool q8_last_launch_lean() { return q8m::last_lean; }
+void q8_constant_items(const int32_t* mat, bool on) {
+  std::lock_guard<std::mutex> lock(q8m::const_mu);
+  auto& v = q8m::const_items();
+  if (on) v.push_back(mat);
+  else if (auto it = std::find(v.begin(), v.end(), mat); it != v.end()) v.erase(it);
+}
+void q8_set_const_items(bool on) { q8m::const_items_flag() = on; }
+bool q8_const_items() { return q8m::const_items_flag(); }
 
 bool q8_mma_matvec(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t n_tok, int64_t xs, float* Y,
                    int64_t ys, cudaStream_t s) {
@@ -627,7 +663,7 @@ bool q8_mma_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_ite
   if (rows_per_mat <= 0 || n_items <= 0 || src_div < 1 || !mat_of_item) return false;
   q8m::Args a = q8m::plain_args(X, 1, xs, static_cast<int64_t>(W.row_bytes));
   a.m[0] = q8m::plain_mat(W, 0, rows_per_mat, Y, ys);
-  a.mat = mat_of_item, a.src_div = src_div;
+  a.mat = mat_of_item, a.src_div = src_div, a.mat_const = q8m::is_const_items(mat_of_item);
   return q8m::run<1>(a, W.cols, n_items, s);
 }
 

@@ -44,6 +44,13 @@ bool q8_mma_items(const DMat& W, int64_t rows_per_mat, const int32_t* mat_of_ite
 void q8_set_lean(bool on);
 bool q8_lean();
 bool q8_last_launch_lean();  // whether the last launch took the lean kernel (tests)
+// An item-to-matrix array that stays as uploaded while registered (the session's out_a group ids; on = false
+// takes it back, before its memory is freed). With FLASHSTAR_Q8_CONST_ITEMS=1 (or q8_set_const_items; off
+// until measured) an items launch with a registered array fetches its first weight stages before the PDL
+// wait, as plain products do: its rows do not depend on the kernel before. The same copies: the same bits.
+void q8_constant_items(const int32_t* mat, bool on);
+void q8_set_const_items(bool on);
+bool q8_const_items();
 
 namespace q8m {
 

@@ -590,6 +590,40 @@ TEST_F(Q8Lean, DISABLED_DecodeLaunchTiming) {
   }
 }
 
+// FLASHSTAR_Q8_CONST_ITEMS (q8_set_const_items, q8_constant_items): an items launch whose item-to-matrix array
+// is registered as constant fetches its first stages before the PDL wait; the same copies, so the same
+// bits as unregistered or switched off (out_a's eight groups, and a ragged selection with a divisor).
+TEST_F(Q8Decode, ConstantItemsGiveTheSameBits) {
+  struct Restore {  // the switch as it was, also when an assertion ends the test early
+    bool on;
+    ~Restore() { cuda::fast::q8_set_const_items(on); }
+  } restore{cuda::fast::q8_const_items()};
+  struct Items {
+    int64_t mats, rows_per, cols, items;
+    int32_t src_div;
+  };
+  for (const Items& c : {Items{8, 1024, 4096, 8, 1}, Items{5, 37, 768, 7, 2}}) {
+    Dev w = mat(c.mats * c.rows_per, c.cols);
+    std::vector<int32_t> sel(static_cast<size_t>(c.items));
+    for (size_t i = 0; i < sel.size(); ++i) sel[i] = static_cast<int32_t>((i * 3 + 1) % c.mats);
+    auto ds = up(sel);
+    auto dx = up(randn(static_cast<size_t>((c.items + c.src_div - 1) / c.src_div * c.cols)));
+    const int64_t ys = c.rows_per + 1;
+    std::vector<float> out[3];
+    for (int v = 0; v < 3; ++v) {  // 0: switch off; 1: on, registered; 2: on, taken back
+      cuda::fast::q8_set_const_items(v > 0);
+      if (v == 1) cuda::fast::q8_constant_items(ds.get(), true);
+      if (v == 2) cuda::fast::q8_constant_items(ds.get(), false);
+      auto y = poisoned<float>(static_cast<size_t>(c.items * ys));
+      ASSERT_TRUE(cuda::fast::q8_mma_items(w.m, c.rows_per, ds.get(), c.src_div, dx.get(), c.cols, c.items, y.get(),
+                                           ys, nullptr));
+      out[v] = down(y);
+    }
+    EXPECT_TRUE(same(out[0], out[1])) << c.mats << " matrices: registered";
+    EXPECT_TRUE(same(out[0], out[2])) << c.mats << " matrices: taken back";
+  }
+}
+
 TEST_F(Q8Decode, RefusesWhatItCannotTake) {
   Dev a = mat(64, 512), b = mat(64, 768), s = mat(8, 512);
   auto dx = up(randn(3 * 1024));
