@@ -18,6 +18,17 @@
 
 namespace flashstar::cuda_test {
 
+// A kernel switch (its setter and its value now) put back when the scope ends, also when an assertion
+// ends a test early.
+template <class Set>
+struct RestoreOnExit {
+  Set set;
+  bool on;
+  ~RestoreOnExit() { set(on); }
+};
+template <class Set>
+RestoreOnExit(Set, bool) -> RestoreOnExit<Set>;
+
 class CudaKernelTest : public ::testing::Test {
  protected:
   void SetUp() override {

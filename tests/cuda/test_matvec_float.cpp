@@ -121,10 +121,7 @@ TEST_F(FloatMatvec, ModelShapesEqualReferenceAndRepeatBitwise) {
 // sums, so the same bits as the default kernel: the model's shapes (split and unsplit), F16 and F32, 1 and 2
 // tokens (the ones it takes), a row offset, and the router with its picks in the same launch.
 TEST_F(FloatMatvec, EarlyWeightsGiveTheSameBits) {
-  struct Restore {  // the switch as it was, also when an assertion ends the test early
-    bool on;
-    ~Restore() { cuda::fast::mv_set_early(on); }
-  } restore{cuda::fast::mv_early()};
+  const cuda_test::RestoreOnExit restore{cuda::fast::mv_set_early, cuda::fast::mv_early()};
   struct Case {
     GgmlType t;
     int64_t rows, cols, row0;

@@ -323,6 +323,28 @@ class Q8Decode : public Q8Matvec {
   static bool same(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
   }
+  // An items product's operands: mats matrices of rows_per rows, item i on matrix (3 i + 1) % mats, one
+  // activation row per src_div items, outputs ys = rows_per + 1 apart.
+  struct ItemsCase {
+    const char* name;
+    int64_t mats, rows_per, cols, items;
+    int32_t src_div;
+  };
+  struct ItemsData {
+    Dev w;
+    cuda::DeviceArray<int32_t> sel;
+    cuda::DeviceArray<float> x;
+    int64_t ys;
+    bool run(const ItemsCase& c, float* y) const {
+      return cuda::fast::q8_mma_items(w.m, c.rows_per, sel.get(), c.src_div, x.get(), c.cols, c.items, y, ys, nullptr);
+    }
+  };
+  ItemsData items_data(const ItemsCase& c) {
+    std::vector<int32_t> sel(static_cast<size_t>(c.items));
+    for (size_t i = 0; i < sel.size(); ++i) sel[i] = static_cast<int32_t>((i * 3 + 1) % c.mats);
+    return ItemsData{mat(c.mats * c.rows_per, c.cols), up(sel),
+                     up(randn(static_cast<size_t>((c.items + c.src_div - 1) / c.src_div * c.cols))), c.rows_per + 1};
+  }
   // Pair of rows n0 / n1 over cols, outputs at strides ys0 / ys1 (padding must stay poisoned).
   void expect_pair(int64_t n0, int64_t n1, int64_t cols, int64_t n_tok, int64_t ys0, int64_t ys1, const char* what) {
     Dev w0 = mat(n0, cols), w1 = mat(n1, cols);
@@ -522,23 +544,10 @@ TEST_F(Q8Lean, SameBitsAsTheDefaultCuts) {
                                           nullptr);
       }, c.name);
     }
-  struct Items {
-    const char* name;
-    int64_t mats, rows_per, cols, items;
-    int32_t src_div;
-  };
-  for (const Items& c : {Items{"out_a", 8, 1024, 4096, 8, 1}, Items{"experts", 64, 512, 1024, 12, 6},
-                         Items{"ragged", 5, 37, 768, 7, 2}}) {
-    Dev w = mat(c.mats * c.rows_per, c.cols);
-    std::vector<int32_t> sel(static_cast<size_t>(c.items));
-    for (size_t i = 0; i < sel.size(); ++i) sel[i] = static_cast<int32_t>((i * 3 + 1) % c.mats);
-    auto ds = up(sel);
-    auto dx = up(randn(static_cast<size_t>((c.items + c.src_div - 1) / c.src_div * c.cols)));
-    const int64_t ys = c.rows_per + 1;
-    same_bits(static_cast<size_t>(c.items * ys), [&](float* y) {
-      return cuda::fast::q8_mma_items(w.m, c.rows_per, ds.get(), c.src_div, dx.get(), c.cols, c.items, y, ys,
-                                      nullptr);
-    }, c.name);
+  for (const ItemsCase& c : {ItemsCase{"out_a", 8, 1024, 4096, 8, 1}, ItemsCase{"experts", 64, 512, 1024, 12, 6},
+                             ItemsCase{"ragged", 5, 37, 768, 7, 2}}) {
+    const ItemsData d = items_data(c);
+    same_bits(static_cast<size_t>(c.items * d.ys), [&](float* y) { return d.run(c, y); }, c.name);
   }
 }
 
@@ -594,33 +603,20 @@ TEST_F(Q8Lean, DISABLED_DecodeLaunchTiming) {
 // is registered as constant fetches its first stages before the PDL wait; the same copies, so the same
 // bits as unregistered or switched off (out_a's eight groups, and a ragged selection with a divisor).
 TEST_F(Q8Decode, ConstantItemsGiveTheSameBits) {
-  struct Restore {  // the switch as it was, also when an assertion ends the test early
-    bool on;
-    ~Restore() { cuda::fast::q8_set_const_items(on); }
-  } restore{cuda::fast::q8_const_items()};
-  struct Items {
-    int64_t mats, rows_per, cols, items;
-    int32_t src_div;
-  };
-  for (const Items& c : {Items{8, 1024, 4096, 8, 1}, Items{5, 37, 768, 7, 2}}) {
-    Dev w = mat(c.mats * c.rows_per, c.cols);
-    std::vector<int32_t> sel(static_cast<size_t>(c.items));
-    for (size_t i = 0; i < sel.size(); ++i) sel[i] = static_cast<int32_t>((i * 3 + 1) % c.mats);
-    auto ds = up(sel);
-    auto dx = up(randn(static_cast<size_t>((c.items + c.src_div - 1) / c.src_div * c.cols)));
-    const int64_t ys = c.rows_per + 1;
+  const cuda_test::RestoreOnExit restore{cuda::fast::q8_set_const_items, cuda::fast::q8_const_items()};
+  for (const ItemsCase& c : {ItemsCase{"out_a", 8, 1024, 4096, 8, 1}, ItemsCase{"ragged", 5, 37, 768, 7, 2}}) {
+    const ItemsData d = items_data(c);
     std::vector<float> out[3];
     for (int v = 0; v < 3; ++v) {  // 0: switch off; 1: on, registered; 2: on, taken back
       cuda::fast::q8_set_const_items(v > 0);
-      if (v == 1) cuda::fast::q8_constant_items(ds.get(), true);
-      if (v == 2) cuda::fast::q8_constant_items(ds.get(), false);
-      auto y = poisoned<float>(static_cast<size_t>(c.items * ys));
-      ASSERT_TRUE(cuda::fast::q8_mma_items(w.m, c.rows_per, ds.get(), c.src_div, dx.get(), c.cols, c.items, y.get(),
-                                           ys, nullptr));
+      if (v == 1) cuda::fast::q8_constant_items(d.sel.get(), true);
+      if (v == 2) cuda::fast::q8_constant_items(d.sel.get(), false);
+      auto y = poisoned<float>(static_cast<size_t>(c.items * d.ys));
+      ASSERT_TRUE(d.run(c, y.get())) << c.name;
       out[v] = down(y);
     }
-    EXPECT_TRUE(same(out[0], out[1])) << c.mats << " matrices: registered";
-    EXPECT_TRUE(same(out[0], out[2])) << c.mats << " matrices: taken back";
+    EXPECT_TRUE(same(out[0], out[1])) << c.name << ": registered";
+    EXPECT_TRUE(same(out[0], out[2])) << c.name << ": taken back";
   }
 }
 
