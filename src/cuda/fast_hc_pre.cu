@@ -91,21 +91,12 @@ __device__ __forceinline__ void part_weights(const Params& p, float (&w)[kRowsPe
     load_float4w<T>(p.fn + static_cast<size_t>(row_of(warp, r)) * p.row_bytes, c, w[r]);
 }
 
-// kLean: the weights come loaded (w_in, before the PDL wait); else they are loaded here, first.
+// kLean: the weights w come loaded (before the PDL wait); else they are loaded into w here, first.
 template <GgmlType T, int NT, bool kLean>
-__device__ __forceinline__ void part_sums(const Params& p, const float (&w_in)[kRowsPerWarp][4],
-                                          float (*s_x)[kPartCols], float (*s_sp)[kSplit], float (*s_dot)[NT][kMix],
-                                          double (*s_ss)[NT]) {
+__device__ __forceinline__ void part_sums(const Params& p, float (&w)[kRowsPerWarp][4], float (*s_x)[kPartCols],
+                                          float (*s_sp)[kSplit], float (*s_dot)[NT][kMix], double (*s_ss)[NT]) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  float w[kRowsPerWarp][4];
-  if constexpr (kLean) {
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) w[r][i] = w_in[r][i];
-  } else {
-    part_weights<T>(p, w);  // the weights first: in flight while the streams are staged
-  }
+  if constexpr (!kLean) part_weights<T>(p, w);  // the weights first: in flight while the streams are staged
 
   const bool post = p.post_kind != HcPost::Kind::None;
   const int st = stage_token(tid);

@@ -129,6 +129,12 @@ __device__ __forceinline__ int job_count(const Args& a) {
 // default kernel divides in 64 bits at every use: on the H200 the sixteen 64-bit division calls and the unit
 // bookkeeping are most of a small launch's ~2 250 instructions a warp, ten of the calls before its first
 // weight copy.
+// Where warp w's share of a block's L stages begins (w = kWarps: L): in 32 bits (kLean), else 64.
+template <bool kLean>
+__device__ __forceinline__ int warp_cut(int L, int w) {
+  if constexpr (kLean) return static_cast<int>(static_cast<unsigned>(L) * static_cast<unsigned>(w) / kWarps);
+  else return static_cast<int>(static_cast<int64_t>(L) * w / kWarps);
+}
 template <bool kLean = false>
 __device__ __forceinline__ Job job_at(const Args& a, int j, int warp) {
   int b = static_cast<int>(blockIdx.x), m = 0;
@@ -143,16 +149,12 @@ __device__ __forceinline__ Job job_at(const Args& a, int j, int warp) {
     const unsigned units = static_cast<unsigned>(mt.units), grid = static_cast<unsigned>(mt.grid);
     r.u0 = static_cast<int>(units * static_cast<unsigned>(b) / grid);
     r.u1 = static_cast<int>(units * static_cast<unsigned>(b + 1) / grid);
-    const unsigned L = static_cast<unsigned>((r.u1 - r.u0) * a.k);
-    r.pa = static_cast<int>(L * static_cast<unsigned>(warp) / kWarps);
-    r.pb = static_cast<int>(L * static_cast<unsigned>(warp + 1) / kWarps);
   } else {
     r.u0 = static_cast<int>(static_cast<int64_t>(mt.units) * b / mt.grid);
     r.u1 = static_cast<int>(static_cast<int64_t>(mt.units) * (b + 1) / mt.grid);
-    const int L = (r.u1 - r.u0) * a.k;
-    r.pa = static_cast<int>(static_cast<int64_t>(L) * warp / kWarps);
-    r.pb = static_cast<int>(static_cast<int64_t>(L) * (warp + 1) / kWarps);
   }
+  const int L = (r.u1 - r.u0) * a.k;
+  r.pa = warp_cut<kLean>(L, warp), r.pb = warp_cut<kLean>(L, warp + 1);
   return r;
 }
 // x / a.k for 0 <= x: a multiply and a shift in the lean kernel (run() checks x k < 2^40 for every x it
@@ -338,7 +340,7 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
     const XCols xc = x_cols(j, t);
     const bool write_out = a.aout && blockIdx.x == 0;
     for (int w = warp; w < nsl * K; w += kWarps) {
-      const int sl = kLean ? div_k<kLean>(a, w) : w / K, pc = w - sl * K, row = x0 + sl, col = pc * kPieceCols + 32 * j;
+      const int sl = div_k<kLean>(a, w), pc = w - sl * K, row = x0 + sl, col = pc * kPieceCols + 32 * j;
       auto ld8 = [&](const float* b, float (&v)[8]) {
         const float2 p = __ldg(reinterpret_cast<const float2*>(b + xc.lo));
         const float2 q = __ldg(reinterpret_cast<const float2*>(b + xc.lo + 2));
@@ -402,7 +404,7 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
     const int64_t n = a.m[jb.m].n, ys = a.m[jb.m].ys;
     float* const Ym = a.m[jb.m].Y;
     float acc0 = 0.0f, acc1 = 0.0f;  // rows g, g + 8 of this lane's token and digit half
-    const int q0 = kLean ? div_k<kLean>(a, jb.pa) : jb.pa / K;
+    const int q0 = div_k<kLean>(a, jb.pa);
     const int ufirst = jb.u0 + q0;
     int cu = ufirst, ck = kLean ? jb.pa - q0 * K : jb.pa % K;
     Unit un = unit_at<kLean>(a, jb.m, cu);
@@ -477,9 +479,9 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
     const Job jb = J.at(a, jj, warp);
     if (jb.pa >= jb.pb) continue;
     const int L = (jb.u1 - jb.u0) * K;
-    const int ul = jb.u0 + (kLean ? div_k<kLean>(a, jb.pb - 1) : (jb.pb - 1) / K), s0 = (ul - jb.u0) * K, s1 = s0 + K;
+    const int ul = jb.u0 + div_k<kLean>(a, jb.pb - 1), s0 = (ul - jb.u0) * K, s1 = s0 + K;
     if (s0 < jb.pa || s1 <= jb.pb) continue;
-    const int ps = ul == jb.u0 + (kLean ? div_k<kLean>(a, jb.pa) : jb.pa / K) ? 0 : 1;
+    const int ps = ul == jb.u0 + div_k<kLean>(a, jb.pa) ? 0 : 1;
     const Unit ue = unit_at<kLean>(a, jb.m, ul);
     const int64_t n = a.m[jb.m].n, ys = a.m[jb.m].ys;
     float* ye = a.m[jb.m].Y + (a.mat ? ue.g : 0) * ys;
@@ -487,10 +489,7 @@ __global__ void __launch_bounds__(kThreads, 1) q8_mma_stream(const Args a) {
       const int row = o % kRows, tk = o / kRows;
       float v = part[(((jj * kWarps + warp) * 2 + ps) * 2 + tk) * kRows + row];
       for (int w = warp + 1; w < kWarps; ++w) {
-        const int qa = kLean ? static_cast<int>(static_cast<unsigned>(L) * w / kWarps)
-                             : static_cast<int>(static_cast<int64_t>(L) * w / kWarps);
-        const int qb = kLean ? static_cast<int>(static_cast<unsigned>(L) * (w + 1) / kWarps)
-                             : static_cast<int>(static_cast<int64_t>(L) * (w + 1) / kWarps);
+        const int qa = warp_cut<kLean>(L, w), qb = warp_cut<kLean>(L, w + 1);
         if (qa >= s1) break;
         if (qb > qa) v += part[(((jj * kWarps + w) * 2) * 2 + tk) * kRows + row];
       }
