@@ -40,71 +40,75 @@ int DecodeFork::main_priority(unsigned parts) {
   return greatest;
 }
 
-DecodeFork::DecodeFork(unsigned parts) : parts_(parts) {
-  if (!parts_) return;  // nothing to fork: no second stream
-  FS_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+void SideStream::create() {
+  FS_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
   FS_CUDA_CHECK(cudaEventCreateWithFlags(&fork_ev_, cudaEventDisableTiming));
   FS_CUDA_CHECK(cudaEventCreateWithFlags(&join_ev_, cudaEventDisableTiming));
+}
+
+SideStream::~SideStream() {
+  if (fork_ev_) cudaEventDestroy(fork_ev_);
+  if (join_ev_) cudaEventDestroy(join_ev_);
+  if (s_) cudaStreamDestroy(s_);
+}
+
+// The event's state is taken at the wait, so one event serves every fork of the step.
+void SideStream::fork_from(cudaStream_t main) {
+  FS_CUDA_CHECK(cudaEventRecord(fork_ev_, main));
+  FS_CUDA_CHECK(cudaStreamWaitEvent(s_, fork_ev_, 0));
+}
+
+void SideStream::join_to(cudaStream_t main) {
+  FS_CUDA_CHECK(cudaEventRecord(join_ev_, s_));
+  FS_CUDA_CHECK(cudaStreamWaitEvent(main, join_ev_, 0));
+}
+
+DecodeFork::DecodeFork(unsigned parts) : parts_(parts) {
+  if (!parts_) return;  // nothing to fork: no second stream
+  side_.create();
   FS_CUDA_CHECK(cudaEventCreateWithFlags(&mid_ev_, cudaEventDisableTiming));
 }
 
 DecodeFork::~DecodeFork() {
-  if (fork_ev_) cudaEventDestroy(fork_ev_);
-  if (join_ev_) cudaEventDestroy(join_ev_);
   if (mid_ev_) cudaEventDestroy(mid_ev_);
-  if (side_) cudaStreamDestroy(side_);
 }
 
 void DecodeFork::open(cudaStream_t main) {
-  if (!side_) fail("internal: a decode fork opened with the fork switched off");
+  if (!side_.get()) fail("internal: a decode fork opened with the fork switched off");
   if (lanes_) fail("internal: decode forks do not nest");
-  // The event's state is taken at the wait, so one event serves every fork of the step.
-  FS_CUDA_CHECK(cudaEventRecord(fork_ev_, main));
-  FS_CUDA_CHECK(cudaStreamWaitEvent(side_, fork_ev_, 0));
-  lanes_.emplace(main, side_);
+  side_.fork_from(main);
+  lanes_.emplace(main, side_.get());
 }
 
 void DecodeFork::side_waits(cudaStream_t main) {
   if (!lanes_) fail("internal: a decode fork's side branch waits outside the fork");
   FS_CUDA_CHECK(cudaEventRecord(mid_ev_, main));
-  FS_CUDA_CHECK(cudaStreamWaitEvent(side_, mid_ev_, 0));
+  FS_CUDA_CHECK(cudaStreamWaitEvent(side_.get(), mid_ev_, 0));
 }
 
 void DecodeFork::join(cudaStream_t main) {
   if (!lanes_) fail("internal: a decode fork joined without being opened");
-  FS_CUDA_CHECK(cudaEventRecord(join_ev_, side_));
-  FS_CUDA_CHECK(cudaStreamWaitEvent(main, join_ev_, 0));
+  side_.join_to(main);
   lanes_.reset();
 }
 
 bool SplitBranch::requested() { return env_choice("FLASHSTAR_HC_SPLIT_SIDE", 0, 1, 1) == 1; }
 
 SplitBranch::SplitBranch(bool on) {
-  if (!on) return;
-  FS_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
-  FS_CUDA_CHECK(cudaEventCreateWithFlags(&fork_ev_, cudaEventDisableTiming));
-  FS_CUDA_CHECK(cudaEventCreateWithFlags(&join_ev_, cudaEventDisableTiming));
-}
-
-SplitBranch::~SplitBranch() {
-  if (fork_ev_) cudaEventDestroy(fork_ev_);
-  if (join_ev_) cudaEventDestroy(join_ev_);
-  if (side_) cudaStreamDestroy(side_);
+  if (on) side_.create();
 }
 
 cudaStream_t SplitBranch::open(cudaStream_t main) {
-  if (!side_) fail("internal: the split branch opened with its switch off");
+  if (!side_.get()) fail("internal: the split branch opened with its switch off");
   if (open_) fail("internal: the split branch opened twice without a join");
-  FS_CUDA_CHECK(cudaEventRecord(fork_ev_, main));
-  FS_CUDA_CHECK(cudaStreamWaitEvent(side_, fork_ev_, 0));
+  side_.fork_from(main);
   open_ = true;
-  return side_;
+  return side_.get();
 }
 
 void SplitBranch::join(cudaStream_t main) {
   if (!open_) return;
-  FS_CUDA_CHECK(cudaEventRecord(join_ev_, side_));
-  FS_CUDA_CHECK(cudaStreamWaitEvent(main, join_ev_, 0));
+  side_.join_to(main);
   open_ = false;
 }
 

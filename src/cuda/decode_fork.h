@@ -21,6 +21,24 @@
 
 namespace flashstar::cuda {
 
+// A second stream and the two events that fork it from a main stream and join it back: the edges of the
+// decode graph's parallel branches (DecodeFork, SplitBranch). Off (no stream) until create().
+class SideStream {
+ public:
+  SideStream() = default;
+  ~SideStream();
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+  void create();
+  cudaStream_t get() const { return s_; }
+  void fork_from(cudaStream_t main);  // the side stream waits for everything enqueued on main so far
+  void join_to(cudaStream_t main);    // main waits for everything enqueued on the side stream so far
+
+ private:
+  cudaStream_t s_ = nullptr;
+  cudaEvent_t fork_ev_ = nullptr, join_ev_ = nullptr;
+};
+
 class DecodeFork {
  public:
   // The chains the switch forks: unset attn,idx (the default), 0 none, 1 all, else a comma-separated
@@ -39,7 +57,7 @@ class DecodeFork {
   DecodeFork& operator=(const DecodeFork&) = delete;
 
   bool on(Part p) const { return (parts_ & p) != 0; }
-  cudaStream_t side() const { return side_; }
+  cudaStream_t side() const { return side_.get(); }
   bool is_open() const { return lanes_.has_value(); }
   void open(cudaStream_t main);
   void join(cudaStream_t main);
@@ -50,8 +68,8 @@ class DecodeFork {
 
  private:
   unsigned parts_ = 0;
-  cudaStream_t side_ = nullptr;
-  cudaEvent_t fork_ev_ = nullptr, join_ev_ = nullptr, mid_ev_ = nullptr;
+  SideStream side_;
+  cudaEvent_t mid_ev_ = nullptr;
   std::optional<TicketFork> lanes_;
 };
 
@@ -65,11 +83,8 @@ class SplitBranch {
  public:
   static bool requested();
   explicit SplitBranch(bool on);
-  ~SplitBranch();
-  SplitBranch(const SplitBranch&) = delete;
-  SplitBranch& operator=(const SplitBranch&) = delete;
 
-  bool on() const { return side_ != nullptr; }
+  bool on() const { return side_.get() != nullptr; }
   // The branch's stream, made to wait for everything enqueued on main so far.
   cudaStream_t open(cudaStream_t main);
   // main waits for everything enqueued on the branch; nothing when it is not open.
@@ -78,8 +93,7 @@ class SplitBranch {
   void abandon() { open_ = false; }  // a pass cut short by an error (the caller synchronizes the streams)
 
  private:
-  cudaStream_t side_ = nullptr;
-  cudaEvent_t fork_ev_ = nullptr, join_ev_ = nullptr;
+  SideStream side_;
   bool open_ = false;
 };
 
