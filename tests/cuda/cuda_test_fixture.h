@@ -42,43 +42,52 @@ class CudaKernelTest : public ::testing::Test {
     for (auto& x : v) x = d(rng_);
     return v;
   }
+  // Device time, in ms, of what f enqueues on the default stream: two timing events around it, waited for.
+  class DeviceTimer {
+   public:
+    DeviceTimer() {
+      FS_CUDA_CHECK(cudaEventCreate(&e0_));
+      FS_CUDA_CHECK(cudaEventCreate(&e1_));
+    }
+    ~DeviceTimer() {
+      cudaEventDestroy(e0_);
+      cudaEventDestroy(e1_);
+    }
+    DeviceTimer(const DeviceTimer&) = delete;
+    DeviceTimer& operator=(const DeviceTimer&) = delete;
+    template <class F>
+    float ms(F&& f) {
+      FS_CUDA_CHECK(cudaEventRecord(e0_));
+      f();
+      FS_CUDA_CHECK(cudaEventRecord(e1_));
+      FS_CUDA_CHECK(cudaEventSynchronize(e1_));
+      float t = 0;
+      FS_CUDA_CHECK(cudaEventElapsedTime(&t, e0_, e1_));
+      return t;
+    }
+
+   private:
+    cudaEvent_t e0_ = nullptr, e1_ = nullptr;
+  };
   // Microseconds a call, over reps calls launched back to back after warm unmeasured ones (call(i) gets the
   // call's index, e.g. to rotate weight sets so that they come from memory): the timing tests' loop.
   template <class F>
   static double back_to_back_us(int warm, int reps, F&& call) {
-    cudaEvent_t e0, e1;
-    FS_CUDA_CHECK(cudaEventCreate(&e0));
-    FS_CUDA_CHECK(cudaEventCreate(&e1));
     for (int i = 0; i < warm; ++i) call(i);
-    FS_CUDA_CHECK(cudaEventRecord(e0));
-    for (int i = 0; i < reps; ++i) call(i);
-    FS_CUDA_CHECK(cudaEventRecord(e1));
-    FS_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    FS_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    FS_CUDA_CHECK(cudaEventDestroy(e0));
-    FS_CUDA_CHECK(cudaEventDestroy(e1));
-    return 1000.0 * ms / reps;
+    DeviceTimer timer;
+    return 1000.0 * timer.ms([&] {
+      for (int i = 0; i < reps; ++i) call(i);
+    }) / reps;
   }
   // The timing tests' measure: once(set) called for every set as a warm-up, then `runs` times with the
   // sets rotating (so that a run does not find its inputs in L2 from the one before), each timed by
   // device events; the median in ms.
   template <class F>
   static float median_ms(int sets, int runs, F&& once) {
-    cudaEvent_t e0, e1;
-    FS_CUDA_CHECK(cudaEventCreate(&e0));
-    FS_CUDA_CHECK(cudaEventCreate(&e1));
+    DeviceTimer timer;
     for (int s = 0; s < sets; ++s) once(s);
     std::vector<float> ms(static_cast<size_t>(runs));
-    for (int r = 0; r < runs; ++r) {
-      FS_CUDA_CHECK(cudaEventRecord(e0));
-      once(r % sets);
-      FS_CUDA_CHECK(cudaEventRecord(e1));
-      FS_CUDA_CHECK(cudaEventSynchronize(e1));
-      FS_CUDA_CHECK(cudaEventElapsedTime(&ms[r], e0, e1));
-    }
-    FS_CUDA_CHECK(cudaEventDestroy(e0));
-    FS_CUDA_CHECK(cudaEventDestroy(e1));
+    for (int r = 0; r < runs; ++r) ms[r] = timer.ms([&] { once(r % sets); });
     std::sort(ms.begin(), ms.end());
     return ms[runs / 2];
   }
