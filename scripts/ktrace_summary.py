@@ -21,15 +21,19 @@ kernel running; launch latency, dependency waits, host gaps), overlap (two or mo
 stream, PDL prologues), the sum of kernel durations (busy + the time counted twice in overlaps), and the period
 (this step's start to the next's, host time between steps included). Per kernel name: launches per step,
 median in-situ duration, device time per step, and its share of the median step's wall (shares add up to more
-than 100 % where kernels overlap). Names are shortened: no return type, namespaces or arguments, and only the
+than 100 % where kernels overlap), and its exposed time per step: every moment of a step goes to the oldest
+running kernel, so a kernel launched early (PDL) and waiting for its predecessor gets only its time past the
+predecessor's end, and side-stream work that ran under the main chain gets nothing (exposed + idle = wall;
+the kernels to shorten are those with the most exposed time). Names are shortened: no return type, namespaces or arguments, and only the
 first template argument (`k<64,...>`); --full keeps every template argument, so instantiations stay apart.
 --list N prints the kernels of the median step in order (start offset, duration, gap since the latest end
-before it: negative = overlap), --layers L the per-layer time of that step, split at the kernel that runs L
+before it: negative = overlap, exposed time), --layers L the per-layer time of that step, split at the kernel that runs L
 times a step (or --layer-marker REGEX).
 """
 import argparse
 import csv
 import re
+import heapq
 import statistics
 import sys
 
@@ -159,6 +163,27 @@ def step_stats(step):
             'n': len(step)}
 
 
+def exposed(step):
+    """Each kernel's exposed time: every moment of the step goes to the running kernel that started first.
+    With programmatic launches a kernel starts early and waits (pdl_wait) for the one before it, which
+    started before it; so in a chain the moment goes to the kernel doing the work, and a kernel's exposed
+    time is about its time past its predecessor's end. Moments with nothing running are idle: the exposed
+    times and the idle time add up to the wall. Returns {id(record): ns}."""
+    out = {id(r): 0 for r in step}
+    marks = sorted({r['start'] for r in step} | {r['end'] for r in step})
+    order = sorted(step, key=lambda r: (r['start'], r['end']))
+    heap, i = [], 0
+    for a, b in zip(marks, marks[1:]):
+        while i < len(order) and order[i]['start'] <= a:
+            heapq.heappush(heap, (order[i]['start'], i))
+            i += 1
+        while heap and order[heap[0][1]]['end'] <= a:  # the oldest has ended: the next oldest still running
+            heapq.heappop(heap)
+        if heap:
+            out[id(order[heap[0][1]])] += b - a
+    return out
+
+
 def us(ns):
     return ns / 1e3
 
@@ -234,20 +259,25 @@ def summarize(a, out=None):
 
     per = {}
     for s in used:
+        ex = exposed(s)
         for r in s:
             n = short_name(r['name'], a.full)
-            e = per.setdefault(n, {'n': 0, 'durs': []})
+            e = per.setdefault(n, {'n': 0, 'durs': [], 'exp': 0})
             e['n'] += 1
             e['durs'].append(r['end'] - r['start'])
+            e['exp'] += ex[id(r)]
     ns = len(used)
     table = sorted(per.items(), key=lambda kv: -sum(kv[1]['durs']))
-    print('\nper kernel (%d names; device time per step, share of the median wall):' % len(per), file=out)
+    print('\nper kernel (%d names; device time per step, share of the median wall; exposed: the time it was the '
+          'oldest running kernel, about its time past its predecessor; exposed + idle = wall):' % len(per), file=out)
     width = min(max(len(n) for n in per) if per else 10, 70)
-    print('  %-*s %7s %10s %11s %7s' % (width, 'kernel', 'n/step', 'median us', 'us/step', 'share'), file=out)
+    print('  %-*s %7s %10s %11s %7s %12s %7s' % (width, 'kernel', 'n/step', 'median us', 'us/step', 'share',
+                                                 'exposed us', 'share'), file=out)
     for n, e in table[:a.top]:
-        per_step = sum(e['durs']) / ns
-        print('  %-*s %7.2f %10.2f %11.1f %6.1f%%' % (width, n[:width], e['n'] / ns, us(statistics.median(e['durs'])),
-                                                    us(per_step), pct(per_step)), file=out)
+        per_step, exp_step = sum(e['durs']) / ns, e['exp'] / ns
+        print('  %-*s %7.2f %10.2f %11.1f %6.1f%% %12.1f %6.1f%%' % (
+            width, n[:width], e['n'] / ns, us(statistics.median(e['durs'])), us(per_step), pct(per_step),
+            us(exp_step), pct(exp_step)), file=out)
     if len(table) > a.top:
         rest = sum(sum(e['durs']) for _, e in table[a.top:]) / ns
         print('  %-*s %7s %10s %11.1f %6.1f%%' % (width, '(%d more)' % (len(table) - a.top), '', '', us(rest),
@@ -258,14 +288,14 @@ def summarize(a, out=None):
     step = used[mi]
     if a.list:
         print('\nmedian step (#%d, wall %.1f us): kernels in start order' % (mi + skip, us(st[mi]['wall'])), file=out)
-        print('  %4s %10s %9s %9s %6s %-13s %s' % ('#', 'start us', 'dur us', 'gap us', 'stream', 'grid', 'kernel'),
-              file=out)
-        t0, last_end = step[0]['start'], None
+        print('  %4s %10s %9s %9s %8s %6s %-13s %s' % ('#', 'start us', 'dur us', 'gap us', 'exp us', 'stream', 'grid',
+                                                       'kernel'), file=out)
+        t0, last_end, ex = step[0]['start'], None, exposed(step)
         for i, r in enumerate(step[:a.list]):
             gap = '' if last_end is None else '%9.2f' % us(r['start'] - last_end)
-            print('  %4d %10.2f %9.2f %9s %6d %-13s %s' % (i, us(r['start'] - t0), us(r['end'] - r['start']), gap,
-                                                           r['stream'], r['grid'], short_name(r['name'], a.full)),
-                  file=out)
+            print('  %4d %10.2f %9.2f %9s %8.2f %6d %-13s %s' % (
+                i, us(r['start'] - t0), us(r['end'] - r['start']), gap, us(ex[id(r)]), r['stream'], r['grid'],
+                short_name(r['name'], a.full)), file=out)
             last_end = r['end'] if last_end is None else max(last_end, r['end'])
     if a.layers or a.layer_marker:
         layer_view(step, a.layers, a.layer_marker, a.full, out)

@@ -66,7 +66,8 @@ class CudaSession final : public Session {
     main_priority_ = DecodeFork::main_priority(fork_parts);  // 0: the default priority
     FS_CUDA_CHECK(cudaStreamCreateWithPriority(&s_, cudaStreamNonBlocking, main_priority_));
     fork_ = std::make_unique<DecodeFork>(fork_parts);
-    split_br_ = std::make_unique<SplitBranch>(SplitBranch::requested());
+    split_br_ = std::make_unique<SideBranch>(split_branch_requested(), false);
+    window_br_ = std::make_unique<SideBranch>(window_branch_requested(), true);
     init_quant_tables();
     fast::init_tables();
     upload_weights(m_.file(), weights_, s_, opts_.verbose);
@@ -397,7 +398,7 @@ class CudaSession final : public Session {
       a.split_later = split_br_->on() && n <= 2 && !prof_.on();
       if (d_.MIX == fast::hcp::kMix && d_.SPLIT == fast::hcp::kMix && fast::hc_pre(a, s_)) {
         pending_ = {};
-        if (a.split_later) split_of_mix(split_br_->open(s_));  // off the critical path (SplitBranch)
+        if (a.split_later) split_of_mix(split_br_->open(s_));  // off the critical path (SideBranch)
         return;
       }
       fast::HcPrefillArgs b;  // prefill: the same outputs, and the FP16 copy of normed that prep() returns
@@ -529,10 +530,11 @@ class CudaSession final : public Session {
 
     // Keep the newest n_swa raw rows at the front of the window buffer.
     const int64_t total = L.n_raw + n, keep = std::min<int64_t>(c_.n_swa, total);
-    if (keep < total) {
+    if (keep < total) {  // only this layer's next pass reads the window: off the main chain (decode_fork.h)
+      const cudaStream_t ws = window_br_->on() ? window_br_->open(s_) : s_;
       FS_CUDA_CHECK(cudaMemcpyAsync(hist_tmp_, L.hist + (total - keep) * d_.HD, f32b(keep * d_.HD),
-                                    cudaMemcpyDeviceToDevice, s_));
-      FS_CUDA_CHECK(cudaMemcpyAsync(L.hist, hist_tmp_, f32b(keep * d_.HD), cudaMemcpyDeviceToDevice, s_));
+                                    cudaMemcpyDeviceToDevice, ws));
+      FS_CUDA_CHECK(cudaMemcpyAsync(L.hist, hist_tmp_, f32b(keep * d_.HD), cudaMemcpyDeviceToDevice, ws));
     }
     L.n_raw = keep;
   }
@@ -674,6 +676,7 @@ class CudaSession final : public Session {
     pending_ = {}, xb_of_ = nullptr;  // (a pass cut short by an error) the embedding rewrites X_
     fork_->abandon();
     split_br_->abandon();
+    window_br_->abandon();
     embed(embd_, tok_, n, int(c_.n_hc), X_, s_);
     for (uint32_t il = 0; il < c_.n_layer; ++il) {
       attention_half(il, pos0, n);
@@ -692,6 +695,7 @@ class CudaSession final : public Session {
       hc_head(Xr, head_mix_, out_hc_scale_, out_hc_base_, int(c_.n_hc), d_.D, float(c_.hc_eps), out_, m, s_);
       norm_rows(out_, d_.D, out_norm_, fn_, d_.D, m, d_.D, float(c_.rms_eps));
       mm(Route::DenseQ8, output_, 0, d_.V, fn_, m, d_.D, head_logits_, d_.V);
+      if (r0 + m == n) window_br_->join(s_);  // before the pass's last copy and wait: the next pass writes it
       if (all_logits && !capturing)
         FS_CUDA_CHECK(cudaMemcpyAsync(all_logits + r0 * d_.V, head_logits_, f32b(m * d_.V), cudaMemcpyDeviceToHost, s_));
       if (r0 + m == n)
@@ -742,10 +746,12 @@ class CudaSession final : public Session {
           fork_->abandon();
         }
       }
-      try {
-        split_br_->join(s_);
-      } catch (...) {
-        split_br_->abandon();
+      for (SideBranch* b : {split_br_.get(), window_br_.get()}) {
+        try {
+          b->join(s_);
+        } catch (...) {
+          b->abandon();
+        }
       }
     };
     const cudaGraphExec_t e = graphs_.get(key, s_, pdl_on_, main_priority_ != 0, enqueue, unwind);
@@ -776,7 +782,8 @@ class CudaSession final : public Session {
   float* mv_work_ = nullptr;    // the current lane's split workspace: the main lane's, or side_work_ in on_side
   float* side_work_ = nullptr;
   std::unique_ptr<DecodeFork> fork_;  // the decode fork's side stream (FLASHSTAR_DECODE_FORK)
-  std::unique_ptr<SplitBranch> split_br_;  // the hyper-connection split's branch (FLASHSTAR_HC_SPLIT_SIDE)
+  std::unique_ptr<SideBranch> split_br_;   // the hyper-connection split's branch (FLASHSTAR_HC_SPLIT_SIDE)
+  std::unique_ptr<SideBranch> window_br_;  // the window buffers' shifts (FLASHSTAR_WINDOW_SIDE)
   int main_priority_ = 0;             // s_'s priority (DecodeFork::main_priority)
   DeviceArray<uint8_t> weights_, vectors_;
   DeviceArray<float> state_, scratch_;

@@ -92,21 +92,22 @@ void DecodeFork::join(cudaStream_t main) {
   lanes_.reset();
 }
 
-bool SplitBranch::requested() { return env_choice("FLASHSTAR_HC_SPLIT_SIDE", 0, 1, 1) == 1; }
+bool split_branch_requested() { return env_choice("FLASHSTAR_HC_SPLIT_SIDE", 0, 1, 1) == 1; }
+bool window_branch_requested() { return env_choice("FLASHSTAR_WINDOW_SIDE", 0, 1, 1) == 1; }
 
-SplitBranch::SplitBranch(bool on) {
+SideBranch::SideBranch(bool on, bool stacking) : stacking_(stacking) {
   if (on) side_.create();
 }
 
-cudaStream_t SplitBranch::open(cudaStream_t main) {
-  if (!side_.get()) fail("internal: the split branch opened with its switch off");
-  if (open_) fail("internal: the split branch opened twice without a join");
+cudaStream_t SideBranch::open(cudaStream_t main) {
+  if (!side_.get()) fail("internal: a side branch opened with its switch off");
+  if (open_ && !stacking_) fail("internal: a side branch opened twice without a join");
   side_.fork_from(main);
   open_ = true;
   return side_.get();
 }
 
-void SplitBranch::join(cudaStream_t main) {
+void SideBranch::join(cudaStream_t main) {
   if (!open_) return;
   side_.join_to(main);
   open_ = false;

@@ -22,7 +22,7 @@
 namespace flashstar::cuda {
 
 // A second stream and the two events that fork it from a main stream and join it back: the edges of the
-// decode graph's parallel branches (DecodeFork, SplitBranch). Off (no stream) until create().
+// decode graph's parallel branches (DecodeFork, SideBranch). Off (no stream) until create().
 class SideStream {
  public:
   SideStream() = default;
@@ -73,16 +73,24 @@ class DecodeFork {
   std::optional<TicketFork> lanes_;
 };
 
-// The hyper-connection split of a decode half-layer on a branch of its own (FLASHSTAR_HC_SPLIT_SIDE, default
-// 1; =0 off). hc_pre's last block otherwise waits for the split's Sinkhorn walk (39 dependent
-// normalisations, its longest chain), whose result only the next hc_pre reads: with split_later
-// (fast_hc_pre.h) the session enqueues fast::hc_split of the stored mix on this branch's stream after
-// hc_pre and joins it before the next reader of the split. Its kernel takes no ticket, so the branch
-// needs no ticket lane and may stay open across a DecodeFork.
-class SplitBranch {
+// A branch of one kind of work on a side stream of its own, whose results only a later point reads, so
+// the main stream's chain does not wait for it. Its work takes no ticket (stream_lanes.h), so the branch
+// needs no ticket lane and may stay open across a DecodeFork. Two are used:
+// - the hyper-connection split of a decode half-layer (FLASHSTAR_HC_SPLIT_SIDE, default 1; =0 off). hc_pre's
+//   last block otherwise waits for the split's Sinkhorn walk (39 dependent normalisations, its longest
+//   chain), whose result only the next hc_pre reads: with split_later (fast_hc_pre.h) the session enqueues
+//   fast::hc_split of the stored mix on this branch after hc_pre and joins it before the next reader;
+// - the attention window buffer's shift (FLASHSTAR_WINDOW_SIDE, default 1; =0 off): once the window is full,
+//   each pass copies the newest rows of a layer's raw window to its front (two device copies through a
+//   scratch buffer). Only that layer's next pass reads the buffer, so every layer's copies go on this
+//   branch after the attention output, and the branch joins once at the end of the pass. On the main
+//   stream the two copy nodes broke the programmatic chain from the attention output's product to the
+//   next hc_pre (copies take full edges) and took ~3 us a layer on it. The copies of all layers share the
+//   scratch buffer: they run in layer order on the one branch stream.
+// stacking: open() may be called again before join() (the newer work also waits for main's newer work).
+class SideBranch {
  public:
-  static bool requested();
-  explicit SplitBranch(bool on);
+  SideBranch(bool on, bool stacking);
 
   bool on() const { return side_.get() != nullptr; }
   // The branch's stream, made to wait for everything enqueued on main so far.
@@ -94,7 +102,9 @@ class SplitBranch {
 
  private:
   SideStream side_;
-  bool open_ = false;
+  bool stacking_ = false, open_ = false;
 };
+bool split_branch_requested();   // FLASHSTAR_HC_SPLIT_SIDE
+bool window_branch_requested();  // FLASHSTAR_WINDOW_SIDE
 
 }  // namespace flashstar::cuda

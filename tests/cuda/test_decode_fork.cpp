@@ -144,6 +144,26 @@ TEST(SplitBranch, PlainLaunchesBitwiseEqualToSerial) {
         << "FLASHSTAR_DECODE_FORK=" << f;
 }
 
+// FLASHSTAR_WINDOW_SIDE (default 1): the window buffers' shifts on a branch joined at the end of the pass
+// give the same logits as on the main stream (=0), alone and beside every decode fork (plain launches: the
+// tiny model; its 128-row window is full from the 128th token on, so 72 of the 160 decoded steps shift).
+TEST(WindowBranch, PlainLaunchesBitwiseEqualToSerial) {
+  const std::string path = tiny_model_path();
+  if (path.empty()) GTEST_SKIP() << "no CUDA device, or could not make the tiny model (set FLASHSTAR_BIN)";
+  auto model = Model::load(path);
+  const SessionOptions o = tiny_options();
+  const auto toks = tokens(200, model->config().n_vocab, 31);
+  std::vector<float> serial;
+  {
+    ScopedEnv main_stream("FLASHSTAR_WINDOW_SIDE", "0");
+    serial = decode_logits(*model, o, toks, 40, "0", nullptr);
+  }
+  ScopedEnv side("FLASHSTAR_WINDOW_SIDE", "1");
+  for (const char* f : {"0", "1"})
+    EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 40, f, nullptr)), serial.size())
+        << "FLASHSTAR_DECODE_FORK=" << f;
+}
+
 // A graph of 16 fork / join diamonds of library kernels (each reads what the one before wrote, the
 // fork's two branches read the same rows, the join reads both and the next diamond overwrites what both
 // branches read) with every kernel edge programmatic, fork and join edges included: the same bits as

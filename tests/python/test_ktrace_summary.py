@@ -93,15 +93,19 @@ def main():
     check('[memcpy' not in out, 'the copies outside the graph are not in the steps')
     table = out.split('per kernel')[1].split('median step')[0]
     lines = [l.split() for l in table.splitlines()[2:] if l.strip()]
-    check(lines[0][0] == 'hc_pre_kernel<HcArgs<4>,...>' and lines[0][1:] == ['2.00', '1.00', '2.0', '26.3%'],
-          'hc_pre: 2 a step, 1 us each, 26.3 % (table sorted by time)')
+    check(lines[0][0] == 'hc_pre_kernel<HcArgs<4>,...>' and lines[0][1:] == ['2.00', '1.00', '2.0', '26.3%', '2.0', '26.3%'],
+          'hc_pre: 2 a step, 1 us each, 26.3 %, all of it exposed (table sorted by time)')
+    check(any(l[0] == 'attn_side<128>' and l[5:] == ['0.0', '0.0%'] for l in lines),
+          'the side stream\'s kernel ran under older ones: nothing exposed')
+    exposed = sum(float(l[5]) for l in lines if len(l) == 7)
+    check(abs(exposed - 6.9) < 0.11, 'exposed times add up to the busy time (%.2f)' % exposed)
     check(any(l[0] == 'matvec_q8<64,...>' and l[1] == '1.00' for l in lines), 'matvec in the table')
     listed = out.split('kernels in start order')[1].split('per layer')[0].splitlines()[2:]
     listed = [l for l in listed if l.strip()]
     check(len(listed) == 6 and listed[0].split()[1:3] == ['0.00', '1.00'],
           '--list: six kernels from offset 0')
     check(listed[2].split()[1:4] == ['2.40', '2.00', '-0.10'], '--list: matvec 100 ns inside hc_pre (PDL)')
-    check(listed[3].split()[1:5] == ['3.00', '1.00', '-1.40', '8'], '--list: the side stream\'s kernel')
+    check(listed[3].split()[1:6] == ['3.00', '1.00', '-1.40', '0.00', '8'], '--list: the side stream\'s kernel')
     check(listed[4].split()[3] == '0.20', '--list: 200 ns gap before the second layer')
     check('per layer (median step, split at hc_pre_kernel<HcArgs<4>,...>)' in out, 'per layer split at hc_pre')
     check('layer   0  +      1.5 us       3.1 us    3' in out and 'layer   1  +      4.6 us       3.0 us    2' in out,
