@@ -29,6 +29,12 @@ constexpr int kTok = 8;         // queries (attention_decode_path)
 constexpr int kGroup = 8;       // heads of a block: warp h owns head h's softmax
 constexpr int kChunk = 32;      // rows staged at once: a lane per row in the softmax
 constexpr int kMaxSplits = 24;  // row splits of a (query, head group); <= 32: a lane per split in the combine
+// The default cap (FLASHSTAR_ATTN_DECODE_SPLITS=N sets another, 1-24). A ratio-4 layer's 640 rows (window
+// and selection) are 20 chunks: 10 splits of two chunks each fill 80 SMs once and leave its last block 9
+// splits' parts to weigh, where 20 splits (the old cap: 160 blocks, 28 SMs with two) left 19; 43-layer
+// decode at 8k 130.3 -> 132.7 tok/s (H200, scripts/switch-ab.sh). Other bits than 24: the combine adds
+// other partial sums (the same fp32 arithmetic per split).
+constexpr int kDefaultSplits = 10;
 constexpr int kThreads = 256;   // P.V: thread = (head half: 4 heads, float4 of the head dims)
 constexpr int kStat = 2 * kGroup;  // per split: max[8], sum[8]
 
@@ -389,7 +395,7 @@ int& max_splits_flag() {
   static int v = [] {
     const char* e = std::getenv("FLASHSTAR_ATTN_DECODE_SPLITS");
     const int n = e ? std::atoi(e) : 0;
-    return n >= 1 && n <= kMaxSplits ? n : kMaxSplits;
+    return n >= 1 && n <= kMaxSplits ? n : kDefaultSplits;
   }();
   return v;
 }
@@ -437,7 +443,7 @@ bool flash_decode_attention(const AttentionArgs& args, float* scratch, int64_t m
   return roped;
 }
 
-void attention_decode_set_max_splits(int n) { max_splits_flag() = n >= 1 && n <= kMaxSplits ? n : kMaxSplits; }
+void attention_decode_set_max_splits(int n) { max_splits_flag() = n >= 1 && n <= kMaxSplits ? n : kDefaultSplits; }
 int attention_decode_max_splits() { return max_splits_flag(); }
 
 int64_t flash_decode_probe(const AttentionArgs& args, float* scratch, int64_t max_rows, cudaStream_t s,

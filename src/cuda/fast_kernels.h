@@ -211,7 +211,7 @@ void indexer_topk_v2(const float* scores, int64_t stride, int64_t pos0, int64_t 
 constexpr int kDecodeV2TopK = 1, kDecodeV2Flash = 2;
 int attention_decode_v2();
 void attention_decode_set_v2(int parts);
-// The most row splits of the decode attention (default and cap 24; FLASHSTAR_ATTN_DECODE_SPLITS=N at start):
+// The most row splits of the decode attention (default 10, cap 24; FLASHSTAR_ATTN_DECODE_SPLITS=N at start):
 // fewer splits walk more chunks each and leave the last block fewer parts to combine. A different split
 // count gives different bits (the online softmax and the combine group the rows differently).
 void attention_decode_set_max_splits(int n);

@@ -212,7 +212,7 @@ TEST_F(FastKernels, SinkAttentionMatchesReference) {
   // prefill-sized query counts (tensor-core tiles) and decode-sized ones (the flash-decoding kernel).
   // parts: room for that many n x n_head x hd partial outputs after the scores' room; the split count
   // follows (8 heads x (hd + 2) floats a split): 0 = one split walking every chunk, 6 = 7 splits of
-  // several chunks, 24 = up to 24 splits of one chunk each (as the session's scratch allows).
+  // several chunks, 24 = room for up to 24 splits (the default cap, 10, applies).
   struct Case {
     int ratio;
     int64_t n;
