@@ -60,6 +60,6 @@ fi
 echo
 echo "== switch A/B (prefill tok/s, decode tok/s at ctx 4096 and 8192; 4L rounds separated by |)"
 for i in "${!settings[@]}"; do
-  printf '%-60s %-12s 4L: %s\n' "${settings[$i]}" "${rows[$i]}" "${b4[$i]}"
+  printf '%-60s %-12s 4L: %s\n' "${settings[$i]}" "${rows[$i]}" "${b4[$i]:-}"
   [ -n "${b43[$i]:-}" ] && printf '%-60s %-12s 43L: %s\n' "" "" "${b43[$i]}"
 done | tee "$O/switch-ab.txt"
