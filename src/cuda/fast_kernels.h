@@ -247,7 +247,10 @@ void route(float* logits, const float* bias, const int32_t* tid2eid, const int32
 // equal to finish_rows, indexer_qat and hc_split of ref_kernels.h (false: shape not taken).
 bool finish_rows(float* x, int64_t n_rows, int64_t row_stride, int64_t dim, int n_rot, RowKind kind, bool official,
                  cudaStream_t s);
+// indexer_qat takes vectors of 128 (16-byte aligned) a lane quad each (row_qat_quad.cuh), other dims a
+// block each (indexer_qat_block, that kernel for any dim: the tests compare the two).
 bool indexer_qat(float* x, int64_t n_vec, int64_t dim, cudaStream_t s);
+bool indexer_qat_block(float* x, int64_t n_vec, int64_t dim, cudaStream_t s);
 bool hc_split(const float* mix, int64_t ms, const float* scale, const float* base, int n_hc, int iters, float eps,
               float* split, int64_t n, cudaStream_t s);
 // Rows of dim values at stride dim, in place: RMS norm (weight w, may be null) as rms_norm_rows, then the
