@@ -101,12 +101,13 @@ if cmp -s "$WORK/g-1-0.f32" "$WORK/g-1-1.f32" && cmp -s "$WORK/g-1-0.f32" "$WORK
 else row "decode fork == serial, graph and plain (bitwise)" FAIL ""; fi
 # the decode kernel variants against the defaults, each alone and together, graph and plain: the split in
 # hc_pre, the Q8_0 and hc_pre kernels before their lean versions, the float products' weights after the PDL
-# wait and the window shifts on the main stream (each =0, off), the router in one launch and out_a's stages
-# before the wait (=1, on), the split inside hc_pre and the shifts on the main stream beside every decode fork
+# wait, the window shifts on the main stream and the indexer query's RoPE and FP4 simulation in launches of
+# their own (each =0, off), the router in one launch and out_a's stages before the wait (=1, on), the split
+# inside hc_pre and the shifts on the main stream beside every decode fork
 for v in "FLASHSTAR_HC_SPLIT_SIDE=0" "FLASHSTAR_HC_SPLIT_SIDE=0 FLASHSTAR_DECODE_FORK=1" "FLASHSTAR_Q8_LEAN=0" \
          "FLASHSTAR_HC_PRE_LEAN=0" "FLASHSTAR_ROUTER_FUSED=1" "FLASHSTAR_MV_EARLY=0" "FLASHSTAR_Q8_CONST_ITEMS=1" \
-         "FLASHSTAR_WINDOW_SIDE=0" "FLASHSTAR_WINDOW_SIDE=0 FLASHSTAR_DECODE_FORK=1" \
-         "FLASHSTAR_HC_SPLIT_SIDE=0 FLASHSTAR_Q8_LEAN=0 FLASHSTAR_HC_PRE_LEAN=0 FLASHSTAR_ROUTER_FUSED=1 FLASHSTAR_MV_EARLY=0 FLASHSTAR_WINDOW_SIDE=0"; do
+         "FLASHSTAR_WINDOW_SIDE=0" "FLASHSTAR_WINDOW_SIDE=0 FLASHSTAR_DECODE_FORK=1" "FLASHSTAR_IDX_FUSED=0" \
+         "FLASHSTAR_HC_SPLIT_SIDE=0 FLASHSTAR_Q8_LEAN=0 FLASHSTAR_HC_PRE_LEAN=0 FLASHSTAR_ROUTER_FUSED=1 FLASHSTAR_MV_EARLY=0 FLASHSTAR_WINDOW_SIDE=0 FLASHSTAR_IDX_FUSED=0"; do
   for g in 1 0; do
     rm -f "$WORK/g-v.f32"
     if env FLASHSTAR_CUDA_GRAPH=$g $v "$FS" logits -m "$WORK/flash4.gguf" --tokens "$WORK/r2100.json" \

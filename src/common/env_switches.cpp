@@ -70,6 +70,7 @@ const std::vector<Switch>& switches() {
       {"FLASHSTAR_GPU_MEMORY", {}, 1, 0, [](std::string_view) { return true; }, "a size"},
       {"FLASHSTAR_HC_PRE_LEAN", {"0", "1"}},
       {"FLASHSTAR_HC_SPLIT_SIDE", {"0", "1"}},
+      {"FLASHSTAR_IDX_FUSED", {"0", "1"}},
       {"FLASHSTAR_INDEXER_PREFILL_V2", {"0", "1"}},
       // a path: cuda/kernel_trace.cpp writes the kernel timeline's CSV there
       {"FLASHSTAR_KTRACE", {}, 1, 0, [](std::string_view) { return true; }, "a file path"},

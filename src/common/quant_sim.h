@@ -55,6 +55,23 @@ FS_HD float fp8_block_scale(float amax) { return pow2_ceil(fmaxf(amax, 1e-4f) / 
 FS_HD float fp8_roundtrip(float v, float scale) { return e4m3_round(fminf(fmaxf(v / scale, -448.0f), 448.0f)) * scale; }
 FS_HD float fp4_block_scale(float amax) { return pow2_ceil(fmaxf(amax, 7.052966104933725e-38f) / 6.0f); }
 FS_HD float fp4_roundtrip(float v, float scale) { return e2m1_round(fminf(fmaxf(v / scale, -6.0f), 6.0f)) * scale; }
+// e2m1_round of a value c in [-6, 6] in a few operations: the E2M1 magnitudes are the multiples of 0.5
+// up to 2, of 1 up to 4 and of 2 up to 6, so the nearest is rintf at that spacing, whose ties go to the
+// even multiple, which is the even code. (Between two neighbours the distances above are exact, so the
+// search picks the nearest and on a tie the even code; a farther magnitude is never as near.) Equal to
+// e2m1_round, bit for bit, on every float of [-6, 6] (checked exhaustively; QuantSim tests check a part).
+FS_HD float e2m1_round_grid(float c) {
+  const float a = fabsf(c);
+  const bool lo = a < 2.0f, mid = a < 4.0f;
+  const float q = rintf(a * (lo ? 2.0f : mid ? 1.0f : 0.5f)) * (lo ? 0.5f : mid ? 1.0f : 2.0f);
+  return signbit(c) ? -q : q;
+}
+// fp4_roundtrip for a scale from fp4_block_scale (a power of two, or what it makes of an infinite amax),
+// given inv = 1 / scale: v * inv and v / scale round the same exact value v 2^-k (inv is exact), and
+// e2m1_round_grid is e2m1_round on the clamped value, so the result is fp4_roundtrip's bit for bit.
+FS_HD float fp4_roundtrip_pow2(float v, float scale, float inv) {
+  return e2m1_round_grid(fminf(fmaxf(v * inv, -6.0f), 6.0f)) * scale;
+}
 // The factor after the unnormalised Hadamard butterflies of n values.
 FS_HD float hadamard_scale(int64_t n) { return static_cast<float>(1.0 / sqrt(static_cast<double>(n))); }
 

@@ -346,9 +346,14 @@ class CudaSession final : public Session {
                 int(d_.IHD), int(IW), n_rot, eps, RowKind::Indexer, official, pos_dev_});
   }
 
-  // The indexer's queries from qr_: projection, RoPE and (official numerics) the FP4 simulation, into iq_.
+  // The indexer's queries from qr_: projection, RoPE and (official numerics) the FP4 simulation, into iq_;
+  // at decode (idx_fused) the projection alone, the indexer's scores launch doing the rest.
+  bool idx_fused(int64_t n, int n_rot) const {
+    return routes_[Route::Attention] && fast::indexer_fused(int(d_.NIH), int(d_.IHD), n, n_rot);
+  }
   void indexer_query(const DLayer& L, int64_t pos0, int64_t n, int n_rot, const double* freq, bool official) {
     mm(Route::F16Proj, L.idx_q_b, 0, d_.NIH * d_.IHD, qr_, n, d_.QL, iq_, d_.NIH * d_.IHD);
+    if (idx_fused(n, n_rot)) return;
     if (!small_prefill(n) || !fast::rope_prefill(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1,
                                                  false, s_))
       rope(iq_, n, d_.NIH * d_.IHD, int(d_.NIH), d_.IHD, n_rot, freq, pos0, 1, false, s_, pos_dev_);
@@ -489,9 +494,10 @@ class CudaSession final : public Session {
     if (fork || fork_idx) fork_->join(s_);
     if (use_indexer) {
       const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.IHD * d_.NIH)));
+      const fast::IndexerQueryPrep prep{n_rot, freq, official};
       if (routes_[Route::Attention] && fast::indexer_supported(int(d_.NIH), int(d_.IHD), n))
         fast::indexer_select(iq_, iw_, wscale, L.idx, int(d_.NIH), int(d_.IHD), pos0, n, 4, int(c_.idx_top_k),
-                             idx_scratch_, d_.IDXCAP, idx_sel_, s_, pos_dev_);
+                             idx_scratch_, d_.IDXCAP, idx_sel_, s_, pos_dev_, idx_fused(n, n_rot) ? &prep : nullptr);
       else
         indexer_select(iq_, iw_, wscale, L.idx, int(d_.NIH), int(d_.IHD), pos0, n, 4, int(c_.idx_top_k), idx_scratch_,
                        d_.IDXCAP, idx_sel_, s_);

@@ -405,12 +405,15 @@ bool indexer_supported(int n_heads, int head_dim, int64_t n) {
 
 void indexer_select(const float* iq, const float* iw, float wscale, const float* idx_rows, int n_heads, int head_dim,
                     int64_t pos0, int64_t n, int ratio, int top_k, float* scratch, int64_t scratch_stride,
-                    int32_t* sel, cudaStream_t s, const int64_t* pos_dev) {
+                    int32_t* sel, cudaStream_t s, const int64_t* pos_dev, const IndexerQueryPrep* prep) {
   (void)n_heads;
   if (n <= 0) return;
   // with the position on the device, enough row tiles for the whole scratch row (the extra ones exit)
   const int64_t max_vis = pos_dev ? scratch_stride : (pos0 + n) / ratio;
-  if (n <= kIdxDecMaxTok && head_dim == kIdxDecDim) {
+  if (prep) {
+    if (n > kIdxDecMaxTok || head_dim != kIdxDecDim) fail("internal: indexer query preparation at prefill");
+    indexer_scores_fused(iq, iw, wscale, idx_rows, pos0, n, ratio, scratch, scratch_stride, pos_dev, *prep, max_vis, s);
+  } else if (n <= kIdxDecMaxTok && head_dim == kIdxDecDim) {
     const int64_t blocks = std::min<int64_t>((max_vis + kIdxDecRows - 1) / kIdxDecRows, kIdxDecBlocks);
     if (blocks > 0) {
       indexer_scores_decode<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(blocks)), 256, 0, s>>>(

@@ -1,15 +1,19 @@
 // Small ops of the fused_ops route that the reference runs with one thread per row or per token and
 // that decode pays for as serial latency: the FP8/FP4 simulations of cached rows (a block per row), the
-// indexer query rounding (a block per vector) and the hyper-connection split with 16 lanes per token. Each computes exactly what the reference computes, element for element (same operations
-// on the same values; the butterflies of one Hadamard stage are independent, a block maximum does not
-// depend on its order), and this file is compiled without FMA contraction like the reference: the results
-// are bitwise equal, which the kernel tests check.
+// indexer query rounding (a lane quad per vector of 128, else a block per vector) and the
+// hyper-connection split with 16 lanes per token. Each computes exactly what the reference computes,
+// element for element (same operations on the same values; the butterflies of one Hadamard stage are
+// independent, a block maximum does not depend on its order, the FP4 rounding of row_qat_quad.cuh is the
+// reference's bit for bit), and this file is compiled without FMA contraction like the reference: the
+// results are bitwise equal, which the kernel tests check.
 #include "cuda/cuda_util.h"
+#include "cuda/device_info.h"
 #include "cuda/fast_kernels.h"
 #include "cuda/hc_split.cuh"
 #include "cuda/ref_numerics.cuh"
-#include "cuda/row_sim_par.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/row_qat_quad.cuh"
+#include "cuda/row_sim_par.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -37,6 +41,24 @@ __global__ void __launch_bounds__(kRowThreads) indexer_qat_par_kernel(float* x, 
   __syncthreads();
   indexer_qat_par(row, dim);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) g[i] = row[i];
+}
+
+// indexer_qat_par_kernel for rows of 128 at memory speed: a lane quad per row in registers
+// (row_qat_quad.cuh), 64 rows a block, no shared memory or barriers (a block per row took 638 us for a
+// 4 096-token prefill's 262 144 rows).
+constexpr int kQuadThreads = 256, kQuadRows = kQuadThreads / 4;
+__global__ void __launch_bounds__(kQuadThreads) indexer_qat_quad_kernel(float* x, int64_t n_rows) {
+  pdl_wait();
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kQuadRows + threadIdx.x / 4;
+  const bool valid = row < n_rows;  // every lane takes part in the shuffles
+  float4* g = reinterpret_cast<float4*>(x + (valid ? row : n_rows - 1) * kQuadRowDim) + (threadIdx.x & 3);
+  float4 v[kQuadRegs];
+#pragma unroll
+  for (int m = 0; m < kQuadRegs; ++m) v[m] = g[4 * m];
+  qat_row_quad(v);
+  if (!valid) return;
+#pragma unroll
+  for (int m = 0; m < kQuadRegs; ++m) g[4 * m] = v[m];
 }
 
 // hc_split_kernel of ref_ops.cu, a half warp per token (hc_split.cuh).
@@ -104,6 +126,14 @@ bool finish_rows(float* x, int64_t n_rows, int64_t row_stride, int64_t dim, int 
 }
 
 bool indexer_qat(float* x, int64_t n_vec, int64_t dim, cudaStream_t s) {
+  if (dim != kQuadRowDim || !aligned16(x) || n_vec > 0x7fffffff) return indexer_qat_block(x, n_vec, dim, s);
+  if (n_vec <= 0) return true;
+  indexer_qat_quad_kernel<<<static_cast<unsigned>((n_vec + kQuadRows - 1) / kQuadRows), kQuadThreads, 0, s>>>(x, n_vec);
+  FS_CUDA_LAUNCH_CHECK();
+  return true;
+}
+
+bool indexer_qat_block(float* x, int64_t n_vec, int64_t dim, cudaStream_t s) {
   if (dim > kMaxRowDim || (dim & (dim - 1)) != 0 || n_vec > 0x7fffffff) return false;
   if (n_vec <= 0) return true;
   indexer_qat_par_kernel<<<static_cast<unsigned>(n_vec), kRowThreads, 0, s>>>(x, dim);

@@ -191,10 +191,31 @@ void attention_prefill_set(bool v2, bool full_mma);
 bool attention_prefill_v2();
 bool attention_prefill_full_mma();
 // Indexer top-k (same contract as cuda::indexer_select): scores on the tensor cores, radix select.
+// With prep, iq holds the projected queries before their RoPE and FP4 simulation, and the decode scores
+// launch (up to 8 queries of 128 values, where indexer_fused says yes) applies both itself
+// (fast_indexer_decode.cu): the same scores and rows, bit for bit, as rope (each head's last n_rot values
+// at position pos0 + t, or *pos_dev + t, by freq; not inverse), then with qat fast::indexer_qat, then
+// indexer_select without prep. iq is not written.
+struct IndexerQueryPrep {
+  int n_rot = 0;
+  const double* freq = nullptr;
+  bool qat = false;
+};
 bool indexer_supported(int n_heads, int head_dim, int64_t n);
 void indexer_select(const float* iq, const float* iw, float wscale, const float* idx_rows, int n_heads, int head_dim,
                     int64_t pos0, int64_t n, int ratio, int top_k, float* scratch, int64_t scratch_stride,
-                    int32_t* sel, cudaStream_t s, const int64_t* pos_dev = nullptr);
+                    int32_t* sel, cudaStream_t s, const int64_t* pos_dev = nullptr,
+                    const IndexerQueryPrep* prep = nullptr);
+// Whether the session leaves the indexer query's RoPE and FP4 simulation to indexer_select (prep): the
+// switch (FLASHSTAR_IDX_FUSED at start, default 1; =0 or indexer_set_fused(false) off: rope, indexer_qat
+// and the scores in three launches) and the shape (64 heads of 128, 1..8 queries, n_rot even <= 128).
+bool indexer_fused(int n_heads, int head_dim, int64_t n, int n_rot);
+void indexer_set_fused(bool on);
+bool indexer_fused_on();
+// The scores launch of indexer_select with prep (internal to fast_attention.cu; max_vis as there).
+void indexer_scores_fused(const float* iq, const float* iw, float wscale, const float* idx_rows, int64_t pos0,
+                          int64_t n, int ratio, float* scores, int64_t stride, const int64_t* pos_dev,
+                          const IndexerQueryPrep& prep, int64_t max_vis, cudaStream_t s);
 // The top-k launch of indexer_select alone, over given scores: version 1 the one-block radix select of
 // fast_attention.cu (8-bit digits, 256 threads), 2 the decode kernel of fast_indexer_topk.cu (keys staged
 // in shared memory, 11/11/10-bit digits, 1024 threads). Both select the same rows in the same order.
@@ -247,7 +268,10 @@ void route(float* logits, const float* bias, const int32_t* tid2eid, const int32
 // equal to finish_rows, indexer_qat and hc_split of ref_kernels.h (false: shape not taken).
 bool finish_rows(float* x, int64_t n_rows, int64_t row_stride, int64_t dim, int n_rot, RowKind kind, bool official,
                  cudaStream_t s);
+// indexer_qat takes vectors of 128 (16-byte aligned) a lane quad each (row_qat_quad.cuh), other dims a
+// block each (indexer_qat_block, that kernel for any dim: the tests compare the two).
 bool indexer_qat(float* x, int64_t n_vec, int64_t dim, cudaStream_t s);
+bool indexer_qat_block(float* x, int64_t n_vec, int64_t dim, cudaStream_t s);
 bool hc_split(const float* mix, int64_t ms, const float* scale, const float* base, int n_hc, int iters, float eps,
               float* split, int64_t n, cudaStream_t s);
 // Rows of dim values at stride dim, in place: RMS norm (weight w, may be null) as rms_norm_rows, then the

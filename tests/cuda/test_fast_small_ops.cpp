@@ -4,7 +4,9 @@
 // 1e-6. Fresh random data, odd row counts, strided rows, outputs poisoned or shared with the input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -41,13 +43,57 @@ TEST_F(FastSmallOps, FinishRowsBitwiseEqualsReference) {
   EXPECT_FALSE(cuda::fast::finish_rows(d.get(), 1, 96, 96, 0, cuda::RowKind::Indexer, true, nullptr));  // not 2^k
 }
 
+// indexer_qat (rows of 128: a lane quad a row) against the block kernel it replaced and the reference, on
+// rows that stress the FP4 blocks: Gaussian, zeros, negative zeros, subnormal and huge magnitudes (sums
+// that overflow to infinities and NaN), values over 41 binades, a single nonzero value on a grid tie;
+// row counts around the 64 rows of a block.
+static std::vector<float> qat_rows(std::vector<float> x) {
+  const int64_t n = static_cast<int64_t>(x.size()) / 128;
+  for (int64_t r = 0; r < n; ++r) {
+    float* row = x.data() + r * 128;
+    switch (r % 7) {
+      case 1: std::fill(row, row + 128, 0.0f); break;
+      case 2: std::fill(row, row + 128, -0.0f), row[r % 128] = r % 2 ? 1.0f : -0.0f; break;
+      case 3: for (int i = 0; i < 128; ++i) row[i] *= 1e-39f; break;
+      case 4: for (int i = 0; i < 128; ++i) row[i] *= 3e37f; break;
+      case 5: for (int i = 0; i < 128; ++i) row[i] *= std::ldexp(1.0f, i % 41 - 20); break;
+      case 6: std::fill(row, row + 128, 0.0f), row[(r * 5) % 128] = -2.5f; break;
+      default: break;
+    }
+  }
+  return x;
+}
+
 TEST_F(FastSmallOps, IndexerQatBitwiseEqualsReference) {
-  for (int64_t n : {1, 64, 64 * 37 + 5}) {
-    auto x = randn(static_cast<size_t>(n * 128), 3.0f);
-    auto a = up(x), b = up(x);
+  for (int64_t n : {1, 63, 64, 65, 64 * 37 + 5}) {
+    const auto x = qat_rows(randn(static_cast<size_t>(n * 128), 3.0f));
+    auto a = up(x), b = up(x), c = up(x);
     cuda::indexer_qat(a.get(), n, 128, nullptr);
-    ASSERT_TRUE(cuda::fast::indexer_qat(b.get(), n, 128, nullptr));
-    EXPECT_TRUE(bitwise_equal(down(a), down(b))) << "vectors " << n;
+    ASSERT_TRUE(cuda::fast::indexer_qat_block(b.get(), n, 128, nullptr));
+    ASSERT_TRUE(cuda::fast::indexer_qat(c.get(), n, 128, nullptr));
+    const auto ref = down(a);
+    EXPECT_TRUE(bitwise_equal(down(b), ref)) << "block kernel, vectors " << n;
+    EXPECT_TRUE(bitwise_equal(down(c), ref)) << "quad kernel, vectors " << n;
+  }
+}
+
+// A 4 096-token prefill's indexer queries (64 heads: 262 144 rows of 128): the block kernel and the quad
+// kernel, each over a fresh copy of the rows.
+TEST_F(FastSmallOps, DISABLED_IndexerQatPrefillTiming) {
+  const int64_t n = 4096 * 64;
+  const auto x = up(randn(static_cast<size_t>(n * 128), 3.0f));
+  auto y = poisoned<float>(x.size());
+  for (int quad = 0; quad < 2; ++quad) {
+    const double us = back_to_back_us(3, 20, [&](int) {
+      FS_CUDA_CHECK(cudaMemcpyAsync(y.get(), x.get(), x.bytes(), cudaMemcpyDeviceToDevice));
+      if (quad) cuda::fast::indexer_qat(y.get(), n, 128, nullptr);
+      else cuda::fast::indexer_qat_block(y.get(), n, 128, nullptr);
+    });
+    const double copy_us = back_to_back_us(3, 20, [&](int) {
+      FS_CUDA_CHECK(cudaMemcpyAsync(y.get(), x.get(), x.bytes(), cudaMemcpyDeviceToDevice));
+    });
+    std::printf("indexer_qat %s kernel, %lld rows: %.1f us a launch (%.1f us with the copy before it)\n",
+                quad ? "quad" : "block", static_cast<long long>(n), us - copy_us, us);
   }
 }
 
