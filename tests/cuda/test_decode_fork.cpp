@@ -124,45 +124,32 @@ TEST(TicketLanes, SideStreamTakesItsOwnLaneAndStrangersFail) {
   EXPECT_THROW(cuda::TicketFork(main, main), Error);
 }
 
-// FLASHSTAR_HC_SPLIT_SIDE (default 1): the hyper-connection split on its own branch gives the same logits as
-// the split inside hc_pre (=0), alone and with every decode fork open beside it (plain launches: the tiny
-// model).
-TEST(SplitBranch, PlainLaunchesBitwiseEqualToSerial) {
+// A side-branch switch at 1 (its default) against 0 (that work back on the main stream): the same logits,
+// alone and with every decode fork open beside it (plain launches: the tiny model; n tokens, 40 a prompt).
+static void expect_branch_bitwise(const char* var, size_t n, unsigned seed) {
   const std::string path = tiny_model_path();
   if (path.empty()) GTEST_SKIP() << "no CUDA device, or could not make the tiny model (set FLASHSTAR_BIN)";
   auto model = Model::load(path);
   const SessionOptions o = tiny_options();
-  const auto toks = tokens(150, model->config().n_vocab, 29);
+  const auto toks = tokens(n, model->config().n_vocab, seed);
   std::vector<float> serial;
   {
-    ScopedEnv inside("FLASHSTAR_HC_SPLIT_SIDE", "0");
+    ScopedEnv main_stream(var, "0");
     serial = decode_logits(*model, o, toks, 40, "0", nullptr);
   }
-  ScopedEnv side("FLASHSTAR_HC_SPLIT_SIDE", "1");
+  ScopedEnv side(var, "1");
   for (const char* f : {"0", "1"})
     EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 40, f, nullptr)), serial.size())
-        << "FLASHSTAR_DECODE_FORK=" << f;
+        << var << "=1, FLASHSTAR_DECODE_FORK=" << f;
 }
 
-// FLASHSTAR_WINDOW_SIDE (default 1): the window buffers' shifts on a branch joined at the end of the pass
-// give the same logits as on the main stream (=0), alone and beside every decode fork (plain launches: the
-// tiny model; its 128-row window is full from the 128th token on, so 72 of the 160 decoded steps shift).
-TEST(WindowBranch, PlainLaunchesBitwiseEqualToSerial) {
-  const std::string path = tiny_model_path();
-  if (path.empty()) GTEST_SKIP() << "no CUDA device, or could not make the tiny model (set FLASHSTAR_BIN)";
-  auto model = Model::load(path);
-  const SessionOptions o = tiny_options();
-  const auto toks = tokens(200, model->config().n_vocab, 31);
-  std::vector<float> serial;
-  {
-    ScopedEnv main_stream("FLASHSTAR_WINDOW_SIDE", "0");
-    serial = decode_logits(*model, o, toks, 40, "0", nullptr);
-  }
-  ScopedEnv side("FLASHSTAR_WINDOW_SIDE", "1");
-  for (const char* f : {"0", "1"})
-    EXPECT_EQ(first_difference(serial, decode_logits(*model, o, toks, 40, f, nullptr)), serial.size())
-        << "FLASHSTAR_DECODE_FORK=" << f;
-}
+// FLASHSTAR_HC_SPLIT_SIDE: the hyper-connection split on its own branch against the split inside hc_pre.
+TEST(SplitBranch, PlainLaunchesBitwiseEqualToSerial) { expect_branch_bitwise("FLASHSTAR_HC_SPLIT_SIDE", 150, 29); }
+
+// FLASHSTAR_WINDOW_SIDE: the window buffers' shifts on a branch joined at the end of the pass against the
+// shifts on the main stream (the tiny model's 128-row window is full from the 128th token on, so 72 of the
+// 160 decoded steps shift).
+TEST(WindowBranch, PlainLaunchesBitwiseEqualToSerial) { expect_branch_bitwise("FLASHSTAR_WINDOW_SIDE", 200, 31); }
 
 // A graph of 16 fork / join diamonds of library kernels (each reads what the one before wrote, the
 // fork's two branches read the same rows, the join reads both and the next diamond overwrites what both
