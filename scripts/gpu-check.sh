@@ -5,8 +5,9 @@
 # (scripts/drift-gate.sh) and a short `flashstar bench`; with FULL=1 also the reference path on a
 # full-dimension synthetic model against the CPU. A short table last.
 # The build is carried from the dev machine (build-cuda) or made here with cmake + ninja.
-# Time on an H200: about 4 minutes with GATE=0, 12 with the gate (its CPU floor of 8k tokens alone takes
-# about 4): under a 10-minute limit, run GATE=0 and then scripts/drift-gate.sh as two commands.
+# Time on an H200: more than 4.5 minutes with GATE=0 (2026-12-01: 15 rows in ~260 s, then 12 decode variants
+# x graph / plain), 12+ with the gate (its CPU floor of 8k tokens alone takes about 4): under a 10-minute
+# limit, run GATE=0 and scripts/drift-gate.sh in separate calls; KTESTS=0 skips the kernel tests.
 set -uo pipefail
 BUILD=${BUILD:-build-cuda}
 FS=$BUILD/flashstar
@@ -34,8 +35,10 @@ if [ "${CEIL:-1}" = 1 ]; then
   row "ceilings (d2d copy, bf16 gemm)" INFO "${c:-unavailable}"
 fi
 
-# 1. kernel tests
-if run "$BUILD/flashstar_cuda_tests"; then row "cuda kernel tests" PASS "$(grep -c '\[       OK \]' "$LOG") ok"; else row "cuda kernel tests" FAIL "see log"; fi
+# 1. kernel tests (KTESTS=0 leaves them out: the drift gate's kernel level runs most of them)
+if [ "${KTESTS:-1}" != 1 ]; then row "cuda kernel tests" INFO "left out (KTESTS=0)"
+elif run "$BUILD/flashstar_cuda_tests"; then row "cuda kernel tests" PASS "$(grep -c '\[       OK \]' "$LOG") ok"
+else row "cuda kernel tests" FAIL "see log"; fi
 
 # 2. tiny-a on the GPU against the CPU engine and the transformers reference
 if [ -d "$FIXTURE" ]; then
