@@ -174,11 +174,13 @@ bool& fused_flag() {
   return on;
 }
 
+// The query counts and RoPE widths the kernel takes (its heads are 64 of 128 values).
+bool takes(int64_t n, int n_rot) { return n >= 1 && n <= kMaxTok && n_rot >= 0 && n_rot <= kDim && n_rot % 2 == 0; }
+
 }  // namespace
 
 bool indexer_fused(int n_heads, int head_dim, int64_t n, int n_rot) {
-  return fused_flag() && n_heads == kHeads && head_dim == kDim && n >= 1 && n <= kMaxTok && n_rot >= 0 &&
-         n_rot <= kDim && n_rot % 2 == 0;
+  return fused_flag() && n_heads == kHeads && head_dim == kDim && takes(n, n_rot);
 }
 void indexer_set_fused(bool on) { fused_flag() = on; }
 bool indexer_fused_on() { return fused_flag(); }
@@ -186,8 +188,7 @@ bool indexer_fused_on() { return fused_flag(); }
 void indexer_scores_fused(const float* iq, const float* iw, float wscale, const float* idx_rows, int64_t pos0,
                           int64_t n, int ratio, float* scores, int64_t stride, const int64_t* pos_dev,
                           const IndexerQueryPrep& prep, int64_t max_vis, cudaStream_t s) {
-  if (n < 1 || n > kMaxTok || prep.n_rot < 0 || prep.n_rot > kDim || prep.n_rot % 2 || !aligned16(iq) ||
-      !aligned16(idx_rows))
+  if (!takes(n, prep.n_rot) || !aligned16(iq) || !aligned16(idx_rows))
     fail("internal: the fused decode indexer does not take %lld queries, n_rot %d or unaligned rows",
          static_cast<long long>(n), prep.n_rot);
   const int64_t blocks = std::min<int64_t>((max_vis + kTile - 1) / kTile, kMaxBlocks);
