@@ -47,7 +47,7 @@ using namespace plan;
 class CudaSession final : public Session {
  public:
   CudaSession(const Model& m, const SessionOptions& o)
-      : m_(m), c_(m.config()), d_(m.config(), o), routes_(o.routes), prof_(profile_requested()) {
+      : m_(m), c_(m.config()), d_(m.config(), o), routes_(o.routes), prof_(StageProfiler::requested()) {
     opts_ = o;
     if (opts_.chunk == 0) fail("prefill chunk size must be positive");
     if (opts_.ctx < 2) fail("context size must be at least 2");
@@ -73,16 +73,14 @@ class CudaSession final : public Session {
     upload_weights(m_.file(), weights_, s_, opts_.verbose);
     upload_vectors();
     alloc_state_and_scratch();
-    graphs_on_ = graphs_requested();
+    graphs_on_ = cuda_graphs_requested();
     {  // every position-dependent kernel of a decode step reads the position from the device
       AttentionArgs a;
       a.n = 1, a.n_head = int(d_.H), a.head_dim = int(d_.HD);
       graph_kernels_ = fast::attention_decode_path(a) && fast::indexer_supported(int(d_.NIH), int(d_.IHD), 1) &&
                        d_.HD <= 8192 && d_.IHD <= 8192;
     }
-    for (uint32_t il = 0; il < c_.n_layer; ++il)
-      if (c_.ratio(il) && std::find(ratios_.begin(), ratios_.end(), c_.ratio(il)) == ratios_.end())
-        ratios_.push_back(c_.ratio(il));
+    ratios_ = distinct_ratios(c_);
     d_pos_.resize(1);
     FS_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&h_pos_), sizeof(int64_t), cudaHostAllocDefault));
     FS_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&h_tok_), sizeof(int32_t), cudaHostAllocDefault));
@@ -96,10 +94,6 @@ class CudaSession final : public Session {
     if (h_tok_) cudaFreeHost(h_tok_);
     if (h_logits_) cudaFreeHost(h_logits_);
     if (s_) cudaStreamDestroy(s_);
-  }
-  static bool profile_requested() {
-    const char* v = std::getenv("FLASHSTAR_PROFILE");
-    return v && *v && *v != '0';
   }
 
   const char* backend_name() const override { return "cuda"; }
@@ -724,14 +718,8 @@ class CudaSession final : public Session {
       if (L.n_raw != static_cast<int64_t>(c_.n_swa)) return false;
     return true;
   }
-  uint64_t graph_key(int64_t pos0) const {
-    uint64_t key = 0;
-    for (size_t i = 0; i < ratios_.size() && i < 62; ++i) key |= uint64_t((pos0 + 1) % ratios_[i] == 0) << i;
-    const bool indexer = (pos0 + 1) / 4 > static_cast<int64_t>(c_.idx_top_k);
-    return key | (uint64_t(indexer) << 62);
-  }
   void run_graph(int32_t tok, int64_t pos0, float* all_logits) {
-    const uint64_t key = graph_key(pos0);
+    const uint64_t key = plan::decode_graph_key(ratios_, c_.idx_top_k, pos0);
     *h_pos_ = pos0;
     *h_tok_ = tok;
     auto enqueue = [&] {
@@ -745,30 +733,13 @@ class CudaSession final : public Session {
     // unjoined side stream would leave the end failing and the stream's capture state unclear).
     auto unwind = [&] {
       pos_dev_ = nullptr;
-      if (fork_->is_open()) {
-        try {
-          fork_->join(s_);
-        } catch (...) {
-          fork_->abandon();
-        }
-      }
-      for (SideBranch* b : {split_br_.get(), window_br_.get()}) {
-        try {
-          b->join(s_);
-        } catch (...) {
-          b->abandon();
-        }
-      }
+      join_or_abandon(s_, fork_.get(), {split_br_.get(), window_br_.get()});
     };
     const cudaGraphExec_t e = graphs_.get(key, s_, pdl_on_, main_priority_ != 0, enqueue, unwind);
     FS_CUDA_CHECK(cudaGraphLaunch(e, s_));
     FS_CUDA_CHECK(cudaStreamSynchronize(s_));
     logits_.assign(h_logits_, h_logits_ + c_.n_vocab);
     if (all_logits) std::memcpy(all_logits, h_logits_, f32b(c_.n_vocab));
-  }
-  static bool graphs_requested() {
-    const char* v = std::getenv("FLASHSTAR_CUDA_GRAPH");
-    return !v || *v != '0';
   }
 
   const Model& m_;

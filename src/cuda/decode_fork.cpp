@@ -113,4 +113,21 @@ void SideBranch::join(cudaStream_t main) {
   open_ = false;
 }
 
+void join_or_abandon(cudaStream_t main, DecodeFork* fork, std::initializer_list<SideBranch*> branches) {
+  if (fork && fork->is_open()) {
+    try {
+      fork->join(main);
+    } catch (...) {
+      fork->abandon();
+    }
+  }
+  for (SideBranch* b : branches) {
+    try {
+      b->join(main);
+    } catch (...) {
+      b->abandon();
+    }
+  }
+}
+
 }  // namespace flashstar::cuda

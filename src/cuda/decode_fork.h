@@ -15,6 +15,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <initializer_list>
 #include <optional>
 
 #include "cuda/stream_lanes.h"
@@ -104,6 +105,10 @@ class SideBranch {
   SideStream side_;
   bool stacking_ = false, open_ = false;
 };
+// A capture cut short by an error: every open branch joins main (so the capture can end), or, where the
+// join itself fails, is dropped. fork may be null.
+void join_or_abandon(cudaStream_t main, DecodeFork* fork, std::initializer_list<SideBranch*> branches);
+
 bool split_branch_requested();   // FLASHSTAR_HC_SPLIT_SIDE
 bool window_branch_requested();  // FLASHSTAR_WINDOW_SIDE
 

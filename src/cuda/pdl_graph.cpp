@@ -11,6 +11,7 @@
 namespace flashstar::cuda {
 
 bool pdl_requested() { return env_on("FLASHSTAR_PDL"); }
+bool cuda_graphs_requested() { return env_on("FLASHSTAR_CUDA_GRAPH"); }
 
 // Fork and join edges (decode_fork.h) are converted too unless FLASHSTAR_PDL_FAN=0 (an A/B switch).
 // Why that is sound. A join kernel with several programmatic predecessors is launched once every block

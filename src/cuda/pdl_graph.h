@@ -19,6 +19,7 @@ int pdl_edges(cudaGraph_t g, bool fan);
 // FLASHSTAR_PDL=0 turns the conversion off; FLASHSTAR_PDL_FAN=0 keeps the fork / join edges full.
 bool pdl_requested();
 bool pdl_fan_requested();
+bool cuda_graphs_requested();  // FLASHSTAR_CUDA_GRAPH=0: decode steps as plain launches
 // Instantiates a captured decode graph and destroys g: with pdl, its edges made programmatic first. A
 // driver that takes each programmatic edge but refuses the graph as a whole gets the fork / join edges
 // full, then the graph as captured (a line on stderr each time). Throws only when that fails too.

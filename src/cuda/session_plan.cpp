@@ -88,6 +88,20 @@ void cap_memory(size_t& free_b, size_t& total_b) {
   free_b = total_b > used ? std::min(free_b, total_b - used) : 0;
 }
 
+std::vector<uint32_t> distinct_ratios(const ModelConfig& c) {
+  std::vector<uint32_t> r;
+  for (uint32_t il = 0; il < c.n_layer; ++il)
+    if (c.ratio(il) && std::find(r.begin(), r.end(), c.ratio(il)) == r.end()) r.push_back(c.ratio(il));
+  return r;
+}
+
+uint64_t decode_graph_key(std::span<const uint32_t> ratios, uint32_t idx_top_k, int64_t pos0) {
+  uint64_t key = 0;
+  for (size_t i = 0; i < ratios.size() && i < 62; ++i) key |= uint64_t((pos0 + 1) % ratios[i] == 0) << i;
+  const bool indexer = (pos0 + 1) / 4 > static_cast<int64_t>(idx_top_k);
+  return key | (uint64_t(indexer) << 62);
+}
+
 }  // namespace plan
 
 using plan::Dims;

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <span>
+#include <vector>
 
 #include "cuda/cuda_session.h"
 
@@ -42,5 +44,11 @@ size_t layer_state_floats(const ModelConfig& c, const SessionOptions& o, uint32_
 // FLASHSTAR_GPU_MEMORY=80GiB (or bytes, KiB/MiB/GiB/GB suffixes): plan as if the card had at most this
 // much memory, to leave room for other processes or to check what a smaller card would refuse.
 void cap_memory(size_t& free_b, size_t& total_b);
+
+// The shape of the decode step at position pos0, which picks its CUDA graph: bit i set where the step
+// closes a compressed row of ratios[i] (the distinct ratios, at most 62), bit 62 where the indexer selects
+// (more compressed rows of ratio 4 than it keeps). Steps with the same key launch the same kernels.
+std::vector<uint32_t> distinct_ratios(const ModelConfig& c);  // the layers' compression ratios, first use order
+uint64_t decode_graph_key(std::span<const uint32_t> ratios, uint32_t idx_top_k, int64_t pos0);
 
 }  // namespace flashstar::cuda::plan

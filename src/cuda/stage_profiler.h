@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -15,6 +16,10 @@ namespace flashstar::cuda {
 class StageProfiler {
  public:
   explicit StageProfiler(bool on) : on_(on) {}
+  static bool requested() {  // FLASHSTAR_PROFILE=1
+    const char* v = std::getenv("FLASHSTAR_PROFILE");
+    return v && *v && *v != '0';
+  }
   ~StageProfiler() {
     if (!on_) return;
     collect();

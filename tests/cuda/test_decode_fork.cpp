@@ -13,6 +13,7 @@
 #include "cuda/cuda_util.h"
 #include "cuda/decode_fork.h"
 #include "cuda/pdl_graph.h"
+#include "cuda/session_plan.h"
 #include "cuda/ref_kernels.h"
 #include "cuda/stream_lanes.h"
 #include "engine/session.h"
@@ -105,6 +106,20 @@ TEST(DecodeForkSwitch, ParsesTheListAndRefusesUnknownParts) {
     ScopedEnv e("FLASHSTAR_DECODE_FORK", bad);
     EXPECT_THROW(F::requested(), Error) << bad;
   }
+}
+
+// The decode graph's key (one graph a step shape): a bit for each ratio whose row the step closes, and the
+// indexer's bit once more compressed rows of ratio 4 exist than it keeps.
+TEST(DecodeGraphKey, MarksClosingRatiosAndTheIndexer) {
+  const std::vector<uint32_t> r = {4, 128};
+  using cuda::plan::decode_graph_key;
+  EXPECT_EQ(decode_graph_key(r, 512, 0), 0u);
+  EXPECT_EQ(decode_graph_key(r, 512, 3), 1u);               // position 3 closes a row of 4
+  EXPECT_EQ(decode_graph_key(r, 512, 127), 3u);             // and of 128
+  EXPECT_EQ(decode_graph_key(r, 512, 2047), 3u);            // 2048 / 4 = 512 rows: the indexer keeps them all
+  EXPECT_EQ(decode_graph_key(r, 512, 2051), 1u | 1ull << 62);
+  EXPECT_EQ(decode_graph_key({}, 512, 4095), 1ull << 62);
+  EXPECT_EQ(decode_graph_key(r, 512, 4094), decode_graph_key(r, 512, 8190));  // the same shape, one graph
 }
 
 TEST(TicketLanes, SideStreamTakesItsOwnLaneAndStrangersFail) {
