@@ -74,6 +74,7 @@ const std::vector<Switch>& switches() {
       {"FLASHSTAR_INDEXER_PREFILL_V2", {"0", "1"}},
       // a path: cuda/kernel_trace.cpp writes the kernel timeline's CSV there
       {"FLASHSTAR_KTRACE", {}, 1, 0, [](std::string_view) { return true; }, "a file path"},
+      {"FLASHSTAR_MIX_V2", {"0", "1"}},
       {"FLASHSTAR_MV_EARLY", {"0", "1"}},
       {"FLASHSTAR_PDL", {"0", "1", "v"}},
       {"FLASHSTAR_PDL_FAN", {"0", "1"}},

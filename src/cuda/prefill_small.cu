@@ -16,6 +16,7 @@
 #include "cuda/float_unpack.cuh"
 #include "cuda/gemm_int_weights.h"
 #include "cuda/hc_split.cuh"
+#include "cuda/mix_tiles_v2.cuh"
 #include "cuda/mma_f16.cuh"
 #include "cuda/pdl.cuh"
 #include "cuda/ref_numerics.cuh"
@@ -327,6 +328,26 @@ bool& prefill_small_flag() {
 bool prefill_small_requested() { return prefill_small_flag(); }
 void prefill_small_set(bool on) { prefill_small_flag() = on; }
 
+namespace {
+bool& mix_v2_flag() {
+  static bool on = env_on("FLASHSTAR_MIX_V2");
+  return on;
+}
+// The second mixer kernel takes every shape the first does; false when its shared memory is refused.
+template <GgmlType T>
+bool mix_v2_launch(const Mix2Args& a, cudaStream_t s) {
+  static size_t granted = 0;
+  if (!smem_ok(mix_tiles_v2_kernel<T>, kMix2Smem, granted)) return false;
+  const dim3 grid(static_cast<unsigned>((a.n_rows + mix2::kRows - 1) / mix2::kRows),
+                  static_cast<unsigned>((a.n_tok + mix2::kTok - 1) / mix2::kTok));
+  mix_tiles_v2_kernel<T><<<grid, kFThreads, kMix2Smem, s>>>(a);
+  return true;
+}
+}  // namespace
+
+bool mix_v2_requested() { return mix_v2_flag(); }
+void mix_v2_set(bool on) { mix_v2_flag() = on; }
+
 bool hc_post_scale(const HcPost& post, float* X, int64_t d, int64_t n, float eps, float* scale, cudaStream_t s) {
   if (d <= 0 || d % 4 || !al16(X) || n > 0x7fffffff || !scale) return false;
   const size_t smem = static_cast<size_t>(kHc * d) * sizeof(float);
@@ -383,8 +404,18 @@ bool hc_mix_tiles(const DMat& W, int64_t row0, int64_t n_rows, const float* X, i
   const int units = static_cast<int>(W.cols / (W.type == GgmlType::F32 ? 4 : 8));
   const FloatGeom g = float_geom(units);
   const uint8_t* w = W.data + static_cast<size_t>(row0) * W.row_bytes;
-  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(groups));  // row blocks of a tile adjacent
   const int nr = static_cast<int>(n_rows);
+  if (mix_v2_flag()) {
+    const Mix2Args a{w, W.row_bytes, nr, X, xs, scale, n_tok, Y, ys, units, g};
+    const bool ok = W.type == GgmlType::F32   ? mix_v2_launch<GgmlType::F32>(a, s)
+                    : W.type == GgmlType::F16 ? mix_v2_launch<GgmlType::F16>(a, s)
+                                              : mix_v2_launch<GgmlType::BF16>(a, s);
+    if (ok) {
+      FS_CUDA_LAUNCH_CHECK();
+      return true;
+    }
+  }
+  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(groups));  // row blocks of a tile adjacent
   switch (W.type) {
     case GgmlType::F32: mix_launch<GgmlType::F32>(grid, w, W.row_bytes, nr, X, xs, scale, n_tok, Y, ys, units, g, s); break;
     case GgmlType::F16: mix_launch<GgmlType::F16>(grid, w, W.row_bytes, nr, X, xs, scale, n_tok, Y, ys, units, g, s); break;

@@ -39,6 +39,11 @@ bool hc_post_scale(const HcPost& post, float* X, int64_t d, int64_t n, float eps
 bool hc_mix_tiles_supported(const DMat& W, int64_t xs);
 bool hc_mix_tiles(const DMat& W, int64_t row0, int64_t n_rows, const float* X, int64_t xs, const float* scale,
                   int64_t n_tok, float* Y, int64_t ys, cudaStream_t s);
+// FLASHSTAR_MIX_V2 (default on; "0" off), read once per process, mix_v2_set overrides it (tests):
+// hc_mix_tiles runs the second kernel (mix_tiles_v2.h: all rows of 32 tokens a block, every activation
+// read once), the same bits.
+bool mix_v2_requested();
+void mix_v2_set(bool on);
 
 // Per token: xin = the pre-weighted sum of the 4 streams (hc_weighted_sum with the split's pre weights,
 // split as hc_split writes it), normed = rms_norm_rows(xin) with weight w (fast route), and with xb the

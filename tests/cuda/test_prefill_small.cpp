@@ -1,7 +1,8 @@
 // The prefill's small ops (prefill_small.h) against the launches they replace: every output BITWISE
-// equal (outputs poisoned with NaN first), on fresh random data, ragged token counts (1, 17, 300, 4 096),
-// widths other than the model's, and every post kind. DISABLED_Times prints old and new times at the
-// model's shapes (4 096 tokens, d = 4 096, 6 routed slots, FF 2 048):
+// equal (outputs poisoned with NaN first), on fresh random data, ragged token counts (1, 17, 300, 4 096;
+// the mixer also 8 192, with both of its tiles kernels), widths other than the model's, and every post
+// kind. DISABLED_Times prints old and new times at the model's shapes (4 096 tokens, d = 4 096, 6 routed
+// slots, FF 2 048; the mixer's row for each tiles kernel):
 //   flashstar_cuda_tests --gtest_also_run_disabled_tests --gtest_filter='PrefillSmall.DISABLED_Times'
 #include <gtest/gtest.h>
 
@@ -99,9 +100,10 @@ TEST_F(PrefillSmall, PostScaleBitwiseEqualsPostAndNorm) {
   }
 }
 
-// The mixer product: the decode kernel (fast::matvec on the normed rows, one column part) vs the tiles
-// kernel with the scale applied on the fly, and both without a scale.
+// The mixer product: the decode kernel (fast::matvec on the normed rows, one column part) vs both tiles
+// kernels (FLASHSTAR_MIX_V2=0 and 1) with the scale applied on the fly, and without a scale.
 TEST_F(PrefillSmall, MixTilesBitwiseEqualsMatvec) {
+  const bool was = cuda::fast::mix_v2_requested();
   for (GgmlType t : {GgmlType::F16, GgmlType::F32, GgmlType::BF16}) {
     // 1032 x 4: a last tile with 4 units of F16 / BF16 rows; 256 and 64: 2 and 1 column warps (the tiny model)
     for (int64_t d : {4096, 1032, 256, 64}) {
@@ -110,25 +112,30 @@ TEST_F(PrefillSmall, MixTilesBitwiseEqualsMatvec) {
         auto dw = up(random_weights(t, rows, cols));
         const cuda::DMat W{t, dw.get(), cols, rows, row_bytes(t, cols)};
         ASSERT_TRUE(cuda::fast::hc_mix_tiles_supported(W, xs));
-        for (int64_t n : {1, 17, 300, 4096}) {
-          if (n == 4096 && (rows != 24 || d != 4096)) continue;
+        for (int64_t n : {1, 17, 300, 4096, 8192}) {
+          if (n >= 4096 && (rows != 24 || d != 4096 || (n == 8192 && t != GgmlType::F16))) continue;
           auto X = up(randn(static_cast<size_t>(n * xs), 2.0f));
           auto scale = poisoned<float>(static_cast<size_t>(n));
           ASSERT_TRUE(cuda::fast::hc_post_scale({}, X.get(), d, n, kEps, scale.get(), nullptr));
           auto flat = poisoned<float>(static_cast<size_t>(n * xs));
           ASSERT_TRUE(cuda::fast::rms_norm_rows(X.get(), xs, nullptr, flat.get(), xs, n, cols, kEps, nullptr));
           for (bool scaled : {true, false}) {
-            auto ref = poisoned<float>(static_cast<size_t>(n * rows)), got = poisoned<float>(static_cast<size_t>(n * rows));
+            auto ref = poisoned<float>(static_cast<size_t>(n * rows));
             ASSERT_TRUE(cuda::fast::matvec(W, 0, rows, scaled ? flat.get() : X.get(), n, xs, ref.get(), rows, nullptr));
-            ASSERT_TRUE(cuda::fast::hc_mix_tiles(W, 0, rows, X.get(), xs, scaled ? scale.get() : nullptr, n, got.get(),
-                                                 rows, nullptr));
-            EXPECT_TRUE(same(ref, got)) << "type " << int(t) << " d " << d << " rows " << rows << " tokens " << n
-                                        << " scaled " << scaled;
+            for (bool v2 : {false, true}) {
+              auto got = poisoned<float>(static_cast<size_t>(n * rows));
+              cuda::fast::mix_v2_set(v2);
+              ASSERT_TRUE(cuda::fast::hc_mix_tiles(W, 0, rows, X.get(), xs, scaled ? scale.get() : nullptr, n, got.get(),
+                                                   rows, nullptr));
+              EXPECT_TRUE(same(ref, got)) << "type " << int(t) << " d " << d << " rows " << rows << " tokens " << n
+                                          << " scaled " << scaled << " v2 " << v2;
+            }
           }
         }
       }
     }
   }
+  cuda::fast::mix_v2_set(was);
 }
 
 // The weighted sum, the weighted norm and its FP16 copy against hc_split_sum's sum, rms_norm_rows, to_f16.
@@ -276,10 +283,16 @@ TEST_F(PrefillSmall, DISABLED_Times) {
         cuda::fast::rms_norm_rows(X.get(), cols, nullptr, flat.get(), cols, n, cols, kEps, nullptr);
       }),
       time_ms([&] { cuda::fast::hc_post_scale(sl, X.get(), d, n, kEps, rs.get(), nullptr); }), 2 * mbX + 7 * mbD);
-  row("mixer 24 x 16384 F16",
-      time_ms([&] { cuda::fast::matvec(W, 0, kSplit, flat.get(), n, cols, mix.get(), kSplit, nullptr); }),
-      time_ms([&] { cuda::fast::hc_mix_tiles(W, 0, kSplit, X.get(), cols, rs.get(), n, mix.get(), kSplit, nullptr); }),
-      mbX);
+  const bool was_v2 = cuda::fast::mix_v2_requested();
+  const double mv_ms =
+      time_ms([&] { cuda::fast::matvec(W, 0, kSplit, flat.get(), n, cols, mix.get(), kSplit, nullptr); });
+  for (bool v2 : {false, true}) {  // old: the decode kernel; new: the tiles kernel FLASHSTAR_MIX_V2 picks
+    cuda::fast::mix_v2_set(v2);
+    row(v2 ? "mixer 24 x 16384 F16 (tiles v2)" : "mixer 24 x 16384 F16 (tiles v1, MIX_V2=0)", mv_ms,
+        time_ms([&] { cuda::fast::hc_mix_tiles(W, 0, kSplit, X.get(), cols, rs.get(), n, mix.get(), kSplit, nullptr); }),
+        mbX);
+  }
+  cuda::fast::mix_v2_set(was_v2);
   row("split + sum + norm + to_f16",
       time_ms([&] {
         cuda::fast::hc_split_sum(mix.get(), kSplit, sc.get(), base.get(), kHc, kIters, kEps, split.get(), X.get(), d,
