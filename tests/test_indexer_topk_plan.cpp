@@ -121,7 +121,6 @@ TEST_P(IndexerTopkEmulation, MatchesTheSort) {
       }
     }
     EXPECT_EQ(emulate(s.data(), n, top_k), by_sort(s, top_k)) << "n " << n << " kind " << kind;
-    EXPECT_EQ(emulate(s.data(), n, top_k, true), by_sort(s, top_k)) << "bisect, n " << n << " kind " << kind;
   }
 }
 

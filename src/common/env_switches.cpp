@@ -84,7 +84,6 @@ const std::vector<Switch>& switches() {
       {"FLASHSTAR_Q8_LEAN", {"0", "1"}},
       {"FLASHSTAR_ROUTER_FUSED", {"0", "1"}},
       {"FLASHSTAR_THREADS", {}, 1, 65536},
-      {"FLASHSTAR_TOPK_BISECT", {"0", "1"}},
       {"FLASHSTAR_WINDOW_SIDE", {"0", "1"}},
   };
   return s;

@@ -430,15 +430,14 @@ void indexer_select(const float* iq, const float* iw, float wscale, const float*
     }
   }
   indexer_topk(scratch, scratch_stride, pos0, n, ratio, top_k, sel, s, pos_dev,
-               n <= kIdxDecMaxTok && (attention_decode_v2() & kDecodeV2TopK) ? (topk_bisect_requested() ? 3 : 2) : 1,
-               max_vis);
+               n <= kIdxDecMaxTok && (attention_decode_v2() & kDecodeV2TopK) ? 2 : 1, max_vis);
 }
 
 void indexer_topk(const float* scores, int64_t stride, int64_t pos0, int64_t n, int ratio, int top_k, int32_t* sel,
                   cudaStream_t s, const int64_t* pos_dev, int version, int64_t max_vis) {
   if (n <= 0) return;
-  if (version >= 2) {
-    indexer_topk_v2(scores, stride, pos0, n, ratio, top_k, sel, s, pos_dev, max_vis, version == 3);
+  if (version == 2) {
+    indexer_topk_v2(scores, stride, pos0, n, ratio, top_k, sel, s, pos_dev, max_vis);
     return;
   }
   indexer_topk_kernel<<<static_cast<unsigned>(n), 256, 0, s>>>(scores, stride, pos0, ratio, top_k, sel, pos_dev);

@@ -52,46 +52,6 @@ struct Keys {
 
 constexpr int kBatch = 8;  // loads a thread has in flight in a sweep
 
-// The top_k-th largest key by bisection (kBisect; n_vis <= itk::kMaxBisect): every thread holds its rows'
-// keys in registers and the 32 steps each count the keys at or above a candidate (a warp reduction, one
-// barrier, every warp adding the 32 warp counts itself). 32 short dependent steps instead of the radix
-// passes' histograms, bucket searches and three barriers each. The keys are also staged for the final
-// pass. Returns the same key as the radix passes (itk::bisect_step).
-__device__ __forceinline__ uint32_t bisect_threshold(const float* sc, int64_t n_vis, int top_k, uint32_t* keys_s,
-                                                     bool staged, int (*wsum)[kWarps]) {
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int nk = static_cast<int>((n_vis + kThreads - 1) / kThreads);  // uniform over the block
-  uint32_t k[itk::kBisectKeys];
-#pragma unroll
-  for (int j = 0; j < itk::kBisectKeys; ++j) {
-    const int64_t i = static_cast<int64_t>(j) * kThreads + tid;
-    k[j] = j < nk && i < n_vis ? itk::order_key(sc[i]) : 0u;
-  }
-#pragma unroll
-  for (int j = 0; j < itk::kBisectKeys; ++j) {
-    const int64_t i = static_cast<int64_t>(j) * kThreads + tid;
-    if (j < nk && i < n_vis && staged) keys_s[i] = k[j];
-  }
-  uint32_t thr = 0;
-#pragma unroll 1
-  for (int b = 31; b >= 0; --b) {
-    const uint32_t cand = thr | (1u << b);
-    unsigned c = 0;
-#pragma unroll
-    for (int j = 0; j < itk::kBisectKeys; ++j)
-      if (j < nk) c += k[j] >= cand;
-    c = __reduce_add_sync(0xffffffffu, c);
-    // two buffers by step parity: a warp writes a buffer again only after the next step's barrier, which
-    // every warp reaches after reading this step's counts
-    if (lane == 0) wsum[b & 1][warp] = static_cast<int>(c);
-    __syncthreads();
-    const unsigned tot = __reduce_add_sync(0xffffffffu, static_cast<unsigned>(wsum[b & 1][lane]));
-    thr = itk::bisect_step(thr, b, tot, top_k);
-  }
-  return thr;
-}
-
-template <bool kBisect>
 __global__ void __launch_bounds__(kThreads) indexer_topk_v2_kernel(const float* scores, int64_t stride, int64_t pos0,
                                                                    int ratio, int top_k, int32_t* sel,
                                                                    const int64_t* pos_dev, int64_t staged_cap) {
@@ -114,13 +74,6 @@ __global__ void __launch_bounds__(kThreads) indexer_topk_v2_kernel(const float* 
   const unsigned lt = (1u << lane) - 1u;  // lanes below this one
   const float* sc = scores + t * stride;
   const Keys key{sc, keys_s, n_vis <= staged_cap};
-  uint32_t prefix = 0;
-  int rem = top_k;  // keys still to take at and below the prefix (the bisection: set by the final pass)
-  const bool bisect = kBisect && n_vis <= itk::kMaxBisect;
-  if (bisect) {
-    // (the staged keys are stored before the search's first barrier: the final pass sees them)
-    prefix = bisect_threshold(sc, n_vis, top_k, keys_s, key.staged, reinterpret_cast<int (*)[kWarps]>(hist));
-  } else {
   for (int i = tid; i < itk::kMaxBins; i += kThreads) hist[i] = 0;
   __syncthreads();
   // the first sweep: keys staged and the first digit counted (loop bounds uniform per warp: hist_add's
@@ -141,6 +94,8 @@ __global__ void __launch_bounds__(kThreads) indexer_topk_v2_kernel(const float* 
   }
   __syncthreads();
 
+  uint32_t prefix = 0;
+  int rem = top_k;  // keys still to take at and below the prefix
   for (int p = 0;;) {
     // The bucket b with S(b) >= rem > S(b + 1), S(b) = matching keys in buckets b and above. Thread
     // owns bins 2 tid, 2 tid + 1 (bins past the digit's width stay zero); it zeroes them for the next
@@ -188,12 +143,12 @@ __global__ void __launch_bounds__(kThreads) indexer_topk_v2_kernel(const float* 
     }
     __syncthreads();
   }
-  }
 
   // The final pass: `prefix` is the top_k-th largest key; keep the rows above it and the first `rem`
   // rows equal to it. Warp w counts its range, then writes at (kept rows of earlier warps) + (kept
   // rows earlier in its range), so the ids come out ascending.
   const uint32_t thr = prefix;
+  const int take_eq = rem;
   const int64_t wb = itk::warp_begin(n_vis, warp), we = itk::warp_end(n_vis, warp);
   int gt = 0, eq = 0;
   for (int64_t r0 = wb; r0 < we; r0 += 32) {
@@ -210,8 +165,6 @@ __global__ void __launch_bounds__(kThreads) indexer_topk_v2_kernel(const float* 
     const int g = __shfl_up_sync(0xffffffffu, gi, off), e = __shfl_up_sync(0xffffffffu, ei, off);
     if (lane >= off) gi += g, ei += e;
   }
-  // rem after the bisection: top_k less the rows above the threshold (the radix passes' rem)
-  const int take_eq = bisect ? top_k - __shfl_sync(0xffffffffu, gi, kWarps - 1) : rem;
   const int gt_before = warp ? __shfl_sync(0xffffffffu, gi, warp - 1) : 0;
   const int eq_before = warp ? __shfl_sync(0xffffffffu, ei, warp - 1) : 0;
   int pos = gt_before + min(eq_before, take_eq), eq_rank = eq_before;
@@ -247,33 +200,20 @@ int& decode_v2_flag() {
 int attention_decode_v2() { return decode_v2_flag(); }
 void attention_decode_set_v2(int parts) { decode_v2_flag() = parts & (kDecodeV2TopK | kDecodeV2Flash); }
 
-bool topk_bisect_requested() {
-  static const bool on = env_on("FLASHSTAR_TOPK_BISECT");
-  return on;
-}
-
-template <bool kBisect>
-static void topk_v2_launch(const float* scores, int64_t stride, int64_t pos0, int64_t n, int ratio, int top_k,
-                           int32_t* sel, cudaStream_t s, const int64_t* pos_dev, int64_t cap) {
-  const int smem = static_cast<int>(cap * 4);
-  static int smem_set = 0;
-  if (smem > smem_set) {
-    FS_CUDA_CHECK(cudaFuncSetAttribute(indexer_topk_v2_kernel<kBisect>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       smem));
-    smem_set = smem;
-  }
-  indexer_topk_v2_kernel<kBisect><<<static_cast<unsigned>(n), kThreads, smem, s>>>(scores, stride, pos0, ratio, top_k,
-                                                                                    sel, pos_dev, cap);
-  FS_CUDA_LAUNCH_CHECK();
-}
-
 void indexer_topk_v2(const float* scores, int64_t stride, int64_t pos0, int64_t n, int ratio, int top_k, int32_t* sel,
-                     cudaStream_t s, const int64_t* pos_dev, int64_t max_vis, bool bisect) {
+                     cudaStream_t s, const int64_t* pos_dev, int64_t max_vis) {
   if (n <= 0) return;
   // shared memory for the largest row count a query can have (the decode graph: the scratch row)
   const int64_t cap = std::max<int64_t>(0, std::min<int64_t>(max_vis, itk::kMaxStaged));
-  if (bisect) topk_v2_launch<true>(scores, stride, pos0, n, ratio, top_k, sel, s, pos_dev, cap);
-  else topk_v2_launch<false>(scores, stride, pos0, n, ratio, top_k, sel, s, pos_dev, cap);
+  const int smem = static_cast<int>(cap * 4);
+  static int smem_set = 0;
+  if (smem > smem_set) {
+    FS_CUDA_CHECK(cudaFuncSetAttribute(indexer_topk_v2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    smem_set = smem;
+  }
+  indexer_topk_v2_kernel<<<static_cast<unsigned>(n), kThreads, smem, s>>>(scores, stride, pos0, ratio, top_k, sel,
+                                                                           pos_dev, cap);
+  FS_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace flashstar::cuda::fast

@@ -218,18 +218,13 @@ void indexer_scores_fused(const float* iq, const float* iw, float wscale, const 
                           const IndexerQueryPrep& prep, int64_t max_vis, cudaStream_t s);
 // The top-k launch of indexer_select alone, over given scores: version 1 the one-block radix select of
 // fast_attention.cu (8-bit digits, 256 threads), 2 the decode kernel of fast_indexer_topk.cu (keys staged
-// in shared memory, 11/11/10-bit digits, 1024 threads), 3 that kernel with a bisection search. All select
-// the same rows in the same order.
+// in shared memory, 11/11/10-bit digits, 1024 threads). Both select the same rows in the same order.
 // max_vis: the most rows any query sees (sizes version 2's shared memory; rows past it are read from
 // global memory each pass). indexer_select runs version 2 for <= 8 queries when attention_decode_v2().
 void indexer_topk(const float* scores, int64_t stride, int64_t pos0, int64_t n, int ratio, int top_k, int32_t* sel,
                   cudaStream_t s, const int64_t* pos_dev, int version, int64_t max_vis);
 void indexer_topk_v2(const float* scores, int64_t stride, int64_t pos0, int64_t n, int ratio, int top_k, int32_t* sel,
-                     cudaStream_t s, const int64_t* pos_dev, int64_t max_vis, bool bisect = false);
-// Version 3: version 2 with the threshold found by bisection over keys held in registers (up to
-// itk::kMaxBisect rows a query, the radix passes beyond), the same rows in the same order. indexer_select
-// runs it in place of version 2 unless FLASHSTAR_TOPK_BISECT=0.
-bool topk_bisect_requested();
+                     cudaStream_t s, const int64_t* pos_dev, int64_t max_vis);
 // The decode attention's new kernels: FLASHSTAR_ATTN_DECODE_V2 at start picks the top-k above
 // (kDecodeV2TopK, the default: same rows, 12.4 -> 10.3 us at 8k and 73.7 -> 27.5 us at 64k on the H200),
 // flash_decode_attention's reordered prologue and tail (kDecodeV2Flash, =flash; measured 3-10% slower, so

@@ -71,22 +71,10 @@ ITK_HD int64_t warp_begin(int64_t n_vis, int w) {
 }
 ITK_HD int64_t warp_end(int64_t n_vis, int w) { return warp_begin(n_vis, w + 1); }
 
-// The bisection search (FLASHSTAR_TOPK_BISECT): keys a thread holds in registers, so up to this many rows;
-// beyond it the radix passes run.
-constexpr int kBisectKeys = 16;
-constexpr int64_t kMaxBisect = int64_t(kBisectKeys) * kThreads;
-// One step of the bisection, bit b from 31 down: the candidate threshold `thr | 1 << b` is kept when at
-// least top_k keys reach it. After bit 0, thr is the largest key v with #(keys >= v) >= top_k: the
-// top_k-th largest key, the radix passes' prefix. Keys past the rows are 0, below every candidate.
-ITK_HD uint32_t bisect_step(uint32_t thr, int b, int64_t count_at_least, int top_k) {
-  return count_at_least >= top_k ? thr | (1u << b) : thr;
-}
-
 // Host emulation of the kernel, step for step: three histogram passes with the same bucket search
-// (S(b) = keys in buckets >= b, the bucket with S(b) >= rem > S(b + 1)), or with bisect the 32 bisection
-// steps, then the per-warp final pass.
+// (S(b) = keys in buckets >= b, the bucket with S(b) >= rem > S(b + 1)), then the per-warp final pass.
 // Returns the top_k row ids in ascending order (n_vis <= top_k: 0..n_vis-1, then -1).
-inline std::vector<int32_t> emulate(const float* scores, int64_t n_vis, int top_k, bool bisect = false) {
+inline std::vector<int32_t> emulate(const float* scores, int64_t n_vis, int top_k) {
   std::vector<int32_t> out(static_cast<size_t>(top_k), -1);
   if (n_vis <= top_k) {
     for (int64_t i = 0; i < n_vis; ++i) out[static_cast<size_t>(i)] = static_cast<int32_t>(i);
@@ -94,16 +82,7 @@ inline std::vector<int32_t> emulate(const float* scores, int64_t n_vis, int top_
   }
   uint32_t prefix = 0;
   int64_t rem = top_k;
-  if (bisect) {
-    for (int b = 31; b >= 0; --b) {
-      const uint32_t cand = prefix | (1u << b);
-      int64_t c = 0;
-      for (int64_t i = 0; i < n_vis; ++i) c += order_key(scores[i]) >= cand;
-      prefix = bisect_step(prefix, b, c, top_k);
-    }
-    for (int64_t i = 0; i < n_vis; ++i) rem -= order_key(scores[i]) > prefix;  // the kernel: top_k - the warps' gt
-  }
-  for (int p = 0; p < kPasses && !bisect; ++p) {
+  for (int p = 0; p < kPasses; ++p) {
     std::vector<int64_t> hist(kMaxBins, 0);
     for (int64_t i = 0; i < n_vis; ++i) {
       const uint32_t k = order_key(scores[i]);

@@ -3,8 +3,7 @@
 // row counts around top_k, 2048, 16384 and 65536 (past the shared-memory staging limit), with distinct
 // scores, heavy ties, +0 beside -0 and neighbours in the last digit; staged and unstaged keys; the
 // position read from the device (the decode graph); and the whole indexer_select with the switch on and
-// off. The host emulation of indexer_topk_plan.h is the third opinion; version 3 (the bisection) must give the
-// same rows too. DISABLED_ timing at 8k and 64k.
+// off. The host emulation of indexer_topk_plan.h is the third opinion. DISABLED_ timing at 8k and 64k.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -59,7 +58,7 @@ class IndexerTopk : public cuda_test::CudaKernelTest {
 };
 
 TEST_F(IndexerTopk, NewSelectsAsOldAroundTheEdges) {
-  for (int64_t nv : {kTopK - 1, kTopK, kTopK + 1, 1025, 2048, 16383, 16384, 16385, 65536}) {
+  for (int64_t nv : {kTopK - 1, kTopK, kTopK + 1, 2048, 16384, 65536}) {
     for (int kind = 0; kind < 4; ++kind) {
       const int64_t n = 3, pos0 = nv * kRatio - 2, stride = nv + 2;  // queries see nv - 1, nv, nv rows
       const auto h = scores(n, stride, kind, pos0);
@@ -69,9 +68,6 @@ TEST_F(IndexerTopk, NewSelectsAsOldAroundTheEdges) {
       const auto unstaged = topk(sc, stride, pos0, n, 2, 0);  // every pass from global memory
       ASSERT_EQ(staged, old_sel) << "n_vis " << nv << " kind " << kind;
       ASSERT_EQ(unstaged, old_sel) << "n_vis " << nv << " kind " << kind;
-      // the bisection (the radix passes past itk::kMaxBisect rows), staged and not
-      ASSERT_EQ(topk(sc, stride, pos0, n, 3, stride), old_sel) << "bisect, n_vis " << nv << " kind " << kind;
-      ASSERT_EQ(topk(sc, stride, pos0, n, 3, 0), old_sel) << "bisect unstaged, n_vis " << nv << " kind " << kind;
       for (int64_t t = 0; t < n; ++t) {
         const auto ref = cuda::itk::emulate(h.data() + t * stride, (pos0 + t + 1) / kRatio, kTopK);
         ASSERT_TRUE(std::equal(ref.begin(), ref.end(), old_sel.begin() + t * kTopK)) << nv << " " << kind << " " << t;
@@ -85,7 +81,6 @@ TEST_F(IndexerTopk, NewReadsThePositionFromTheDevice) {
   const auto sc = up(scores(n, stride, 0, pos0));
   const auto pos = up(std::vector<int64_t>{pos0});
   EXPECT_EQ(topk(sc, stride, pos0, n, 2, stride, pos.get()), topk(sc, stride, pos0, n, 1, stride));
-  EXPECT_EQ(topk(sc, stride, pos0, n, 3, stride, pos.get()), topk(sc, stride, pos0, n, 1, stride));
 }
 
 TEST_F(IndexerTopk, IndexerSelectSameWithTheSwitch) {
@@ -114,7 +109,7 @@ TEST_F(IndexerTopk, DISABLED_Timing) {
     FS_CUDA_CHECK(cudaMemcpy(pos.get(), &ctx, sizeof(int64_t), cudaMemcpyHostToDevice));
     const auto sc = up(scores(1, stride, 0, ctx - 1));
     auto sel = poisoned<int32_t>(kTopK);
-    for (int v = 1; v <= 3; ++v) {
+    for (int v = 1; v <= 2; ++v) {
       const double us = back_to_back_us(10, 200, [&](int) {
         cuda::fast::indexer_topk(sc.get(), stride, 0, 1, kRatio, kTopK, sel.get(), nullptr, pos.get(), v, stride);
       });
