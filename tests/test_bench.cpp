@@ -2,6 +2,8 @@
 // the tiny synthetic model whose final state must equal a plain prefill of the same tokens.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "common/error.h"
 #include "engine/bench.h"
 #include "engine/session.h"
@@ -52,6 +54,12 @@ TEST(Bench, GreedyPickSkipsEos) {
   EXPECT_EQ(bench::argmax_excluding(l, -1), 1);
   EXPECT_EQ(bench::argmax_excluding(l, 1), 2);
   EXPECT_EQ(bench::argmax_excluding(std::vector<float>{7}, 0), -1);
+  EXPECT_EQ(bench::argmax_excluding(std::vector<float>{NAN, -INFINITY, 5, -INFINITY}, 2), 1);  // all -inf: the first
+  EXPECT_EQ(bench::argmax_excluding(std::vector<float>{NAN, NAN}, -1), -1);
+  std::vector<float> big(300, 0.5f);
+  big[40] = 9, big[250] = 9;
+  EXPECT_EQ(bench::argmax_excluding(big, 40), 250);
+  EXPECT_EQ(bench::argmax_excluding(big, 250), 40);
 }
 
 TEST(Bench, RandomTokensAreSeededAndInRange) {

@@ -4,8 +4,10 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <limits>
 
 #include "common/error.h"
+#include "engine/sampling.h"
 
 namespace flashstar::bench {
 
@@ -41,13 +43,15 @@ std::vector<uint32_t> frontiers(const BenchOptions& o) {
 }
 
 int32_t argmax_excluding(std::span<const float> logits, int32_t exclude) {
-  int32_t best = -1;
-  for (size_t i = 0; i < logits.size(); ++i) {
-    const int32_t id = static_cast<int32_t>(i);
-    if (id == exclude || std::isnan(logits[i])) continue;
-    if (best < 0 || logits[i] > logits[best]) best = id;
-  }
-  return best;
+  // The largest value (two scans without a data-dependent index: this runs between every two decode
+  // steps of the bench), then its first position; all -inf: the first usable id.
+  const size_t n = logits.size();
+  const size_t ex = exclude >= 0 && static_cast<size_t>(exclude) < n ? static_cast<size_t>(exclude) : n;
+  float m = max_above(logits.first(ex), -std::numeric_limits<float>::infinity());
+  if (ex < n) m = max_above(logits.subspan(ex + 1), m);
+  size_t i = first_equal(logits, m, 0);
+  if (i == ex) i = first_equal(logits, m, ex + 1);
+  return i < n ? static_cast<int32_t>(i) : -1;  // none: nothing but NaN and the excluded id
 }
 
 std::vector<int32_t> random_tokens(uint64_t seed, size_t n, int32_t lo, int32_t hi) {

@@ -31,9 +31,15 @@ class Sampler {
   uint64_t seed_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> cand_;
+  std::vector<double> prob_;
+  std::vector<float> tail_;
 };
 
 int32_t argmax(std::span<const float> logits);
+// The largest of m and the values of v (NaN never wins), for the argmax scans.
+float max_above(std::span<const float> v, float m);
+// The first index i >= from with v[i] == m, else v.size().
+size_t first_equal(std::span<const float> v, float m, size_t from);
 // log-softmax of one logit row (for --dump-logprobs).
 void log_softmax(std::span<const float> logits, std::vector<float>& out);
 
