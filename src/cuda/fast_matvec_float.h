@@ -59,9 +59,8 @@ bool float_matvec_route(const DMat& W, const float* X, int64_t n_tok, int64_t xs
 bool router_fused();
 void router_set_fused(bool on);
 // FLASHSTAR_MV_EARLY (default 1, =0 off; or mv_set_early): one- and two-token launches (the router with its
-// picks: one-token ones) load their
-// first weight tile before the PDL wait (the weights are constants), so that the loads overlap the kernel
-// before them. The same loads and sums: the same bits.
+// picks: one-token ones) load their first weight tile before the PDL wait (the weights are constants), so
+// that the loads overlap the kernel before them. The same loads and sums: the same bits.
 void mv_set_early(bool on);
 bool mv_early();
 

@@ -71,15 +71,10 @@ int32_t Sampler::sample(std::span<const float> logits, bool greedy) {
       if (std::isfinite(v)) mx = v > mx ? v : mx;
     if (mx == -kInf) return argmax(logits);
   }
-  auto count_finite = [&] {
-    size_t c = 0;
-    for (float v : logits) c += std::isfinite(v);
-    return c;
-  };
   const double T = p_.temperature;
   auto prob_of = [&](float x) { return std::exp((static_cast<double>(x) - mx) / T); };
   // The top token's probability is exp(0) = 1, so the min-p bound is min_p itself.
-  const double min_prob = 1.0 * std::max(0.0f, p_.min_p);
+  const double min_prob = std::max(0.0f, p_.min_p);
   const double top_p = p_.top_p > 0.0f && p_.top_p < 1.0f ? p_.top_p : 1.0;
   // Every kept token but the first has probability >= min_prob, so with a min-p cut only the tokens a few
   // temperatures below the top are candidates: one pass over the row instead of sorting the vocabulary
@@ -112,16 +107,15 @@ int32_t Sampler::sample(std::span<const float> logits, bool greedy) {
   prob_.resize(n);
   double sum = 0;
   for (size_t i = 0; i < n; ++i) sum += prob_[i] = prob_of(cand_[i].first);
-  // The top-p mass is over the first min(top_k, finite) tokens of the row; past the cut they have
-  // probability < min_prob and are added in id order (not sorted: only the sum's last bits differ).
+  // The top-p mass is over the first min(top_k, finite) tokens of the row. Without the cut cand_ holds
+  // them all; with it (and a top-p test) the ones past the cut have probability < min_prob and are added
+  // in id order (not sorted: only the sum's last bits differ), only the top_k - n largest with a top-k.
   const bool mass = top_p < 1.0 || !cut;
-  const size_t n_finite = mass && cut ? count_finite() : n;
-  const size_t n_mass = p_.top_k > 0 ? std::min<size_t>(static_cast<size_t>(p_.top_k), n_finite) : n_finite;
-  if (mass && n < n_mass) {
+  if (mass && cut && (p_.top_k <= 0 || n < static_cast<size_t>(p_.top_k))) {
     tail_.clear();
     for (float v : logits)
       if (v < floor_x && std::isfinite(v)) tail_.push_back(v);
-    const size_t more = n_mass - n;
+    const size_t more = p_.top_k > 0 ? static_cast<size_t>(p_.top_k) - n : tail_.size();
     if (more < tail_.size()) {
       std::nth_element(tail_.begin(), tail_.begin() + static_cast<std::ptrdiff_t>(more), tail_.end(), std::greater<>());
       tail_.resize(more);
