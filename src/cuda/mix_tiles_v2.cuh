@@ -17,6 +17,7 @@
 #include "cuda/mix_tiles_v2.h"
 #include "cuda/mma_f16.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/warp_reduce.cuh"
 
 namespace flashstar::cuda::fast {
 namespace {
@@ -164,9 +165,7 @@ __global__ void __launch_bounds__(kFThreads, 1) mix_tiles_v2_kernel(Mix2Args a) 
       for (int r = 0; r < kRows; ++r)
 #pragma unroll
         for (int t = 0; t < kWarpTok; ++t) {
-          float v = acc[r][t];
-#pragma unroll
-          for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+          const float v = warp_sum(acc[r][t]);
           const int o = out_index(r, t);
           if (lane == out_lane(o)) tot[out_slot(o)] = ph.c == 0 ? v : tot[out_slot(o)] + v;
         }
